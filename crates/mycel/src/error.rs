@@ -1,0 +1,75 @@
+//! The crate's error type.
+
+use crate::routing::TableError;
+
+/// Why a Mycel operation failed.
+///
+/// Unless a variant says otherwise, a failed operation changed no state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// This node does not own the key's partition at its routing-table epoch `epoch`; the
+    /// caller should refresh its table (at least `epoch`) and retry at the owner. A forwarded
+    /// request is answered with this, never forwarded again.
+    #[error("not the owner of this partition at routing epoch {epoch}")]
+    NotOwner {
+        /// The highest routing-table epoch this node has seen.
+        epoch: u64,
+    },
+    /// The operation did not complete in time; it may or may not have taken effect.
+    #[error("operation timed out; it may or may not have taken effect")]
+    Timeout,
+    /// This node is outside a majority of the last stable view and refuses writes.
+    #[error("quorum lost: this node is outside a majority of the last stable view")]
+    QuorumLost,
+    /// The value is larger than the configured maximum.
+    #[error("value is {len} bytes, at most {max} allowed")]
+    ValueTooLarge {
+        /// Length of the value in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The key is larger than the configured maximum.
+    #[error("key is {len} bytes, at most {max} allowed")]
+    KeyTooLarge {
+        /// Length of the key in bytes.
+        len: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// No bucket of that name is configured.
+    #[error("unknown bucket {name:?}")]
+    BucketUnknown {
+        /// The name asked for.
+        name: String,
+    },
+    /// A bucket of that name already exists.
+    #[error("bucket {name:?} already exists")]
+    BucketExists {
+        /// The name asked for.
+        name: String,
+    },
+    /// More buckets than the store supports.
+    #[error("too many buckets, at most {max}")]
+    TooManyBuckets {
+        /// The limit.
+        max: usize,
+    },
+    /// The stored value is not a decimal 64-bit signed integer (Redis: "value is not an
+    /// integer or out of range").
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    /// The increment would overflow a 64-bit signed integer (Redis: "increment or decrement
+    /// would overflow"). The value is unchanged.
+    #[error("increment or decrement would overflow")]
+    Overflow,
+    /// A partition count that does not divide the 16384 key slots.
+    #[error("partition count {count} must be between 1 and 16384 and divide 16384")]
+    InvalidPartitionCount {
+        /// The count given.
+        count: u32,
+    },
+    /// A routing table was refused.
+    #[error(transparent)]
+    Table(#[from] TableError),
+}

@@ -1,0 +1,44 @@
+//! Mycel: a distributed in-memory cache built on Nodosum. This crate currently holds its
+//! sans-IO core.
+//!
+//! Mycel stores bytes under keys in named buckets, spread over a cluster: keys map to one
+//! of a fixed number of partitions by Redis's CRC16 key slot (with `{hash tag}`s, so
+//! related keys stay together), partitions map to an ordered replica set (primary, then
+//! backups) by weighted rendezvous hashing, and one deterministic member, the oldest,
+//! publishes these placements as a versioned routing table. Writes are ordered by
+//! per-partition versions `(epoch, sequence)` assigned by the primary; conflicts resolve by
+//! version, never by wall clock.
+//!
+//! What is here, all deterministic and free of I/O (time and randomness are parameters):
+//!
+//! - [`slot`]: key -> [`Slot`] -> [`Partition`] ([`Partitioning`]).
+//! - [`placement`]: partition -> replica set over weighted [`Member`]s.
+//! - [`routing`]: the [`RoutingTable`], the node's [`RoutingState`] (highest epoch wins,
+//!   conflicts detected), the authority rule, the majority check and the
+//!   [`ViewStabilizer`].
+//! - [`store`]: one node's local [`Store`]: buckets, TTLs, Redis-like `SET` options,
+//!   versioned replicated writes, a sampled expiry reaper and a byte budget enforced by
+//!   `quick_cache`.
+//! - [`checker`]: a linearizability checker for single-key register histories, for fault
+//!   tests.
+//!
+//! What is not here yet: the networked layer (replication to backups over Nodosum,
+//! forwarding to owners, partition hand-off, single-flight loading, the `mycel` binary).
+//! It will be built on these modules once the `nodosum` facade exists; nothing in this
+//! crate sends a byte or reads a clock.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod error;
+pub mod placement;
+pub mod routing;
+pub mod slot;
+
+pub use clock::Timestamp;
+pub use error::Error;
+pub use nodosum_proto::NodeId;
+pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
+pub use routing::{Role, RoutingState, RoutingTable, TableError, ViewStabilizer, authority};
+pub use slot::{Partition, Partitioning, Slot};
