@@ -1,0 +1,9 @@
+//! Integration tests of nodosum-discovery against real servers on loopback: dnsmasq for DNS,
+//! a stand-in for Consul's HTTP API, the system resolver for static seeds.
+
+mod dns;
+mod dnsmasq;
+mod static_list;
+
+/// Generous guard against hangs; never a timing assertion.
+pub(crate) const GUARD: std::time::Duration = std::time::Duration::from_secs(30);
