@@ -35,6 +35,7 @@ mod error;
 pub mod placement;
 pub mod routing;
 pub mod slot;
+pub mod store;
 
 pub use clock::Timestamp;
 pub use error::Error;
@@ -42,3 +43,4 @@ pub use nodosum_proto::NodeId;
 pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
 pub use routing::{Role, RoutingState, RoutingTable, TableError, ViewStabilizer, authority};
 pub use slot::{Partition, Partitioning, Slot};
+pub use store::{Store, StoreConfig, Version};

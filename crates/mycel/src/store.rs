@@ -1,0 +1,1727 @@
+//! One node's local store: buckets of keys with TTLs and versions, under a byte budget.
+//!
+//! The store is a sans-IO state machine owned by one task: every operation takes the
+//! current time ([`Timestamp`]) and, for writes it originates, the routing epoch; the
+//! reaper takes a random number generator. Nothing here reads a clock or spawns.
+//!
+//! - Entries live in a [`quick_cache`] `unsync::Cache`, weighed as key + value +
+//!   [`ENTRY_OVERHEAD`] bytes, so the configured budget bounds memory and the cache's
+//!   eviction policy (CLOCK-Pro-like with ghost entries) chooses what to drop when an
+//!   insert would exceed it. Evictions are reported back and the store's indexes follow.
+//! - Each entry carries a [`Version`] `(epoch, seq)`. Writes this node originates as
+//!   primary get the next version of their partition and come back as a [`Write`] to
+//!   replicate; a replica applies a [`Write`] only if it is newer than what it holds
+//!   ([`Store::apply`]), so conflicts resolve by version, never by wall clock. Deletes leave
+//!   a tombstone (kept for [`StoreConfig::tombstone_ttl`]) so that an older write arriving
+//!   late cannot resurrect a deleted key.
+//! - TTLs are absolute expiry timestamps beside the value: checked on every read, and
+//!   removed in the background by [`Store::reap`], which samples keys with a TTL like
+//!   Redis's active expiry cycle.
+//! - A per-partition key index lets the store stream a partition ([`Store::partition`])
+//!   and drop it ([`Store::drop_partition`]) without scanning everything.
+//!
+//! Expired entries are removed locally by each replica when it notices them, without a
+//! version: expiry is a function of the replicated expiry time, not a write.
+
+use std::collections::HashMap;
+use std::hash::{Hash, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use quick_cache::{Equivalent, Lifecycle, OptionsBuilder, Weighter, unsync};
+use rand_core::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::slot::{Partition, Partitioning};
+
+/// Bytes charged per entry on top of its key and value, for the budget: the cache's slot,
+/// its hash table entry, the value's allocation header and the store's indexes. Measured
+/// by the `memory` example (see the crate README figures); an estimate, not exact.
+pub const ENTRY_OVERHEAD: u64 = 160;
+
+/// Most buckets a store holds.
+pub const MAX_BUCKETS: usize = 1024;
+
+/// Rounds of sampling one [`Store::reap`] call does at most, so a step is bounded.
+pub const MAX_REAP_ROUNDS: usize = 16;
+
+/// Default keys sampled per reaper round, as Redis's `ACTIVE_EXPIRE_CYCLE_KEYS_PER_LOOP`.
+pub const DEFAULT_REAP_SAMPLE: usize = 20;
+
+/// A write's version: the routing epoch of the primary that made it, then a per-partition
+/// sequence number. Ordered by epoch first, so a write made by a newer primary always wins
+/// over one made by an older primary.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub struct Version {
+    /// Routing-table epoch of the primary when it made the write.
+    pub epoch: u64,
+    /// Sequence number within the partition, increasing on each node that orders writes.
+    pub seq: u64,
+}
+
+/// The local store's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Partitioning of the cluster; must be the same on every node.
+    pub partitioning: Partitioning,
+    /// The byte budget: total weight (key + value + [`ENTRY_OVERHEAD`] per entry) the store
+    /// keeps before evicting. Default 256 MiB.
+    pub max_bytes: u64,
+    /// Longest key in bytes. Default 64 KiB (Redis allows 512 MiB; a cache key that long
+    /// is a mistake).
+    pub max_key_len: usize,
+    /// Longest value in bytes, unless a bucket sets its own. Default 16 MiB. Values heavier
+    /// than about 97 % of `max_bytes` are refused whatever this says.
+    pub max_value_len: usize,
+    /// How long a delete's tombstone is kept, so that an older write arriving late (during
+    /// a hand-off or a rejoin) is recognised as older. Default 60 s: longer than any
+    /// partition move should take.
+    pub tombstone_ttl: Duration,
+    /// Expected number of entries: sizes the cache's tables up front and its ghost list
+    /// (half this many recently evicted keys are remembered to improve admission). Default
+    /// 65536; raise it for large budgets of small entries.
+    pub estimated_items: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            partitioning: Partitioning::default(),
+            max_bytes: 256 * 1024 * 1024,
+            max_key_len: 64 * 1024,
+            max_value_len: 16 * 1024 * 1024,
+            tombstone_ttl: Duration::from_secs(60),
+            estimated_items: 65536,
+        }
+    }
+}
+
+/// A bucket's options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BucketOptions {
+    /// TTL given to entries written without an explicit expiry; `None` keeps them until
+    /// deleted or evicted.
+    pub default_ttl: Option<Duration>,
+    /// Longest value in this bucket; `None` uses [`StoreConfig::max_value_len`].
+    pub max_value_len: Option<usize>,
+}
+
+/// A bucket handle, valid for the store that issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketId(u16);
+
+/// When a written entry expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// The bucket's default TTL (none if the bucket has none).
+    #[default]
+    BucketDefault,
+    /// Never (`SET` without `EX` in a bucket without default, or `PERSIST`).
+    Never,
+    /// After this long (`EX`, `PX`).
+    After(Duration),
+    /// At this time (`EXAT`, `PXAT`); a time in the past makes the entry expired at once.
+    At(Timestamp),
+    /// Keep the current expiry if the key exists (`KEEPTTL`); the bucket default otherwise.
+    Keep,
+}
+
+/// When a `SET` applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only if the key does not exist (`NX`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// Options of [`Store::set`], as Redis `SET`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SetOptions {
+    /// Expiry of the new value.
+    pub expiry: Expiry,
+    /// Condition on the key's existence.
+    pub condition: Condition,
+    /// Return the previous value (`GET`), whether or not the write happened.
+    pub get: bool,
+}
+
+/// What [`Store::set`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// The write to replicate, or `None` if the condition was not met (nothing changed).
+    pub write: Option<Write>,
+    /// The previous value, if [`SetOptions::get`] was set and the key existed.
+    pub previous: Option<Bytes>,
+}
+
+/// A versioned write: what a primary sends its backups, and what a snapshot is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    /// Bucket name (names, not handles, cross the network).
+    pub bucket: Arc<str>,
+    /// The key.
+    pub key: Bytes,
+    /// The write's version.
+    pub version: Version,
+    /// What the write does.
+    pub op: WriteOp,
+}
+
+/// The effect of a [`Write`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// The key holds `value`, expiring at `expires_at` if set.
+    Put {
+        /// The value.
+        value: Bytes,
+        /// Absolute expiry.
+        expires_at: Option<Timestamp>,
+    },
+    /// The key is deleted.
+    Delete,
+}
+
+/// What [`Store::apply`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The write was newer and is now held.
+    Applied,
+    /// The store already holds this version or a newer one; nothing changed.
+    Stale {
+        /// The version held.
+        held: Version,
+    },
+}
+
+/// A key's time to live, as Redis `TTL`/`PTTL` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// The key does not exist (Redis -2).
+    Missing,
+    /// The key exists and does not expire (Redis -1).
+    Persistent,
+    /// The key expires at `at`, `remaining` from now.
+    Expires {
+        /// Absolute expiry.
+        at: Timestamp,
+        /// Time left.
+        remaining: Duration,
+    },
+}
+
+/// What one [`Store::reap`] step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapStats {
+    /// Keys looked at.
+    pub sampled: usize,
+    /// Expired entries (and tombstones) removed.
+    pub removed: usize,
+    /// Sampling rounds run.
+    pub rounds: usize,
+}
+
+/// Counters and gauges of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries held, tombstones included.
+    pub entries: usize,
+    /// Tombstones among them.
+    pub tombstones: usize,
+    /// Keys with an expiry (tombstones included).
+    pub with_ttl: usize,
+    /// Current weight in bytes (see [`ENTRY_OVERHEAD`]).
+    pub weight: u64,
+    /// The byte budget.
+    pub capacity: u64,
+    /// Entries evicted to respect the budget, since the store was made.
+    pub evicted: u64,
+    /// Expired entries removed (on read or by the reaper), since the store was made.
+    pub expired: u64,
+}
+
+/// One node's local store. See the [module docs](self).
+pub struct Store {
+    config: StoreConfig,
+    buckets: Vec<Bucket>,
+    bucket_ids: HashMap<Arc<str>, BucketId>,
+    cache: unsync::Cache<EntryKey, Entry, EntryWeighter, RandomState, Evictions>,
+    /// Keys of each partition; an entry's `part_pos` is its index in its partition's list.
+    parts: Vec<PartIndex>,
+    /// Keys with an expiry; an entry's `ttl_pos` is its index here.
+    ttl_keys: Vec<EntryKey>,
+    tombstones: usize,
+    evicted: u64,
+    expired: u64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    name: Arc<str>,
+    options: BucketOptions,
+}
+
+#[derive(Debug, Default)]
+struct PartIndex {
+    keys: Vec<EntryKey>,
+    /// Highest version written or applied in this partition.
+    high: Version,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EntryKey {
+    bucket: u16,
+    key: Bytes,
+}
+
+/// A borrowed key for lookups; hashes exactly like [`EntryKey`].
+#[derive(Hash)]
+struct KeyRef<'a> {
+    bucket: u16,
+    key: &'a [u8],
+}
+
+impl Equivalent<EntryKey> for KeyRef<'_> {
+    fn equivalent(&self, k: &EntryKey) -> bool {
+        self.bucket == k.bucket && self.key == k.key.as_ref()
+    }
+}
+
+const NO_POS: u32 = u32::MAX;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// `None` for a tombstone.
+    value: Option<Bytes>,
+    version: Version,
+    /// Milliseconds since the Unix epoch; 0 for no expiry.
+    expires_at: u64,
+    part_pos: u32,
+    ttl_pos: u32,
+}
+
+impl Entry {
+    fn expiry(&self) -> Option<Timestamp> {
+        (self.expires_at != 0).then_some(Timestamp::from_millis(self.expires_at))
+    }
+
+    fn is_expired(&self, now: Timestamp) -> bool {
+        self.expires_at != 0 && self.expires_at <= now.as_millis()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EntryWeighter;
+
+impl Weighter<EntryKey, Entry> for EntryWeighter {
+    fn weight(&self, key: &EntryKey, val: &Entry) -> u64 {
+        entry_weight(key.key.len(), val.value.as_ref().map_or(0, Bytes::len))
+    }
+}
+
+fn entry_weight(key_len: usize, value_len: usize) -> u64 {
+    let len = u64::try_from(key_len.saturating_add(value_len)).unwrap_or(u64::MAX);
+    len.saturating_add(ENTRY_OVERHEAD)
+}
+
+/// Collects what the cache evicts during one insert.
+#[derive(Debug, Clone, Default)]
+struct Evictions;
+
+impl Lifecycle<EntryKey, Entry> for Evictions {
+    type RequestState = Vec<(EntryKey, Entry)>;
+
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
+
+    fn on_evict(&self, state: &mut Self::RequestState, key: EntryKey, val: Entry) {
+        state.push((key, val));
+    }
+}
+
+/// Which index an entry position refers to.
+#[derive(Clone, Copy)]
+enum Index {
+    Part(usize),
+    Ttl,
+}
+
+impl Store {
+    /// An empty store with no buckets.
+    pub fn new(config: StoreConfig) -> Self {
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(config.estimated_items)
+            .weight_capacity(config.max_bytes)
+            .build()
+            .expect("invariant: estimated items and weight capacity are always valid");
+        let cache =
+            unsync::Cache::with_options(options, EntryWeighter, RandomState::new(), Evictions);
+        let parts = config
+            .partitioning
+            .iter()
+            .map(|_| PartIndex::default())
+            .collect();
+        Self {
+            config,
+            buckets: Vec::new(),
+            bucket_ids: HashMap::new(),
+            cache,
+            parts,
+            ttl_keys: Vec::new(),
+            tombstones: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Adds a bucket.
+    pub fn create_bucket(&mut self, name: &str, options: BucketOptions) -> Result<BucketId, Error> {
+        if self.bucket_ids.contains_key(name) {
+            return Err(Error::BucketExists { name: name.into() });
+        }
+        if self.buckets.len() >= MAX_BUCKETS {
+            return Err(Error::TooManyBuckets { max: MAX_BUCKETS });
+        }
+        let id = BucketId(u16::try_from(self.buckets.len()).expect("invariant: below MAX_BUCKETS"));
+        let name: Arc<str> = name.into();
+        self.buckets.push(Bucket {
+            name: name.clone(),
+            options,
+        });
+        self.bucket_ids.insert(name, id);
+        Ok(id)
+    }
+
+    /// The bucket called `name`.
+    pub fn bucket(&self, name: &str) -> Result<BucketId, Error> {
+        self.bucket_ids
+            .get(name)
+            .copied()
+            .ok_or_else(|| Error::BucketUnknown { name: name.into() })
+    }
+
+    /// The name of bucket `id`.
+    pub fn bucket_name(&self, id: BucketId) -> Option<&Arc<str>> {
+        self.buckets.get(usize::from(id.0)).map(|b| &b.name)
+    }
+
+    /// The options of bucket `id`.
+    pub fn bucket_options(&self, id: BucketId) -> Option<&BucketOptions> {
+        self.buckets.get(usize::from(id.0)).map(|b| &b.options)
+    }
+
+    /// The value of `key`, if it exists and has not expired. Counts as a use for eviction.
+    pub fn get(&mut self, bucket: BucketId, key: &[u8], now: Timestamp) -> Option<Bytes> {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key,
+        };
+        let entry = self.cache.get(&k)?;
+        if entry.is_expired(now) {
+            self.remove_expired(&k);
+            return None;
+        }
+        entry.value.clone()
+    }
+
+    /// Whether `key` exists (and has not expired). Not a use for eviction.
+    pub fn exists(&mut self, bucket: BucketId, key: &[u8], now: Timestamp) -> bool {
+        self.live(bucket, key, now).is_some()
+    }
+
+    /// The time to live of `key`.
+    pub fn ttl(&mut self, bucket: BucketId, key: &[u8], now: Timestamp) -> Ttl {
+        match self.live(bucket, key, now) {
+            None => Ttl::Missing,
+            Some(e) => match e.expiry() {
+                None => Ttl::Persistent,
+                Some(at) => Ttl::Expires {
+                    at,
+                    remaining: at.saturating_since(now),
+                },
+            },
+        }
+    }
+
+    /// The version of `key`'s entry, tombstones included (for replication and tests).
+    pub fn version(&self, bucket: BucketId, key: &[u8]) -> Option<Version> {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key,
+        };
+        self.cache.peek(&k).map(|e| e.version)
+    }
+
+    /// Sets `key` to `value` as Redis `SET` does, as primary at routing epoch `epoch`.
+    ///
+    /// Size limits are checked first ([`Error::KeyTooLarge`], [`Error::ValueTooLarge`]);
+    /// on error nothing changed. The new entry may evict others to respect the budget.
+    pub fn set(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        value: Bytes,
+        options: SetOptions,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<SetOutcome, Error> {
+        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
+        self.check_size(bucket, &key, value.len())?;
+        let current = self.live(bucket, &key, now).cloned();
+        let previous = if options.get {
+            current.as_ref().and_then(|e| e.value.clone())
+        } else {
+            None
+        };
+        let allowed = match options.condition {
+            Condition::Always => true,
+            Condition::IfAbsent => current.is_none(),
+            Condition::IfPresent => current.is_some(),
+        };
+        if !allowed {
+            return Ok(SetOutcome {
+                write: None,
+                previous,
+            });
+        }
+        let default_expiry = || default_ttl.map(|d| now.saturating_add(d));
+        let expires_at = match options.expiry {
+            Expiry::BucketDefault => default_expiry(),
+            Expiry::Never => None,
+            Expiry::After(d) => Some(now.saturating_add(d)),
+            Expiry::At(t) => Some(t),
+            Expiry::Keep => match &current {
+                Some(e) => e.expiry(),
+                None => default_expiry(),
+            },
+        };
+        let write = self.local_put(bucket, key, value, expires_at, epoch);
+        Ok(SetOutcome {
+            write: Some(write),
+            previous,
+        })
+    }
+
+    /// Deletes `key` as primary at `epoch`; `None` if it did not exist.
+    pub fn delete(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<Option<Write>, Error> {
+        self.bucket_ref(bucket)?;
+        if self.live(bucket, &key, now).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.local_delete(bucket, key, now, epoch)))
+    }
+
+    /// Sets `key`'s expiry to `at` as primary at `epoch` (Redis `EXPIRE`, `PEXPIREAT`); a
+    /// time not after `now` deletes the key. `None` if the key does not exist.
+    pub fn expire(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        at: Timestamp,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<Option<Write>, Error> {
+        self.bucket_ref(bucket)?;
+        let Some(value) = self.live(bucket, &key, now).and_then(|e| e.value.clone()) else {
+            return Ok(None);
+        };
+        if at <= now {
+            return Ok(Some(self.local_delete(bucket, key, now, epoch)));
+        }
+        Ok(Some(self.local_put(bucket, key, value, Some(at), epoch)))
+    }
+
+    /// Removes `key`'s expiry as primary at `epoch` (Redis `PERSIST`); `None` if the key
+    /// does not exist or has no expiry.
+    pub fn persist(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<Option<Write>, Error> {
+        self.bucket_ref(bucket)?;
+        let Some(entry) = self.live(bucket, &key, now) else {
+            return Ok(None);
+        };
+        let (Some(value), Some(_)) = (entry.value.clone(), entry.expiry()) else {
+            return Ok(None);
+        };
+        Ok(Some(self.local_put(bucket, key, value, None, epoch)))
+    }
+
+    /// Adds `delta` to the decimal integer in `key` as primary at `epoch` (Redis `INCRBY`);
+    /// a missing key counts as 0 and gets the bucket's default TTL, an existing key keeps
+    /// its TTL. Returns the new value and the write to replicate.
+    pub fn incr_by(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        delta: i64,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<(i64, Write), Error> {
+        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
+        // The result is at most 20 bytes; only the key's length is checked up front.
+        self.check_size(bucket, &key, 0)?;
+        let (current, expires_at) = match self.live(bucket, &key, now) {
+            Some(e) => (
+                parse_i64(e.value.as_deref().unwrap_or_default())?,
+                e.expiry(),
+            ),
+            None => (0, default_ttl.map(|d| now.saturating_add(d))),
+        };
+        let next = current.checked_add(delta).ok_or(Error::Overflow)?;
+        let value = Bytes::from(next.to_string());
+        let write = self.local_put(bucket, key, value, expires_at, epoch);
+        Ok((next, write))
+    }
+
+    /// Applies a replicated (or snapshot) write if it is newer than what the store holds
+    /// for that key, tombstones included. Never compares times.
+    pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
+        let bucket = self.bucket(&write.bucket)?;
+        let k = KeyRef {
+            bucket: bucket.0,
+            key: &write.key,
+        };
+        if let Some(held) = self.cache.peek(&k).map(|e| e.version)
+            && held >= write.version
+        {
+            return Ok(Applied::Stale { held });
+        }
+        let key = EntryKey {
+            bucket: bucket.0,
+            key: write.key.clone(),
+        };
+        let partition = self.config.partitioning.partition_of(&write.key);
+        match &write.op {
+            WriteOp::Put { value, expires_at } => {
+                self.check_size(bucket, &write.key, value.len())?;
+                self.insert(
+                    key,
+                    Some(value.clone()),
+                    write.version,
+                    expires_at.map_or(0, Timestamp::as_millis),
+                );
+            }
+            WriteOp::Delete => {
+                let until = now.saturating_add(self.config.tombstone_ttl);
+                self.insert(key, None, write.version, until.as_millis().max(1));
+            }
+        }
+        let part = &mut self.parts[partition.index()];
+        part.high = part.high.max(write.version);
+        Ok(Applied::Applied)
+    }
+
+    /// The highest version written or applied in `partition` (default if none).
+    pub fn high_version(&self, partition: Partition) -> Version {
+        self.parts
+            .get(partition.index())
+            .map_or_else(Version::default, |p| p.high)
+    }
+
+    /// A snapshot of `partition` at `now`, as writes a new owner can [`apply`](Self::apply):
+    /// every live entry as a put, every tombstone as a delete, with their versions.
+    pub fn partition(
+        &self,
+        partition: Partition,
+        now: Timestamp,
+    ) -> impl Iterator<Item = Write> + '_ {
+        let keys = self
+            .parts
+            .get(partition.index())
+            .map_or(&[][..], |p| &p.keys[..]);
+        keys.iter().filter_map(move |k| {
+            let e = self.cache.peek(k)?;
+            let op = match &e.value {
+                Some(value) if !e.is_expired(now) => WriteOp::Put {
+                    value: value.clone(),
+                    expires_at: e.expiry(),
+                },
+                Some(_) => return None,
+                None => WriteOp::Delete,
+            };
+            Some(Write {
+                bucket: self.buckets[usize::from(k.bucket)].name.clone(),
+                key: k.key.clone(),
+                version: e.version,
+                op,
+            })
+        })
+    }
+
+    /// Entries held in `partition`, tombstones and not-yet-reaped expired entries included.
+    pub fn partition_len(&self, partition: Partition) -> usize {
+        self.parts
+            .get(partition.index())
+            .map_or(0, |p| p.keys.len())
+    }
+
+    /// Forgets `partition` entirely (after its new owner acknowledged a hand-off); returns
+    /// how many entries were dropped.
+    pub fn drop_partition(&mut self, partition: Partition) -> usize {
+        let Some(part) = self.parts.get_mut(partition.index()) else {
+            return 0;
+        };
+        let keys = std::mem::take(&mut part.keys);
+        part.high = Version::default();
+        let n = keys.len();
+        for k in keys {
+            if let Some((k, e)) = self.cache.remove(&k) {
+                self.unindex(&k, &e, false);
+            }
+        }
+        n
+    }
+
+    /// Removes every entry (Redis `FLUSHDB` on this node); buckets stay.
+    pub fn clear(&mut self) {
+        self.cache.clear();
+        for p in &mut self.parts {
+            *p = PartIndex::default();
+        }
+        self.ttl_keys.clear();
+        self.tombstones = 0;
+    }
+
+    /// One step of active expiry, like Redis's: look at up to `sample` random keys that
+    /// have an expiry, remove the expired ones (and expired tombstones), and repeat while
+    /// more than a quarter of a round was expired, at most [`MAX_REAP_ROUNDS`] rounds.
+    pub fn reap<R: Rng + ?Sized>(
+        &mut self,
+        now: Timestamp,
+        rng: &mut R,
+        sample: usize,
+    ) -> ReapStats {
+        let mut stats = ReapStats::default();
+        while stats.rounds < MAX_REAP_ROUNDS && !self.ttl_keys.is_empty() && sample > 0 {
+            stats.rounds += 1;
+            let mut looked = 0;
+            let mut removed = 0;
+            while looked < sample && !self.ttl_keys.is_empty() {
+                looked += 1;
+                let len = u64::try_from(self.ttl_keys.len()).unwrap_or(u64::MAX);
+                let at =
+                    usize::try_from(rng.next_u64() % len).expect("invariant: below a usize length");
+                let key = self.ttl_keys[at].clone();
+                let expired = self.cache.peek(&key).is_some_and(|e| e.is_expired(now));
+                if expired {
+                    self.remove_expired(&key);
+                    removed += 1;
+                }
+            }
+            stats.sampled += looked;
+            stats.removed += removed;
+            if removed * 4 <= looked {
+                break;
+            }
+        }
+        stats
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            entries: self.cache.len(),
+            tombstones: self.tombstones,
+            with_ttl: self.ttl_keys.len(),
+            weight: self.cache.weight(),
+            capacity: self.cache.capacity(),
+            evicted: self.evicted,
+            expired: self.expired,
+        }
+    }
+
+    /// Live entries held (tombstones excluded; expired entries not yet reaped included).
+    pub fn len(&self) -> usize {
+        self.cache.len() - self.tombstones
+    }
+
+    /// Whether the store holds no live entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn bucket_ref(&self, bucket: BucketId) -> Result<&Bucket, Error> {
+        self.buckets
+            .get(usize::from(bucket.0))
+            .ok_or_else(|| Error::BucketUnknown {
+                name: format!("#{}", bucket.0),
+            })
+    }
+
+    fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
+        if key.len() > self.config.max_key_len {
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: self.config.max_key_len,
+            });
+        }
+        let configured = self
+            .bucket_options(bucket)
+            .and_then(|o| o.max_value_len)
+            .unwrap_or(self.config.max_value_len);
+        // The cache refuses entries heavier than its hot section (97 % of the budget).
+        let fits = (self.config.max_bytes / 100 * 97)
+            .saturating_sub(ENTRY_OVERHEAD)
+            .saturating_sub(u64::try_from(key.len()).unwrap_or(u64::MAX));
+        let max = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
+        if value_len > max {
+            return Err(Error::ValueTooLarge {
+                len: value_len,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The entry of `key` if it is live; removes it if it has expired.
+    fn live(&mut self, bucket: BucketId, key: &[u8], now: Timestamp) -> Option<&Entry> {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key,
+        };
+        let expired = self.cache.peek(&k)?.is_expired(now);
+        if expired {
+            self.remove_expired(&k);
+            return None;
+        }
+        self.cache.peek(&k).filter(|e| e.value.is_some())
+    }
+
+    fn remove_expired<Q: Hash + Equivalent<EntryKey> + ?Sized>(&mut self, k: &Q) {
+        if let Some((k, e)) = self.cache.remove(k) {
+            self.expired += 1;
+            self.unindex(&k, &e, true);
+        }
+    }
+
+    fn next_version(&mut self, partition: Partition, epoch: u64) -> Version {
+        let part = &mut self.parts[partition.index()];
+        let v = Version {
+            epoch: epoch.max(part.high.epoch),
+            seq: part.high.seq.saturating_add(1),
+        };
+        part.high = v;
+        v
+    }
+
+    fn local_put(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        value: Bytes,
+        expires_at: Option<Timestamp>,
+        epoch: u64,
+    ) -> Write {
+        let partition = self.config.partitioning.partition_of(&key);
+        let version = self.next_version(partition, epoch);
+        // 0 means "no expiry", so an expiry at the epoch itself is stored as 1 ms.
+        let at = expires_at.map_or(0, |t| t.as_millis().max(1));
+        let entry_key = EntryKey {
+            bucket: bucket.0,
+            key: key.clone(),
+        };
+        self.insert(entry_key, Some(value.clone()), version, at);
+        Write {
+            bucket: self.buckets[usize::from(bucket.0)].name.clone(),
+            key,
+            version,
+            op: WriteOp::Put { value, expires_at },
+        }
+    }
+
+    fn local_delete(&mut self, bucket: BucketId, key: Bytes, now: Timestamp, epoch: u64) -> Write {
+        let partition = self.config.partitioning.partition_of(&key);
+        let version = self.next_version(partition, epoch);
+        let until = now.saturating_add(self.config.tombstone_ttl);
+        let entry_key = EntryKey {
+            bucket: bucket.0,
+            key: key.clone(),
+        };
+        self.insert(entry_key, None, version, until.as_millis().max(1));
+        Write {
+            bucket: self.buckets[usize::from(bucket.0)].name.clone(),
+            key,
+            version,
+            op: WriteOp::Delete,
+        }
+    }
+
+    /// Inserts or replaces an entry, keeping the indexes in step with the cache.
+    fn insert(&mut self, key: EntryKey, value: Option<Bytes>, version: Version, expires_at: u64) {
+        let partition = self.config.partitioning.partition_of(&key.key).index();
+        let old = self.cache.peek(&key).map(|e| (e.part_pos, e.ttl_pos));
+        let mut key = key;
+        let (part_pos, old_ttl_pos) = match old {
+            Some((part_pos, ttl_pos)) => {
+                // Keep the stored key so that the cache and the indexes share one
+                // allocation, rather than pinning the old one in the indexes.
+                if let Some(stored) = self.parts[partition]
+                    .keys
+                    .get(usize::try_from(part_pos).unwrap_or(usize::MAX))
+                    .filter(|k| **k == key)
+                {
+                    key = stored.clone();
+                }
+                (part_pos, ttl_pos)
+            }
+            None => {
+                let keys = &mut self.parts[partition].keys;
+                keys.push(key.clone());
+                (pos_u32(keys.len() - 1), NO_POS)
+            }
+        };
+        let ttl_pos = match (expires_at != 0, old_ttl_pos != NO_POS) {
+            (true, true) => old_ttl_pos,
+            (true, false) => {
+                self.ttl_keys.push(key.clone());
+                pos_u32(self.ttl_keys.len() - 1)
+            }
+            (false, true) => {
+                self.remove_at(Index::Ttl, &key, old_ttl_pos);
+                NO_POS
+            }
+            (false, false) => NO_POS,
+        };
+        if value.is_none() {
+            self.tombstones += 1;
+        }
+        let entry = Entry {
+            value,
+            version,
+            expires_at,
+            part_pos,
+            ttl_pos,
+        };
+        let inserted = key.clone();
+        let evicted = self.cache.insert_with_lifecycle(key, entry);
+        // The cache reports the value it replaced like an eviction; the new entry took over
+        // its index positions, so only the tombstone count follows.
+        let replaced_only = self.cache.peek(&inserted).is_some();
+        for (k, e) in evicted {
+            if replaced_only && k == inserted {
+                if e.value.is_none() {
+                    self.tombstones -= 1;
+                }
+                continue;
+            }
+            self.evicted += 1;
+            tracing::trace!(bucket = k.bucket, "evicted to respect the byte budget");
+            self.unindex(&k, &e, true);
+        }
+    }
+
+    /// Removes a key that has left the cache from the indexes.
+    fn unindex(&mut self, key: &EntryKey, entry: &Entry, part_too: bool) {
+        if entry.value.is_none() {
+            self.tombstones -= 1;
+        }
+        if part_too {
+            let partition = self.config.partitioning.partition_of(&key.key).index();
+            self.remove_at(Index::Part(partition), key, entry.part_pos);
+        }
+        if entry.ttl_pos != NO_POS {
+            self.remove_at(Index::Ttl, key, entry.ttl_pos);
+        }
+    }
+
+    /// Swap-removes `key` from an index where it is expected at `pos`, and tells the key
+    /// moved into its place its new position. If the key is not at `pos` (its position was
+    /// stale because it was moved while it sat in a batch of evictions), it is searched.
+    fn remove_at(&mut self, index: Index, key: &EntryKey, pos: u32) {
+        let list = match index {
+            Index::Part(p) => &mut self.parts[p].keys,
+            Index::Ttl => &mut self.ttl_keys,
+        };
+        let at = usize::try_from(pos).unwrap_or(usize::MAX);
+        let at = if list.get(at) == Some(key) {
+            at
+        } else {
+            match list.iter().position(|k| k == key) {
+                Some(at) => at,
+                None => return,
+            }
+        };
+        list.swap_remove(at);
+        let Some(moved) = list.get(at).cloned() else {
+            return;
+        };
+        if let Some(mut e) = self.cache.peek_mut(&moved) {
+            match index {
+                Index::Part(_) => e.part_pos = pos_u32(at),
+                Index::Ttl => e.ttl_pos = pos_u32(at),
+            }
+        }
+    }
+}
+
+fn pos_u32(pos: usize) -> u32 {
+    // The cache holds far fewer than 4 billion entries: each weighs at least ENTRY_OVERHEAD
+    // bytes of a budget that fits in memory.
+    u32::try_from(pos).expect("invariant: fewer than u32::MAX entries")
+}
+
+/// Parses a decimal `i64` exactly as Redis's `string2ll`: optional `-`, no `+`, no
+/// leading zeros (but `0` itself), no spaces, within range.
+pub fn parse_i64(bytes: &[u8]) -> Result<i64, Error> {
+    let (neg, digits) = match bytes {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, bytes),
+    };
+    let valid = match digits {
+        [] => false,
+        [b'0'] => !neg,
+        [first, ..] => (b'1'..=b'9').contains(first) && digits.iter().all(u8::is_ascii_digit),
+    };
+    if !valid || digits.len() > 19 {
+        return Err(Error::NotAnInteger);
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10).ok_or(Error::NotAnInteger)?;
+        n = if neg {
+            n.checked_sub(d)
+        } else {
+            n.checked_add(d)
+        }
+        .ok_or(Error::NotAnInteger)?;
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    const T0: Timestamp = Timestamp::from_millis(1_000_000);
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(T0.as_millis() + ms)
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn store() -> (Store, BucketId) {
+        let mut s = Store::new(StoreConfig::default());
+        let id = s
+            .create_bucket("main", BucketOptions::default())
+            .expect("new bucket");
+        (s, id)
+    }
+
+    fn set(s: &mut Store, id: BucketId, k: &str, v: &str, now: Timestamp) -> SetOutcome {
+        s.set(id, b(k), b(v), SetOptions::default(), now, 1)
+            .expect("set")
+    }
+
+    impl Store {
+        /// Every index entry points at a cache entry that points back, and the counts agree.
+        pub(super) fn check_invariants(&self) {
+            let mut indexed = 0;
+            for (p, part) in self.parts.iter().enumerate() {
+                for (i, k) in part.keys.iter().enumerate() {
+                    let e = self.cache.peek(k).expect("indexed key is cached");
+                    assert_eq!(e.part_pos as usize, i, "part_pos of {k:?}");
+                    assert_eq!(self.config.partitioning.partition_of(&k.key).index(), p);
+                    indexed += 1;
+                }
+            }
+            assert_eq!(
+                indexed,
+                self.cache.len(),
+                "partition index covers the cache"
+            );
+            for (i, k) in self.ttl_keys.iter().enumerate() {
+                let e = self.cache.peek(k).expect("ttl key is cached");
+                assert_eq!(e.ttl_pos as usize, i);
+                assert_ne!(e.expires_at, 0);
+            }
+            let (mut with_ttl, mut tombstones) = (0, 0);
+            for (_, e) in self.cache.iter() {
+                with_ttl += usize::from(e.expires_at != 0);
+                tombstones += usize::from(e.value.is_none());
+            }
+            assert_eq!(with_ttl, self.ttl_keys.len());
+            assert_eq!(tombstones, self.tombstones);
+            assert!(self.cache.weight() <= self.cache.capacity());
+        }
+    }
+
+    #[test]
+    fn buckets() {
+        let (mut s, main) = store();
+        let other = s
+            .create_bucket("other", BucketOptions::default())
+            .expect("second bucket");
+        assert_eq!(
+            s.create_bucket("main", BucketOptions::default()),
+            Err(Error::BucketExists {
+                name: "main".into()
+            })
+        );
+        assert_eq!(s.bucket("main"), Ok(main));
+        assert_eq!(
+            s.bucket("nope"),
+            Err(Error::BucketUnknown {
+                name: "nope".into()
+            })
+        );
+        set(&mut s, main, "k", "1", T0);
+        assert_eq!(s.get(main, b"k", T0), Some(b("1")));
+        assert_eq!(s.get(other, b"k", T0), None);
+        assert!(matches!(
+            s.set(BucketId(9), b("k"), b("v"), SetOptions::default(), T0, 1),
+            Err(Error::BucketUnknown { .. })
+        ));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn set_conditions_and_get() {
+        let (mut s, id) = store();
+        let nx = SetOptions {
+            condition: Condition::IfAbsent,
+            get: true,
+            ..SetOptions::default()
+        };
+        let xx = SetOptions {
+            condition: Condition::IfPresent,
+            ..SetOptions::default()
+        };
+        // XX on a missing key does nothing.
+        let out = s.set(id, b("k"), b("a"), xx, T0, 1).expect("set");
+        assert_eq!(out.write, None);
+        assert!(!s.exists(id, b"k", T0));
+        // NX on a missing key writes, and GET says there was nothing.
+        let out = s.set(id, b("k"), b("a"), nx, T0, 1).expect("set");
+        assert!(out.write.is_some());
+        assert_eq!(out.previous, None);
+        // NX on an existing key does nothing but GET still returns the value.
+        let out = s.set(id, b("k"), b("b"), nx, T0, 1).expect("set");
+        assert_eq!(out.write, None);
+        assert_eq!(out.previous, Some(b("a")));
+        assert_eq!(s.get(id, b"k", T0), Some(b("a")));
+        // XX on an existing key writes.
+        let out = s.set(id, b("k"), b("c"), xx, T0, 1).expect("set");
+        assert!(out.write.is_some());
+        assert_eq!(out.previous, None, "GET not asked");
+        assert_eq!(s.get(id, b"k", T0), Some(b("c")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn ttl_on_read_and_options() {
+        let (mut s, id) = store();
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("k"), b("v"), ex, T0, 1).expect("set");
+        assert_eq!(
+            s.ttl(id, b"k", at(4_000)),
+            Ttl::Expires {
+                at: at(10_000),
+                remaining: Duration::from_secs(6)
+            }
+        );
+        assert_eq!(s.get(id, b"k", at(9_999)), Some(b("v")));
+        assert_eq!(s.get(id, b"k", at(10_000)), None, "expired at the deadline");
+        assert_eq!(s.ttl(id, b"k", at(10_000)), Ttl::Missing);
+        assert_eq!(s.stats().expired, 1);
+        s.check_invariants();
+
+        // A plain SET clears the TTL; KEEPTTL keeps it.
+        s.set(id, b("k"), b("v"), ex, T0, 1).expect("set");
+        let keep = SetOptions {
+            expiry: Expiry::Keep,
+            ..SetOptions::default()
+        };
+        s.set(id, b("k"), b("w"), keep, at(1), 1).expect("set");
+        assert!(matches!(s.ttl(id, b"k", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+        set(&mut s, id, "k", "x", at(2));
+        assert_eq!(s.ttl(id, b"k", at(2)), Ttl::Persistent);
+        s.check_invariants();
+
+        // EXPIRE, PERSIST, EXPIRE in the past.
+        assert!(
+            s.expire(id, b("k"), at(500), at(2), 1)
+                .expect("ok")
+                .is_some()
+        );
+        assert!(matches!(s.ttl(id, b"k", at(3)), Ttl::Expires { .. }));
+        assert!(s.persist(id, b("k"), at(3), 1).expect("ok").is_some());
+        assert!(
+            s.persist(id, b("k"), at(3), 1).expect("ok").is_none(),
+            "no TTL to remove"
+        );
+        assert_eq!(s.ttl(id, b"k", at(600)), Ttl::Persistent);
+        let w = s
+            .expire(id, b("k"), at(600), at(600), 1)
+            .expect("ok")
+            .expect("existed");
+        assert_eq!(w.op, WriteOp::Delete);
+        assert!(!s.exists(id, b"k", at(600)));
+        assert!(
+            s.expire(id, b("k"), at(900), at(600), 1)
+                .expect("ok")
+                .is_none()
+        );
+        assert!(s.persist(id, b("k"), at(600), 1).expect("ok").is_none());
+        // EXAT in the past: written but already expired.
+        let past = SetOptions {
+            expiry: Expiry::At(T0),
+            ..SetOptions::default()
+        };
+        s.set(id, b("p"), b("v"), past, at(5), 1).expect("set");
+        assert_eq!(s.get(id, b"p", at(5)), None);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn bucket_default_ttl() {
+        let mut s = Store::new(StoreConfig::default());
+        let id = s
+            .create_bucket(
+                "sessions",
+                BucketOptions {
+                    default_ttl: Some(Duration::from_secs(30)),
+                    max_value_len: Some(8),
+                },
+            )
+            .expect("bucket");
+        set(&mut s, id, "k", "v", T0);
+        assert!(matches!(s.ttl(id, b"k", T0), Ttl::Expires { at: t, .. } if t == at(30_000)));
+        let never = SetOptions {
+            expiry: Expiry::Never,
+            ..SetOptions::default()
+        };
+        s.set(id, b("k"), b("v"), never, T0, 1).expect("set");
+        assert_eq!(s.ttl(id, b"k", T0), Ttl::Persistent);
+        // KEEPTTL on a new key falls back to the bucket default.
+        let keep = SetOptions {
+            expiry: Expiry::Keep,
+            ..SetOptions::default()
+        };
+        s.set(id, b("n"), b("v"), keep, T0, 1).expect("set");
+        assert!(matches!(s.ttl(id, b"n", T0), Ttl::Expires { .. }));
+        // INCR on a new key gets the default too.
+        s.incr_by(id, b("c"), 1, T0, 1).expect("incr");
+        assert!(matches!(s.ttl(id, b"c", T0), Ttl::Expires { .. }));
+        // The bucket's own value limit.
+        assert_eq!(
+            s.set(id, b("k"), b("123456789"), SetOptions::default(), T0, 1),
+            Err(Error::ValueTooLarge { len: 9, max: 8 })
+        );
+    }
+
+    #[test]
+    fn incr_by_semantics() {
+        let (mut s, id) = store();
+        assert_eq!(s.incr_by(id, b("n"), 5, T0, 1).map(|r| r.0), Ok(5));
+        assert_eq!(s.incr_by(id, b("n"), -7, T0, 1).map(|r| r.0), Ok(-2));
+        assert_eq!(s.get(id, b"n", T0), Some(b("-2")));
+        set(&mut s, id, "s", "abc", T0);
+        assert_eq!(s.incr_by(id, b("s"), 1, T0, 1), Err(Error::NotAnInteger));
+        set(&mut s, id, "m", &i64::MAX.to_string(), T0);
+        assert_eq!(s.incr_by(id, b("m"), 1, T0, 1), Err(Error::Overflow));
+        assert_eq!(
+            s.get(id, b"m", T0),
+            Some(b(&i64::MAX.to_string())),
+            "unchanged"
+        );
+        // INCR keeps an existing TTL.
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("t"), b("10"), ex, T0, 1).expect("set");
+        s.incr_by(id, b("t"), 1, at(1), 1).expect("incr");
+        assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+    }
+
+    #[test]
+    fn parse_i64_like_redis() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("-1", Some(-1)),
+            ("42", Some(42)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("", None),
+            ("-", None),
+            ("-0", None),
+            ("01", None),
+            ("+1", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1.0", None),
+            ("1e3", None),
+            ("00000000000000000001", None),
+        ] {
+            assert_eq!(parse_i64(text.as_bytes()).ok(), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn size_limits() {
+        let config = StoreConfig {
+            max_key_len: 4,
+            max_value_len: 16,
+            ..StoreConfig::default()
+        };
+        let mut s = Store::new(config);
+        let id = s
+            .create_bucket("b", BucketOptions::default())
+            .expect("bucket");
+        assert_eq!(
+            s.set(id, b("12345"), b("v"), SetOptions::default(), T0, 1),
+            Err(Error::KeyTooLarge { len: 5, max: 4 })
+        );
+        assert_eq!(
+            s.set(
+                id,
+                b("k"),
+                Bytes::from(vec![0; 17]),
+                SetOptions::default(),
+                T0,
+                1
+            ),
+            Err(Error::ValueTooLarge { len: 17, max: 16 })
+        );
+        assert!(s.is_empty());
+        // A value heavier than the budget is refused even if the length limit allows it.
+        let tiny = StoreConfig {
+            max_bytes: 1000,
+            ..StoreConfig::default()
+        };
+        let mut s = Store::new(tiny);
+        let id = s
+            .create_bucket("b", BucketOptions::default())
+            .expect("bucket");
+        let max = usize::try_from(970 - ENTRY_OVERHEAD - 1).expect("small");
+        assert_eq!(
+            s.set(
+                id,
+                b("k"),
+                Bytes::from(vec![0; max + 1]),
+                SetOptions::default(),
+                T0,
+                1
+            ),
+            Err(Error::ValueTooLarge { len: max + 1, max })
+        );
+        s.set(
+            id,
+            b("k"),
+            Bytes::from(vec![0; max]),
+            SetOptions::default(),
+            T0,
+            1,
+        )
+        .expect("fits");
+        assert_eq!(s.get(id, b"k", T0).map(|v| v.len()), Some(max));
+    }
+
+    #[test]
+    fn versions_increase_per_partition_and_epoch_orders_first() {
+        let (mut s, id) = store();
+        let p = s.config.partitioning.partition_of(b"{t}a");
+        let w1 = set(&mut s, id, "{t}a", "1", T0).write.expect("written");
+        let w2 = set(&mut s, id, "{t}b", "2", T0).write.expect("written");
+        assert_eq!(w1.version, Version { epoch: 1, seq: 1 });
+        assert_eq!(w2.version, Version { epoch: 1, seq: 2 });
+        let w3 = s
+            .set(id, b("{t}a"), b("3"), SetOptions::default(), T0, 4)
+            .expect("set")
+            .write
+            .expect("written");
+        assert_eq!(w3.version, Version { epoch: 4, seq: 3 });
+        assert!(w3.version > w2.version);
+        // An older epoch never produces a smaller version than the partition holds.
+        let w4 = s
+            .delete(id, b("{t}b"), T0, 2)
+            .expect("ok")
+            .expect("existed");
+        assert!(w4.version > w3.version);
+        assert_eq!(s.high_version(p), w4.version);
+    }
+
+    #[test]
+    fn apply_if_newer_and_tombstones() {
+        let (mut primary, pid) = store();
+        let (mut backup, bid) = store();
+        let w1 = set(&mut primary, pid, "k", "1", T0).write.expect("w1");
+        let w2 = set(&mut primary, pid, "k", "2", T0).write.expect("w2");
+        let del = primary
+            .delete(pid, b("k"), T0, 1)
+            .expect("ok")
+            .expect("existed");
+        assert_eq!(backup.apply(&w2, T0), Ok(Applied::Applied));
+        assert_eq!(
+            backup.apply(&w1, T0),
+            Ok(Applied::Stale { held: w2.version })
+        );
+        assert_eq!(backup.get(bid, b"k", T0), Some(b("2")));
+        assert_eq!(
+            backup.apply(&w2, T0),
+            Ok(Applied::Stale { held: w2.version }),
+            "duplicates are harmless"
+        );
+        assert_eq!(backup.apply(&del, T0), Ok(Applied::Applied));
+        assert_eq!(backup.get(bid, b"k", T0), None);
+        // A late, older write does not resurrect the deleted key.
+        assert_eq!(
+            backup.apply(&w1, T0),
+            Ok(Applied::Stale { held: del.version })
+        );
+        assert!(!backup.exists(bid, b"k", T0));
+        assert_eq!(backup.stats().tombstones, 1);
+        assert_eq!(backup.len(), 0);
+        backup.check_invariants();
+        // The tombstone goes after tombstone_ttl.
+        let mut rng = StdRng::seed_from_u64(1);
+        let later = T0.saturating_add(backup.config.tombstone_ttl);
+        let stats = backup.reap(later, &mut rng, 20);
+        assert_eq!(stats.removed, 1);
+        assert_eq!(backup.stats().entries, 0);
+        backup.check_invariants();
+        // Unknown bucket.
+        let mut foreign = w1;
+        foreign.bucket = "nope".into();
+        assert!(matches!(
+            backup.apply(&foreign, T0),
+            Err(Error::BucketUnknown { .. })
+        ));
+    }
+
+    #[test]
+    fn partition_snapshot_and_drop() {
+        let (mut s, id) = store();
+        let p = s.config.partitioning.partition_of(b"{x}");
+        for i in 0..50 {
+            set(&mut s, id, &format!("{{x}}{i}"), "v", T0);
+            set(&mut s, id, &format!("other{i}"), "v", T0);
+        }
+        s.delete(id, b("{x}0"), T0, 1).expect("ok");
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(1)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("{x}1"), b("v"), ex, T0, 1).expect("set");
+        let snap: Vec<Write> = s.partition(p, at(2_000)).collect();
+        // 50 keys: one tombstone, one expired (left out), 48 puts.
+        assert_eq!(snap.len(), 49);
+        assert_eq!(snap.iter().filter(|w| w.op == WriteOp::Delete).count(), 1);
+        // A fresh replica fed the snapshot holds the same live data.
+        let (mut copy, cid) = store();
+        for w in &snap {
+            assert_eq!(copy.apply(w, at(2_000)), Ok(Applied::Applied));
+        }
+        for i in 2..50 {
+            assert_eq!(
+                copy.get(cid, format!("{{x}}{i}").as_bytes(), at(2_000)),
+                Some(b("v"))
+            );
+        }
+        assert!(!copy.exists(cid, b"{x}0", at(2_000)));
+        let before = s.stats().entries;
+        let n = s.drop_partition(p);
+        assert_eq!(n, 50);
+        assert_eq!(s.stats().entries, before - 50);
+        assert_eq!(s.partition_len(p), 0);
+        assert_eq!(s.high_version(p), Version::default());
+        assert_eq!(s.get(id, b"{x}5", T0), None);
+        assert_eq!(s.get(id, b"other5", T0), Some(b("v")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn reaper_removes_expired_keys_in_bounded_steps() {
+        let (mut s, id) = store();
+        let short = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(1)),
+            ..SetOptions::default()
+        };
+        let long = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(3600)),
+            ..SetOptions::default()
+        };
+        for i in 0..2000 {
+            s.set(id, b(&format!("s{i}")), b("v"), short, T0, 1)
+                .expect("set");
+            s.set(id, b(&format!("l{i}")), b("v"), long, T0, 1)
+                .expect("set");
+            set(&mut s, id, &format!("p{i}"), "v", T0);
+        }
+        let mut rng = StdRng::seed_from_u64(7);
+        // Nothing has expired yet: one round, nothing removed.
+        let stats = s.reap(at(10), &mut rng, 20);
+        assert_eq!((stats.rounds, stats.removed), (1, 0));
+        // Half the keys with a TTL expired: steps are bounded, and repeated steps get
+        // every expired key out.
+        let first = s.reap(at(2_000), &mut rng, 20);
+        assert!(first.rounds > 1, "half expired: keeps sampling, {first:?}");
+        let mut total = first.removed;
+        for _ in 0..10_000 {
+            let stats = s.reap(at(2_000), &mut rng, 20);
+            assert!(stats.rounds <= MAX_REAP_ROUNDS);
+            assert!(stats.sampled <= 20 * MAX_REAP_ROUNDS);
+            total += stats.removed;
+            if total == 2000 {
+                break;
+            }
+        }
+        assert_eq!(total, 2000);
+        // Nothing left to expire: a step is one round.
+        let stats = s.reap(at(2_000), &mut rng, 20);
+        assert_eq!((stats.rounds, stats.removed, stats.sampled), (1, 0, 20));
+        for i in 0..2000 {
+            assert!(!s.exists(id, format!("s{i}").as_bytes(), at(2_000)));
+        }
+        assert_eq!(s.len(), 4000);
+        assert_eq!(s.stats().with_ttl, 2000);
+        s.check_invariants();
+    }
+
+    #[test]
+    fn budget_is_enforced_by_eviction() {
+        let config = StoreConfig {
+            max_bytes: 64 * 1024,
+            estimated_items: 256,
+            ..StoreConfig::default()
+        };
+        let mut s = Store::new(config);
+        let id = s
+            .create_bucket("b", BucketOptions::default())
+            .expect("bucket");
+        let value = Bytes::from(vec![7u8; 100]);
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(60)),
+            ..SetOptions::default()
+        };
+        for i in 0..5_000u32 {
+            let opts = if i % 3 == 0 {
+                ex
+            } else {
+                SetOptions::default()
+            };
+            s.set(id, b(&format!("key:{i}")), value.clone(), opts, T0, 1)
+                .expect("set");
+            if i % 5 == 0 {
+                s.delete(id, b(&format!("key:{}", i / 2)), T0, 1)
+                    .expect("ok");
+            }
+        }
+        let stats = s.stats();
+        assert!(stats.weight <= 64 * 1024, "{stats:?}");
+        assert!(stats.evicted > 4_000, "{stats:?}");
+        assert!(stats.entries < 5_000 * 2 / 10, "{stats:?}");
+        // The most recent key survived its own insert.
+        assert_eq!(s.get(id, b"key:4999", T0), Some(value));
+        s.check_invariants();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Set(u8, u8, Option<u16>),
+        SetNx(u8, u8),
+        Del(u8),
+        Incr(u8, i8),
+        Expire(u8, u16),
+        Persist(u8),
+        Advance(u16),
+        Reap,
+        DropPartition(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (any::<u8>(), any::<u8>(), proptest::option::of(1u16..2000))
+                .prop_map(|(k, v, t)| Op::Set(k, v, t)),
+            (any::<u8>(), any::<u8>()).prop_map(|(k, v)| Op::SetNx(k, v)),
+            any::<u8>().prop_map(Op::Del),
+            (any::<u8>(), any::<i8>()).prop_map(|(k, d)| Op::Incr(k, d)),
+            (any::<u8>(), 0u16..2000).prop_map(|(k, t)| Op::Expire(k, t)),
+            any::<u8>().prop_map(Op::Persist),
+            (0u16..1000).prop_map(Op::Advance),
+            Just(Op::Reap),
+            any::<u8>().prop_map(Op::DropPartition),
+        ]
+    }
+
+    fn key_of(k: u8) -> Bytes {
+        // 32 keys, a few sharing a hash tag, so partitions hold several keys.
+        Bytes::from(format!("{{t{}}}k{}", k % 4, k % 32))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// With a budget that never evicts, the store behaves like a map with expiry times.
+        #[test]
+        fn matches_a_model(ops in proptest::collection::vec(op(), 1..200), seed in any::<u64>()) {
+            let (mut s, id) = store();
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut model: BTreeMap<Bytes, (Bytes, Option<Timestamp>)> = BTreeMap::new();
+            let mut now = T0;
+            for op in ops {
+                model.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
+                match op {
+                    Op::Set(k, v, ttl) => {
+                        let expiry = ttl.map_or(Expiry::BucketDefault, |t| Expiry::After(Duration::from_millis(t.into())));
+                        let opts = SetOptions { expiry, ..SetOptions::default() };
+                        s.set(id, key_of(k), Bytes::from(vec![v]), opts, now, 1).expect("set");
+                        model.insert(key_of(k), (Bytes::from(vec![v]), ttl.map(|t| now.saturating_add(Duration::from_millis(t.into())))));
+                    }
+                    Op::SetNx(k, v) => {
+                        let opts = SetOptions { condition: Condition::IfAbsent, ..SetOptions::default() };
+                        let out = s.set(id, key_of(k), Bytes::from(vec![v]), opts, now, 1).expect("set");
+                        let absent = !model.contains_key(&key_of(k));
+                        prop_assert_eq!(out.write.is_some(), absent);
+                        if absent {
+                            model.insert(key_of(k), (Bytes::from(vec![v]), None));
+                        }
+                    }
+                    Op::Del(k) => {
+                        let w = s.delete(id, key_of(k), now, 1).expect("ok");
+                        prop_assert_eq!(w.is_some(), model.remove(&key_of(k)).is_some());
+                    }
+                    Op::Incr(k, d) => {
+                        let got = s.incr_by(id, key_of(k), d.into(), now, 1).map(|r| r.0);
+                        let want = match model.get(&key_of(k)) {
+                            None => Ok(i64::from(d)),
+                            Some((v, _)) => parse_i64(v).map(|n| n + i64::from(d)),
+                        };
+                        prop_assert_eq!(&got, &want);
+                        if let Ok(n) = want {
+                            let exp = model.get(&key_of(k)).and_then(|e| e.1);
+                            model.insert(key_of(k), (Bytes::from(n.to_string()), exp));
+                        }
+                    }
+                    Op::Expire(k, t) => {
+                        let when = now.saturating_add(Duration::from_millis(t.into()));
+                        let w = s.expire(id, key_of(k), when, now, 1).expect("ok");
+                        prop_assert_eq!(w.is_some(), model.contains_key(&key_of(k)));
+                        if t == 0 {
+                            model.remove(&key_of(k));
+                        } else if let Some(e) = model.get_mut(&key_of(k)) {
+                            e.1 = Some(when);
+                        }
+                    }
+                    Op::Persist(k) => {
+                        let w = s.persist(id, key_of(k), now, 1).expect("ok");
+                        let had = model.get(&key_of(k)).is_some_and(|e| e.1.is_some());
+                        prop_assert_eq!(w.is_some(), had);
+                        if let Some(e) = model.get_mut(&key_of(k)) {
+                            e.1 = None;
+                        }
+                    }
+                    Op::Advance(ms) => now = now.saturating_add(Duration::from_millis(ms.into())),
+                    Op::Reap => {
+                        s.reap(now, &mut rng, 5);
+                    }
+                    Op::DropPartition(k) => {
+                        let p = s.config.partitioning.partition_of(&key_of(k));
+                        s.drop_partition(p);
+                        model.retain(|key, _| s.config.partitioning.partition_of(key) != p);
+                    }
+                }
+                s.check_invariants();
+            }
+            model.retain(|_, (_, exp)| exp.is_none_or(|e| e > now));
+            for k in 0..32u8 {
+                let got = s.get(id, &key_of(k), now);
+                prop_assert_eq!(got, model.get(&key_of(k)).map(|e| e.0.clone()));
+            }
+        }
+
+        /// Under a tight budget the indexes stay consistent with what the cache evicts.
+        #[test]
+        fn eviction_keeps_indexes_consistent(
+            ops in proptest::collection::vec((any::<u16>(), 0usize..400, any::<bool>(), any::<bool>()), 1..300),
+        ) {
+            let config = StoreConfig { max_bytes: 8 * 1024, estimated_items: 32, ..StoreConfig::default() };
+            let mut s = Store::new(config);
+            let id = s.create_bucket("b", BucketOptions::default()).expect("bucket");
+            for (k, len, ttl, del) in ops {
+                let key = Bytes::from(format!("{{p{}}}{k}", k % 8));
+                if del {
+                    s.delete(id, key, T0, 1).expect("ok");
+                } else {
+                    let expiry = if ttl { Expiry::After(Duration::from_secs(5)) } else { Expiry::Never };
+                    let opts = SetOptions { expiry, ..SetOptions::default() };
+                    s.set(id, key, Bytes::from(vec![1; len]), opts, T0, 1).expect("set");
+                }
+                s.check_invariants();
+            }
+        }
+
+        /// Replicas converge on the newest write whatever order writes arrive in.
+        #[test]
+        fn apply_order_does_not_matter(order in Just((0..12usize).collect::<Vec<_>>()).prop_shuffle()) {
+            let (mut primary, pid) = store();
+            let mut writes = Vec::new();
+            for i in 0..12u8 {
+                let epoch = 1 + u64::from(i / 4);
+                let w = if i % 5 == 4 {
+                    primary.delete(pid, b("k"), T0, epoch).expect("ok")
+                } else {
+                    primary.set(pid, b("k"), Bytes::from(vec![i]), SetOptions::default(), T0, epoch).expect("set").write
+                };
+                writes.extend(w);
+            }
+            let (mut replica, rid) = store();
+            for &i in &order {
+                if let Some(w) = writes.get(i) {
+                    replica.apply(w, T0).expect("apply");
+                }
+            }
+            prop_assert_eq!(replica.get(rid, b"k", T0), primary.get(pid, b"k", T0));
+            prop_assert_eq!(replica.version(rid, b"k"), primary.version(pid, b"k"));
+            replica.check_invariants();
+        }
+    }
+}
