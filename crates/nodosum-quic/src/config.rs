@@ -1,0 +1,191 @@
+//! Endpoint configuration with the seed's defaults.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nodosum_proto::Limits;
+
+use crate::tls::DEFAULT_ALPN;
+
+/// Default QUIC port of a node (seed value).
+pub const DEFAULT_PORT: u16 = 6970;
+
+/// Configuration of a [`QuicNode`](crate::QuicNode).
+///
+/// Every field has a default; [`Config::default`] binds `0.0.0.0:6970`, tests and
+/// single-machine setups use [`Config::development`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address the UDP socket binds to. Default `0.0.0.0:6970` (seed).
+    pub bind_addr: SocketAddr,
+    /// ALPN protocol both sides must speak. Default `mycorrizal-quic` (seed).
+    pub alpn: Vec<u8>,
+    /// UDP socket send buffer (`SO_SNDBUF`) in bytes. Default 4 MiB.
+    ///
+    /// quinn does not size the socket buffers itself; with the kernel's default of 208 KiB
+    /// a busy endpoint drops packets even on loopback. The kernel may cap the value at
+    /// `net.core.wmem_max`; the applied size is logged.
+    pub udp_send_buffer: usize,
+    /// UDP socket receive buffer (`SO_RCVBUF`) in bytes. Default 4 MiB (see
+    /// `udp_send_buffer`; capped by `net.core.rmem_max`).
+    pub udp_recv_buffer: usize,
+    /// A connection without any packet for this long is closed. Default 30 s (seed).
+    pub max_idle_timeout: Duration,
+    /// Interval of keep-alive pings on an idle connection; must be below
+    /// `max_idle_timeout`. Default 10 s (seed).
+    pub keep_alive_interval: Duration,
+    /// Bidirectional streams a peer may have open at once (one per application, so this
+    /// bounds the applications per peer). Default 1000 (seed).
+    pub max_concurrent_bidi_streams: u32,
+    /// Unread bytes the peer may send on one stream (per-stream flow-control window).
+    /// Default 1 MiB: one stalled application can park at most this much at the receiver,
+    /// while 1 MiB in flight per stream keeps a 1 ms-RTT path at about 8 Gbit/s.
+    pub stream_receive_window: u32,
+    /// Unread bytes the peer may send on the whole connection. Default 64 MiB: room for many
+    /// stalled streams' windows before a stall could eat into the connection's credit.
+    pub receive_window: u32,
+    /// Bytes this side buffers for sending on one connection. Default 16 MiB.
+    pub send_window: u64,
+    /// Frame size limits of the wire format (message size, app ID length).
+    pub limits: Limits,
+    /// Messages queued per (peer, application) before `send` waits and `try_send` fails.
+    /// Default 1024.
+    pub send_queue_len: usize,
+    /// Queued bytes the stream writer gathers into one write. Default 64 KiB: large enough
+    /// to amortise the per-write cost, small enough that a lone message goes out at once
+    /// (the writer never waits to fill a batch).
+    pub write_batch_bytes: usize,
+    /// Messages buffered per application between the streams and the application's
+    /// receiver. When full, the streams of that application stop reading and QUIC flow
+    /// control pushes back on the senders of that application only. Default 1024.
+    pub app_receiver_capacity: usize,
+    /// First delay before redialling a peer that should be connected. Default 100 ms,
+    /// doubled after each failure up to `reconnect_max_backoff`.
+    pub reconnect_initial_backoff: Duration,
+    /// Longest delay between redials. Default 5 s.
+    pub reconnect_max_backoff: Duration,
+    /// How long an accepted stream may take to deliver its `StreamInit` frame. Default 10 s.
+    pub stream_init_timeout: Duration,
+    /// How long the side that accepted a duplicate connection waits for its dialler to close
+    /// it before closing it itself. Default 10 s.
+    pub duplicate_linger: Duration,
+    /// Events buffered for slow subscribers before they see a lag. Default 1024.
+    pub event_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind_addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, DEFAULT_PORT)),
+            alpn: DEFAULT_ALPN.to_vec(),
+            udp_send_buffer: 4 * 1024 * 1024,
+            udp_recv_buffer: 4 * 1024 * 1024,
+            max_idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(10),
+            max_concurrent_bidi_streams: 1000,
+            stream_receive_window: 1024 * 1024,
+            receive_window: 64 * 1024 * 1024,
+            send_window: 16 * 1024 * 1024,
+            limits: Limits::default(),
+            send_queue_len: 1024,
+            write_batch_bytes: 64 * 1024,
+            app_receiver_capacity: 1024,
+            reconnect_initial_backoff: Duration::from_millis(100),
+            reconnect_max_backoff: Duration::from_secs(5),
+            stream_init_timeout: Duration::from_secs(10),
+            duplicate_linger: Duration::from_secs(10),
+            event_capacity: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, bound to `127.0.0.1` on an ephemeral port: for tests and one machine.
+    pub fn development() -> Self {
+        Self {
+            bind_addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            ..Self::default()
+        }
+    }
+
+    /// Checks cross-field rules; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.keep_alive_interval >= self.max_idle_timeout {
+            problems.push("keep_alive_interval must be below max_idle_timeout".to_owned());
+        }
+        if self.alpn.is_empty() || self.alpn.len() > 255 {
+            problems.push("alpn must be 1 to 255 bytes".to_owned());
+        }
+        if self.send_queue_len == 0 {
+            problems.push("send_queue_len must be at least 1".to_owned());
+        }
+        if self.app_receiver_capacity == 0 {
+            problems.push("app_receiver_capacity must be at least 1".to_owned());
+        }
+        if self.event_capacity == 0 {
+            problems.push("event_capacity must be at least 1".to_owned());
+        }
+        if self.max_concurrent_bidi_streams == 0 {
+            problems.push("max_concurrent_bidi_streams must be at least 1".to_owned());
+        }
+        if u64::from(self.receive_window) < u64::from(self.stream_receive_window) {
+            problems.push("receive_window must be at least stream_receive_window".to_owned());
+        }
+        if self.reconnect_initial_backoff.is_zero()
+            || self.reconnect_initial_backoff > self.reconnect_max_backoff
+        {
+            problems.push(
+                "reconnect_initial_backoff must be non-zero and at most reconnect_max_backoff"
+                    .to_owned(),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The quinn transport parameters this configuration describes.
+    pub(crate) fn transport(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(quinn::IdleTimeout::try_from(self.max_idle_timeout).ok())
+            .keep_alive_interval(Some(self.keep_alive_interval))
+            .max_concurrent_bidi_streams(quinn::VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .stream_receive_window(quinn::VarInt::from_u32(self.stream_receive_window))
+            .receive_window(quinn::VarInt::from_u32(self.receive_window))
+            .send_window(self.send_window);
+        Arc::new(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_seed() {
+        let c = Config::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.bind_addr.port(), 6970);
+        assert_eq!(c.alpn, b"mycorrizal-quic");
+        assert_eq!(c.max_idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.keep_alive_interval, Duration::from_secs(10));
+        assert_eq!(c.max_concurrent_bidi_streams, 1000);
+        assert!(Config::development().validate().is_ok());
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let c = Config {
+            keep_alive_interval: Duration::from_secs(60),
+            alpn: Vec::new(),
+            send_queue_len: 0,
+            ..Config::default()
+        };
+        assert_eq!(c.validate().unwrap_err().len(), 3);
+    }
+}

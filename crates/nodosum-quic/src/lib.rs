@@ -1,0 +1,72 @@
+//! Nodosum's data transport: mutual-TLS QUIC connections between nodes, with one
+//! long-lived bidirectional stream per application per peer.
+//!
+//! A [`QuicNode`] owns one quinn endpoint that is both server and client. The caller tells
+//! it which peers should be connected ([`QuicNode::connect`] with a node ID and address,
+//! [`QuicNode::disconnect`]) and learns what happens through [`Event`]s and [`Counts`].
+//! Applications register by [`AppId`](nodosum_proto::AppId) and receive
+//! `(sender, message)` pairs; they send with [`QuicNode::send`] (waits while the queue is
+//! full) or [`QuicNode::try_send`].
+//!
+//! What it is not: it knows nothing about gossip or membership (the facade maps members to
+//! `connect`/`disconnect` and the acceptance policy), keeps no application state and does
+//! not retransmit messages lost with a broken connection.
+//!
+//! # Security
+//! TLS 1.3 only, ALPN `mycorrizal-quic` (configurable), both sides present certificates
+//! verified against the configured CA roots. The peer's node ID is read from its
+//! certificate: the first SAN DNS name, or the subject CN when there is no SAN DNS name
+//! (see [`node_id_from_cert`]). A dialled server whose certificate names another node is
+//! refused during the handshake; an incoming client is checked against the acceptance
+//! policy after it and closed with [`codes::REJECTED`] if refused. There is no plaintext
+//! mode.
+//!
+//! # Connections
+//! One connection per peer. When two nodes dial each other at once, both keep the
+//! connection initiated by the smaller node ID; the other one is drained (its streams hand
+//! over to the winner without losing or reordering messages) and closed with
+//! [`codes::DUPLICATE`] by the node that dialled it. A peer that should be connected is
+//! redialled with exponential backoff.
+//!
+//! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. **Nothing
+//! is sent as 0-RTT data**: the dialler waits for the handshake to complete before any
+//! stream is opened, and the acceptor only reads streams of completed handshakes. Replayed
+//! early data therefore can never reach an application; 0-RTT is reported
+//! ([`HandshakeKind::ZeroRtt`]) but buys no latency on the data path. Resumed handshakes
+//! skip certificate verification and keep the identity of the original session. The
+//! acceptor cannot tell 0-RTT from resumed and reports [`HandshakeKind::Resumed`].
+//!
+//! # Streams
+//! The first message of application A to peer P opens a bidirectional stream that starts
+//! with `nodosum_proto::StreamInit`; both directions of that stream then carry A's
+//! `[u32 LE len][payload]` messages between the two nodes. A stream for an application the
+//! receiver has not registered is reset and stopped with [`codes::STREAM_UNKNOWN_APP`] and
+//! the sender's next `send` returns [`SendError::UnknownApplication`]. A frame above the
+//! size limit resets only its stream ([`codes::STREAM_FRAME_TOO_LARGE`]). Each (peer,
+//! application) has a bounded send queue; its writer coalesces whatever is queued (up to
+//! [`Config::write_batch_bytes`]) into one vectored write and never waits to fill a batch.
+//! An application whose receiver stalls stops only its own streams (QUIC flow control per
+//! stream).
+//!
+//! # Runtime
+//! Create the node inside a multi-thread tokio runtime: quinn's endpoint and connection
+//! drivers and this crate's tasks are spawned onto it, so none of them run on the caller's
+//! `block_on` thread.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod metrics;
+mod node;
+mod resolve;
+mod tls;
+
+pub use config::{Config, DEFAULT_PORT};
+pub use node::{
+    AcceptPolicy, AppReceiver, ConnectionInfo, Counts, DownReason, Error, Event, HandshakeKind,
+    QuicNode, RejectReason, SendError, codes,
+};
+pub use tls::{
+    DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, node_id_from_cert,
+};

@@ -1,0 +1,138 @@
+//! Prometheus metrics of the QUIC transport, registered into the caller's registry.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AppLabel {
+    pub(crate) app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AppDirLabel {
+    pub(crate) app: String,
+    pub(crate) direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AppReasonLabel {
+    pub(crate) app: String,
+    pub(crate) reason: &'static str,
+}
+
+/// All metrics of one node. Cheap to clone (every metric is an `Arc` inside).
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) connections: Gauge,
+    pub(crate) handshakes: Family<KindLabel, Counter>,
+    pub(crate) handshake_failures: Family<ReasonLabel, Counter>,
+    pub(crate) rejected: Family<ReasonLabel, Counter>,
+    pub(crate) streams: Family<AppLabel, Gauge>,
+    pub(crate) messages: Family<AppDirLabel, Counter>,
+    pub(crate) bytes: Family<AppDirLabel, Counter>,
+    pub(crate) send_errors: Family<AppReasonLabel, Counter>,
+    pub(crate) stream_errors: Family<ReasonLabel, Counter>,
+    pub(crate) rtt: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: Option<&mut Registry>) -> Self {
+        let m = Self {
+            connections: Gauge::default(),
+            handshakes: Family::default(),
+            handshake_failures: Family::default(),
+            rejected: Family::default(),
+            streams: Family::default(),
+            messages: Family::default(),
+            bytes: Family::default(),
+            send_errors: Family::default(),
+            stream_errors: Family::default(),
+            // 50 µs to about 3.3 s.
+            rtt: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+        };
+        if let Some(registry) = registry {
+            let r = registry.sub_registry_with_prefix("nodosum_quic");
+            r.register(
+                "connections",
+                "Open QUIC connections",
+                m.connections.clone(),
+            );
+            r.register(
+                "handshakes",
+                "Completed handshakes by kind (full, resumed, zero_rtt)",
+                m.handshakes.clone(),
+            );
+            r.register(
+                "handshake_failures",
+                "Failed handshakes by reason",
+                m.handshake_failures.clone(),
+            );
+            r.register(
+                "connections_rejected",
+                "Established connections closed by identity checks or the acceptance policy",
+                m.rejected.clone(),
+            );
+            r.register("streams", "Open streams per application", m.streams.clone());
+            r.register(
+                "messages",
+                "Messages per application and direction",
+                m.messages.clone(),
+            );
+            r.register(
+                "bytes",
+                "Payload bytes per application and direction",
+                m.bytes.clone(),
+            );
+            r.register(
+                "send_errors",
+                "Messages that could not be sent, by application and reason",
+                m.send_errors.clone(),
+            );
+            r.register(
+                "stream_errors",
+                "Streams reset or refused, by reason",
+                m.stream_errors.clone(),
+            );
+            r.register("rtt_seconds", "Sampled round-trip times", m.rtt.clone());
+        }
+        m
+    }
+
+    pub(crate) fn send_error(&self, app: &str, reason: &'static str, n: u64) {
+        self.send_errors
+            .get_or_create(&AppReasonLabel {
+                app: app.to_owned(),
+                reason,
+            })
+            .inc_by(n);
+    }
+
+    pub(crate) fn stream_error(&self, reason: &'static str) {
+        self.stream_errors
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub(crate) fn traffic(&self, app: &str, direction: &'static str, messages: u64, bytes: u64) {
+        let label = AppDirLabel {
+            app: app.to_owned(),
+            direction,
+        };
+        self.messages.get_or_create(&label).inc_by(messages);
+        self.bytes.get_or_create(&label).inc_by(bytes);
+    }
+}

@@ -1,0 +1,1660 @@
+//! The QUIC node: one endpoint, connections to peers, one stream per (peer, application).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use nodosum_proto::{AppId, FrameError, MessageDecoder, NodeId, StreamInit, message_header};
+use prometheus_client::registry::Registry;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel};
+use crate::resolve::{self, Attach, StreamSide};
+use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
+
+/// Application error codes used when closing connections and resetting or stopping streams.
+pub mod codes {
+    /// Connection closed by [`QuicNode::close`](crate::QuicNode::close).
+    pub const SHUTDOWN: u32 = 0x00;
+    /// Connection closed by [`QuicNode::disconnect`](crate::QuicNode::disconnect).
+    pub const DISCONNECT: u32 = 0x01;
+    /// Connection closed because the pair has a preferred connection (simultaneous dial).
+    pub const DUPLICATE: u32 = 0x02;
+    /// The certificate's node ID differs from the node ID that was dialled.
+    pub const IDENTITY_MISMATCH: u32 = 0x03;
+    /// The acceptance policy refused the peer's node ID (or it is the local ID).
+    pub const REJECTED: u32 = 0x04;
+    /// Stream refused: the application is not registered on the receiving node.
+    pub const STREAM_UNKNOWN_APP: u32 = 0x10;
+    /// Stream reset: a message exceeded the receiver's size limit.
+    pub const STREAM_FRAME_TOO_LARGE: u32 = 0x11;
+    /// Stream refused: the first frame was not a valid `StreamInit` in time.
+    pub const STREAM_BAD_INIT: u32 = 0x12;
+    /// Stream stopped: the application's receiver was dropped.
+    pub const STREAM_APP_CLOSED: u32 = 0x13;
+    /// Stream reset while shutting down or when its peer went away.
+    pub const STREAM_CLOSED: u32 = 0x14;
+}
+
+fn code(c: u32) -> VarInt {
+    VarInt::from_u32(c)
+}
+
+/// How a connection's TLS handshake went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeKind {
+    /// Full handshake with certificate verification.
+    Full,
+    /// Resumed from a session ticket: no certificate exchange, same peer identity.
+    Resumed,
+    /// Resumed with 0-RTT accepted by the server (dialling side only; see the crate docs
+    /// for what is sent early).
+    ZeroRtt,
+}
+
+impl HandshakeKind {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Resumed => "resumed",
+            Self::ZeroRtt => "zero_rtt",
+        }
+    }
+}
+
+/// Why a handshake or an established connection was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The peer's certificate does not chain to our CA (or ours not to theirs).
+    UnknownCa,
+    /// A certificate has expired or is not yet valid.
+    Expired,
+    /// The certificate's node ID is not the dialled one.
+    IdentityMismatch,
+    /// Another certificate problem (bad usage, no node ID, ...).
+    BadCertificate,
+    /// The client presented no certificate.
+    NoClientCert,
+    /// No common ALPN protocol.
+    Alpn,
+    /// The acceptance policy refused the node ID.
+    Policy,
+    /// The peer claimed our own node ID.
+    SelfConnection,
+    /// The peer closed the connection with [`codes::REJECTED`].
+    RejectedByPeer,
+    /// The handshake timed out.
+    Timeout,
+    /// Another TLS alert, by number.
+    Tls(u8),
+    /// Anything else, as text.
+    Other(String),
+}
+
+impl RejectReason {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::UnknownCa => "unknown_ca",
+            Self::Expired => "expired",
+            Self::IdentityMismatch => "identity_mismatch",
+            Self::BadCertificate => "bad_certificate",
+            Self::NoClientCert => "no_client_cert",
+            Self::Alpn => "alpn",
+            Self::Policy => "policy",
+            Self::SelfConnection => "self",
+            Self::RejectedByPeer => "rejected_by_peer",
+            Self::Timeout => "timeout",
+            Self::Tls(_) => "tls",
+            Self::Other(_) => "other",
+        }
+    }
+}
+
+/// Why a peer has no connection any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownReason {
+    /// Closed locally with this application code.
+    Local {
+        /// One of [`codes`].
+        code: u64,
+    },
+    /// Closed by the peer with this application code.
+    Peer {
+        /// The peer's code (one of [`codes`] for a Nodosum peer).
+        code: u64,
+    },
+    /// No packet within the idle timeout.
+    TimedOut,
+    /// A transport error, as text.
+    Transport(String),
+}
+
+/// Something that happened to a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The peer has a connection (it had none).
+    Up {
+        /// The peer.
+        node: NodeId,
+        /// Its address.
+        addr: SocketAddr,
+        /// How the handshake went.
+        kind: HandshakeKind,
+        /// Whether this node dialled the connection.
+        initiated_locally: bool,
+    },
+    /// The peer lost its last connection.
+    Down {
+        /// The peer.
+        node: NodeId,
+        /// Why.
+        reason: DownReason,
+    },
+    /// A handshake failed or a connection was refused after it.
+    Rejected {
+        /// The peer's node ID, when known (dialled or read from its certificate).
+        node: Option<NodeId>,
+        /// The remote address.
+        addr: SocketAddr,
+        /// Why.
+        reason: RejectReason,
+    },
+    /// The peer refused a stream of ours (e.g. unknown application).
+    StreamRefused {
+        /// The peer.
+        node: NodeId,
+        /// The application.
+        app: AppId,
+        /// The peer's stop code, one of [`codes`].
+        code: u64,
+    },
+}
+
+/// Binding the endpoint or registering an application failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is invalid; every problem is listed.
+    #[error("invalid configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    /// The TLS identity or configuration is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The socket could not be created or bound.
+    #[error("socket error")]
+    Io(#[from] io::Error),
+    /// Not called inside a tokio runtime.
+    #[error("no tokio runtime")]
+    NoRuntime,
+    /// The application already has a live receiver.
+    #[error("application {0} is already registered")]
+    AppRegistered(AppId),
+}
+
+/// A message could not be queued or was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The node is neither connected nor to be connected.
+    #[error("unknown peer {node}")]
+    UnknownPeer {
+        /// The peer.
+        node: NodeId,
+    },
+    /// `try_send` only: the (peer, application) queue is full. Nothing was queued.
+    #[error("send queue to {node} for {app} is full")]
+    QueueFull {
+        /// The peer.
+        node: NodeId,
+        /// The application.
+        app: AppId,
+    },
+    /// The peer was disconnected; queued messages were dropped.
+    #[error("peer {node} is gone")]
+    PeerGone {
+        /// The peer.
+        node: NodeId,
+    },
+    /// The peer has no such application; messages queued for it were dropped. The next
+    /// send tries again.
+    #[error("peer {node} has no application {app}")]
+    UnknownApplication {
+        /// The peer.
+        node: NodeId,
+        /// The application.
+        app: AppId,
+    },
+    /// The payload exceeds the configured message size limit.
+    #[error("message of {len} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The node is shutting down.
+    #[error("node is closing")]
+    Closed,
+}
+
+/// Open connections, streams and peers, for leak checks and dashboards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    /// Established connections (including duplicates being drained).
+    pub connections: usize,
+    /// Streams with a running reader.
+    pub streams: usize,
+    /// Peers known (to be connected, or connected).
+    pub peers: usize,
+    /// (peer, application) send lanes.
+    pub lanes: usize,
+}
+
+/// The current connection of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The peer's address as seen now (follows migration).
+    pub remote_addr: SocketAddr,
+    /// Whether this node dialled it.
+    pub initiated_locally: bool,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// How its handshake went.
+    pub kind: HandshakeKind,
+}
+
+/// The acceptance policy: may this (CA-verified) node ID connect?
+pub type AcceptPolicy = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
+
+/// Receives `(sender, message)` pairs of one application, in order per sender.
+pub type AppReceiver = mpsc::Receiver<(NodeId, Bytes)>;
+
+/// A node's QUIC endpoint and its connections. Cheap to clone.
+///
+/// Dropping the last clone closes the endpoint; [`close`](Self::close) does it gracefully.
+#[derive(Clone)]
+pub struct QuicNode {
+    inner: Arc<Inner>,
+    _guard: Arc<DropGuard>,
+}
+
+impl fmt::Debug for QuicNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuicNode")
+            .field("node_id", &self.inner.local_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct DropGuard(Arc<Inner>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.shut(codes::SHUTDOWN);
+    }
+}
+
+struct Inner {
+    local_id: NodeId,
+    config: Config,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    tls: TlsConfigs,
+    metrics: Metrics,
+    state: Mutex<State>,
+    apps: RwLock<HashMap<AppId, mpsc::Sender<(NodeId, Bytes)>>>,
+    policy: RwLock<AcceptPolicy>,
+    events: broadcast::Sender<Event>,
+    closing: AtomicBool,
+    next_conn_id: AtomicU64,
+    connections: AtomicUsize,
+    streams: AtomicUsize,
+}
+
+#[derive(Default)]
+struct State {
+    peers: HashMap<NodeId, Peer>,
+}
+
+struct Peer {
+    desired: Option<SocketAddr>,
+    dialer: Option<JoinHandle<()>>,
+    conns: Vec<ConnEntry>,
+    current: watch::Sender<Option<ConnRef>>,
+    lanes: HashMap<AppId, Lane>,
+}
+
+impl Peer {
+    fn new() -> Self {
+        Self {
+            desired: None,
+            dialer: None,
+            conns: Vec::new(),
+            current: watch::Sender::new(None),
+            lanes: HashMap::new(),
+        }
+    }
+}
+
+struct ConnEntry {
+    cref: ConnRef,
+    loser: bool,
+}
+
+#[derive(Clone)]
+struct ConnRef {
+    id: u64,
+    conn: quinn::Connection,
+    initiated_by_us: bool,
+    kind: HandshakeKind,
+    live: Arc<Live>,
+}
+
+/// Streams alive on one connection, so a duplicate is closed only once drained.
+#[derive(Default)]
+struct Live {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+struct Lane {
+    tx: mpsc::Sender<Bytes>,
+    ctl: mpsc::UnboundedSender<LaneCtl>,
+    shared: Arc<LaneShared>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct LaneShared {
+    failure: Mutex<Option<SendError>>,
+}
+
+enum LaneCtl {
+    Attach(Attached),
+    Drain,
+}
+
+struct Attached {
+    conn: u64,
+    send: SendStream,
+    done: oneshot::Receiver<Done>,
+}
+
+/// The end of a stream's reading half, with the guard that keeps the stream counted until
+/// its sending half is finished too.
+type Done = (ReadEnd, StreamGuard);
+
+/// How the reading half of a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The peer finished its half after everything was delivered.
+    Finished,
+    /// The peer reset its half with this code.
+    Reset(u64),
+    /// We stopped reading with this code (bad frame, no receiver).
+    Stopped(u32),
+    /// The connection is gone.
+    Lost,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the maps half-updated in a way that
+    // matters more than stopping the node, so poisoning is ignored.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl QuicNode {
+    /// Binds the endpoint and starts accepting connections. Must run inside a tokio runtime;
+    /// use a multi-thread runtime so quinn's endpoint and connection drivers (spawned tasks)
+    /// run on worker threads rather than on the caller's `block_on` thread.
+    ///
+    /// Metrics are registered under `nodosum_quic_*` in `registry` when given.
+    pub fn bind(
+        config: Config,
+        identity: &TlsIdentity,
+        registry: Option<&mut Registry>,
+    ) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let local_id = identity.node_id()?;
+        let tls = TlsConfigs::new(identity, &config.alpn)?;
+        let transport = config.transport();
+        let server_crypto = QuicServerConfig::try_from(tls.server.clone()).map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+        })?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server_config.transport_config(transport.clone());
+        let client_crypto = QuicClientConfig::try_from(tls.client.clone()).map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+        })?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client_config.transport_config(transport);
+
+        let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
+        let socket = udp_socket(&config, config.bind_addr)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )?;
+        let (events, _) = broadcast::channel(config.event_capacity);
+        let inner = Arc::new(Inner {
+            local_id,
+            metrics: Metrics::new(registry),
+            config,
+            endpoint,
+            client_config,
+            tls,
+            state: Mutex::new(State::default()),
+            apps: RwLock::new(HashMap::new()),
+            policy: RwLock::new(Arc::new(|_: &NodeId| true)),
+            events,
+            closing: AtomicBool::new(false),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            streams: AtomicUsize::new(0),
+        });
+        tokio::spawn(accept_loop(inner.clone()));
+        info!(node = %inner.local_id, addr = ?inner.endpoint.local_addr().ok(), "quic endpoint bound");
+        Ok(Self {
+            _guard: Arc::new(DropGuard(inner.clone())),
+            inner,
+        })
+    }
+
+    /// This node's ID (from its certificate).
+    pub fn node_id(&self) -> &NodeId {
+        &self.inner.local_id
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// Sets the acceptance policy for incoming connections (default: every CA-verified
+    /// node). A refused node's connection is closed with [`codes::REJECTED`].
+    pub fn set_accept_policy(&self, policy: impl Fn(&NodeId) -> bool + Send + Sync + 'static) {
+        *self
+            .inner
+            .policy
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    /// Subscribes to events. A subscriber that falls more than `event_capacity` events
+    /// behind sees `Lagged` and misses the oldest ones.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// Registers an application; its messages from every peer arrive on the receiver.
+    /// Registering again is allowed once the previous receiver was dropped.
+    pub fn register_app(&self, app: AppId) -> Result<AppReceiver, Error> {
+        let mut apps = self
+            .inner
+            .apps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if apps.get(&app).is_some_and(|tx| !tx.is_closed()) {
+            return Err(Error::AppRegistered(app));
+        }
+        let (tx, rx) = mpsc::channel(self.inner.config.app_receiver_capacity);
+        apps.insert(app, tx);
+        Ok(rx)
+    }
+
+    /// Keeps a connection to `node` at `addr`: dials now if there is none, and redials
+    /// with backoff whenever it is lost, until [`disconnect`](Self::disconnect).
+    pub fn connect(&self, node: NodeId, addr: SocketAddr) {
+        if node == self.inner.local_id || self.inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = lock(&self.inner.state);
+        let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
+        peer.desired = Some(addr);
+        if peer.dialer.as_ref().is_none_or(JoinHandle::is_finished) {
+            peer.dialer = Some(tokio::spawn(dial_loop(self.inner.clone(), node)));
+        }
+    }
+
+    /// Forgets `node`: stops redialling, closes its connections with
+    /// [`codes::DISCONNECT`], ends its streams; pending and queued sends fail with
+    /// [`SendError::PeerGone`].
+    pub fn disconnect(&self, node: &NodeId) {
+        let peer = lock(&self.inner.state).peers.remove(node);
+        if let Some(peer) = peer {
+            self.inner.drop_peer(node, peer, codes::DISCONNECT);
+        }
+    }
+
+    /// Queues `msg` for `app` on `node`, waiting while the queue is full.
+    ///
+    /// `Ok` means queued: delivery is in order per (peer, application) while the
+    /// connection lives; a message written to a connection that then breaks is lost.
+    pub async fn send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
+        let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        match tx.send(msg).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.inner.lane_failed(node, app, &shared)),
+        }
+    }
+
+    /// Queues `msg` without waiting; [`SendError::QueueFull`] when the queue is full.
+    pub fn try_send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
+        let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        match tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner.metrics.send_error(app.as_str(), "queue_full", 1);
+                Err(SendError::QueueFull {
+                    node: node.clone(),
+                    app: app.clone(),
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(self.inner.lane_failed(node, app, &shared))
+            }
+        }
+    }
+
+    /// Current counts of connections, streams, peers and lanes.
+    pub fn counts(&self) -> Counts {
+        let st = lock(&self.inner.state);
+        Counts {
+            connections: self.inner.connections.load(Ordering::Acquire),
+            streams: self.inner.streams.load(Ordering::Acquire),
+            peers: st.peers.len(),
+            lanes: st.peers.values().map(|p| p.lanes.len()).sum(),
+        }
+    }
+
+    /// The peer's current connection, if any.
+    pub fn connection_info(&self, node: &NodeId) -> Option<ConnectionInfo> {
+        let st = lock(&self.inner.state);
+        let cur = st.peers.get(node)?.current.borrow().clone()?;
+        Some(ConnectionInfo {
+            remote_addr: cur.conn.remote_address(),
+            initiated_locally: cur.initiated_by_us,
+            rtt: cur.conn.rtt(),
+            kind: cur.kind,
+        })
+    }
+
+    /// Moves the endpoint to a new UDP socket bound to `addr` (connection migration:
+    /// peers follow the new address, connections stay up).
+    pub fn rebind(&self, addr: SocketAddr) -> io::Result<()> {
+        let socket = udp_socket(&self.inner.config, addr)?;
+        self.inner.endpoint.rebind(socket)
+    }
+
+    /// Graceful shutdown: stops accepting sends, lets every stream writer flush its queue
+    /// and finish its stream until `deadline`, then closes all connections with
+    /// [`codes::SHUTDOWN`] and waits (again at most `deadline`) for the peers to
+    /// acknowledge.
+    pub async fn close(&self, deadline: Duration) {
+        let inner = &self.inner;
+        inner.closing.store(true, Ordering::Release);
+        let lanes: Vec<Lane> = {
+            let mut st = lock(&inner.state);
+            st.peers
+                .values_mut()
+                .flat_map(|p| {
+                    if let Some(d) = p.dialer.take() {
+                        d.abort();
+                    }
+                    p.desired = None;
+                    p.lanes.drain().map(|(_, lane)| lane).collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        let mut tasks = Vec::with_capacity(lanes.len());
+        for lane in lanes {
+            let _ = lane.ctl.send(LaneCtl::Drain);
+            tasks.push(lane.task);
+        }
+        let drained = tokio::time::timeout(deadline, async {
+            for task in tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!("shutdown deadline passed before all streams drained");
+        }
+        inner.shut(codes::SHUTDOWN);
+        let _ = tokio::time::timeout(deadline, inner.endpoint.wait_idle()).await;
+    }
+}
+
+fn udp_socket(config: &Config, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = socket.set_send_buffer_size(config.udp_send_buffer) {
+        warn!(error = %e, "cannot size UDP send buffer");
+    }
+    if let Err(e) = socket.set_recv_buffer_size(config.udp_recv_buffer) {
+        warn!(error = %e, "cannot size UDP receive buffer");
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    debug!(
+        send = socket.send_buffer_size().ok(),
+        recv = socket.recv_buffer_size().ok(),
+        "UDP socket buffers (the kernel reports twice the requested size, capped by wmem_max/rmem_max)"
+    );
+    Ok(socket.into())
+}
+
+impl Inner {
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn local_is_smaller(&self, peer: &NodeId) -> bool {
+        self.local_id < *peer
+    }
+
+    /// Closes everything now (used by `close` after draining and by the drop guard).
+    fn shut(&self, close_code: u32) {
+        self.closing.store(true, Ordering::Release);
+        let peers: Vec<(NodeId, Peer)> = lock(&self.state).peers.drain().collect();
+        for (node, peer) in peers {
+            self.drop_peer(&node, peer, close_code);
+        }
+        self.endpoint.close(code(close_code), b"shutdown");
+    }
+
+    // Takes the peer by value: dropping it at the end is what ends its lanes.
+    #[allow(clippy::needless_pass_by_value)]
+    fn drop_peer(&self, node: &NodeId, peer: Peer, close_code: u32) {
+        if let Some(d) = &peer.dialer {
+            d.abort();
+        }
+        for c in &peer.conns {
+            c.cref.conn.close(code(close_code), b"disconnect");
+        }
+        for lane in peer.lanes.values() {
+            *lock(&lane.shared.failure) = Some(SendError::PeerGone { node: node.clone() });
+        }
+        // Dropping the peer drops its lanes' senders and its `current` watch: writers see
+        // the peer gone, fail what is queued and end.
+    }
+
+    /// The sender of `(node, app)`'s lane, creating the lane if needed.
+    fn lane(
+        self: &Arc<Self>,
+        node: &NodeId,
+        app: &AppId,
+        len: usize,
+    ) -> Result<(mpsc::Sender<Bytes>, Arc<LaneShared>), SendError> {
+        let max = self.config.limits.max_message_size;
+        if message_header(len, &self.config.limits).is_err() {
+            self.metrics.send_error(app.as_str(), "too_large", 1);
+            return Err(SendError::MessageTooLarge { len, max });
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        let mut st = lock(&self.state);
+        let Some(peer) = st.peers.get_mut(node) else {
+            return Err(SendError::UnknownPeer { node: node.clone() });
+        };
+        let lane = self.lane_of(node, peer, app);
+        Ok((lane.tx.clone(), lane.shared.clone()))
+    }
+
+    fn lane_of<'p>(self: &Arc<Self>, node: &NodeId, peer: &'p mut Peer, app: &AppId) -> &'p Lane {
+        peer.lanes.entry(app.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(self.config.send_queue_len);
+            let (ctl, ctl_rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(LaneShared::default());
+            let mut init = BytesMut::new();
+            let init_ok = StreamInit::new(app.clone())
+                .encode(&self.config.limits, &mut init)
+                .is_ok();
+            let writer = Writer {
+                inner: self.clone(),
+                peer: node.clone(),
+                app: app.clone(),
+                rx,
+                ctl: ctl_rx,
+                current: peer.current.subscribe(),
+                cur: None,
+                init: init.freeze(),
+                shared: shared.clone(),
+                ctl_open: true,
+            };
+            let task = tokio::spawn(writer.run(init_ok));
+            Lane {
+                tx,
+                ctl,
+                shared,
+                task,
+            }
+        })
+    }
+
+    /// The error for a send whose lane is closed; removes a failed lane so the next send
+    /// starts afresh.
+    fn lane_failed(&self, node: &NodeId, app: &AppId, shared: &Arc<LaneShared>) -> SendError {
+        let failure = lock(&shared.failure).clone();
+        let mut st = lock(&self.state);
+        if let Some(peer) = st.peers.get_mut(node)
+            && peer
+                .lanes
+                .get(app)
+                .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
+        {
+            peer.lanes.remove(app);
+        }
+        if self.closing.load(Ordering::Acquire) {
+            return SendError::Closed;
+        }
+        failure.unwrap_or(SendError::PeerGone { node: node.clone() })
+    }
+
+    fn app_sender(&self, app: &AppId) -> Option<mpsc::Sender<(NodeId, Bytes)>> {
+        self.apps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    async fn dial(
+        &self,
+        peer: &NodeId,
+        addr: SocketAddr,
+    ) -> Result<(quinn::Connection, HandshakeKind), RejectReason> {
+        self.tls.tracker.reset_client(peer.as_str());
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, peer.as_str())
+            .map_err(|e| RejectReason::Other(e.to_string()))?;
+        // 0-RTT is used only to learn that the server accepted early data: nothing is
+        // written until the handshake has completed (see the crate docs).
+        let (conn, zero_rtt) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let accepted = accepted.await;
+                if let Some(e) = conn.close_reason() {
+                    return Err(classify(&e));
+                }
+                (conn, accepted)
+            }
+            Err(connecting) => (connecting.await.map_err(|e| classify(&e))?, false),
+        };
+        let full = self.tls.tracker.take_client(peer.as_str());
+        let kind = match (zero_rtt, full) {
+            (true, _) => HandshakeKind::ZeroRtt,
+            (false, true) => HandshakeKind::Full,
+            (false, false) => HandshakeKind::Resumed,
+        };
+        // The verifier already refused a mismatching certificate; this re-check guards the
+        // resumed path, whose identity comes from the original session.
+        if peer_id(&conn).as_ref() != Ok(peer) {
+            conn.close(code(codes::IDENTITY_MISMATCH), b"identity mismatch");
+            return Err(RejectReason::IdentityMismatch);
+        }
+        Ok((conn, kind))
+    }
+
+    /// Adds an established connection to its peer. Returns false if it was closed instead.
+    fn register(
+        self: &Arc<Self>,
+        node: NodeId,
+        conn: quinn::Connection,
+        initiated_by_us: bool,
+        kind: HandshakeKind,
+    ) -> bool {
+        let cref = ConnRef {
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            conn,
+            initiated_by_us,
+            kind,
+            live: Arc::new(Live::default()),
+        };
+        let local_is_smaller = self.local_is_smaller(&node);
+        let (was_down, losers) = {
+            let mut st = lock(&self.state);
+            if self.closing.load(Ordering::Acquire) {
+                cref.conn.close(code(codes::SHUTDOWN), b"shutdown");
+                return false;
+            }
+            let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
+            let was_down = peer.current.borrow().is_none();
+            peer.conns.push(ConnEntry {
+                cref: cref.clone(),
+                loser: false,
+            });
+            self.connections.fetch_add(1, Ordering::AcqRel);
+            self.metrics.connections.inc();
+            (was_down, recompute(peer, local_is_smaller))
+        };
+        self.metrics
+            .handshakes
+            .get_or_create(&KindLabel { kind: kind.label() })
+            .inc();
+        debug!(peer = %node, id = cref.id, initiated_by_us, ?kind, "connection established");
+        if was_down {
+            self.emit(Event::Up {
+                node: node.clone(),
+                addr: cref.conn.remote_address(),
+                kind,
+                initiated_locally: initiated_by_us,
+            });
+        }
+        for loser in losers {
+            tokio::spawn(drain_duplicate(self.clone(), node.clone(), loser));
+        }
+        tokio::spawn(drive_connection(self.clone(), node, cref));
+        true
+    }
+}
+
+/// Picks the peer's current connection and marks the others as duplicates; returns the
+/// newly marked duplicates.
+fn recompute(peer: &mut Peer, local_is_smaller: bool) -> Vec<ConnRef> {
+    let best = peer
+        .conns
+        .iter()
+        .filter(|c| !c.loser)
+        .max_by_key(|c| {
+            (
+                resolve::preferred(c.cref.initiated_by_us, local_is_smaller),
+                c.cref.id,
+            )
+        })
+        .map(|c| c.cref.clone());
+    let best_id = best.as_ref().map(|c| c.id);
+    let mut losers = Vec::new();
+    for c in &mut peer.conns {
+        if Some(c.cref.id) != best_id && !c.loser {
+            c.loser = true;
+            losers.push(c.cref.clone());
+        }
+    }
+    if peer.current.borrow().as_ref().map(|c| c.id) != best_id {
+        peer.current.send_replace(best);
+    }
+    losers
+}
+
+fn peer_id(conn: &quinn::Connection) -> Result<NodeId, RejectReason> {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .ok_or(RejectReason::BadCertificate)?;
+    let first = certs.first().ok_or(RejectReason::BadCertificate)?;
+    node_id_from_cert(first).map_err(|_| RejectReason::BadCertificate)
+}
+
+fn classify(e: &ConnectionError) -> RejectReason {
+    let (raw, text) = match e {
+        ConnectionError::TransportError(t) => (u64::from(t.code), t.reason.clone()),
+        ConnectionError::ConnectionClosed(c) => (
+            u64::from(c.error_code),
+            String::from_utf8_lossy(&c.reason).into_owned(),
+        ),
+        ConnectionError::ApplicationClosed(a) => {
+            return match u32::try_from(a.error_code.into_inner()) {
+                Ok(codes::REJECTED) => RejectReason::RejectedByPeer,
+                Ok(codes::IDENTITY_MISMATCH) => RejectReason::IdentityMismatch,
+                _ => RejectReason::Other(a.to_string()),
+            };
+        }
+        ConnectionError::TimedOut => return RejectReason::Timeout,
+        other => return RejectReason::Other(other.to_string()),
+    };
+    // TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100 + alert (RFC 9001 section 4.8).
+    match raw.checked_sub(0x100).and_then(|a| u8::try_from(a).ok()) {
+        Some(48) => RejectReason::UnknownCa,
+        Some(45) => RejectReason::Expired,
+        Some(116) => RejectReason::NoClientCert,
+        Some(120) => RejectReason::Alpn,
+        Some(42..=46) if text.to_ascii_lowercase().contains("mismatch") => {
+            RejectReason::IdentityMismatch
+        }
+        Some(42..=46) => RejectReason::BadCertificate,
+        Some(alert) => RejectReason::Tls(alert),
+        None => RejectReason::Other(text),
+    }
+}
+
+fn down_reason(e: &ConnectionError) -> DownReason {
+    match e {
+        ConnectionError::LocallyClosed => DownReason::Local {
+            code: u64::from(codes::SHUTDOWN),
+        },
+        ConnectionError::ApplicationClosed(a) => DownReason::Peer {
+            code: a.error_code.into_inner(),
+        },
+        ConnectionError::TimedOut => DownReason::TimedOut,
+        other => DownReason::Transport(other.to_string()),
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>) {
+    while let Some(incoming) = inner.endpoint.accept().await {
+        tokio::spawn(handle_incoming(inner.clone(), incoming));
+    }
+}
+
+async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let addr = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let reason = classify(&e);
+            warn!(%addr, ?reason, error = %e, "incoming handshake failed");
+            inner
+                .metrics
+                .handshake_failures
+                .get_or_create(&ReasonLabel {
+                    reason: reason.label(),
+                })
+                .inc();
+            inner.emit(Event::Rejected {
+                node: None,
+                addr,
+                reason,
+            });
+            return;
+        }
+    };
+    let refuse = |node: Option<NodeId>, reason: RejectReason, close: u32| {
+        warn!(%addr, ?node, ?reason, "incoming connection refused");
+        conn.close(code(close), reason.label().as_bytes());
+        inner
+            .metrics
+            .rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+        inner.emit(Event::Rejected { node, addr, reason });
+    };
+    let node = match peer_id(&conn) {
+        Ok(node) => node,
+        Err(reason) => return refuse(None, reason, codes::IDENTITY_MISMATCH),
+    };
+    if node == inner.local_id {
+        return refuse(Some(node), RejectReason::SelfConnection, codes::REJECTED);
+    }
+    let policy = inner
+        .policy
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if !policy(&node) {
+        return refuse(Some(node), RejectReason::Policy, codes::REJECTED);
+    }
+    let kind = if inner.tls.tracker.take_server(node.as_str()) {
+        HandshakeKind::Full
+    } else {
+        HandshakeKind::Resumed
+    };
+    inner.register(node, conn, false, kind);
+}
+
+async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
+    let mut backoff = inner.config.reconnect_initial_backoff;
+    loop {
+        if inner.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let (addr, mut current) = {
+            let st = lock(&inner.state);
+            let Some(peer) = st.peers.get(&node) else {
+                return;
+            };
+            let Some(addr) = peer.desired else { return };
+            (addr, peer.current.subscribe())
+        };
+        if current.borrow_and_update().is_some() {
+            if current.wait_for(Option::is_none).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        match inner.dial(&node, addr).await {
+            Ok((conn, kind)) => {
+                backoff = inner.config.reconnect_initial_backoff;
+                if !inner.register(node.clone(), conn, true, kind) {
+                    return;
+                }
+            }
+            Err(reason) => {
+                warn!(peer = %node, %addr, ?reason, "dial failed");
+                inner
+                    .metrics
+                    .handshake_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.label(),
+                    })
+                    .inc();
+                inner.emit(Event::Rejected {
+                    node: Some(node.clone()),
+                    addr,
+                    reason,
+                });
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(inner.config.reconnect_max_backoff);
+            }
+        }
+    }
+}
+
+/// Runs an established connection: accepts its streams, samples its RTT and removes it
+/// from its peer when it closes.
+async fn drive_connection(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
+    let mut rtt_tick = tokio::time::interval(Duration::from_secs(5));
+    let reason = loop {
+        tokio::select! {
+            accepted = cref.conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(accept_stream(inner.clone(), node.clone(), cref.clone(), send, recv));
+                }
+                Err(e) => break e,
+            },
+            _ = rtt_tick.tick() => inner.metrics.rtt.observe(cref.conn.rtt().as_secs_f64()),
+        }
+    };
+    debug!(peer = %node, id = cref.id, %reason, "connection closed");
+    inner.connections.fetch_sub(1, Ordering::AcqRel);
+    inner.metrics.connections.dec();
+    let down = {
+        let mut st = lock(&inner.state);
+        let Some(peer) = st.peers.get_mut(&node) else {
+            return;
+        };
+        let was_up = peer.current.borrow().is_some();
+        peer.conns.retain(|c| c.cref.id != cref.id);
+        let losers = recompute(peer, inner.local_is_smaller(&node));
+        debug_assert!(losers.is_empty(), "survivors were already ranked");
+        let down = was_up && peer.current.borrow().is_none();
+        if peer.conns.is_empty() && peer.desired.is_none() {
+            let peer = st.peers.remove(&node);
+            drop(st);
+            if let Some(peer) = peer {
+                inner.drop_peer(&node, peer, codes::DISCONNECT);
+            }
+        }
+        down
+    };
+    if down {
+        inner.emit(Event::Down {
+            node,
+            reason: down_reason(&reason),
+        });
+    }
+}
+
+/// Closes a duplicate connection once it carries no stream. The side that dialled it
+/// closes it; the other side waits for that, up to `duplicate_linger`.
+async fn drain_duplicate(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
+    debug!(peer = %node, id = cref.id, "duplicate connection, draining");
+    if !cref.initiated_by_us {
+        tokio::select! {
+            _ = cref.conn.closed() => {}
+            _ = tokio::time::sleep(inner.config.duplicate_linger) => {
+                cref.conn.close(code(codes::DUPLICATE), b"duplicate connection");
+            }
+        }
+        return;
+    }
+    loop {
+        let notified = cref.live.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if cref.live.count.load(Ordering::Acquire) == 0 {
+            // Let stream data already in flight arrive (like QUIC's own 3 PTO closing
+            // period) before deciding the duplicate is empty.
+            let grace = (cref.conn.rtt() * 3).max(Duration::from_millis(5));
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                _ = cref.conn.closed() => return,
+            }
+            if cref.live.count.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = cref.conn.closed() => return,
+        }
+    }
+    cref.conn
+        .close(code(codes::DUPLICATE), b"duplicate connection");
+}
+
+/// Counts a stream while its reader runs.
+struct StreamGuard {
+    inner: Arc<Inner>,
+    live: Arc<Live>,
+    app: Option<AppId>,
+}
+
+impl StreamGuard {
+    fn new(inner: &Arc<Inner>, live: &Arc<Live>) -> Self {
+        inner.streams.fetch_add(1, Ordering::AcqRel);
+        live.count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            inner: inner.clone(),
+            live: live.clone(),
+            app: None,
+        }
+    }
+
+    fn set_app(&mut self, app: &AppId) {
+        self.inner
+            .metrics
+            .streams
+            .get_or_create(&AppLabel {
+                app: app.as_str().to_owned(),
+            })
+            .inc();
+        self.app = Some(app.clone());
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if let Some(app) = &self.app {
+            self.inner
+                .metrics
+                .streams
+                .get_or_create(&AppLabel {
+                    app: app.as_str().to_owned(),
+                })
+                .dec();
+        }
+        self.inner.streams.fetch_sub(1, Ordering::AcqRel);
+        self.live.count.fetch_sub(1, Ordering::AcqRel);
+        self.live.changed.notify_waiters();
+    }
+}
+
+/// Reads the `StreamInit` of a peer-opened stream and hands the stream to its lane.
+async fn accept_stream(
+    inner: Arc<Inner>,
+    node: NodeId,
+    cref: ConnRef,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let mut guard = StreamGuard::new(&inner, &cref.live);
+    let limits = inner.config.limits;
+    let mut buf = BytesMut::new();
+    let init = tokio::time::timeout(inner.config.stream_init_timeout, async {
+        loop {
+            match StreamInit::decode(&mut buf, &limits) {
+                Ok(Some(init)) => return Ok(init),
+                Ok(None) => {}
+                Err(e) => return Err(Some(e)),
+            }
+            match recv
+                .read_chunk(StreamInit::HEADER_LEN + limits.max_app_id_len, true)
+                .await
+            {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => return Err(None),
+            }
+        }
+    })
+    .await;
+    let init = match init {
+        Ok(Ok(init)) => init,
+        Ok(Err(None)) => return,
+        Ok(Err(Some(e))) => {
+            warn!(peer = %node, error = %e, "bad stream init");
+            inner.metrics.stream_error("bad_init");
+            let _ = recv.stop(code(codes::STREAM_BAD_INIT));
+            let _ = send.reset(code(codes::STREAM_BAD_INIT));
+            return;
+        }
+        Err(_) => {
+            warn!(peer = %node, "stream init timed out");
+            inner.metrics.stream_error("init_timeout");
+            let _ = recv.stop(code(codes::STREAM_BAD_INIT));
+            let _ = send.reset(code(codes::STREAM_BAD_INIT));
+            return;
+        }
+    };
+    let app = init.app_id;
+    if inner.app_sender(&app).is_none() {
+        warn!(peer = %node, %app, "stream for unknown application refused");
+        inner.metrics.stream_error("unknown_app");
+        let _ = recv.stop(code(codes::STREAM_UNKNOWN_APP));
+        let _ = send.reset(code(codes::STREAM_UNKNOWN_APP));
+        return;
+    }
+    guard.set_app(&app);
+    let ctl = {
+        let mut st = lock(&inner.state);
+        st.peers
+            .get_mut(&node)
+            .map(|peer| inner.lane_of(&node, peer, &app).ctl.clone())
+    };
+    let Some(ctl) = ctl else {
+        let _ = recv.stop(code(codes::STREAM_CLOSED));
+        let _ = send.reset(code(codes::STREAM_CLOSED));
+        return;
+    };
+    let (done_tx, done_rx) = oneshot::channel();
+    let attached = Attached {
+        conn: cref.id,
+        send,
+        done: done_rx,
+    };
+    if let Err(mpsc::error::SendError(LaneCtl::Attach(mut a))) = ctl.send(LaneCtl::Attach(attached))
+    {
+        let _ = a.send.reset(code(codes::STREAM_CLOSED));
+        let _ = recv.stop(code(codes::STREAM_CLOSED));
+        return;
+    }
+    read_stream(inner, node, app, recv, buf, done_tx, guard).await;
+}
+
+/// Delivers a stream's messages to its application, in order, until the stream ends.
+async fn read_stream(
+    inner: Arc<Inner>,
+    node: NodeId,
+    app: AppId,
+    mut recv: RecvStream,
+    mut buf: BytesMut,
+    done: oneshot::Sender<Done>,
+    guard: StreamGuard,
+) {
+    let decoder = MessageDecoder::new(&inner.config.limits);
+    let mut app_tx: Option<mpsc::Sender<(NodeId, Bytes)>> = None;
+    let end = loop {
+        match decoder.decode(&mut buf) {
+            Ok(Some(msg)) => {
+                if app_tx.is_none() {
+                    app_tx = inner.app_sender(&app);
+                }
+                let Some(tx) = &app_tx else {
+                    inner.metrics.stream_error("unknown_app");
+                    let _ = recv.stop(code(codes::STREAM_UNKNOWN_APP));
+                    break ReadEnd::Stopped(codes::STREAM_UNKNOWN_APP);
+                };
+                let len = msg.len() as u64;
+                if tx.send((node.clone(), msg)).await.is_err() {
+                    let _ = recv.stop(code(codes::STREAM_APP_CLOSED));
+                    break ReadEnd::Stopped(codes::STREAM_APP_CLOSED);
+                }
+                inner.metrics.traffic(app.as_str(), "in", 1, len);
+            }
+            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => {
+                    if buf.is_empty() {
+                        buf = BytesMut::from(chunk.bytes);
+                    } else {
+                        buf.extend_from_slice(&chunk.bytes);
+                    }
+                }
+                Ok(None) => {
+                    if !buf.is_empty() {
+                        inner.metrics.stream_error("truncated");
+                    }
+                    break ReadEnd::Finished;
+                }
+                Err(ReadError::Reset(c)) => break ReadEnd::Reset(c.into_inner()),
+                Err(_) => break ReadEnd::Lost,
+            },
+            Err(e) => {
+                warn!(peer = %node, %app, error = %e, "bad frame, stream reset");
+                let reason = match e {
+                    FrameError::MessageTooLarge { .. } => "frame_too_large",
+                    _ => "bad_frame",
+                };
+                inner.metrics.stream_error(reason);
+                let _ = recv.stop(code(codes::STREAM_FRAME_TOO_LARGE));
+                break ReadEnd::Stopped(codes::STREAM_FRAME_TOO_LARGE);
+            }
+        }
+    };
+    let _ = done.send((end, guard));
+}
+
+/// Finishes a stream this side does not use, once the peer finished its half (so
+/// everything the peer wrote on it was delivered first).
+async fn finish_unused(mut send: SendStream, done: oneshot::Receiver<Done>) {
+    match done.await.map(|(end, _guard)| end) {
+        Ok(ReadEnd::Finished) => {
+            let _ = send.finish();
+        }
+        Ok(ReadEnd::Stopped(c)) => {
+            let _ = send.reset(code(c));
+        }
+        _ => {
+            let _ = send.reset(code(codes::STREAM_CLOSED));
+        }
+    }
+}
+
+struct Current {
+    conn: u64,
+    send: SendStream,
+    done: oneshot::Receiver<Done>,
+    opened_by_us: bool,
+    needs_init: bool,
+}
+
+enum Exit {
+    /// Queue closed (drain or lane removed): finish gracefully.
+    Done,
+    /// The peer is gone.
+    PeerGone,
+    /// The peer refused the stream.
+    Refused(SendError),
+}
+
+/// The single owner of a (peer, application) lane: its queue, its current stream, and
+/// every decision about which stream to use.
+struct Writer {
+    inner: Arc<Inner>,
+    peer: NodeId,
+    app: AppId,
+    rx: mpsc::Receiver<Bytes>,
+    ctl: mpsc::UnboundedReceiver<LaneCtl>,
+    current: watch::Receiver<Option<ConnRef>>,
+    cur: Option<Current>,
+    init: Bytes,
+    shared: Arc<LaneShared>,
+    ctl_open: bool,
+}
+
+impl Writer {
+    async fn run(mut self, init_ok: bool) {
+        let exit = if init_ok {
+            self.run_loop().await
+        } else {
+            Exit::Refused(SendError::UnknownApplication {
+                node: self.peer.clone(),
+                app: self.app.clone(),
+            })
+        };
+        match exit {
+            Exit::Done => {
+                if let Some(mut cur) = self.cur.take() {
+                    let _ = cur.send.finish();
+                    // Wait until the peer acknowledged everything (bounded by `close`).
+                    let _ = cur.send.stopped().await;
+                }
+            }
+            Exit::PeerGone | Exit::Refused(_) => {
+                if let Some(mut cur) = self.cur.take() {
+                    let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                }
+            }
+        }
+        if let Exit::Refused(err) = exit {
+            let mut failure = lock(&self.shared.failure);
+            if failure.is_none() {
+                *failure = Some(err);
+            }
+        }
+        self.rx.close();
+        let mut dropped = 0;
+        while self.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        if dropped > 0 {
+            self.inner
+                .metrics
+                .send_error(self.app.as_str(), "dropped", dropped);
+        }
+    }
+
+    async fn run_loop(&mut self) -> Exit {
+        loop {
+            tokio::select! {
+                biased;
+                ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
+                end = async {
+                    match self.cur.as_mut() {
+                        Some(c) => (&mut c.done).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(exit) = self.on_read_end(end.ok()) {
+                        return exit;
+                    }
+                }
+                changed = self.current.changed() => {
+                    if changed.is_err() {
+                        return Exit::PeerGone;
+                    }
+                    self.follow_current().await;
+                }
+                msg = self.rx.recv() => match msg {
+                    None => return Exit::Done,
+                    Some(first) => {
+                        if let Err(exit) = self.write_batch(first).await {
+                            return exit;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    fn current_conn(&self) -> Option<u64> {
+        self.current.borrow().as_ref().map(|c| c.id)
+    }
+
+    async fn on_ctl(&mut self, ctl: Option<LaneCtl>) {
+        match ctl {
+            Some(LaneCtl::Attach(a)) => self.on_attach(a).await,
+            Some(LaneCtl::Drain) => self.rx.close(),
+            // The lane left the map; the queue or the peer watch ends the writer.
+            None => self.ctl_open = false,
+        }
+    }
+
+    /// The peer finished, reset or lost the reading half of the current stream.
+    fn on_read_end(&mut self, done: Option<Done>) -> Result<(), Exit> {
+        let Some(mut cur) = self.cur.take() else {
+            return Ok(());
+        };
+        // The guard inside `done` is dropped after the stream is finished below.
+        let (end, _guard) = done.map_or((ReadEnd::Lost, None), |(end, g)| (end, Some(g)));
+        match end {
+            // The peer gave the stream up (it moved to another): give it up too.
+            ReadEnd::Finished => {
+                let _ = cur.send.finish();
+            }
+            ReadEnd::Stopped(c) => {
+                let _ = cur.send.reset(code(c));
+            }
+            ReadEnd::Reset(c) => {
+                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                if c == u64::from(codes::STREAM_UNKNOWN_APP) {
+                    return Err(self.refused(c));
+                }
+            }
+            ReadEnd::Lost => {
+                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer refused our stream with `stop_code`.
+    fn refused(&self, stop_code: u64) -> Exit {
+        warn!(peer = %self.peer, app = %self.app, code = stop_code, "peer refused stream");
+        self.inner.emit(Event::StreamRefused {
+            node: self.peer.clone(),
+            app: self.app.clone(),
+            code: stop_code,
+        });
+        Exit::Refused(SendError::UnknownApplication {
+            node: self.peer.clone(),
+            app: self.app.clone(),
+        })
+    }
+
+    /// Leaves a current stream that is not on the current connection.
+    async fn follow_current(&mut self) {
+        let current = self.current_conn();
+        if self.cur.as_ref().is_some_and(|c| Some(c.conn) != current) {
+            self.abandon().await;
+        }
+    }
+
+    /// Finishes the current stream and waits until the peer has read it to the end and
+    /// finished its half, so nothing written later can overtake it.
+    async fn abandon(&mut self) {
+        if let Some(mut cur) = self.cur.take() {
+            let _ = cur.send.finish();
+            let _ = cur.done.await;
+        }
+    }
+
+    async fn on_attach(&mut self, a: Attached) {
+        let decision = resolve::attach(
+            self.cur.as_ref().map(|c| StreamSide {
+                conn: c.conn,
+                opened_by_us: c.opened_by_us,
+            }),
+            a.conn,
+            self.current_conn(),
+            self.inner.local_is_smaller(&self.peer),
+        );
+        debug!(peer = %self.peer, app = %self.app, ?decision, "peer opened a stream");
+        match decision {
+            Attach::Reject => {
+                tokio::spawn(finish_unused(a.send, a.done));
+                return;
+            }
+            Attach::ReplaceCurrent => self.abandon().await,
+            Attach::Adopt => {}
+        }
+        self.cur = Some(Current {
+            conn: a.conn,
+            send: a.send,
+            done: a.done,
+            opened_by_us: false,
+            needs_init: false,
+        });
+    }
+
+    /// Makes sure there is a current stream on the current connection, opening one if
+    /// needed (waiting for a connection while the peer has none).
+    async fn acquire(&mut self) -> Result<(), Exit> {
+        loop {
+            while let Ok(ctl) = self.ctl.try_recv() {
+                self.on_ctl(Some(ctl)).await;
+            }
+            self.follow_current().await;
+            if self.cur.is_some() {
+                return Ok(());
+            }
+            let conn = self.current.borrow_and_update().clone();
+            if let Some(conn) = conn {
+                match conn.conn.open_bi().await {
+                    Ok((send, recv)) => {
+                        let (done_tx, done_rx) = oneshot::channel();
+                        let mut guard = StreamGuard::new(&self.inner, &conn.live);
+                        guard.set_app(&self.app);
+                        tokio::spawn(read_stream(
+                            self.inner.clone(),
+                            self.peer.clone(),
+                            self.app.clone(),
+                            recv,
+                            BytesMut::new(),
+                            done_tx,
+                            guard,
+                        ));
+                        self.cur = Some(Current {
+                            conn: conn.id,
+                            send,
+                            done: done_rx,
+                            opened_by_us: true,
+                            needs_init: true,
+                        });
+                        // A stream the peer opened meanwhile is decided before writing.
+                        continue;
+                    }
+                    Err(_) => {
+                        if self.current_conn() != Some(conn.id) {
+                            continue;
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                changed = self.current.changed() => if changed.is_err() {
+                    return Err(Exit::PeerGone);
+                },
+                ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
+            }
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to `write_batch_bytes`) in one
+    /// vectored write.
+    async fn write_batch(&mut self, first: Bytes) -> Result<(), Exit> {
+        let limits = self.inner.config.limits;
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+        let mut bytes = 0usize;
+        let mut count = 0u64;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            // The length was checked when the message was queued.
+            let header = message_header(msg.len(), &limits).unwrap_or([0; 4]);
+            bytes += 4 + msg.len();
+            count += 1;
+            chunks.push(Bytes::copy_from_slice(&header));
+            chunks.push(msg);
+            if bytes < self.inner.config.write_batch_bytes {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        self.acquire().await?;
+        let Some(cur) = self.cur.as_mut() else {
+            return Ok(());
+        };
+        if cur.needs_init {
+            chunks.insert(0, self.init.clone());
+            cur.needs_init = false;
+        }
+        let payload = bytes - 4 * usize::try_from(count).unwrap_or(0);
+        match cur.send.write_all_chunks(&mut chunks).await {
+            Ok(()) => {
+                self.inner
+                    .metrics
+                    .traffic(self.app.as_str(), "out", count, payload as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.cur = None;
+                self.inner
+                    .metrics
+                    .send_error(self.app.as_str(), "stream_lost", count);
+                if let WriteError::Stopped(c) = e
+                    && c == code(codes::STREAM_UNKNOWN_APP)
+                {
+                    return Err(self.refused(c.into_inner()));
+                }
+                debug!(peer = %self.peer, app = %self.app, error = %e, "stream write failed");
+                Ok(())
+            }
+        }
+    }
+}
