@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 mod candidate;
+mod consul;
 mod dns;
 mod duration;
 mod error;
@@ -21,6 +22,10 @@ mod runner;
 mod static_list;
 
 pub use candidate::{BoxFuture, Candidate, Discovered, Discovery};
+pub use consul::{
+    ConsulConfig, ConsulDiscovery, META_NODE_ID, META_QUIC_PORT, RegistrationConfig,
+    RegistrationHandle,
+};
 pub use dns::{DnsConfig, DnsDiscovery, DnsMode, TXT_KEY_ID, TXT_KEY_QUIC};
 pub use error::{EntryProblem, Error, SeedProblem, TxtProblem};
 pub use multi::Multi;

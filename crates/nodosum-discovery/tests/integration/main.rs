@@ -1,6 +1,8 @@
 //! Integration tests of nodosum-discovery against real servers on loopback: dnsmasq for DNS,
 //! a stand-in for Consul's HTTP API, the system resolver for static seeds.
 
+mod consul;
+mod consul_stand_in;
 mod dns;
 mod dnsmasq;
 mod static_list;
