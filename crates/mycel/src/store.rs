@@ -37,10 +37,12 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::slot::{Partition, Partitioning};
 
-/// Bytes charged per entry on top of its key and value, for the budget: the cache's slot,
-/// its hash table entry, the value's allocation header and the store's indexes. Measured
-/// by the `memory` example (see the crate README figures); an estimate, not exact.
-pub const ENTRY_OVERHEAD: u64 = 160;
+/// Bytes charged per entry on top of its key and value, for the budget: the cache's slot
+/// (key handle, value handle, version, expiry, index positions, list links), its hash
+/// table entry, allocator headers and rounding, and the partition index. Measured with the
+/// `memory` example: 286 bytes resident per entry for a 10-byte key and a 100-byte value
+/// (glibc malloc, 1 M entries), so 176 beyond key and value; a key with a TTL adds 16.
+pub const ENTRY_OVERHEAD: u64 = 176;
 
 /// Most buckets a store holds.
 pub const MAX_BUCKETS: usize = 1024;
@@ -285,22 +287,51 @@ struct PartIndex {
     high: Version,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct EntryKey {
-    bucket: u16,
-    key: Bytes,
+/// A stored key: the bucket id (2 bytes, big-endian) then the key, in one shared
+/// allocation, so that the cache and the indexes hold 16-byte handles to the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EntryKey(Arc<[u8]>);
+
+impl EntryKey {
+    fn new(bucket: u16, key: &[u8]) -> Self {
+        let mut buf = Vec::with_capacity(2 + key.len());
+        buf.extend_from_slice(&bucket.to_be_bytes());
+        buf.extend_from_slice(key);
+        Self(buf.into())
+    }
+
+    fn bucket(&self) -> u16 {
+        u16::from_be_bytes([self.0[0], self.0[1]])
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.0[2..]
+    }
+}
+
+impl Hash for EntryKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u16(self.bucket());
+        state.write(self.key());
+    }
 }
 
 /// A borrowed key for lookups; hashes exactly like [`EntryKey`].
-#[derive(Hash)]
 struct KeyRef<'a> {
     bucket: u16,
     key: &'a [u8],
 }
 
+impl Hash for KeyRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u16(self.bucket);
+        state.write(self.key);
+    }
+}
+
 impl Equivalent<EntryKey> for KeyRef<'_> {
     fn equivalent(&self, k: &EntryKey) -> bool {
-        self.bucket == k.bucket && self.key == k.key.as_ref()
+        self.bucket == k.bucket() && self.key == k.key()
     }
 }
 
@@ -308,8 +339,8 @@ const NO_POS: u32 = u32::MAX;
 
 #[derive(Debug, Clone)]
 struct Entry {
-    /// `None` for a tombstone.
-    value: Option<Bytes>,
+    /// `None` for a tombstone. An exact-size copy, never a view into a caller's buffer.
+    value: Option<Arc<[u8]>>,
     version: Version,
     /// Milliseconds since the Unix epoch; 0 for no expiry.
     expires_at: u64,
@@ -332,7 +363,7 @@ struct EntryWeighter;
 
 impl Weighter<EntryKey, Entry> for EntryWeighter {
     fn weight(&self, key: &EntryKey, val: &Entry) -> u64 {
-        entry_weight(key.key.len(), val.value.as_ref().map_or(0, Bytes::len))
+        entry_weight(key.key().len(), val.value.as_ref().map_or(0, |v| v.len()))
     }
 }
 
@@ -444,7 +475,7 @@ impl Store {
             self.remove_expired(&k);
             return None;
         }
-        entry.value.clone()
+        entry.value.clone().map(Bytes::from_owner)
     }
 
     /// Whether `key` exists (and has not expired). Not a use for eviction.
@@ -492,7 +523,10 @@ impl Store {
         self.check_size(bucket, &key, value.len())?;
         let current = self.live(bucket, &key, now).cloned();
         let previous = if options.get {
-            current.as_ref().and_then(|e| e.value.clone())
+            current
+                .as_ref()
+                .and_then(|e| e.value.clone())
+                .map(Bytes::from_owner)
         } else {
             None
         };
@@ -518,7 +552,8 @@ impl Store {
                 None => default_expiry(),
             },
         };
-        let write = self.local_put(bucket, key, value, expires_at, epoch);
+        let stored = Arc::from(&value[..]);
+        let write = self.local_put(bucket, key, stored, value, expires_at, epoch);
         Ok(SetOutcome {
             write: Some(write),
             previous,
@@ -557,7 +592,15 @@ impl Store {
         if at <= now {
             return Ok(Some(self.local_delete(bucket, key, now, epoch)));
         }
-        Ok(Some(self.local_put(bucket, key, value, Some(at), epoch)))
+        let wire = Bytes::from_owner(value.clone());
+        Ok(Some(self.local_put(
+            bucket,
+            key,
+            value,
+            wire,
+            Some(at),
+            epoch,
+        )))
     }
 
     /// Removes `key`'s expiry as primary at `epoch` (Redis `PERSIST`); `None` if the key
@@ -576,7 +619,8 @@ impl Store {
         let (Some(value), Some(_)) = (entry.value.clone(), entry.expiry()) else {
             return Ok(None);
         };
-        Ok(Some(self.local_put(bucket, key, value, None, epoch)))
+        let wire = Bytes::from_owner(value.clone());
+        Ok(Some(self.local_put(bucket, key, value, wire, None, epoch)))
     }
 
     /// Adds `delta` to the decimal integer in `key` as primary at `epoch` (Redis `INCRBY`);
@@ -601,8 +645,16 @@ impl Store {
             None => (0, default_ttl.map(|d| now.saturating_add(d))),
         };
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
-        let value = Bytes::from(next.to_string());
-        let write = self.local_put(bucket, key, value, expires_at, epoch);
+        let text = next.to_string();
+        let wire = Bytes::copy_from_slice(text.as_bytes());
+        let write = self.local_put(
+            bucket,
+            key,
+            Arc::from(text.as_bytes()),
+            wire,
+            expires_at,
+            epoch,
+        );
         Ok((next, write))
     }
 
@@ -619,17 +671,14 @@ impl Store {
         {
             return Ok(Applied::Stale { held });
         }
-        let key = EntryKey {
-            bucket: bucket.0,
-            key: write.key.clone(),
-        };
+        let key = EntryKey::new(bucket.0, &write.key);
         let partition = self.config.partitioning.partition_of(&write.key);
         match &write.op {
             WriteOp::Put { value, expires_at } => {
                 self.check_size(bucket, &write.key, value.len())?;
                 self.insert(
                     key,
-                    Some(value.clone()),
+                    Some(Arc::from(&value[..])),
                     write.version,
                     expires_at.map_or(0, Timestamp::as_millis),
                 );
@@ -666,15 +715,15 @@ impl Store {
             let e = self.cache.peek(k)?;
             let op = match &e.value {
                 Some(value) if !e.is_expired(now) => WriteOp::Put {
-                    value: value.clone(),
+                    value: Bytes::from_owner(value.clone()),
                     expires_at: e.expiry(),
                 },
                 Some(_) => return None,
                 None => WriteOp::Delete,
             };
             Some(Write {
-                bucket: self.buckets[usize::from(k.bucket)].name.clone(),
-                key: k.key.clone(),
+                bucket: self.buckets[usize::from(k.bucket())].name.clone(),
+                key: Bytes::copy_from_slice(k.key()),
                 version: e.version,
                 op,
             })
@@ -841,6 +890,7 @@ impl Store {
         &mut self,
         bucket: BucketId,
         key: Bytes,
+        stored: Arc<[u8]>,
         value: Bytes,
         expires_at: Option<Timestamp>,
         epoch: u64,
@@ -849,11 +899,8 @@ impl Store {
         let version = self.next_version(partition, epoch);
         // 0 means "no expiry", so an expiry at the epoch itself is stored as 1 ms.
         let at = expires_at.map_or(0, |t| t.as_millis().max(1));
-        let entry_key = EntryKey {
-            bucket: bucket.0,
-            key: key.clone(),
-        };
-        self.insert(entry_key, Some(value.clone()), version, at);
+        let entry_key = EntryKey::new(bucket.0, &key);
+        self.insert(entry_key, Some(stored), version, at);
         Write {
             bucket: self.buckets[usize::from(bucket.0)].name.clone(),
             key,
@@ -866,10 +913,7 @@ impl Store {
         let partition = self.config.partitioning.partition_of(&key);
         let version = self.next_version(partition, epoch);
         let until = now.saturating_add(self.config.tombstone_ttl);
-        let entry_key = EntryKey {
-            bucket: bucket.0,
-            key: key.clone(),
-        };
+        let entry_key = EntryKey::new(bucket.0, &key);
         self.insert(entry_key, None, version, until.as_millis().max(1));
         Write {
             bucket: self.buckets[usize::from(bucket.0)].name.clone(),
@@ -880,8 +924,14 @@ impl Store {
     }
 
     /// Inserts or replaces an entry, keeping the indexes in step with the cache.
-    fn insert(&mut self, key: EntryKey, value: Option<Bytes>, version: Version, expires_at: u64) {
-        let partition = self.config.partitioning.partition_of(&key.key).index();
+    fn insert(
+        &mut self,
+        key: EntryKey,
+        value: Option<Arc<[u8]>>,
+        version: Version,
+        expires_at: u64,
+    ) {
+        let partition = self.config.partitioning.partition_of(key.key()).index();
         let old = self.cache.peek(&key).map(|e| (e.part_pos, e.ttl_pos));
         let mut key = key;
         let (part_pos, old_ttl_pos) = match old {
@@ -938,7 +988,7 @@ impl Store {
                 continue;
             }
             self.evicted += 1;
-            tracing::trace!(bucket = k.bucket, "evicted to respect the byte budget");
+            tracing::trace!(bucket = k.bucket(), "evicted to respect the byte budget");
             self.unindex(&k, &e, true);
         }
     }
@@ -949,7 +999,7 @@ impl Store {
             self.tombstones -= 1;
         }
         if part_too {
-            let partition = self.config.partitioning.partition_of(&key.key).index();
+            let partition = self.config.partitioning.partition_of(key.key()).index();
             self.remove_at(Index::Part(partition), key, entry.part_pos);
         }
         if entry.ttl_pos != NO_POS {
@@ -1063,7 +1113,7 @@ mod tests {
                 for (i, k) in part.keys.iter().enumerate() {
                     let e = self.cache.peek(k).expect("indexed key is cached");
                     assert_eq!(e.part_pos as usize, i, "part_pos of {k:?}");
-                    assert_eq!(self.config.partitioning.partition_of(&k.key).index(), p);
+                    assert_eq!(self.config.partitioning.partition_of(k.key()).index(), p);
                     indexed += 1;
                 }
             }
