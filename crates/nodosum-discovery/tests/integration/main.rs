@@ -5,6 +5,7 @@ mod consul;
 mod consul_stand_in;
 mod dns;
 mod dnsmasq;
+mod runner;
 mod static_list;
 
 /// Generous guard against hangs; never a timing assertion.
