@@ -32,9 +32,10 @@ use crate::{Candidate, Discovered, Discovery, Error};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscovererConfig {
-    /// Time between the starts of two successful rounds. Default 30 s: seeds matter only
-    /// while joining or healing a partition, after which gossip carries membership; the
-    /// original Go project polled at this rate.
+    /// Pause after a successful round before the next one starts. Default 30 s: seeds
+    /// matter only while joining or healing a partition, after which gossip carries
+    /// membership. With Consul blocking queries a round itself lasts until a change or
+    /// `wait`, so this pause is also the rate limit Consul's documentation asks for.
     #[serde(with = "crate::duration")]
     pub interval: Duration,
     /// Random spread applied to every delay, as a fraction: 0.1 spreads a 30 s interval over
