@@ -42,6 +42,12 @@ pub use clock::Timestamp;
 pub use error::Error;
 pub use nodosum_proto::NodeId;
 pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
-pub use routing::{Role, RoutingState, RoutingTable, TableError, ViewStabilizer, authority};
+pub use routing::{
+    PartitionChange, Role, RoutingState, RoutingTable, TableError, TableUpdate, ViewStabilizer,
+    authority,
+};
 pub use slot::{Partition, Partitioning, Slot};
-pub use store::{Store, StoreConfig, Version};
+pub use store::{
+    Applied, BucketId, BucketOptions, Condition, Expiry, SetOptions, SetOutcome, Store,
+    StoreConfig, Ttl, Version, Write, WriteOp,
+};

@@ -353,6 +353,20 @@ impl RoutingTable {
         seen.len() * 2 > self.members.len()
     }
 
+    /// The partitions whose replica set differs between this table and `next` (same
+    /// partitioning), with both sets: the work a rebalance has to do.
+    pub fn changes<'a>(&'a self, next: &'a Self) -> impl Iterator<Item = PartitionChange> + 'a {
+        self.partitioning.iter().filter_map(move |p| {
+            let from: Vec<NodeId> = self.replicas(p).map(|m| m.id.clone()).collect();
+            let to: Vec<NodeId> = next.replicas(p).map(|m| m.id.clone()).collect();
+            (from != to).then_some(PartitionChange {
+                partition: p,
+                from,
+                to,
+            })
+        })
+    }
+
     fn member_index(&self, id: &NodeId) -> Option<usize> {
         self.members.binary_search_by(|m| m.id.cmp(id)).ok()
     }
@@ -368,6 +382,17 @@ impl std::fmt::Debug for RoutingTable {
             .field("members", &self.members)
             .finish_non_exhaustive()
     }
+}
+
+/// A partition whose replica set changes between two tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionChange {
+    /// The partition.
+    pub partition: Partition,
+    /// Its replica set in the older table, primary first.
+    pub from: Vec<NodeId>,
+    /// Its replica set in the newer table, primary first.
+    pub to: Vec<NodeId>,
 }
 
 /// The authority among `members`: the oldest, i.e. the smallest `(started_at, id)`.
@@ -465,6 +490,19 @@ impl RoutingState {
         match table.role(&self.me, partition) {
             Role::None => Err(not_owner),
             role => Ok(role),
+        }
+    }
+
+    /// Refuses writes with [`Error::QuorumLost`] unless this node, reaching `reachable`,
+    /// is in a majority of the current table's view (see [`RoutingTable::in_majority`]).
+    /// Without a table there is no view to be in a majority of.
+    pub fn check_quorum<'a>(
+        &self,
+        reachable: impl IntoIterator<Item = &'a NodeId>,
+    ) -> Result<(), Error> {
+        match &self.current {
+            Some(t) if t.in_majority(&self.me, reachable) => Ok(()),
+            _ => Err(Error::QuorumLost),
         }
     }
 
@@ -755,6 +793,36 @@ mod tests {
         );
         assert!(!t4.in_majority(&a, [&b]));
         assert!(t4.in_majority(&a, [&b, &c]));
+    }
+
+    #[test]
+    fn quorum_check_refuses_minority_writes() {
+        let mut s = RoutingState::new(id("a"));
+        assert_eq!(s.check_quorum([]), Err(Error::QuorumLost));
+        s.handle_table(table(1, view3())).expect("installs");
+        assert_eq!(s.check_quorum([&id("b")]), Ok(()));
+        assert_eq!(s.check_quorum([]), Err(Error::QuorumLost));
+    }
+
+    #[test]
+    fn failover_promotes_the_first_backup() {
+        // When a primary leaves, rendezvous order makes its first backup the new primary
+        // and every other partition keeps its replica set.
+        let full = table(1, view3());
+        let without_b = table(2, vec![member("a", 20), member("c", 30)]);
+        let changes: Vec<PartitionChange> = full.changes(&without_b).collect();
+        let involving_b = small()
+            .iter()
+            .filter(|&p| full.role(&id("b"), p) != Role::None)
+            .count();
+        assert_eq!(changes.len(), involving_b);
+        for c in &changes {
+            assert!(c.from.contains(&id("b")));
+            let survivors: Vec<&NodeId> = c.from.iter().filter(|n| **n != id("b")).collect();
+            assert_eq!(c.to[0], *survivors[0], "first surviving replica is primary");
+            assert!(!c.to.contains(&id("b")));
+        }
+        assert_eq!(full.changes(&full).count(), 0);
     }
 
     #[test]

@@ -1139,6 +1139,13 @@ mod tests {
     }
 
     #[test]
+    fn store_can_move_between_threads() {
+        fn send<T: Send + 'static>() {}
+        send::<Store>();
+        send::<Write>();
+    }
+
+    #[test]
     fn buckets() {
         let (mut s, main) = store();
         let other = s
