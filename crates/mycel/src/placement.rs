@@ -224,8 +224,19 @@ mod tests {
         assert!((1.7..2.3).contains(&ratio), "ratio {ratio}");
     }
 
+    /// The statistical properties (balance within a tolerance) hold with overwhelming but
+    /// not certain probability for arbitrary inputs, so their inputs come from a fixed seed:
+    /// the test is deterministic and a failure is a real regression.
+    fn statistical() -> ProptestConfig {
+        ProptestConfig {
+            cases: 24,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6d79_6365_6c00_0001),
+            ..ProptestConfig::default()
+        }
+    }
+
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(24))]
+        #![proptest_config(statistical())]
 
         #[test]
         fn balanced(n in 2usize..=12, salt in 0u32..1000) {

