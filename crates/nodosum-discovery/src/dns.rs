@@ -116,32 +116,7 @@ impl DnsDiscovery {
                 problem: "must be at least 1".into(),
             });
         }
-        let mut builder = match config.nameserver {
-            None => TokioResolver::builder_tokio().map_err(|e| Error::DnsSetup {
-                source: Box::new(e),
-            })?,
-            Some(addr) => {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-                let mut b = Resolver::builder_with_config(
-                    ResolverConfig::from_name_servers(vec![server]),
-                    TokioRuntimeProvider::default(),
-                );
-                // An explicit server is the only source of truth: no /etc/hosts.
-                b.options_mut().use_hosts_file = ResolveHosts::Never;
-                b
-            }
-        };
-        let opts = builder.options_mut();
-        opts.timeout = config.timeout;
-        opts.attempts = config.attempts;
-        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-        let resolver = builder.build().map_err(|e| Error::DnsSetup {
-            source: Box::new(e),
-        })?;
+        let resolver = build_resolver(config.nameserver, config.timeout, config.attempts)?;
         Ok(Self {
             mode: config.mode,
             name,
@@ -329,6 +304,40 @@ impl Discovery for DnsDiscovery {
     fn discover(&self) -> BoxFuture<'_, Result<Discovered, Error>> {
         Box::pin(self.run())
     }
+}
+
+/// A resolver for the system configuration, or for one explicit server (UDP, TCP on
+/// truncation) without /etc/hosts or search domains.
+pub(crate) fn build_resolver(
+    nameserver: Option<SocketAddr>,
+    timeout: Duration,
+    attempts: usize,
+) -> Result<TokioResolver, Error> {
+    let setup = |e| Error::DnsSetup {
+        source: Box::new(e),
+    };
+    let mut builder = match nameserver {
+        None => TokioResolver::builder_tokio().map_err(setup)?,
+        Some(addr) => {
+            let mut udp = ConnectionConfig::udp();
+            udp.port = addr.port();
+            let mut tcp = ConnectionConfig::tcp();
+            tcp.port = addr.port();
+            let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+            let mut b = Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                TokioRuntimeProvider::default(),
+            );
+            // An explicit server is the only source of truth: no /etc/hosts.
+            b.options_mut().use_hosts_file = ResolveHosts::Never;
+            b
+        }
+    };
+    let opts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = attempts.max(1);
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    builder.build().map_err(setup)
 }
 
 fn dns_error(name: &Name, record_type: &'static str, source: NetError) -> Error {

@@ -1,7 +1,11 @@
 //! Static seeds: a list of `[id@]host:port` entries, resolved at every round.
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use tokio::task::JoinSet;
 
 use nodosum_proto::NodeId;
 use serde::{Deserialize, Serialize};
@@ -14,6 +18,7 @@ use crate::{BoxFuture, Candidate, Discovered, Discovery, Error, SeedProblem};
 /// [discovery.static]
 /// seeds = ["10.0.0.1:6969", "node-2@seed.example.com:6969", "[::1]:6969"]
 /// resolve_timeout = "5s"
+/// # nameserver = "10.0.0.53:53"   # default: the system resolver
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -25,6 +30,9 @@ pub struct StaticConfig {
     /// How long one entry may take to resolve. Default 5 s (glibc's default DNS timeout).
     #[serde(with = "crate::duration")]
     pub resolve_timeout: Duration,
+    /// Resolve names by asking this DNS server (A and AAAA, no /etc/hosts, no search
+    /// domains) instead of the system resolver (`getaddrinfo`). Default: none.
+    pub nameserver: Option<SocketAddr>,
 }
 
 impl Default for StaticConfig {
@@ -32,6 +40,7 @@ impl Default for StaticConfig {
         Self {
             seeds: Vec::new(),
             resolve_timeout: Duration::from_secs(5),
+            nameserver: None,
         }
     }
 }
@@ -55,26 +64,57 @@ struct Seed {
 pub struct StaticDiscovery {
     seeds: Vec<Seed>,
     resolve_timeout: Duration,
+    /// `None`: the system resolver.
+    resolver: Option<TokioResolver>,
 }
 
 impl StaticDiscovery {
     /// Parses every entry; the first malformed one is returned as [`Error::InvalidSeed`].
+    /// With a `nameserver`, must be called inside a tokio runtime.
     pub fn new(config: &StaticConfig) -> Result<Self, Error> {
         let seeds = config
             .seeds
             .iter()
             .map(|e| parse_seed(e))
             .collect::<Result<Vec<_>, _>>()?;
+        let resolver = match config.nameserver {
+            Some(addr) => Some(crate::dns::build_resolver(
+                Some(addr),
+                config.resolve_timeout,
+                1,
+            )?),
+            None => None,
+        };
         Ok(Self {
             seeds,
             resolve_timeout: config.resolve_timeout,
+            resolver,
         })
     }
 
     async fn run(&self) -> Result<Discovered, Error> {
+        // Entries resolve concurrently, so one slow name costs one timeout, not one per entry.
+        let mut set = JoinSet::new();
+        for (i, seed) in self.seeds.iter().enumerate() {
+            let seed = seed.clone();
+            let resolver = self.resolver.clone();
+            let timeout = self.resolve_timeout;
+            set.spawn(async move {
+                let r = resolve(resolver.as_ref(), timeout, &seed).await;
+                (i, seed, r)
+            });
+        }
+        let mut results = Vec::with_capacity(self.seeds.len());
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok(r) => results.push(r),
+                Err(e) => tracing::error!(error = %e, "static seed resolution task failed"),
+            }
+        }
+        results.sort_by_key(|(i, _, _)| *i);
         let mut out = Discovered::default();
-        for seed in &self.seeds {
-            match self.resolve(seed).await {
+        for (_, seed, result) in results {
+            match result {
                 Ok(addrs) => {
                     for addr in addrs {
                         out.push(Candidate {
@@ -94,36 +134,63 @@ impl StaticDiscovery {
         }
         Ok(out)
     }
+}
 
-    async fn resolve(&self, seed: &Seed) -> Result<Vec<SocketAddr>, Error> {
-        let host = seed.host.as_str();
-        if let Ok(ip) = host.parse() {
-            return Ok(vec![SocketAddr::new(ip, seed.port)]);
+async fn resolve(
+    resolver: Option<&TokioResolver>,
+    resolve_timeout: Duration,
+    seed: &Seed,
+) -> Result<Vec<SocketAddr>, Error> {
+    let host = seed.host.as_str();
+    if let Ok(ip) = host.parse() {
+        return Ok(vec![SocketAddr::new(ip, seed.port)]);
+    }
+    let timed_out = |_| Error::ResolveTimeout {
+        entry: seed.entry.clone(),
+        after: resolve_timeout,
+    };
+    let failed = |source| Error::Resolve {
+        entry: seed.entry.clone(),
+        source,
+    };
+    let found: Vec<SocketAddr> = match resolver {
+        None => {
+            let lookup = tokio::net::lookup_host((host, seed.port));
+            tokio::time::timeout(resolve_timeout, lookup)
+                .await
+                .map_err(timed_out)?
+                .map_err(failed)?
+                .collect()
         }
-        let lookup = tokio::net::lookup_host((host, seed.port));
-        let addrs = tokio::time::timeout(self.resolve_timeout, lookup)
-            .await
-            .map_err(|_| Error::ResolveTimeout {
-                entry: seed.entry.clone(),
-                after: self.resolve_timeout,
-            })?
-            .map_err(|source| Error::Resolve {
-                entry: seed.entry.clone(),
-                source,
-            })?;
-        let mut out: Vec<SocketAddr> = Vec::new();
-        for a in addrs {
-            if !out.contains(&a) {
-                out.push(a);
+        Some(resolver) => {
+            // Absolute: the configured server answers for exactly this name.
+            let name = format!("{}.", host.trim_end_matches('.'));
+            let lookup = resolver.lookup_ip(name.as_str());
+            match tokio::time::timeout(resolve_timeout, lookup)
+                .await
+                .map_err(timed_out)?
+            {
+                Ok(ips) => ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip, seed.port))
+                    .collect(),
+                Err(e) if e.is_no_records_found() => Vec::new(),
+                Err(e) => return Err(failed(io::Error::other(e))),
             }
         }
-        if out.is_empty() {
-            return Err(Error::NoAddress {
-                entry: seed.entry.clone(),
-            });
+    };
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in found {
+        if !out.contains(&a) {
+            out.push(a);
         }
-        Ok(out)
     }
+    if out.is_empty() {
+        return Err(Error::NoAddress {
+            entry: seed.entry.clone(),
+        });
+    }
+    Ok(out)
 }
 
 impl Discovery for StaticDiscovery {

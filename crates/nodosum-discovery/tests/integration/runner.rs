@@ -15,6 +15,8 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+use crate::dnsmasq::Dnsmasq;
+
 /// A backend that plays a script of answers and records when it was asked.
 #[derive(Debug, Default)]
 struct Scripted {
@@ -311,10 +313,11 @@ fn closed_port_consul() -> Arc<ConsulDiscovery> {
     )
 }
 
-fn static_backend(seeds: &[&str]) -> Arc<StaticDiscovery> {
+fn static_backend(seeds: &[&str], nameserver: Option<SocketAddr>) -> Arc<StaticDiscovery> {
     Arc::new(
         StaticDiscovery::new(&StaticConfig {
             seeds: seeds.iter().map(|s| (*s).to_owned()).collect(),
+            nameserver,
             ..StaticConfig::default()
         })
         .expect("valid"),
@@ -324,9 +327,9 @@ fn static_backend(seeds: &[&str]) -> Arc<StaticDiscovery> {
 #[tokio::test]
 async fn multi_merges_backends_and_a_failing_one_does_not_hide_the_others() {
     let multi = Multi::new(vec![
-        static_backend(&["127.0.0.5:6969", "127.0.0.6:6969"]),
+        static_backend(&["127.0.0.5:6969", "127.0.0.6:6969"], None),
         closed_port_consul(),
-        static_backend(&["node-6@127.0.0.6:6969"]),
+        static_backend(&["node-6@127.0.0.6:6969"], None),
     ]);
     assert_eq!(multi.len(), 3);
     let mut registry = Registry::default();
@@ -358,8 +361,9 @@ async fn multi_merges_backends_and_a_failing_one_does_not_hide_the_others() {
     );
 
     // Every backend failing fails the round, and each failure is counted by backend.
+    let dns = Dnsmasq::start(&["--host-record=other.hosts.test,127.0.0.2"]);
     let multi = Multi::new(vec![
-        static_backend(&["nodosum-seed.invalid:1"]),
+        static_backend(&["missing.hosts.test:1"], Some(dns.addr)),
         closed_port_consul(),
     ]);
     let mut registry = Registry::default();
