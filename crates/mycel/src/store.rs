@@ -17,7 +17,7 @@
 //! - TTLs are absolute expiry timestamps beside the value: checked on every read, and
 //!   removed in the background by [`Store::reap`], which samples keys with a TTL like
 //!   Redis's active expiry cycle.
-//! - A per-partition key index lets the store stream a partition ([`Store::partition`])
+//! - A per-partition key index lets the store stream a partition ([`Store::snapshot`])
 //!   and drop it ([`Store::drop_partition`]) without scanning everything.
 //!
 //! Expired entries are removed locally by each replica when it notices them, without a
@@ -254,7 +254,8 @@ pub struct StoreStats {
     pub capacity: u64,
     /// Entries evicted to respect the budget, since the store was made.
     pub evicted: u64,
-    /// Expired entries removed (on read or by the reaper), since the store was made.
+    /// Expired entries and tombstones removed (on access or by the reaper), since the store
+    /// was made.
     pub expired: u64,
 }
 
@@ -688,7 +689,7 @@ impl Store {
                     key,
                     Some(Arc::from(&value[..])),
                     write.version,
-                    expires_at.map_or(0, Timestamp::as_millis),
+                    expires_at.map_or(0, |t| t.as_millis().max(1)),
                 );
             }
             WriteOp::Delete => {
@@ -710,7 +711,7 @@ impl Store {
 
     /// A snapshot of `partition` at `now`, as writes a new owner can [`apply`](Self::apply):
     /// every live entry as a put, every tombstone as a delete, with their versions.
-    pub fn partition(
+    pub fn snapshot(
         &self,
         partition: Partition,
         now: Timestamp,
@@ -1516,7 +1517,7 @@ mod tests {
             ..SetOptions::default()
         };
         s.set(id, b("{x}1"), b("v"), ex, T0, 1).expect("set");
-        let snap: Vec<Write> = s.partition(p, at(2_000)).collect();
+        let snap: Vec<Write> = s.snapshot(p, at(2_000)).collect();
         // 50 keys: one tombstone, one expired (left out), 48 puts.
         assert_eq!(snap.len(), 49);
         assert_eq!(snap.iter().filter(|w| w.op == WriteOp::Delete).count(), 1);
