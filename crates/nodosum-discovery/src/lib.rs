@@ -100,9 +100,11 @@
 //! [discovery.static]
 //! seeds = ["10.0.0.1:6969", "node-2@seed-2.example.com:6969", "[fd00::3]:6969"]
 //! resolve_timeout = "5s"
+//! # nameserver = "10.0.0.53:53"  # ask this DNS server instead of the system resolver
 //! ```
 //!
-//! Names go through the system resolver (`getaddrinfo`) at every round, so a seed whose
+//! Names go through the system resolver (`getaddrinfo`), or the configured `nameserver`,
+//! at every round, concurrently, so a seed whose
 //! name starts resolving later (a pod that got its DNS entry after us) is picked up.
 //! A malformed entry is refused at construction with [`Error::InvalidSeed`] naming it.
 //!

@@ -15,7 +15,18 @@ pub(crate) struct Dnsmasq {
     binary: PathBuf,
 }
 
+/// The dnsmasq binary: `$DNSMASQ` if set, else `dnsmasq` on `PATH` or in `/usr/sbin`.
 fn find_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("DNSMASQ") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "DNSMASQ={} is not a file. The DNS discovery tests need a real dnsmasq: \
+             install it with `apt-get update && apt-get install -y dnsmasq`",
+            path.display()
+        );
+        return path;
+    }
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
