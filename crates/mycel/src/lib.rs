@@ -38,6 +38,9 @@ pub mod routing;
 pub mod slot;
 pub mod store;
 
+#[cfg(test)]
+mod sim;
+
 pub use clock::Timestamp;
 pub use error::Error;
 pub use nodosum_proto::NodeId;
