@@ -399,3 +399,81 @@ async fn multi_merges_backends_and_a_failing_one_does_not_hide_the_others() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn spawned_loop_over_real_dns_publishes_a_node_that_appears_later() {
+    let record = |name: &str, ip: &str, port: u16, id: &str| {
+        let service = "_nodosum._udp.test";
+        let fqdn = format!("{name}.{service}");
+        let host = format!("{name}.hosts.test");
+        vec![
+            format!("--ptr-record={service},{fqdn}"),
+            format!("--srv-host={fqdn},{host},{port}"),
+            format!("--host-record={host},{ip}"),
+            format!("--txt-record={fqdn},id={id}"),
+        ]
+    };
+    let mut dns = Dnsmasq::start(&record("a", "127.0.0.2", 7001, "node-a"));
+    let backend = Arc::new(
+        nodosum_discovery::DnsDiscovery::new(&nodosum_discovery::DnsConfig {
+            name: "_nodosum._udp.test.".into(),
+            nameserver: Some(dns.addr),
+            timeout: Duration::from_secs(1),
+            attempts: 1,
+            ..nodosum_discovery::DnsConfig::default()
+        })
+        .expect("config"),
+    );
+    // Real time here (real sockets); the short interval only keeps the test quick.
+    let config = DiscovererConfig {
+        interval: Duration::from_millis(50),
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        ..DiscovererConfig::default()
+    };
+    let members: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+    let mut registry = Registry::default();
+    let handle = Discoverer::new(backend, &config, &mut registry)
+        .exclude_known({
+            let members = Arc::clone(&members);
+            move |c| members.lock().expect("lock").contains(&c.gossip_addr)
+        })
+        .spawn();
+    let seeds = handle.subscribe();
+
+    let next_with = |want: SocketAddr| {
+        let mut seeds = seeds.clone();
+        async move {
+            tokio::time::timeout(crate::GUARD, async {
+                loop {
+                    seeds.changed().await.expect("loop alive");
+                    let now = seeds.borrow_and_update().clone();
+                    if now.iter().any(|c| c.gossip_addr == want) {
+                        return now;
+                    }
+                }
+            })
+            .await
+            .expect("candidate published")
+        }
+    };
+    let first = next_with(addr("127.0.0.2:7001")).await;
+    assert_eq!(
+        first[0].node_id.as_ref().map(NodeId::as_str),
+        Some("node-a")
+    );
+    // The facade joins through node-a: it becomes a member and is no longer published.
+    members.lock().expect("lock").insert(addr("127.0.0.2:7001"));
+
+    // Node b appears in DNS (dnsmasq restarts: rounds during the gap fail and are retried).
+    dns.restart(
+        &[
+            record("a", "127.0.0.2", 7001, "node-a"),
+            record("b", "127.0.0.3", 7002, "node-b"),
+        ]
+        .concat(),
+    );
+    let now = next_with(addr("127.0.0.3:7002")).await;
+    assert_eq!(&*now, &[cand("127.0.0.3:7002", Some("node-b"))]);
+    handle.shutdown().await;
+}
