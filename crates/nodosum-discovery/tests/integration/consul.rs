@@ -387,6 +387,33 @@ async fn tls_to_the_agent_with_a_configured_ca() {
 }
 
 #[tokio::test]
+async fn client_certificate_for_an_agent_that_verifies_incoming() {
+    let (server, ca_pem, identity) =
+        StandIn::start_mtls(vec![Instance::new("a", "127.0.0.2", 7001)]).await;
+    let without = ConsulDiscovery::new(&ConsulConfig {
+        ca_pem: Some(ca_pem.clone()),
+        ..config(&server)
+    })
+    .expect("config");
+    assert!(matches!(
+        discover(&without).await,
+        Err(Error::ConsulRequest { .. })
+    ));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let identity_file = dir.path().join("client.pem");
+    std::fs::write(&identity_file, identity).expect("write identity");
+    let with = ConsulDiscovery::new(&ConsulConfig {
+        ca_pem: Some(ca_pem),
+        client_identity_file: Some(identity_file),
+        ..config(&server)
+    })
+    .expect("config");
+    let found = discover(&with).await.expect("round over mutual TLS");
+    assert_eq!(addrs(&found), vec![addr("127.0.0.2:7001")]);
+}
+
+#[tokio::test]
 async fn self_registration_keeps_the_ttl_check_passing_and_deregisters() {
     let server = StandIn::start(Vec::new()).await;
     let backend = Arc::new(

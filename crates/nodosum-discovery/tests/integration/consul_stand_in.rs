@@ -200,7 +200,23 @@ impl StandIn {
     /// Serves HTTPS on 127.0.0.1 with a certificate for `localhost` and `127.0.0.1` signed
     /// by a fresh CA; returns the CA's PEM.
     pub(crate) async fn start_tls(instances: Vec<Instance>) -> (Self, String) {
-        let (server_config, ca_pem) = tls_server_config();
+        let (server_config, ca_pem, _) = tls_server_config(false);
+        Self::serve_tls(instances, server_config, ca_pem).await
+    }
+
+    /// Like [`Self::start_tls`], but requires a client certificate from the same CA
+    /// (Consul's `verify_incoming`); also returns a client identity PEM (chain + key).
+    pub(crate) async fn start_mtls(instances: Vec<Instance>) -> (Self, String, String) {
+        let (server_config, ca_pem, identity) = tls_server_config(true);
+        let (me, ca) = Self::serve_tls(instances, server_config, ca_pem).await;
+        (me, ca, identity)
+    }
+
+    async fn serve_tls(
+        instances: Vec<Instance>,
+        server_config: rustls::ServerConfig,
+        ca_pem: String,
+    ) -> (Self, String) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
         let listener = TlsListener {
@@ -547,7 +563,7 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-fn tls_server_config() -> (rustls::ServerConfig, String) {
+fn tls_server_config(client_auth: bool) -> (rustls::ServerConfig, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -567,15 +583,35 @@ fn tls_server_config() -> (rustls::ServerConfig, String) {
         .push(SanType::IpAddress([127, 0, 0, 1].into()));
     let cert = params.signed_by(&key, &issuer).expect("server cert");
 
+    let client_key = KeyPair::generate().expect("client key");
+    let client_params = CertificateParams::new(vec!["node-1".to_owned()]).expect("params");
+    let client_cert = client_params
+        .signed_by(&client_key, &issuer)
+        .expect("client cert");
+    let identity = format!("{}{}", client_cert.pem(), client_key.serialize_pem());
+
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
+        .expect("versions");
+    let builder = if client_auth {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from(ca_cert.der().to_vec()))
+            .expect("ca root");
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let config = builder
         .with_single_cert(
             vec![CertificateDer::from(cert.der().to_vec())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         )
         .expect("server config");
-    (config, ca_cert.pem())
+    (config, ca_cert.pem(), identity)
 }
