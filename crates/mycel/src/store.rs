@@ -303,10 +303,14 @@ struct EntryKey(Arc<[u8]>);
 
 impl EntryKey {
     fn new(bucket: u16, key: &[u8]) -> Self {
-        let mut buf = Vec::with_capacity(2 + key.len());
-        buf.extend_from_slice(&bucket.to_be_bytes());
-        buf.extend_from_slice(key);
-        Self(buf.into())
+        // A chain of exact-size iterators: collected in one allocation.
+        Self(
+            bucket
+                .to_be_bytes()
+                .into_iter()
+                .chain(key.iter().copied())
+                .collect(),
+        )
     }
 
     fn bucket(&self) -> u16 {
