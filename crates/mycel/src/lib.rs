@@ -19,6 +19,8 @@
 //! - [`store`]: one node's local [`Store`]: buckets, TTLs, Redis-like `SET` options,
 //!   versioned replicated writes, a sampled expiry reaper and a byte budget enforced by
 //!   `quick_cache`.
+//! - [`Config`]: replication factor, stabilisation window, minority-write policy and the
+//!   store's limits, with documented defaults and a `validate()` that reports every problem.
 //! - [`checker`]: a linearizability checker for single-key register histories, for fault
 //!   tests.
 //!
@@ -32,6 +34,7 @@
 
 pub mod checker;
 mod clock;
+mod config;
 mod error;
 pub mod placement;
 pub mod routing;
@@ -42,6 +45,7 @@ pub mod store;
 mod sim;
 
 pub use clock::Timestamp;
+pub use config::{Config, ConfigProblem};
 pub use error::Error;
 pub use nodosum_proto::NodeId;
 pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
