@@ -3,10 +3,10 @@
 //! Every member gets a score per partition, `weight / -ln(u)` where `u` in `(0, 1)` comes
 //! from a stable 64-bit hash (XXH3 with the partition number as seed) of the member's node
 //! ID; the replica set is the members with the highest scores, best first (primary, then
-//! backups). This is the logarithmic method for weighted rendezvous hashing (Schindelhauer
-//! and Schomaker): a member's share of primaries is proportional to its weight, and when a
-//! member joins or leaves, only the partitions where that member is (or becomes) one of the
-//! top `rf` change, and the other members keep their relative order.
+//! backups). This is the logarithmic method of weighted rendezvous hashing: a member's share
+//! of primaries is proportional to its weight, and when a member joins or leaves, only the
+//! partitions where that member is (or becomes) one of the top `rf` change, and the other
+//! members keep their relative order (so a failed primary's first backup becomes primary).
 //!
 //! The result depends only on the set of members (ID and weight), never on their order or
 //! on process-local randomness, so any node computes the same placement. Ties (equal

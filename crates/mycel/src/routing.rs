@@ -471,8 +471,8 @@ impl RoutingState {
         }
     }
 
-    /// Checks that this node may serve a request for `partition` in `role` terms, sent by a
-    /// peer at `request_epoch` (None for a local client). A peer behind this node, a peer
+    /// Checks that this node holds `partition` and returns its role there, for a request
+    /// sent by a peer at `request_epoch` (None for a local client). A peer behind this node, a peer
     /// ahead of it, and a partition this node does not hold are all answered with
     /// [`Error::NotOwner`] carrying this node's epoch: the caller refreshes and retries,
     /// the request is never forwarded again.
