@@ -1,12 +1,16 @@
 //! Serde for `Duration` config fields as human text: `"30s"`, `"500ms"`, `"5m"`, `"1h"`, or a
 //! plain integer number of seconds.
+//!
+//! Every Nodosum config file writes durations this way; use it with
+//! `#[serde(with = "nodosum_discovery::duration")]`, or `duration::option` for an
+//! `Option<Duration>`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer, de};
 
 /// Parses `"<n>ms"`, `"<n>s"`, `"<n>m"`, `"<n>h"` or `"<n>"` (seconds).
-pub(crate) fn parse(text: &str) -> Option<Duration> {
+pub fn parse(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (digits, unit_ms): (&str, u64) = if let Some(d) = text.strip_suffix("ms") {
         (d, 1)
@@ -24,7 +28,7 @@ pub(crate) fn parse(text: &str) -> Option<Duration> {
 }
 
 /// Formats as whole seconds where exact, else milliseconds (Consul's `wait` accepts both).
-pub(crate) fn format(d: Duration) -> String {
+pub fn format(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
@@ -32,7 +36,8 @@ pub(crate) fn format(d: Duration) -> String {
     }
 }
 
-pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+/// Serialises as [`format`] does.
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }
 
@@ -43,7 +48,8 @@ enum Raw {
     Text(String),
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+/// Deserialises what [`parse`] accepts, or an integer number of seconds.
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     match Raw::deserialize(d)? {
         Raw::Secs(s) => Ok(Duration::from_secs(s)),
         Raw::Text(t) => parse(&t).ok_or_else(|| {
@@ -51,6 +57,28 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D
                 "invalid duration {t:?}: expected e.g. \"30s\", \"500ms\", \"5m\""
             ))
         }),
+    }
+}
+
+/// The same for `Option<Duration>` fields (absent or `null` is `None`).
+pub mod option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialises `Some` as [`format`](super::format) does; `None` as nothing.
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialises an optional duration.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super")] Duration);
+        Ok(Option::<Wrap>::deserialize(d)?.map(|Wrap(d)| d))
     }
 }
 

@@ -236,7 +236,7 @@ mod candidate;
 mod config;
 mod consul;
 mod dns;
-mod duration;
+pub mod duration;
 mod error;
 mod multi;
 mod runner;
