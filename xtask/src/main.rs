@@ -5,6 +5,7 @@
 // A command-line tool talks to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod certs;
 mod fuzz;
 mod test;
 mod util;
@@ -25,11 +26,14 @@ enum Command {
     Test(test::Args),
     /// Run the cargo-fuzz targets of every decoder for a bounded time each (needs nightly).
     Fuzz(fuzz::Args),
+    /// Create a CA and one mTLS certificate + key per node, as PEM files.
+    Certs(certs::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Test(args) => test::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Certs(args) => certs::run(&args),
     }
 }
