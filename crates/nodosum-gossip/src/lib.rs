@@ -1,0 +1,50 @@
+//! Nodosum membership: who is in the cluster and who is alive.
+//!
+//! SWIM (with suspicion, indirect probes and infection-style dissemination) from the
+//! [`foca`] crate, driven over a UDP socket. Every datagram is sealed with the
+//! nodosum-proto [`Keyring`](nodosum_proto::Keyring) (AES-256-GCM, cluster name as
+//! associated data); datagrams that do not open, or do not parse, are dropped, counted by
+//! reason in the metrics and logged at a rate-limited level, and never touch membership
+//! state.
+//!
+//! - [`Gossip`]: the running node (start, join, leave, view, events, keys, metadata).
+//! - [`MembershipEvent`]: `Joined`, `Updated`, `Suspect`, `Alive`, `Failed`, `Left`, each
+//!   carrying the member's [`Member`](nodosum_proto::Member) identity (node ID, gossip
+//!   address, QUIC port, incarnation, metadata).
+//! - [`Config`]: presets [`Config::lan`] (default), [`Config::wan`], [`Config::local`].
+//!
+//! Identity: a member is its node ID. A restarted node comes back with a higher
+//! incarnation (by default the start time in milliseconds) and replaces its previous
+//! life; a metadata change is a new incarnation too, seen by others as `Updated`.
+//!
+//! Failure detection and Lifeguard. Probes every `probe_interval`, indirect probes
+//! through `indirect_checks` members, then suspicion. foca's suspicion timeout is fixed
+//! per configuration, so Lifeguard's *dynamic* suspicion (a timeout starting high and
+//! shrinking with independent confirmations) is not available: foca's suspicion updates
+//! do not carry who raised them, so confirmations cannot be counted. This crate instead
+//! uses memberlist's lower bound, `suspicion_mult * log10(n) * probe_interval`, rescaled as
+//! the cluster grows, with a default multiplier of 2 (memberlist: 4, stretched up to 6x
+//! without confirmations). Lifeguard's local health *is* applied: the driver stretches
+//! this node's probe interval and probe timeout by `health + 1` while its own probes fail
+//! or it has to refute suspicions about itself.
+//!
+//! What this crate is not: it knows nothing about QUIC or the application data path,
+//! discovers no seeds by itself, and persists nothing.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod config;
+mod core;
+mod error;
+mod gossip;
+mod identity;
+mod metrics;
+#[cfg(test)]
+mod sim;
+mod table;
+
+pub use config::{Config, ConfigError, ConfigProblem, DEFAULT_GOSSIP_PORT, DEFAULT_QUIC_PORT};
+pub use error::Error;
+pub use gossip::Gossip;
+pub use table::{MemberState, MembershipEvent};
