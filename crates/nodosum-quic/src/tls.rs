@@ -193,7 +193,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 pub struct DevCa {
     params: rcgen::CertificateParams,
     key: rcgen::KeyPair,
-    cert: rcgen::Certificate,
+    cert_der: CertificateDer<'static>,
+    cert_pem: String,
 }
 
 /// Validity of a development certificate.
@@ -209,6 +210,39 @@ pub enum DevValidity {
 impl DevCa {
     /// Generates a new CA whose common name is `name`.
     pub fn generate(name: &str) -> Result<Self, TlsError> {
+        let params = Self::params(name)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            params,
+            key,
+            cert_der: cert.der().clone(),
+            cert_pem: cert.pem(),
+        })
+    }
+
+    /// Loads a CA made by [`generate`](Self::generate) with the same `name` from its
+    /// certificate and key PEM (as [`cert_pem`](Self::cert_pem) and
+    /// [`key_pem`](Self::key_pem) wrote them), to keep one development CA across runs.
+    pub fn from_pem(name: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        let params = Self::params(name)?;
+        let key = rcgen::KeyPair::from_pem(key_pem)?;
+        let cert_der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
+            TlsError::Rustls(rustls::Error::General(format!(
+                "development CA certificate: {e}"
+            )))
+        })?;
+        Ok(Self {
+            params,
+            key,
+            cert_der,
+            cert_pem: cert_pem.to_owned(),
+        })
+    }
+
+    /// The CA's parameters. Deterministic, so that a reloaded CA issues certificates
+    /// whose issuer matches the stored CA certificate.
+    fn params(name: &str) -> Result<rcgen::CertificateParams, TlsError> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         params
             .distinguished_name
@@ -219,19 +253,22 @@ impl DevCa {
             rcgen::KeyUsagePurpose::CrlSign,
             rcgen::KeyUsagePurpose::DigitalSignature,
         ];
-        let key = rcgen::KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        Ok(Self { params, key, cert })
+        Ok(params)
     }
 
     /// The CA certificate (DER).
     pub fn cert_der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
+        self.cert_der.clone()
     }
 
     /// The CA certificate (PEM).
     pub fn cert_pem(&self) -> String {
-        self.cert.pem()
+        self.cert_pem.clone()
+    }
+
+    /// The CA's private key (PKCS#8 PEM). Keep it private: it signs node certificates.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
     }
 
     /// Issues a long-lived node certificate for `node_id` (in CN and SAN DNS) and returns

@@ -1,0 +1,531 @@
+//! Applications: named channels between nodes, with messages and request/response.
+//!
+//! Every payload an application sends carries a one-byte kind in front, so that messages
+//! and requests share the application's stream and keep their order per sender:
+//!
+//! ```text
+//! message:     [0x00][payload]
+//! request:     [0x01][u64 LE request id][body]
+//! response:    [0x02][u64 LE request id][body]
+//! no response: [0x03][u64 LE request id]       (the handler dropped the request)
+//! ```
+//!
+//! Responses of every application travel on one internal channel per peer,
+//! `_nodosum/reply`, read by the node itself, so a response never waits behind requests
+//! queued for a busy handler. Request IDs are unique per node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use nodosum_proto::{AppId, NodeId};
+use nodosum_quic::AppReceiver;
+use tokio::sync::oneshot;
+
+use crate::error::{RequestError, SendError};
+use crate::node::Shared;
+
+const KIND_MESSAGE: u8 = 0x00;
+const KIND_REQUEST: u8 = 0x01;
+const KIND_RESPONSE: u8 = 0x02;
+const KIND_NO_RESPONSE: u8 = 0x03;
+const ID_LEN: usize = 8;
+
+/// Prefix of the node's internal application names; users cannot register them.
+pub(crate) const RESERVED_PREFIX: &str = "_nodosum/";
+
+/// The nodes a message goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// One node.
+    Node(NodeId),
+    /// Several nodes.
+    Nodes(Vec<NodeId>),
+    /// Every alive member except this node.
+    All,
+}
+
+impl From<NodeId> for Targets {
+    fn from(node: NodeId) -> Self {
+        Self::Node(node)
+    }
+}
+
+impl From<&NodeId> for Targets {
+    fn from(node: &NodeId) -> Self {
+        Self::Node(node.clone())
+    }
+}
+
+impl From<Vec<NodeId>> for Targets {
+    fn from(nodes: Vec<NodeId>) -> Self {
+        Self::Nodes(nodes)
+    }
+}
+
+/// Something another node sent to this application.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A one-way message.
+    Message {
+        /// The sender.
+        from: NodeId,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// A request waiting for [`Request::respond`].
+    Request(Request),
+}
+
+/// A request from another node. Respond with [`respond`](Self::respond); dropping it
+/// without responding tells the requester at once ([`RequestError::NoResponse`]).
+#[derive(Debug)]
+pub struct Request {
+    from: NodeId,
+    id: u64,
+    body: Bytes,
+    node: Option<Arc<Shared>>,
+}
+
+impl Request {
+    /// The requesting node.
+    pub fn from(&self) -> &NodeId {
+        &self.from
+    }
+
+    /// The request body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// Sends `body` back to the requester.
+    pub async fn respond(mut self, body: impl Into<Bytes>) -> Result<(), SendError> {
+        let node = self.node.take().expect("a request is answered once");
+        let frame = encode(KIND_RESPONSE, Some(self.id), &body.into());
+        node.check_target(&self.from)?;
+        let reply_app = node.reply_app.clone();
+        node.quic
+            .send(&self.from, &reply_app, frame)
+            .await
+            .map_err(|e| node.send_error(&reply_app, e))
+    }
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            let frame = encode(KIND_NO_RESPONSE, Some(self.id), &[]);
+            // Best effort: the requester times out if this cannot be queued.
+            let _ = node.quic.try_send(&self.from, &node.reply_app, frame);
+        }
+    }
+}
+
+/// A registered application: send to other nodes, receive from them.
+///
+/// Dropping it unregisters the name on this node; [`AppSender`] clones can still send.
+#[derive(Debug)]
+pub struct Application {
+    sender: AppSender,
+    data: AppReceiver,
+}
+
+/// The sending half of an [`Application`]: cheap to clone and share between tasks.
+#[derive(Debug, Clone)]
+pub struct AppSender {
+    shared: Arc<AppShared>,
+}
+
+/// A request waiting for its response.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    node: NodeId,
+    reply: oneshot::Sender<Result<Bytes, RequestError>>,
+}
+
+/// The requests of all applications of a node that wait for a response.
+#[derive(Debug, Default)]
+pub(crate) struct PendingRequests {
+    map: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+}
+
+pub(crate) struct AppShared {
+    app: AppId,
+    node: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AppShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppShared")
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub(crate) fn new(node: Arc<Shared>, app: AppId, data: AppReceiver) -> Self {
+        let shared = Arc::new(AppShared { app, node });
+        shared.node.register_app(&shared);
+        Self {
+            sender: AppSender { shared },
+            data,
+        }
+    }
+
+    /// The application's name.
+    pub fn name(&self) -> &AppId {
+        &self.sender.shared.app
+    }
+
+    /// The next message or request from another node, in order per sender. `None` once
+    /// the node is shut down.
+    ///
+    /// While nobody calls it, this application's streams stop being read and QUIC flow
+    /// control slows this application's senders, and only them.
+    pub async fn receive(&mut self) -> Option<Incoming> {
+        loop {
+            let (from, mut frame) = self.data.recv().await?;
+            let shared = &self.sender.shared;
+            shared.node.metrics.received(&shared.app, frame.len());
+            if frame.is_empty() {
+                shared.node.drop_frame(&shared.app, &from, "empty");
+                continue;
+            }
+            match frame.get_u8() {
+                KIND_MESSAGE => {
+                    return Some(Incoming::Message {
+                        from,
+                        payload: frame,
+                    });
+                }
+                KIND_REQUEST => match split_id(frame) {
+                    Some((id, body)) => {
+                        let node = Some(Arc::clone(&shared.node));
+                        return Some(Incoming::Request(Request {
+                            from,
+                            id,
+                            body,
+                            node,
+                        }));
+                    }
+                    None => shared.node.drop_frame(&shared.app, &from, "short request"),
+                },
+                _ => shared.node.drop_frame(&shared.app, &from, "unknown kind"),
+            }
+        }
+    }
+
+    /// A sending handle for other tasks.
+    pub fn sender(&self) -> AppSender {
+        self.sender.clone()
+    }
+
+    /// Sends a one-way message; waits while a target's queue is full.
+    pub async fn send(
+        &self,
+        payload: impl Into<Bytes>,
+        to: impl Into<Targets>,
+    ) -> Result<(), SendError> {
+        self.sender.send(payload, to).await
+    }
+
+    /// Sends a one-way message without waiting; a full queue is [`SendError::QueueFull`].
+    pub fn try_send(
+        &self,
+        payload: impl Into<Bytes>,
+        to: impl Into<Targets>,
+    ) -> Result<(), SendError> {
+        self.sender.try_send(payload, to)
+    }
+
+    /// Sends a request to `node` and waits for its response, at most `timeout`.
+    pub async fn request(
+        &self,
+        node: &NodeId,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        self.sender.request(node, body, timeout).await
+    }
+
+    /// The alive members this application can send to (this node excluded).
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.sender.nodes()
+    }
+}
+
+impl Drop for Application {
+    fn drop(&mut self) {
+        // The transport receiver is dropped with `self`, so the name can be registered
+        // again at once.
+        self.sender
+            .shared
+            .node
+            .unregister_app(&self.sender.shared.app);
+    }
+}
+
+impl AppSender {
+    /// The application's name.
+    pub fn name(&self) -> &AppId {
+        &self.shared.app
+    }
+
+    /// Sends a one-way message; waits while a target's queue is full.
+    pub async fn send(
+        &self,
+        payload: impl Into<Bytes>,
+        to: impl Into<Targets>,
+    ) -> Result<(), SendError> {
+        let frame = encode(KIND_MESSAGE, None, &payload.into());
+        let mut failed = Vec::new();
+        let targets = self.shared.node.resolve(to.into());
+        let single = targets.len() == 1;
+        for node in targets {
+            if let Err(e) = self
+                .shared
+                .send_raw(&node, &self.shared.app, frame.clone())
+                .await
+            {
+                if single {
+                    return Err(e);
+                }
+                failed.push((node, e));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::Partial { failed })
+        }
+    }
+
+    /// Sends a one-way message without waiting; a full queue is [`SendError::QueueFull`].
+    pub fn try_send(
+        &self,
+        payload: impl Into<Bytes>,
+        to: impl Into<Targets>,
+    ) -> Result<(), SendError> {
+        let frame = encode(KIND_MESSAGE, None, &payload.into());
+        let mut failed = Vec::new();
+        let targets = self.shared.node.resolve(to.into());
+        let single = targets.len() == 1;
+        for node in targets {
+            let result = self.shared.node.check_target(&node).and_then(|()| {
+                self.shared
+                    .node
+                    .quic
+                    .try_send(&node, &self.shared.app, frame.clone())
+                    .map_err(|e| self.shared.node.send_error(&self.shared.app, e))
+            });
+            match result {
+                Ok(()) => self.shared.node.metrics.sent(&self.shared.app, frame.len()),
+                Err(e) if single => return Err(e),
+                Err(e) => failed.push((node, e)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(SendError::Partial { failed })
+        }
+    }
+
+    /// Sends a request to `node` and waits for its response, at most `timeout`.
+    pub async fn request(
+        &self,
+        node: &NodeId,
+        body: impl Into<Bytes>,
+        timeout: Duration,
+    ) -> Result<Bytes, RequestError> {
+        let started = Instant::now();
+        let pending = &self.shared.node.pending;
+        let (id, response) = pending.add(node);
+        let frame = encode(KIND_REQUEST, Some(id), &body.into());
+        if let Err(e) = self.shared.send_raw(node, &self.shared.app, frame).await {
+            pending.remove(id);
+            return Err(e.into());
+        }
+        let result = match tokio::time::timeout(timeout, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(RequestError::ShutDown),
+            Err(_) => {
+                pending.remove(id);
+                Err(RequestError::Timeout {
+                    node: node.clone(),
+                    timeout,
+                })
+            }
+        };
+        self.shared
+            .node
+            .metrics
+            .request(&self.shared.app, started.elapsed(), result.is_ok());
+        result
+    }
+
+    /// The alive members this application can send to (this node excluded).
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.shared.node.alive_peers()
+    }
+}
+
+impl AppShared {
+    pub(crate) fn name(&self) -> &AppId {
+        &self.app
+    }
+
+    async fn send_raw(&self, node: &NodeId, app: &AppId, frame: Bytes) -> Result<(), SendError> {
+        self.node.check_target(node)?;
+        let len = frame.len();
+        match self.node.quic.send(node, app, frame).await {
+            Ok(()) => {
+                self.node.metrics.sent(&self.app, len);
+                Ok(())
+            }
+            Err(e) => Err(self.node.send_error(&self.app, e)),
+        }
+    }
+}
+
+impl PendingRequests {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn add(&self, node: &NodeId) -> (u64, oneshot::Receiver<Result<Bytes, RequestError>>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, response) = oneshot::channel();
+        self.lock().insert(
+            id,
+            Pending {
+                node: node.clone(),
+                reply,
+            },
+        );
+        (id, response)
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Completes request `id` if `from` is the node it was sent to.
+    fn complete(&self, id: u64, from: &NodeId, result: Result<Bytes, RequestError>) -> bool {
+        let pending = {
+            let mut map = self.lock();
+            match map.get(&id) {
+                Some(p) if p.node == *from => map.remove(&id),
+                _ => None,
+            }
+        };
+        match pending {
+            Some(p) => {
+                // The requester may have given up (timed out) in the meantime.
+                let _ = p.reply.send(result);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fails every pending request to `node` (it failed or left).
+    pub(crate) fn fail_node(&self, node: &NodeId) {
+        self.fail_where(
+            |p| p.node == *node,
+            |p| RequestError::NodeGone {
+                node: p.node.clone(),
+            },
+        );
+    }
+
+    /// Fails every pending request (the node shuts down).
+    pub(crate) fn fail_all(&self) {
+        self.fail_where(|_| true, |_| RequestError::ShutDown);
+    }
+
+    fn fail_where(
+        &self,
+        which: impl Fn(&Pending) -> bool,
+        error: impl Fn(&Pending) -> RequestError,
+    ) {
+        let failed: Vec<Pending> = {
+            let mut map = self.lock();
+            let ids: Vec<u64> = map
+                .iter()
+                .filter(|(_, p)| which(p))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter().filter_map(|id| map.remove(id)).collect()
+        };
+        for p in failed {
+            let e = error(&p);
+            let _ = p.reply.send(Err(e));
+        }
+    }
+}
+
+/// Reads the node's reply channel: completes pending requests, never blocks on a handler.
+pub(crate) async fn read_replies(node: Weak<Shared>, mut replies: AppReceiver) {
+    while let Some((from, mut frame)) = replies.recv().await {
+        let Some(node) = node.upgrade() else { break };
+        let app = node.reply_app.clone();
+        if frame.is_empty() {
+            node.drop_frame(&app, &from, "empty reply");
+            continue;
+        }
+        let kind = frame.get_u8();
+        let Some((id, body)) = split_id(frame) else {
+            node.drop_frame(&app, &from, "short reply");
+            continue;
+        };
+        let result = match kind {
+            KIND_RESPONSE => Ok(body),
+            KIND_NO_RESPONSE => Err(RequestError::NoResponse { node: from.clone() }),
+            _ => {
+                node.drop_frame(&app, &from, "unknown reply kind");
+                continue;
+            }
+        };
+        // Only the node that was asked can answer.
+        if !node.pending.complete(id, &from, result) {
+            node.drop_frame(&app, &from, "unexpected reply");
+        }
+    }
+}
+
+fn encode(kind: u8, id: Option<u64>, body: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(1 + ID_LEN + body.len());
+    buf.put_u8(kind);
+    if let Some(id) = id {
+        buf.put_u64_le(id);
+    }
+    buf.put_slice(body);
+    buf.freeze()
+}
+
+/// Splits `[kind][u64 id]` off a frame; `None` if it is too short.
+fn split_id(mut frame: Bytes) -> Option<(u64, Bytes)> {
+    (frame.len() >= ID_LEN).then(|| (frame.get_u64_le(), frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_have_the_documented_layout() {
+        assert_eq!(&encode(KIND_MESSAGE, None, b"hi")[..], b"\x00hi");
+        assert_eq!(
+            &encode(KIND_REQUEST, Some(258), b"q")[..],
+            b"\x01\x02\x01\x00\x00\x00\x00\x00\x00q"
+        );
+        let mut f = encode(KIND_RESPONSE, Some(7), b"r");
+        assert_eq!(f.get_u8(), KIND_RESPONSE);
+        assert_eq!(split_id(f), Some((7, Bytes::from_static(b"r"))));
+        assert_eq!(split_id(Bytes::from_static(b"short")), None);
+    }
+}

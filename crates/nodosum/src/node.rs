@@ -1,0 +1,648 @@
+//! The node: starts gossip, QUIC and discovery from one [`Config`] and wires them together.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use nodosum_discovery::{Candidate, DiscovererHandle, RegistrationHandle};
+use nodosum_gossip::{Gossip, MemberState, MembershipEvent};
+use nodosum_proto::{AppId, Keyring, Member, Metadata, NodeId};
+use nodosum_quic::{QuicNode, TlsIdentity};
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::Instrument as _;
+
+use crate::app::{AppShared, Application, PendingRequests, RESERVED_PREFIX, Targets, read_replies};
+use crate::config::{Config, Profile};
+use crate::dev_ca;
+use crate::error::{Error, SendError};
+use crate::metrics::Metrics;
+
+/// Something that happened to the cluster or to this node's connections.
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A membership change seen by gossip.
+    Membership(MembershipEvent),
+    /// A QUIC connection change.
+    Connection(nodosum_quic::Event),
+}
+
+/// A snapshot of the node's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Lifeguard local health: 0 is healthy; it rises while this node's own probes fail.
+    pub health_score: u32,
+    /// Members (this node included) by state.
+    pub members: HashMap<MemberState, usize>,
+    /// Peers with an established QUIC connection.
+    pub connected_peers: usize,
+    /// Whether a discovery backend is configured.
+    pub discovery_configured: bool,
+    /// Whether the node is shutting down.
+    pub shutting_down: bool,
+}
+
+/// A running Nodosum node. See the crate documentation for the lifecycle.
+///
+/// Dropping it stops everything at once, without a graceful leave (peers detect it as
+/// failed); prefer [`Node::shutdown`].
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    gossip: Option<Arc<Gossip>>,
+    registry: Arc<Mutex<Registry>>,
+    events: broadcast::Sender<NodeEvent>,
+    tasks: Vec<JoinHandle<()>>,
+    discoverer: Option<DiscovererHandle>,
+    registration: Option<RegistrationHandle>,
+    gossip_addr: SocketAddr,
+    quic_addr: SocketAddr,
+}
+
+/// What applications share with the node.
+pub(crate) struct Shared {
+    pub(crate) id: NodeId,
+    pub(crate) quic: QuicNode,
+    pub(crate) metrics: Metrics,
+    /// The internal application that carries every application's responses.
+    pub(crate) reply_app: AppId,
+    pub(crate) pending: PendingRequests,
+    members: RwLock<HashMap<NodeId, Member>>,
+    apps: Mutex<HashMap<AppId, Weak<AppShared>>>,
+    shutting_down: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+const EVENT_CAPACITY: usize = 1024;
+
+impl Node {
+    /// Validates `config`, binds QUIC and gossip, starts discovery and joins the seeds it
+    /// finds. Returns once the sockets are bound; joining goes on in the background.
+    ///
+    /// Must be called inside a multi-thread tokio runtime.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (identity, dev_key) = tls_identity(&config)?;
+        let cert_id = identity.node_id()?;
+        if cert_id != config.node_id {
+            return Err(Error::IdentityMismatch {
+                config: config.node_id.clone(),
+                cert: cert_id,
+            });
+        }
+        let keyring = keyring(&config, dev_key)?;
+
+        let mut registry = Registry::with_prefix("nodosum");
+        let quic = QuicNode::bind(quic_config(&config), &identity, Some(&mut registry)).map_err(
+            |source| Error::Quic {
+                addr: config.quic.bind,
+                source,
+            },
+        )?;
+        let quic_bound = quic.local_addr().map_err(|e| Error::Quic {
+            addr: config.quic.bind,
+            source: e.into(),
+        })?;
+        let quic_port = config.quic.advertise_port.unwrap_or(quic_bound.port());
+        let gossip = Gossip::start(gossip_config(&config, quic_port), keyring, &mut registry)
+            .map_err(|source| Error::Gossip {
+                addr: config.gossip.bind,
+                source,
+            })?;
+        let gossip = Arc::new(gossip);
+        let gossip_addr = gossip.local_member().gossip_addr;
+
+        let reply_app = AppId::new(format!("{RESERVED_PREFIX}reply")).expect("valid app id");
+        let replies = quic
+            .register_app(reply_app.clone())
+            .map_err(|source| Error::Quic {
+                addr: config.quic.bind,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            id: config.node_id.clone(),
+            quic,
+            metrics: Metrics::register(&mut registry),
+            reply_app,
+            pending: PendingRequests::default(),
+            members: RwLock::new(HashMap::new()),
+            apps: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        });
+        let policy = Arc::downgrade(&shared);
+        shared.quic.set_accept_policy(move |id| {
+            policy
+                .upgrade()
+                .is_some_and(|s| s.read_members().contains_key(id))
+        });
+
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let span = tracing::info_span!("node", id = %config.node_id);
+        let mut tasks = vec![
+            tokio::spawn(
+                follow_membership(
+                    Arc::clone(&shared),
+                    gossip.events(),
+                    Arc::downgrade(&gossip),
+                    events.clone(),
+                )
+                .instrument(span.clone()),
+            ),
+            tokio::spawn(
+                forward_connections(shared.quic.events(), events.clone()).instrument(span.clone()),
+            ),
+            tokio::spawn(read_replies(Arc::downgrade(&shared), replies).instrument(span.clone())),
+        ];
+
+        let backends = config.discovery.build()?;
+        let registration = match &backends.consul {
+            Some(consul)
+                if config
+                    .discovery
+                    .consul
+                    .as_ref()
+                    .is_some_and(|c| c.register.is_some()) =>
+            {
+                Some(consul.spawn_registration()?)
+            }
+            _ => None,
+        };
+        let discoverer = backends.discovery.map(|backend| {
+            let known = Arc::downgrade(&shared);
+            let handle = nodosum_discovery::Discoverer::new(
+                backend,
+                &config.discovery.runner,
+                &mut registry,
+            )
+            .exclude_self(Some(config.node_id.clone()), [gossip_addr])
+            .exclude_known(move |c: &Candidate| known.upgrade().is_some_and(|s| s.knows(c)))
+            .spawn();
+            tasks.push(tokio::spawn(
+                join_discovered(handle.subscribe(), Arc::downgrade(&gossip))
+                    .instrument(span.clone()),
+            ));
+            handle
+        });
+        tracing::info!(
+            parent: &span,
+            gossip = %gossip_addr,
+            quic = %quic_bound,
+            cluster = %config.cluster,
+            "node started"
+        );
+
+        Ok(Self {
+            shared,
+            gossip: Some(gossip),
+            registry: Arc::new(Mutex::new(registry)),
+            events,
+            tasks,
+            discoverer,
+            registration,
+            gossip_addr,
+            quic_addr: SocketAddr::new(gossip_addr.ip(), quic_port),
+        })
+    }
+
+    /// This node's ID.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// The gossip address other nodes use for this node (seed it to others).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    /// The QUIC address other nodes dial.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// Joins the cluster through these gossip addresses, in addition to discovery.
+    pub fn join(&self, seeds: Vec<SocketAddr>) {
+        if let Some(g) = &self.gossip {
+            g.join(seeds);
+        }
+    }
+
+    /// Registers an application named `name` on this node.
+    pub fn application(&self, name: &str) -> Result<Application, Error> {
+        if self.shared.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShutDown);
+        }
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(Error::ReservedAppName(name.to_owned()));
+        }
+        let app = AppId::new(name).map_err(Error::InvalidAppName)?;
+        let data = self
+            .shared
+            .quic
+            .register_app(app.clone())
+            .map_err(|e| match e {
+                nodosum_quic::Error::AppRegistered(app) => Error::AppExists(app),
+                other => Error::Quic {
+                    addr: self.quic_addr,
+                    source: other,
+                },
+            })?;
+        Ok(Application::new(Arc::clone(&self.shared), app, data))
+    }
+
+    /// Every member gossip knows, this node first, with its state.
+    pub fn members(&self) -> Vec<(Member, MemberState)> {
+        let Some(g) = &self.gossip else {
+            return Vec::new();
+        };
+        let mut all = vec![(g.local_member(), MemberState::Alive)];
+        all.extend(
+            g.members()
+                .into_iter()
+                .filter(|(m, _)| m.id != self.shared.id),
+        );
+        all
+    }
+
+    /// The alive peers (this node excluded).
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.shared.alive_peers()
+    }
+
+    /// This node's current gossip identity.
+    pub fn local_member(&self) -> Option<Member> {
+        self.gossip.as_ref().map(|g| g.local_member())
+    }
+
+    /// Changes this node's gossip metadata; others see an `Updated` event.
+    pub fn update_metadata(&self, metadata: Metadata) -> Result<(), Error> {
+        let gossip = self.gossip.as_ref().ok_or(Error::ShutDown)?;
+        gossip
+            .update_metadata(metadata)
+            .map_err(|source| Error::Gossip {
+                addr: self.gossip_addr,
+                source,
+            })
+    }
+
+    /// Membership and connection events from now on.
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Health score, members by state, connected peers.
+    pub fn health(&self) -> Health {
+        let mut members = HashMap::new();
+        for (_, state) in self.members() {
+            *members.entry(state).or_default() += 1;
+        }
+        Health {
+            health_score: self.gossip.as_ref().map_or(0, |g| g.health_score()),
+            members,
+            connected_peers: self
+                .shared
+                .alive_peers()
+                .iter()
+                .filter(|p| self.shared.quic.connection_info(p).is_some())
+                .count(),
+            discovery_configured: self.discoverer.is_some(),
+            shutting_down: self.shared.shutting_down.load(Ordering::Acquire),
+        }
+    }
+
+    /// Counts of QUIC connections and streams (for leak checks and dashboards).
+    pub fn transport_counts(&self) -> nodosum_quic::Counts {
+        self.shared.quic.counts()
+    }
+
+    /// Registers more metrics (an application's) in the node's registry.
+    pub fn with_registry<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+        f(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// All metrics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(PoisonError::into_inner);
+        // Encoding into a String only fails if the String's `fmt::Write` fails, which it
+        // does not.
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String");
+        out
+    }
+
+    /// Leaves gracefully: announces the leave over gossip, deregisters from Consul, lets
+    /// outgoing streams drain for at most `drain`, then closes connections and sockets.
+    pub async fn shutdown(mut self, drain: Duration) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.pending.fail_all();
+        if let Some(r) = self.registration.take()
+            && let Err(e) = r.shutdown().await
+        {
+            tracing::warn!(error = %e, "consul deregistration failed");
+        }
+        if let Some(d) = self.discoverer.take() {
+            d.shutdown().await;
+        }
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(gossip) = self.gossip.take() {
+            match Arc::try_unwrap(gossip) {
+                Ok(gossip) => {
+                    if let Err(e) = gossip.leave().await {
+                        tracing::warn!(error = %e, "graceful leave failed");
+                    }
+                }
+                Err(_) => tracing::warn!("gossip still in use; stopped without a leave"),
+            }
+        }
+        self.shared.quic.close(drain).await;
+        tracing::info!(id = %self.shared.id, "node shut down");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        self.shared.pending.fail_all();
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn read_members(&self) -> std::sync::RwLockReadGuard<'_, HashMap<NodeId, Member>> {
+        self.members.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_members(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<NodeId, Member>> {
+        self.members.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_apps(&self) -> std::sync::MutexGuard<'_, HashMap<AppId, Weak<AppShared>>> {
+        self.apps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn knows(&self, c: &Candidate) -> bool {
+        let members = self.read_members();
+        c.node_id
+            .as_ref()
+            .is_some_and(|id| members.contains_key(id))
+            || members.values().any(|m| m.gossip_addr == c.gossip_addr)
+    }
+
+    pub(crate) fn register_app(&self, app: &Arc<AppShared>) {
+        self.lock_apps()
+            .insert(app.name().clone(), Arc::downgrade(app));
+    }
+
+    pub(crate) fn unregister_app(&self, app: &AppId) {
+        self.lock_apps().remove(app);
+    }
+
+    pub(crate) fn alive_peers(&self) -> Vec<NodeId> {
+        let mut peers: Vec<NodeId> = self.read_members().keys().cloned().collect();
+        peers.sort();
+        peers
+    }
+
+    pub(crate) fn resolve(&self, targets: Targets) -> Vec<NodeId> {
+        match targets {
+            Targets::Node(n) => vec![n],
+            Targets::Nodes(n) => n,
+            Targets::All => self.alive_peers(),
+        }
+    }
+
+    /// Whether `node` can be sent to now.
+    pub(crate) fn check_target(&self, node: &NodeId) -> Result<(), SendError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(SendError::ShutDown);
+        }
+        if !self.read_members().contains_key(node) {
+            return Err(SendError::UnknownNode { node: node.clone() });
+        }
+        Ok(())
+    }
+
+    /// Counts and logs a malformed frame.
+    pub(crate) fn drop_frame(&self, app: &AppId, from: &NodeId, why: &'static str) {
+        self.metrics.dropped(app, why);
+        tracing::debug!(%app, %from, why, "dropped a malformed application frame");
+    }
+
+    /// Maps a transport send error, counting it.
+    pub(crate) fn send_error(&self, app: &AppId, e: nodosum_quic::SendError) -> SendError {
+        use nodosum_quic::SendError as Q;
+        let (reason, err) = match e {
+            Q::UnknownPeer { node } => ("unknown_node", SendError::UnknownNode { node }),
+            Q::QueueFull { node, .. } => ("queue_full", SendError::QueueFull { node }),
+            Q::PeerGone { node } => ("node_gone", SendError::NodeGone { node }),
+            Q::UnknownApplication { node, app } => {
+                ("not_registered", SendError::NotRegistered { node, app })
+            }
+            Q::MessageTooLarge { len, max } => {
+                ("too_large", SendError::MessageTooLarge { len, max })
+            }
+            Q::Closed => ("shut_down", SendError::ShutDown),
+        };
+        self.metrics.send_error(app, reason);
+        err
+    }
+
+    fn member_up(&self, member: &Member) {
+        if member.id == self.id {
+            return;
+        }
+        self.write_members()
+            .insert(member.id.clone(), member.clone());
+        self.quic.connect(member.id.clone(), member.quic_addr());
+    }
+
+    fn member_down(&self, member: &Member) {
+        if member.id == self.id {
+            return;
+        }
+        self.write_members().remove(&member.id);
+        self.quic.disconnect(&member.id);
+        self.pending.fail_node(&member.id);
+    }
+
+    /// Rebuilds the member view from gossip's (after missing events).
+    fn resync(&self, gossip: &Gossip) {
+        for (member, state) in gossip.members() {
+            if state.is_active() {
+                self.member_up(&member);
+            } else {
+                self.member_down(&member);
+            }
+        }
+    }
+}
+
+/// Turns membership into connections: a member that is alive gets connected (both sides
+/// ask; the transport keeps exactly one connection per pair), one that fails or leaves is
+/// disconnected and its pending requests fail.
+async fn follow_membership(
+    shared: Arc<Shared>,
+    mut rx: broadcast::Receiver<MembershipEvent>,
+    gossip: Weak<Gossip>,
+    events: broadcast::Sender<NodeEvent>,
+) {
+    if let Some(g) = gossip.upgrade() {
+        shared.resync(&g);
+    }
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                match &event {
+                    MembershipEvent::Joined(m)
+                    | MembershipEvent::Updated(m)
+                    | MembershipEvent::Alive(m) => {
+                        tracing::debug!(member = %m.id, "member up");
+                        shared.member_up(m);
+                    }
+                    MembershipEvent::Suspect(m) => {
+                        tracing::debug!(member = %m.id, "member suspect")
+                    }
+                    MembershipEvent::Failed(m) | MembershipEvent::Left(m) => {
+                        tracing::info!(member = %m.id, ?event, "member down");
+                        shared.member_down(m);
+                    }
+                }
+                let _ = events.send(NodeEvent::Membership(event));
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "membership events lagged; resynchronising");
+                match gossip.upgrade() {
+                    Some(g) => shared.resync(&g),
+                    None => break,
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn forward_connections(
+    mut rx: broadcast::Receiver<nodosum_quic::Event>,
+    events: broadcast::Sender<NodeEvent>,
+) {
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                let _ = events.send(NodeEvent::Connection(event));
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+async fn join_discovered(
+    mut seeds: tokio::sync::watch::Receiver<Arc<[Candidate]>>,
+    gossip: Weak<Gossip>,
+) {
+    loop {
+        let addrs: Vec<SocketAddr> = seeds
+            .borrow_and_update()
+            .iter()
+            .map(|c| c.gossip_addr)
+            .collect();
+        if !addrs.is_empty() {
+            let Some(g) = gossip.upgrade() else { break };
+            tracing::debug!(?addrs, "joining discovered seeds");
+            g.join(addrs);
+        }
+        if seeds.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+fn tls_identity(config: &Config) -> Result<(TlsIdentity, Option<nodosum_proto::Key>), Error> {
+    let tls = &config.tls;
+    if tls.development {
+        let dir = tls.dev_ca_dir.clone().unwrap_or_else(dev_ca::default_dir);
+        let ca = dev_ca::load_or_create(&dir)?;
+        Ok((ca.issue(&config.node_id)?, Some(dev_ca::gossip_key(&ca))))
+    } else {
+        // `validate` made sure all three are set.
+        let (Some(ca), Some(cert), Some(key)) = (&tls.ca, &tls.cert, &tls.key) else {
+            unreachable!("validated: tls.ca, tls.cert and tls.key are set")
+        };
+        Ok((TlsIdentity::from_pem_files(ca, cert, key)?, None))
+    }
+}
+
+fn keyring(config: &Config, dev_key: Option<nodosum_proto::Key>) -> Result<Keyring, Error> {
+    let keys = config
+        .gossip_keys()
+        .map_err(|problems| crate::ConfigError { problems })?;
+    let mut keys = keys.into_iter().chain(dev_key);
+    // `validate` requires a key outside development, and development supplies one.
+    let primary = keys.next().ok_or_else(|| crate::ConfigError {
+        problems: vec![crate::Problem {
+            field: "gossip.keys".into(),
+            message: "required".into(),
+        }],
+    })?;
+    let mut ring = Keyring::new(primary);
+    for key in keys {
+        ring.install(key);
+    }
+    Ok(ring)
+}
+
+fn quic_config(config: &Config) -> nodosum_quic::Config {
+    let q = &config.quic;
+    nodosum_quic::Config {
+        bind_addr: q.bind,
+        alpn: q.alpn.as_bytes().to_vec(),
+        udp_send_buffer: q.udp_buffer_bytes,
+        udp_recv_buffer: q.udp_buffer_bytes,
+        max_idle_timeout: q.max_idle_timeout,
+        keep_alive_interval: q.keep_alive_interval,
+        max_concurrent_bidi_streams: q.max_concurrent_bidi_streams,
+        limits: config.limits.into(),
+        send_queue_len: q.send_queue_len,
+        ..nodosum_quic::Config::default()
+    }
+}
+
+fn gossip_config(config: &Config, quic_port: u16) -> nodosum_gossip::Config {
+    let g = &config.gossip;
+    let id = config.node_id.clone();
+    let mut c = match g.profile {
+        Profile::Lan => nodosum_gossip::Config::lan(id),
+        Profile::Wan => nodosum_gossip::Config::wan(id),
+        Profile::Local => nodosum_gossip::Config::local(id),
+    };
+    c.cluster_name.clone_from(&config.cluster);
+    c.bind_addr = g.bind;
+    c.advertise_addr = g.advertise;
+    c.quic_port = quic_port;
+    if let Some(d) = g.probe_interval {
+        c.probe_interval = d;
+    }
+    if let Some(d) = g.probe_timeout {
+        c.probe_timeout = d;
+    }
+    if let Some(k) = g.indirect_checks.and_then(std::num::NonZeroUsize::new) {
+        c.indirect_checks = k;
+    }
+    c
+}

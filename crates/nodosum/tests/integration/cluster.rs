@@ -1,0 +1,80 @@
+//! Formation, failure, restart and leave.
+
+use std::time::Duration;
+
+use nodosum::{Incoming, MemberState, Targets};
+
+use crate::util::{cluster, eventually, id, start, wait_formed, within};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_form_a_cluster() {
+    let (_ca, nodes) = cluster(3).await;
+    for n in &nodes {
+        let members = n.members();
+        assert_eq!(&members[0].0.id, n.id(), "this node comes first");
+        let alive = members
+            .iter()
+            .filter(|(_, s)| *s == MemberState::Alive)
+            .count();
+        assert_eq!(alive, 3, "{} sees {members:?}", n.id());
+        assert_eq!(n.health().connected_peers, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_node_is_noticed_then_rejoins_and_receives_again() {
+    let (ca, mut nodes) = cluster(3).await;
+    let crashed = nodes.pop().expect("three nodes");
+    drop(crashed); // hard stop: no leave announced
+    let victim = id("node-3");
+    eventually("node-3 is declared failed by the others", || {
+        nodes.iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|(m, s)| m.id == victim && *s == MemberState::Failed)
+                && !n.peers().contains(&victim)
+        })
+    })
+    .await;
+
+    let back = start(&ca, "node-3", &[&nodes[0]]).await;
+    let mut inbox = back.application("chat").expect("register");
+    nodes.push(back);
+    wait_formed(&nodes).await;
+    let chat = nodes[0].application("chat").expect("register");
+    within("delivery to the restarted node", async {
+        loop {
+            // The restarted node may not have been connected yet when a send was queued.
+            let _ = chat.send("welcome back", &victim).await;
+            if let Ok(Some(Incoming::Message { from, payload })) =
+                tokio::time::timeout(Duration::from_millis(200), inbox.receive()).await
+            {
+                assert_eq!(from, id("node-1"));
+                assert_eq!(&payload[..], b"welcome back");
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_seen_as_left() {
+    let (_ca, mut nodes) = cluster(3).await;
+    let leaving = nodes.pop().expect("three nodes");
+    within("shutdown", leaving.shutdown(Duration::from_secs(5))).await;
+    let gone = id("node-3");
+    eventually("node-3 is seen as left", || {
+        nodes.iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|(m, s)| m.id == gone && *s == MemberState::Left)
+        })
+    })
+    .await;
+    let chat = nodes[0].application("chat").expect("register");
+    assert!(matches!(
+        chat.send("x", Targets::Node(gone.clone())).await,
+        Err(nodosum::SendError::UnknownNode { .. })
+    ));
+}

@@ -1,0 +1,7 @@
+//! Real nodes on loopback, in one process: gossip over UDP, data over mutual-TLS QUIC.
+//! Tests assert delivery and state; timeouts only guard against hangs.
+
+mod cluster;
+mod messaging;
+mod requests;
+mod util;

@@ -1,0 +1,163 @@
+//! Applications: delivery, ordering, isolation, errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nodosum::{Error, Incoming, NodeId, SendError, Targets};
+
+use crate::util::{cluster, id, within};
+
+async fn next_message(app: &mut nodosum::Application) -> (NodeId, Bytes) {
+    match within("a message", app.receive()).await {
+        Some(Incoming::Message { from, payload }) => (from, payload),
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reaches_every_other() {
+    let (_ca, nodes) = cluster(3).await;
+    let mut apps: Vec<_> = nodes
+        .iter()
+        .map(|n| n.application("chat").expect("register"))
+        .collect();
+    for (i, app) in apps.iter().enumerate() {
+        app.send(format!("from {i}"), Targets::All)
+            .await
+            .expect("broadcast");
+    }
+    for (i, app) in apps.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let (from, payload) = next_message(app).await;
+            got.push((from, String::from_utf8(payload.to_vec()).expect("utf8")));
+        }
+        got.sort();
+        let want: Vec<(NodeId, String)> = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| (id(&format!("node-{}", j + 1)), format!("from {j}")))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_apps_times_100_messages_arrive_in_order_per_sender() {
+    let (_ca, nodes) = cluster(3).await;
+    let names = ["a", "b", "c"];
+    let mut receivers: Vec<_> = names
+        .iter()
+        .map(|n| nodes[0].application(n).expect("register"))
+        .collect();
+    let senders: Vec<Vec<_>> = nodes[1..]
+        .iter()
+        .map(|node| {
+            names
+                .iter()
+                .map(|n| node.application(n).expect("register"))
+                .collect()
+        })
+        .collect();
+    let target = nodes[0].id().clone();
+    for app_senders in &senders {
+        for app in app_senders {
+            for i in 0..100u32 {
+                app.send(Bytes::copy_from_slice(&i.to_le_bytes()), &target)
+                    .await
+                    .expect("send");
+            }
+        }
+    }
+    for rx in &mut receivers {
+        let mut next: HashMap<NodeId, u32> = HashMap::new();
+        for _ in 0..200 {
+            let (from, payload) = next_message(rx).await;
+            let n = u32::from_le_bytes(payload[..].try_into().expect("4 bytes"));
+            let expected = next.entry(from.clone()).or_default();
+            assert_eq!(n, *expected, "out of order from {from} on {}", rx.name());
+            *expected += 1;
+        }
+        assert_eq!(next.values().copied().collect::<Vec<_>>(), vec![100, 100]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_application_does_not_stall_the_others() {
+    let (_ca, nodes) = cluster(2).await;
+    let target = nodes[0].id().clone();
+    // `slow` is registered but never read: its inbox and stream windows fill up.
+    let _slow_rx = nodes[0].application("slow").expect("register");
+    let mut fast_rx = nodes[0].application("fast").expect("register");
+    let slow = nodes[1].application("slow").expect("register");
+    let fast = nodes[1].application("fast").expect("register");
+    let payload = Bytes::from(vec![7u8; 16 * 1024]);
+    // Far more than the slow application's inbox and flow-control windows hold.
+    let mut stuck = 0;
+    for _ in 0..4096 {
+        match slow.try_send(payload.clone(), &target) {
+            Ok(()) => {}
+            Err(SendError::QueueFull { .. }) => stuck += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert!(
+        stuck > 0,
+        "the slow application's queue should have filled up"
+    );
+    for i in 0..500u32 {
+        fast.send(Bytes::copy_from_slice(&i.to_le_bytes()), &target)
+            .await
+            .expect("fast send");
+    }
+    for i in 0..500u32 {
+        let (_, p) = next_message(&mut fast_rx).await;
+        assert_eq!(p[..], i.to_le_bytes());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_typed() {
+    let (_ca, nodes) = cluster(2).await;
+    let app = nodes[0].application("only-here").expect("register");
+    assert!(matches!(
+        nodes[0].application("only-here"),
+        Err(Error::AppExists(_))
+    ));
+    assert!(matches!(
+        nodes[0].application("_nodosum/x"),
+        Err(Error::ReservedAppName(_))
+    ));
+    assert!(matches!(
+        nodes[0].application(""),
+        Err(Error::InvalidAppName(_))
+    ));
+    assert!(matches!(
+        app.send("x", &id("nobody")).await,
+        Err(SendError::UnknownNode { .. })
+    ));
+    assert!(matches!(
+        app.send(vec![0u8; 5 * 1024 * 1024], nodes[1].id()).await,
+        Err(SendError::MessageTooLarge { .. })
+    ));
+    // The peer has no such application: the first send is accepted, then refused.
+    let peer = nodes[1].id().clone();
+    within("refusal of an unknown application", async {
+        loop {
+            match app.send("x", &peer).await {
+                Err(SendError::NotRegistered { node, app }) => {
+                    assert_eq!((node, app.as_str()), (peer.clone(), "only-here"));
+                    break;
+                }
+                Ok(()) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    })
+    .await;
+    drop(app);
+    // Once dropped, the name can be registered again.
+    nodes[0]
+        .application("only-here")
+        .expect("re-register after drop");
+}

@@ -1,0 +1,71 @@
+//! Helpers: development nodes sharing one temporary development CA.
+
+use std::future::Future;
+use std::time::Duration;
+
+use nodosum::{Config, Node, NodeId};
+use tempfile::TempDir;
+
+/// Upper bound for anything a test waits for; a guard against hangs, not a timing claim.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+pub(crate) fn id(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid node id")
+}
+
+pub(crate) fn dev_config(ca: &TempDir, name: &str) -> Config {
+    let mut c = Config::development(id(name));
+    c.tls.dev_ca_dir = Some(ca.path().join("dev-ca"));
+    c
+}
+
+pub(crate) async fn start(ca: &TempDir, name: &str, seeds: &[&Node]) -> Node {
+    let node = Node::start(dev_config(ca, name))
+        .await
+        .expect("node starts");
+    node.join(seeds.iter().map(|n| n.gossip_addr()).collect());
+    node
+}
+
+/// Starts `n` nodes (`node-1`..) joined through the first and waits until every node sees
+/// every other as an alive, connected peer.
+pub(crate) async fn cluster(n: usize) -> (TempDir, Vec<Node>) {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let first = start(&ca, "node-1", &[]).await;
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let node = start(&ca, &format!("node-{i}"), &[&nodes[0]]).await;
+        nodes.push(node);
+    }
+    wait_formed(&nodes).await;
+    (ca, nodes)
+}
+
+pub(crate) async fn wait_formed(nodes: &[Node]) {
+    let want = nodes.len() - 1;
+    eventually("every node sees every other alive and connected", || {
+        nodes
+            .iter()
+            .all(|n| n.peers().len() == want && n.transport_counts().connections >= want)
+    })
+    .await;
+}
+
+/// Polls `check` until it holds; panics after [`PATIENCE`].
+pub(crate) async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Awaits `fut`, failing the test after [`PATIENCE`].
+pub(crate) async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
