@@ -1,0 +1,500 @@
+//! Transport baselines, side by side in one run: a raw quinn stream and the multiplexed
+//! TCP + TLS 1.3 connection (see the `benches` crate documentation for both).
+//!
+//! Criterion measures the means; the custom loops after each group record what criterion
+//! does not: set-up and latency percentiles, messages per second per size, and the
+//! multi-application stall scenario. They print a summary and write
+//! `target/bench-report/transport.json`.
+//!
+//! `cargo bench -p benches` takes about two minutes (criterion: 1 s warm-up, 2 s
+//! measurement, 20 samples per benchmark; `-- --quick` is shorter still). Without
+//! `--bench` (`cargo test --benches`) every benchmark runs once and the custom loops shrink
+//! to a smoke test.
+
+// A benchmark reports on its terminal.
+#![allow(clippy::print_stdout)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use benches::pki::{Pki, Resume};
+use benches::quic::{QuicLink, QuicServer, Setup};
+use benches::stall::{self, StallResult};
+use benches::stats::{Summary, write_report};
+use benches::tcp::{TcpLink, TcpServer};
+use benches::{ServerMode, quic};
+use criterion::{BenchmarkId, Criterion, Throughput};
+use rustls::HandshakeKind;
+use serde_json::{Map, Value, json};
+use tokio::runtime::Runtime;
+use tokio::sync::Mutex;
+
+/// Message sizes of the throughput benchmarks, with the count sent per iteration (1 MiB).
+const SIZES: [(&str, usize, u64); 3] = [
+    ("64B", 64, 16 * 1024),
+    ("1KiB", 1024, 1024),
+    ("64KiB", 64 * 1024, 16),
+];
+
+/// Application counts of the stall scenario.
+const APP_COUNTS: [usize; 4] = [1, 5, 10, 50];
+
+struct Ctx {
+    rt: Runtime,
+    pki: Pki,
+    /// Real measurement (`--bench`) rather than a smoke run.
+    full: bool,
+}
+
+impl Ctx {
+    /// Runs `fut` as a spawned task, off the `block_on` thread.
+    fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        self.rt
+            .block_on(self.rt.spawn(fut))
+            .expect("invariant: benchmark tasks do not panic")
+    }
+
+    fn samples(&self, full: usize) -> usize {
+        if self.full { full } else { 3 }
+    }
+}
+
+/// An established link of either transport.
+enum Link {
+    Tcp(Box<TcpLink>),
+    Quic(Box<QuicLink>),
+}
+
+impl Link {
+    async fn ping(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        match self {
+            Self::Tcp(l) => l.ping(payload).await,
+            Self::Quic(l) => l.ping(payload).await,
+        }
+    }
+
+    async fn push(&mut self, payload: &[u8], count: u64) -> anyhow::Result<()> {
+        match self {
+            Self::Tcp(l) => l.push(payload, count).await,
+            Self::Quic(l) => l.push(payload, count).await,
+        }
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .configure_from_args();
+    let ctx = Ctx {
+        rt: benches::runtime().expect("tokio runtime"),
+        pki: Pki::generate().expect("certificates"),
+        full,
+    };
+    let mut report = Map::new();
+    report.insert("machine".into(), machine());
+    report.insert("setup".into(), setup(&mut c, &ctx));
+    let (tcp, quic) = links(&ctx);
+    report.insert("latency_64B".into(), latency(&mut c, &ctx, &tcp, &quic));
+    report.insert("throughput".into(), throughput(&mut c, &ctx, &tcp, &quic));
+    report.insert("stall".into(), stall_scenario(&ctx));
+    c.final_summary();
+    match write_report("transport", &Value::Object(report)) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(e) => println!("cannot write the report: {e}"),
+    }
+}
+
+fn machine() -> Value {
+    json!({
+        "cores": std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "versions": "quinn 0.11, rustls 0.23 (ring), tokio-rustls 0.26, tokio 1",
+    })
+}
+
+fn links(ctx: &Ctx) -> (Arc<Mutex<Link>>, Arc<Mutex<Link>>) {
+    let pki = ctx.pki.clone();
+    ctx.run(async move {
+        // The servers live as long as the runtime: leak their handles into the tasks.
+        let tcp_server = TcpServer::start(pki.server_config(false)?, ServerMode::EchoData).await?;
+        let (tcp, _) = TcpLink::connect(
+            tcp_server.addr(),
+            Arc::new(pki.client_config(Resume::Never)?),
+        )
+        .await?;
+        let quic_server = QuicServer::start(&pki, ServerMode::EchoData)?;
+        let endpoint = quic::client_endpoint()?;
+        let quic = QuicLink::connect(
+            &endpoint,
+            quic::client_config(&pki, Resume::Never)?,
+            quic_server.addr()?,
+        )
+        .await?;
+        std::mem::forget(tcp_server);
+        std::mem::forget(quic_server);
+        std::mem::forget(endpoint);
+        anyhow::Ok((
+            Arc::new(Mutex::new(Link::Tcp(Box::new(tcp)))),
+            Arc::new(Mutex::new(Link::Quic(Box::new(quic)))),
+        ))
+    })
+    .expect("links")
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection set-up: connect, one 64 B message echoed, close.
+
+#[derive(Clone, Copy)]
+enum SetupKind {
+    TcpFull,
+    TcpResumed,
+    QuicFull,
+    QuicResumed,
+    QuicZeroRtt,
+}
+
+impl SetupKind {
+    const ALL: [Self; 5] = [
+        Self::TcpFull,
+        Self::TcpResumed,
+        Self::QuicFull,
+        Self::QuicResumed,
+        Self::QuicZeroRtt,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::TcpFull => "tcp_tls/full",
+            Self::TcpResumed => "tcp_tls/resumed",
+            Self::QuicFull => "quic/full",
+            Self::QuicResumed => "quic/resumed",
+            Self::QuicZeroRtt => "quic/0rtt",
+        }
+    }
+}
+
+/// Servers and client state for the set-up measurements.
+#[derive(Clone)]
+struct SetupRig {
+    tcp_addr: std::net::SocketAddr,
+    quic_addr: std::net::SocketAddr,
+    endpoint: quinn::Endpoint,
+    tcp_full: Arc<rustls::ClientConfig>,
+    tcp_resumed: Arc<rustls::ClientConfig>,
+    quic_full: quinn::ClientConfig,
+    quic_resumed: quinn::ClientConfig,
+    quic_0rtt: quinn::ClientConfig,
+}
+
+/// Counts of handshakes that did not go as the variant intends (e.g. not resumed).
+#[derive(Default)]
+struct Misses(std::sync::atomic::AtomicU64);
+
+impl SetupRig {
+    /// One connection: the time from dialling to the first echoed 64 B message.
+    async fn once(&self, kind: SetupKind, misses: &Misses) -> anyhow::Result<Duration> {
+        let payload = [7u8; 64];
+        let miss = |ok: bool| {
+            if !ok {
+                misses.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        let elapsed = match kind {
+            SetupKind::TcpFull | SetupKind::TcpResumed => {
+                let config = match kind {
+                    SetupKind::TcpFull => self.tcp_full.clone(),
+                    _ => self.tcp_resumed.clone(),
+                };
+                let start = Instant::now();
+                let (mut link, got) = TcpLink::connect(self.tcp_addr, config).await?;
+                link.ping(&payload).await?;
+                let elapsed = start.elapsed();
+                // TLS 1.3 tickets arrive before the echo: the next dial can resume.
+                link.close().await;
+                let want = match kind {
+                    SetupKind::TcpFull => HandshakeKind::Full,
+                    _ => HandshakeKind::Resumed,
+                };
+                miss(got == Some(want));
+                elapsed
+            }
+            SetupKind::QuicFull | SetupKind::QuicResumed => {
+                let config = match kind {
+                    SetupKind::QuicFull => self.quic_full.clone(),
+                    _ => self.quic_resumed.clone(),
+                };
+                let (setup, elapsed) =
+                    quic::connect_and_echo(&self.endpoint, config, self.quic_addr, &payload, false)
+                        .await?;
+                miss(setup == Setup::OneRtt);
+                elapsed
+            }
+            SetupKind::QuicZeroRtt => {
+                let (setup, elapsed) = quic::connect_and_echo(
+                    &self.endpoint,
+                    self.quic_0rtt.clone(),
+                    self.quic_addr,
+                    &payload,
+                    true,
+                )
+                .await?;
+                miss(setup == Setup::ZeroRttAccepted);
+                elapsed
+            }
+        };
+        Ok(elapsed)
+    }
+}
+
+fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
+    let pki = ctx.pki.clone();
+    let rig = ctx
+        .run(async move {
+            let tcp = TcpServer::start(pki.server_config(false)?, ServerMode::EchoData).await?;
+            let quic_server = QuicServer::start(&pki, ServerMode::EchoData)?;
+            let rig = SetupRig {
+                tcp_addr: tcp.addr(),
+                quic_addr: quic_server.addr()?,
+                endpoint: quic::client_endpoint()?,
+                tcp_full: Arc::new(pki.client_config(Resume::Never)?),
+                tcp_resumed: Arc::new(pki.client_config(Resume::Tickets)?),
+                quic_full: quic::client_config(&pki, Resume::Never)?,
+                quic_resumed: quic::client_config(&pki, Resume::Tickets)?,
+                quic_0rtt: quic::client_config(&pki, Resume::EarlyData)?,
+            };
+            std::mem::forget(tcp);
+            std::mem::forget(quic_server);
+            // One connection each so that the resuming clients hold tickets.
+            let none = Misses::default();
+            for kind in SetupKind::ALL {
+                rig.once(kind, &none).await?;
+            }
+            anyhow::Ok(rig)
+        })
+        .expect("set-up rig");
+
+    let mut group = c.benchmark_group("setup");
+    for kind in SetupKind::ALL {
+        group.bench_function(kind.name(), |b| {
+            b.iter_custom(|iters| {
+                let rig = rig.clone();
+                ctx.run(async move {
+                    let none = Misses::default();
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += rig.once(kind, &none).await.expect("set-up");
+                    }
+                    total
+                })
+            });
+        });
+    }
+    group.finish();
+
+    let n = ctx.samples(300);
+    let mut out = Map::new();
+    println!("\nconnection set-up to first echoed 64 B message ({n} samples each)");
+    for kind in SetupKind::ALL {
+        let rig = rig.clone();
+        let (mut samples, misses) = ctx.run(async move {
+            let misses = Misses::default();
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                samples.push(rig.once(kind, &misses).await.expect("set-up"));
+            }
+            (samples, misses.0.into_inner())
+        });
+        let s = Summary::of(&mut samples).expect("samples");
+        println!(
+            "  {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  mean {:>8.1} µs  (not as intended: {misses})",
+            kind.name(),
+            s.p50_us,
+            s.p99_us,
+            s.mean_us
+        );
+        let mut v = s.to_json();
+        v["not_as_intended"] = json!(misses);
+        out.insert(kind.name().into(), v);
+    }
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Latency: 64 B ping-pong on an established connection.
+
+fn latency(c: &mut Criterion, ctx: &Ctx, tcp: &Arc<Mutex<Link>>, quic: &Arc<Mutex<Link>>) -> Value {
+    let links = [("tcp_tls", tcp), ("quic", quic)];
+    let mut group = c.benchmark_group("latency_64B");
+    for (name, link) in links {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let link = link.clone();
+                ctx.run(async move {
+                    let mut link = link.lock().await;
+                    let payload = [1u8; 64];
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        link.ping(&payload).await.expect("ping");
+                    }
+                    start.elapsed()
+                })
+            });
+        });
+    }
+    group.finish();
+
+    let n = ctx.samples(20_000);
+    let mut out = Map::new();
+    println!("\n64 B ping-pong round trip ({n} samples each)");
+    for (name, link) in links {
+        let link = link.clone();
+        let mut samples = ctx.run(async move {
+            let mut link = link.lock().await;
+            let payload = [1u8; 64];
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let start = Instant::now();
+                link.ping(&payload).await.expect("ping");
+                samples.push(start.elapsed());
+            }
+            samples
+        });
+        let s = Summary::of(&mut samples).expect("samples");
+        println!(
+            "  {name:<8} p50 {:>7.1} µs  p95 {:>7.1} µs  p99 {:>7.1} µs  mean {:>7.1} µs",
+            s.p50_us, s.p95_us, s.p99_us, s.mean_us
+        );
+        out.insert(name.into(), s.to_json());
+    }
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Throughput: one application, messages of 64 B / 1 KiB / 64 KiB, 1 MiB per iteration.
+
+fn throughput(
+    c: &mut Criterion,
+    ctx: &Ctx,
+    tcp: &Arc<Mutex<Link>>,
+    quic: &Arc<Mutex<Link>>,
+) -> Value {
+    let links = [("tcp_tls", tcp), ("quic", quic)];
+    for (label, size, count) in SIZES {
+        let mut group = c.benchmark_group(format!("throughput_{label}"));
+        group.throughput(Throughput::Elements(count));
+        for (name, link) in links {
+            group.bench_with_input(BenchmarkId::from_parameter(name), &size, |b, &size| {
+                b.iter_custom(|iters| {
+                    let link = link.clone();
+                    ctx.run(async move {
+                        let mut link = link.lock().await;
+                        let payload = vec![3u8; size];
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            link.push(&payload, count).await.expect("push");
+                        }
+                        start.elapsed()
+                    })
+                });
+            });
+        }
+        group.finish();
+    }
+
+    let window = if ctx.full {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(20)
+    };
+    let mut out = Map::new();
+    println!("\nthroughput, one application, {window:?} per figure");
+    for (label, size, count) in SIZES {
+        let mut row = Map::new();
+        for (name, link) in links {
+            let link = link.clone();
+            let (sent, elapsed) = ctx.run(async move {
+                let mut link = link.lock().await;
+                let payload = vec![3u8; size];
+                let start = Instant::now();
+                let mut sent = 0u64;
+                while start.elapsed() < window {
+                    link.push(&payload, count).await.expect("push");
+                    sent += count;
+                }
+                (sent, start.elapsed())
+            });
+            #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            let msgs = sent as f64 / elapsed.as_secs_f64();
+            #[allow(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+            let mbs = msgs * size as f64 / 1e6;
+            println!("  {label:>6} {name:<8} {msgs:>12.0} msgs/s {mbs:>9.1} MB/s");
+            row.insert(name.into(), json!({ "msgs_per_s": msgs, "mb_per_s": mbs }));
+        }
+        out.insert(label.into(), Value::Object(row));
+    }
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// N applications on one connection, application 0's receiver stalled or not.
+
+fn stall_scenario(ctx: &Ctx) -> Value {
+    let window = if ctx.full {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_millis(50)
+    };
+    println!(
+        "\n{} B messages to N apps on one connection for {window:?}: delivered to apps 1..N \
+         (N = 1 unstalled: to the one app)",
+        stall::MESSAGE
+    );
+    let mut out = Vec::new();
+    for apps in APP_COUNTS {
+        for transport in ["tcp_tls", "quic"] {
+            let mut row = Map::new();
+            row.insert("apps".into(), json!(apps));
+            row.insert("transport".into(), json!(transport));
+            let mut results: Vec<StallResult> = Vec::new();
+            for stalled in [false, true] {
+                if apps == 1 && stalled {
+                    continue;
+                }
+                let pki = ctx.pki.clone();
+                let result = ctx
+                    .run(async move {
+                        match transport {
+                            "tcp_tls" => stall::run_tcp(&pki, apps, stalled, window).await,
+                            _ => stall::run_quic(&pki, apps, stalled, window).await,
+                        }
+                    })
+                    .expect("stall scenario");
+                row.insert(
+                    if stalled { "stalled" } else { "unstalled" }.into(),
+                    result.to_json(),
+                );
+                results.push(result);
+            }
+            let line: Vec<String> = results
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}: {:>8} msgs (min/app {:>6}, starved {:>2})",
+                        if r.stalled { "stalled" } else { "unstalled" },
+                        r.delivered_others,
+                        r.min_per_app,
+                        r.starved
+                    )
+                })
+                .collect();
+            println!("  N={apps:<3} {transport:<8} {}", line.join("  "));
+            out.push(Value::Object(row));
+        }
+    }
+    Value::Array(out)
+}
