@@ -18,6 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::nodosum::NodosumLink;
 use benches::pki::{Pki, Resume};
 use benches::quic::{QuicLink, QuicServer, Setup};
 use benches::stall::{self, StallResult};
@@ -64,6 +65,7 @@ impl Ctx {
 enum Link {
     Tcp(Box<TcpLink>),
     Quic(Box<QuicLink>),
+    Nodosum(Box<NodosumLink>),
 }
 
 impl Link {
@@ -71,6 +73,7 @@ impl Link {
         match self {
             Self::Tcp(l) => l.ping(payload).await,
             Self::Quic(l) => l.ping(payload).await,
+            Self::Nodosum(l) => l.ping(payload).await,
         }
     }
 
@@ -78,6 +81,7 @@ impl Link {
         match self {
             Self::Tcp(l) => l.push(payload, count).await,
             Self::Quic(l) => l.push(payload, count).await,
+            Self::Nodosum(l) => l.push(payload, count).await,
         }
     }
 }
@@ -97,9 +101,9 @@ fn main() {
     let mut report = Map::new();
     report.insert("machine".into(), machine());
     report.insert("setup".into(), setup(&mut c, &ctx));
-    let (tcp, quic) = links(&ctx);
-    report.insert("latency_64B".into(), latency(&mut c, &ctx, &tcp, &quic));
-    report.insert("throughput".into(), throughput(&mut c, &ctx, &tcp, &quic));
+    let links = links(&ctx);
+    report.insert("latency_64B".into(), latency(&mut c, &ctx, &links));
+    report.insert("throughput".into(), throughput(&mut c, &ctx, &links));
     report.insert("stall".into(), stall_scenario(&ctx));
     c.final_summary();
     match write_report("transport", &Value::Object(report)) {
@@ -117,7 +121,9 @@ fn machine() -> Value {
     })
 }
 
-fn links(ctx: &Ctx) -> (Arc<Mutex<Link>>, Arc<Mutex<Link>>) {
+type Links = Vec<(&'static str, Arc<Mutex<Link>>)>;
+
+fn links(ctx: &Ctx) -> Links {
     let pki = ctx.pki.clone();
     ctx.run(async move {
         // The servers live as long as the runtime: leak their handles into the tasks.
@@ -135,13 +141,19 @@ fn links(ctx: &Ctx) -> (Arc<Mutex<Link>>, Arc<Mutex<Link>>) {
             quic_server.addr()?,
         )
         .await?;
+        let nodosum = NodosumLink::start(&pki).await?;
         std::mem::forget(tcp_server);
         std::mem::forget(quic_server);
         std::mem::forget(endpoint);
-        anyhow::Ok((
-            Arc::new(Mutex::new(Link::Tcp(Box::new(tcp)))),
-            Arc::new(Mutex::new(Link::Quic(Box::new(quic)))),
-        ))
+        let links: Links = vec![
+            ("tcp_tls", Arc::new(Mutex::new(Link::Tcp(Box::new(tcp))))),
+            ("quic", Arc::new(Mutex::new(Link::Quic(Box::new(quic))))),
+            (
+                "nodosum",
+                Arc::new(Mutex::new(Link::Nodosum(Box::new(nodosum)))),
+            ),
+        ];
+        anyhow::Ok(links)
     })
     .expect("links")
 }
@@ -327,10 +339,9 @@ fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
 // ---------------------------------------------------------------------------------------
 // Latency: 64 B ping-pong on an established connection.
 
-fn latency(c: &mut Criterion, ctx: &Ctx, tcp: &Arc<Mutex<Link>>, quic: &Arc<Mutex<Link>>) -> Value {
-    let links = [("tcp_tls", tcp), ("quic", quic)];
+fn latency(c: &mut Criterion, ctx: &Ctx, links: &Links) -> Value {
     let mut group = c.benchmark_group("latency_64B");
-    for (name, link) in links {
+    for &(name, ref link) in links {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let link = link.clone();
@@ -351,7 +362,7 @@ fn latency(c: &mut Criterion, ctx: &Ctx, tcp: &Arc<Mutex<Link>>, quic: &Arc<Mute
     let n = ctx.samples(20_000);
     let mut out = Map::new();
     println!("\n64 B ping-pong round trip ({n} samples each)");
-    for (name, link) in links {
+    for &(name, ref link) in links {
         let link = link.clone();
         let mut samples = ctx.run(async move {
             let mut link = link.lock().await;
@@ -377,17 +388,11 @@ fn latency(c: &mut Criterion, ctx: &Ctx, tcp: &Arc<Mutex<Link>>, quic: &Arc<Mute
 // ---------------------------------------------------------------------------------------
 // Throughput: one application, messages of 64 B / 1 KiB / 64 KiB, 1 MiB per iteration.
 
-fn throughput(
-    c: &mut Criterion,
-    ctx: &Ctx,
-    tcp: &Arc<Mutex<Link>>,
-    quic: &Arc<Mutex<Link>>,
-) -> Value {
-    let links = [("tcp_tls", tcp), ("quic", quic)];
+fn throughput(c: &mut Criterion, ctx: &Ctx, links: &Links) -> Value {
     for (label, size, count) in SIZES {
         let mut group = c.benchmark_group(format!("throughput_{label}"));
         group.throughput(Throughput::Elements(count));
-        for (name, link) in links {
+        for &(name, ref link) in links {
             group.bench_with_input(BenchmarkId::from_parameter(name), &size, |b, &size| {
                 b.iter_custom(|iters| {
                     let link = link.clone();
@@ -415,7 +420,7 @@ fn throughput(
     println!("\nthroughput, one application, {window:?} per figure");
     for (label, size, count) in SIZES {
         let mut row = Map::new();
-        for (name, link) in links {
+        for &(name, ref link) in links {
             let link = link.clone();
             let (sent, elapsed) = ctx.run(async move {
                 let mut link = link.lock().await;
@@ -456,7 +461,7 @@ fn stall_scenario(ctx: &Ctx) -> Value {
     );
     let mut out = Vec::new();
     for apps in APP_COUNTS {
-        for transport in ["tcp_tls", "quic"] {
+        for transport in ["tcp_tls", "quic", "nodosum"] {
             let mut row = Map::new();
             row.insert("apps".into(), json!(apps));
             row.insert("transport".into(), json!(transport));
@@ -470,7 +475,8 @@ fn stall_scenario(ctx: &Ctx) -> Value {
                     .run(async move {
                         match transport {
                             "tcp_tls" => stall::run_tcp(&pki, apps, stalled, window).await,
-                            _ => stall::run_quic(&pki, apps, stalled, window).await,
+                            "quic" => stall::run_quic(&pki, apps, stalled, window).await,
+                            _ => benches::nodosum::run_stall(&pki, apps, stalled, window).await,
                         }
                     })
                     .expect("stall scenario");

@@ -10,6 +10,8 @@
 //! - [`quic`]: a **raw quinn** pair with the same certificates and ALPN, 4 MiB UDP socket
 //!   buffers, one bidirectional stream per application (`[u16 LE app-id len][app id]` once,
 //!   then `[u32 LE len][payload]` messages), and no stream manager.
+//! - [`nodosum`]: Nodosum's stream manager (`nodosum_quic::QuicNode`) doing the same
+//!   exchanges through its public API.
 //! - [`stall`]: the multi-application scenario on both: N applications on one connection,
 //!   one application's receiver stalled, messages delivered to the others in a window.
 //!
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod nodosum;
 pub mod pki;
 pub mod quic;
 pub mod stall;

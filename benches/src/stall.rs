@@ -132,7 +132,8 @@ pub struct StallResult {
 }
 
 impl StallResult {
-    fn from_counts(apps: usize, stalled: bool, window: Duration, counts: &[u64]) -> Self {
+    /// Summarises per-application counts; application 0 is the stalled one.
+    pub fn from_counts(apps: usize, stalled: bool, window: Duration, counts: &[u64]) -> Self {
         // With one application and no stall, "the others" is the application itself.
         let others = if apps == 1 && !stalled {
             counts

@@ -1,0 +1,190 @@
+//! Nodosum's stream manager (`nodosum_quic::QuicNode`) driven through its public API, with
+//! the same certificates, exchanges and stall scenario as the baselines.
+//!
+//! Two nodes in one process: [`crate::pki::CLIENT_NAME`] dials [`crate::pki::SERVER_NAME`]. The server
+//! node runs an `echo` application that sends every message back to its sender and a
+//! `data` application that counts messages and answers an empty one with the count, both
+//! over Nodosum's own per-application streams.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use nodosum_proto::{AppId, NodeId};
+use nodosum_quic::{AppReceiver, Config, Event, QuicNode, TlsIdentity};
+use tokio::task::JoinSet;
+
+use crate::pki::{Identity, Pki};
+use crate::stall::{self, StallResult};
+use crate::{DATA_APP, ECHO_APP, EXCHANGE_TIMEOUT};
+
+fn tls_identity(pki: &Pki, id: &Identity) -> TlsIdentity {
+    TlsIdentity {
+        ca_roots: vec![pki.ca.clone()],
+        cert_chain: id.chain.clone(),
+        key: id.key.clone_key(),
+    }
+}
+
+fn app(name: &[u8]) -> anyhow::Result<AppId> {
+    Ok(AppId::new(String::from_utf8(name.to_vec())?)?)
+}
+
+/// Binds both nodes on loopback with `config` and waits until the client is connected.
+async fn pair(pki: &Pki, config: &Config) -> anyhow::Result<(QuicNode, QuicNode, NodeId)> {
+    let server = QuicNode::bind(config.clone(), &tls_identity(pki, &pki.server), None)?;
+    let client = QuicNode::bind(config.clone(), &tls_identity(pki, &pki.client), None)?;
+    let server_id = server.node_id().clone();
+    let mut events = client.events();
+    client.connect(server_id.clone(), server.local_addr()?);
+    tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Up { node, .. }) if node == server_id => return Ok(()),
+                Ok(Event::Rejected { reason, .. }) => bail!("connection refused: {reason:?}"),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => bail!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .context("connecting")??;
+    Ok((client, server, server_id))
+}
+
+/// Bench configuration: development defaults on 127.0.0.1.
+pub fn config() -> Config {
+    Config::development()
+}
+
+/// An established pair of nodes speaking ping and push.
+#[derive(Debug)]
+pub struct NodosumLink {
+    client: QuicNode,
+    _server: QuicNode,
+    peer: NodeId,
+    echo: AppId,
+    data: AppId,
+    echo_rx: AppReceiver,
+    data_rx: AppReceiver,
+    _tasks: JoinSet<()>,
+}
+
+impl NodosumLink {
+    /// Starts both nodes, the server's applications, and connects.
+    pub async fn start(pki: &Pki) -> anyhow::Result<Self> {
+        let (client, server, peer) = pair(pki, &config()).await?;
+        let (echo, data) = (app(ECHO_APP)?, app(DATA_APP)?);
+        let echo_rx = client.register_app(echo.clone())?;
+        let data_rx = client.register_app(data.clone())?;
+        let mut tasks = JoinSet::new();
+        let mut server_echo = server.register_app(echo.clone())?;
+        let (node, app_id) = (server.clone(), echo.clone());
+        tasks.spawn(async move {
+            while let Some((from, msg)) = server_echo.recv().await {
+                if node.send(&from, &app_id, msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut server_data = server.register_app(data.clone())?;
+        let (node, app_id) = (server.clone(), data.clone());
+        tasks.spawn(async move {
+            let mut count = 0u64;
+            while let Some((from, msg)) = server_data.recv().await {
+                if msg.is_empty() {
+                    let ack = Bytes::copy_from_slice(&count.to_le_bytes());
+                    if node.send(&from, &app_id, ack).await.is_err() {
+                        return;
+                    }
+                } else {
+                    count += 1;
+                }
+            }
+        });
+        Ok(Self {
+            client,
+            _server: server,
+            peer,
+            echo,
+            data,
+            echo_rx,
+            data_rx,
+            _tasks: tasks,
+        })
+    }
+
+    /// Sends `payload` to the server's echo application and waits until it comes back.
+    pub async fn ping(&mut self, payload: &[u8]) -> anyhow::Result<()> {
+        self.client
+            .send(&self.peer, &self.echo, Bytes::copy_from_slice(payload))
+            .await?;
+        let (_, msg) = self.echo_rx.recv().await.context("echo receiver closed")?;
+        ensure!(msg == payload, "bad echo");
+        Ok(())
+    }
+
+    /// Sends `count` copies of `payload` to the server's data application (the stream
+    /// manager batches them), then waits for the acknowledgement that all were received.
+    pub async fn push(&mut self, payload: &[u8], count: u64) -> anyhow::Result<()> {
+        let msg = Bytes::copy_from_slice(payload);
+        for _ in 0..count {
+            self.client
+                .send(&self.peer, &self.data, msg.clone())
+                .await?;
+        }
+        self.client
+            .send(&self.peer, &self.data, Bytes::new())
+            .await?;
+        let (_, ack) = self.data_rx.recv().await.context("data receiver closed")?;
+        ensure!(ack.len() == 8, "bad acknowledgement");
+        Ok(())
+    }
+}
+
+/// Runs the stall scenario (see [`stall`]) over Nodosum: one stream per application,
+/// application receivers holding [`stall::QUEUE`] messages like the baselines' queues.
+pub async fn run_stall(
+    pki: &Pki,
+    apps: usize,
+    stalled: bool,
+    window: Duration,
+) -> anyhow::Result<StallResult> {
+    let mut config = config();
+    config.app_receiver_capacity = stall::QUEUE;
+    let (client, server, peer) = pair(pki, &config).await?;
+    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..apps).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = JoinSet::new();
+    let mut parked = Vec::new();
+    let mut ids = Vec::with_capacity(apps);
+    for i in 0..apps {
+        let id = app(&stall::app_name(i))?;
+        let mut rx = server.register_app(id.clone())?;
+        ids.push(id);
+        if stalled && i == 0 {
+            parked.push(rx);
+            continue;
+        }
+        let counters = counters.clone();
+        tasks.spawn(async move {
+            while rx.recv().await.is_some() {
+                counters[i].fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let msg = Bytes::from(vec![0xA5; stall::MESSAGE]);
+    // The stalled application starts last so that it gets no head start.
+    for id in ids.into_iter().rev() {
+        let (node, peer, msg) = (client.clone(), peer.clone(), msg.clone());
+        tasks.spawn(async move { while node.send(&peer, &id, msg.clone()).await.is_ok() {} });
+    }
+    tokio::time::sleep(window).await;
+    let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    drop(tasks);
+    drop(parked);
+    client.close(Duration::from_millis(100)).await;
+    server.close(Duration::from_millis(100)).await;
+    Ok(StallResult::from_counts(apps, stalled, window, &counts))
+}
