@@ -1,5 +1,6 @@
 //! The crate's error type.
 
+use crate::config::ConfigProblem;
 use crate::routing::TableError;
 
 /// Why a Mycel operation failed.
@@ -68,6 +69,12 @@ pub enum Error {
     InvalidPartitionCount {
         /// The count given.
         count: u32,
+    },
+    /// The configuration has problems; every one is listed. Nothing was started.
+    #[error("invalid configuration: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidConfig {
+        /// Every problem found, with its field.
+        problems: Vec<ConfigProblem>,
     },
     /// A routing table was refused.
     #[error(transparent)]

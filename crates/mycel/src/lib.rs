@@ -24,10 +24,18 @@
 //! - [`checker`]: a linearizability checker for single-key register histories, for fault
 //!   tests.
 //!
+//! - [`Mycel`]: the async handle applications embed. Today it runs the standalone backend
+//!   ([`Mycel::standalone`]: every partition on this node, the store behind a mutex, the
+//!   reaper as a tokio task); this is the only place the crate reads the system clock
+//!   ([`now`]).
+//! - The `mycel` binary (`src/bin/mycel`): a Redis-compatible RESP2/RESP3 server and an
+//!   HTTP admin API over a [`Mycel`] handle.
+//!
 //! What is not here yet: the networked layer (replication to backups over Nodosum,
-//! forwarding to owners, partition hand-off, single-flight loading, the `mycel` binary).
-//! It will be built on these modules once the `nodosum` facade exists; nothing in this
-//! crate sends a byte or reads a clock.
+//! forwarding to owners, partition hand-off, single-flight loading, `Mycel::start(node,
+//! config)`). It will be built on these modules once the `nodosum` facade exists and will
+//! keep [`Mycel`]'s method set; the binary already parses and validates the cluster
+//! settings but serves as a single node until then.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,6 +44,7 @@ pub mod checker;
 mod clock;
 mod config;
 mod error;
+mod handle;
 pub mod placement;
 pub mod routing;
 pub mod slot;
@@ -47,6 +56,7 @@ mod sim;
 pub use clock::Timestamp;
 pub use config::{Config, ConfigProblem};
 pub use error::Error;
+pub use handle::{DEFAULT_BUCKET, GetEx, Mode, Mycel, REAP_INTERVAL, SetReply, Stats, now};
 pub use nodosum_proto::NodeId;
 pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
 pub use routing::{

@@ -1,0 +1,763 @@
+//! Command line and configuration file: flags, the TOML file they override, and the
+//! resolution of both into a validated `nodosum::Config` and `mycel::Config`, reporting
+//! every problem at once with the flag or field it concerns.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+use mycel::BucketOptions;
+use nodosum_discovery::{ConsulConfig, DnsConfig, DnsMode, StaticConfig};
+use serde::Deserialize;
+
+const EXAMPLES: &str = "\
+Examples:
+  # A single node on loopback with built-in defaults, then talk to it:
+  mycel --dev
+  redis-cli -p 6379 SET greeting hello
+  redis-cli -p 6379 GET greeting
+  curl http://127.0.0.1:9090/health
+
+  # Different ports, a 2 GiB budget, debug logs as JSON:
+  mycel --dev --resp 127.0.0.1:7000 --admin 127.0.0.1:9100 --max-memory 2gb -v --log-format json
+
+  # A production node (settings may also come from --config mycel.toml; flags win):
+  mycel --node-id node-1 --gossip 0.0.0.0:6969 --advertise 10.0.0.1:6969 \\
+        --ca ca.pem --cert node-1.pem --key node-1-key.pem --gossip-key /etc/mycel/gossip.key \\
+        --seed 10.0.0.2:6969 --seed 10.0.0.3:6969 --replicas 2
+
+Buckets: plain Redis clients use the bucket \"default\". `MYCEL.BUCKET name` switches the
+connection to another bucket, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a
+default TTL), `MYCEL.BUCKET` shows the current one. Buckets can also be declared in the
+config file ([[buckets]] name = \"sessions\", default_ttl_ms = 60000).
+
+This build serves as a single node: cluster settings are validated, and replication over
+Nodosum will use them once cluster mode lands.";
+
+/// Mycel: a Redis-compatible in-memory cache server.
+#[derive(Debug, Parser)]
+#[command(name = "mycel", version, about, after_help = EXAMPLES)]
+pub(crate) struct Cli {
+    /// Development mode: loopback addresses, built-in defaults, node ID from the hostname
+    /// and RESP port, development certificates; needs nothing prepared on disk.
+    #[arg(long)]
+    pub(crate) dev: bool,
+    /// TOML file with the same settings as these flags (snake_case keys); flags win.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// This node's ID (letters, digits, `-_.`); required outside --dev.
+    #[arg(long, value_name = "ID")]
+    pub(crate) node_id: Option<String>,
+    /// Cluster name; nodes of other clusters are ignored.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) cluster: Option<String>,
+    /// Gossip (UDP) address [default: 127.0.0.1:6969 with --dev, 0.0.0.0:6969 otherwise].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) gossip: Option<String>,
+    /// Gossip address other nodes reach this one at (required when --gossip is 0.0.0.0).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) advertise: Option<String>,
+    /// QUIC (UDP) address for node-to-node data [default port 6970].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) quic: Option<String>,
+    /// RESP (Redis protocol) listen address [default port 6379; loopback with --dev].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) resp: Option<String>,
+    /// HTTP admin listen address [default port 9090; loopback with --dev].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) admin: Option<String>,
+    /// Gossip address of a node to join through; repeat for several.
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub(crate) seeds: Vec<String>,
+    /// Copies of each partition, the primary included [default: 2].
+    #[arg(long, value_name = "N")]
+    pub(crate) replicas: Option<String>,
+    /// Memory budget of the store: plain bytes or with a unit (`256mb`, `2gb`, `1.5gb`,
+    /// `512kib`; kb/mb/gb and kib/mib/gib are powers of 1024, k/m/g of 1000, as in
+    /// redis.conf) [default: 256mb].
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) max_memory: Option<String>,
+    /// CA certificate (PEM) that signs every node's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca: Option<PathBuf>,
+    /// This node's certificate (PEM), its node ID in the subject.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key: Option<PathBuf>,
+    /// Gossip encryption key: base64 of 32 bytes, or a file holding such keys (one per
+    /// line, the first seals).
+    #[arg(long, value_name = "KEY|FILE")]
+    pub(crate) gossip_key: Option<String>,
+    /// How to find seeds: static (the --seed list), dns, consul.
+    #[arg(long, value_name = "static|dns|consul")]
+    pub(crate) discovery: Option<String>,
+    /// dns discovery: the name to look up (a DNS-SD service type or an SRV name).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) dns_name: Option<String>,
+    /// dns discovery: `browse` (DNS-SD) or `srv` [default: browse].
+    #[arg(long, value_name = "MODE")]
+    pub(crate) dns_mode: Option<String>,
+    /// dns discovery: nameserver to ask instead of the system resolver.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) dns_nameserver: Option<String>,
+    /// consul discovery: agent address [default: http://127.0.0.1:8500].
+    #[arg(long, value_name = "URL")]
+    pub(crate) consul_addr: Option<String>,
+    /// consul discovery: service name [default: nodosum].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) consul_service: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "text|json")]
+    pub(crate) log_format: Option<String>,
+    /// More logs: -v debug, -vv trace (RUST_LOG, if set, wins).
+    #[arg(short, long, action = ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+/// The config file: the flags' settings, snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    dev: Option<bool>,
+    node_id: Option<String>,
+    cluster: Option<String>,
+    gossip: Option<String>,
+    advertise: Option<String>,
+    quic: Option<String>,
+    resp: Option<String>,
+    admin: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    replicas: Option<u64>,
+    max_memory: Option<Size>,
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    gossip_key: Option<String>,
+    discovery: Option<String>,
+    dns_name: Option<String>,
+    dns_mode: Option<String>,
+    dns_nameserver: Option<String>,
+    consul_addr: Option<String>,
+    consul_service: Option<String>,
+    log_format: Option<String>,
+    #[serde(default)]
+    buckets: Vec<BucketFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketFile {
+    name: String,
+    default_ttl_ms: Option<u64>,
+    max_value_len: Option<usize>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One configuration problem, named by flag (and config-file key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// The flag or field, e.g. `--max-memory (max_memory)`.
+    pub(crate) field: String,
+    /// What is wrong.
+    pub(crate) message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Everything the server needs, resolved and validated.
+#[derive(Debug)]
+pub(crate) struct Settings {
+    /// `--dev`.
+    pub(crate) dev: bool,
+    /// RESP listen address.
+    pub(crate) resp: SocketAddr,
+    /// Admin listen address.
+    pub(crate) admin: SocketAddr,
+    /// The cluster layer's configuration (validated; used once cluster mode exists).
+    pub(crate) nodosum: nodosum::Config,
+    /// Mycel's configuration.
+    pub(crate) mycel: mycel::Config,
+    /// Buckets to create at start.
+    pub(crate) buckets: Vec<(String, BucketOptions)>,
+    /// Log format.
+    pub(crate) log_format: LogFormat,
+    /// `-v` count.
+    pub(crate) verbosity: u8,
+    /// Cluster-only settings the user gave, which this single-node build does not act on.
+    pub(crate) cluster_only: Vec<&'static str>,
+}
+
+/// The flag name of each `nodosum::Config` field the flags set, for problem reports.
+const NODOSUM_FLAGS: &[(&str, &str)] = &[
+    ("node_id", "--node-id"),
+    ("cluster", "--cluster"),
+    ("gossip.bind", "--gossip"),
+    ("gossip.advertise", "--advertise"),
+    ("gossip.keys", "--gossip-key"),
+    ("gossip.key_file", "--gossip-key"),
+    ("quic.bind", "--quic"),
+    ("tls.ca", "--ca"),
+    ("tls.cert", "--cert"),
+    ("tls.key", "--key"),
+    ("discovery", "--discovery"),
+];
+
+const MYCEL_FLAGS: &[(&str, &str)] = &[
+    ("replication_factor", "--replicas"),
+    ("store.max_bytes", "--max-memory"),
+];
+
+fn flag_of(table: &[(&str, &str)], field: &str) -> String {
+    table
+        .iter()
+        .find(|(f, _)| {
+            field == *f
+                || field.starts_with(&format!("{f}."))
+                || field.starts_with(&format!("{f}["))
+        })
+        .map_or_else(|| field.to_owned(), |(_, flag)| format!("{flag} ({field})"))
+}
+
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, field: &str, message: impl Into<String>) {
+        self.0.push(Problem {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Resolves flags over the config file into validated settings, or every problem found.
+pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
+    let mut p = Problems(Vec::new());
+    let file = match &cli.config {
+        None => FileConfig::default(),
+        Some(path) => match load_file(path) {
+            Ok(f) => f,
+            Err(message) => {
+                p.push("--config", message);
+                // Nothing else can be judged fairly without the file.
+                return Err(p.0);
+            }
+        },
+    };
+    let dev = cli.dev || file.dev.unwrap_or(false);
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let default_ip = if dev { loopback } else { any };
+
+    let mut addr = |flag: &str, value: Option<String>, default_port: u16| -> SocketAddr {
+        let fallback = SocketAddr::new(default_ip, default_port);
+        match value {
+            None => fallback,
+            Some(v) => match parse_addr(&v, default_ip) {
+                Ok(a) => a,
+                Err(m) => {
+                    p.push(flag, m);
+                    fallback
+                }
+            },
+        }
+    };
+    let resp = addr("--resp (resp)", cli.resp.or(file.resp), 6379);
+    let admin = addr("--admin (admin)", cli.admin.or(file.admin), 9090);
+    let gossip_given = cli.gossip.is_some() || file.gossip.is_some();
+    let quic_given = cli.quic.is_some() || file.quic.is_some();
+    let gossip = addr(
+        "--gossip (gossip)",
+        cli.gossip.or(file.gossip),
+        nodosum::DEFAULT_GOSSIP_PORT,
+    );
+    let quic = addr(
+        "--quic (quic)",
+        cli.quic.or(file.quic),
+        nodosum::DEFAULT_QUIC_PORT,
+    );
+    let advertise_given = cli.advertise.is_some() || file.advertise.is_some();
+    let advertise = cli.advertise.or(file.advertise).and_then(|v| {
+        parse_addr(&v, default_ip)
+            .map_err(|m| p.push("--advertise (advertise)", m))
+            .ok()
+    });
+
+    let node_id_text = cli
+        .node_id
+        .or(file.node_id)
+        .or_else(|| dev.then(|| dev_node_id(resp.port())));
+    let node_id = match node_id_text {
+        None => {
+            p.push("--node-id (node_id)", "required outside --dev");
+            None
+        }
+        Some(text) => match mycel::NodeId::new(text.clone()) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                p.push("--node-id (node_id)", format!("{text:?}: {e}"));
+                None
+            }
+        },
+    };
+
+    let replicas_given = cli.replicas.is_some() || file.replicas.is_some();
+    let replicas = match cli.replicas {
+        Some(text) => text
+            .parse::<u8>()
+            .map_err(|_| {
+                p.push(
+                    "--replicas (replicas)",
+                    format!("{text:?} is not a number from 1 to 255"),
+                );
+            })
+            .ok(),
+        None => file.replicas.and_then(|n| {
+            u8::try_from(n)
+                .map_err(|_| {
+                    p.push(
+                        "--replicas (replicas)",
+                        format!("{n} is not a number from 1 to 255"),
+                    );
+                })
+                .ok()
+        }),
+    };
+    let max_memory = match (cli.max_memory, file.max_memory) {
+        (Some(text), _) | (None, Some(Size::Text(text))) => parse_size(&text)
+            .map_err(|m| p.push("--max-memory (max_memory)", m))
+            .ok(),
+        (None, Some(Size::Bytes(n))) => Some(n),
+        (None, None) => None,
+    };
+
+    let log_format = match cli.log_format.or(file.log_format).as_deref() {
+        None | Some("text") => LogFormat::Text,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            p.push(
+                "--log-format (log_format)",
+                format!("{other:?}: expected text or json"),
+            );
+            LogFormat::Text
+        }
+    };
+
+    let mut seeds = cli.seeds;
+    if seeds.is_empty() {
+        seeds = file.seeds;
+    }
+    let discovery_kind = cli.discovery.or(file.discovery);
+    let dns_name = cli.dns_name.or(file.dns_name);
+    let dns_mode = cli.dns_mode.or(file.dns_mode);
+    let dns_nameserver = cli.dns_nameserver.or(file.dns_nameserver);
+    let consul_addr = cli.consul_addr.or(file.consul_addr);
+    let consul_service = cli.consul_service.or(file.consul_service);
+    let cluster = cli.cluster.or(file.cluster);
+    let gossip_key = cli.gossip_key.or(file.gossip_key);
+    let (ca, cert, key) = (
+        cli.ca.or(file.ca),
+        cli.cert.or(file.cert),
+        cli.key.or(file.key),
+    );
+
+    let mut cluster_only = Vec::new();
+    for (given, flag) in [
+        (!seeds.is_empty(), "--seed"),
+        (discovery_kind.is_some(), "--discovery"),
+        (cluster.is_some(), "--cluster"),
+        (gossip_given, "--gossip"),
+        (advertise_given, "--advertise"),
+        (quic_given, "--quic"),
+        (gossip_key.is_some(), "--gossip-key"),
+        (
+            ca.is_some() || cert.is_some() || key.is_some(),
+            "--ca/--cert/--key",
+        ),
+        (replicas_given, "--replicas"),
+    ] {
+        if given {
+            cluster_only.push(flag);
+        }
+    }
+
+    let mut nodosum = None;
+    if let Some(id) = &node_id {
+        let mut c = nodosum::Config::development(id.clone());
+        c.gossip.bind = gossip;
+        c.gossip.advertise = advertise;
+        c.quic.bind = quic;
+        if let Some(name) = cluster {
+            c.cluster = name;
+        }
+        if !dev {
+            c.cluster = c.cluster.replace("nodosum-dev", nodosum::DEFAULT_CLUSTER);
+            c.gossip.profile = nodosum::Profile::Lan;
+            c.tls.development = false;
+        }
+        if dev && (ca.is_some() || cert.is_some() || key.is_some()) {
+            // Explicit certificates replace the development CA.
+            c.tls.development = false;
+        }
+        c.tls.ca = ca;
+        c.tls.cert = cert;
+        c.tls.key = key;
+        if let Some(k) = gossip_key {
+            if Path::new(&k).is_file() {
+                c.gossip.key_file = Some(PathBuf::from(k));
+            } else {
+                c.gossip.keys = vec![k];
+            }
+        }
+        if !seeds.is_empty() {
+            c.discovery.static_seeds = Some(StaticConfig {
+                seeds: seeds.clone(),
+                ..StaticConfig::default()
+            });
+        }
+        match discovery_kind.as_deref() {
+            None => {}
+            Some("static") if seeds.is_empty() => {
+                p.push(
+                    "--discovery (discovery)",
+                    "static discovery needs at least one --seed",
+                );
+            }
+            Some("dns") => {
+                let mut dns = DnsConfig::default();
+                match dns_name {
+                    Some(n) => dns.name = n,
+                    None => p.push("--dns-name (dns_name)", "required with --discovery dns"),
+                }
+                match dns_mode.as_deref() {
+                    None | Some("browse") => dns.mode = DnsMode::Browse,
+                    Some("srv") => dns.mode = DnsMode::Srv,
+                    Some(other) => p.push(
+                        "--dns-mode (dns_mode)",
+                        format!("{other:?}: expected browse or srv"),
+                    ),
+                }
+                if let Some(ns) = dns_nameserver {
+                    match ns.parse() {
+                        Ok(a) => dns.nameserver = Some(a),
+                        Err(_) => p.push(
+                            "--dns-nameserver (dns_nameserver)",
+                            format!("{ns:?} is not an ip:port address"),
+                        ),
+                    }
+                }
+                c.discovery.dns = Some(dns);
+            }
+            Some("consul") => {
+                let mut consul = ConsulConfig::default();
+                if let Some(a) = consul_addr {
+                    consul.address = a;
+                }
+                if let Some(s) = consul_service {
+                    consul.service = s;
+                }
+                c.discovery.consul = Some(consul);
+            }
+            Some(other) => p.push(
+                "--discovery (discovery)",
+                format!("{other:?}: expected static, dns or consul"),
+            ),
+        }
+        if let Err(e) = c.validate() {
+            for problem in e.problems {
+                p.push(&flag_of(NODOSUM_FLAGS, &problem.field), problem.message);
+            }
+        }
+        nodosum = Some(c);
+    }
+
+    let mut m = mycel::Config::default();
+    if let Some(r) = replicas {
+        m.replication_factor = r;
+    }
+    if let Some(bytes) = max_memory {
+        m.store.max_bytes = bytes;
+        // Keep the default value limit workable for small budgets: at most half the budget.
+        let half = usize::try_from(bytes / 2).unwrap_or(usize::MAX);
+        m.store.max_value_len = m.store.max_value_len.min(half);
+    }
+    if let Err(problems) = m.validate() {
+        for problem in problems {
+            p.push(&flag_of(MYCEL_FLAGS, problem.field), problem.problem);
+        }
+    }
+
+    let mut buckets = Vec::new();
+    for (i, b) in file.buckets.into_iter().enumerate() {
+        if b.name.is_empty() || b.name == mycel::DEFAULT_BUCKET {
+            p.push(
+                &format!("buckets[{i}].name"),
+                format!("{:?} is empty or the built-in default bucket", b.name),
+            );
+            continue;
+        }
+        if b.default_ttl_ms == Some(0) {
+            p.push(
+                &format!("buckets[{i}].default_ttl_ms"),
+                "must be at least 1",
+            );
+        }
+        buckets.push((
+            b.name,
+            BucketOptions {
+                default_ttl: b.default_ttl_ms.map(Duration::from_millis),
+                max_value_len: b.max_value_len,
+            },
+        ));
+    }
+
+    match nodosum {
+        Some(nodosum) if p.0.is_empty() => Ok(Settings {
+            dev,
+            resp,
+            admin,
+            nodosum,
+            mycel: m,
+            buckets,
+            log_format,
+            verbosity: cli.verbose,
+            cluster_only,
+        }),
+        _ => Err(p.0),
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `host:port`, `:port` or a bare `port` (on `default_ip`).
+fn parse_addr(text: &str, default_ip: IpAddr) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let port = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port.parse::<u16>() {
+        return Ok(SocketAddr::new(default_ip, port));
+    }
+    if let Some((host, port)) = text.rsplit_once(':')
+        && host == "localhost"
+        && let Ok(port) = port.parse::<u16>()
+    {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    }
+    Err(format!("{text:?} is not an ip:port address"))
+}
+
+/// Parses a byte size: `1048576`, `256mb`, `1.5gb`, `512KiB`, `2g`. Case-insensitive.
+/// `kb/mb/gb/tb` and `kib/mib/gib/tib` are powers of 1024, `k/m/g/t` powers of 1000, as in
+/// redis.conf.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    let split = lower
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(split);
+    let bad = || format!("{text:?} is not a size (examples: 1048576, 256mb, 1.5gb, 512kib)");
+    let mult: u128 = match unit.trim() {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" | "kib" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" | "mib" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" | "gib" => 1 << 30,
+        "t" => 1_000_000_000_000,
+        "tb" | "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty() || frac.len() > 9 || frac.contains('.') {
+        return Err(bad());
+    }
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    let scale = 10u128.pow(u32::try_from(frac.len()).map_err(|_| bad())?);
+    let bytes = int
+        .checked_mul(mult)
+        .and_then(|b| b.checked_add(frac_value * mult / scale))
+        .ok_or_else(bad)?;
+    u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// The development node ID: the hostname (made a valid ID) and the RESP port.
+fn dev_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let mut id: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        id.insert_str(0, "mycel");
+    }
+    id.truncate(200);
+    format!("{id}-{port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::parse_from(std::iter::once("mycel").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("256mb"), Ok(256 << 20));
+        assert_eq!(parse_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5gb"), Ok(3 << 29));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1k"), Ok(1000));
+        assert_eq!(parse_size("0.5mib"), Ok(1 << 19));
+        for bad in ["", "mb", "1.2.3gb", "12zb", "-1", "1e9", "99999999999tb"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dev_needs_nothing() {
+        let s = resolve(cli(&["--dev"])).expect("valid");
+        assert!(s.dev);
+        assert!(s.resp.ip().is_loopback() && s.resp.port() == 6379);
+        assert!(s.admin.ip().is_loopback() && s.admin.port() == 9090);
+        assert!(s.nodosum.node_id.as_str().ends_with("-6379"));
+        assert!(s.cluster_only.is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_flag() {
+        let problems = resolve(cli(&[
+            "--resp",
+            "nope",
+            "--max-memory",
+            "12zb",
+            "--replicas",
+            "0",
+            "--log-format",
+            "xml",
+            "--discovery",
+            "carrier-pigeon",
+        ]))
+        .expect_err("invalid");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        for want in [
+            "--resp (resp)",
+            "--max-memory (max_memory)",
+            "--node-id (node_id)",
+            "--log-format (log_format)",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        // Without a node ID the cluster config cannot be built; with one, its problems show.
+        let problems = resolve(cli(&[
+            "--node-id",
+            "n1",
+            "--replicas",
+            "0",
+            "--discovery",
+            "dns",
+        ]))
+        .expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let all = text.join("\n");
+        for want in [
+            "--replicas (replication_factor)",
+            "--dns-name (dns_name)",
+            "--gossip-key (gossip.keys)",
+            "--ca (tls.ca)",
+            "--advertise (gossip.advertise)",
+        ] {
+            assert!(all.contains(want), "{want} missing from:\n{all}");
+        }
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mycel.toml");
+        std::fs::write(
+            &path,
+            "dev = true\nresp = \"127.0.0.1:7001\"\nmax_memory = \"64mb\"\n[[buckets]]\nname = \"sessions\"\ndefault_ttl_ms = 1000\n",
+        )
+        .expect("write");
+        let s = resolve(cli(&[
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--resp",
+            "127.0.0.1:7002",
+        ]))
+        .expect("valid");
+        assert_eq!(s.resp.port(), 7002);
+        assert_eq!(s.mycel.store.max_bytes, 64 << 20);
+        assert_eq!(s.buckets[0].0, "sessions");
+        std::fs::write(&path, "dev = true\nbogus = 1\n").expect("write");
+        let problems =
+            resolve(cli(&["--config", path.to_str().expect("utf-8")])).expect_err("unknown key");
+        assert!(problems[0].message.contains("bogus"), "{problems:?}");
+    }
+
+    #[test]
+    fn cluster_settings_are_noted() {
+        let s = resolve(cli(&[
+            "--dev",
+            "--seed",
+            "127.0.0.1:7000",
+            "--replicas",
+            "3",
+        ]))
+        .expect("valid");
+        assert_eq!(s.cluster_only, ["--seed", "--replicas"]);
+        assert_eq!(s.mycel.replication_factor, 3);
+    }
+}

@@ -1,0 +1,539 @@
+//! Executes parsed commands against the [`Mycel`](mycel::Mycel) handle and builds their
+//! replies, in Redis's formats and words.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mycel::{BucketId, BucketOptions, Condition, Error, Expiry, GetEx, SetOptions, Timestamp, Ttl};
+
+use super::cmd::{self, BucketArg, Command, GetExAction, SetCondition};
+use super::frame::{Frame, Protocol};
+use crate::state::Shared;
+
+/// Protocol version Redis compatibility is claimed at (`INFO`'s `redis_version`, `HELLO`).
+pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+/// One client connection's state.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// `CLIENT ID`.
+    pub(crate) id: u64,
+    /// `CLIENT SETNAME`.
+    pub(crate) name: Option<Bytes>,
+    /// RESP2 until `HELLO 3`.
+    pub(crate) proto: Protocol,
+    /// The bucket commands act on (`MYCEL.BUCKET`), the default bucket at first.
+    pub(crate) bucket: BucketId,
+    /// Its name.
+    pub(crate) bucket_name: Arc<str>,
+}
+
+impl Session {
+    pub(crate) fn new(shared: &Shared) -> Self {
+        Self {
+            id: shared.next_client_id(),
+            name: None,
+            proto: Protocol::Resp2,
+            bucket: shared.mycel.default_bucket(),
+            bucket_name: mycel::DEFAULT_BUCKET.into(),
+        }
+    }
+}
+
+/// What the connection does after sending a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum After {
+    /// Read the next request.
+    Continue,
+    /// Close the connection (after `QUIT`'s `+OK`).
+    Close,
+}
+
+const OK: Frame = Frame::Simple("OK");
+
+/// The command's name for metrics.
+pub(crate) fn name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::Ping(_) => "ping",
+        Command::Echo(_) => "echo",
+        Command::Quit => "quit",
+        Command::Get(_) => "get",
+        Command::Set(_) => "set",
+        Command::SetNx(..) => "setnx",
+        Command::GetDel(_) => "getdel",
+        Command::GetEx(..) => "getex",
+        Command::Del(_) => "del",
+        Command::Exists(_) => "exists",
+        Command::MGet(_) => "mget",
+        Command::MSet(_) => "mset",
+        Command::Expire(..) => "expire",
+        Command::Ttl(..) => "ttl",
+        Command::Persist(_) => "persist",
+        Command::IncrBy(..) => "incrby",
+        Command::DbSize => "dbsize",
+        Command::FlushDb => "flushdb",
+        Command::Select(_) => "select",
+        Command::Info(_) => "info",
+        Command::ClientSetName(_)
+        | Command::ClientGetName
+        | Command::ClientId
+        | Command::ClientSetInfo => "client",
+        Command::Command(_) => "command",
+        Command::ConfigGet(_) => "config",
+        Command::Bucket(_) => "mycel.bucket",
+        Command::Hello { .. } => "hello",
+    }
+}
+
+/// The error reply for a failed operation, in Redis's words where Redis has them.
+pub(crate) fn error_frame(e: &Error) -> Frame {
+    match e {
+        Error::NotAnInteger => cmd::not_an_integer(),
+        Error::Overflow => Frame::err("increment or decrement would overflow"),
+        Error::NotOwner { .. } => Frame::Error(format!("TRYAGAIN {e}")),
+        Error::Timeout => Frame::Error(format!("TIMEOUT {e}")),
+        Error::QuorumLost => Frame::Error(format!("CLUSTERDOWN {e}")),
+        _ => Frame::err(e),
+    }
+}
+
+/// Executes `cmd` for `session`.
+pub(crate) async fn execute(
+    cmd: Command,
+    session: &mut Session,
+    shared: &Shared,
+) -> (Frame, After) {
+    let m = &shared.mycel;
+    let b = session.bucket;
+    let reply = match cmd {
+        Command::Ping(None) => Ok(Frame::Simple("PONG")),
+        Command::Ping(Some(msg)) | Command::Echo(msg) => Ok(Frame::Bulk(msg)),
+        Command::Quit => return (OK, After::Close),
+        Command::Get(key) => m.get(b, &key).await.map(bulk_or_null),
+        Command::Set(set) => set_reply(shared, b, set).await,
+        Command::SetNx(key, value) => {
+            let opts = SetOptions {
+                condition: Condition::IfAbsent,
+                ..SetOptions::default()
+            };
+            m.set(b, key, value, opts)
+                .await
+                .map(|r| Frame::Integer(i64::from(r.written)))
+        }
+        Command::GetDel(key) => m.get_del(b, key).await.map(bulk_or_null),
+        Command::GetEx(key, action) => {
+            let action = match action {
+                GetExAction::Keep => GetEx::Keep,
+                GetExAction::Persist => GetEx::Persist,
+                GetExAction::Expire(cmd::Expiry::In(ms)) => GetEx::After(Duration::from_millis(ms)),
+                GetExAction::Expire(cmd::Expiry::At(ms)) => GetEx::At(Timestamp::from_millis(ms)),
+            };
+            m.get_ex(b, key, action).await.map(bulk_or_null)
+        }
+        Command::Del(keys) => count(keys, |k| m.delete(b, k)).await,
+        Command::Exists(keys) => {
+            let mut n = 0;
+            let mut result = Ok(());
+            for k in &keys {
+                match m.exists(b, k).await {
+                    Ok(true) => n += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            result.map(|()| Frame::Integer(n))
+        }
+        Command::MGet(keys) => m
+            .mget(b, &keys)
+            .await
+            .map(|vs| Frame::Array(vs.into_iter().map(bulk_or_null).collect())),
+        Command::MSet(pairs) => m.mset(b, pairs).await.map(|()| OK),
+        Command::Expire(key, ms) => {
+            let after = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            m.expire(b, key, after)
+                .await
+                .map(|x| Frame::Integer(i64::from(x)))
+        }
+        Command::Ttl(key, millis) => m.ttl(b, &key).await.map(|t| ttl_frame(t, millis)),
+        Command::Persist(key) => m
+            .persist(b, key)
+            .await
+            .map(|x| Frame::Integer(i64::from(x))),
+        Command::IncrBy(key, delta) => m.incr_by(b, key, delta).await.map(Frame::Integer),
+        Command::DbSize => m
+            .len()
+            .await
+            .map(|n| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
+        Command::FlushDb => m.flush().await.map(|()| OK),
+        Command::Select(0) => Ok(OK),
+        Command::Select(_) => Ok(Frame::err("DB index is out of range")),
+        Command::Info(sections) => info(shared, &sections).await.map(Frame::Bulk),
+        Command::ClientSetName(name) => {
+            session.name = (!name.is_empty()).then_some(name);
+            Ok(OK)
+        }
+        Command::ClientGetName => Ok(session.name.clone().map_or(Frame::Null, Frame::Bulk)),
+        Command::ClientId => Ok(Frame::Integer(
+            i64::try_from(session.id).unwrap_or(i64::MAX),
+        )),
+        Command::ClientSetInfo => Ok(OK),
+        Command::Command(sub) => Ok(command_reply(sub.as_deref())),
+        Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
+        Command::Bucket(arg) => bucket(shared, session, arg).await,
+        Command::Hello { proto, name } => Ok(hello(shared, session, proto, name)),
+    };
+    let frame = reply.unwrap_or_else(|e| error_frame(&e));
+    (frame, After::Continue)
+}
+
+fn bulk_or_null(v: Option<Bytes>) -> Frame {
+    v.map_or(Frame::Null, Frame::Bulk)
+}
+
+async fn count<F, Fut>(keys: Vec<Bytes>, mut op: F) -> Result<Frame, Error>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: Future<Output = Result<bool, Error>>,
+{
+    let mut n = 0;
+    for k in keys {
+        if op(k).await? {
+            n += 1;
+        }
+    }
+    Ok(Frame::Integer(n))
+}
+
+async fn set_reply(shared: &Shared, b: BucketId, set: cmd::Set) -> Result<Frame, Error> {
+    let expiry = match (set.expiry, set.keep_ttl) {
+        (Some(cmd::Expiry::In(ms)), _) => Expiry::After(Duration::from_millis(ms)),
+        (Some(cmd::Expiry::At(ms)), _) => Expiry::At(Timestamp::from_millis(ms)),
+        (None, true) => Expiry::Keep,
+        (None, false) => Expiry::BucketDefault,
+    };
+    let condition = match set.condition {
+        SetCondition::Always => Condition::Always,
+        SetCondition::IfAbsent => Condition::IfAbsent,
+        SetCondition::IfPresent => Condition::IfPresent,
+    };
+    let opts = SetOptions {
+        expiry,
+        condition,
+        get: set.get,
+    };
+    let r = shared.mycel.set(b, set.key, set.value, opts).await?;
+    Ok(if set.get {
+        bulk_or_null(r.previous)
+    } else if r.written {
+        OK
+    } else {
+        Frame::Null
+    })
+}
+
+fn ttl_frame(t: Ttl, millis: bool) -> Frame {
+    Frame::Integer(match t {
+        Ttl::Missing => -2,
+        Ttl::Persistent => -1,
+        Ttl::Expires { remaining, .. } => {
+            let ms = i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX);
+            // Redis rounds TTL to the nearest second.
+            if millis {
+                ms
+            } else {
+                ms.saturating_add(500) / 1000
+            }
+        }
+    })
+}
+
+async fn bucket(
+    shared: &Shared,
+    session: &mut Session,
+    arg: Option<BucketArg>,
+) -> Result<Frame, Error> {
+    let Some(arg) = arg else {
+        return Ok(Frame::Bulk(Bytes::copy_from_slice(
+            session.bucket_name.as_bytes(),
+        )));
+    };
+    let Ok(name) = std::str::from_utf8(&arg.name) else {
+        return Ok(Frame::err("bucket names must be UTF-8"));
+    };
+    let id = match arg.create {
+        Some(ttl) => {
+            let options = BucketOptions {
+                default_ttl: ttl.map(Duration::from_millis),
+                ..BucketOptions::default()
+            };
+            shared.mycel.create_bucket(name, options).await?
+        }
+        None => shared.mycel.bucket(name).await?,
+    };
+    session.bucket = id;
+    session.bucket_name = name.into();
+    Ok(OK)
+}
+
+fn hello(shared: &Shared, session: &mut Session, proto: Option<i64>, name: Option<Bytes>) -> Frame {
+    match proto {
+        None => {}
+        Some(2) => session.proto = Protocol::Resp2,
+        Some(3) => session.proto = Protocol::Resp3,
+        Some(_) => return Frame::Error("NOPROTO unsupported protocol version".into()),
+    }
+    if let Some(name) = name {
+        session.name = (!name.is_empty()).then_some(name);
+    }
+    let proto = match session.proto {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    Frame::Map(vec![
+        (Frame::bulk("server"), Frame::bulk("redis")),
+        (Frame::bulk("version"), Frame::bulk(REDIS_COMPAT_VERSION)),
+        (Frame::bulk("proto"), Frame::Integer(proto)),
+        (
+            Frame::bulk("id"),
+            Frame::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)),
+        ),
+        (
+            Frame::bulk("mode"),
+            Frame::bulk(shared.mycel.mode().as_str()),
+        ),
+        (Frame::bulk("role"), Frame::bulk("master")),
+        (Frame::bulk("modules"), Frame::Array(Vec::new())),
+    ])
+}
+
+/// Commands `COMMAND` describes: name, arity (negative: at least), flags, first key, last
+/// key, key step, as Redis's command table.
+type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+
+const COMMANDS: &[CommandInfo] = &[
+    ("ping", -1, &["fast"], 0, 0, 0),
+    ("echo", 2, &["fast"], 0, 0, 0),
+    ("quit", -1, &["fast"], 0, 0, 0),
+    ("get", 2, &["readonly", "fast"], 1, 1, 1),
+    ("set", -3, &["write", "denyoom"], 1, 1, 1),
+    ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getdel", 2, &["write", "fast"], 1, 1, 1),
+    ("getex", -2, &["write", "fast"], 1, 1, 1),
+    ("del", -2, &["write"], 1, -1, 1),
+    ("unlink", -2, &["write", "fast"], 1, -1, 1),
+    ("exists", -2, &["readonly", "fast"], 1, -1, 1),
+    ("mget", -2, &["readonly", "fast"], 1, -1, 1),
+    ("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    ("expire", 3, &["write", "fast"], 1, 1, 1),
+    ("pexpire", 3, &["write", "fast"], 1, 1, 1),
+    ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
+    ("persist", 2, &["write", "fast"], 1, 1, 1),
+    ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("flushdb", -1, &["write"], 0, 0, 0),
+    ("flushall", -1, &["write"], 0, 0, 0),
+    ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
+    ("info", -1, &["loading", "stale"], 0, 0, 0),
+    ("client", -2, &["loading", "stale"], 0, 0, 0),
+    ("command", -1, &["loading", "stale"], 0, 0, 0),
+    ("config", -2, &["admin", "loading", "stale"], 0, 0, 0),
+    ("hello", -1, &["fast", "loading", "stale"], 0, 0, 0),
+    ("mycel.bucket", -1, &["fast"], 0, 0, 0),
+];
+
+fn command_reply(sub: Option<&[u8]>) -> Frame {
+    let info = |&(name, arity, flags, first, last, step): &CommandInfo| {
+        Frame::Array(vec![
+            Frame::bulk(name),
+            Frame::Integer(arity),
+            Frame::Array(flags.iter().map(|&f| Frame::Simple(f)).collect()),
+            Frame::Integer(first),
+            Frame::Integer(last),
+            Frame::Integer(step),
+        ])
+    };
+    match sub {
+        None => Frame::Array(COMMANDS.iter().map(info).collect()),
+        Some(s) if s.eq_ignore_ascii_case(b"count") => {
+            Frame::Integer(i64::try_from(COMMANDS.len()).unwrap_or(i64::MAX))
+        }
+        // Minimal: no documentation, which clients treat as "no hints".
+        Some(s) if s.eq_ignore_ascii_case(b"docs") => Frame::Map(Vec::new()),
+        Some(s) if s.eq_ignore_ascii_case(b"info") || s.eq_ignore_ascii_case(b"list") => {
+            Frame::Array(Vec::new())
+        }
+        Some(s) => Frame::err(format!(
+            "unknown subcommand '{}'. Try COMMAND HELP.",
+            String::from_utf8_lossy(s)
+        )),
+    }
+}
+
+fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
+    let max = shared.mycel.config().store.max_bytes.to_string();
+    let params: [(&str, String); 3] = [
+        ("save", String::new()),
+        ("appendonly", "no".into()),
+        ("maxmemory", max),
+    ];
+    let mut out = Vec::new();
+    for (name, value) in params {
+        if patterns
+            .iter()
+            .any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes()))
+        {
+            out.push((Frame::bulk(name), Frame::bulk(value)));
+        }
+    }
+    Frame::Map(out)
+}
+
+/// Redis-style glob match with `*` and `?` (what `CONFIG GET` patterns use).
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
+        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
+    }
+}
+
+async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
+    let stats = shared.mycel.stats().await?;
+    let all = sections.is_empty()
+        || sections.iter().any(|s| {
+            [&b"all"[..], b"everything", b"default"]
+                .iter()
+                .any(|a| s.eq_ignore_ascii_case(a))
+        });
+    let want = |name: &str| {
+        all || sections
+            .iter()
+            .any(|s| s.eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let node = &shared.node;
+    let uptime = shared.started.elapsed().as_secs();
+    let mut s = String::new();
+    // Writing into a String cannot fail; `let _` keeps clippy quiet about the Result.
+    if want("server") {
+        let _ = write!(
+            s,
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nmycel_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            shared.mycel.mode().as_str(),
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            std::process::id(),
+            node.resp_addr.port(),
+            uptime / 86400,
+        );
+    }
+    if want("clients") {
+        let _ = write!(
+            s,
+            "# Clients\r\nconnected_clients:{}\r\n\r\n",
+            shared.clients()
+        );
+    }
+    if want("memory") {
+        let _ = write!(
+            s,
+            "# Memory\r\nused_memory:{}\r\nused_memory_human:{}\r\nmaxmemory:{}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:mycel-quick-cache\r\n\r\n",
+            stats.used_bytes,
+            human_bytes(stats.used_bytes),
+            stats.max_bytes,
+            human_bytes(stats.max_bytes),
+        );
+    }
+    if want("stats") {
+        let _ = write!(
+            s,
+            "# Stats\r\ntotal_connections_received:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\r\n",
+            shared.metrics.connections_total.get(),
+            stats.expired,
+            stats.evicted,
+        );
+    }
+    if want("cluster") {
+        let _ = write!(
+            s,
+            "# Cluster\r\ncluster_enabled:0\r\nmycel_mode:{}\r\nmycel_node_id:{}\r\nmycel_cluster:{}\r\nmycel_members:1\r\nmycel_replicas:{}\r\nmycel_partitions:{}\r\nmycel_partitions_owned:{}\r\nmycel_maintenance:{}\r\n\r\n",
+            shared.mycel.mode().as_str(),
+            node.id,
+            node.cluster,
+            node.replicas,
+            node.partitions,
+            node.partitions,
+            u8::from(shared.in_maintenance()),
+        );
+    }
+    if want("keyspace") {
+        s.push_str("# Keyspace\r\n");
+        if stats.keys > 0 {
+            let _ = write!(
+                s,
+                "db0:keys={},expires={},avg_ttl=0\r\n",
+                stats.keys, stats.expires
+            );
+        }
+        s.push_str("\r\n");
+    }
+    // Redis ends the text with the last section's lines, without the blank separator.
+    let trimmed = s.strip_suffix("\r\n").unwrap_or(&s).to_owned();
+    Ok(Bytes::from(trimmed))
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            // Display only: two decimals of a byte count.
+            #[allow(clippy::cast_precision_loss, reason = "display rounding")]
+            let v = n as f64 / size as f64;
+            return format!("{v:.2}{unit}");
+        }
+    }
+    format!("{n}B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_redis() {
+        assert!(glob(b"save", b"save"));
+        assert!(glob(b"*", b"maxmemory"));
+        assert!(glob(b"max*", b"maxmemory"));
+        assert!(glob(b"s?ve", b"save"));
+        assert!(!glob(b"sav", b"save"));
+    }
+
+    #[test]
+    fn ttl_rounds_to_seconds_like_redis() {
+        let t = |ms| Ttl::Expires {
+            at: Timestamp::from_millis(0),
+            remaining: Duration::from_millis(ms),
+        };
+        assert_eq!(ttl_frame(t(1499), false), Frame::Integer(1));
+        assert_eq!(ttl_frame(t(1500), false), Frame::Integer(2));
+        assert_eq!(ttl_frame(t(1500), true), Frame::Integer(1500));
+        assert_eq!(ttl_frame(Ttl::Missing, false), Frame::Integer(-2));
+        assert_eq!(ttl_frame(Ttl::Persistent, true), Frame::Integer(-1));
+    }
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512B");
+        assert_eq!(human_bytes(256 << 20), "256.00M");
+    }
+}

@@ -1,0 +1,669 @@
+//! Client commands: parsed from a request's arguments into a typed [`Command`], with the
+//! error replies Redis gives for bad arity, syntax and numbers, so clients behave alike.
+
+use bytes::Bytes;
+
+use super::frame::Frame;
+
+/// An expiry given by a command, before it is turned into a deadline on the node's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// Milliseconds from now (`EX`, `PX`, `EXPIRE`, `PEXPIRE`).
+    In(u64),
+    /// Unix time in milliseconds (`EXAT`, `PXAT`).
+    At(u64),
+}
+
+/// What `SET` does with an existing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum SetCondition {
+    /// Always write.
+    #[default]
+    Always,
+    /// Only if the key does not exist (`NX`).
+    IfAbsent,
+    /// Only if the key exists (`XX`).
+    IfPresent,
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Set {
+    /// The key.
+    pub(crate) key: Bytes,
+    /// The new value.
+    pub(crate) value: Bytes,
+    /// NX / XX.
+    pub(crate) condition: SetCondition,
+    /// The new expiry; `None` clears any TTL unless `keep_ttl`.
+    pub(crate) expiry: Option<Expiry>,
+    /// `KEEPTTL`: keep the key's current TTL.
+    pub(crate) keep_ttl: bool,
+    /// `GET`: reply with the old value.
+    pub(crate) get: bool,
+}
+
+/// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GetExAction {
+    /// Leave the TTL as it is.
+    Keep,
+    /// Set a new expiry.
+    Expire(Expiry),
+    /// Remove the TTL.
+    Persist,
+}
+
+/// The argument of `MYCEL.BUCKET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BucketArg {
+    /// The bucket's name.
+    pub(crate) name: Bytes,
+    /// `CREATE`: make it first, with this default TTL in milliseconds (if `PX` was given).
+    pub(crate) create: Option<Option<u64>>,
+}
+
+/// Longest command name looked up (`mycel.bucket` is the longest known one).
+const MAX_NAME_LEN: usize = 16;
+
+/// One parsed client command.
+#[allow(
+    clippy::enum_variant_names,
+    reason = "`Command` is the name of the COMMAND command"
+)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// `PING [message]`.
+    Ping(Option<Bytes>),
+    /// `ECHO message`.
+    Echo(Bytes),
+    /// `QUIT`: reply `+OK`, then close.
+    Quit,
+    /// `GET key`.
+    Get(Bytes),
+    /// `SET ...`, and `SETNX key value` as `SET key value NX` with an integer reply.
+    Set(Set),
+    /// `SETNX key value`.
+    SetNx(Bytes, Bytes),
+    /// `GETDEL key`.
+    GetDel(Bytes),
+    /// `GETEX key ...`.
+    GetEx(Bytes, GetExAction),
+    /// `DEL key...`.
+    Del(Vec<Bytes>),
+    /// `EXISTS key...`.
+    Exists(Vec<Bytes>),
+    /// `MGET key...`.
+    MGet(Vec<Bytes>),
+    /// `MSET key value [key value ...]`.
+    MSet(Vec<(Bytes, Bytes)>),
+    /// `EXPIRE key seconds` / `PEXPIRE key ms`; a non-positive time deletes the key.
+    Expire(Bytes, i64),
+    /// `TTL key` (`millis` false) / `PTTL key` (true).
+    Ttl(Bytes, bool),
+    /// `PERSIST key`.
+    Persist(Bytes),
+    /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
+    IncrBy(Bytes, i64),
+    /// `DBSIZE`.
+    DbSize,
+    /// `FLUSHDB [ASYNC|SYNC]`.
+    FlushDb,
+    /// `SELECT index`: only database 0 exists.
+    Select(i64),
+    /// `INFO [section...]`.
+    Info(Vec<Bytes>),
+    /// `CLIENT SETNAME name`.
+    ClientSetName(Bytes),
+    /// `CLIENT GETNAME`.
+    ClientGetName,
+    /// `CLIENT ID`.
+    ClientId,
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: accepted and ignored.
+    ClientSetInfo,
+    /// `COMMAND`, `COMMAND DOCS`, `COMMAND COUNT`: minimal answers.
+    Command(Option<Bytes>),
+    /// `CONFIG GET pattern...`.
+    ConfigGet(Vec<Bytes>),
+    /// `MYCEL.BUCKET [name [CREATE [PX ms]]]`: show or switch the connection's bucket,
+    /// optionally creating it with a default TTL.
+    Bucket(Option<BucketArg>),
+    /// `HELLO [protover [AUTH user pass] [SETNAME name]]`.
+    Hello {
+        /// Requested protocol version.
+        proto: Option<i64>,
+        /// Client name to set.
+        name: Option<Bytes>,
+    },
+}
+
+/// Replies for requests that do not parse, in Redis's words.
+pub(crate) fn wrong_arity(name: &str) -> Frame {
+    Frame::err(format!("wrong number of arguments for '{name}' command"))
+}
+
+pub(crate) fn not_an_integer() -> Frame {
+    Frame::err("value is not an integer or out of range")
+}
+
+fn syntax_error() -> Frame {
+    Frame::err("syntax error")
+}
+
+impl Command {
+    /// Parses a request's arguments (`args[0]` is the command name, any case).
+    ///
+    /// An `Err` is the error reply to send; the connection stays open.
+    pub(crate) fn parse(args: &[Bytes]) -> Result<Self, Frame> {
+        let Some((name, rest)) = args.split_first() else {
+            return Err(Frame::err("empty command"));
+        };
+        // Command names are short ASCII words: lowercase them on the stack, so dispatch
+        // allocates nothing.
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let Some(slot) = lower.get_mut(..name.len()) else {
+            return Err(unknown_command(args));
+        };
+        slot.copy_from_slice(name);
+        slot.make_ascii_lowercase();
+        let Ok(name) = std::str::from_utf8(slot) else {
+            return Err(unknown_command(args));
+        };
+        let arity = |ok: bool| if ok { Ok(()) } else { Err(wrong_arity(name)) };
+        let key = || rest[0].clone();
+        Ok(match name {
+            "ping" => {
+                arity(rest.len() <= 1)?;
+                Self::Ping(rest.first().cloned())
+            }
+            "echo" => {
+                arity(rest.len() == 1)?;
+                Self::Echo(key())
+            }
+            "quit" => Self::Quit,
+            "get" => {
+                arity(rest.len() == 1)?;
+                Self::Get(key())
+            }
+            "set" => {
+                arity(rest.len() >= 2)?;
+                Self::Set(parse_set(rest)?)
+            }
+            "setnx" => {
+                arity(rest.len() == 2)?;
+                Self::SetNx(key(), rest[1].clone())
+            }
+            "getdel" => {
+                arity(rest.len() == 1)?;
+                Self::GetDel(key())
+            }
+            "getex" => {
+                arity(!rest.is_empty())?;
+                Self::GetEx(key(), parse_getex(&rest[1..])?)
+            }
+            "del" | "unlink" => {
+                arity(!rest.is_empty())?;
+                Self::Del(rest.to_vec())
+            }
+            "exists" => {
+                arity(!rest.is_empty())?;
+                Self::Exists(rest.to_vec())
+            }
+            "mget" => {
+                arity(!rest.is_empty())?;
+                Self::MGet(rest.to_vec())
+            }
+            "mset" => {
+                arity(!rest.is_empty() && rest.len() % 2 == 0)?;
+                Self::MSet(
+                    rest.chunks_exact(2)
+                        .map(|kv| (kv[0].clone(), kv[1].clone()))
+                        .collect(),
+                )
+            }
+            "expire" | "pexpire" => {
+                arity(rest.len() == 2)?;
+                let n = int(&rest[1])?;
+                let ms = if name == "expire" {
+                    n.checked_mul(1000)
+                } else {
+                    Some(n)
+                };
+                let ms = ms.ok_or_else(|| {
+                    Frame::err(format!("invalid expire time in '{name}' command"))
+                })?;
+                Self::Expire(key(), ms)
+            }
+            "ttl" | "pttl" => {
+                arity(rest.len() == 1)?;
+                Self::Ttl(key(), name == "pttl")
+            }
+            "persist" => {
+                arity(rest.len() == 1)?;
+                Self::Persist(key())
+            }
+            "incr" | "decr" => {
+                arity(rest.len() == 1)?;
+                Self::IncrBy(key(), if name == "incr" { 1 } else { -1 })
+            }
+            "incrby" => {
+                arity(rest.len() == 2)?;
+                Self::IncrBy(key(), int(&rest[1])?)
+            }
+            "decrby" => {
+                arity(rest.len() == 2)?;
+                let delta = int(&rest[1])?
+                    .checked_neg()
+                    .ok_or_else(|| Frame::err("decrement would overflow"))?;
+                Self::IncrBy(key(), delta)
+            }
+            "dbsize" => {
+                arity(rest.is_empty())?;
+                Self::DbSize
+            }
+            "flushdb" | "flushall" => {
+                arity(rest.len() <= 1)?;
+                if let Some(mode) = rest.first()
+                    && !mode.eq_ignore_ascii_case(b"async")
+                    && !mode.eq_ignore_ascii_case(b"sync")
+                {
+                    return Err(syntax_error());
+                }
+                Self::FlushDb
+            }
+            "select" => {
+                arity(rest.len() == 1)?;
+                Self::Select(int(&rest[0])?)
+            }
+            "info" => Self::Info(rest.to_vec()),
+            "client" => parse_client(rest)?,
+            "command" => Self::Command(rest.first().cloned()),
+            "config" => parse_config(rest)?,
+            "hello" => parse_hello(rest)?,
+            "mycel.bucket" => parse_bucket(rest)?,
+            _ => return Err(unknown_command(args)),
+        })
+    }
+}
+
+fn unknown_command(args: &[Bytes]) -> Frame {
+    let mut msg = format!(
+        "unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+    );
+    for a in args[1..].iter().take(8) {
+        msg.push_str(&format!(
+            "'{}' ",
+            String::from_utf8_lossy(&a[..a.len().min(128)])
+        ));
+    }
+    Frame::err(msg)
+}
+
+/// Parses a signed 64-bit integer argument the way Redis does (strict decimal).
+pub(crate) fn int(arg: &[u8]) -> Result<i64, Frame> {
+    std::str::from_utf8(arg)
+        .ok()
+        .filter(|s| {
+            let forbidden = s.is_empty()
+                || s.starts_with('+')
+                || s.starts_with("-0")
+                || (s.len() > 1 && s.starts_with('0'));
+            !forbidden
+        })
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(not_an_integer)
+}
+
+fn expiry(kind: &[u8], arg: &[u8], cmd: &str) -> Result<Expiry, Frame> {
+    let n = int(arg)?;
+    let invalid = || Frame::err(format!("invalid expire time in '{cmd}' command"));
+    let n = u64::try_from(n)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(invalid)?;
+    let ms = |n: u64| n.checked_mul(1000).ok_or_else(invalid);
+    Ok(match kind.to_ascii_lowercase().as_slice() {
+        b"ex" => Expiry::In(ms(n)?),
+        b"px" => Expiry::In(n),
+        b"exat" => Expiry::At(ms(n)?),
+        _ => Expiry::At(n),
+    })
+}
+
+fn is_expiry_kind(arg: &[u8]) -> bool {
+    [&b"ex"[..], b"px", b"exat", b"pxat"]
+        .iter()
+        .any(|k| arg.eq_ignore_ascii_case(k))
+}
+
+fn parse_set(rest: &[Bytes]) -> Result<Set, Frame> {
+    let mut set = Set {
+        key: rest[0].clone(),
+        value: rest[1].clone(),
+        condition: SetCondition::Always,
+        expiry: None,
+        keep_ttl: false,
+        get: false,
+    };
+    let mut i = 2;
+    while i < rest.len() {
+        let opt = &rest[i];
+        if opt.eq_ignore_ascii_case(b"nx") && set.condition != SetCondition::IfPresent {
+            set.condition = SetCondition::IfAbsent;
+        } else if opt.eq_ignore_ascii_case(b"xx") && set.condition != SetCondition::IfAbsent {
+            set.condition = SetCondition::IfPresent;
+        } else if opt.eq_ignore_ascii_case(b"get") {
+            set.get = true;
+        } else if opt.eq_ignore_ascii_case(b"keepttl") && set.expiry.is_none() {
+            set.keep_ttl = true;
+        } else if is_expiry_kind(opt) && set.expiry.is_none() && !set.keep_ttl {
+            let arg = rest.get(i + 1).ok_or_else(syntax_error)?;
+            set.expiry = Some(expiry(opt, arg, "set")?);
+            i += 1;
+        } else {
+            return Err(syntax_error());
+        }
+        i += 1;
+    }
+    Ok(set)
+}
+
+fn parse_getex(opts: &[Bytes]) -> Result<GetExAction, Frame> {
+    match opts {
+        [] => Ok(GetExAction::Keep),
+        [p] if p.eq_ignore_ascii_case(b"persist") => Ok(GetExAction::Persist),
+        [kind, arg] if is_expiry_kind(kind) => Ok(GetExAction::Expire(expiry(kind, arg, "getex")?)),
+        _ => Err(syntax_error()),
+    }
+}
+
+fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
+    let Some(sub) = rest.first() else {
+        return Err(wrong_arity("client"));
+    };
+    let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
+    let arity = |ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(wrong_arity(&format!("client|{sub}")))
+        }
+    };
+    Ok(match sub.as_str() {
+        "setname" => {
+            arity(rest.len() == 2)?;
+            if rest[1].iter().any(|b| !(b'!'..=b'~').contains(b)) {
+                return Err(Frame::err(
+                    "Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            Command::ClientSetName(rest[1].clone())
+        }
+        "getname" => {
+            arity(rest.len() == 1)?;
+            Command::ClientGetName
+        }
+        "id" => {
+            arity(rest.len() == 1)?;
+            Command::ClientId
+        }
+        "setinfo" => {
+            arity(rest.len() == 3)?;
+            let attr = &rest[1];
+            if !attr.eq_ignore_ascii_case(b"lib-name") && !attr.eq_ignore_ascii_case(b"lib-ver") {
+                return Err(Frame::err(format!(
+                    "Unrecognized option '{}'",
+                    String::from_utf8_lossy(attr)
+                )));
+            }
+            Command::ClientSetInfo
+        }
+        _ => {
+            return Err(Frame::err(format!(
+                "unknown subcommand '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(&rest[0])
+            )));
+        }
+    })
+}
+
+fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
+    match rest.split_first() {
+        Some((sub, patterns)) if sub.eq_ignore_ascii_case(b"get") => {
+            if patterns.is_empty() {
+                return Err(wrong_arity("config|get"));
+            }
+            Ok(Command::ConfigGet(patterns.to_vec()))
+        }
+        Some((sub, _)) => Err(Frame::err(format!(
+            "unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(sub)
+        ))),
+        None => Err(wrong_arity("config")),
+    }
+}
+
+fn parse_bucket(rest: &[Bytes]) -> Result<Command, Frame> {
+    match rest {
+        [] => Ok(Command::Bucket(None)),
+        [name] => Ok(Command::Bucket(Some(BucketArg {
+            name: name.clone(),
+            create: None,
+        }))),
+        [name, create] if create.eq_ignore_ascii_case(b"create") => {
+            Ok(Command::Bucket(Some(BucketArg {
+                name: name.clone(),
+                create: Some(None),
+            })))
+        }
+        [name, create, px, ms]
+            if create.eq_ignore_ascii_case(b"create") && px.eq_ignore_ascii_case(b"px") =>
+        {
+            let ms = u64::try_from(int(ms)?)
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| Frame::err("invalid expire time in 'mycel.bucket' command"))?;
+            Ok(Command::Bucket(Some(BucketArg {
+                name: name.clone(),
+                create: Some(Some(ms)),
+            })))
+        }
+        _ => Err(syntax_error()),
+    }
+}
+
+fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
+    let Some((ver, mut opts)) = rest.split_first() else {
+        return Ok(Command::Hello {
+            proto: None,
+            name: None,
+        });
+    };
+    let proto =
+        int(ver).map_err(|_| Frame::err("Protocol version is not an integer or out of range"))?;
+    let mut name = None;
+    while let Some((opt, tail)) = opts.split_first() {
+        if opt.eq_ignore_ascii_case(b"auth") && tail.len() >= 2 {
+            opts = &tail[2..];
+        } else if opt.eq_ignore_ascii_case(b"setname") && !tail.is_empty() {
+            name = Some(tail[0].clone());
+            opts = &tail[1..];
+        } else {
+            return Err(Frame::err(format!(
+                "Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(opt)
+            )));
+        }
+    }
+    Ok(Command::Hello {
+        proto: Some(proto),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<Command, Frame> {
+        let args: Vec<Bytes> = line
+            .split(' ')
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect();
+        Command::parse(&args)
+    }
+
+    fn err(msg: &str) -> Result<Command, Frame> {
+        Err(Frame::Error(msg.to_string()))
+    }
+
+    #[test]
+    fn arity_errors_use_redis_wording() {
+        assert_eq!(
+            parse("GET"),
+            err("ERR wrong number of arguments for 'get' command")
+        );
+        assert_eq!(
+            parse("get a b"),
+            err("ERR wrong number of arguments for 'get' command")
+        );
+        assert_eq!(
+            parse("MSET a"),
+            err("ERR wrong number of arguments for 'mset' command")
+        );
+        assert_eq!(
+            parse("CLIENT"),
+            err("ERR wrong number of arguments for 'client' command")
+        );
+        assert_eq!(
+            parse("CLIENT GETNAME x"),
+            err("ERR wrong number of arguments for 'client|getname' command")
+        );
+    }
+
+    #[test]
+    fn unknown_command_lists_args() {
+        assert_eq!(
+            parse("FOO a b"),
+            err("ERR unknown command 'FOO', with args beginning with: 'a' 'b' ")
+        );
+    }
+
+    #[test]
+    fn set_options() {
+        let Command::Set(s) = parse("set k v NX px 100 GET").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.condition, SetCondition::IfAbsent);
+        assert_eq!(s.expiry, Some(Expiry::In(100)));
+        assert!(s.get);
+        let Command::Set(s) = parse("SET k v EXAT 10 XX").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.condition, s.expiry),
+            (SetCondition::IfPresent, Some(Expiry::At(10_000)))
+        );
+        let Command::Set(s) = parse("SET k v KEEPTTL").unwrap() else {
+            panic!()
+        };
+        assert!(s.keep_ttl);
+        assert_eq!(parse("SET k v NX XX"), err("ERR syntax error"));
+        assert_eq!(parse("SET k v EX 1 PX 2"), err("ERR syntax error"));
+        assert_eq!(parse("SET k v EX 1 KEEPTTL"), err("ERR syntax error"));
+        assert_eq!(parse("SET k v EX"), err("ERR syntax error"));
+        assert_eq!(
+            parse("SET k v EX x"),
+            err("ERR value is not an integer or out of range")
+        );
+        assert_eq!(
+            parse("SET k v EX 0"),
+            err("ERR invalid expire time in 'set' command")
+        );
+        assert_eq!(
+            parse("SET k v EX -5"),
+            err("ERR invalid expire time in 'set' command")
+        );
+        assert_eq!(
+            parse("SET k v EX 9223372036854775807"),
+            err("ERR invalid expire time in 'set' command")
+        );
+    }
+
+    #[test]
+    fn integers_are_strict() {
+        assert_eq!(parse("INCRBY k 5"), Ok(Command::IncrBy("k".into(), 5)));
+        assert_eq!(parse("DECRBY k 5"), Ok(Command::IncrBy("k".into(), -5)));
+        assert_eq!(parse("DECR k"), Ok(Command::IncrBy("k".into(), -1)));
+        for bad in ["+5", "05", " 5", "5.0", "", "99999999999999999999", "-0"] {
+            assert_eq!(
+                Command::parse(&[
+                    "INCRBY".into(),
+                    "k".into(),
+                    Bytes::copy_from_slice(bad.as_bytes())
+                ]),
+                err("ERR value is not an integer or out of range"),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            parse("DECRBY k -9223372036854775808"),
+            err("ERR decrement would overflow")
+        );
+    }
+
+    #[test]
+    fn expire_family() {
+        assert_eq!(parse("EXPIRE k 2"), Ok(Command::Expire("k".into(), 2000)));
+        assert_eq!(parse("PEXPIRE k -1"), Ok(Command::Expire("k".into(), -1)));
+        assert_eq!(parse("PTTL k"), Ok(Command::Ttl("k".into(), true)));
+        assert_eq!(
+            parse("GETEX k PERSIST"),
+            Ok(Command::GetEx("k".into(), GetExAction::Persist))
+        );
+        assert_eq!(
+            parse("GETEX k PX 5"),
+            Ok(Command::GetEx(
+                "k".into(),
+                GetExAction::Expire(Expiry::In(5))
+            ))
+        );
+        assert_eq!(parse("GETEX k PERSIST EX 1"), err("ERR syntax error"));
+    }
+
+    #[test]
+    fn client_and_hello() {
+        assert_eq!(
+            parse("CLIENT SETINFO LIB-NAME redis-py"),
+            Ok(Command::ClientSetInfo)
+        );
+        assert_eq!(
+            parse("client setname app"),
+            Ok(Command::ClientSetName("app".into()))
+        );
+        assert_eq!(
+            parse("CLIENT NOPE"),
+            err("ERR unknown subcommand 'NOPE'. Try CLIENT HELP.")
+        );
+        assert_eq!(
+            parse("HELLO"),
+            Ok(Command::Hello {
+                proto: None,
+                name: None
+            })
+        );
+        assert_eq!(
+            parse("HELLO 3 AUTH u p SETNAME n"),
+            Ok(Command::Hello {
+                proto: Some(3),
+                name: Some("n".into())
+            })
+        );
+        assert_eq!(
+            parse("CONFIG GET save"),
+            Ok(Command::ConfigGet(vec!["save".into()]))
+        );
+        assert_eq!(parse("SELECT 0"), Ok(Command::Select(0)));
+    }
+}

@@ -1,0 +1,451 @@
+//! Incremental parsing of client requests: RESP arrays of bulk strings, as every client
+//! library and `redis-cli` send them, and inline commands (`PING\r\n`) as typed by hand.
+//!
+//! [`parse_request`] looks at what has arrived, returns `Ok(None)` while a request is
+//! incomplete (that is not an error) without consuming anything, and consumes exactly one
+//! request when it is complete. Arguments share the input buffer's allocation. Nothing is
+//! allocated ahead of data that has actually arrived, whatever lengths a client claims, and
+//! every length is checked against [`RequestLimits`] as soon as it is read.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Bounds on one request, checked before anything is buffered for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RequestLimits {
+    /// Largest bulk argument, in bytes. Default 512 MiB, Redis's `proto-max-bulk-len`.
+    pub(crate) max_bulk_len: usize,
+    /// Most arguments in one request. Default 1,048,576, Redis's multibulk limit.
+    pub(crate) max_args: usize,
+    /// Longest inline command line and longest header line, in bytes. Default 64 KiB,
+    /// Redis's `PROTO_INLINE_MAX_SIZE`.
+    pub(crate) max_inline_len: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_bulk_len: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline_len: 64 * 1024,
+        }
+    }
+}
+
+/// A request that breaks the protocol. Redis replies `-ERR Protocol error: ...` and closes
+/// the connection; so does Mycel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProtocolError {
+    /// Inline command or header line without a line end within the limit.
+    #[error("Protocol error: too big inline request")]
+    TooBigInline,
+    /// The `*N` count is not a number or is beyond the limit.
+    #[error("Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// A `$N` length is not a number or is beyond the limit.
+    #[error("Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    /// An array element is not a bulk string.
+    #[error("Protocol error: expected '$', got '{}'", char::from(*found))]
+    ExpectedBulk {
+        /// The byte found instead of `$`.
+        found: u8,
+    },
+    /// A bulk string is not followed by CRLF.
+    #[error("Protocol error: bulk string is not terminated by CRLF")]
+    MissingCrlf,
+    /// An inline command with an unterminated quote.
+    #[error("Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+}
+
+/// Parses one request from the start of `buf`.
+///
+/// `Ok(Some(args))` consumed the request; `args` may be empty (an empty line or `*0`),
+/// which callers skip. `Ok(None)` consumed nothing. After an error the connection must be
+/// closed; `buf` is unchanged.
+#[cfg(test)]
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    limits: &RequestLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let mut parser = RequestParser::new(*limits);
+    let mut args = Vec::new();
+    Ok(parser.parse(buf, &mut args)?.then_some(args))
+}
+
+/// A connection's request parser: the limits plus scratch space reused across requests,
+/// so that parsing a request allocates nothing beyond what the request holds.
+#[derive(Debug)]
+pub(crate) struct RequestParser {
+    limits: RequestLimits,
+    spans: Vec<(usize, usize)>,
+}
+
+impl RequestParser {
+    /// A parser enforcing `limits`.
+    pub(crate) fn new(limits: RequestLimits) -> Self {
+        Self {
+            limits,
+            spans: Vec::new(),
+        }
+    }
+
+    /// Parses one request from the start of `buf` into `args` (cleared first).
+    ///
+    /// `Ok(true)` consumed the request; `args` may be empty (an empty line or `*0`), which
+    /// callers skip. `Ok(false)` consumed nothing. After an error the connection must be
+    /// closed; `buf` is unchanged.
+    pub(crate) fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        args: &mut Vec<Bytes>,
+    ) -> Result<bool, ProtocolError> {
+        args.clear();
+        match buf.first() {
+            None => Ok(false),
+            Some(b'*') => parse_multibulk(buf, &self.limits, &mut self.spans, args),
+            Some(_) => match parse_inline(buf, &self.limits)? {
+                Some(a) => {
+                    *args = a;
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+        }
+    }
+}
+
+fn parse_multibulk(
+    buf: &mut BytesMut,
+    limits: &RequestLimits,
+    spans: &mut Vec<(usize, usize)>,
+    args: &mut Vec<Bytes>,
+) -> Result<bool, ProtocolError> {
+    spans.clear();
+    let Some((count, mut pos)) = header(buf, 0, limits, ProtocolError::InvalidMultibulkLength)?
+    else {
+        return Ok(false);
+    };
+    // Zero or negative counts are an empty request, as in Redis.
+    let count = usize::try_from(count).unwrap_or(0);
+    if count > limits.max_args {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    for _ in 0..count {
+        match buf.get(pos) {
+            None => return Ok(false),
+            Some(b'$') => {}
+            Some(&found) => return Err(ProtocolError::ExpectedBulk { found }),
+        }
+        let Some((len, start)) = header(buf, pos, limits, ProtocolError::InvalidBulkLength)? else {
+            return Ok(false);
+        };
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= limits.max_bulk_len)
+            .ok_or(ProtocolError::InvalidBulkLength)?;
+        let end = start + len;
+        match buf.get(end..end + 2) {
+            None => return Ok(false),
+            Some(b"\r\n") => {}
+            Some(_) => return Err(ProtocolError::MissingCrlf),
+        }
+        spans.push((start, end));
+        pos = end + 2;
+    }
+    let frame = buf.split_to(pos).freeze();
+    args.extend(spans.iter().map(|&(s, e)| frame.slice(s..e)));
+    Ok(true)
+}
+
+/// Reads a `<kind><integer>\r\n` header line at `at`, returning the integer and the
+/// position after the line.
+fn header(
+    buf: &[u8],
+    at: usize,
+    limits: &RequestLimits,
+    invalid: ProtocolError,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let rest = &buf[at..];
+    let Some(nl) = memchr(b'\n', rest) else {
+        return if rest.len() > limits.max_inline_len {
+            Err(ProtocolError::TooBigInline)
+        } else {
+            Ok(None)
+        };
+    };
+    if nl < 2 || rest[nl - 1] != b'\r' {
+        return Err(invalid);
+    }
+    let n = parse_i64(&rest[1..nl - 1]).ok_or(invalid)?;
+    Ok(Some((n, at + nl + 1)))
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+/// Strict decimal parse like Redis's `string2ll`: optional `-`, digits, no spaces, no `+`.
+fn parse_i64(s: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(s).ok()?;
+    if text.is_empty() || text.starts_with('+') || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+fn parse_inline(
+    buf: &mut BytesMut,
+    limits: &RequestLimits,
+) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    let Some(nl) = memchr(b'\n', buf) else {
+        return if buf.len() > limits.max_inline_len {
+            Err(ProtocolError::TooBigInline)
+        } else {
+            Ok(None)
+        };
+    };
+    if nl > limits.max_inline_len {
+        return Err(ProtocolError::TooBigInline);
+    }
+    let line = buf[..nl].strip_suffix(b"\r").unwrap_or(&buf[..nl]);
+    let args = split_args(line)?;
+    if args.len() > limits.max_args {
+        return Err(ProtocolError::InvalidMultibulkLength);
+    }
+    buf.advance(nl + 1);
+    Ok(Some(args))
+}
+
+/// Splits an inline command line like Redis's `sdssplitargs`: whitespace separates
+/// arguments; `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes; `'...'` supports `\'`.
+/// A closing quote must be followed by whitespace or the end of the line.
+fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
+    let mut args = Vec::new();
+    let mut i = 0;
+    loop {
+        while line.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(args);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            let c = line.get(i).copied();
+            if in_dq {
+                match c {
+                    None => return Err(ProtocolError::UnbalancedQuotes),
+                    Some(b'\\') if line.get(i + 1) == Some(&b'x') => {
+                        let hex = line.get(i + 2..i + 4).and_then(|h| {
+                            std::str::from_utf8(h)
+                                .ok()
+                                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                        });
+                        if let Some(byte) = hex {
+                            cur.push(byte);
+                            i += 3;
+                        } else {
+                            cur.push(b'\\');
+                        }
+                    }
+                    Some(b'\\') if i + 1 < line.len() => {
+                        i += 1;
+                        cur.push(match line[i] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    Some(b'"') => {
+                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        }
+                        in_dq = false;
+                        i += 1;
+                        break;
+                    }
+                    Some(b) => cur.push(b),
+                }
+            } else if in_sq {
+                match c {
+                    None => return Err(ProtocolError::UnbalancedQuotes),
+                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                        i += 1;
+                        cur.push(b'\'');
+                    }
+                    Some(b'\'') => {
+                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                            return Err(ProtocolError::UnbalancedQuotes);
+                        }
+                        in_sq = false;
+                        i += 1;
+                        break;
+                    }
+                    Some(b) => cur.push(b),
+                }
+            } else {
+                match c {
+                    None => break,
+                    Some(b) if b.is_ascii_whitespace() => break,
+                    Some(b'"') => in_dq = true,
+                    Some(b'\'') => in_sq = true,
+                    Some(b) => cur.push(b),
+                }
+            }
+            i += 1;
+        }
+        debug_assert!(!in_dq && !in_sq);
+        args.push(Bytes::from(cur));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse(input: &[u8]) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+        parse_request(&mut BytesMut::from(input), &RequestLimits::default())
+    }
+
+    fn args(v: &[&str]) -> Vec<Bytes> {
+        v.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn multibulk_and_pipelining() {
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n"[..]);
+        let l = RequestLimits::default();
+        assert_eq!(
+            parse_request(&mut buf, &l).unwrap(),
+            Some(args(&["GET", "k"]))
+        );
+        assert_eq!(parse_request(&mut buf, &l).unwrap(), Some(args(&["PING"])));
+        assert_eq!(parse_request(&mut buf, &l).unwrap(), None);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn incomplete_consumes_nothing() {
+        let full = b"*2\r\n$3\r\nSET\r\n$5\r\nv\r\nlu\r\n";
+        for cut in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..cut]);
+            assert_eq!(
+                parse_request(&mut buf, &RequestLimits::default()),
+                Ok(None),
+                "cut {cut}"
+            );
+            assert_eq!(buf.len(), cut);
+        }
+        assert_eq!(parse(full).unwrap(), Some(args(&["SET", "v\r\nlu"])));
+    }
+
+    #[test]
+    fn inline_commands() {
+        assert_eq!(parse(b"PING\r\n").unwrap(), Some(args(&["PING"])));
+        assert_eq!(
+            parse(b"set  k   v\n").unwrap(),
+            Some(args(&["set", "k", "v"]))
+        );
+        assert_eq!(parse(b"\r\n").unwrap(), Some(vec![]));
+        assert_eq!(
+            parse(b"SET k \"a b\\x41\\n\" 'it\\'s'\r\n").unwrap(),
+            Some(args(&["SET", "k", "a bA\n", "it's"]))
+        );
+        assert_eq!(parse(b"SET \"k\r\n"), Err(ProtocolError::UnbalancedQuotes));
+        assert_eq!(
+            parse(b"SET \"k\"x\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+        assert_eq!(parse(b"PING"), Ok(None));
+    }
+
+    #[test]
+    fn empty_multibulk_is_an_empty_request() {
+        assert_eq!(parse(b"*0\r\n").unwrap(), Some(vec![]));
+        assert_eq!(parse(b"*-1\r\n").unwrap(), Some(vec![]));
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_buffering() {
+        let l = RequestLimits {
+            max_bulk_len: 10,
+            max_args: 3,
+            max_inline_len: 16,
+        };
+        let p = |i: &[u8]| parse_request(&mut BytesMut::from(i), &l);
+        assert_eq!(p(b"*4\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(p(b"*1\r\n$11\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(p(b"*1\r\n$-1\r\n"), Err(ProtocolError::InvalidBulkLength));
+        assert_eq!(p(b"*x\r\n"), Err(ProtocolError::InvalidMultibulkLength));
+        assert_eq!(
+            p(b"*1\r\n:1\r\n"),
+            Err(ProtocolError::ExpectedBulk { found: b':' })
+        );
+        assert_eq!(p(b"*1\r\n$1\r\nab\r\n"), Err(ProtocolError::MissingCrlf));
+        assert_eq!(
+            p(b"*99999999999999999999\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
+        assert_eq!(p(&[b'a'; 17]), Err(ProtocolError::TooBigInline));
+        assert_eq!(p(&[b'*'; 17]), Err(ProtocolError::TooBigInline));
+        assert_eq!(p(b"*1\n"), Err(ProtocolError::InvalidMultibulkLength));
+        // Redis's default bulk limit is accepted as a claim without reserving it.
+        let mut buf = BytesMut::from(&b"*1\r\n$536870912\r\nabc"[..]);
+        assert_eq!(parse_request(&mut buf, &RequestLimits::default()), Ok(None));
+        assert!(buf.capacity() < 1024);
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips_any_args_through_any_split(
+            reqs in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6), 1..8),
+            chunk in 1usize..50,
+        ) {
+            let mut wire = Vec::new();
+            for r in &reqs {
+                wire.extend_from_slice(format!("*{}\r\n", r.len()).as_bytes());
+                for a in r {
+                    wire.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                    wire.extend_from_slice(a);
+                    wire.extend_from_slice(b"\r\n");
+                }
+            }
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            for piece in wire.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(r) = parse_request(&mut buf, &RequestLimits::default()).unwrap() {
+                    out.push(r.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
+                }
+            }
+            prop_assert_eq!(out, reqs);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn garbage_never_panics_and_errors_consume_nothing(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut buf = BytesMut::from(&data[..]);
+            let l = RequestLimits { max_bulk_len: 100, max_args: 10, max_inline_len: 100 };
+            loop {
+                let before = buf.len();
+                match parse_request(&mut buf, &l) {
+                    Ok(Some(a)) => {
+                        prop_assert!(buf.len() < before);
+                        prop_assert!(a.len() <= 10);
+                    }
+                    Ok(None) | Err(_) => { prop_assert_eq!(buf.len(), before); break; }
+                }
+            }
+        }
+    }
+}
