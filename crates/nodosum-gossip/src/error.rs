@@ -22,6 +22,9 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
+    /// [`Gossip::start`](crate::Gossip::start) was called outside a Tokio runtime.
+    #[error("gossip must be started from within a Tokio runtime")]
+    NoRuntime,
     /// The operating system's random source failed.
     #[error("cannot seed the random generator: {0}")]
     Random(String),

@@ -37,7 +37,7 @@ impl Gossip {
     /// Must be called from within a Tokio runtime.
     pub fn start(config: Config, keyring: Keyring, registry: &mut Registry) -> Result<Self, Error> {
         config.validate()?;
-        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::Stopped)?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let std_socket = bind(&config)?;
         let local_addr = std_socket.local_addr().map_err(|source| Error::Bind {
             addr: config.bind_addr,

@@ -28,6 +28,20 @@
 //! this node's probe interval and probe timeout by `health + 1` while its own probes fail
 //! or it has to refute suspicions about itself.
 //!
+//! Joining: a joiner does not know its seeds' node IDs, so it first asks each seed address
+//! for its identity (sealed like everything else), announces itself to the first that
+//! answers, and pulls that seed's full member list. Every `sync_interval` a random member's
+//! list is pulled again (memberlist's push-pull), which repairs missed updates and
+//! merges healed partitions; foca's periodic announces to down members do the rest.
+//!
+//! Dropped datagrams are counted in `nodosum_gossip_dropped_total{reason}`: `too_large`,
+//! `too_short`, `unsupported_version`, `unknown_key` (sealed with a key not installed),
+//! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused`.
+//!
+//! Scale: foca keeps members in a vector and looks them up linearly, so each update costs
+//! O(n). Clusters of a few thousand members are fine; the simulation converges 1,000 in
+//! about 20 s of CPU time, and 10,000 is out of reach in a test.
+//!
 //! What this crate is not: it knows nothing about QUIC or the application data path,
 //! discovers no seeds by itself, and persists nothing.
 

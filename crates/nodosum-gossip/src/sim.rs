@@ -563,6 +563,44 @@ mod tests {
     }
 
     #[test]
+    fn join_retries_until_a_seed_answers() {
+        let mut sim = Sim::new(21, 3, lan);
+        sim.join(1, &[0]);
+        sim.run_for(Duration::from_secs(2));
+        // Node 2's seed is unreachable for a while: it keeps asking with backoff.
+        sim.partition(|i| u32::from(i == 2));
+        sim.join(2, &[0]);
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(sim.core(2).unwrap().num_members(), 1);
+        sim.heal();
+        assert!(sim.run_until(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            Sim::converged
+        ));
+    }
+
+    #[test]
+    fn an_isolated_node_loses_health_and_recovers() {
+        let mut sim = converged_cluster(23, 6, lan);
+        assert!((0..6).all(|i| sim.core(i).unwrap().health_score() == 0));
+        // Node 5 can reach nobody: its own probes fail, so it slows down instead of
+        // racing to accuse everyone.
+        sim.partition(|i| u32::from(i == 5));
+        sim.run_for(Duration::from_secs(4));
+        let sick = sim.core(5).unwrap().health_score();
+        assert!(sick > 0, "health score stayed {sick}");
+        assert!(sick <= Config::lan(node_id(5)).max_health_score);
+        assert!((0..5).all(|i| sim.core(i).unwrap().health_score() <= 1));
+        sim.heal();
+        assert!(
+            sim.run_until(Duration::from_secs(120), Duration::from_millis(500), |s| {
+                s.converged() && s.core(5).unwrap().health_score() == 0
+            })
+        );
+    }
+
+    #[test]
     fn a_graceful_leave_is_seen_as_left() {
         let mut sim = converged_cluster(9, 10, lan);
         sim.leave(5);
