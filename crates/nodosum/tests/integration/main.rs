@@ -2,6 +2,7 @@
 //! Tests assert delivery and state; timeouts only guard against hangs.
 
 mod cluster;
+mod load;
 mod messaging;
 mod requests;
 mod util;
