@@ -516,7 +516,7 @@ async fn follow_membership(
                         shared.member_up(m);
                     }
                     MembershipEvent::Suspect(m) => {
-                        tracing::debug!(member = %m.id, "member suspect")
+                        tracing::debug!(member = %m.id, "member suspect");
                     }
                     MembershipEvent::Failed(m) | MembershipEvent::Left(m) => {
                         tracing::info!(member = %m.id, ?event, "member down");
