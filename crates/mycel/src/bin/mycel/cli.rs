@@ -207,6 +207,9 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     /// `-v` count.
     pub(crate) verbosity: u8,
+    /// Whether the node ID was derived from the hostname and RESP port (`--dev` without
+    /// `--node-id`); with RESP port 0 it is derived again from the bound port.
+    pub(crate) auto_node_id: bool,
     /// Cluster-only settings the user gave, which this single-node build does not act on.
     pub(crate) cluster_only: Vec<&'static str>,
 }
@@ -306,6 +309,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             .ok()
     });
 
+    let auto_node_id = dev && cli.node_id.is_none() && file.node_id.is_none();
     let node_id_text = cli
         .node_id
         .or(file.node_id)
@@ -544,6 +548,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             buckets,
             log_format,
             verbosity: cli.verbose,
+            auto_node_id,
             cluster_only,
         }),
         _ => Err(p.0),
@@ -619,7 +624,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// The development node ID: the hostname (made a valid ID) and the RESP port.
-fn dev_node_id(port: u16) -> String {
+pub(crate) fn dev_node_id(port: u16) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

@@ -111,13 +111,14 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     })
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(mut settings: Settings) -> Result<(), String> {
     if !settings.cluster_only.is_empty() {
         tracing::warn!(
             settings = %settings.cluster_only.join(", "),
             "this build serves as a single node: cluster settings were validated but are not used yet"
         );
     }
+    let mut signals = Signals::install()?;
     let mycel = Mycel::standalone(settings.mycel.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -133,6 +134,12 @@ async fn run(settings: Settings) -> Result<(), String> {
     let resp_addr = resp_listener.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
+    if settings.auto_node_id && settings.resp.port() == 0 {
+        match mycel::NodeId::new(cli::dev_node_id(resp_addr.port())) {
+            Ok(id) => settings.nodosum.node_id = id,
+            Err(e) => tracing::warn!(error = %e, "keeping the node ID derived before binding"),
+        }
+    }
     let store = &settings.mycel.store;
     let limits = RequestLimits {
         // A value longer than the store accepts is refused by the parser already, before
@@ -187,13 +194,13 @@ async fn run(settings: Settings) -> Result<(), String> {
     );
     let _ = std::io::stdout().flush();
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!(
         "shutting down: no new connections, finishing in-flight replies (a second signal exits at once)"
     );
     shared.serving.store(false, Ordering::Release);
-    tokio::spawn(async {
-        wait_for_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("mycel: second signal, exiting now");
         std::process::exit(130);
     });
@@ -262,24 +269,41 @@ async fn accept_loop(
     }
 }
 
-#[cfg(unix)]
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+/// SIGINT and SIGTERM, listened to from before the server announces it is ready, so that
+/// no signal sent after the ready line meets the default (killing) disposition.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-async fn wait_for_signal() {
-    let _ = tokio::signal::ctrl_c().await;
+impl Signals {
+    #[cfg(unix)]
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate())
+            .map_err(|e| format!("cannot listen for SIGTERM: {e}"))?;
+        let int = signal(SignalKind::interrupt())
+            .map_err(|e| format!("cannot listen for SIGINT: {e}"))?;
+        Ok(Self { term, int })
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Result<Self, String> {
+        Ok(Self {})
+    }
+
+    #[cfg(unix)]
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM received"),
+            _ = self.int.recv() => tracing::info!("SIGINT received"),
+        }
+    }
+
+    #[cfg(not(unix))]
+    async fn recv(&mut self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -1,0 +1,141 @@
+//! The binary's command line, configuration errors, bind errors and signals.
+
+use std::net::TcpListener;
+
+use crate::util::{GUARD, Server, mycel};
+
+#[test]
+fn help_explains_the_flags() {
+    let out = mycel().arg("--help").output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--dev",
+        "--config",
+        "--node-id",
+        "--cluster",
+        "--gossip",
+        "--quic",
+        "--resp",
+        "--admin",
+        "--seed",
+        "--replicas",
+        "--max-memory",
+        "--ca",
+        "--cert",
+        "--key",
+        "--gossip-key",
+        "--discovery",
+        "--log-format",
+        "--verbose",
+        "Examples:",
+        "redis-cli",
+        "MYCEL.BUCKET",
+    ] {
+        assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+    }
+}
+
+#[test]
+fn bad_configuration_lists_every_problem_before_binding() {
+    // The admin port is taken: if the server got as far as binding, it would say so.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let admin = taken.local_addr().expect("addr").to_string();
+    let out = mycel()
+        .args([
+            "--node-id",
+            "node-1",
+            "--resp",
+            "not-an-address",
+            "--admin",
+            &admin,
+        ])
+        .args([
+            "--max-memory",
+            "12zb",
+            "--replicas",
+            "0",
+            "--log-format",
+            "xml",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "--resp (resp)",
+        "--max-memory (max_memory)",
+        "--replicas (replication_factor)",
+        "--log-format (log_format)",
+        "--ca (tls.ca)",
+        "--gossip-key (gossip.keys)",
+    ] {
+        assert!(err.contains(want), "{want} missing from:\n{err}");
+    }
+    assert!(
+        !err.contains("address in use"),
+        "bound before validating:\n{err}"
+    );
+}
+
+#[test]
+fn a_port_in_use_names_the_flag() {
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = mycel()
+        .args(["--dev", "--resp", &addr, "--admin", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--resp {addr}: address in use")),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    crate::util::roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+    let status = s.terminate();
+    assert!(status.success(), "{status:?}");
+    // The open connection was closed by the server.
+    crate::util::expect_closed(&mut c);
+    let _ = GUARD;
+}
+
+#[test]
+fn cluster_settings_warn_that_this_build_is_single_node() {
+    let child = mycel()
+        .args([
+            "--dev",
+            "--resp",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--seed",
+            "127.0.0.1:7946",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let pid = child.id();
+    // Give it until the ready line, then stop it and read what it logged.
+    std::thread::sleep(std::time::Duration::from_millis(10));
+    let mut child = child;
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let ready = lines.next().expect("ready line").expect("utf-8");
+    assert!(ready.starts_with("mycel ready "), "{ready}");
+    crate::util::signal(pid, "TERM");
+    let out = crate::util::wait_output(child);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("single node") && err.contains("--seed"),
+        "{err}"
+    );
+}

@@ -1,0 +1,195 @@
+//! Exact bytes over a raw TCP connection.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::util::{Server, eventually, expect_bytes, expect_closed, roundtrip};
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let mut batch = Vec::new();
+    batch.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$2\r\n10\r\n");
+    batch.extend_from_slice(b"*2\r\n$4\r\nINCR\r\n$1\r\na\r\n");
+    batch.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n");
+    batch.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$4\r\nnone\r\n");
+    batch.extend_from_slice(b"PING\r\n");
+    batch.extend_from_slice(b"*1\r\n$3\r\nGET\r\n");
+    batch.extend_from_slice(b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$1\r\nz\r\n");
+    roundtrip(
+        &mut c,
+        &batch,
+        b"+OK\r\n:11\r\n$2\r\n11\r\n$-1\r\n+PONG\r\n-ERR wrong number of arguments for 'get' command\r\n*2\r\n$2\r\n11\r\n$-1\r\n",
+    );
+}
+
+#[test]
+fn requests_split_across_writes_are_reassembled() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    c.set_nodelay(true).expect("nodelay");
+    let request = b"*3\r\n$3\r\nSET\r\n$5\r\nsplit\r\n$12\r\nhello\r\nworld\r\n*2\r\n$3\r\nGET\r\n$5\r\nsplit\r\n";
+    for b in request {
+        c.write_all(&[*b]).expect("write one byte");
+        c.flush().expect("flush");
+    }
+    expect_bytes(&mut c, b"+OK\r\n$12\r\nhello\r\nworld\r\n");
+}
+
+#[test]
+fn inline_commands_work_like_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+    roundtrip(&mut c, b"SET \"a key\" 'it\\'s'\r\n", b"+OK\r\n");
+    roundtrip(&mut c, b"GET \"a key\"\n", b"$4\r\nit's\r\n");
+    // Empty lines are skipped.
+    roundtrip(&mut c, b"\r\n\r\nPING\r\n", b"+PONG\r\n");
+}
+
+#[test]
+fn protocol_errors_reply_then_close() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"PING\r\n*1\r\n$x\r\n",
+        b"+PONG\r\n-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(&mut c);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"*1\r\n:5\r\n",
+        b"-ERR Protocol error: expected '$', got ':'\r\n",
+    );
+    expect_closed(&mut c);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"SET \"k v\r\n",
+        b"-ERR Protocol error: unbalanced quotes in request\r\n",
+    );
+    expect_closed(&mut c);
+    // The server keeps serving others.
+    let mut c = s.connect();
+    roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+}
+
+#[test]
+fn oversized_lengths_are_refused_before_any_payload() {
+    // With a 64 MiB budget the largest value is 16 MiB; a client claiming 512 MiB is
+    // refused as soon as the header arrives, without the server waiting for (or
+    // reserving) the payload.
+    let s = Server::start(&["--max-memory", "64mb"]);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"*2\r\n$3\r\nGET\r\n$536870912\r\n",
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(&mut c);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"*99999999999\r\n",
+        b"-ERR Protocol error: invalid multibulk length\r\n",
+    );
+    expect_closed(&mut c);
+    let mut c = s.connect();
+    let long_inline = vec![b'a'; 70 * 1024];
+    roundtrip(
+        &mut c,
+        &long_inline,
+        b"-ERR Protocol error: too big inline request\r\n",
+    );
+    expect_closed(&mut c);
+    let (_, metrics) = s.http("GET", "/metrics");
+    assert!(
+        metrics.contains("mycel_protocol_errors_total 3"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn hello_never_closes_and_switches_to_resp3() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"HELLO 4\r\n",
+        b"-NOPROTO unsupported protocol version\r\n",
+    );
+    roundtrip(
+        &mut c,
+        b"HELLO x\r\n",
+        b"-ERR Protocol version is not an integer or out of range\r\n",
+    );
+    roundtrip(&mut c, b"GET none\r\n", b"$-1\r\n");
+    c.write_all(b"HELLO 3\r\n").expect("write");
+    let mut head = [0u8; 4];
+    c.read_exact(&mut head).expect("map header");
+    assert_eq!(&head, b"%7\r\n");
+    // Drain the map's 7 pairs, then RESP3 nulls are `_`.
+    let mut rest = Vec::new();
+    let mut byte = [0u8; 1];
+    while !rest.ends_with(b"*0\r\n") {
+        c.read_exact(&mut byte).expect("map body");
+        rest.push(byte[0]);
+    }
+    roundtrip(&mut c, b"GET none\r\n", b"_\r\n");
+    roundtrip(&mut c, b"HELLO 2\r\n*1\r\n$4\r\nPING\r\n", b"*14\r\n");
+}
+
+#[test]
+fn quit_replies_ok_then_closes() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(&mut c, b"QUIT\r\nPING\r\n", b"+OK\r\n");
+    expect_closed(&mut c);
+}
+
+#[test]
+fn keys_expire_on_read_and_in_the_background() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(&mut c, b"SET short v PX 40\r\n", b"+OK\r\n");
+    c.write_all(b"PTTL short\r\n").expect("write");
+    let mut reply = [0u8; 5];
+    c.read_exact(&mut reply[..1]).expect("read");
+    assert_eq!(reply[0], b':');
+    eventually("GET of an expired key returning nil", || {
+        let mut c = s.connect();
+        c.write_all(b"GET short\r\n").expect("write");
+        let mut r = [0u8; 5];
+        c.read_exact(&mut r).expect("read");
+        &r == b"$-1\r\n" || {
+            // A hit is "$1\r\nv\r\n": read the rest and try again.
+            let mut tail = [0u8; 2];
+            c.read_exact(&mut tail).expect("read");
+            false
+        }
+    });
+    // Keys nobody reads again are removed by the reaper; DBSIZE counts them until then.
+    let mut batch = Vec::new();
+    for i in 0..50 {
+        batch.extend_from_slice(format!("SET bg{i} v PX 30\r\n").as_bytes());
+    }
+    c = s.connect();
+    roundtrip(&mut c, &batch, &b"+OK\r\n".repeat(50));
+    eventually("the reaper removing 50 expired keys", || {
+        let mut c = s.connect();
+        c.write_all(b"DBSIZE\r\n").expect("write");
+        let mut r = [0u8; 4];
+        c.read_exact(&mut r).expect("read");
+        let done = &r == b":0\r\n";
+        if !done {
+            let mut drain = [0u8; 8];
+            c.set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let _ = c.read(&mut drain);
+        }
+        done
+    });
+}
