@@ -51,7 +51,7 @@ pub struct Config {
     /// 2 s at 10 members, half of memberlist's 4 (see the crate docs for why).
     pub suspicion_mult: u32,
     /// Retransmission multiplier: each update is piggybacked
-    /// `retransmit_mult * log10(members + 1)` times (at least once). Default 4
+    /// `retransmit_mult * ceil(log10(members + 1))` times. Default 4
     /// (memberlist's `RetransmitMult`).
     pub retransmit_mult: u32,
     /// How often pending updates are gossiped to `gossip_nodes` random members, on top of
@@ -280,9 +280,8 @@ impl Config {
         let suspicion = self
             .probe_interval
             .mul_f64(f64::from(self.suspicion_mult) * log_n);
-        let tx = (f64::from(self.retransmit_mult) * log_n1)
-            .ceil()
-            .clamp(1.0, 255.0);
+        // memberlist's retransmitLimit: mult * ceil(log10(n + 1)).
+        let tx = (f64::from(self.retransmit_mult) * log_n1.ceil()).clamp(1.0, 255.0);
         #[expect(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
@@ -383,10 +382,11 @@ mod tests {
         let c = Config::lan(id());
         let small = c.foca_config(10);
         assert_eq!(small.suspect_to_down_after, Duration::from_secs(2));
-        assert_eq!(small.max_transmissions.get(), 5);
+        assert_eq!(small.max_transmissions.get(), 8);
         let big = c.foca_config(1000);
         assert_eq!(big.suspect_to_down_after, Duration::from_secs(6));
-        assert_eq!(big.max_transmissions.get(), 13);
+        assert_eq!(big.max_transmissions.get(), 16);
+        assert_eq!(c.foca_config(2).max_transmissions.get(), 4);
         assert_eq!(
             c.foca_config(1).suspect_to_down_after,
             Duration::from_secs(2)
