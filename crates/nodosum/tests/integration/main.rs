@@ -5,4 +5,5 @@ mod cluster;
 mod load;
 mod messaging;
 mod requests;
+mod security;
 mod util;

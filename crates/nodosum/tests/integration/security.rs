@@ -1,0 +1,152 @@
+//! Identity and trust: another CA, a certificate for another node, racing dials.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use base64::Engine as _;
+use nodosum::{Config, Error, Key, MemberState, Node, NodeEvent};
+use nodosum_quic::DevCa;
+
+use crate::util::{dev_config, eventually, id, wait_formed, within};
+
+fn shared_key() -> String {
+    base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_certificate_from_another_ca_is_never_connected() {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let rogue_ca = tempfile::tempdir().expect("tempdir");
+    let config = |dir: &tempfile::TempDir, name: &str| {
+        let mut c = dev_config(dir, name);
+        // The same gossip key everywhere: gossip works, only TLS can keep the rogue out.
+        c.gossip.keys = vec![shared_key()];
+        c
+    };
+    let a = Node::start(config(&ca, "node-1")).await.expect("start");
+    let b = Node::start(config(&ca, "node-2")).await.expect("start");
+    let mut events = a.events();
+    b.join(vec![a.gossip_addr()]);
+    let rogue = Node::start(config(&rogue_ca, "rogue"))
+        .await
+        .expect("start");
+    rogue.join(vec![a.gossip_addr()]);
+    let rogue_id = id("rogue");
+    eventually("gossip knows the rogue node", || {
+        a.members()
+            .iter()
+            .any(|(m, s)| m.id == rogue_id && *s == MemberState::Alive)
+    })
+    .await;
+    // The rogue dials (or is dialled) and the handshake is refused.
+    within("a refused handshake", async {
+        loop {
+            if let Ok(NodeEvent::Connection(nodosum_quic::Event::Rejected { .. })) =
+                events.recv().await
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    let mut inbox = a.application("chat").expect("register");
+    let rogue_app = rogue.application("chat").expect("register");
+    let _ = rogue_app.send("let me in", a.id()).await;
+    let b_app = b.application("chat").expect("register");
+    eventually("node-2 is connected", || a.health().connected_peers >= 1).await;
+    b_app.send("hello", a.id()).await.expect("send");
+    match within("a message", inbox.receive()).await {
+        Some(nodosum::Incoming::Message { from, .. }) => assert_eq!(from, id("node-2")),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), inbox.receive())
+            .await
+            .is_err()
+    );
+    assert_eq!(a.health().connected_peers, 1, "only node-2 is connected");
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("ascii"))
+        .collect();
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        lines.join("\n")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_naming_another_node_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = DevCa::generate("test CA").expect("ca");
+    let identity = ca.issue(&id("someone-else")).expect("issue");
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let files = (
+        write("ca.pem", ca.cert_pem()),
+        write("cert.pem", pem("CERTIFICATE", &identity.cert_chain[0])),
+        write("key.pem", pem("PRIVATE KEY", identity.key.secret_der())),
+    );
+    let mut config = Config::production(
+        id("me"),
+        "127.0.0.1:1".parse().expect("addr"),
+        files,
+        &Key::from_bytes([1; 32]),
+    );
+    config.gossip.bind = "127.0.0.1:0".parse().expect("addr");
+    config.gossip.advertise = None;
+    config.quic.bind = "127.0.0.1:0".parse().expect("addr");
+    match Node::start(config).await {
+        Err(Error::IdentityMismatch { config, cert }) => {
+            assert_eq!((config, cert), (id("me"), id("someone-else")));
+        }
+        other => panic!("expected an identity mismatch, got {other:?}"),
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_starting_at_once_end_with_one_connection() {
+    for round in 0..5 {
+        let ca = tempfile::tempdir().expect("tempdir");
+        let addrs: Vec<SocketAddr> = (0..2)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
+            .collect();
+        let config = |i: usize| {
+            let mut c = dev_config(&ca, &format!("node-{i}"));
+            c.gossip.bind = addrs[i];
+            c
+        };
+        let (a, b) = tokio::join!(Node::start(config(0)), Node::start(config(1)));
+        let (a, b) = (a.expect("start"), b.expect("start"));
+        tokio::join!(async { a.join(vec![addrs[1]]) }, async {
+            b.join(vec![addrs[0]])
+        });
+        let nodes = [a, b];
+        wait_formed(&nodes).await;
+        eventually(
+            &format!("round {round}: exactly one connection on each side"),
+            || {
+                nodes.iter().all(|n| {
+                    n.transport_counts().connections == 1 && n.health().connected_peers == 1
+                })
+            },
+        )
+        .await;
+    }
+}
