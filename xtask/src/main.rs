@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod certs;
+mod cluster;
 mod fuzz;
 mod test;
 mod util;
@@ -28,6 +29,8 @@ enum Command {
     Fuzz(fuzz::Args),
     /// Create a CA and one mTLS certificate + key per node, as PEM files.
     Certs(certs::Args),
+    /// Run a local Mycel cluster on loopback until Ctrl-C.
+    Cluster(cluster::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -35,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Certs(args) => certs::run(&args),
+        Command::Cluster(args) => cluster::run(&args),
     }
 }
