@@ -251,5 +251,7 @@ pub use consul::{
 pub use dns::{DnsConfig, DnsDiscovery, DnsMode, TXT_KEY_ID, TXT_KEY_QUIC};
 pub use error::{EntryProblem, Error, SeedProblem, TxtProblem};
 pub use multi::Multi;
-pub use runner::{Discoverer, DiscovererConfig, DiscovererHandle, KnownFilter, RoundReport};
+pub use runner::{
+    Discoverer, DiscovererConfig, DiscovererHandle, DiscoveryStatus, KnownFilter, RoundReport,
+};
 pub use static_list::{StaticConfig, StaticDiscovery};

@@ -434,12 +434,14 @@ impl Discoverer {
         let trigger = Arc::new(Notify::new());
         let rx = self.subscribe();
         let wake = Arc::clone(&trigger);
+        let (status_tx, status) = watch::channel(DiscoveryStatus::default());
         let task = tokio::spawn(async move {
             loop {
                 let report = tokio::select! {
                     r = self.round() => r,
                     _ = &mut stop_rx => return,
                 };
+                status_tx.send_modify(|s| s.record(&report));
                 tokio::select! {
                     () = tokio::time::sleep(report.next_in) => {}
                     () = wake.notified() => {}
@@ -451,8 +453,44 @@ impl Discoverer {
             stop: Some(stop_tx),
             trigger,
             rx,
+            status,
             task,
         }
+    }
+}
+
+/// How the rounds of a running [`Discoverer`] went, for health reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DiscoveryStatus {
+    /// Rounds finished so far.
+    pub rounds: u64,
+    /// Rounds that failed in a row, up to the last one (0 after a success).
+    pub consecutive_failures: u32,
+    /// Whether any round has succeeded yet.
+    pub ever_succeeded: bool,
+    /// The last round's error, if it failed.
+    pub last_error: Option<String>,
+}
+
+impl DiscoveryStatus {
+    fn record(&mut self, report: &RoundReport) {
+        self.rounds += 1;
+        match &report.outcome {
+            Ok(()) => {
+                self.consecutive_failures = 0;
+                self.ever_succeeded = true;
+                self.last_error = None;
+            }
+            Err(e) => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                self.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Whether discovery currently works: the last round, if any, succeeded.
+    pub fn is_working(&self) -> bool {
+        self.consecutive_failures == 0
     }
 }
 
@@ -466,6 +504,7 @@ pub struct DiscovererHandle {
     stop: Option<oneshot::Sender<()>>,
     trigger: Arc<Notify>,
     rx: watch::Receiver<Arc<[Candidate]>>,
+    status: watch::Receiver<DiscoveryStatus>,
     task: JoinHandle<()>,
 }
 
@@ -473,6 +512,11 @@ impl DiscovererHandle {
     /// The published seeds.
     pub fn subscribe(&self) -> watch::Receiver<Arc<[Candidate]>> {
         self.rx.clone()
+    }
+
+    /// How the rounds went so far.
+    pub fn status(&self) -> DiscoveryStatus {
+        self.status.borrow().clone()
     }
 
     /// Starts the next round now instead of waiting for the interval (e.g. when this node

@@ -39,8 +39,8 @@ pub struct Health {
     pub members: HashMap<MemberState, usize>,
     /// Peers with an established QUIC connection.
     pub connected_peers: usize,
-    /// Whether a discovery backend is configured.
-    pub discovery_configured: bool,
+    /// How discovery's rounds went; `None` when no backend is configured.
+    pub discovery: Option<nodosum_discovery::DiscoveryStatus>,
     /// Whether the node is shutting down.
     pub shutting_down: bool,
 }
@@ -315,7 +315,7 @@ impl Node {
                 .iter()
                 .filter(|p| self.shared.quic.connection_info(p).is_some())
                 .count(),
-            discovery_configured: self.discoverer.is_some(),
+            discovery: self.discoverer.as_ref().map(DiscovererHandle::status),
             shutting_down: self.shared.shutting_down.load(Ordering::Acquire),
         }
     }

@@ -134,9 +134,8 @@ async fn two_nodes_starting_at_once_end_with_one_connection() {
         };
         let (a, b) = tokio::join!(Node::start(config(0)), Node::start(config(1)));
         let (a, b) = (a.expect("start"), b.expect("start"));
-        tokio::join!(async { a.join(vec![addrs[1]]) }, async {
-            b.join(vec![addrs[0]])
-        });
+        a.join(vec![addrs[1]]);
+        b.join(vec![addrs[0]]);
         let nodes = [a, b];
         wait_formed(&nodes).await;
         eventually(
