@@ -78,3 +78,26 @@ async fn graceful_leave_is_seen_as_left() {
         Err(nodosum::SendError::UnknownNode { .. })
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_discovery_finds_the_seed_without_an_explicit_join() {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let first = start(&ca, "node-1", &[]).await;
+    let mut config = crate::util::dev_config(&ca, "node-2");
+    config.discovery.static_seeds = Some(nodosum_discovery::StaticConfig {
+        seeds: vec![first.gossip_addr().to_string()],
+        ..Default::default()
+    });
+    let second = nodosum::Node::start(config).await.expect("start");
+    let nodes = [first, second];
+    wait_formed(&nodes).await;
+    let discovery = nodes[1]
+        .health()
+        .discovery
+        .expect("discovery is configured");
+    assert!(
+        discovery.is_working() && discovery.ever_succeeded,
+        "{discovery:?}"
+    );
+    assert!(nodes[0].health().discovery.is_none());
+}
