@@ -42,6 +42,7 @@
 
 pub mod checker;
 mod clock;
+pub mod cluster;
 mod config;
 mod error;
 mod handle;
@@ -54,6 +55,9 @@ pub mod store;
 mod sim;
 
 pub use clock::Timestamp;
+pub use cluster::{
+    Cluster, ClusterConfig, ClusterError, ClusterStatus, LoadFuture, Loader, SetResult,
+};
 pub use config::{Config, ConfigProblem};
 pub use error::Error;
 pub use handle::{DEFAULT_BUCKET, GetEx, Mode, Mycel, REAP_INTERVAL, SetReply, Stats, now};

@@ -1,0 +1,1752 @@
+//! The networked cluster layer: Mycel nodes on a [`nodosum::Node`], with routing tables,
+//! synchronous replication, partition hand-off and single-flight loading.
+//!
+//! # Protocol (application `mycel/v1`)
+//!
+//! Every exchange is a nodosum request whose body is `[version = 1][postcard(Msg)]` and
+//! whose response is `[1][postcard(Reply)]` (see `wire.rs`):
+//!
+//! - `Op { epoch, op }`: a client operation forwarded to the partition's primary.
+//! - `Replicate { epoch, writes }`: a primary's versioned writes for a backup.
+//! - `TableReq` / `TablePush { table, previous }`: routing-table distribution.
+//! - `FetchStart { table, partitions }` / `FetchNext { session }`: paginated partition
+//!   transfer (pages of at most [`ClusterConfig::page_bytes`]).
+//! - `Release { partitions }`: "I have your copy; you may drop it".
+//!
+//! **Membership.** Each node gossips metadata `MYCL`+version+postcard: its start time,
+//! weight, partition count, replication factor and the `leaving`/`frozen` flags. Only
+//! alive (or suspect) members whose metadata decodes, with this node's partition count
+//! and replication factor, take part; leaving members are kept out of the view.
+//!
+//! **Routing.** The view feeds a [`ViewStabilizer`]; once it is stable, the oldest member
+//! of the view (the authority) publishes the next [`RoutingTable`] (epoch + 1) and pushes
+//! it to every member; it re-pushes its table every
+//! [`ClusterConfig::table_resend_interval`], and a node without a table asks for one. A
+//! lone node is its own authority and owns every partition. The authority publishes only
+//! while it reaches a majority of its current table's view (when
+//! [`Config::refuse_minority_writes`]), and not while any member is frozen.
+//!
+//! **Operations.** The node computes the key's partition and sends `Op` to the primary of
+//! its current table with its epoch, or executes locally when it is the primary. The
+//! primary checks, in one critical section with the store operation, that it is the synced
+//! primary at exactly that epoch and (for writes) that it is in a majority; otherwise it
+//! answers `NotOwner { epoch }` (never forwarding again) or `Syncing`. The forwarding node
+//! refreshes its table from the answering node (or pushes its newer one there) and retries
+//! a bounded number of times ([`ClusterError::Retry`]).
+//!
+//! **Writes.** The primary applies the write to its store (which gives it a version
+//! `(epoch, seq)`), replicates it to every backup of the partition that is an alive
+//! member, and acknowledges only after every backup applied it. A backup applies only at
+//! the primary's epoch and only for partitions it backs up there (a backup behind gets
+//! the primary's table pushed and the write again). A replication failure after the local
+//! apply is reported as [`Error::Timeout`]: the write may or may not persist.
+//!
+//! **Hand-off.** A node that installs a table in which it replicates a partition it did
+//! not replicate before marks it pending and fetches it from every alive replica of the
+//! previous tables (its own and the sender's) and of the new table; a source that is itself
+//! pending names its own sources, which are fetched too. A source answering a fetch first
+//! installs the fetcher's table (so it stops acting as primary under the same lock) and
+//! then snapshots, so no write it acknowledged is missed. Pages merge by version. Only
+//! when every alive source was fetched is the partition synced and served; the fetcher
+//! then sends `Release` to its sources, and a source that no longer replicates the
+//! partition drops it once every new replica released it. A failed primary's first
+//! backup is primary in the next table (rendezvous order) and already holds every
+//! acknowledged write; new backups fetch from it at once.
+//!
+//! **Leave, freeze, readiness.** [`Cluster::leave`] announces `leaving`; the authority
+//! publishes a table without the node, whose partitions are fetched and released by their
+//! new replicas; `leave` returns when nothing awaits release. [`Cluster::set_frozen`]
+//! announces `frozen`, which pauses new tables (and so migrations) cluster-wide.
+//! [`Cluster::ready`] says every partition this node replicates is synced.
+//!
+//! **Single flight.** `get_or_load` runs at the primary: a miss registers the caller as
+//! the leader or as a waiter in the same critical section as the read, the leader runs
+//! the bucket's loader (registered on every node with [`Cluster::set_loader`]), stores the
+//! value (unless the key was set meanwhile), replicates it, and answers every waiter.
+//!
+//! # What it is not
+//!
+//! Not a consensus system: membership is SWIM's, the authority is the oldest member, and
+//! two authorities that cannot see each other may publish the same epoch (nodes then keep
+//! their table and the next epoch settles it). Nodes must join each other within the
+//! stabilisation window of starting, or a lone node publishes a table of its own. `mset`
+//! is atomic per primary, not across primaries. A partition's copy on a node that is no
+//! longer its replica is kept until released (or evicted by the byte budget).
+
+mod metrics;
+mod state;
+mod wire;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use nodosum::{
+    AppSender, Application, Incoming, Metadata, Node, NodeId, Request, RequestError, SendError,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::metrics::Metrics;
+use self::state::{LoadKey, LoadResult, LoadStep, State};
+use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WireWrite};
+use crate::clock::Timestamp;
+use crate::config::{Config, ConfigProblem};
+use crate::error::Error;
+use crate::placement::{DEFAULT_WEIGHT, Member};
+use crate::routing::{RoutingTable, ViewStabilizer, authority};
+use crate::slot::Partition;
+use crate::store::{BucketOptions, SetOptions, Store, Ttl, Write};
+
+/// The nodosum application name of the protocol.
+pub const APP_NAME: &str = "mycel/v1";
+
+/// The bucket every cluster has unless configured otherwise.
+pub const CLUSTER_DEFAULT_BUCKET: &str = "default";
+
+/// A loader's future: the value for a missing key, or `None` (nothing is stored).
+pub type LoadFuture = Pin<Box<dyn Future<Output = Option<Bytes>> + Send>>;
+
+/// A per-bucket loader for [`Cluster::get_or_load`]; register the same on every node.
+pub type Loader = Arc<dyn Fn(Bytes) -> LoadFuture + Send + Sync>;
+
+/// The cluster layer's configuration. Every node must use the same partitioning,
+/// replication factor and buckets.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Placement, consistency and the local store.
+    pub mycel: Config,
+    /// Buckets and their options. Default: one bucket, [`CLUSTER_DEFAULT_BUCKET`].
+    pub buckets: Vec<(String, BucketOptions)>,
+    /// This node's placement weight. Default [`DEFAULT_WEIGHT`].
+    pub weight: u32,
+    /// How long one operation may take in all, retries included. Default 5 s.
+    pub op_timeout: Duration,
+    /// How long one request to another node may take (forward, replicate, table).
+    /// Default 2 s.
+    pub request_timeout: Duration,
+    /// How long a fetch page may take. Default 10 s.
+    pub fetch_timeout: Duration,
+    /// How long a loader may run. Default 10 s.
+    pub load_timeout: Duration,
+    /// How often the authority re-sends its table to everyone. Default 2 s.
+    pub table_resend_interval: Duration,
+    /// Period of the background step (membership, tables, transfers, expiry). Default
+    /// 50 ms.
+    pub tick_interval: Duration,
+    /// Largest page of a partition transfer or replication batch, in bytes. Default 1 MiB.
+    pub page_bytes: usize,
+    /// The nodosum message size limit (`limits.max_message_size`) this node runs with.
+    /// Default 4 MiB, nodosum's default.
+    pub max_message_size: usize,
+    /// Not-owner answers an operation tolerates before failing with
+    /// [`ClusterError::Retry`]. Default 8.
+    pub max_not_owner_retries: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        let mut mycel = Config::default();
+        // One value must fit in one replication message under nodosum's 4 MiB default.
+        mycel.store.max_value_len = 1024 * 1024;
+        Self {
+            mycel,
+            buckets: vec![(CLUSTER_DEFAULT_BUCKET.to_owned(), BucketOptions::default())],
+            weight: DEFAULT_WEIGHT,
+            op_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(2),
+            fetch_timeout: Duration::from_secs(10),
+            load_timeout: Duration::from_secs(10),
+            table_resend_interval: Duration::from_secs(2),
+            tick_interval: Duration::from_millis(50),
+            page_bytes: 1024 * 1024,
+            max_message_size: 4 * 1024 * 1024,
+            max_not_owner_retries: 8,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Checks every rule, the core [`Config`]'s included; returns every problem.
+    pub fn validate(&self) -> Result<(), Vec<ConfigProblem>> {
+        let mut problems = self.mycel.validate().err().unwrap_or_default();
+        let mut bad = |field, problem: String| problems.push(ConfigProblem { field, problem });
+        let s = &self.mycel.store;
+        let biggest = s
+            .max_value_len
+            .max(
+                self.buckets
+                    .iter()
+                    .filter_map(|(_, o)| o.max_value_len)
+                    .max()
+                    .unwrap_or(0),
+            )
+            .saturating_add(s.max_key_len)
+            .saturating_add(self.page_bytes)
+            .saturating_add(4096);
+        if biggest > self.max_message_size {
+            bad(
+                "store.max_value_len",
+                format!(
+                    "largest value + store.max_key_len + page_bytes + 4096 = {biggest} exceeds max_message_size ({})",
+                    self.max_message_size
+                ),
+            );
+        }
+        if self.page_bytes == 0 {
+            bad("page_bytes", "must be at least 1".into());
+        }
+        if self.buckets.is_empty() {
+            bad("buckets", "at least one bucket is needed".into());
+        }
+        if self.weight == 0 {
+            bad("weight", "must be at least 1".into());
+        }
+        if self.request_timeout > self.op_timeout {
+            bad(
+                "request_timeout",
+                format!(
+                    "{:?} must not exceed op_timeout ({:?})",
+                    self.request_timeout, self.op_timeout
+                ),
+            );
+        }
+        if self.tick_interval.is_zero() {
+            bad("tick_interval", "must not be zero".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Why a cluster operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A core error: [`Error::QuorumLost`], [`Error::Timeout`] (the write may or may not
+    /// persist), [`Error::ValueTooLarge`], [`Error::BucketUnknown`], ...
+    #[error(transparent)]
+    Mycel(#[from] Error),
+    /// No routing table yet: the cluster is forming. Nothing changed; retry.
+    #[error("no routing table yet; the cluster is forming")]
+    NoTable,
+    /// The partition is being transferred to its new replica. Nothing changed; retry.
+    #[error("partition {partition} is still being transferred; retry")]
+    Syncing {
+        /// The partition.
+        partition: Partition,
+    },
+    /// Ownership kept moving: the operation gave up after `attempts` not-owner answers.
+    /// Nothing changed; retry.
+    #[error("gave up after {attempts} not-owner answers (last epoch {epoch}); retry")]
+    Retry {
+        /// Not-owner answers received.
+        attempts: u32,
+        /// The last epoch named.
+        epoch: u64,
+    },
+    /// The primary could not be reached before the operation's deadline. A read changed
+    /// nothing; a write was not delivered.
+    #[error("primary {node} unreachable")]
+    Unreachable {
+        /// The primary.
+        node: NodeId,
+    },
+    /// The primary has no loader for the bucket.
+    #[error("no loader registered for bucket {bucket:?}")]
+    NoLoader {
+        /// The bucket.
+        bucket: String,
+    },
+    /// A node answered something this node does not understand.
+    #[error("unexpected answer from {node}")]
+    Protocol {
+        /// The node.
+        node: NodeId,
+    },
+    /// The configuration has problems; nothing was started.
+    #[error("invalid configuration: {}", problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    InvalidConfig {
+        /// Every problem.
+        problems: Vec<ConfigProblem>,
+    },
+    /// The nodosum node refused (registering the application, publishing metadata).
+    #[error(transparent)]
+    Node(#[from] nodosum::Error),
+    /// [`Cluster::leave`] timed out with partitions not yet released by their new
+    /// replicas (they are still served from here until the node shuts down).
+    #[error("leave incomplete: {awaiting} partitions not yet released")]
+    LeaveIncomplete {
+        /// Partitions still awaiting release.
+        awaiting: usize,
+    },
+}
+
+/// What [`Cluster::set`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetResult {
+    /// Whether the value was written (false: an NX/XX condition was not met).
+    pub applied: bool,
+    /// The previous value, if [`SetOptions::get`] was set and the key existed.
+    pub previous: Option<Bytes>,
+}
+
+/// A snapshot of this node's view of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// Epoch of the installed table (0: none).
+    pub epoch: u64,
+    /// The table's members.
+    pub members: Vec<NodeId>,
+    /// Active Mycel members this node sees, itself included.
+    pub alive: Vec<NodeId>,
+    /// Partitions this node is primary of.
+    pub primaries: usize,
+    /// Partitions this node replicates (primary or backup).
+    pub replicas: usize,
+    /// Of those, how many are synced.
+    pub synced: usize,
+    /// Partitions handed off but not yet released.
+    pub awaiting_release: usize,
+    /// Whether every partition this node replicates is synced (and a table exists).
+    pub ready: bool,
+}
+
+/// A Mycel node in a cluster. See the [module docs](self).
+///
+/// Dropping it stops the cluster tasks and the node at once (peers see a failure); use
+/// [`leave`](Self::leave) then [`shutdown`](Self::shutdown) to hand off first.
+pub struct Cluster {
+    inner: Arc<Inner>,
+    node: Option<Arc<Node>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.inner.me)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    me: NodeId,
+    config: ClusterConfig,
+    node: Weak<Node>,
+    sender: AppSender,
+    state: Mutex<State>,
+    shell: Mutex<Shell>,
+    loaders: RwLock<HashMap<String, Loader>>,
+    metrics: Metrics,
+    started_at: u64,
+    leaving: AtomicBool,
+    frozen: AtomicBool,
+    table_changed: tokio::sync::Notify,
+    refreshing: Mutex<HashSet<NodeId>>,
+}
+
+/// State only the background step touches.
+struct Shell {
+    stabilizer: ViewStabilizer,
+    stable: Option<Vec<Member>>,
+    last_push: Option<Instant>,
+    last_table_req: Option<Instant>,
+    rng: SplitMix,
+}
+
+/// How one attempt at the primary ended.
+enum Attempt {
+    Refused(Refusal),
+    /// Not delivered: safe to retry.
+    Unreachable,
+    /// Delivered (maybe) and unanswered: a write may or may not have happened.
+    Indeterminate,
+}
+
+/// A request that got no usable answer.
+enum CallError {
+    Transport(RequestError),
+    Decode,
+}
+
+impl Cluster {
+    /// Joins the Mycel protocol on `node`: validates `config`, registers the `mycel/v1`
+    /// application, publishes this node's metadata and starts the background tasks. Join
+    /// the node to its seeds before (or right after) this call.
+    pub async fn start(node: Node, config: ClusterConfig) -> Result<Self, ClusterError> {
+        config
+            .validate()
+            .map_err(|problems| ClusterError::InvalidConfig { problems })?;
+        let mut store = Store::new(config.mycel.store.clone());
+        for (name, options) in &config.buckets {
+            store.create_bucket(name, options.clone())?;
+        }
+        let app = node.application(APP_NAME)?;
+        let me = node.id().clone();
+        let started_at = wall_clock().as_millis();
+        let node = Arc::new(node);
+        let metrics = node.with_registry(Metrics::register);
+        let inner = Arc::new(Inner {
+            me: me.clone(),
+            sender: app.sender(),
+            node: Arc::downgrade(&node),
+            state: Mutex::new(State::new(me, store)),
+            shell: Mutex::new(Shell {
+                stabilizer: ViewStabilizer::new(config.mycel.stabilization_window),
+                stable: None,
+                last_push: None,
+                last_table_req: None,
+                rng: SplitMix(started_at ^ 0x9e37_79b9_7f4a_7c15),
+            }),
+            config,
+            loaders: RwLock::new(HashMap::new()),
+            metrics,
+            started_at,
+            leaving: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
+            table_changed: tokio::sync::Notify::new(),
+            refreshing: Mutex::new(HashSet::new()),
+        });
+        inner.publish_meta(&node)?;
+        let tasks = vec![
+            tokio::spawn(receive_loop(Arc::downgrade(&inner), app)),
+            tokio::spawn(tick_loop(Arc::downgrade(&inner))),
+        ];
+        tracing::info!(id = %inner.me, "mycel cluster layer started");
+        Ok(Self {
+            inner,
+            node: Some(node),
+            tasks,
+        })
+    }
+
+    /// The node underneath.
+    pub fn node(&self) -> &Node {
+        self.node
+            .as_ref()
+            .expect("invariant: present until shutdown")
+    }
+
+    /// This node's ID.
+    pub fn id(&self) -> &NodeId {
+        &self.inner.me
+    }
+
+    /// Registers the loader of `bucket` for [`get_or_load`](Self::get_or_load) on this
+    /// node (it runs here when this node is the key's primary).
+    pub fn set_loader(&self, bucket: &str, loader: Loader) {
+        self.inner
+            .loaders
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(bucket.to_owned(), loader);
+    }
+
+    /// The value of `key`, read at its primary.
+    pub async fn get(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+    ) -> Result<Option<Bytes>, ClusterError> {
+        let key = key.into();
+        let op = Op::Get {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        match self.inner.route(&key, op, false).await? {
+            OpReply::Value(v) => Ok(v.map(|b| b.0)),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Sets `key` as Redis `SET` with `options`; acknowledged once every alive backup
+    /// applied it.
+    pub async fn set(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+        options: SetOptions,
+    ) -> Result<SetResult, ClusterError> {
+        let key = key.into();
+        let op = Op::Set {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+            value: WBytes(value.into()),
+            expiry: options.expiry.into(),
+            condition: options.condition.into(),
+            get: options.get,
+        };
+        match self.inner.route(&key, op, true).await? {
+            OpReply::Set { applied, previous } => Ok(SetResult {
+                applied,
+                previous: previous.map(|b| b.0),
+            }),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Deletes `key`; whether it existed.
+    pub async fn delete(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
+        let key = key.into();
+        let op = Op::Delete {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        self.inner.route_bool(&key, op, true).await
+    }
+
+    /// Whether `key` exists.
+    pub async fn exists(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
+        let key = key.into();
+        let op = Op::Exists {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        self.inner.route_bool(&key, op, false).await
+    }
+
+    /// Makes `key` expire `after` from now at the primary; whether the key exists.
+    pub async fn expire(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        after: Duration,
+    ) -> Result<bool, ClusterError> {
+        let key = key.into();
+        let op = Op::Expire {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+        };
+        self.inner.route_bool(&key, op, true).await
+    }
+
+    /// Removes `key`'s expiry; whether it had one.
+    pub async fn persist(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
+        let key = key.into();
+        let op = Op::Persist {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        self.inner.route_bool(&key, op, true).await
+    }
+
+    /// `key`'s time to live at its primary.
+    pub async fn ttl(&self, bucket: &str, key: impl Into<Bytes>) -> Result<Ttl, ClusterError> {
+        let key = key.into();
+        let op = Op::Ttl {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        match self.inner.route(&key, op, false).await? {
+            OpReply::Ttl(t) => Ok(t.into()),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Adds `delta` to the integer in `key`, atomically at the primary; the new value.
+    pub async fn incr_by(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        delta: i64,
+    ) -> Result<i64, ClusterError> {
+        let key = key.into();
+        let op = Op::IncrBy {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+            delta,
+        };
+        match self.inner.route(&key, op, true).await? {
+            OpReply::Int(v) => Ok(v),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// The values of `keys`, in order: one request per primary.
+    pub async fn mget(
+        &self,
+        bucket: &str,
+        keys: Vec<Bytes>,
+    ) -> Result<Vec<Option<Bytes>>, ClusterError> {
+        let mut out = vec![None; keys.len()];
+        for group in self.inner.group_by_primary(&keys).await? {
+            let op = Op::MGet {
+                bucket: bucket.to_owned(),
+                keys: group.iter().map(|&i| WBytes(keys[i].clone())).collect(),
+            };
+            match self.inner.route(&keys[group[0]], op, false).await {
+                Ok(OpReply::Values(values)) if values.len() == group.len() => {
+                    for (&i, v) in group.iter().zip(values) {
+                        out[i] = v.map(|b| b.0);
+                    }
+                }
+                Ok(_) => return Err(self.inner.protocol()),
+                // The group's keys no longer share a primary: one by one.
+                Err(ClusterError::Retry { .. }) => {
+                    for &i in &group {
+                        out[i] = self.get(bucket, keys[i].clone()).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets every `(key, value)`: atomic per primary (one request each), not across
+    /// primaries.
+    pub async fn mset(
+        &self,
+        bucket: &str,
+        entries: Vec<(Bytes, Bytes)>,
+    ) -> Result<(), ClusterError> {
+        let keys: Vec<Bytes> = entries.iter().map(|(k, _)| k.clone()).collect();
+        for group in self.inner.group_by_primary(&keys).await? {
+            for chunk in chunk_by_size(
+                &group,
+                |&i| entries[i].0.len() + entries[i].1.len() + 16,
+                self.inner.config.page_bytes,
+            ) {
+                let op = Op::MSet {
+                    bucket: bucket.to_owned(),
+                    entries: chunk
+                        .iter()
+                        .map(|&i| (WBytes(entries[i].0.clone()), WBytes(entries[i].1.clone())))
+                        .collect(),
+                };
+                match self.inner.route(&keys[chunk[0]], op, true).await {
+                    Ok(_) => {}
+                    Err(ClusterError::Retry { .. }) => {
+                        for &i in &chunk {
+                            self.set(
+                                bucket,
+                                entries[i].0.clone(),
+                                entries[i].1.clone(),
+                                SetOptions::default(),
+                            )
+                            .await?;
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Live keys in the cluster: the sum over members of the keys in the partitions each
+    /// is primary of (a scan on every member; approximate while partitions move).
+    pub async fn len(&self) -> Result<u64, ClusterError> {
+        self.inner.count().await
+    }
+
+    /// Whether [`len`](Self::len) is 0.
+    pub async fn is_empty(&self) -> Result<bool, ClusterError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// The value of `key`; on a miss the bucket's loader runs once at the primary for all
+    /// concurrent callers cluster-wide, and its value is stored and replicated.
+    pub async fn get_or_load(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+    ) -> Result<Option<Bytes>, ClusterError> {
+        let key = key.into();
+        let op = Op::GetOrLoad {
+            bucket: bucket.to_owned(),
+            key: WBytes(key.clone()),
+        };
+        match self.inner.route(&key, op, false).await? {
+            OpReply::Value(v) => Ok(v.map(|b| b.0)),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Hands this node's partitions off: announces `leaving`, waits until a table without
+    /// this node is installed and every partition it held was released by its new
+    /// replicas, at most `timeout`. Shut the node down afterwards.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), ClusterError> {
+        self.inner.leaving.store(true, Ordering::Release);
+        self.inner.publish_meta(self.node())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let st = self.inner.lock();
+                let others = st.alive.iter().any(|n| *n != self.inner.me);
+                if !others {
+                    tracing::warn!("leaving with no other member to hand off to");
+                    return Ok(());
+                }
+                if let Some(t) = st.table()
+                    && !t.contains(&self.inner.me)
+                    && st.awaiting.is_empty()
+                {
+                    tracing::info!(epoch = t.epoch(), "hand-off complete");
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(ClusterError::LeaveIncomplete {
+                        awaiting: st.awaiting.len(),
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Maintenance mode: while any member is frozen, no new routing tables are published
+    /// (no partitions move). Announced through gossip metadata.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), ClusterError> {
+        self.inner.frozen.store(frozen, Ordering::Release);
+        self.inner.publish_meta(self.node())
+    }
+
+    /// Whether a table is installed and every partition this node replicates is synced.
+    pub fn ready(&self) -> bool {
+        self.status().ready
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> ClusterStatus {
+        self.inner.status()
+    }
+
+    /// Stops the cluster tasks, then shuts the node down gracefully (see
+    /// [`Node::shutdown`]). Call [`leave`](Self::leave) first to hand off.
+    pub async fn shutdown(mut self, drain: Duration) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        let Some(mut node) = self.node.take() else {
+            return;
+        };
+        // Request handlers hold the node only for a moment; wait for them briefly.
+        let deadline = Instant::now() + drain;
+        loop {
+            match Arc::try_unwrap(node) {
+                Ok(n) => {
+                    n.shutdown(drain).await;
+                    return;
+                }
+                Err(shared) if Instant::now() < deadline => {
+                    node = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(_) => {
+                    tracing::warn!("node still in use; stopped without a graceful leave");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn shell(&self) -> MutexGuard<'_, Shell> {
+        self.shell.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn protocol(&self) -> ClusterError {
+        ClusterError::Protocol {
+            node: self.me.clone(),
+        }
+    }
+
+    fn meta(&self) -> wire::MemberMeta {
+        wire::MemberMeta {
+            started_at: self.started_at,
+            weight: self.config.weight,
+            partitions: self.config.mycel.store.partitioning.count(),
+            replication_factor: self.config.mycel.replication_factor,
+            leaving: self.leaving.load(Ordering::Acquire),
+            frozen: self.frozen.load(Ordering::Acquire),
+        }
+    }
+
+    fn publish_meta(&self, node: &Node) -> Result<(), ClusterError> {
+        let metadata = Metadata::new(self.meta().encode()).map_err(|_| self.protocol())?;
+        node.update_metadata(metadata)?;
+        Ok(())
+    }
+
+    fn status(&self) -> ClusterStatus {
+        let st = self.lock();
+        let (primaries, replicas, synced) = st.replica_counts();
+        let table = st.table();
+        ClusterStatus {
+            epoch: st.routing.epoch(),
+            members: table
+                .map(|t| t.members().iter().map(|m| m.id.clone()).collect())
+                .unwrap_or_default(),
+            alive: st.alive.iter().cloned().collect(),
+            primaries,
+            replicas,
+            synced,
+            awaiting_release: st.awaiting.len(),
+            ready: table.is_some() && replicas == synced,
+        }
+    }
+
+    /// Installs a table offered by anyone; wakes operations waiting for one.
+    fn install(&self, table: RoutingTable, previous: Option<&RoutingTable>) -> bool {
+        let installed = {
+            let mut st = self.lock();
+            match st.install(table, previous) {
+                Ok(installed) => installed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing table refused");
+                    false
+                }
+            }
+        };
+        if installed {
+            self.table_changed.notify_waiters();
+        }
+        installed
+    }
+
+    async fn call(&self, to: &NodeId, msg: &Msg, timeout: Duration) -> Result<Reply, CallError> {
+        let body = wire::encode(msg);
+        let reply = self
+            .sender
+            .request(to, body, timeout)
+            .await
+            .map_err(CallError::Transport)?;
+        wire::decode::<Reply>(&reply).map_err(|e| {
+            tracing::warn!(from = %to, error = %e, "undecodable reply");
+            self.metrics.bad_messages.inc();
+            CallError::Decode
+        })
+    }
+
+    /// Asks `from` for its table and installs it; one request per node at a time.
+    async fn refresh(&self, from: &NodeId) {
+        if *from == self.me {
+            return;
+        }
+        {
+            let mut r = self
+                .refreshing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !r.insert(from.clone()) {
+                return;
+            }
+        }
+        if let Ok(Reply::Table {
+            table: Some(table),
+            previous,
+        }) = self
+            .call(from, &Msg::TableReq, self.config.request_timeout)
+            .await
+        {
+            self.install(table, previous.as_ref());
+        }
+        self.refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(from);
+    }
+
+    fn spawn_refresh(self: &Arc<Self>, from: NodeId) {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move { inner.refresh(&from).await });
+    }
+
+    /// Sends this node's table to `to`.
+    async fn push_table(&self, to: &NodeId) {
+        let msg = {
+            let st = self.lock();
+            let Some(table) = st.table() else {
+                return;
+            };
+            Msg::TablePush {
+                table: (**table).clone(),
+                previous: st.previous.as_deref().cloned(),
+            }
+        };
+        let _ = self.call(to, &msg, self.config.request_timeout).await;
+    }
+
+    async fn wait_for_table(&self, deadline: Instant) -> Result<Arc<RoutingTable>, ClusterError> {
+        loop {
+            let notified = self.table_changed.notified();
+            if let Some(t) = self.lock().table() {
+                return Ok(Arc::clone(t));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClusterError::NoTable);
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            let _ = tokio::time::timeout(wait, notified).await;
+        }
+    }
+
+    async fn route_bool(
+        self: &Arc<Self>,
+        key: &Bytes,
+        op: Op,
+        write: bool,
+    ) -> Result<bool, ClusterError> {
+        match self.route(key, op, write).await? {
+            OpReply::Bool(b) => Ok(b),
+            _ => Err(self.protocol()),
+        }
+    }
+
+    /// Runs `op` (about `key`'s partition) at the primary: locally, or forwarded with
+    /// this node's epoch, refreshing tables and retrying on not-owner answers.
+    async fn route(
+        self: &Arc<Self>,
+        key: &Bytes,
+        op: Op,
+        write: bool,
+    ) -> Result<OpReply, ClusterError> {
+        let partition = self.config.mycel.store.partitioning.partition_of(key);
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut not_owner = 0u32;
+        let mut last: ClusterError;
+        loop {
+            let table = self.wait_for_table(deadline).await?;
+            if write && self.config.mycel.refuse_minority_writes {
+                self.lock()
+                    .check_quorum()
+                    .map_err(|r| self.refusal(r, &self.me))?;
+            }
+            let primary = table
+                .primary(partition)
+                .map(|m| m.id.clone())
+                .expect("invariant: a valid table has a primary for every partition");
+            let attempt = if primary == self.me {
+                self.at_primary(op.clone(), None)
+                    .await
+                    .map_err(Attempt::Refused)
+            } else {
+                self.metrics.forwarded.inc();
+                self.forward(&primary, table.epoch(), op.clone(), write)
+                    .await
+            };
+            let backoff = match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(Attempt::Refused(Refusal::NotOwner { epoch })) => {
+                    not_owner += 1;
+                    last = ClusterError::Retry {
+                        attempts: not_owner,
+                        epoch,
+                    };
+                    if not_owner > self.config.max_not_owner_retries {
+                        break;
+                    }
+                    if primary != self.me {
+                        if epoch > table.epoch() {
+                            self.refresh(&primary).await;
+                        } else if epoch < table.epoch() {
+                            self.push_table(&primary).await;
+                        }
+                    }
+                    Duration::from_millis(10 * u64::from(not_owner))
+                }
+                Err(Attempt::Refused(Refusal::Syncing { partition })) => {
+                    last = ClusterError::Syncing { partition };
+                    Duration::from_millis(20)
+                }
+                Err(Attempt::Refused(r)) => return Err(self.refusal(r, &primary)),
+                Err(Attempt::Unreachable) => {
+                    last = ClusterError::Unreachable {
+                        node: primary.clone(),
+                    };
+                    Duration::from_millis(50)
+                }
+                Err(Attempt::Indeterminate) => return Err(Error::Timeout.into()),
+            };
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            tokio::time::sleep(backoff).await;
+        }
+        Err(last)
+    }
+
+    async fn forward(
+        &self,
+        primary: &NodeId,
+        epoch: u64,
+        op: Op,
+        write: bool,
+    ) -> Result<OpReply, Attempt> {
+        let timeout = if matches!(op, Op::GetOrLoad { .. }) {
+            self.config.request_timeout + self.config.load_timeout
+        } else {
+            self.config.request_timeout
+        };
+        match self.call(primary, &Msg::Op { epoch, op }, timeout).await {
+            Ok(Reply::Op(r)) => Ok(r),
+            Ok(Reply::Err(r)) => Err(Attempt::Refused(r)),
+            Ok(_) | Err(CallError::Decode) => Err(Attempt::Refused(Refusal::BadRequest)),
+            Err(CallError::Transport(RequestError::Send(SendError::MessageTooLarge {
+                len,
+                max,
+            }))) => Err(Attempt::Refused(Refusal::ValueTooLarge {
+                len: u64::try_from(len).unwrap_or(u64::MAX),
+                max: u64::try_from(max).unwrap_or(u64::MAX),
+            })),
+            Err(CallError::Transport(RequestError::Send(_))) => Err(Attempt::Unreachable),
+            Err(CallError::Transport(_)) if !write => Err(Attempt::Unreachable),
+            Err(CallError::Transport(_)) => Err(Attempt::Indeterminate),
+        }
+    }
+
+    fn refusal(&self, r: Refusal, node: &NodeId) -> ClusterError {
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        match r {
+            Refusal::NotOwner { epoch } => ClusterError::Retry { attempts: 1, epoch },
+            Refusal::Syncing { partition } => ClusterError::Syncing { partition },
+            Refusal::QuorumLost => Error::QuorumLost.into(),
+            Refusal::Timeout => Error::Timeout.into(),
+            Refusal::ValueTooLarge { len, max } => Error::ValueTooLarge {
+                len: n(len),
+                max: n(max),
+            }
+            .into(),
+            Refusal::KeyTooLarge { len, max } => Error::KeyTooLarge {
+                len: n(len),
+                max: n(max),
+            }
+            .into(),
+            Refusal::BucketUnknown { name } => Error::BucketUnknown { name }.into(),
+            Refusal::NotAnInteger => Error::NotAnInteger.into(),
+            Refusal::Overflow => Error::Overflow.into(),
+            Refusal::NoLoader { bucket } => ClusterError::NoLoader { bucket },
+            Refusal::Behind { .. } | Refusal::UnknownSession | Refusal::BadRequest => {
+                ClusterError::Protocol { node: node.clone() }
+            }
+        }
+    }
+
+    /// Executes `op` as the primary (`epoch`: the forwarder's, None when local).
+    async fn at_primary(self: &Arc<Self>, op: Op, epoch: Option<u64>) -> Result<OpReply, Refusal> {
+        match op {
+            Op::GetOrLoad { bucket, key } => self.load(bucket, key.0, epoch).await,
+            Op::Count => Ok(OpReply::Count(self.lock().count_primary(wall_clock()))),
+            op => {
+                let (reply, writes, table) = {
+                    let mut st = self.lock();
+                    let (reply, writes) = st.execute(
+                        op,
+                        epoch,
+                        self.config.mycel.refuse_minority_writes,
+                        wall_clock(),
+                    )?;
+                    (reply, writes, st.table().cloned())
+                };
+                if let (false, Some(table)) = (writes.is_empty(), table) {
+                    self.replicate(&table, &writes).await?;
+                }
+                Ok(reply)
+            }
+        }
+    }
+
+    /// Sends `writes` to every alive backup of their partitions; Ok once all applied.
+    async fn replicate(&self, table: &RoutingTable, writes: &[Write]) -> Result<(), Refusal> {
+        let alive = self.lock().alive.clone();
+        let partitioning = table.partitioning();
+        let mut per_backup: BTreeMap<NodeId, Vec<WireWrite>> = BTreeMap::new();
+        for w in writes {
+            let p = partitioning.partition_of(&w.key);
+            for m in table.replicas(p).skip(1) {
+                if m.id != self.me && alive.contains(&m.id) {
+                    per_backup
+                        .entry(m.id.clone())
+                        .or_default()
+                        .push(WireWrite::from(w));
+                }
+            }
+        }
+        for (backup, ws) in per_backup {
+            let idx: Vec<usize> = (0..ws.len()).collect();
+            for chunk in chunk_by_size(&idx, |&i| ws[i].size(), self.config.page_bytes) {
+                let batch: Vec<WireWrite> = chunk.iter().map(|&i| ws[i].clone()).collect();
+                if let Err(r) = self.replicate_to(&backup, table.epoch(), batch).await {
+                    self.metrics.replicate_failures.inc();
+                    tracing::debug!(%backup, "replication failed");
+                    return Err(r);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn replicate_to(
+        &self,
+        backup: &NodeId,
+        epoch: u64,
+        writes: Vec<WireWrite>,
+    ) -> Result<(), Refusal> {
+        let msg = Msg::Replicate { epoch, writes };
+        for attempt in 0..2 {
+            match self.call(backup, &msg, self.config.request_timeout).await {
+                Ok(Reply::Ack) => return Ok(()),
+                Ok(Reply::Err(Refusal::Behind { .. })) if attempt == 0 => {
+                    self.push_table(backup).await;
+                }
+                Ok(Reply::Err(Refusal::NotOwner { epoch: theirs })) => {
+                    if theirs > epoch {
+                        self.refresh(backup).await;
+                    }
+                    return Err(Refusal::Timeout);
+                }
+                Err(CallError::Transport(
+                    RequestError::NodeGone { .. }
+                    | RequestError::Send(SendError::UnknownNode { .. } | SendError::NodeGone { .. }),
+                )) if !self.is_active(backup) => {
+                    // The backup failed or left: the write lives on at this primary, the
+                    // next table gives the partition a new backup that fetches it.
+                    return Ok(());
+                }
+                _ => return Err(Refusal::Timeout),
+            }
+        }
+        Err(Refusal::Timeout)
+    }
+
+    /// Whether gossip still counts `id` as a member (alive or suspect).
+    fn is_active(&self, id: &NodeId) -> bool {
+        let Some(node) = self.node.upgrade() else {
+            return false;
+        };
+        node.members()
+            .iter()
+            .any(|(m, s)| m.id == *id && s.is_active())
+    }
+
+    /// `get_or_load` at the primary.
+    async fn load(
+        self: &Arc<Self>,
+        bucket: String,
+        key: Bytes,
+        epoch: Option<u64>,
+    ) -> Result<OpReply, Refusal> {
+        let step = self.lock().begin_load(&bucket, &key, epoch, wall_clock())?;
+        let rx = match step {
+            LoadStep::Hit(v) => return Ok(OpReply::Value(Some(WBytes(v)))),
+            LoadStep::Wait(rx) => rx,
+            LoadStep::Lead(rx, load_key) => {
+                let inner = Arc::clone(self);
+                tokio::spawn(async move { inner.lead_load(load_key).await });
+                rx
+            }
+        };
+        let wait = self.config.load_timeout + self.config.request_timeout;
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(v))) => Ok(OpReply::Value(v.map(WBytes))),
+            Ok(Ok(Err(r))) => Err(r),
+            _ => Err(Refusal::Timeout),
+        }
+    }
+
+    /// Runs the loader for `key` once and answers everyone waiting for it.
+    async fn lead_load(self: Arc<Self>, key: LoadKey) {
+        let mut guard = LoadGuard {
+            inner: Arc::clone(&self),
+            key: Some(key.clone()),
+        };
+        let loader = self
+            .loaders
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&*key.0)
+            .cloned();
+        let result: LoadResult = match loader {
+            None => Err(Refusal::NoLoader {
+                bucket: key.0.to_string(),
+            }),
+            Some(f) => {
+                self.metrics.loads.inc();
+                tokio::time::timeout(self.config.load_timeout, f(key.1.clone()))
+                    .await
+                    .map_err(|_| Refusal::Timeout)
+            }
+        };
+        guard.key = None;
+        let (waiters, write, previous, table) = {
+            let mut st = self.lock();
+            let (waiters, write, previous) = st.finish_load(
+                &key,
+                &result,
+                self.config.mycel.refuse_minority_writes,
+                wall_clock(),
+            );
+            (waiters, write, previous, st.table().cloned())
+        };
+        if let (Some(w), Some(table)) = (write, table)
+            && self.replicate(&table, &[w]).await.is_err()
+        {
+            tracing::warn!("loaded value not replicated to every backup");
+        }
+        let answer = match (result, previous) {
+            (Ok(Some(_)), Some(current)) => Ok(Some(current)),
+            (r, _) => r,
+        };
+        for w in waiters {
+            let _ = w.send(answer.clone());
+        }
+    }
+
+    async fn group_by_primary(&self, keys: &[Bytes]) -> Result<Vec<Vec<usize>>, ClusterError> {
+        let table = self
+            .wait_for_table(Instant::now() + self.config.op_timeout)
+            .await?;
+        let partitioning = table.partitioning();
+        let mut groups: BTreeMap<NodeId, Vec<usize>> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            let p = partitioning.partition_of(k);
+            let primary = table
+                .primary(p)
+                .map(|m| m.id.clone())
+                .expect("invariant: every partition has a primary");
+            groups.entry(primary).or_default().push(i);
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    async fn count(self: &Arc<Self>) -> Result<u64, ClusterError> {
+        let table = self
+            .wait_for_table(Instant::now() + self.config.op_timeout)
+            .await?;
+        let mut total = 0u64;
+        for m in table.members() {
+            if m.id == self.me {
+                total += self.lock().count_primary(wall_clock());
+                continue;
+            }
+            let msg = Msg::Op {
+                epoch: table.epoch(),
+                op: Op::Count,
+            };
+            match self.call(&m.id, &msg, self.config.request_timeout).await {
+                Ok(Reply::Op(OpReply::Count(n))) => total += n,
+                Ok(Reply::Err(r)) => return Err(self.refusal(r, &m.id)),
+                Ok(_) | Err(CallError::Decode) => {
+                    return Err(ClusterError::Protocol { node: m.id.clone() });
+                }
+                Err(CallError::Transport(_)) => {
+                    return Err(ClusterError::Unreachable { node: m.id.clone() });
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Serves one request from another node.
+    async fn serve(self: &Arc<Self>, from: &NodeId, msg: Msg) -> Reply {
+        let now = wall_clock();
+        match msg {
+            Msg::Op { epoch, op } => {
+                if epoch > self.lock().routing.epoch() {
+                    self.spawn_refresh(from.clone());
+                }
+                match self.at_primary(op, Some(epoch)).await {
+                    Ok(r) => Reply::Op(r),
+                    Err(r) => {
+                        if matches!(r, Refusal::NotOwner { .. }) {
+                            self.metrics.not_owner.inc();
+                        }
+                        Reply::Err(r)
+                    }
+                }
+            }
+            Msg::Replicate { epoch, writes } => {
+                let result = self.lock().handle_replicate(epoch, writes, now);
+                match result {
+                    Ok(()) => Reply::Ack,
+                    Err(r) => {
+                        if matches!(r, Refusal::Behind { .. }) {
+                            self.spawn_refresh(from.clone());
+                        }
+                        Reply::Err(r)
+                    }
+                }
+            }
+            Msg::TableReq => {
+                let st = self.lock();
+                Reply::Table {
+                    table: st.table().map(|t| (**t).clone()),
+                    previous: st.previous.as_deref().cloned(),
+                }
+            }
+            Msg::TablePush { table, previous } => {
+                self.install(table, previous.as_ref());
+                Reply::Ack
+            }
+            Msg::FetchStart { table, partitions } => {
+                let (page, statuses, installed_epoch) = {
+                    let mut st = self.lock();
+                    let before = st.routing.epoch();
+                    let (session, statuses) = st.start_session(from, table, &partitions, now);
+                    let page = st.next_page(session, from, self.config.page_bytes, now);
+                    let after = st.routing.epoch();
+                    (
+                        page.map(|p| (session, p)),
+                        statuses,
+                        (after > before).then_some(after),
+                    )
+                };
+                if installed_epoch.is_some() {
+                    self.table_changed.notify_waiters();
+                }
+                match page {
+                    Some((session, (writes, done))) => {
+                        self.count_served(&writes);
+                        Reply::Page {
+                            session,
+                            statuses,
+                            writes,
+                            done,
+                        }
+                    }
+                    None => Reply::Err(Refusal::UnknownSession),
+                }
+            }
+            Msg::FetchNext { session } => {
+                let page = self
+                    .lock()
+                    .next_page(session, from, self.config.page_bytes, now);
+                match page {
+                    Some((writes, done)) => {
+                        self.count_served(&writes);
+                        Reply::Page {
+                            session,
+                            statuses: Vec::new(),
+                            writes,
+                            done,
+                        }
+                    }
+                    None => Reply::Err(Refusal::UnknownSession),
+                }
+            }
+            Msg::Release { partitions } => {
+                let dropped = self.lock().handle_release(from, &partitions);
+                if dropped > 0 {
+                    tracing::debug!(%from, dropped, "released partitions dropped");
+                }
+                Reply::Ack
+            }
+        }
+    }
+
+    fn count_served(&self, writes: &[WireWrite]) {
+        let bytes: usize = writes.iter().map(WireWrite::size).sum();
+        self.metrics
+            .served_bytes
+            .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+    }
+
+    /// Membership, tables, transfers, sessions and expiry: one background step.
+    async fn tick(self: &Arc<Self>) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        let members = node.members();
+        drop(node);
+        let now = wall_clock();
+        let leaving = self.leaving.load(Ordering::Acquire);
+        let mut frozen = self.frozen.load(Ordering::Acquire);
+        let mut view = Vec::new();
+        let mut alive = BTreeSet::new();
+        alive.insert(self.me.clone());
+        if !leaving {
+            view.push(Member {
+                id: self.me.clone(),
+                weight: self.config.weight,
+                started_at: self.started_at,
+            });
+        }
+        let partitions = self.config.mycel.store.partitioning.count();
+        let rf = self.config.mycel.replication_factor;
+        for (m, s) in &members {
+            if m.id == self.me || !s.is_active() {
+                continue;
+            }
+            let Some(meta) = wire::MemberMeta::decode(m.metadata.as_bytes()) else {
+                continue;
+            };
+            if meta.partitions != partitions || meta.replication_factor != rf {
+                tracing::warn!(peer = %m.id, "peer runs another partitioning or replication factor; ignored");
+                continue;
+            }
+            alive.insert(m.id.clone());
+            frozen |= meta.frozen;
+            if !meta.leaving {
+                view.push(Member {
+                    id: m.id.clone(),
+                    weight: meta.weight,
+                    started_at: meta.started_at,
+                });
+            }
+        }
+        view.sort_by(|a, b| a.id.cmp(&b.id));
+        let auth = authority(&view).map(|m| m.id.clone());
+
+        let mut publish = None;
+        let mut resend = false;
+        let mut ask = None;
+        {
+            let mut shell = self.shell();
+            shell.stabilizer.handle_view(now, view.clone());
+            if let Some(stable) = shell.stabilizer.poll_stable(now) {
+                shell.stable = Some(stable);
+            }
+            if shell.stable.as_ref() != Some(&view) {
+                shell.stable = None;
+            }
+            let mut st = self.lock();
+            st.alive = alive;
+            if let (Some(stable), false) = (shell.stable.as_ref(), frozen) {
+                let may = !self.config.mycel.refuse_minority_writes
+                    || st
+                        .table()
+                        .is_none_or(|t| t.in_majority(&self.me, st.alive.iter()));
+                if may
+                    && let Some(mut t) =
+                        st.routing
+                            .propose(stable, self.config.mycel.store.partitioning, rf)
+                {
+                    if t.epoch() <= st.highest_seen {
+                        match RoutingTable::compute(
+                            st.highest_seen + 1,
+                            self.me.clone(),
+                            self.config.mycel.store.partitioning,
+                            rf,
+                            stable.clone(),
+                        ) {
+                            Ok(next) => t = next,
+                            Err(e) => tracing::warn!(error = %e, "cannot compute table"),
+                        }
+                    }
+                    match st.install(t.clone(), None) {
+                        Ok(true) => {
+                            tracing::info!(epoch = t.epoch(), "published routing table");
+                            publish = Some(t);
+                        }
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(error = %e, "own table refused"),
+                    }
+                }
+            }
+            let due =
+                |at: Option<Instant>, every: Duration| at.is_none_or(|t| t.elapsed() >= every);
+            if auth.as_ref() == Some(&self.me) && st.table().is_some() {
+                resend =
+                    publish.is_some() || due(shell.last_push, self.config.table_resend_interval);
+                if resend {
+                    shell.last_push = Some(Instant::now());
+                }
+            } else if st.table().is_none() && due(shell.last_table_req, Duration::from_millis(500))
+            {
+                ask = auth
+                    .clone()
+                    .filter(|a| *a != self.me)
+                    .or_else(|| st.alive.iter().find(|n| **n != self.me).cloned());
+                shell.last_table_req = Some(Instant::now());
+            }
+            let rng = &mut shell.rng;
+            st.store.reap(now, rng, crate::store::DEFAULT_REAP_SAMPLE);
+            st.expire_sessions(Timestamp::from_millis(
+                now.as_millis().saturating_sub(60_000),
+            ));
+        }
+        if publish.is_some() {
+            self.table_changed.notify_waiters();
+        }
+        if resend {
+            let targets: Vec<NodeId> = self
+                .lock()
+                .alive
+                .iter()
+                .filter(|n| **n != self.me)
+                .cloned()
+                .collect();
+            for to in targets {
+                let inner = Arc::clone(self);
+                tokio::spawn(async move { inner.push_table(&to).await });
+            }
+        }
+        if let Some(from) = ask {
+            self.spawn_refresh(from);
+        }
+        let work = self.lock().poll_sync();
+        if work.synced > 0 {
+            tracing::debug!(synced = work.synced, "partitions synced");
+            self.metrics
+                .partitions_fetched
+                .inc_by(u64::try_from(work.synced).unwrap_or(u64::MAX));
+        }
+        for (source, partitions) in work.fetch {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move { inner.fetch_from(source, partitions).await });
+        }
+        for (source, partitions) in work.release {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move {
+                let msg = Msg::Release { partitions };
+                for _ in 0..3 {
+                    if let Ok(Reply::Ack) = inner
+                        .call(&source, &msg, inner.config.request_timeout)
+                        .await
+                    {
+                        return;
+                    }
+                    if !inner.is_active(&source) {
+                        return;
+                    }
+                }
+            });
+        }
+        self.update_gauges();
+    }
+
+    fn update_gauges(&self) {
+        let st = self.lock();
+        let (primaries, replicas, synced) = st.replica_counts();
+        let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.metrics
+            .epoch
+            .set(i64::try_from(st.routing.epoch()).unwrap_or(i64::MAX));
+        self.metrics.primaries.set(g(primaries));
+        self.metrics.replicas.set(g(replicas));
+        self.metrics.synced.set(g(synced));
+        self.metrics.awaiting_release.set(g(st.awaiting.len()));
+    }
+
+    /// Transfers `partitions` from `source`, page by page.
+    async fn fetch_from(self: Arc<Self>, source: NodeId, partitions: Vec<Partition>) {
+        let ok = self.fetch_pages(&source, &partitions).await;
+        let mut st = self.lock();
+        if ok {
+            st.fetch_done(&source, &partitions);
+        } else {
+            st.fetch_failed(&source);
+        }
+    }
+
+    async fn fetch_pages(&self, source: &NodeId, partitions: &[Partition]) -> bool {
+        let Some(table) = self.lock().table().map(|t| (**t).clone()) else {
+            return false;
+        };
+        let mut msg = Msg::FetchStart {
+            table,
+            partitions: partitions.to_vec(),
+        };
+        loop {
+            match self.call(source, &msg, self.config.fetch_timeout).await {
+                Ok(Reply::Page {
+                    session,
+                    statuses,
+                    writes,
+                    done,
+                }) => {
+                    let bytes: usize = writes.iter().map(WireWrite::size).sum();
+                    self.metrics
+                        .fetch_bytes
+                        .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+                    self.lock()
+                        .apply_page(source, &statuses, writes, wall_clock());
+                    if done {
+                        tracing::debug!(%source, partitions = partitions.len(), "fetch complete");
+                        return true;
+                    }
+                    msg = Msg::FetchNext { session };
+                }
+                _ => {
+                    tracing::debug!(%source, "fetch failed; retried while the source lives");
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Clears a single-flight entry if its leader dies (a panicking loader), so waiters get an
+/// answer and later calls can load again.
+struct LoadGuard {
+    inner: Arc<Inner>,
+    key: Option<LoadKey>,
+}
+
+impl Drop for LoadGuard {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            let waiters = self.inner.lock().loads.remove(&key).unwrap_or_default();
+            for w in waiters {
+                let _ = w.send(Err(Refusal::Timeout));
+            }
+        }
+    }
+}
+
+async fn receive_loop(inner: Weak<Inner>, mut app: Application) {
+    while let Some(incoming) = app.receive().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match incoming {
+            Incoming::Request(req) => {
+                tokio::spawn(handle_request(inner, req));
+            }
+            Incoming::Message { from, .. } => {
+                inner.metrics.bad_messages.inc();
+                tracing::debug!(%from, "unexpected one-way message dropped");
+            }
+        }
+    }
+}
+
+async fn handle_request(inner: Arc<Inner>, req: Request) {
+    let from = req.from().clone();
+    let reply = match wire::decode::<Msg>(req.body()) {
+        Ok(msg) => inner.serve(&from, msg).await,
+        Err(e) => {
+            inner.metrics.bad_messages.inc();
+            tracing::warn!(%from, error = %e, "undecodable request dropped");
+            Reply::Err(Refusal::BadRequest)
+        }
+    };
+    drop(inner);
+    if let Err(e) = req.respond(wire::encode(&reply)).await {
+        tracing::debug!(%from, error = %e, "response not sent");
+    }
+}
+
+async fn tick_loop(inner: Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => i.config.tick_interval,
+        None => return,
+    };
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.tick().await;
+    }
+}
+
+/// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
+fn chunk_by_size<T: Copy>(items: &[T], size: impl Fn(&T) -> usize, max: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut current = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let s = size(item);
+        if !current.is_empty() && bytes + s > max {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += s;
+        current.push(*item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// The system clock as the core's [`Timestamp`]: the one place the cluster layer reads it.
+fn wall_clock() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp::from_millis(ms)
+}
+
+/// SplitMix64: enough randomness to sample keys for expiry.
+#[derive(Debug)]
+struct SplitMix(u64);
+
+impl rand_core::TryRng for SplitMix {
+    type Error = Infallible;
+
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok((self.next() >> 32) as u32)
+    }
+
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.next())
+    }
+
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Infallible> {
+        for chunk in dst.chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid_and_problems_are_listed() {
+        assert_eq!(ClusterConfig::default().validate(), Ok(()));
+        let mut c = ClusterConfig::default();
+        c.mycel.store.max_value_len = 8 * 1024 * 1024;
+        c.mycel.store.max_bytes = 64 * 1024 * 1024;
+        c.weight = 0;
+        c.request_timeout = Duration::from_secs(60);
+        let problems = c.validate().expect_err("invalid");
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(fields, ["store.max_value_len", "weight", "request_timeout"]);
+    }
+
+    #[test]
+    fn chunks_respect_the_bound() {
+        let items: Vec<usize> = (0..10).collect();
+        let chunks = chunk_by_size(&items, |_| 30, 100);
+        assert_eq!(chunks.len(), 4);
+        assert!(chunks.iter().all(|c| c.len() * 30 <= 100));
+        // An item larger than the bound gets a chunk of its own.
+        let big = chunk_by_size(&[1usize, 2], |_| 500, 100);
+        assert_eq!(big, vec![vec![1], vec![2]]);
+        assert!(chunk_by_size::<usize>(&[], |_| 1, 1).is_empty());
+    }
+}

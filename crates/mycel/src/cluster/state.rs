@@ -1,0 +1,977 @@
+//! The node's cluster state behind one mutex: routing table, store, partition sync and
+//! hand-off bookkeeping. Sans-IO: methods take `now` and return what to send.
+//!
+//! Keeping the table and the store under one lock is what makes hand-off safe: a node
+//! answering a fetch installs the newer table (and so stops acting as primary) and
+//! snapshots in one critical section, and a primary checks ownership and applies a write
+//! in one critical section, so no acknowledged write can fall between the two.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use nodosum_proto::NodeId;
+use tokio::sync::oneshot;
+
+use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WireWrite, set_options};
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
+use crate::slot::Partition;
+use crate::store::{Store, Write};
+
+/// A partition's sync state on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartSync {
+    /// Not a replica here.
+    NotReplica,
+    /// A replica holding every acknowledged write: serves.
+    Synced,
+    /// A replica still fetching: `sources` to fetch from, `done` fetched.
+    Pending {
+        sources: BTreeSet<NodeId>,
+        done: BTreeSet<NodeId>,
+    },
+}
+
+/// The answer of a single-flight load.
+pub(crate) type LoadResult = Result<Option<Bytes>, Refusal>;
+
+/// A transfer being served.
+#[derive(Debug)]
+pub(crate) struct Session {
+    /// Remaining writes, in send order (popped from the back).
+    writes: Vec<WireWrite>,
+    /// Who asked.
+    pub(crate) requester: NodeId,
+    /// Last activity, for expiry.
+    pub(crate) touched: Timestamp,
+}
+
+/// What [`State::poll_sync`] asks the shell to do.
+#[derive(Debug, Default)]
+pub(crate) struct SyncWork {
+    /// Fetches to start: source -> partitions.
+    pub(crate) fetch: BTreeMap<NodeId, Vec<Partition>>,
+    /// Releases to send: source -> partitions.
+    pub(crate) release: BTreeMap<NodeId, Vec<Partition>>,
+    /// Partitions that became synced.
+    pub(crate) synced: usize,
+}
+
+/// One single-flight load waiting or running at this primary.
+pub(crate) type LoadKey = (Arc<str>, Bytes);
+
+/// What a primary does with a `GetOrLoad`.
+#[derive(Debug)]
+pub(crate) enum LoadStep {
+    /// The value is there.
+    Hit(Bytes),
+    /// Another load runs; wait for it.
+    Wait(oneshot::Receiver<LoadResult>),
+    /// This call runs the loader for the key (its own answer arrives on the receiver
+    /// too).
+    Lead(oneshot::Receiver<LoadResult>, LoadKey),
+}
+
+/// The state. See the module docs.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) routing: RoutingState,
+    pub(crate) previous: Option<Arc<RoutingTable>>,
+    pub(crate) store: Store,
+    pub(crate) sync: Vec<PartSync>,
+    /// Partitions this node no longer replicates, with the new replicas that still have
+    /// to release them before they are dropped.
+    pub(crate) awaiting: HashMap<Partition, BTreeSet<NodeId>>,
+    /// Active Mycel members (this node included).
+    pub(crate) alive: BTreeSet<NodeId>,
+    /// Sources a fetch is running from.
+    pub(crate) fetching: BTreeSet<NodeId>,
+    pub(crate) loads: HashMap<LoadKey, Vec<oneshot::Sender<LoadResult>>>,
+    pub(crate) sessions: HashMap<u64, Session>,
+    next_session: u64,
+    /// Highest epoch seen anywhere (a conflicting table included).
+    pub(crate) highest_seen: u64,
+}
+
+impl State {
+    pub(crate) fn new(me: NodeId, store: Store) -> Self {
+        let n = usize::from(store.config().partitioning.count());
+        let mut alive = BTreeSet::new();
+        alive.insert(me.clone());
+        Self {
+            routing: RoutingState::new(me),
+            previous: None,
+            store,
+            sync: vec![PartSync::NotReplica; n],
+            awaiting: HashMap::new(),
+            alive,
+            fetching: BTreeSet::new(),
+            loads: HashMap::new(),
+            sessions: HashMap::new(),
+            next_session: 1,
+            highest_seen: 0,
+        }
+    }
+
+    pub(crate) fn me(&self) -> &NodeId {
+        self.routing.me()
+    }
+
+    pub(crate) fn table(&self) -> Option<&Arc<RoutingTable>> {
+        self.routing.table()
+    }
+
+    /// Offers a table (and the sender's previous one). Returns whether it was installed.
+    ///
+    /// On install: partitions this node newly replicates become pending with the replicas
+    /// of the previous tables as sources; partitions it stops replicating wait for the new
+    /// replicas' releases (or are dropped at once if no new replica needs them).
+    pub(crate) fn install(
+        &mut self,
+        table: RoutingTable,
+        sender_previous: Option<&RoutingTable>,
+    ) -> Result<bool, TableError> {
+        self.highest_seen = self.highest_seen.max(table.epoch());
+        let prev = self.routing.table().cloned();
+        match self.routing.handle_table(table)? {
+            TableUpdate::Installed { .. } => {}
+            TableUpdate::Unchanged | TableUpdate::Stale { .. } => return Ok(false),
+        }
+        let new = Arc::clone(self.routing.table().expect("invariant: just installed"));
+        let me = self.me().clone();
+        let ids = |t: Option<&RoutingTable>, p: Partition| -> BTreeSet<NodeId> {
+            t.map(|t| t.replicas(p).map(|m| m.id.clone()).collect())
+                .unwrap_or_default()
+        };
+        let mut dropped = 0usize;
+        for p in new.partitioning().iter() {
+            let was = prev.as_ref().is_some_and(|t| t.role(&me, p) != Role::None);
+            let is = new.role(&me, p) != Role::None;
+            let new_set = ids(Some(&new), p);
+            let prev_set = ids(prev.as_deref(), p);
+            let state = &mut self.sync[p.index()];
+            if is {
+                self.awaiting.remove(&p);
+                let mut candidates: BTreeSet<NodeId> = prev_set.clone();
+                candidates.extend(ids(sender_previous, p));
+                candidates.extend(new_set.iter().cloned());
+                candidates.remove(&me);
+                match state {
+                    PartSync::Synced if was => {}
+                    PartSync::Pending { sources, .. } => sources.extend(candidates),
+                    _ => {
+                        *state = PartSync::Pending {
+                            sources: candidates,
+                            done: BTreeSet::new(),
+                        };
+                    }
+                }
+            } else {
+                let had = was || !matches!(state, PartSync::NotReplica);
+                *state = PartSync::NotReplica;
+                let entry = self.awaiting.remove(&p);
+                if had || entry.is_some() {
+                    let mut need: BTreeSet<NodeId> = entry
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|id| new_set.contains(id))
+                        .collect();
+                    need.extend(new_set.difference(&prev_set).cloned());
+                    if need.is_empty() {
+                        dropped += self.store.drop_partition(p);
+                    } else {
+                        self.awaiting.insert(p, need);
+                    }
+                }
+            }
+        }
+        self.previous = prev;
+        tracing::info!(
+            epoch = new.epoch(),
+            members = new.members().len(),
+            dropped,
+            "routing table installed"
+        );
+        Ok(true)
+    }
+
+    /// A release from `from` for `partitions`: drops those this node no longer replicates
+    /// once every new replica released them. Returns entries dropped.
+    pub(crate) fn handle_release(&mut self, from: &NodeId, partitions: &[Partition]) -> usize {
+        let mut dropped = 0;
+        for &p in partitions {
+            let Some(need) = self.awaiting.get_mut(&p) else {
+                continue;
+            };
+            need.remove(from);
+            if need.is_empty() {
+                self.awaiting.remove(&p);
+                if matches!(self.sync.get(p.index()), Some(PartSync::NotReplica)) {
+                    dropped += self.store.drop_partition(p);
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Decides which fetches to start, which partitions are now synced (every alive
+    /// source fetched), and which releases to send.
+    pub(crate) fn poll_sync(&mut self) -> SyncWork {
+        let mut work = SyncWork::default();
+        for (i, state) in self.sync.iter_mut().enumerate() {
+            let PartSync::Pending { sources, done } = state else {
+                continue;
+            };
+            let p = Partition::new(u16::try_from(i).expect("invariant: below partition count"));
+            let remaining: Vec<&NodeId> = sources
+                .iter()
+                .filter(|s| !done.contains(*s) && self.alive.contains(*s))
+                .collect();
+            if remaining.is_empty() {
+                for s in done.iter() {
+                    work.release.entry(s.clone()).or_default().push(p);
+                }
+                *state = PartSync::Synced;
+                work.synced += 1;
+                continue;
+            }
+            for s in remaining {
+                if !self.fetching.contains(s) {
+                    work.fetch.entry(s.clone()).or_default().push(p);
+                }
+            }
+        }
+        for source in work.fetch.keys() {
+            self.fetching.insert(source.clone());
+        }
+        work
+    }
+
+    /// Applies a page fetched from `source`; `statuses` may add sources (a pending
+    /// source's own sources).
+    pub(crate) fn apply_page(
+        &mut self,
+        source: &NodeId,
+        statuses: &[(Partition, SourceStatus)],
+        writes: Vec<WireWrite>,
+        now: Timestamp,
+    ) -> usize {
+        let me = self.me().clone();
+        for (p, status) in statuses {
+            if let (
+                SourceStatus::Pending { sources },
+                Some(PartSync::Pending { sources: mine, .. }),
+            ) = (status, self.sync.get_mut(p.index()))
+            {
+                mine.extend(
+                    sources
+                        .iter()
+                        .filter(|s| **s != me && *s != source)
+                        .cloned(),
+                );
+            }
+        }
+        let mut applied = 0;
+        for w in writes {
+            let w = Write::from(w);
+            match self.store.apply(&w, now) {
+                Ok(_) => applied += 1,
+                Err(e) => tracing::warn!(error = %e, "fetched write dropped"),
+            }
+        }
+        applied
+    }
+
+    /// A transfer from `source` of `partitions` completed.
+    pub(crate) fn fetch_done(&mut self, source: &NodeId, partitions: &[Partition]) {
+        self.fetching.remove(source);
+        for p in partitions {
+            if let Some(PartSync::Pending { done, .. }) = self.sync.get_mut(p.index()) {
+                done.insert(source.clone());
+            }
+        }
+    }
+
+    /// A transfer from `source` failed; it is retried on a later poll while `source` lives.
+    pub(crate) fn fetch_failed(&mut self, source: &NodeId) {
+        self.fetching.remove(source);
+    }
+
+    /// Serves the start of a transfer: installs the fetcher's table first (so that this
+    /// node stops acting as primary of those partitions), then snapshots them.
+    pub(crate) fn start_session(
+        &mut self,
+        requester: &NodeId,
+        table: RoutingTable,
+        partitions: &[Partition],
+        now: Timestamp,
+    ) -> (u64, Vec<(Partition, SourceStatus)>) {
+        if let Err(e) = self.install(table, None) {
+            tracing::warn!(error = %e, "table in a fetch refused");
+        }
+        let mut statuses = Vec::with_capacity(partitions.len());
+        let mut writes = Vec::new();
+        for &p in partitions {
+            if !self.store.config().partitioning.contains(p) {
+                continue;
+            }
+            let status = match &self.sync[p.index()] {
+                PartSync::Synced => SourceStatus::Synced,
+                PartSync::NotReplica => SourceStatus::NotReplica,
+                PartSync::Pending { sources, done } => SourceStatus::Pending {
+                    sources: sources.difference(done).cloned().collect(),
+                },
+            };
+            statuses.push((p, status));
+            writes.extend(self.store.snapshot(p, now).map(|w| WireWrite::from(&w)));
+        }
+        writes.reverse();
+        let id = self.next_session;
+        self.next_session = self.next_session.wrapping_add(1).max(1);
+        self.sessions.insert(
+            id,
+            Session {
+                writes,
+                requester: requester.clone(),
+                touched: now,
+            },
+        );
+        (id, statuses)
+    }
+
+    /// The next page of `session`, at most `max_bytes` (at least one write); `None` if the
+    /// session is unknown. The session ends with its last page.
+    pub(crate) fn next_page(
+        &mut self,
+        session: u64,
+        requester: &NodeId,
+        max_bytes: usize,
+        now: Timestamp,
+    ) -> Option<(Vec<WireWrite>, bool)> {
+        let s = self.sessions.get_mut(&session)?;
+        if s.requester != *requester {
+            return None;
+        }
+        s.touched = now;
+        let mut page = Vec::new();
+        let mut size = 0;
+        while let Some(w) = s.writes.last() {
+            if !page.is_empty() && size + w.size() > max_bytes {
+                break;
+            }
+            size += w.size();
+            page.extend(s.writes.pop());
+        }
+        let done = s.writes.is_empty();
+        if done {
+            self.sessions.remove(&session);
+        }
+        Some((page, done))
+    }
+
+    /// Forgets sessions idle since before `cutoff`.
+    pub(crate) fn expire_sessions(&mut self, cutoff: Timestamp) {
+        self.sessions.retain(|_, s| s.touched >= cutoff);
+    }
+
+    /// Whether this node is in a majority of its table's view.
+    pub(crate) fn check_quorum(&self) -> Result<(), Refusal> {
+        self.routing
+            .check_quorum(self.alive.iter())
+            .map_err(|e| Refusal::from_error(&e))
+    }
+
+    /// Checks that this node is the synced primary of `p` at `epoch` (None: local).
+    pub(crate) fn check_primary(&self, p: Partition, epoch: Option<u64>) -> Result<(), Refusal> {
+        match self.routing.check_owner(p, epoch) {
+            Ok(Role::Primary) => {}
+            Ok(_) => {
+                return Err(Refusal::NotOwner {
+                    epoch: self.routing.epoch(),
+                });
+            }
+            Err(e) => return Err(Refusal::from_error(&e)),
+        }
+        match self.sync.get(p.index()) {
+            Some(PartSync::Synced) => Ok(()),
+            _ => Err(Refusal::Syncing { partition: p }),
+        }
+    }
+
+    /// Executes `op` as primary: the ownership check, the quorum check for writes and the
+    /// store operation happen in this one critical section. Returns the reply and the
+    /// writes to replicate. `GetOrLoad` and `Count` are not handled here.
+    pub(crate) fn execute(
+        &mut self,
+        op: Op,
+        epoch: Option<u64>,
+        refuse_minority: bool,
+        now: Timestamp,
+    ) -> Result<(OpReply, Vec<Write>), Refusal> {
+        let partitioning = self.store.config().partitioning;
+        let keys: Vec<&[u8]> = match &op {
+            Op::Get { key, .. }
+            | Op::Exists { key, .. }
+            | Op::Ttl { key, .. }
+            | Op::Set { key, .. }
+            | Op::Delete { key, .. }
+            | Op::Expire { key, .. }
+            | Op::Persist { key, .. }
+            | Op::IncrBy { key, .. }
+            | Op::GetOrLoad { key, .. } => vec![&key.0[..]],
+            Op::MGet { keys, .. } => keys.iter().map(|k| &k.0[..]).collect(),
+            Op::MSet { entries, .. } => entries.iter().map(|(k, _)| &k.0[..]).collect(),
+            Op::Count => Vec::new(),
+        };
+        for k in keys {
+            self.check_primary(partitioning.partition_of(k), epoch)?;
+        }
+        let is_write = matches!(
+            op,
+            Op::Set { .. }
+                | Op::Delete { .. }
+                | Op::Expire { .. }
+                | Op::Persist { .. }
+                | Op::IncrBy { .. }
+                | Op::MSet { .. }
+        );
+        if is_write && refuse_minority {
+            self.check_quorum()?;
+        }
+        let e = self.routing.epoch();
+        let err = |e: Error| Refusal::from_error(&e);
+        let store = &mut self.store;
+        let bucket_of = |store: &Store, name: &str| store.bucket(name).map_err(err);
+        let out = match op {
+            Op::Get { bucket, key } => {
+                let b = bucket_of(store, &bucket)?;
+                (
+                    OpReply::Value(store.get(b, &key.0, now).map(WBytes)),
+                    Vec::new(),
+                )
+            }
+            Op::Exists { bucket, key } => {
+                let b = bucket_of(store, &bucket)?;
+                (OpReply::Bool(store.exists(b, &key.0, now)), Vec::new())
+            }
+            Op::Ttl { bucket, key } => {
+                let b = bucket_of(store, &bucket)?;
+                (OpReply::Ttl(store.ttl(b, &key.0, now).into()), Vec::new())
+            }
+            Op::Set {
+                bucket,
+                key,
+                value,
+                expiry,
+                condition,
+                get,
+            } => {
+                let b = bucket_of(store, &bucket)?;
+                let outcome = store
+                    .set(
+                        b,
+                        key.0,
+                        value.0,
+                        set_options(expiry, condition, get),
+                        now,
+                        e,
+                    )
+                    .map_err(err)?;
+                let applied = outcome.write.is_some();
+                (
+                    OpReply::Set {
+                        applied,
+                        previous: outcome.previous.map(WBytes),
+                    },
+                    outcome.write.into_iter().collect(),
+                )
+            }
+            Op::Delete { bucket, key } => {
+                let b = bucket_of(store, &bucket)?;
+                let w = store.delete(b, key.0, now, e).map_err(err)?;
+                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+            }
+            Op::Expire {
+                bucket,
+                key,
+                after_ms,
+            } => {
+                let b = bucket_of(store, &bucket)?;
+                let at = now.saturating_add(std::time::Duration::from_millis(after_ms));
+                let w = store.expire(b, key.0, at, now, e).map_err(err)?;
+                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+            }
+            Op::Persist { bucket, key } => {
+                let b = bucket_of(store, &bucket)?;
+                let w = store.persist(b, key.0, now, e).map_err(err)?;
+                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+            }
+            Op::IncrBy { bucket, key, delta } => {
+                let b = bucket_of(store, &bucket)?;
+                let (v, w) = store.incr_by(b, key.0, delta, now, e).map_err(err)?;
+                (OpReply::Int(v), vec![w])
+            }
+            Op::MGet { bucket, keys } => {
+                let b = bucket_of(store, &bucket)?;
+                let values = keys
+                    .iter()
+                    .map(|k| store.get(b, &k.0, now).map(WBytes))
+                    .collect();
+                (OpReply::Values(values), Vec::new())
+            }
+            Op::MSet { bucket, entries } => {
+                let b = bucket_of(store, &bucket)?;
+                // Check every size first, so that a refused entry changes nothing.
+                let mut writes = Vec::with_capacity(entries.len());
+                let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+                let key_max = store.config().max_key_len;
+                let value_max = store
+                    .bucket_options(b)
+                    .and_then(|o| o.max_value_len)
+                    .unwrap_or(store.config().max_value_len);
+                for (k, v) in &entries {
+                    if k.0.len() > key_max {
+                        return Err(Refusal::KeyTooLarge {
+                            len: n(k.0.len()),
+                            max: n(key_max),
+                        });
+                    }
+                    if v.0.len() > value_max {
+                        return Err(Refusal::ValueTooLarge {
+                            len: n(v.0.len()),
+                            max: n(value_max),
+                        });
+                    }
+                }
+                for (k, v) in entries {
+                    let outcome = store
+                        .set(b, k.0, v.0, set_options_default(), now, e)
+                        .map_err(err)?;
+                    writes.extend(outcome.write);
+                }
+                (OpReply::Unit, writes)
+            }
+            Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
+        };
+        Ok(out)
+    }
+
+    /// Live keys in the partitions this node is the primary of.
+    pub(crate) fn count_primary(&self, now: Timestamp) -> u64 {
+        let Some(table) = self.routing.table() else {
+            return 0;
+        };
+        let me = self.me();
+        let mut n = 0u64;
+        for p in table.partitioning().iter() {
+            if table.role(me, p) == Role::Primary {
+                let live = self
+                    .store
+                    .snapshot(p, now)
+                    .filter(|w| matches!(w.op, crate::store::WriteOp::Put { .. }))
+                    .count();
+                n += u64::try_from(live).unwrap_or(u64::MAX);
+            }
+        }
+        n
+    }
+
+    /// The single-flight step of a `GetOrLoad` at the primary, in one critical section
+    /// with the read, so that a load finishing in between cannot be missed.
+    pub(crate) fn begin_load(
+        &mut self,
+        bucket: &str,
+        key: &Bytes,
+        epoch: Option<u64>,
+        now: Timestamp,
+    ) -> Result<LoadStep, Refusal> {
+        let p = self.store.config().partitioning.partition_of(key);
+        self.check_primary(p, epoch)?;
+        let b = self
+            .store
+            .bucket(bucket)
+            .map_err(|e| Refusal::from_error(&e))?;
+        if let Some(v) = self.store.get(b, key, now) {
+            return Ok(LoadStep::Hit(v));
+        }
+        let name = Arc::clone(self.store.bucket_name(b).expect("invariant: bucket exists"));
+        let (tx, rx) = oneshot::channel();
+        match self.loads.get_mut(&(Arc::clone(&name), key.clone())) {
+            Some(waiters) => {
+                waiters.push(tx);
+                Ok(LoadStep::Wait(rx))
+            }
+            None => {
+                let load_key = (name, key.clone());
+                self.loads.insert(load_key.clone(), vec![tx]);
+                Ok(LoadStep::Lead(rx, load_key))
+            }
+        }
+    }
+
+    /// Ends a load: stores a loaded value (unless the key was set meanwhile, or this
+    /// node is no longer its primary) and hands back the waiters and the write.
+    pub(crate) fn finish_load(
+        &mut self,
+        key: &LoadKey,
+        loaded: &LoadResult,
+        refuse_minority: bool,
+        now: Timestamp,
+    ) -> (
+        Vec<oneshot::Sender<LoadResult>>,
+        Option<Write>,
+        Option<Bytes>,
+    ) {
+        let waiters = self.loads.remove(key).unwrap_or_default();
+        let Ok(Some(value)) = loaded else {
+            return (waiters, None, None);
+        };
+        let p = self.store.config().partitioning.partition_of(&key.1);
+        let quorum = !refuse_minority || self.check_quorum().is_ok();
+        if self.check_primary(p, None).is_err() || !quorum {
+            return (waiters, None, None);
+        }
+        let Ok(b) = self.store.bucket(&key.0) else {
+            return (waiters, None, None);
+        };
+        let options = crate::store::SetOptions {
+            condition: crate::store::Condition::IfAbsent,
+            get: true,
+            ..crate::store::SetOptions::default()
+        };
+        let epoch = self.routing.epoch();
+        match self
+            .store
+            .set(b, key.1.clone(), value.clone(), options, now, epoch)
+        {
+            Ok(outcome) => (waiters, outcome.write, outcome.previous),
+            Err(e) => {
+                tracing::warn!(error = %e, "loaded value not stored");
+                (waiters, None, None)
+            }
+        }
+    }
+
+    /// Applies writes replicated by the primary at `epoch`: only at the same epoch, and
+    /// only for partitions this node backs up there.
+    pub(crate) fn handle_replicate(
+        &mut self,
+        epoch: u64,
+        writes: Vec<WireWrite>,
+        now: Timestamp,
+    ) -> Result<(), Refusal> {
+        let mine = self.routing.epoch();
+        if epoch > mine {
+            return Err(Refusal::Behind { epoch: mine });
+        }
+        if epoch < mine {
+            return Err(Refusal::NotOwner { epoch: mine });
+        }
+        let table = self
+            .routing
+            .table()
+            .expect("invariant: epoch > 0 means a table");
+        let partitioning = table.partitioning();
+        for w in &writes {
+            let p = partitioning.partition_of(&w.key.0);
+            if !matches!(table.role(self.me(), p), Role::Backup { .. }) {
+                return Err(Refusal::NotOwner { epoch: mine });
+            }
+        }
+        for w in writes {
+            let w = Write::from(w);
+            if let Err(e) = self.store.apply(&w, now) {
+                tracing::warn!(error = %e, "replicated write refused");
+                return Err(Refusal::from_error(&e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Partitions this node replicates in its table, and how many of them are synced.
+    pub(crate) fn replica_counts(&self) -> (usize, usize, usize) {
+        let Some(table) = self.routing.table() else {
+            return (0, 0, 0);
+        };
+        let me = self.me();
+        let mut primary = 0;
+        let mut replica = 0;
+        let mut synced = 0;
+        for p in table.partitioning().iter() {
+            match table.role(me, p) {
+                Role::None => continue,
+                Role::Primary => primary += 1,
+                Role::Backup { .. } => {}
+            }
+            replica += 1;
+            if self.sync[p.index()] == PartSync::Synced {
+                synced += 1;
+            }
+        }
+        (primary, replica, synced)
+    }
+}
+
+fn set_options_default() -> crate::store::SetOptions {
+    crate::store::SetOptions::default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::Member;
+    use crate::slot::Partitioning;
+    use crate::store::{BucketOptions, StoreConfig};
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("valid id")
+    }
+
+    fn parts() -> Partitioning {
+        Partitioning::new(16).expect("valid")
+    }
+
+    fn state(me: &str) -> State {
+        let mut store = Store::new(StoreConfig {
+            partitioning: parts(),
+            ..StoreConfig::default()
+        });
+        store
+            .create_bucket("default", BucketOptions::default())
+            .expect("bucket");
+        State::new(id(me), store)
+    }
+
+    fn table(epoch: u64, names: &[&str]) -> RoutingTable {
+        let members: Vec<Member> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Member::new(id(n), i as u64))
+            .collect();
+        RoutingTable::compute(epoch, id(names[0]), parts(), 2, members).expect("valid")
+    }
+
+    fn set_op(key: &'static str, value: &'static str) -> Op {
+        Op::Set {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from_static(key.as_bytes())),
+            value: WBytes(Bytes::from_static(value.as_bytes())),
+            expiry: super::super::wire::WireExpiry::BucketDefault,
+            condition: super::super::wire::WireCondition::Always,
+            get: false,
+        }
+    }
+
+    #[test]
+    fn a_lone_first_table_syncs_at_once() {
+        let mut s = state("a");
+        assert!(s.install(table(1, &["a"]), None).expect("valid"));
+        let work = s.poll_sync();
+        assert_eq!(work.synced, 16);
+        assert!(work.fetch.is_empty());
+        let (_, replica, synced) = s.replica_counts();
+        assert_eq!((replica, synced), (16, 16));
+    }
+
+    #[test]
+    fn a_joiner_fetches_from_previous_replicas_and_releases() {
+        let mut a = state("a");
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        a.execute(set_op("k", "v"), None, false, Timestamp::from_millis(1))
+            .expect("primary writes");
+        let mut b = state("b");
+        b.alive.insert(id("a"));
+        let t2 = table(2, &["a", "b"]);
+        let t1 = table(1, &["a"]);
+        b.install(t2.clone(), Some(&t1)).expect("valid");
+        let work = b.poll_sync();
+        // b replicates every partition (rf 2, 2 members) and has to fetch all from a.
+        assert_eq!(work.fetch.get(&id("a")).map(Vec::len), Some(16));
+        let wanted = work.fetch[&id("a")].clone();
+        // a serves: installs t2 first, snapshots.
+        let (session, statuses) = a.start_session(&id("b"), t2, &wanted, Timestamp::from_millis(2));
+        assert_eq!(a.routing.epoch(), 2);
+        assert!(statuses.iter().all(|(_, s)| *s == SourceStatus::Synced));
+        let (page, done) = a
+            .next_page(session, &id("b"), 1 << 20, Timestamp::from_millis(2))
+            .expect("session");
+        assert!(done);
+        assert_eq!(page.len(), 1);
+        b.apply_page(&id("a"), &statuses, page, Timestamp::from_millis(3));
+        b.fetch_done(&id("a"), &wanted);
+        let work = b.poll_sync();
+        assert_eq!(work.synced, 16);
+        assert_eq!(work.release.get(&id("a")).map(Vec::len), Some(16));
+        // a is still a replica of everything, so the release drops nothing.
+        assert_eq!(a.handle_release(&id("b"), &wanted), 0);
+        let key = Bytes::from_static(b"k");
+        let bucket = b.store.bucket("default").expect("bucket");
+        assert_eq!(
+            b.store.get(bucket, &key, Timestamp::from_millis(4)),
+            Some(Bytes::from_static(b"v"))
+        );
+    }
+
+    #[test]
+    fn a_node_that_stops_replicating_drops_after_release() {
+        let mut a = state("a");
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        a.execute(set_op("k", "v"), None, false, Timestamp::from_millis(1))
+            .expect("primary writes");
+        // b and c take over (a leaves the table).
+        a.install(table(2, &["b", "c"]), None).expect("valid");
+        assert_eq!(a.store.len(), 1, "kept until released");
+        let p = parts().partition_of(b"k");
+        let t2 = table(2, &["b", "c"]);
+        let replicas: Vec<NodeId> = t2.replicas(p).map(|m| m.id.clone()).collect();
+        assert_eq!(a.handle_release(&replicas[0], &[p]), 0);
+        assert_eq!(a.store.len(), 1, "one new replica still to release");
+        assert_eq!(a.handle_release(&replicas[1], &[p]), 1);
+        assert_eq!(a.store.len(), 0);
+    }
+
+    #[test]
+    fn ownership_quorum_and_sync_are_checked_together() {
+        let mut a = state("a");
+        // No table: not owner.
+        assert_eq!(
+            a.execute(set_op("k", "v"), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::NotOwner { epoch: 0 })
+        );
+        let t = table(1, &["a", "b", "c"]);
+        a.install(t.clone(), None).expect("valid");
+        let p = parts()
+            .iter()
+            .find(|&p| t.role(&id("a"), p) == Role::Primary)
+            .expect("a is primary somewhere");
+        // A key in p.
+        let key = (0u32..)
+            .map(|i| format!("key-{i}"))
+            .find(|k| parts().partition_of(k.as_bytes()) == p)
+            .expect("some key lands in p");
+        let op = |k: &str| Op::Set {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from(k.to_owned())),
+            value: WBytes(Bytes::from_static(b"v")),
+            expiry: super::super::wire::WireExpiry::BucketDefault,
+            condition: super::super::wire::WireCondition::Always,
+            get: false,
+        };
+        // Pending: the partition is not served.
+        assert!(matches!(
+            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::Syncing { .. })
+        ));
+        // No source alive: synced once polled.
+        a.poll_sync();
+        // Alone among three: quorum lost.
+        assert_eq!(
+            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::QuorumLost)
+        );
+        // Not refusing minority writes: accepted.
+        assert!(
+            a.execute(op(&key), None, false, Timestamp::from_millis(1))
+                .is_ok()
+        );
+        a.alive.insert(id("b"));
+        let (_, writes) = a
+            .execute(op(&key), Some(1), true, Timestamp::from_millis(1))
+            .expect("majority");
+        assert_eq!(writes.len(), 1);
+        // A request at another epoch is refused with this node's epoch.
+        assert_eq!(
+            a.execute(op(&key), Some(2), true, Timestamp::from_millis(1)),
+            Err(Refusal::NotOwner { epoch: 1 })
+        );
+    }
+
+    #[test]
+    fn replicate_is_fenced_by_epoch_and_role() {
+        let mut b = state("b");
+        let t = table(3, &["a", "b"]);
+        b.install(t.clone(), None).expect("valid");
+        let w = |k: &'static str| WireWrite {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from_static(k.as_bytes())),
+            version: crate::store::Version { epoch: 3, seq: 1 },
+            put: Some((WBytes(Bytes::from_static(b"v")), None)),
+        };
+        assert_eq!(
+            b.handle_replicate(4, vec![w("x")], Timestamp::from_millis(1)),
+            Err(Refusal::Behind { epoch: 3 })
+        );
+        assert_eq!(
+            b.handle_replicate(2, vec![w("x")], Timestamp::from_millis(1)),
+            Err(Refusal::NotOwner { epoch: 3 })
+        );
+        let backed = (0u32..)
+            .map(|i| format!("k{i}"))
+            .find(|k| {
+                matches!(
+                    t.role(&id("b"), parts().partition_of(k.as_bytes())),
+                    Role::Backup { .. }
+                )
+            })
+            .expect("b backs something up");
+        let write = WireWrite {
+            key: WBytes(Bytes::from(backed)),
+            ..w("x")
+        };
+        assert_eq!(
+            b.handle_replicate(3, vec![write], Timestamp::from_millis(1)),
+            Ok(())
+        );
+        assert_eq!(b.store.len(), 1);
+    }
+
+    #[test]
+    fn pages_are_bounded_and_sessions_belong_to_their_requester() {
+        let mut a = state("a");
+        let t = table(1, &["a"]);
+        a.install(t.clone(), None).expect("valid");
+        a.poll_sync();
+        for i in 0..50 {
+            let key = format!("key-{i}");
+            let op = Op::Set {
+                bucket: "default".into(),
+                key: WBytes(Bytes::from(key)),
+                value: WBytes(Bytes::from(vec![7u8; 100])),
+                expiry: super::super::wire::WireExpiry::BucketDefault,
+                condition: super::super::wire::WireCondition::Always,
+                get: false,
+            };
+            a.execute(op, None, false, Timestamp::from_millis(1))
+                .expect("write");
+        }
+        let all: Vec<Partition> = parts().iter().collect();
+        let (session, _) = a.start_session(&id("b"), t, &all, Timestamp::from_millis(2));
+        assert!(
+            a.next_page(session, &id("c"), 1000, Timestamp::from_millis(2))
+                .is_none()
+        );
+        let mut total = 0;
+        let mut pages = 0;
+        loop {
+            let (page, done) = a
+                .next_page(session, &id("b"), 1000, Timestamp::from_millis(2))
+                .expect("session");
+            assert!(page.iter().map(WireWrite::size).sum::<usize>() <= 1000);
+            total += page.len();
+            pages += 1;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(total, 50);
+        assert!(pages > 1);
+        assert!(
+            a.next_page(session, &id("b"), 1000, Timestamp::from_millis(2))
+                .is_none()
+        );
+    }
+}

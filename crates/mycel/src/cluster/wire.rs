@@ -1,0 +1,735 @@
+//! The messages of the `mycel/v1` application and the gossip metadata, with their codecs.
+//!
+//! Every message is a request body `[u8 version = 1][postcard(Msg)]`, answered by a
+//! response body `[u8 version = 1][postcard(Reply)]`. Decoding never panics and never
+//! allocates more than the input can fill: postcard bounds sequence pre-allocation, byte
+//! strings are copied from the (size-limited) frame, and routing tables are validated on
+//! decode. An unknown version or a malformed body is a [`WireError`] for the caller to
+//! count and drop.
+//!
+//! Core types cross the wire through mirrors defined here ([`WireWrite`], [`WireExpiry`],
+//! ...), so the store keeps its in-memory types free of serialisation concerns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nodosum_proto::NodeId;
+use serde::de::{self, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::routing::RoutingTable;
+use crate::slot::Partition;
+use crate::store::{Condition, Expiry, SetOptions, Ttl, Version, Write, WriteOp};
+
+/// The protocol version byte in front of every body.
+pub(crate) const WIRE_VERSION: u8 = 1;
+
+/// Magic in front of Mycel's gossip metadata, so that other users of the metadata field
+/// are told apart.
+const META_MAGIC: &[u8; 4] = b"MYCL";
+
+/// Why a body could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WireError {
+    /// The body is empty.
+    #[error("empty body")]
+    Empty,
+    /// The version byte is not one this node speaks.
+    #[error("unknown protocol version {version}")]
+    UnknownVersion {
+        /// The version received.
+        version: u8,
+    },
+    /// The body does not decode (or a routing table in it is invalid).
+    #[error("malformed body: {reason}")]
+    Malformed {
+        /// postcard's reason.
+        reason: String,
+    },
+}
+
+/// Bytes that serialise as a byte string (postcard: varint length + the bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct WBytes(pub(crate) Bytes);
+
+impl Serialize for WBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for WBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<WBytes, E> {
+                Ok(WBytes(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<WBytes, E> {
+                Ok(WBytes(Bytes::from(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<WBytes, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(WBytes(Bytes::from(out)))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+impl From<Bytes> for WBytes {
+    fn from(b: Bytes) -> Self {
+        Self(b)
+    }
+}
+
+/// A request between Mycel nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    /// A client operation forwarded to the partition's primary at the sender's `epoch`.
+    Op {
+        /// The sender's routing epoch; the primary answers `NotOwner` unless it is its own.
+        epoch: u64,
+        /// The operation.
+        op: Op,
+    },
+    /// Writes the primary made at `epoch`, for a backup to apply.
+    Replicate {
+        /// The primary's routing epoch.
+        epoch: u64,
+        /// The writes, in the order they were made.
+        writes: Vec<WireWrite>,
+    },
+    /// "Send me your current routing table."
+    TableReq,
+    /// A routing table (and the one before it, so a node that missed it knows where the
+    /// data was).
+    TablePush {
+        /// The table.
+        table: RoutingTable,
+        /// The table the sender had before, if any.
+        previous: Option<RoutingTable>,
+    },
+    /// Starts a partition transfer: the receiver installs `table` (if newer), then
+    /// snapshots `partitions` and answers with the first page.
+    FetchStart {
+        /// The fetcher's current table.
+        table: RoutingTable,
+        /// The partitions wanted.
+        partitions: Vec<Partition>,
+    },
+    /// The next page of transfer `session`.
+    FetchNext {
+        /// The session from the first page.
+        session: u64,
+    },
+    /// The sender has synced these partitions from the receiver; a receiver that is no
+    /// longer their replica may drop them once every new replica released them.
+    Release {
+        /// The partitions.
+        partitions: Vec<Partition>,
+    },
+}
+
+/// An operation executed at a partition's primary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    /// `GET`.
+    Get { bucket: String, key: WBytes },
+    /// `EXISTS`.
+    Exists { bucket: String, key: WBytes },
+    /// `PTTL`.
+    Ttl { bucket: String, key: WBytes },
+    /// `SET` with options.
+    Set {
+        bucket: String,
+        key: WBytes,
+        value: WBytes,
+        expiry: WireExpiry,
+        condition: WireCondition,
+        get: bool,
+    },
+    /// `DEL`.
+    Delete { bucket: String, key: WBytes },
+    /// `PEXPIRE`: expire `after_ms` from the primary's now.
+    Expire {
+        bucket: String,
+        key: WBytes,
+        after_ms: u64,
+    },
+    /// `PERSIST`.
+    Persist { bucket: String, key: WBytes },
+    /// `INCRBY`.
+    IncrBy {
+        bucket: String,
+        key: WBytes,
+        delta: i64,
+    },
+    /// `MGET` of keys whose partitions share this primary.
+    MGet { bucket: String, keys: Vec<WBytes> },
+    /// `MSET` of keys whose partitions share this primary.
+    MSet {
+        bucket: String,
+        entries: Vec<(WBytes, WBytes)>,
+    },
+    /// Live keys in the partitions the receiver is primary of.
+    Count,
+    /// Get, or on a miss run the bucket's loader once at the primary (single-flight).
+    GetOrLoad { bucket: String, key: WBytes },
+}
+
+/// A response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    /// An operation's result.
+    Op(OpReply),
+    /// A refusal or failure.
+    Err(Refusal),
+    /// Done (replicate, push, release).
+    Ack,
+    /// The responder's table and the one before it.
+    Table {
+        /// The current table, if any.
+        table: Option<RoutingTable>,
+        /// The previous table, if any.
+        previous: Option<RoutingTable>,
+    },
+    /// A page of a partition transfer.
+    Page {
+        /// The session to ask `FetchNext` for.
+        session: u64,
+        /// The source's sync state of each requested partition (first page only).
+        statuses: Vec<(Partition, SourceStatus)>,
+        /// Writes to apply.
+        writes: Vec<WireWrite>,
+        /// Whether this was the last page.
+        done: bool,
+    },
+}
+
+/// The result of an [`Op`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum OpReply {
+    /// A value or none.
+    Value(Option<WBytes>),
+    /// Values of an `MGet`, in key order.
+    Values(Vec<Option<WBytes>>),
+    /// Whether something held or happened.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A count.
+    Count(u64),
+    /// A time to live.
+    Ttl(WireTtl),
+    /// A `SET`'s outcome.
+    Set {
+        /// Whether the write happened.
+        applied: bool,
+        /// The previous value, if asked for.
+        previous: Option<WBytes>,
+    },
+    /// Nothing to report.
+    Unit,
+}
+
+/// Why a node refused or failed a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Refusal {
+    /// Not the primary (or not a replica) at this node's `epoch`.
+    NotOwner { epoch: u64 },
+    /// A backup is at an older `epoch` than the replicating primary.
+    Behind { epoch: u64 },
+    /// The partition is still being fetched here; retry shortly.
+    Syncing { partition: Partition },
+    /// Outside a majority of the last stable view.
+    QuorumLost,
+    /// Replication did not complete; the write may or may not persist.
+    Timeout,
+    /// Value too large.
+    ValueTooLarge { len: u64, max: u64 },
+    /// Key too large.
+    KeyTooLarge { len: u64, max: u64 },
+    /// Unknown bucket.
+    BucketUnknown { name: String },
+    /// Not an integer.
+    NotAnInteger,
+    /// Increment overflow.
+    Overflow,
+    /// No loader for the bucket at the primary.
+    NoLoader { bucket: String },
+    /// Unknown fetch session (expired or never started).
+    UnknownSession,
+    /// The request could not be understood.
+    BadRequest,
+}
+
+impl Refusal {
+    /// The refusal for a core error.
+    pub(crate) fn from_error(e: &Error) -> Self {
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+        match e {
+            Error::NotOwner { epoch } => Self::NotOwner { epoch: *epoch },
+            Error::Timeout => Self::Timeout,
+            Error::QuorumLost => Self::QuorumLost,
+            Error::ValueTooLarge { len, max } => Self::ValueTooLarge {
+                len: n(*len),
+                max: n(*max),
+            },
+            Error::KeyTooLarge { len, max } => Self::KeyTooLarge {
+                len: n(*len),
+                max: n(*max),
+            },
+            Error::BucketUnknown { name } => Self::BucketUnknown { name: name.clone() },
+            Error::NotAnInteger => Self::NotAnInteger,
+            Error::Overflow => Self::Overflow,
+            _ => Self::BadRequest,
+        }
+    }
+}
+
+/// A source's state for a partition it is asked to transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum SourceStatus {
+    /// A replica holding every acknowledged write.
+    Synced,
+    /// A replica still fetching from these nodes: the fetcher must ask them too.
+    Pending { sources: Vec<NodeId> },
+    /// Not a replica; whatever it holds is sent.
+    NotReplica,
+}
+
+/// [`Write`] on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WireWrite {
+    /// Bucket name.
+    pub(crate) bucket: String,
+    /// Key.
+    pub(crate) key: WBytes,
+    /// Version.
+    pub(crate) version: Version,
+    /// The value and expiry, or `None` for a delete.
+    pub(crate) put: Option<(WBytes, Option<Timestamp>)>,
+}
+
+impl WireWrite {
+    /// Approximate encoded size, for paging.
+    pub(crate) fn size(&self) -> usize {
+        let value = self.put.as_ref().map_or(0, |(v, _)| v.0.len());
+        self.bucket.len() + self.key.0.len() + value + 32
+    }
+}
+
+impl From<&Write> for WireWrite {
+    fn from(w: &Write) -> Self {
+        Self {
+            bucket: w.bucket.to_string(),
+            key: WBytes(w.key.clone()),
+            version: w.version,
+            put: match &w.op {
+                WriteOp::Put { value, expires_at } => Some((WBytes(value.clone()), *expires_at)),
+                WriteOp::Delete => None,
+            },
+        }
+    }
+}
+
+impl From<WireWrite> for Write {
+    fn from(w: WireWrite) -> Self {
+        Self {
+            bucket: Arc::from(w.bucket),
+            key: w.key.0,
+            version: w.version,
+            op: match w.put {
+                Some((value, expires_at)) => WriteOp::Put {
+                    value: value.0,
+                    expires_at,
+                },
+                None => WriteOp::Delete,
+            },
+        }
+    }
+}
+
+/// [`Expiry`] on the wire; relative expiries are resolved by the primary's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireExpiry {
+    BucketDefault,
+    Never,
+    AfterMs(u64),
+    At(Timestamp),
+    Keep,
+}
+
+impl From<Expiry> for WireExpiry {
+    fn from(e: Expiry) -> Self {
+        match e {
+            Expiry::BucketDefault => Self::BucketDefault,
+            Expiry::Never => Self::Never,
+            Expiry::After(d) => Self::AfterMs(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Expiry::At(t) => Self::At(t),
+            Expiry::Keep => Self::Keep,
+        }
+    }
+}
+
+impl From<WireExpiry> for Expiry {
+    fn from(e: WireExpiry) -> Self {
+        match e {
+            WireExpiry::BucketDefault => Self::BucketDefault,
+            WireExpiry::Never => Self::Never,
+            WireExpiry::AfterMs(ms) => Self::After(Duration::from_millis(ms)),
+            WireExpiry::At(t) => Self::At(t),
+            WireExpiry::Keep => Self::Keep,
+        }
+    }
+}
+
+/// [`Condition`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireCondition {
+    Always,
+    IfAbsent,
+    IfPresent,
+}
+
+impl From<Condition> for WireCondition {
+    fn from(c: Condition) -> Self {
+        match c {
+            Condition::Always => Self::Always,
+            Condition::IfAbsent => Self::IfAbsent,
+            Condition::IfPresent => Self::IfPresent,
+        }
+    }
+}
+
+impl From<WireCondition> for Condition {
+    fn from(c: WireCondition) -> Self {
+        match c {
+            WireCondition::Always => Self::Always,
+            WireCondition::IfAbsent => Self::IfAbsent,
+            WireCondition::IfPresent => Self::IfPresent,
+        }
+    }
+}
+
+/// The options of a `SET` as they travel.
+pub(crate) fn set_options(expiry: WireExpiry, condition: WireCondition, get: bool) -> SetOptions {
+    SetOptions {
+        expiry: expiry.into(),
+        condition: condition.into(),
+        get,
+    }
+}
+
+/// [`Ttl`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireTtl {
+    Missing,
+    Persistent,
+    Expires { at: Timestamp, remaining_ms: u64 },
+}
+
+impl From<Ttl> for WireTtl {
+    fn from(t: Ttl) -> Self {
+        match t {
+            Ttl::Missing => Self::Missing,
+            Ttl::Persistent => Self::Persistent,
+            Ttl::Expires { at, remaining } => Self::Expires {
+                at,
+                remaining_ms: u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX),
+            },
+        }
+    }
+}
+
+impl From<WireTtl> for Ttl {
+    fn from(t: WireTtl) -> Self {
+        match t {
+            WireTtl::Missing => Self::Missing,
+            WireTtl::Persistent => Self::Persistent,
+            WireTtl::Expires { at, remaining_ms } => Self::Expires {
+                at,
+                remaining: Duration::from_millis(remaining_ms),
+            },
+        }
+    }
+}
+
+/// What a node announces about itself in its gossip metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct MemberMeta {
+    /// Start of this run, ms since the Unix epoch (picks the authority).
+    pub(crate) started_at: u64,
+    /// Placement weight.
+    pub(crate) weight: u32,
+    /// The node's partition count; members with another count are ignored.
+    pub(crate) partitions: u16,
+    /// The node's replication factor; members with another are ignored.
+    pub(crate) replication_factor: u8,
+    /// The node is handing off its partitions before it leaves.
+    pub(crate) leaving: bool,
+    /// The node asks the authority not to publish tables (maintenance).
+    pub(crate) frozen: bool,
+}
+
+impl MemberMeta {
+    /// `MYCL`, the version byte, then postcard.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = META_MAGIC.to_vec();
+        out.push(WIRE_VERSION);
+        // Serialising plain integers and booleans into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).expect("invariant: plain struct encodes"));
+        out
+    }
+
+    /// `None` unless `bytes` are Mycel metadata of a version this node speaks.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(META_MAGIC.as_slice())?;
+        let (&version, body) = rest.split_first()?;
+        if version != WIRE_VERSION {
+            return None;
+        }
+        postcard::from_bytes(body).ok()
+    }
+}
+
+/// Encodes `value` with the version byte in front.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
+    let mut out = vec![WIRE_VERSION];
+    // Every type here serialises infallibly into a Vec (no maps with non-string keys, no
+    // unsupported types).
+    let body = postcard::to_extend(value, Vec::new()).expect("invariant: wire types encode");
+    out.extend(body);
+    Bytes::from(out)
+}
+
+/// Decodes a versioned body.
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, WireError> {
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::UnknownVersion { version });
+    }
+    postcard::from_bytes(body).map_err(|e| WireError::Malformed {
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::placement::Member;
+    use crate::slot::Partitioning;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::new(s).expect("valid id")
+    }
+
+    fn table() -> RoutingTable {
+        let members = vec![Member::new(id("a"), 1), Member::new(id("b"), 2)];
+        RoutingTable::compute(
+            3,
+            id("a"),
+            Partitioning::new(64).expect("valid"),
+            2,
+            members,
+        )
+        .expect("valid table")
+    }
+
+    fn b(s: &'static str) -> WBytes {
+        WBytes(Bytes::from_static(s.as_bytes()))
+    }
+
+    fn samples() -> Vec<Msg> {
+        vec![
+            Msg::Op {
+                epoch: 7,
+                op: Op::Set {
+                    bucket: "default".into(),
+                    key: b("k"),
+                    value: b("v"),
+                    expiry: WireExpiry::AfterMs(1500),
+                    condition: WireCondition::IfAbsent,
+                    get: true,
+                },
+            },
+            Msg::Op {
+                epoch: 1,
+                op: Op::MSet {
+                    bucket: "b".into(),
+                    entries: vec![(b("x"), b("1")), (b("y"), b(""))],
+                },
+            },
+            Msg::Replicate {
+                epoch: 9,
+                writes: vec![
+                    WireWrite {
+                        bucket: "default".into(),
+                        key: b("k"),
+                        version: Version { epoch: 9, seq: 4 },
+                        put: Some((b("value"), Some(Timestamp::from_millis(123)))),
+                    },
+                    WireWrite {
+                        bucket: "default".into(),
+                        key: b("gone"),
+                        version: Version { epoch: 9, seq: 5 },
+                        put: None,
+                    },
+                ],
+            },
+            Msg::TableReq,
+            Msg::TablePush {
+                table: table(),
+                previous: None,
+            },
+            Msg::FetchStart {
+                table: table(),
+                partitions: vec![Partition::new(0), Partition::new(63)],
+            },
+            Msg::FetchNext { session: u64::MAX },
+            Msg::Release {
+                partitions: vec![Partition::new(5)],
+            },
+        ]
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        for msg in samples() {
+            let bytes = encode(&msg);
+            assert_eq!(bytes[0], WIRE_VERSION);
+            assert_eq!(decode::<Msg>(&bytes), Ok(msg));
+        }
+        let replies = vec![
+            Reply::Op(OpReply::Values(vec![Some(b("a")), None])),
+            Reply::Op(OpReply::Ttl(WireTtl::Expires {
+                at: Timestamp::from_millis(5),
+                remaining_ms: 2,
+            })),
+            Reply::Err(Refusal::NotOwner { epoch: 4 }),
+            Reply::Table {
+                table: Some(table()),
+                previous: Some(table()),
+            },
+            Reply::Page {
+                session: 3,
+                statuses: vec![(
+                    Partition::new(1),
+                    SourceStatus::Pending {
+                        sources: vec![id("c")],
+                    },
+                )],
+                writes: Vec::new(),
+                done: true,
+            },
+        ];
+        for reply in replies {
+            assert_eq!(decode::<Reply>(&encode(&reply)), Ok(reply));
+        }
+    }
+
+    #[test]
+    fn bytes_are_byte_strings() {
+        // A byte string is its varint length and the bytes, not one element per byte.
+        let body = postcard::to_allocvec(&b("abc")).expect("encode");
+        assert_eq!(body, b"\x03abc");
+    }
+
+    #[test]
+    fn versions_and_garbage_are_rejected() {
+        assert_eq!(decode::<Msg>(&[]), Err(WireError::Empty));
+        let mut bytes = encode(&Msg::TableReq).to_vec();
+        bytes[0] = 2;
+        assert_eq!(
+            decode::<Msg>(&bytes),
+            Err(WireError::UnknownVersion { version: 2 })
+        );
+        assert!(matches!(
+            decode::<Msg>(&[WIRE_VERSION, 0xff, 0xff]),
+            Err(WireError::Malformed { .. })
+        ));
+        // A table with an out-of-range replica index is refused on decode.
+        let mut body = encode(&Msg::TablePush {
+            table: table(),
+            previous: None,
+        })
+        .to_vec();
+        let last = body.len() - 2;
+        body[last] = 0x7f;
+        assert!(decode::<Msg>(&body).is_err());
+        // A claimed length far beyond the input allocates nothing and fails.
+        let huge = [WIRE_VERSION, 1, 9, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode::<Msg>(&huge).is_err());
+    }
+
+    #[test]
+    fn metadata_round_trips_and_ignores_strangers() {
+        let meta = MemberMeta {
+            started_at: 1_700_000_000_000,
+            weight: 100,
+            partitions: 4096,
+            replication_factor: 2,
+            leaving: false,
+            frozen: true,
+        };
+        let bytes = meta.encode();
+        assert!(bytes.len() <= 512);
+        assert_eq!(MemberMeta::decode(&bytes), Some(meta));
+        assert_eq!(MemberMeta::decode(b""), None);
+        assert_eq!(MemberMeta::decode(b"other app data"), None);
+        let mut wrong_version = bytes.clone();
+        wrong_version[4] = 9;
+        assert_eq!(MemberMeta::decode(&wrong_version), None);
+        assert_eq!(MemberMeta::decode(&bytes[..bytes.len() - 1]), None);
+    }
+
+    #[test]
+    fn writes_convert_both_ways() {
+        let w = Write {
+            bucket: Arc::from("default"),
+            key: Bytes::from_static(b"k"),
+            version: Version { epoch: 2, seq: 3 },
+            op: WriteOp::Put {
+                value: Bytes::from_static(b"v"),
+                expires_at: None,
+            },
+        };
+        assert_eq!(Write::from(WireWrite::from(&w)), w);
+        let d = Write {
+            op: WriteOp::Delete,
+            ..w
+        };
+        assert_eq!(Write::from(WireWrite::from(&d)), d);
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode::<Msg>(&bytes);
+            let _ = decode::<Reply>(&bytes);
+            let _ = MemberMeta::decode(&bytes);
+        }
+
+        #[test]
+        fn truncations_never_panic(cut in 0usize..64) {
+            for msg in samples() {
+                let bytes = encode(&msg);
+                let at = cut.min(bytes.len());
+                let _ = decode::<Msg>(&bytes[..at]);
+            }
+        }
+    }
+}
