@@ -203,7 +203,8 @@ pub(crate) struct Core {
     swim_inc: u16,
     join: Option<Join>,
     left: bool,
-    sized_for: usize,
+    /// `(members, health)` the foca config was last computed for.
+    sized_for: (usize, u32),
     last_warn: HashMap<DropReason, Instant>,
     scratch: Vec<MembershipEvent>,
 }
@@ -256,7 +257,7 @@ impl Core {
             swim_inc: 0,
             join: None,
             left: false,
-            sized_for: 1,
+            sized_for: (1, 0),
             last_warn: HashMap::new(),
             scratch: Vec::new(),
             config,
@@ -958,19 +959,18 @@ impl Core {
     }
 
     /// Scales suspicion timeout and retransmissions with the cluster size, as memberlist
-    /// does.
+    /// does, and stretches the suspicion timeout by the local health multiplier: a node
+    /// that cannot get its own probes answered in time also gives the members it
+    /// suspects longer to refute.
     fn resize(&mut self) {
-        let n = self.num_members();
-        if n == self.sized_for {
+        let key = (self.num_members(), self.health);
+        if key == self.sized_for {
             return;
         }
-        let next = self.config.foca_config(n);
-        let prev = self.config.foca_config(self.sized_for);
-        self.sized_for = n;
-        if (next.suspect_to_down_after != prev.suspect_to_down_after
-            || next.max_transmissions != prev.max_transmissions)
-            && let Err(e) = self.foca.set_config(next)
-        {
+        self.sized_for = key;
+        let mut next = self.config.foca_config(key.0);
+        next.suspect_to_down_after *= key.1 + 1;
+        if let Err(e) = self.foca.set_config(next) {
             tracing::debug!(error = %e, "resizing protocol config failed");
         }
     }

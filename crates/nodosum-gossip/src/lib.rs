@@ -25,8 +25,8 @@
 //! uses memberlist's lower bound, `suspicion_mult * log10(n) * probe_interval`, rescaled as
 //! the cluster grows, with a default multiplier of 2 (memberlist: 4, stretched up to 6x
 //! without confirmations). Lifeguard's local health *is* applied: the driver stretches
-//! this node's probe interval and probe timeout by `health + 1` while its own probes fail
-//! or it has to refute suspicions about itself.
+//! this node's probe interval, probe timeout and suspicion timeout by `health + 1` while
+//! its own probes fail or it has to refute suspicions about itself.
 //!
 //! Joining: a joiner does not know its seeds' node IDs, so it first asks each seed address
 //! for its identity (sealed like everything else), announces itself to the first that

@@ -31,6 +31,9 @@ struct Node {
     scheduled: Option<Instant>,
     group: u32,
     life: u64,
+    /// Extra one-way delay on everything this node sends and receives (an overloaded
+    /// or badly connected node).
+    lag: Duration,
 }
 
 /// A simulated cluster.
@@ -100,6 +103,7 @@ impl Sim {
                 scheduled: None,
                 group: 0,
                 life: 1,
+                lag: Duration::ZERO,
             });
             sim.boot(i);
         }
@@ -186,6 +190,11 @@ impl Sim {
         }
     }
 
+    /// Adds `lag` to every datagram node `i` sends or receives.
+    pub(crate) fn set_lag(&mut self, i: usize, lag: Duration) {
+        self.nodes[i].lag = lag;
+    }
+
     pub(crate) fn heal(&mut self) {
         self.partition(|_| 0);
     }
@@ -227,7 +236,7 @@ impl Sim {
             } else {
                 lo
             };
-            let at = self.now + d;
+            let at = self.now + d + self.nodes[i].lag + self.nodes[to].lag;
             self.push(
                 at,
                 What::Deliver {
@@ -693,6 +702,23 @@ mod tests {
                 samples.last().copied().unwrap_or_default(),
                 wall.elapsed()
             );
+            for lag_ms in [300u64, 600, 900] {
+                let secs: u64 = if n <= 20 { 3600 } else { 600 };
+                let mut sim = converged_cluster(78, n, config);
+                let (s0, f0) = (sim.suspicions, sim.false_failures.len());
+                sim.set_lag(1, Duration::from_millis(lag_ms));
+                sim.run_for(Duration::from_secs(secs));
+                let ff = sim.false_failures.len() - f0;
+                let ff_lagging = sim.false_failures[f0..]
+                    .iter()
+                    .filter(|(_, s)| *s == 1)
+                    .count();
+                println!(
+                    "lagging member n={n} (+{lag_ms} ms each way): {ff} false failures ({ff_lagging} of the lagging one), {} suspicions in {secs} s, its health score now {}",
+                    sim.suspicions - s0,
+                    sim.core(1).map_or(0, Core::health_score)
+                );
+            }
             for loss in [0.0, 0.01, 0.05] {
                 let wall = Instant::now();
                 let secs: u64 = match n {
