@@ -18,7 +18,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use benches::nodosum::NodosumLink;
+use benches::nodosum::{NodosumLink, NodosumSetup};
 use benches::pki::{Pki, Resume};
 use benches::quic::{QuicLink, QuicServer, Setup};
 use benches::stall::{self, StallResult};
@@ -26,6 +26,7 @@ use benches::stats::{Summary, write_report};
 use benches::tcp::{TcpLink, TcpServer};
 use benches::{ServerMode, quic};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use nodosum_quic::HandshakeKind as NodosumHandshake;
 use rustls::HandshakeKind;
 use serde_json::{Map, Value, json};
 use tokio::runtime::Runtime;
@@ -39,7 +40,7 @@ const SIZES: [(&str, usize, u64); 3] = [
 ];
 
 /// Application counts of the stall scenario.
-const APP_COUNTS: [usize; 4] = [1, 5, 10, 50];
+const APP_COUNTS: [usize; 5] = [1, 5, 10, 20, 50];
 
 struct Ctx {
     rt: Runtime,
@@ -168,15 +169,19 @@ enum SetupKind {
     QuicFull,
     QuicResumed,
     QuicZeroRtt,
+    NodosumFull,
+    NodosumReconnect,
 }
 
 impl SetupKind {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 7] = [
         Self::TcpFull,
         Self::TcpResumed,
         Self::QuicFull,
         Self::QuicResumed,
         Self::QuicZeroRtt,
+        Self::NodosumFull,
+        Self::NodosumReconnect,
     ];
 
     fn name(self) -> &'static str {
@@ -186,6 +191,8 @@ impl SetupKind {
             Self::QuicFull => "quic/full",
             Self::QuicResumed => "quic/resumed",
             Self::QuicZeroRtt => "quic/0rtt",
+            Self::NodosumFull => "nodosum/full",
+            Self::NodosumReconnect => "nodosum/reconnect",
         }
     }
 }
@@ -201,6 +208,7 @@ struct SetupRig {
     quic_full: quinn::ClientConfig,
     quic_resumed: quinn::ClientConfig,
     quic_0rtt: quinn::ClientConfig,
+    nodosum: Arc<Mutex<NodosumSetup>>,
 }
 
 /// Counts of handshakes that did not go as the variant intends (e.g. not resumed).
@@ -258,6 +266,15 @@ impl SetupRig {
                 miss(setup == Setup::ZeroRttAccepted);
                 elapsed
             }
+            SetupKind::NodosumFull => self.nodosum.lock().await.fresh().await?,
+            SetupKind::NodosumReconnect => {
+                let (elapsed, kind) = self.nodosum.lock().await.reconnect().await?;
+                miss(matches!(
+                    kind,
+                    Some(NodosumHandshake::Resumed | NodosumHandshake::ZeroRtt)
+                ));
+                elapsed
+            }
         };
         Ok(elapsed)
     }
@@ -278,6 +295,7 @@ fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
                 quic_full: quic::client_config(&pki, Resume::Never)?,
                 quic_resumed: quic::client_config(&pki, Resume::Tickets)?,
                 quic_0rtt: quic::client_config(&pki, Resume::EarlyData)?,
+                nodosum: Arc::new(Mutex::new(NodosumSetup::start(&pki).await?)),
             };
             std::mem::forget(tcp);
             std::mem::forget(quic_server);
@@ -323,7 +341,7 @@ fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
         });
         let s = Summary::of(&mut samples).expect("samples");
         println!(
-            "  {:<16} p50 {:>8.1} µs  p99 {:>8.1} µs  mean {:>8.1} µs  (not as intended: {misses})",
+            "  {:<18} p50 {:>8.1} µs  p99 {:>8.1} µs  mean {:>8.1} µs  (not as intended: {misses})",
             kind.name(),
             s.p50_us,
             s.p99_us,

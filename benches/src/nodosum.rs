@@ -5,6 +5,11 @@
 //! node runs an `echo` application that sends every message back to its sender and a
 //! `data` application that counts messages and answers an empty one with the count, both
 //! over Nodosum's own per-application streams.
+//!
+//! [`NodosumSetup`] measures connection set-up the way an application sees it: from
+//! `connect` to the first echoed message, with a fresh client node (full handshake) or a
+//! client that reconnects (resumption, and 0-RTT when offered; the stream manager still
+//! sends no data before the handshake completes, so 0-RTT saves nothing on this path).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use nodosum_proto::{AppId, NodeId};
-use nodosum_quic::{AppReceiver, Config, Event, QuicNode, TlsIdentity};
+use nodosum_quic::{AppReceiver, Config, Event, HandshakeKind, QuicNode, TlsIdentity};
 use tokio::task::JoinSet;
 
 use crate::pki::{Identity, Pki};
@@ -80,15 +85,7 @@ impl NodosumLink {
         let echo_rx = client.register_app(echo.clone())?;
         let data_rx = client.register_app(data.clone())?;
         let mut tasks = JoinSet::new();
-        let mut server_echo = server.register_app(echo.clone())?;
-        let (node, app_id) = (server.clone(), echo.clone());
-        tasks.spawn(async move {
-            while let Some((from, msg)) = server_echo.recv().await {
-                if node.send(&from, &app_id, msg).await.is_err() {
-                    return;
-                }
-            }
-        });
+        spawn_echo(&mut tasks, &server, &echo)?;
         let mut server_data = server.register_app(data.clone())?;
         let (node, app_id) = (server.clone(), data.clone());
         tasks.spawn(async move {
@@ -142,6 +139,133 @@ impl NodosumLink {
         ensure!(ack.len() == 8, "bad acknowledgement");
         Ok(())
     }
+}
+
+fn spawn_echo(tasks: &mut JoinSet<()>, node: &QuicNode, echo: &AppId) -> anyhow::Result<()> {
+    let mut rx = node.register_app(echo.clone())?;
+    let (node, echo) = (node.clone(), echo.clone());
+    tasks.spawn(async move {
+        while let Some((from, msg)) = rx.recv().await {
+            let _ = node.send(&from, &echo, msg).await;
+        }
+    });
+    Ok(())
+}
+
+/// Connection set-up through the stream manager: `connect`, one 64 B message to the
+/// server's echo application, its echo delivered back.
+#[derive(Debug)]
+pub struct NodosumSetup {
+    pki: Pki,
+    server: QuicNode,
+    server_id: NodeId,
+    addr: std::net::SocketAddr,
+    echo: AppId,
+    /// The reconnecting client of [`NodosumSetup::reconnect`], with its echo receiver.
+    client: QuicNode,
+    client_rx: AppReceiver,
+    _tasks: JoinSet<()>,
+}
+
+impl NodosumSetup {
+    /// Starts the server node and a client node that has connected once (so it holds a
+    /// session ticket for reconnects).
+    pub async fn start(pki: &Pki) -> anyhow::Result<Self> {
+        let server = QuicNode::bind(config(), &tls_identity(pki, &pki.server), None)?;
+        let echo = app(ECHO_APP)?;
+        let mut tasks = JoinSet::new();
+        spawn_echo(&mut tasks, &server, &echo)?;
+        let client = QuicNode::bind(config(), &tls_identity(pki, &pki.client), None)?;
+        let client_rx = client.register_app(echo.clone())?;
+        let mut this = Self {
+            pki: pki.clone(),
+            server_id: server.node_id().clone(),
+            addr: server.local_addr()?,
+            server,
+            echo,
+            client,
+            client_rx,
+            _tasks: tasks,
+        };
+        this.reconnect().await?;
+        Ok(this)
+    }
+
+    /// A new client node (bound before the clock starts) with no session: a full handshake.
+    pub async fn fresh(&self) -> anyhow::Result<Duration> {
+        let client = QuicNode::bind(config(), &tls_identity(&self.pki, &self.pki.client), None)?;
+        let mut rx = client.register_app(self.echo.clone())?;
+        let (elapsed, _) =
+            exchange(&client, &mut rx, &self.server_id, self.addr, &self.echo).await?;
+        client.close(Duration::from_millis(100)).await;
+        self.wait_down().await?;
+        Ok(elapsed)
+    }
+
+    /// The long-lived client reconnects (resumption, 0-RTT when offered), then disconnects.
+    pub async fn reconnect(&mut self) -> anyhow::Result<(Duration, Option<HandshakeKind>)> {
+        let result = exchange(
+            &self.client,
+            &mut self.client_rx,
+            &self.server_id,
+            self.addr,
+            &self.echo,
+        )
+        .await?;
+        self.client.disconnect(&self.server_id);
+        self.wait_down().await?;
+        Ok(result)
+    }
+
+    /// Waits until the server has no connection to the client any more, so that the next
+    /// dial is not a duplicate of a closing one.
+    async fn wait_down(&self) -> anyhow::Result<()> {
+        tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            while self
+                .server
+                .connection_info(&client_id(&self.pki)?)
+                .is_some()
+            {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("server kept the connection")?
+    }
+}
+
+/// Dials, sends one 64 B message to the echo application and waits for its echo: the time
+/// taken and the handshake kind the client reported.
+async fn exchange(
+    client: &QuicNode,
+    rx: &mut AppReceiver,
+    server_id: &NodeId,
+    addr: std::net::SocketAddr,
+    echo: &AppId,
+) -> anyhow::Result<(Duration, Option<HandshakeKind>)> {
+    let mut events = client.events();
+    let payload = Bytes::from_static(&[7u8; 64]);
+    let start = std::time::Instant::now();
+    client.connect(server_id.clone(), addr);
+    client.send(server_id, echo, payload.clone()).await?;
+    let (_, msg) = tokio::time::timeout(EXCHANGE_TIMEOUT, rx.recv())
+        .await
+        .context("no echo")?
+        .context("echo receiver closed")?;
+    let elapsed = start.elapsed();
+    ensure!(msg == payload, "bad echo");
+    let mut kind = None;
+    while let Ok(event) = events.try_recv() {
+        if let Event::Up { kind: k, .. } = event {
+            kind = Some(k);
+        }
+    }
+    Ok((elapsed, kind))
+}
+
+fn client_id(pki: &Pki) -> anyhow::Result<NodeId> {
+    Ok(tls_identity(pki, &pki.client).node_id()?)
 }
 
 /// Runs the stall scenario (see [`stall`]) over Nodosum: one stream per application,
