@@ -25,6 +25,27 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn error_replies_are_byte_exact() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        b"NOPE a b\r\n",
+        b"-ERR unknown command 'NOPE', with args beginning with: 'a' 'b' \r\n",
+    );
+    roundtrip(
+        &mut c,
+        b"SET k notanumber\r\nINCR k\r\n",
+        b"+OK\r\n-ERR value is not an integer or out of range\r\n",
+    );
+    roundtrip(
+        &mut c,
+        b"*1\r\n$6\r\nEXPIRE\r\n",
+        b"-ERR wrong number of arguments for 'expire' command\r\n",
+    );
+}
+
+#[test]
 fn requests_split_across_writes_are_reassembled() {
     let s = Server::start(&[]);
     let mut c = s.connect();

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -17,6 +18,33 @@ use crate::state::Shared;
 
 /// Bytes kept free in the input buffer before each read, so reads are large.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// An output buffer grown past this by one large reply is replaced by a fresh one, so an
+/// idle connection does not keep a big value's worth of memory.
+const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
+
+/// This connection's handles to the per-command counters: a short list searched by the
+/// command's static name, so counting a command takes no lock and no hashing.
+#[derive(Debug, Default)]
+struct Counters {
+    entries: Vec<(&'static str, Counter, Counter)>,
+}
+
+impl Counters {
+    fn get(&mut self, shared: &Shared, command: &'static str) -> &(&'static str, Counter, Counter) {
+        let at = match self.entries.iter().position(|e| e.0 == command) {
+            Some(at) => at,
+            None => {
+                let label = CommandLabel { command };
+                let calls = shared.metrics.commands.get_or_create(&label).clone();
+                let errors = shared.metrics.errors.get_or_create(&label).clone();
+                self.entries.push((command, calls, errors));
+                self.entries.len() - 1
+            }
+        };
+        &self.entries[at]
+    }
+}
 
 /// Serves `stream` until the client leaves, breaks the protocol, or `shutdown` turns
 /// true (then the batch being executed is answered first).
@@ -34,6 +62,7 @@ pub(crate) async fn serve(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut args = Vec::new();
+    let mut counters = Counters::default();
     loop {
         if input.capacity() - input.len() < READ_CHUNK / 4 {
             input.reserve(READ_CHUNK);
@@ -58,19 +87,17 @@ pub(crate) async fn serve(
                 Ok(true) => {
                     let (frame, after) = match Command::parse(&args) {
                         Ok(cmd) => {
-                            let label = CommandLabel {
-                                command: apply::name(&cmd),
-                            };
-                            shared.metrics.commands.get_or_create(&label).inc();
+                            let name = apply::name(&cmd);
                             let (frame, after) = apply::execute(cmd, &mut session, &shared).await;
+                            let (_, calls, errors) = counters.get(&shared, name);
+                            calls.inc();
                             if matches!(frame, Frame::Error(_)) {
-                                shared.metrics.errors.get_or_create(&label).inc();
+                                errors.inc();
                             }
                             (frame, after)
                         }
                         Err(frame) => {
-                            let label = CommandLabel { command: "unknown" };
-                            shared.metrics.errors.get_or_create(&label).inc();
+                            counters.get(&shared, "unknown").2.inc();
                             (frame, After::Continue)
                         }
                     };
@@ -97,6 +124,9 @@ pub(crate) async fn serve(
                 break;
             }
             output.clear();
+            if output.capacity() > MAX_IDLE_OUTPUT {
+                output = BytesMut::with_capacity(READ_CHUNK);
+            }
         }
         if close {
             break;
