@@ -1067,4 +1067,40 @@ mod tests {
             Err(Error::IdentityTooLarge { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// Garbage, and valid datagrams with any bit flipped, are dropped and counted
+        /// without touching membership.
+        #[test]
+        fn bad_datagrams_never_change_state(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..1500),
+            flip in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let now = Instant::now();
+            let mut a = core("a", 1, 1, "c");
+            let mut b = core("b", 2, 1, "c");
+            b.join(now, vec![a.local_member().gossip_addr]);
+            pump(now, &mut [&mut a, &mut b]);
+            while a.poll_event().is_some() {}
+            let before = a.members();
+            let from: SocketAddr = "127.0.0.1:9".parse().unwrap();
+            a.handle_datagram(now, from, &junk);
+            // A genuine datagram from b, then one bit flipped.
+            b.handle_timeout(now + Duration::from_secs(2));
+            let t = b.poll_transmit();
+            proptest::prop_assert!(t.is_some(), "b probes a");
+            let mut bytes = t.unwrap().bytes;
+            let bit = flip.index(bytes.len() * 8);
+            bytes[bit / 8] ^= 1 << (bit % 8);
+            a.handle_datagram(now, from, &bytes);
+            proptest::prop_assert_eq!(a.members(), before);
+            proptest::prop_assert!(a.poll_event().is_none());
+            proptest::prop_assert!(a.poll_transmit().is_none());
+            let drops: u64 = ["too_large", "too_short", "unsupported_version", "unknown_key", "unauthentic", "malformed"]
+                .iter()
+                .map(|r| a.metrics().drop_count(r))
+                .sum();
+            proptest::prop_assert!(drops >= 1);
+        }
+    }
 }
