@@ -127,7 +127,7 @@ type Links = Vec<(&'static str, Arc<Mutex<Link>>)>;
 fn links(ctx: &Ctx) -> Links {
     let pki = ctx.pki.clone();
     ctx.run(async move {
-        // The servers live as long as the runtime: leak their handles into the tasks.
+        // The servers serve until the process exits: forget the handles whose Drop stops them.
         let tcp_server = TcpServer::start(pki.server_config(false)?, ServerMode::EchoData).await?;
         let (tcp, _) = TcpLink::connect(
             tcp_server.addr(),
