@@ -3,8 +3,8 @@
 //!
 //! Criterion measures the means; the custom loops after each group record what criterion
 //! does not: set-up and latency percentiles, messages per second per size, and the
-//! multi-application stall scenario. They print a summary and write
-//! `target/bench-report/transport.json`.
+//! multi-application stall scenario. They print a Markdown summary with every ratio and
+//! write it, with the raw figures, to `target/bench-report/transport.{md,json}`.
 //!
 //! `cargo bench -p benches` takes about two minutes (criterion: 1 s warm-up, 2 s
 //! measurement, 20 samples per benchmark; `-- --quick` is shorter still). Without
@@ -107,10 +107,182 @@ fn main() {
     report.insert("throughput".into(), throughput(&mut c, &ctx, &links));
     report.insert("stall".into(), stall_scenario(&ctx));
     c.final_summary();
-    match write_report("transport", &Value::Object(report)) {
-        Ok(path) => println!("report: {}", path.display()),
+    let report = Value::Object(report);
+    let markdown = markdown(&report);
+    println!("\n{markdown}");
+    match write_report("transport", &report) {
+        Ok(path) => {
+            let md = path.with_extension("md");
+            match std::fs::write(&md, &markdown) {
+                Ok(()) => println!("report: {} and {}", path.display(), md.display()),
+                Err(e) => println!(
+                    "report: {}; cannot write {}: {e}",
+                    path.display(),
+                    md.display()
+                ),
+            }
+        }
         Err(e) => println!("cannot write the report: {e}"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The Markdown summary: every figure with its ratio to the baseline.
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    path.iter().try_fold(v, |v, key| v.get(key))?.as_f64()
+}
+
+fn fmt(x: Option<f64>, scale: f64, digits: usize) -> String {
+    x.map_or_else(|| "n/a".into(), |x| format!("{:.digits$}", x / scale))
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn markdown(r: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut md = String::new();
+    let cores = r["machine"]["cores"].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "## Transport baselines ({cores} cores, loopback; {})\n",
+        r["machine"]["versions"].as_str().unwrap_or("")
+    );
+
+    let setup = |name: &str, q: &str| num(r, &["setup", name, q]);
+    let _ = writeln!(
+        md,
+        "### Connection set-up to the first echoed 64 B message (ms)\n\n\
+         | handshake | TCP+TLS p50 / p99 | raw QUIC p50 / p99 | Nodosum p50 / p99 | QUIC/TCP p50 | Nodosum/QUIC p50 |\n\
+         |---|---|---|---|---|---|"
+    );
+    for (label, tcp, quic, nodosum) in [
+        (
+            "full",
+            Some("tcp_tls/full"),
+            "quic/full",
+            Some("nodosum/full"),
+        ),
+        (
+            "resumed",
+            Some("tcp_tls/resumed"),
+            "quic/resumed",
+            Some("nodosum/reconnect"),
+        ),
+        ("0-RTT", None, "quic/0rtt", None),
+    ] {
+        let cell = |name: Option<&str>| match name {
+            Some(n) => format!(
+                "{} / {}",
+                fmt(setup(n, "p50_us"), 1000.0, 2),
+                fmt(setup(n, "p99_us"), 1000.0, 2)
+            ),
+            None => "n/a".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} |",
+            cell(tcp),
+            cell(Some(quic)),
+            cell(nodosum),
+            ratio(setup(quic, "p50_us"), tcp.and_then(|t| setup(t, "p50_us"))),
+            ratio(
+                nodosum.and_then(|n| setup(n, "p50_us")),
+                setup(quic, "p50_us")
+            ),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n0-RTT / full (raw QUIC, p50): {}\n",
+        ratio(setup("quic/0rtt", "p50_us"), setup("quic/full", "p50_us"))
+    );
+
+    let lat = |t: &str, q: &str| num(r, &["latency_64B", t, q]);
+    let _ = writeln!(
+        md,
+        "### 64 B ping-pong round trip (µs)\n\n\
+         | transport | p50 | p95 | p99 | p50 vs TCP+TLS | p99 vs TCP+TLS | p99 vs raw QUIC |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for t in ["tcp_tls", "quic", "nodosum"] {
+        let _ = writeln!(
+            md,
+            "| {t} | {} | {} | {} | {} | {} | {} |",
+            fmt(lat(t, "p50_us"), 1.0, 1),
+            fmt(lat(t, "p95_us"), 1.0, 1),
+            fmt(lat(t, "p99_us"), 1.0, 1),
+            ratio(lat(t, "p50_us"), lat("tcp_tls", "p50_us")),
+            ratio(lat(t, "p99_us"), lat("tcp_tls", "p99_us")),
+            ratio(lat(t, "p99_us"), lat("quic", "p99_us")),
+        );
+    }
+
+    let tp = |size: &str, t: &str, q: &str| num(r, &["throughput", size, t, q]);
+    let _ = writeln!(
+        md,
+        "\n### Throughput, one application (msgs/s, MB/s)\n\n\
+         | size | TCP+TLS | raw QUIC | Nodosum | QUIC/TCP | Nodosum/QUIC | Nodosum/TCP |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (size, _, _) in SIZES {
+        let cell = |t: &str| {
+            format!(
+                "{} / {}",
+                fmt(tp(size, t, "msgs_per_s"), 1.0, 0),
+                fmt(tp(size, t, "mb_per_s"), 1.0, 1)
+            )
+        };
+        let m = |t: &str| tp(size, t, "msgs_per_s");
+        let _ = writeln!(
+            md,
+            "| {size} | {} | {} | {} | {} | {} | {} |",
+            cell("tcp_tls"),
+            cell("quic"),
+            cell("nodosum"),
+            ratio(m("quic"), m("tcp_tls")),
+            ratio(m("nodosum"), m("quic")),
+            ratio(m("nodosum"), m("tcp_tls")),
+        );
+    }
+
+    let _ = writeln!(
+        md,
+        "\n### N applications on one connection, application 0's receiver stalled\n\n\
+         1 KiB messages delivered to applications 1..N in the window (N = 1: the one \
+         application, unstalled), and stalled/unstalled.\n\n\
+         | N | TCP+TLS unstalled | TCP+TLS stalled | ratio | raw QUIC unstalled | raw QUIC stalled | ratio | Nodosum unstalled | Nodosum stalled | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|"
+    );
+    let rows = r["stall"].as_array().cloned().unwrap_or_default();
+    for apps in APP_COUNTS {
+        let get = |t: &str, k: &str| {
+            rows.iter()
+                .find(|row| {
+                    row["apps"].as_u64() == u64::try_from(apps).ok()
+                        && row["transport"].as_str() == Some(t)
+                })
+                .and_then(|row| num(row, &[k, "delivered_others"]))
+        };
+        let mut line = format!("| {apps} |");
+        for t in ["tcp_tls", "quic", "nodosum"] {
+            let (u, st) = (get(t, "unstalled"), get(t, "stalled"));
+            let _ = write!(
+                line,
+                " {} | {} | {} |",
+                fmt(u, 1.0, 0),
+                fmt(st, 1.0, 0),
+                ratio(st, u)
+            );
+        }
+        let _ = writeln!(md, "{line}");
+    }
+    md
 }
 
 fn machine() -> Value {

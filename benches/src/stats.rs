@@ -71,7 +71,11 @@ impl Summary {
 pub fn report_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(
-            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+            || {
+                // The workspace root is the parent of this crate's directory.
+                let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+                manifest.parent().unwrap_or(manifest).join("target")
+            },
             PathBuf::from,
         )
         .join("bench-report")
