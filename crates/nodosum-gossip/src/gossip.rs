@@ -113,6 +113,10 @@ impl Gossip {
     }
 
     /// A receiver of membership events from now on.
+    ///
+    /// A receiver that falls more than `event_capacity` events behind gets
+    /// [`RecvError::Lagged`](tokio::sync::broadcast::error::RecvError::Lagged); it should
+    /// then take [`members`](Self::members) as the truth and carry on.
     pub fn events(&self) -> broadcast::Receiver<MembershipEvent> {
         self.events.subscribe()
     }
