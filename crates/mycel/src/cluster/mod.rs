@@ -22,7 +22,8 @@
 //! of the view (the authority) publishes the next [`RoutingTable`] (epoch + 1) and pushes
 //! it to every member; it re-pushes its table every
 //! [`ClusterConfig::table_resend_interval`], and a node without a table asks for one. A
-//! lone node is its own authority and owns every partition. The authority publishes only
+//! lone node is its own authority and owns every partition (after
+//! [`ClusterConfig::bootstrap_delay`]). The authority publishes only
 //! while it reaches a majority of its current table's view (when
 //! [`Config::refuse_minority_writes`]), and not while any member is frozen.
 //!
@@ -147,6 +148,10 @@ pub struct ClusterConfig {
     /// Not-owner answers an operation tolerates before failing with
     /// [`ClusterError::Retry`]. Default 8.
     pub max_not_owner_retries: u32,
+    /// How long a node that sees no other member waits after starting before it
+    /// publishes a table of its own (a one-node cluster), so that a node joining an
+    /// existing cluster learns of it first. Default 5 s.
+    pub bootstrap_delay: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -167,6 +172,7 @@ impl Default for ClusterConfig {
             page_bytes: 1024 * 1024,
             max_message_size: 4 * 1024 * 1024,
             max_not_owner_retries: 8,
+            bootstrap_delay: Duration::from_secs(5),
         }
     }
 }
@@ -347,6 +353,7 @@ struct Inner {
     loaders: RwLock<HashMap<String, Loader>>,
     metrics: Metrics,
     started_at: u64,
+    started: Instant,
     leaving: AtomicBool,
     frozen: AtomicBool,
     table_changed: tokio::sync::Notify,
@@ -410,6 +417,7 @@ impl Cluster {
             loaders: RwLock::new(HashMap::new()),
             metrics,
             started_at,
+            started: Instant::now(),
             leaving: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
             table_changed: tokio::sync::Notify::new(),
@@ -1427,7 +1435,10 @@ impl Inner {
             }
             let mut st = self.lock();
             st.alive = alive;
-            if let (Some(stable), false) = (shell.stable.as_ref(), frozen) {
+            let alone_too_early = st.table().is_none()
+                && view.len() <= 1
+                && self.started.elapsed() < self.config.bootstrap_delay;
+            if let (Some(stable), false, false) = (shell.stable.as_ref(), frozen, alone_too_early) {
                 let may = !self.config.mycel.refuse_minority_writes
                     || st
                         .table()

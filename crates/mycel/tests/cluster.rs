@@ -1,0 +1,484 @@
+//! Mycel clusters of real nodosum nodes on 127.0.0.1: replication survives a hard kill,
+//! joins and leaves hand partitions off under load, a minority refuses writes, TTLs and
+//! single-flight loading work across nodes.
+//!
+//! Every test asserts data; timeouts are only guards against hangs. Tests run one at a
+//! time (a shared lock) so that a busy two-core machine does not starve the gossip of
+//! several clusters at once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use mycel::{
+    Cluster, ClusterConfig, ClusterError, Error, Expiry, Loader, Partitioning, SetOptions, Ttl,
+};
+use nodosum::{Node, NodeId};
+use tempfile::TempDir;
+
+/// Upper bound for anything a test waits for: a hang guard, not a timing claim.
+const PATIENCE: Duration = Duration::from_secs(40);
+
+const BUCKET: &str = "default";
+
+/// Per key: the last acknowledged value and the later values whose outcome is unknown.
+type History = Arc<Mutex<Vec<(u64, Vec<u64>)>>>;
+
+static SERIAL: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+fn id(s: &str) -> NodeId {
+    NodeId::new(s).expect("valid node id")
+}
+
+fn config() -> ClusterConfig {
+    let mut c = ClusterConfig::default();
+    c.mycel.stabilization_window = Duration::from_millis(300);
+    c.mycel.store.partitioning = Partitioning::new(256).expect("valid partition count");
+    c.mycel.store.estimated_items = 4096;
+    c.bootstrap_delay = Duration::from_secs(1);
+    c.table_resend_interval = Duration::from_millis(500);
+    c
+}
+
+async fn start(ca: &TempDir, name: &str, seeds: &[&Cluster]) -> Cluster {
+    let mut c = nodosum::Config::development(id(name));
+    c.tls.dev_ca_dir = Some(ca.path().join("dev-ca"));
+    let node = Node::start(c).await.expect("node starts");
+    node.join(seeds.iter().map(|s| s.node().gossip_addr()).collect());
+    Cluster::start(node, config())
+        .await
+        .expect("cluster starts")
+}
+
+/// `n` nodes `node-1`.. joined through the first, converged on one table.
+async fn cluster(n: usize) -> (TempDir, Vec<Cluster>) {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let first = start(&ca, "node-1", &[]).await;
+    let mut nodes = vec![first];
+    for i in 2..=n {
+        let c = start(&ca, &format!("node-{i}"), &[&nodes[0]]).await;
+        nodes.push(c);
+    }
+    converged(&nodes.refs()).await;
+    (ca, nodes)
+}
+
+/// Waits until every node has installed the same table, whose members are exactly these
+/// nodes, and every node is ready (all its partitions synced).
+async fn converged(nodes: &[&Cluster]) {
+    let want: Vec<NodeId> = {
+        let mut ids: Vec<NodeId> = nodes.iter().map(|c| c.id().clone()).collect();
+        ids.sort();
+        ids
+    };
+    eventually("the cluster converges on one table and is ready", || {
+        let statuses: Vec<_> = nodes.iter().map(|c| c.status()).collect();
+        let epoch = statuses[0].epoch;
+        epoch > 0
+            && statuses
+                .iter()
+                .all(|s| s.epoch == epoch && s.members == want && s.ready)
+    })
+    .await;
+}
+
+trait AsRefs {
+    fn refs(&self) -> Vec<&Cluster>;
+}
+
+impl AsRefs for Vec<Cluster> {
+    fn refs(&self) -> Vec<&Cluster> {
+        self.iter().collect()
+    }
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Retries an operation that may meet a transition (a typed retry error) until it works.
+async fn settled<T, F, Fut>(what: &str, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what} kept failing: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn key(i: usize) -> Bytes {
+    Bytes::from(format!("key-{i}"))
+}
+
+async fn write_keys(nodes: &[&Cluster], n: usize, round: usize) -> BTreeMap<usize, Bytes> {
+    let mut acked = BTreeMap::new();
+    for i in 0..n {
+        let node = nodes[(i + round) % nodes.len()];
+        let value = Bytes::from(format!("value-{i}-round-{round}"));
+        node.set(BUCKET, key(i), value.clone(), SetOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("write of key {i} through {} failed: {e}", node.id()));
+        acked.insert(i, value);
+    }
+    acked
+}
+
+async fn assert_readable(nodes: &[&Cluster], acked: &BTreeMap<usize, Bytes>) {
+    for node in nodes {
+        for (&i, value) in acked {
+            let got = settled("read", || node.get(BUCKET, key(i))).await;
+            assert_eq!(
+                got.as_ref(),
+                Some(value),
+                "key {i} read through {}",
+                node.id()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_kill_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    let mut acked = write_keys(&nodes.refs(), 500, 0).await;
+    // Overwrite half, so that "latest value" is tested, not just "some value".
+    for (i, v) in write_keys(&nodes.refs(), 250, 1).await {
+        acked.insert(i, v);
+    }
+    // Kill the oldest node: the authority, and the primary of about a third of the keys.
+    let killed = nodes.remove(0);
+    let before = nodes[0].status().epoch;
+    assert!(killed.status().primaries > 0);
+    drop(killed);
+    let survivors = nodes.refs();
+    converged(&survivors).await;
+    assert!(
+        nodes[0].status().epoch > before,
+        "a new table was published"
+    );
+    assert_readable(&survivors, &acked).await;
+    // Every survivor holds every partition again (rf 2 over 2 nodes): re-replication
+    // happened, not read repair.
+    for n in &nodes {
+        assert_eq!(n.status().replicas, 256);
+    }
+    assert_eq!(settled("len", || nodes[0].len()).await, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_under_write_load_loses_no_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let (ca, nodes) = cluster(2).await;
+    let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    const KEYS: usize = 40;
+    // Per key: the last acknowledged value and the values whose outcome is unknown.
+    let history: History = Arc::new(Mutex::new(vec![(0, Vec::new()); KEYS]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (nodes, history, stop, acks) =
+            (nodes.clone(), history.clone(), stop.clone(), acks.clone());
+        tokio::spawn(async move {
+            let mut counter = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                for k in 0..KEYS {
+                    counter += 1;
+                    let node = &nodes[usize::try_from(counter).expect("small") % nodes.len()];
+                    let result = node
+                        .set(
+                            BUCKET,
+                            key(k),
+                            Bytes::from(counter.to_string()),
+                            SetOptions::default(),
+                        )
+                        .await;
+                    let mut h = history.lock().expect("history lock");
+                    match result {
+                        Ok(_) => {
+                            h[k] = (counter, Vec::new());
+                            acks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Definitely not applied: refused before any effect.
+                        Err(
+                            ClusterError::Syncing { .. }
+                            | ClusterError::Retry { .. }
+                            | ClusterError::NoTable
+                            | ClusterError::Unreachable { .. }
+                            | ClusterError::Mycel(Error::QuorumLost),
+                        ) => {}
+                        // Unknown: may or may not have taken effect.
+                        Err(_) => h[k].1.push(counter),
+                    }
+                }
+            }
+        })
+    };
+    eventually("writes are flowing", || acks.load(Ordering::Relaxed) > 200).await;
+    let third = Arc::new(start(&ca, "node-3", &[&nodes[0]]).await);
+    let all = [nodes[0].clone(), nodes[1].clone(), third.clone()];
+    let refs: Vec<&Cluster> = all.iter().map(|c| &**c).collect();
+    converged(&refs).await;
+    let at_convergence = acks.load(Ordering::Relaxed);
+    eventually("writes continue after the move", || {
+        acks.load(Ordering::Relaxed) > at_convergence + 200
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    writer.await.expect("writer finished");
+    assert!(
+        third.status().primaries > 0,
+        "the new node took partitions over"
+    );
+    let history = history.lock().expect("history lock").clone();
+    for node in &refs {
+        for (k, (last_acked, unknown)) in history.iter().enumerate() {
+            assert!(*last_acked > 0, "key {k} was acknowledged at least once");
+            let got = settled("read", || node.get(BUCKET, key(k))).await;
+            let got: u64 = std::str::from_utf8(&got.expect("key present"))
+                .expect("utf-8")
+                .parse()
+                .expect("a number");
+            assert!(
+                got == *last_acked || unknown.contains(&got),
+                "key {k} through {}: read {got}, last acknowledged {last_acked}, unknown {unknown:?}",
+                node.id()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    let acked = write_keys(&nodes.refs(), 300, 0).await;
+    let leaving = nodes.pop().expect("three nodes");
+    assert!(leaving.status().replicas > 0);
+    tokio::time::timeout(PATIENCE, leaving.leave(PATIENCE))
+        .await
+        .expect("leave finishes")
+        .expect("hand-off completes");
+    assert_eq!(leaving.status().replicas, 0);
+    leaving.shutdown(Duration::from_secs(2)).await;
+    let survivors = nodes.refs();
+    converged(&survivors).await;
+    assert_readable(&survivors, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minority_refuses_writes() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    let lone = nodes.remove(0);
+    let epoch = lone.status().epoch;
+    // The other two vanish without a leave: the lone node is a minority of its table.
+    drop(nodes);
+    eventually("the lone node sees the others gone", || {
+        lone.status().alive == vec![lone.id().clone()]
+    })
+    .await;
+    for i in 0..20 {
+        let result = lone.set(BUCKET, key(i), "x", SetOptions::default()).await;
+        assert!(
+            matches!(result, Err(ClusterError::Mycel(Error::QuorumLost))),
+            "write {i}: {result:?}"
+        );
+    }
+    assert!(matches!(
+        lone.incr_by(BUCKET, "counter", 1).await,
+        Err(ClusterError::Mycel(Error::QuorumLost))
+    ));
+    // No table of its own: the lone node cannot publish a table without a majority of
+    // the last one (it may have published one without the first node it saw fail, while
+    // the other still counted).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = lone.status();
+    assert!(status.epoch >= epoch);
+    assert!(status.members.len() > 1, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_and_ttl_across_nodes() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, nodes) = cluster(3).await;
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // TTL set on one node, seen and enforced through the others.
+    let short = SetOptions {
+        expiry: Expiry::After(Duration::from_millis(300)),
+        ..SetOptions::default()
+    };
+    a.set(BUCKET, "short", "gone soon", short)
+        .await
+        .expect("set");
+    a.set(BUCKET, "kept", "stays", SetOptions::default())
+        .await
+        .expect("set");
+    match b.ttl(BUCKET, "short").await.expect("ttl") {
+        Ttl::Expires { remaining, .. } => assert!(remaining <= Duration::from_millis(300)),
+        Ttl::Missing => {} // already expired on a very slow machine
+        other => panic!("unexpected ttl {other:?}"),
+    }
+    assert_eq!(c.ttl(BUCKET, "kept").await.expect("ttl"), Ttl::Persistent);
+    for node in [a, b, c] {
+        let mut gone = false;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !gone {
+            gone = node.get(BUCKET, "short").await.expect("get").is_none();
+            assert!(tokio::time::Instant::now() < deadline, "expiry");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            node.get(BUCKET, "kept").await.expect("get").as_deref(),
+            Some(&b"stays"[..])
+        );
+    }
+    // EXPIRE and PERSIST through other nodes.
+    assert!(
+        b.expire(BUCKET, "kept", Duration::from_secs(600))
+            .await
+            .expect("expire")
+    );
+    assert!(matches!(
+        c.ttl(BUCKET, "kept").await.expect("ttl"),
+        Ttl::Expires { .. }
+    ));
+    assert!(c.persist(BUCKET, "kept").await.expect("persist"));
+    assert_eq!(a.ttl(BUCKET, "kept").await.expect("ttl"), Ttl::Persistent);
+    assert!(
+        !a.expire(BUCKET, "missing", Duration::from_secs(1))
+            .await
+            .expect("expire")
+    );
+
+    // Atomic increments from every node.
+    for (i, node) in [a, b, c, a, b, c].iter().enumerate() {
+        node.incr_by(BUCKET, "counter", i64::try_from(i).expect("small") + 1)
+            .await
+            .expect("incr");
+    }
+    assert_eq!(
+        c.get(BUCKET, "counter").await.expect("get").as_deref(),
+        Some(&b"21"[..])
+    );
+    assert!(matches!(
+        a.incr_by(BUCKET, "kept", 1).await,
+        Err(ClusterError::Mycel(Error::NotAnInteger))
+    ));
+
+    // NX / XX and GET.
+    let nx = SetOptions {
+        condition: mycel::Condition::IfAbsent,
+        get: true,
+        ..SetOptions::default()
+    };
+    let r = b.set(BUCKET, "kept", "other", nx).await.expect("set nx");
+    assert!(!r.applied);
+    assert_eq!(r.previous.as_deref(), Some(&b"stays"[..]));
+
+    // Multi-key operations split by owner.
+    let entries: Vec<(Bytes, Bytes)> = (0..50)
+        .map(|i| (Bytes::from(format!("m{i}")), Bytes::from(format!("v{i}"))))
+        .collect();
+    a.mset(BUCKET, entries.clone()).await.expect("mset");
+    let mut keys: Vec<Bytes> = entries.iter().map(|(k, _)| k.clone()).collect();
+    keys.push(Bytes::from_static(b"absent"));
+    let values = b.mget(BUCKET, keys).await.expect("mget");
+    for (i, (_, v)) in entries.iter().enumerate() {
+        assert_eq!(values[i].as_ref(), Some(v));
+    }
+    assert_eq!(values[50], None);
+
+    // Delete and exists, and the cluster-wide count.
+    assert!(c.exists(BUCKET, "m7").await.expect("exists"));
+    assert!(a.delete(BUCKET, "m7").await.expect("delete"));
+    assert!(!b.exists(BUCKET, "m7").await.expect("exists"));
+    assert!(!b.delete(BUCKET, "m7").await.expect("delete"));
+    // 49 m-keys, kept, counter.
+    assert_eq!(c.len().await.expect("len"), 51);
+
+    // Typed errors.
+    assert!(matches!(
+        a.get("no-such-bucket", "k").await,
+        Err(ClusterError::Mycel(Error::BucketUnknown { .. }))
+    ));
+    let big = Bytes::from(vec![0u8; 2 * 1024 * 1024]);
+    assert!(matches!(
+        b.set(BUCKET, "big", big, SetOptions::default()).await,
+        Err(ClusterError::Mycel(Error::ValueTooLarge { .. }))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, nodes) = cluster(3).await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    for node in &nodes {
+        let runs = runs.clone();
+        let loader: Loader = Arc::new(move |key: Bytes| {
+            let runs = runs.clone();
+            Box::pin(async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that the misses overlap; correctness does not depend on it.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if key.as_ref() == b"nothing" {
+                    None
+                } else {
+                    Some(Bytes::from(format!(
+                        "loaded {}",
+                        String::from_utf8_lossy(&key)
+                    )))
+                }
+            })
+        });
+        node.set_loader(BUCKET, loader);
+    }
+    let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let node = nodes[i % 3].clone();
+        tasks.spawn(async move { node.get_or_load(BUCKET, "hot").await });
+    }
+    while let Some(result) = tasks.join_next().await {
+        let value = result.expect("task").expect("get_or_load");
+        assert_eq!(value.as_deref(), Some(&b"loaded hot"[..]));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the loader ran once");
+    // The loaded value is stored: a plain get from any node sees it.
+    for node in &nodes {
+        assert_eq!(
+            node.get(BUCKET, "hot").await.expect("get").as_deref(),
+            Some(&b"loaded hot"[..])
+        );
+    }
+    // A loader that finds nothing stores nothing.
+    assert_eq!(
+        nodes[1].get_or_load(BUCKET, "nothing").await.expect("load"),
+        None
+    );
+    assert_eq!(nodes[2].get(BUCKET, "nothing").await.expect("get"), None);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
