@@ -1,5 +1,5 @@
-//! Mycel: a distributed in-memory cache built on Nodosum. This crate currently holds its
-//! sans-IO core.
+//! Mycel: a distributed in-memory cache built on Nodosum: a sans-IO core, a cluster layer,
+//! an embeddable async handle and the `mycel` server binary.
 //!
 //! Mycel stores bytes under keys in named buckets, spread over a cluster: keys map to one
 //! of a fixed number of partitions by Redis's CRC16 key slot (with `{hash tag}`s, so
@@ -24,18 +24,18 @@
 //! - [`checker`]: a linearizability checker for single-key register histories, for fault
 //!   tests.
 //!
+//! On top of the core, with I/O:
+//!
 //! - [`Mycel`]: the async handle applications embed. Today it runs the standalone backend
-//!   ([`Mycel::standalone`]: every partition on this node, the store behind a mutex, the
-//!   reaper as a tokio task); this is the only place the crate reads the system clock
-//!   ([`now`]).
+//!   ([`Mycel::standalone`]: every partition on this node, the store behind a mutex held
+//!   for one operation, the reaper as a tokio task; [`now`] converts the system clock).
+//! - [`cluster`]: the networked layer over Nodosum ([`Cluster`]).
 //! - The `mycel` binary (`src/bin/mycel`): a Redis-compatible RESP2/RESP3 server and an
 //!   HTTP admin API over a [`Mycel`] handle.
 //!
-//! What is not here yet: the networked layer (replication to backups over Nodosum,
-//! forwarding to owners, partition hand-off, single-flight loading, `Mycel::start(node,
-//! config)`). It will be built on these modules once the `nodosum` facade exists and will
-//! keep [`Mycel`]'s method set; the binary already parses and validates the cluster
-//! settings but serves as a single node until then.
+//! What is not here yet: [`Mycel`] does not run on [`Cluster`] (`Mycel::start(node,
+//! config)`, keeping the same method set), so the binary parses and validates the cluster
+//! settings but serves as a single node.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
