@@ -25,7 +25,8 @@
 //! One connection per peer. When two nodes dial each other at once, both keep the
 //! connection initiated by the smaller node ID; the other one is drained (its streams hand
 //! over to the winner without losing or reordering messages) and closed with
-//! [`codes::DUPLICATE`] by the node that dialled it. A peer that should be connected is
+//! [`codes::DUPLICATE`] by the node with the larger ID (its dialler) once no stream is
+//! left on it. A peer that should be connected is
 //! redialled with exponential backoff.
 //!
 //! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. **Nothing
@@ -57,6 +58,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod gate;
 mod metrics;
 mod node;
 mod resolve;

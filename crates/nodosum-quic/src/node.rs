@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::gate::{Gate, Role};
 use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel};
 use crate::resolve::{self, Attach, StreamSide};
 use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
@@ -75,7 +76,8 @@ impl HandshakeKind {
 /// Why a handshake or an established connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RejectReason {
-    /// The peer's certificate does not chain to our CA (or ours not to theirs).
+    /// The peer's certificate does not chain to our CA (or ours not to theirs); this
+    /// includes a certificate from a different CA with the same name (bad signature).
     UnknownCa,
     /// A certificate has expired or is not yet valid.
     Expired,
@@ -256,6 +258,8 @@ pub struct Counts {
     pub peers: usize,
     /// (peer, application) send lanes.
     pub lanes: usize,
+    /// Outgoing handshakes in progress.
+    pub dialing: usize,
 }
 
 /// The current connection of a peer.
@@ -317,6 +321,7 @@ struct Inner {
     next_conn_id: AtomicU64,
     connections: AtomicUsize,
     streams: AtomicUsize,
+    dialing: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -375,6 +380,7 @@ struct Lane {
 #[derive(Default)]
 struct LaneShared {
     failure: Mutex<Option<SendError>>,
+    gate: Gate,
 }
 
 enum LaneCtl {
@@ -384,6 +390,7 @@ enum LaneCtl {
 
 struct Attached {
     conn: u64,
+    reader: u64,
     send: SendStream,
     done: oneshot::Receiver<Done>,
 }
@@ -461,6 +468,7 @@ impl QuicNode {
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
+            dialing: AtomicUsize::new(0),
         });
         tokio::spawn(accept_loop(inner.clone()));
         info!(node = %inner.local_id, addr = ?inner.endpoint.local_addr().ok(), "quic endpoint bound");
@@ -574,6 +582,7 @@ impl QuicNode {
             streams: self.inner.streams.load(Ordering::Acquire),
             peers: st.peers.len(),
             lanes: st.peers.values().map(|p| p.lanes.len()).sum(),
+            dialing: self.inner.dialing.load(Ordering::Acquire),
         }
     }
 
@@ -679,8 +688,13 @@ impl Inner {
         if let Some(d) = &peer.dialer {
             d.abort();
         }
+        let reason: &[u8] = if close_code == codes::SHUTDOWN {
+            b"shutdown"
+        } else {
+            b"disconnect"
+        };
         for c in &peer.conns {
-            c.cref.conn.close(code(close_code), b"disconnect");
+            c.cref.conn.close(code(close_code), reason);
         }
         for lane in peer.lanes.values() {
             *lock(&lane.shared.failure) = Some(SendError::PeerGone { node: node.clone() });
@@ -732,6 +746,7 @@ impl Inner {
                 init: init.freeze(),
                 shared: shared.clone(),
                 ctl_open: true,
+                retiring: Vec::new(),
             };
             let task = tokio::spawn(writer.run(init_ok));
             Lane {
@@ -920,7 +935,8 @@ fn classify(e: &ConnectionError) -> RejectReason {
     };
     // TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100 + alert (RFC 9001 section 4.8).
     match raw.checked_sub(0x100).and_then(|a| u8::try_from(a).ok()) {
-        Some(48) => RejectReason::UnknownCa,
+        // unknown_ca, or decrypt_error: a same-named CA with another key signed it.
+        Some(48 | 51) => RejectReason::UnknownCa,
         Some(45) => RejectReason::Expired,
         Some(116) => RejectReason::NoClientCert,
         Some(120) => RejectReason::Alpn,
@@ -1009,6 +1025,15 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     inner.register(node, conn, false, kind);
 }
 
+/// Counts a dial in progress, also when the dialler is aborted mid-handshake.
+struct DialingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for DialingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
     let mut backoff = inner.config.reconnect_initial_backoff;
     loop {
@@ -1029,14 +1054,19 @@ async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
             }
             continue;
         }
+        inner.dialing.fetch_add(1, Ordering::AcqRel);
+        let dialing = DialingGuard(&inner.dialing);
         match inner.dial(&node, addr).await {
             Ok((conn, kind)) => {
                 backoff = inner.config.reconnect_initial_backoff;
-                if !inner.register(node.clone(), conn, true, kind) {
+                let registered = inner.register(node.clone(), conn, true, kind);
+                drop(dialing);
+                if !registered {
                     return;
                 }
             }
             Err(reason) => {
+                drop(dialing);
                 warn!(peer = %node, %addr, ?reason, "dial failed");
                 inner
                     .metrics
@@ -1102,11 +1132,14 @@ async fn drive_connection(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
     }
 }
 
-/// Closes a duplicate connection once it carries no stream. The side that dialled it
-/// closes it; the other side waits for that, up to `duplicate_linger`.
+/// Closes a duplicate connection once it carries no stream. The node with the larger ID
+/// (which dialled it) closes it: it gives streams up last, after reading the smaller
+/// node's end (see `Writer::abandon`), and counts each until its own end is acknowledged;
+/// data that arrived stays readable at the smaller node after the close. The smaller
+/// node waits for that, up to `duplicate_linger`.
 async fn drain_duplicate(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
     debug!(peer = %node, id = cref.id, "duplicate connection, draining");
-    if !cref.initiated_by_us {
+    if inner.local_is_smaller(&node) {
         tokio::select! {
             _ = cref.conn.closed() => {}
             _ = tokio::time::sleep(inner.config.duplicate_linger) => {
@@ -1139,6 +1172,25 @@ async fn drain_duplicate(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
     }
     cref.conn
         .close(code(codes::DUPLICATE), b"duplicate connection");
+}
+
+/// A reader's place in its lane's delivery [`Gate`]; leaves it when dropped.
+struct ReaderSlot {
+    shared: Arc<LaneShared>,
+    id: u64,
+}
+
+impl ReaderSlot {
+    fn new(shared: Arc<LaneShared>, role: Role) -> Self {
+        let id = shared.gate.register(role);
+        Self { shared, id }
+    }
+}
+
+impl Drop for ReaderSlot {
+    fn drop(&mut self) {
+        self.shared.gate.remove(self.id);
+    }
 }
 
 /// Counts a stream while its reader runs.
@@ -1218,7 +1270,11 @@ async fn accept_stream(
     .await;
     let init = match init {
         Ok(Ok(init)) => init,
-        Ok(Err(None)) => return,
+        // Finished (or lost) before its first frame: a stream given up before use.
+        Ok(Err(None)) => {
+            let _ = send.finish();
+            return;
+        }
         Ok(Err(Some(e))) => {
             warn!(peer = %node, error = %e, "bad stream init");
             inner.metrics.stream_error("bad_init");
@@ -1243,20 +1299,23 @@ async fn accept_stream(
         return;
     }
     guard.set_app(&app);
-    let ctl = {
+    let lane = {
         let mut st = lock(&inner.state);
-        st.peers
-            .get_mut(&node)
-            .map(|peer| inner.lane_of(&node, peer, &app).ctl.clone())
+        st.peers.get_mut(&node).map(|peer| {
+            let lane = inner.lane_of(&node, peer, &app);
+            (lane.ctl.clone(), lane.shared.clone())
+        })
     };
-    let Some(ctl) = ctl else {
+    let Some((ctl, shared)) = lane else {
         let _ = recv.stop(code(codes::STREAM_CLOSED));
         let _ = send.reset(code(codes::STREAM_CLOSED));
         return;
     };
     let (done_tx, done_rx) = oneshot::channel();
+    let reader = ReaderSlot::new(shared, Role::Pending);
     let attached = Attached {
         conn: cref.id,
+        reader: reader.id,
         send,
         done: done_rx,
     };
@@ -1266,18 +1325,30 @@ async fn accept_stream(
         let _ = recv.stop(code(codes::STREAM_CLOSED));
         return;
     }
-    read_stream(inner, node, app, recv, buf, done_tx, guard).await;
+    read_stream(
+        inner,
+        cref.conn.clone(),
+        node,
+        app,
+        recv,
+        buf,
+        done_tx,
+        (guard, reader),
+    )
+    .await;
 }
 
 /// Delivers a stream's messages to its application, in order, until the stream ends.
+#[allow(clippy::too_many_arguments)] // One call site per stream origin; a struct adds nothing.
 async fn read_stream(
     inner: Arc<Inner>,
+    conn: quinn::Connection,
     node: NodeId,
     app: AppId,
     mut recv: RecvStream,
     mut buf: BytesMut,
     done: oneshot::Sender<Done>,
-    guard: StreamGuard,
+    (guard, reader): (StreamGuard, ReaderSlot),
 ) {
     let decoder = MessageDecoder::new(&inner.config.limits);
     let mut app_tx: Option<mpsc::Sender<(NodeId, Bytes)>> = None;
@@ -1293,9 +1364,21 @@ async fn read_stream(
                     break ReadEnd::Stopped(codes::STREAM_UNKNOWN_APP);
                 };
                 let len = msg.len() as u64;
-                if tx.send((node.clone(), msg)).await.is_err() {
-                    let _ = recv.stop(code(codes::STREAM_APP_CLOSED));
-                    break ReadEnd::Stopped(codes::STREAM_APP_CLOSED);
+                // Messages of a stream given up in a handover go first (see `gate`).
+                tokio::select! {
+                    () = reader.shared.gate.wait(reader.id) => {}
+                    _ = conn.closed() => break ReadEnd::Lost,
+                }
+                // A stalled application must not pin a stream of a connection that is gone.
+                tokio::select! {
+                    sent = tx.send((node.clone(), msg)) => if sent.is_err() {
+                        let _ = recv.stop(code(codes::STREAM_APP_CLOSED));
+                        break ReadEnd::Stopped(codes::STREAM_APP_CLOSED);
+                    },
+                    _ = conn.closed() => {
+                        inner.metrics.send_error(app.as_str(), "undelivered", 1);
+                        break ReadEnd::Lost;
+                    }
                 }
                 inner.metrics.traffic(app.as_str(), "in", 1, len);
             }
@@ -1328,17 +1411,21 @@ async fn read_stream(
             }
         }
     };
+    let reader_id = reader.id;
+    drop(reader);
+    debug!(peer = %node, %app, reader = reader_id, ?end, "stream reader ended");
     let _ = done.send((end, guard));
 }
 
 /// Finishes a stream this side does not use, once the peer finished its half (so
 /// everything the peer wrote on it was delivered first).
 async fn finish_unused(mut send: SendStream, done: oneshot::Receiver<Done>) {
-    match done.await.map(|(end, _guard)| end) {
-        Ok(ReadEnd::Finished) => {
+    match done.await {
+        Ok((ReadEnd::Finished, guard)) => {
             let _ = send.finish();
+            finish_acked(send, guard).await;
         }
-        Ok(ReadEnd::Stopped(c)) => {
+        Ok((ReadEnd::Stopped(c), _)) => {
             let _ = send.reset(code(c));
         }
         _ => {
@@ -1347,8 +1434,19 @@ async fn finish_unused(mut send: SendStream, done: oneshot::Receiver<Done>) {
     }
 }
 
+/// Keeps a finished stream counted until the peer acknowledged all of it, so a duplicate
+/// connection is not closed under data still in flight (data that arrived stays readable
+/// after the close).
+// Takes the guard by value: dropping it at the end is the point.
+#[allow(clippy::needless_pass_by_value)]
+async fn finish_acked(send: SendStream, guard: StreamGuard) {
+    let _ = send.stopped().await;
+    drop(guard);
+}
+
 struct Current {
     conn: u64,
+    reader: u64,
     send: SendStream,
     done: oneshot::Receiver<Done>,
     opened_by_us: bool,
@@ -1377,6 +1475,45 @@ struct Writer {
     init: Bytes,
     shared: Arc<LaneShared>,
     ctl_open: bool,
+    /// Streams given up and not yet finished by the peer.
+    retiring: Vec<Retiring>,
+}
+
+/// A stream given up by its lane, waiting for the peer's half to end.
+struct Retiring {
+    done: oneshot::Receiver<Done>,
+    /// Our half, still to be finished once the peer's has ended (larger node ID only).
+    send: Option<SendStream>,
+}
+
+impl Retiring {
+    fn settle(self, done: Option<Done>) {
+        if let Some(mut send) = self.send {
+            match done {
+                Some((ReadEnd::Finished, guard)) => {
+                    let _ = send.finish();
+                    tokio::spawn(finish_acked(send, guard));
+                }
+                _ => {
+                    let _ = send.reset(code(codes::STREAM_CLOSED));
+                }
+            }
+        }
+    }
+}
+
+/// The first given-up stream whose peer half has ended, and how. It must be removed at
+/// once (a completed oneshot must not be polled again).
+async fn next_retired(retiring: &mut [Retiring]) -> (usize, Option<Done>) {
+    std::future::poll_fn(|cx| {
+        for (i, r) in retiring.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(done) = std::pin::Pin::new(&mut r.done).poll(cx) {
+                return std::task::Poll::Ready((i, done.ok()));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Writer {
@@ -1390,11 +1527,27 @@ impl Writer {
             })
         };
         match exit {
+            // Wait until the peer has read everything and finished its half (bounded by
+            // `close`'s deadline): acknowledged data can still be lost if the connection
+            // closes before the peer's application read it.
             Exit::Done => {
+                // Finish at once whatever the IDs: the peer finishes its half only after
+                // reading ours to the end, so its finish confirms delivery.
                 if let Some(mut cur) = self.cur.take() {
-                    let _ = cur.send.finish();
-                    // Wait until the peer acknowledged everything (bounded by `close`).
-                    let _ = cur.send.stopped().await;
+                    self.shared.gate.retire(cur.reader);
+                    if cur.needs_init {
+                        let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                    } else {
+                        let _ = cur.send.finish();
+                    }
+                    self.retiring.push(Retiring {
+                        done: cur.done,
+                        send: None,
+                    });
+                }
+                while !self.retiring.is_empty() {
+                    let (i, done) = next_retired(&mut self.retiring).await;
+                    self.retiring.swap_remove(i).settle(done);
                 }
             }
             Exit::PeerGone | Exit::Refused(_) => {
@@ -1440,9 +1593,13 @@ impl Writer {
                     if changed.is_err() {
                         return Exit::PeerGone;
                     }
-                    self.follow_current().await;
+                    self.follow_current();
                 }
-                msg = self.rx.recv() => match msg {
+                (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
+                    self.retiring.swap_remove(i).settle(done);
+                }
+                // Nothing is written while a given-up stream is not confirmed read.
+                msg = self.rx.recv(), if self.retiring.is_empty() => match msg {
                     None => return Exit::Done,
                     Some(first) => {
                         if let Err(exit) = self.write_batch(first).await {
@@ -1473,11 +1630,14 @@ impl Writer {
             return Ok(());
         };
         // The guard inside `done` is dropped after the stream is finished below.
-        let (end, _guard) = done.map_or((ReadEnd::Lost, None), |(end, g)| (end, Some(g)));
+        let (end, guard) = done.map_or((ReadEnd::Lost, None), |(end, g)| (end, Some(g)));
         match end {
             // The peer gave the stream up (it moved to another): give it up too.
             ReadEnd::Finished => {
                 let _ = cur.send.finish();
+                if let Some(guard) = guard {
+                    tokio::spawn(finish_acked(cur.send, guard));
+                }
             }
             ReadEnd::Stopped(c) => {
                 let _ = cur.send.reset(code(c));
@@ -1510,19 +1670,41 @@ impl Writer {
     }
 
     /// Leaves a current stream that is not on the current connection.
-    async fn follow_current(&mut self) {
+    fn follow_current(&mut self) {
         let current = self.current_conn();
         if self.cur.as_ref().is_some_and(|c| Some(c.conn) != current) {
-            self.abandon().await;
+            self.abandon();
         }
     }
 
-    /// Finishes the current stream and waits until the peer has read it to the end and
-    /// finished its half, so nothing written later can overtake it.
-    async fn abandon(&mut self) {
+    /// Gives up the current stream and keeps it in `retiring` until both halves are
+    /// finished; nothing is written on a new stream before that. Exactly one side finishes
+    /// first, so two sides giving up the same stream never wait for each other: the
+    /// smaller node ID finishes at once, the larger one only after reading the smaller's
+    /// end. The larger's finish thus confirms that everything the smaller wrote was
+    /// delivered; the smaller side orders delivery itself (see `gate`). Control messages
+    /// keep being handled meanwhile: the peer's progress may depend on them.
+    fn abandon(&mut self) {
         if let Some(mut cur) = self.cur.take() {
-            let _ = cur.send.finish();
-            let _ = cur.done.await;
+            debug!(peer = %self.peer, app = %self.app, conn = cur.conn, reader = cur.reader, needs_init = cur.needs_init, "giving up stream");
+            self.shared.gate.retire(cur.reader);
+            if cur.needs_init {
+                // Opened but never written: the peer has not seen it and wrote nothing on
+                // it. Resetting makes the peer drop it (and finish its half, which ends
+                // our reader); there is nothing to wait for.
+                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                return;
+            }
+            let send = if self.inner.local_is_smaller(&self.peer) {
+                let _ = cur.send.finish();
+                None
+            } else {
+                Some(cur.send)
+            };
+            self.retiring.push(Retiring {
+                done: cur.done,
+                send,
+            });
         }
     }
 
@@ -1536,17 +1718,26 @@ impl Writer {
             self.current_conn(),
             self.inner.local_is_smaller(&self.peer),
         );
-        debug!(peer = %self.peer, app = %self.app, ?decision, "peer opened a stream");
+        debug!(peer = %self.peer, app = %self.app, conn = a.conn, reader = a.reader, ?decision, "peer opened a stream");
         match decision {
             Attach::Reject => {
-                tokio::spawn(finish_unused(a.send, a.done));
+                self.shared.gate.retire(a.reader);
+                if self.inner.local_is_smaller(&self.peer) {
+                    // Same rule as `abandon`: the smaller side finishes at once.
+                    let mut send = a.send;
+                    let _ = send.finish();
+                } else {
+                    tokio::spawn(finish_unused(a.send, a.done));
+                }
                 return;
             }
-            Attach::ReplaceCurrent => self.abandon().await,
+            Attach::ReplaceCurrent => self.abandon(),
             Attach::Adopt => {}
         }
+        self.shared.gate.set_current(a.reader);
         self.cur = Some(Current {
             conn: a.conn,
+            reader: a.reader,
             send: a.send,
             done: a.done,
             opened_by_us: false,
@@ -1561,28 +1752,34 @@ impl Writer {
             while let Ok(ctl) = self.ctl.try_recv() {
                 self.on_ctl(Some(ctl)).await;
             }
-            self.follow_current().await;
-            if self.cur.is_some() {
+            self.follow_current();
+            let settled = self.retiring.is_empty();
+            if settled && self.cur.is_some() {
                 return Ok(());
             }
             let conn = self.current.borrow_and_update().clone();
-            if let Some(conn) = conn {
+            if let Some(conn) = conn.filter(|_| settled && self.cur.is_none()) {
                 match conn.conn.open_bi().await {
                     Ok((send, recv)) => {
                         let (done_tx, done_rx) = oneshot::channel();
                         let mut guard = StreamGuard::new(&self.inner, &conn.live);
                         guard.set_app(&self.app);
+                        let reader = ReaderSlot::new(self.shared.clone(), Role::Current);
+                        let reader_id = reader.id;
                         tokio::spawn(read_stream(
                             self.inner.clone(),
+                            conn.conn.clone(),
                             self.peer.clone(),
                             self.app.clone(),
                             recv,
                             BytesMut::new(),
                             done_tx,
-                            guard,
+                            (guard, reader),
                         ));
+                        debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, "opened stream");
                         self.cur = Some(Current {
                             conn: conn.id,
+                            reader: reader_id,
                             send,
                             done: done_rx,
                             opened_by_us: true,
@@ -1599,6 +1796,9 @@ impl Writer {
                 }
             }
             tokio::select! {
+                (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
+                    self.retiring.swap_remove(i).settle(done);
+                }
                 changed = self.current.changed() => if changed.is_err() {
                     return Err(Exit::PeerGone);
                 },

@@ -1,0 +1,238 @@
+//! Stream init and routing, unknown applications, isolation of a stalled application,
+//! ordering, and oversized frames.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use nodosum_proto::{Limits, StreamInit};
+use nodosum_quic::{SendError, codes};
+
+use crate::handshake::{raw_client_for, raw_connect};
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stream_per_app_routes_both_ways_in_order() {
+    init_tracing();
+    let ca = ca();
+    let a = node(&ca, "a");
+    let b = node(&ca, "b");
+    let mut a_chat = a.register_app(app("chat")).unwrap();
+    let mut b_chat = b.register_app(app("chat")).unwrap();
+    let mut b_kv = b.register_app(app("kv")).unwrap();
+    connect(&a, &b).await;
+
+    for i in 0..2000 {
+        a.send(b.node_id(), &app("chat"), seq(i)).await.unwrap();
+    }
+    a.send(b.node_id(), &app("kv"), Bytes::from_static(b"put"))
+        .await
+        .unwrap();
+    for i in 0..2000 {
+        let (from, msg) = recv(&mut b_chat).await;
+        assert_eq!(from, id("a"));
+        assert_eq!(unseq(&msg), i);
+    }
+    assert_eq!(recv(&mut b_kv).await, (id("a"), Bytes::from_static(b"put")));
+    // b answers on the stream a opened.
+    for i in 0..100 {
+        b.send(a.node_id(), &app("chat"), seq(i)).await.unwrap();
+    }
+    for i in 0..100 {
+        let (from, msg) = recv(&mut a_chat).await;
+        assert_eq!(from, id("b"));
+        assert_eq!(unseq(&msg), i);
+    }
+    assert_eq!(a.counts().streams, 2, "one stream per application");
+    assert_eq!(b.counts().streams, 2, "b reused a's streams");
+    assert!(matches!(
+        a.try_send(
+            b.node_id(),
+            &app("chat"),
+            Bytes::from(vec![0; 5 * 1024 * 1024])
+        ),
+        Err(SendError::MessageTooLarge { .. })
+    ));
+    assert!(matches!(
+        a.try_send(&id("nobody"), &app("chat"), Bytes::new()),
+        Err(SendError::UnknownPeer { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_application_is_refused_without_disturbing_others() {
+    init_tracing();
+    let ca = ca();
+    let a = node(&ca, "a");
+    let b = node(&ca, "b");
+    let mut b_chat = b.register_app(app("chat")).unwrap();
+    let mut a_events = a.events();
+    connect(&a, &b).await;
+    a.send(b.node_id(), &app("chat"), seq(1)).await.unwrap();
+    assert_eq!(unseq(&recv(&mut b_chat).await.1), 1);
+
+    let nope = app("nope");
+    let err = guarded("typed error", async {
+        loop {
+            match a.send(b.node_id(), &nope, seq(0)).await {
+                Ok(()) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+                Err(e) => return e,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        err,
+        SendError::UnknownApplication {
+            node: id("b"),
+            app: nope.clone()
+        }
+    );
+    event(&mut a_events, "refusal event", |e| {
+        matches!(e, nodosum_quic::Event::StreamRefused { code, .. } if *code == u64::from(codes::STREAM_UNKNOWN_APP))
+    })
+    .await;
+    // The connection and the other application are untouched.
+    a.send(b.node_id(), &app("chat"), seq(2)).await.unwrap();
+    assert_eq!(unseq(&recv(&mut b_chat).await.1), 2);
+    assert_eq!(a.counts().connections, 1);
+    assert_eq!(b.counts().connections, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_application_does_not_block_the_others() {
+    init_tracing();
+    let ca = ca();
+    let a = node(&ca, "a");
+    let b = node(&ca, "b");
+    // The stalled application's receiver is never read.
+    let _stalled = b.register_app(app("stalled")).unwrap();
+    let mut others: Vec<_> = (0..5)
+        .map(|i| b.register_app(app(&format!("app{i}"))).unwrap())
+        .collect();
+    connect(&a, &b).await;
+
+    // Fill the stalled application's whole path: receiver, stream window, send queue.
+    let payload = Bytes::from(vec![7u8; 1024]);
+    let mut queued = 0u64;
+    guarded("stalled lane fills up", async {
+        loop {
+            match a.try_send(b.node_id(), &app("stalled"), payload.clone()) {
+                Ok(()) => queued += 1,
+                Err(SendError::QueueFull { .. }) => {
+                    // Full only counts once the writer is blocked too: try again later.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    if a.try_send(b.node_id(), &app("stalled"), payload.clone())
+                        .is_err()
+                    {
+                        break;
+                    }
+                    queued += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
+    assert!(queued > 1024, "the stalled lane buffered {queued} messages");
+
+    const N: u32 = 1000;
+    let sender = {
+        let a = a.clone();
+        let b_id = b.node_id().clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                for k in 0..5 {
+                    let mut msg = BytesMut::with_capacity(1024);
+                    msg.put_u32_le(i);
+                    msg.put_bytes(0, 1020);
+                    a.send(&b_id, &app(&format!("app{k}")), msg.freeze())
+                        .await
+                        .unwrap();
+                }
+            }
+        })
+    };
+    // Each flowing application is read by its own task, as independent consumers would.
+    let readers: Vec<_> = others
+        .drain(..)
+        .map(|mut rx| {
+            tokio::spawn(async move {
+                for i in 0..N {
+                    let (_, msg) = recv(&mut rx).await;
+                    assert_eq!(unseq(&msg[..4]), i);
+                }
+                N
+            })
+        })
+        .collect();
+    guarded("sender done", sender).await.unwrap();
+    for reader in readers {
+        assert_eq!(guarded("reader done", reader).await.unwrap(), N);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_resets_only_its_stream() {
+    init_tracing();
+    let ca = ca();
+    let b = node(&ca, "b");
+    let mut b_chat = b.register_app(app("chat")).unwrap();
+    let mut b_kv = b.register_app(app("kv")).unwrap();
+    let raw = raw_client_for(&ca, "raw");
+    let conn = raw_connect(&raw, b.local_addr().unwrap(), "b")
+        .await
+        .unwrap();
+    let limits = Limits::default();
+
+    // A well-formed stream first, then one with a frame above the limit.
+    let (mut kv_send, _kv_recv) = conn.open_bi().await.unwrap();
+    let mut buf = BytesMut::new();
+    StreamInit::new(app("kv"))
+        .encode(&limits, &mut buf)
+        .unwrap();
+    nodosum_proto::encode_message(b"first", &limits, &mut buf).unwrap();
+    kv_send.write_all(&buf).await.unwrap();
+    assert_eq!(
+        recv(&mut b_kv).await,
+        (id("raw"), Bytes::from_static(b"first"))
+    );
+
+    let (mut bad_send, mut bad_recv) = conn.open_bi().await.unwrap();
+    let mut buf = BytesMut::new();
+    StreamInit::new(app("chat"))
+        .encode(&limits, &mut buf)
+        .unwrap();
+    buf.put_u32_le(u32::try_from(limits.max_message_size).unwrap() + 1);
+    bad_send.write_all(&buf).await.unwrap();
+    let stopped = guarded("stream stopped", bad_send.stopped()).await.unwrap();
+    assert_eq!(
+        stopped,
+        Some(quinn::VarInt::from_u32(codes::STREAM_FRAME_TOO_LARGE))
+    );
+    let read = guarded("stream reset", bad_recv.read_chunk(16, true)).await;
+    assert!(
+        matches!(read, Err(quinn::ReadError::Reset(c)) if c == quinn::VarInt::from_u32(codes::STREAM_FRAME_TOO_LARGE)),
+        "{read:?}"
+    );
+
+    // The connection and the other application's stream survive.
+    let mut buf = BytesMut::new();
+    nodosum_proto::encode_message(b"second", &limits, &mut buf).unwrap();
+    kv_send.write_all(&buf).await.unwrap();
+    assert_eq!(
+        recv(&mut b_kv).await,
+        (id("raw"), Bytes::from_static(b"second"))
+    );
+    assert!(conn.close_reason().is_none());
+    // A fresh stream for the same application works again.
+    let (mut chat_send, _chat_recv) = conn.open_bi().await.unwrap();
+    let mut buf = BytesMut::new();
+    StreamInit::new(app("chat"))
+        .encode(&limits, &mut buf)
+        .unwrap();
+    nodosum_proto::encode_message(b"hello", &limits, &mut buf).unwrap();
+    chat_send.write_all(&buf).await.unwrap();
+    assert_eq!(
+        recv(&mut b_chat).await,
+        (id("raw"), Bytes::from_static(b"hello"))
+    );
+    assert_eq!(b.counts().connections, 1);
+}
