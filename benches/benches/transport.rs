@@ -254,8 +254,8 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "\n### N applications on one connection, application 0's receiver stalled\n\n\
-         1 KiB messages delivered to applications 1..N in the window (N = 1: the one \
-         application, unstalled), and stalled/unstalled.\n\n\
+         1 KiB messages delivered to applications 1..N in the window after a warm-up \
+         (N = 1: to the one application, unstalled), and stalled/unstalled.\n\n\
          | N | TCP+TLS unstalled | TCP+TLS stalled | ratio | raw QUIC unstalled | raw QUIC stalled | ratio | Nodosum unstalled | Nodosum stalled | ratio |\n\
          |---|---|---|---|---|---|---|---|---|---|"
     );
@@ -680,11 +680,12 @@ fn stall_scenario(ctx: &Ctx) -> Value {
                 .iter()
                 .map(|r| {
                     format!(
-                        "{}: {:>8} msgs (min/app {:>6}, starved {:>2})",
+                        "{}: {:>8} msgs (min/app {:>6}, starved {:>2}; {:>6} in warm-up)",
                         if r.stalled { "stalled" } else { "unstalled" },
                         r.delivered_others,
                         r.min_per_app,
-                        r.starved
+                        r.starved,
+                        r.before_window
                     )
                 })
                 .collect();

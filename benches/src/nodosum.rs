@@ -299,16 +299,17 @@ pub async fn run_stall(
         });
     }
     let msg = Bytes::from(vec![0xA5; stall::MESSAGE]);
-    // The stalled application starts last so that it gets no head start.
-    for id in ids.into_iter().rev() {
+    for id in ids {
         let (node, peer, msg) = (client.clone(), peer.clone(), msg.clone());
         tasks.spawn(async move { while node.send(&peer, &id, msg.clone()).await.is_ok() {} });
     }
-    tokio::time::sleep(window).await;
-    let counts: Vec<u64> = counters.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let result = stall::measure(apps, stalled, window, || {
+        counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    })
+    .await;
     drop(tasks);
     drop(parked);
     client.close(Duration::from_millis(100)).await;
     server.close(Duration::from_millis(100)).await;
-    Ok(StallResult::from_counts(apps, stalled, window, &counts))
+    Ok(result)
 }

@@ -41,6 +41,21 @@ pub const BATCH: usize = 16;
 /// 100-item channel).
 pub const TCP_WRITE_QUEUE: usize = 8;
 
+/// Runs the producers for a warm-up of a quarter of `window`, then counts over `window`:
+/// the figures are steady state, whatever order the scheduler started the producers in.
+pub async fn measure(
+    apps: usize,
+    stalled: bool,
+    window: Duration,
+    counts: impl Fn() -> Vec<u64>,
+) -> StallResult {
+    tokio::time::sleep(window / 4).await;
+    let at_open = counts();
+    tokio::time::sleep(window).await;
+    let at_close = counts();
+    StallResult::from_counts(apps, stalled, window, &at_open, &at_close)
+}
+
 /// The name of application `i`.
 pub fn app_name(i: usize) -> Vec<u8> {
     format!("app-{i}").into_bytes()
@@ -127,26 +142,39 @@ pub struct StallResult {
     pub delivered_others: u64,
     /// The least any single one of those applications got.
     pub min_per_app: u64,
-    /// How many of those applications got nothing at all.
+    /// How many of those applications got nothing at all in the window.
     pub starved: usize,
+    /// Messages those applications got during the warm-up before the window (on a
+    /// multiplexed connection: what got through before the stall took hold).
+    pub before_window: u64,
 }
 
 impl StallResult {
-    /// Summarises per-application counts; application 0 is the stalled one.
-    pub fn from_counts(apps: usize, stalled: bool, window: Duration, counts: &[u64]) -> Self {
+    /// Summarises per-application counts taken when the window opened and when it
+    /// closed; application 0 is the stalled one.
+    pub fn from_counts(
+        apps: usize,
+        stalled: bool,
+        window: Duration,
+        at_open: &[u64],
+        at_close: &[u64],
+    ) -> Self {
         // With one application and no stall, "the others" is the application itself.
-        let others = if apps == 1 && !stalled {
-            counts
-        } else {
-            &counts[1..]
+        let first = usize::from(apps > 1 || stalled);
+        let others = || {
+            at_open[first..]
+                .iter()
+                .zip(&at_close[first..])
+                .map(|(a, b)| b.saturating_sub(*a))
         };
         Self {
             apps,
             stalled,
             window,
-            delivered_others: others.iter().sum(),
-            min_per_app: others.iter().copied().min().unwrap_or(0),
-            starved: others.iter().filter(|&&n| n == 0).count(),
+            delivered_others: others().sum(),
+            min_per_app: others().min().unwrap_or(0),
+            starved: others().filter(|&n| n == 0).count(),
+            before_window: at_open[first..].iter().sum(),
         }
     }
 
@@ -169,6 +197,7 @@ impl StallResult {
             "delivered_others": self.delivered_others,
             "min_per_app": self.min_per_app,
             "starved_apps": self.starved,
+            "before_window": self.before_window,
             "msgs_per_s": self.rate(),
         })
     }
@@ -218,18 +247,16 @@ pub async fn run_tcp(
             buf.clear();
         }
     });
-    // The stalled application starts last so that it gets no head start.
-    for i in (0..apps).rev() {
+    for i in 0..apps {
         let batch = payload_batch(Some(&app_name(i)));
         let tx = tx.clone();
         tasks.spawn(async move { while tx.send(batch.clone()).await.is_ok() {} });
     }
     drop(tx);
-    tokio::time::sleep(window).await;
-    let counts = receivers.delivered();
+    let result = measure(apps, stall, window, || receivers.delivered()).await;
     drop(tasks);
     drop(server);
-    Ok(StallResult::from_counts(apps, stall, window, &counts))
+    Ok(result)
 }
 
 /// Runs the scenario over raw quinn, one stream per application.
@@ -254,15 +281,36 @@ pub async fn run_quic(
         streams.push(AppStream::open(&conn, &app_name(i)).await?);
     }
     let mut tasks = JoinSet::new();
-    for mut stream in streams.into_iter().rev() {
+    for mut stream in streams {
         let batch = payload_batch(None);
         tasks.spawn(async move { while stream.send().write_chunk(batch.clone()).await.is_ok() {} });
     }
-    tokio::time::sleep(window).await;
-    let counts = receivers.delivered();
+    let result = measure(apps, stall, window, || receivers.delivered()).await;
     drop(tasks);
     conn.close(0u32.into(), b"done");
     endpoint.close(0u32.into(), b"done");
     drop(server);
-    Ok(StallResult::from_counts(apps, stall, window, &counts))
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_exclude_the_stalled_app_and_the_warm_up() {
+        let w = Duration::from_secs(1);
+        let r = StallResult::from_counts(3, true, w, &[100, 10, 20], &[100, 15, 20]);
+        assert_eq!(r.delivered_others, 5);
+        assert_eq!(r.min_per_app, 0);
+        assert_eq!(r.starved, 1);
+        assert_eq!(r.before_window, 30);
+        // Unstalled, application 0 is still not one of "the others"...
+        let r = StallResult::from_counts(2, false, w, &[0, 0], &[7, 9]);
+        assert_eq!(r.delivered_others, 9);
+        // ...except when it is the only application.
+        let r = StallResult::from_counts(1, false, w, &[4], &[10]);
+        assert_eq!((r.delivered_others, r.before_window, r.starved), (6, 4, 0));
+        assert!((r.rate() - 6.0).abs() < 1e-9);
+    }
 }
