@@ -30,6 +30,8 @@
 //!   ([`Mycel::standalone`]: every partition on this node, the store behind a mutex held
 //!   for one operation, the reaper as a tokio task; [`now`] converts the system clock).
 //! - [`cluster`]: the networked layer over Nodosum ([`Cluster`]).
+//! - [`resp`]: the Redis protocol, pure (frames, the request parser with limits, typed
+//!   commands with Redis's error wording), for the binary and for fuzzing.
 //! - The `mycel` binary (`src/bin/mycel`): a Redis-compatible RESP2/RESP3 server and an
 //!   HTTP admin API over a [`Mycel`] handle.
 //!
@@ -47,6 +49,7 @@ mod config;
 mod error;
 mod handle;
 pub mod placement;
+pub mod resp;
 pub mod routing;
 pub mod slot;
 pub mod store;

@@ -11,14 +11,14 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// Bounds on one request, checked before anything is buffered for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct RequestLimits {
+pub struct RequestLimits {
     /// Largest bulk argument, in bytes. Default 512 MiB, Redis's `proto-max-bulk-len`.
-    pub(crate) max_bulk_len: usize,
+    pub max_bulk_len: usize,
     /// Most arguments in one request. Default 1,048,576, Redis's multibulk limit.
-    pub(crate) max_args: usize,
+    pub max_args: usize,
     /// Longest inline command line and longest header line, in bytes. Default 64 KiB,
     /// Redis's `PROTO_INLINE_MAX_SIZE`.
-    pub(crate) max_inline_len: usize,
+    pub max_inline_len: usize,
 }
 
 impl Default for RequestLimits {
@@ -34,7 +34,7 @@ impl Default for RequestLimits {
 /// A request that breaks the protocol. Redis replies `-ERR Protocol error: ...` and closes
 /// the connection; so does Mycel.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum ProtocolError {
+pub enum ProtocolError {
     /// Inline command or header line without a line end within the limit.
     #[error("Protocol error: too big inline request")]
     TooBigInline,
@@ -63,8 +63,10 @@ pub(crate) enum ProtocolError {
 /// `Ok(Some(args))` consumed the request; `args` may be empty (an empty line or `*0`),
 /// which callers skip. `Ok(None)` consumed nothing. After an error the connection must be
 /// closed; `buf` is unchanged.
-#[cfg(test)]
-pub(crate) fn parse_request(
+/// Parses one request from the start of `buf` with a one-off parser (tests and fuzzing;
+/// connections keep a [`RequestParser`]). `Ok(Some(args))` consumed the request,
+/// `Ok(None)` consumed nothing; after an error `buf` is unchanged.
+pub fn parse_request(
     buf: &mut BytesMut,
     limits: &RequestLimits,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
@@ -76,14 +78,14 @@ pub(crate) fn parse_request(
 /// A connection's request parser: the limits plus scratch space reused across requests,
 /// so that parsing a request allocates nothing beyond what the request holds.
 #[derive(Debug)]
-pub(crate) struct RequestParser {
+pub struct RequestParser {
     limits: RequestLimits,
     spans: Vec<(usize, usize)>,
 }
 
 impl RequestParser {
     /// A parser enforcing `limits`.
-    pub(crate) fn new(limits: RequestLimits) -> Self {
+    pub fn new(limits: RequestLimits) -> Self {
         Self {
             limits,
             spans: Vec::new(),
@@ -95,7 +97,7 @@ impl RequestParser {
     /// `Ok(true)` consumed the request; `args` may be empty (an empty line or `*0`), which
     /// callers skip. `Ok(false)` consumed nothing. After an error the connection must be
     /// closed; `buf` is unchanged.
-    pub(crate) fn parse(
+    pub fn parse(
         &mut self,
         buf: &mut BytesMut,
         args: &mut Vec<Bytes>,

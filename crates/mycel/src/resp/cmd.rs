@@ -7,7 +7,7 @@ use super::frame::Frame;
 
 /// An expiry given by a command, before it is turned into a deadline on the node's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Expiry {
+pub enum Expiry {
     /// Milliseconds from now (`EX`, `PX`, `EXPIRE`, `PEXPIRE`).
     In(u64),
     /// Unix time in milliseconds (`EXAT`, `PXAT`).
@@ -16,7 +16,7 @@ pub(crate) enum Expiry {
 
 /// What `SET` does with an existing key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum SetCondition {
+pub enum SetCondition {
     /// Always write.
     #[default]
     Always,
@@ -28,24 +28,24 @@ pub(crate) enum SetCondition {
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT s|PXAT ms|KEEPTTL]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Set {
+pub struct Set {
     /// The key.
-    pub(crate) key: Bytes,
+    pub key: Bytes,
     /// The new value.
-    pub(crate) value: Bytes,
+    pub value: Bytes,
     /// NX / XX.
-    pub(crate) condition: SetCondition,
+    pub condition: SetCondition,
     /// The new expiry; `None` clears any TTL unless `keep_ttl`.
-    pub(crate) expiry: Option<Expiry>,
+    pub expiry: Option<Expiry>,
     /// `KEEPTTL`: keep the key's current TTL.
-    pub(crate) keep_ttl: bool,
+    pub keep_ttl: bool,
     /// `GET`: reply with the old value.
-    pub(crate) get: bool,
+    pub get: bool,
 }
 
 /// `GETEX key [EX s|PX ms|EXAT s|PXAT ms|PERSIST]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GetExAction {
+pub enum GetExAction {
     /// Leave the TTL as it is.
     Keep,
     /// Set a new expiry.
@@ -56,11 +56,11 @@ pub(crate) enum GetExAction {
 
 /// The argument of `MYCEL.BUCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BucketArg {
+pub struct BucketArg {
     /// The bucket's name.
-    pub(crate) name: Bytes,
+    pub name: Bytes,
     /// `CREATE`: make it first, with this default TTL in milliseconds (if `PX` was given).
-    pub(crate) create: Option<Option<u64>>,
+    pub create: Option<Option<u64>>,
 }
 
 /// Longest command name looked up (`mycel.bucket` is the longest known one).
@@ -72,7 +72,7 @@ const MAX_NAME_LEN: usize = 16;
     reason = "`Command` is the name of the COMMAND command"
 )]
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Command {
+pub enum Command {
     /// `PING [message]`.
     Ping(Option<Bytes>),
     /// `ECHO message`.
@@ -137,12 +137,13 @@ pub(crate) enum Command {
     },
 }
 
-/// Replies for requests that do not parse, in Redis's words.
-pub(crate) fn wrong_arity(name: &str) -> Frame {
+/// The reply to a command with the wrong number of arguments, in Redis's words.
+pub fn wrong_arity(name: &str) -> Frame {
     Frame::err(format!("wrong number of arguments for '{name}' command"))
 }
 
-pub(crate) fn not_an_integer() -> Frame {
+/// The reply to a number argument (or stored value) that is not a 64-bit integer.
+pub fn not_an_integer() -> Frame {
     Frame::err("value is not an integer or out of range")
 }
 
@@ -154,7 +155,7 @@ impl Command {
     /// Parses a request's arguments (`args[0]` is the command name, any case).
     ///
     /// An `Err` is the error reply to send; the connection stays open.
-    pub(crate) fn parse(args: &[Bytes]) -> Result<Self, Frame> {
+    pub fn parse(args: &[Bytes]) -> Result<Self, Frame> {
         let Some((name, rest)) = args.split_first() else {
             return Err(Frame::err("empty command"));
         };
@@ -301,7 +302,7 @@ fn unknown_command(args: &[Bytes]) -> Frame {
 }
 
 /// Parses a signed 64-bit integer argument the way Redis does (strict decimal).
-pub(crate) fn int(arg: &[u8]) -> Result<i64, Frame> {
+pub fn int(arg: &[u8]) -> Result<i64, Frame> {
     std::str::from_utf8(arg)
         .ok()
         .filter(|s| {

@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// The protocol version a connection speaks, switched by `HELLO`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) enum Protocol {
+pub enum Protocol {
     /// RESP2, the default.
     #[default]
     Resp2,
@@ -17,7 +17,7 @@ pub(crate) enum Protocol {
 
 /// A reply to a client.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Frame {
+pub enum Frame {
     /// `+OK`: a status line (no CR or LF inside).
     Simple(&'static str),
     /// `-ERR ...`: an error line; the text starts with its code (`ERR`, `WRONGTYPE`, ...).
@@ -36,17 +36,17 @@ pub(crate) enum Frame {
 
 impl Frame {
     /// An error reply with the generic `ERR` code.
-    pub(crate) fn err(msg: impl std::fmt::Display) -> Self {
+    pub fn err(msg: impl std::fmt::Display) -> Self {
         Self::Error(format!("ERR {msg}"))
     }
 
     /// A bulk string from anything byte-like.
-    pub(crate) fn bulk(data: impl Into<Bytes>) -> Self {
+    pub fn bulk(data: impl Into<Bytes>) -> Self {
         Self::Bulk(data.into())
     }
 
     /// Appends the encoding of this frame to `dst`.
-    pub(crate) fn encode(&self, proto: Protocol, dst: &mut BytesMut) {
+    pub fn encode(&self, proto: Protocol, dst: &mut BytesMut) {
         match self {
             Self::Simple(s) => line(dst, b'+', s.as_bytes()),
             Self::Error(s) => line(dst, b'-', sanitize(s).as_bytes()),
