@@ -482,3 +482,59 @@ async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
     assert_eq!(nodes[2].get(BUCKET, "nothing").await.expect("get"), None);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freeze_pauses_migrations_until_thawed() {
+    let _serial = SERIAL.lock().await;
+    let (ca, mut nodes) = cluster(2).await;
+    let epoch = nodes[0].status().epoch;
+    // node-1 is the authority (the oldest); frozen, it publishes nothing.
+    nodes[0].set_frozen(true).expect("freeze");
+    let third = start(&ca, "node-3", &[&nodes[0]]).await;
+    eventually("every node sees three members", || {
+        nodes
+            .iter()
+            .chain([&third])
+            .all(|n| n.status().alive.len() == 3)
+    })
+    .await;
+    // Well past the stabilisation window: still the old table, nothing moved.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(nodes[0].status().epoch, epoch);
+    assert_eq!(nodes[0].status().members.len(), 2);
+    eventually("the new node learns the current table", || {
+        third.status().epoch == epoch
+    })
+    .await;
+    assert_eq!(third.status().replicas, 0);
+    // It serves through the owners meanwhile.
+    settled("write through the new node", || {
+        third.set(BUCKET, "during-freeze", "ok", SetOptions::default())
+    })
+    .await;
+    nodes[0].set_frozen(false).expect("thaw");
+    nodes.push(third);
+    converged(&nodes.refs()).await;
+    assert!(nodes[0].status().epoch > epoch);
+    assert!(nodes[2].status().replicas > 0);
+    assert_eq!(
+        nodes[2]
+            .get(BUCKET, "during-freeze")
+            .await
+            .expect("get")
+            .as_deref(),
+        Some(&b"ok"[..])
+    );
+    // The cluster layer's metrics are in the node's registry.
+    let text = nodes[0].node().metrics_text();
+    for name in [
+        "mycel_table_epoch",
+        "mycel_partitions_owned",
+        "mycel_partitions_synced",
+        "mycel_fetch_bytes",
+        "mycel_forwarded_ops",
+        "mycel_not_owner",
+    ] {
+        assert!(text.contains(name), "{name} missing from metrics");
+    }
+}

@@ -9,7 +9,7 @@
 //! - `Op { epoch, op }`: a client operation forwarded to the partition's primary.
 //! - `Replicate { epoch, writes }`: a primary's versioned writes for a backup.
 //! - `TableReq` / `TablePush { table, previous }`: routing-table distribution.
-//! - `FetchStart { table, partitions }` / `FetchNext { session }`: paginated partition
+//! - `FetchStart { table, previous, partitions }` / `FetchNext { session }`: paginated partition
 //!   transfer (pages of at most [`ClusterConfig::page_bytes`]).
 //! - `Release { partitions }`: "I have your copy; you may drop it".
 //!
@@ -941,7 +941,10 @@ impl Inner {
         let mut last: ClusterError;
         loop {
             let table = self.wait_for_table(deadline).await?;
-            if write && self.config.mycel.refuse_minority_writes {
+            // A member outside a majority refuses at once, whoever the primary is (the
+            // primary checks again); a node not in the table (joining, leaving) leaves the
+            // check to the primary.
+            if write && self.config.mycel.refuse_minority_writes && table.contains(&self.me) {
                 self.lock()
                     .check_quorum()
                     .map_err(|r| self.refusal(r, &self.me))?;
@@ -1312,11 +1315,16 @@ impl Inner {
                 self.install(table, previous.as_ref());
                 Reply::Ack
             }
-            Msg::FetchStart { table, partitions } => {
+            Msg::FetchStart {
+                table,
+                previous,
+                partitions,
+            } => {
                 let (page, statuses, installed_epoch) = {
                     let mut st = self.lock();
                     let before = st.routing.epoch();
-                    let (session, statuses) = st.start_session(from, table, &partitions, now);
+                    let (session, statuses) =
+                        st.start_session(from, table, previous.as_ref(), &partitions, now);
                     let page = st.next_page(session, from, self.config.page_bytes, now);
                     let after = st.routing.epoch();
                     (
@@ -1567,11 +1575,16 @@ impl Inner {
     }
 
     async fn fetch_pages(&self, source: &NodeId, partitions: &[Partition]) -> bool {
-        let Some(table) = self.lock().table().map(|t| (**t).clone()) else {
-            return false;
+        let (table, previous) = {
+            let st = self.lock();
+            let Some(table) = st.table().map(|t| (**t).clone()) else {
+                return false;
+            };
+            (table, st.previous.as_deref().cloned())
         };
         let mut msg = Msg::FetchStart {
             table,
+            previous,
             partitions: partitions.to_vec(),
         };
         loop {

@@ -145,9 +145,21 @@ impl State {
             t.map(|t| t.replicas(p).map(|m| m.id.clone()).collect())
                 .unwrap_or_default()
         };
+        // Whether every table between the previous one and the new one is known: if an
+        // epoch was missed, this node may have stopped replicating a partition in it and
+        // missed writes, so nothing counts as continuously replicated.
+        let prev_epoch = prev.as_ref().map_or(0, |t| t.epoch());
+        let bridge = sender_previous.filter(|t| t.epoch() > prev_epoch && t.epoch() < new.epoch());
+        let continuous = prev.is_some()
+            && match bridge {
+                None => prev_epoch + 1 == new.epoch(),
+                Some(b) => prev_epoch + 1 == b.epoch() && b.epoch() + 1 == new.epoch(),
+            };
         let mut dropped = 0usize;
         for p in new.partitioning().iter() {
-            let was = prev.as_ref().is_some_and(|t| t.role(&me, p) != Role::None);
+            let was = continuous
+                && prev.as_ref().is_some_and(|t| t.role(&me, p) != Role::None)
+                && bridge.is_none_or(|b| b.role(&me, p) != Role::None);
             let is = new.role(&me, p) != Role::None;
             let new_set = ids(Some(&new), p);
             let prev_set = ids(prev.as_deref(), p);
@@ -305,10 +317,13 @@ impl State {
         &mut self,
         requester: &NodeId,
         table: RoutingTable,
+        previous: Option<&RoutingTable>,
         partitions: &[Partition],
         now: Timestamp,
     ) -> (u64, Vec<(Partition, SourceStatus)>) {
-        if let Err(e) = self.install(table, None) {
+        // One transfer per requester at a time: a new one replaces the old.
+        self.sessions.retain(|_, s| s.requester != *requester);
+        if let Err(e) = self.install(table, previous) {
             tracing::warn!(error = %e, "table in a fetch refused");
         }
         let mut statuses = Vec::with_capacity(partitions.len());
@@ -792,7 +807,8 @@ mod tests {
         assert_eq!(work.fetch.get(&id("a")).map(Vec::len), Some(16));
         let wanted = work.fetch[&id("a")].clone();
         // a serves: installs t2 first, snapshots.
-        let (session, statuses) = a.start_session(&id("b"), t2, &wanted, Timestamp::from_millis(2));
+        let (session, statuses) =
+            a.start_session(&id("b"), t2, None, &wanted, Timestamp::from_millis(2));
         assert_eq!(a.routing.epoch(), 2);
         assert!(statuses.iter().all(|(_, s)| *s == SourceStatus::Synced));
         let (page, done) = a
@@ -813,6 +829,31 @@ mod tests {
             b.store.get(bucket, &key, Timestamp::from_millis(4)),
             Some(Bytes::from_static(b"v"))
         );
+    }
+
+    #[test]
+    fn a_missed_epoch_makes_partitions_refetch() {
+        let mut a = state("a");
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        // The next epoch follows: a stays synced everywhere it still replicates.
+        a.install(table(2, &["a", "b"]), None).expect("valid");
+        let (_, replica, synced) = a.replica_counts();
+        assert_eq!((replica, synced), (16, 16));
+        // Epoch 3 was missed (a may have been out of it): everything is fetched again.
+        a.alive.insert(id("b"));
+        a.install(table(4, &["a", "b"]), None).expect("valid");
+        let (_, replica, synced) = a.replica_counts();
+        assert_eq!((replica, synced), (16, 0));
+        assert_eq!(a.poll_sync().fetch.get(&id("b")).map(Vec::len), Some(16));
+        // With the missing table supplied by the sender, and a in it, continuity holds.
+        let mut c = state("a");
+        c.install(table(1, &["a"]), None).expect("valid");
+        c.poll_sync();
+        c.install(table(3, &["a", "b"]), Some(&table(2, &["a"])))
+            .expect("valid");
+        let (_, replica, synced) = c.replica_counts();
+        assert_eq!((replica, synced), (16, 16));
     }
 
     #[test]
@@ -949,7 +990,7 @@ mod tests {
                 .expect("write");
         }
         let all: Vec<Partition> = parts().iter().collect();
-        let (session, _) = a.start_session(&id("b"), t, &all, Timestamp::from_millis(2));
+        let (session, _) = a.start_session(&id("b"), t, None, &all, Timestamp::from_millis(2));
         assert!(
             a.next_page(session, &id("c"), 1000, Timestamp::from_millis(2))
                 .is_none()

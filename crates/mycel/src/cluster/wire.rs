@@ -125,6 +125,8 @@ pub(crate) enum Msg {
     FetchStart {
         /// The fetcher's current table.
         table: RoutingTable,
+        /// The fetcher's previous table, if any.
+        previous: Option<RoutingTable>,
         /// The partitions wanted.
         partitions: Vec<Partition>,
     },
@@ -597,6 +599,7 @@ mod tests {
             },
             Msg::FetchStart {
                 table: table(),
+                previous: Some(table()),
                 partitions: vec![Partition::new(0), Partition::new(63)],
             },
             Msg::FetchNext { session: u64::MAX },
