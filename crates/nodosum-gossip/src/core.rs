@@ -83,6 +83,7 @@ enum CoreTimer {
     Foca(Timer<GossipId>),
     Join,
     Sync,
+    SyncOnce,
     Maintenance,
 }
 
@@ -598,6 +599,7 @@ impl Core {
                         self.join = None;
                     }
                 }
+                CoreTimer::SyncOnce => self.sync_with_random_member(),
                 CoreTimer::Sync => {
                     self.sync_with_random_member();
                     let every = self.config.sync_interval;
@@ -804,7 +806,13 @@ impl Core {
                 }
                 OwnedNotification::Active => {
                     tracing::debug!("connected to the cluster");
-                    self.join = None;
+                    if self.join.take().is_some() {
+                        // The seed's list predates members joining at the same moment,
+                        // whose announcements may have finished spreading before anyone
+                        // knew this node: ask a random member again shortly.
+                        let at = now + self.config.probe_interval * 2;
+                        self.schedule(at, CoreTimer::SyncOnce);
+                    }
                 }
                 OwnedNotification::Idle => {
                     tracing::debug!("no active members left");
