@@ -190,6 +190,18 @@ impl Command {
                 arity(rest.len() >= 2)?;
                 Self::Set(parse_set(rest)?)
             }
+            "setex" | "psetex" => {
+                arity(rest.len() == 3)?;
+                let kind: &[u8] = if name == "setex" { b"ex" } else { b"px" };
+                Self::Set(Set {
+                    key: key(),
+                    value: rest[2].clone(),
+                    condition: SetCondition::Always,
+                    expiry: Some(expiry(kind, &rest[1], name)?),
+                    keep_ttl: false,
+                    get: false,
+                })
+            }
             "setnx" => {
                 arity(rest.len() == 2)?;
                 Self::SetNx(key(), rest[1].clone())
@@ -589,6 +601,29 @@ mod tests {
         assert_eq!(
             parse("SET k v EX 9223372036854775807"),
             err("ERR invalid expire time in 'set' command")
+        );
+    }
+
+    #[test]
+    fn setex_is_set_with_an_expiry() {
+        let Command::Set(s) = parse("SETEX k 10 v").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (s.expiry, &s.value[..]),
+            (Some(Expiry::In(10_000)), &b"v"[..])
+        );
+        let Command::Set(s) = parse("PSETEX k 10 v").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.expiry, Some(Expiry::In(10)));
+        assert_eq!(
+            parse("SETEX k 0 v"),
+            err("ERR invalid expire time in 'setex' command")
+        );
+        assert_eq!(
+            parse("SETEX k v"),
+            err("ERR wrong number of arguments for 'setex' command")
         );
     }
 

@@ -1,9 +1,11 @@
 //! The `mycel` binary, started as a child process on loopback and driven by the real
-//! `redis-cli` and `redis-benchmark` (Debian package `redis-tools`), raw RESP over TCP and
+//! `redis-cli` and `redis-benchmark` (Debian package `redis-tools`), the `redis` client
+//! crate, raw RESP over TCP and
 //! HTTP to its admin API. Timeouts only guard against hangs; nothing asserts timing.
 
 mod admin;
 mod binary;
+mod client;
 mod protocol;
 mod redis_cli;
 mod util;

@@ -322,6 +322,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("get", 2, &["readonly", "fast"], 1, 1, 1),
     ("set", -3, &["write", "denyoom"], 1, 1, 1),
     ("setnx", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("setex", 4, &["write", "denyoom"], 1, 1, 1),
+    ("psetex", 4, &["write", "denyoom"], 1, 1, 1),
     ("getdel", 2, &["write", "fast"], 1, 1, 1),
     ("getex", -2, &["write", "fast"], 1, 1, 1),
     ("del", -2, &["write"], 1, -1, 1),

@@ -1,0 +1,66 @@
+//! A Rust Redis client library (the `redis` crate, synchronous API) against `mycel --dev`:
+//! its connection handshake, typed replies, pipelines and error mapping work unchanged.
+
+use redis::{Commands, RedisResult};
+
+use crate::util::Server;
+
+fn connect(s: &Server, query: &str) -> redis::Connection {
+    let client = redis::Client::open(format!("redis://{}/{query}", s.resp)).expect("url");
+    client
+        .get_connection_with_timeout(crate::util::GUARD)
+        .expect("connect")
+}
+
+#[test]
+fn typed_commands_pipelines_and_errors() {
+    let s = Server::start(&[]);
+    let mut con = connect(&s, "");
+    let () = con.set("greeting", "hello").expect("set");
+    let v: Option<String> = con.get("greeting").expect("get");
+    assert_eq!(v.as_deref(), Some("hello"));
+    let missing: Option<String> = con.get("missing").expect("get");
+    assert_eq!(missing, None);
+    let n: i64 = con.incr("counter", 5).expect("incr");
+    assert_eq!(n, 5);
+    let err: RedisResult<i64> = con.incr("greeting", 1);
+    let err = err.expect_err("not an integer");
+    assert!(
+        err.to_string()
+            .contains("value is not an integer or out of range"),
+        "{err}"
+    );
+    let () = con.set_ex("temp", "v", 100).expect("set_ex");
+    let ttl: i64 = con.ttl("temp").expect("ttl");
+    assert!((1..=100).contains(&ttl), "{ttl}");
+    let values: Vec<Option<String>> = redis::cmd("MGET")
+        .arg("greeting")
+        .arg("missing")
+        .arg("counter")
+        .query(&mut con)
+        .expect("mget");
+    assert_eq!(
+        values,
+        [Some("hello".to_owned()), None, Some("5".to_owned())]
+    );
+    let (a, b, c): (i64, i64, Option<String>) = redis::pipe()
+        .incr("p", 1)
+        .incr("p", 2)
+        .get("none")
+        .query(&mut con)
+        .expect("pipeline");
+    assert_eq!((a, b, c), (1, 3, None));
+    let deleted: i64 = con.del(&["greeting", "temp", "missing"]).expect("del");
+    assert_eq!(deleted, 2);
+}
+
+#[test]
+fn resp3_connections_work() {
+    let s = Server::start(&[]);
+    let mut con = connect(&s, "?protocol=resp3");
+    let () = con.set("k", "v").expect("set");
+    let v: Option<String> = con.get("k").expect("get");
+    assert_eq!(v.as_deref(), Some("v"));
+    let missing: Option<String> = con.get("nope").expect("get");
+    assert_eq!(missing, None);
+}
