@@ -753,6 +753,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/mycel.toml");
+        let s = resolve(cli(&["--config", path])).expect("valid");
+        assert!(s.dev);
+        assert_eq!(s.mycel.store.max_bytes, 256 << 20);
+        let names: Vec<&str> = s.buckets.iter().map(|b| b.0.as_str()).collect();
+        assert_eq!(names, ["sessions", "pages"]);
+        assert_eq!(
+            s.buckets[0].1.default_ttl,
+            Some(Duration::from_secs(30 * 60))
+        );
+    }
+
+    #[test]
     fn cluster_settings_are_noted() {
         let s = resolve(cli(&[
             "--dev",
