@@ -145,7 +145,13 @@ async fn five_nodes_converge_then_one_crashes_and_one_leaves() {
             .any(|e| matches!(e, MembershipEvent::Failed(m) if m.id.as_str() == "node-3")),
         "a graceful leave must not look like a failure: {seen:?}"
     );
-    assert!(metrics(&nodes[0]).contains("nodosum_gossip_members{state=\"alive\"} 2"));
+    eventually("the member gauges follow", || {
+        let m = metrics(&nodes[0]);
+        m.contains("nodosum_gossip_members{state=\"alive\"} 2")
+            && m.contains("nodosum_gossip_members{state=\"left\"} 1")
+            && m.contains("nodosum_gossip_members{state=\"failed\"} 1")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
