@@ -152,6 +152,10 @@ pub struct ClusterConfig {
     /// publishes a table of its own (a one-node cluster), so that a node joining an
     /// existing cluster learns of it first. Default 5 s.
     pub bootstrap_delay: Duration,
+    /// Bandwidth cap for partition transfers into this node, in bytes per second, shared
+    /// by all sources; `None` is unbounded. Default 64 MiB/s, so a rebalance does not
+    /// starve client traffic.
+    pub max_fetch_bytes_per_sec: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -173,6 +177,7 @@ impl Default for ClusterConfig {
             max_message_size: 4 * 1024 * 1024,
             max_not_owner_retries: 8,
             bootstrap_delay: Duration::from_secs(5),
+            max_fetch_bytes_per_sec: Some(64 * 1024 * 1024),
         }
     }
 }
@@ -358,6 +363,8 @@ struct Inner {
     frozen: AtomicBool,
     table_changed: tokio::sync::Notify,
     refreshing: Mutex<HashSet<NodeId>>,
+    /// When the transfer bandwidth is next free (see [`pace`]).
+    fetch_free_at: Mutex<Instant>,
 }
 
 /// State only the background step touches.
@@ -422,6 +429,7 @@ impl Cluster {
             frozen: AtomicBool::new(false),
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
+            fetch_free_at: Mutex::new(Instant::now()),
         });
         inner.publish_meta(&node)?;
         let tasks = vec![
@@ -1601,6 +1609,16 @@ impl Inner {
                         .inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
                     self.lock()
                         .apply_page(source, &statuses, writes, wall_clock());
+                    if let Some(rate) = self.config.max_fetch_bytes_per_sec {
+                        let wait = {
+                            let mut free = self
+                                .fetch_free_at
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner);
+                            pace(&mut free, Instant::now(), bytes, rate)
+                        };
+                        tokio::time::sleep(wait).await;
+                    }
                     if done {
                         tracing::debug!(%source, partitions = partitions.len(), "fetch complete");
                         return true;
@@ -1683,6 +1701,16 @@ async fn tick_loop(inner: Weak<Inner>) {
     }
 }
 
+/// A leaky bucket over one "free at" instant: `bytes` just transferred at `rate` bytes per
+/// second occupy the link for `bytes / rate` after it is free; returns how long to wait
+/// before the next transfer.
+fn pace(free_at: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Duration {
+    let cost = Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+    let start = (*free_at).max(now);
+    *free_at = start + cost;
+    free_at.saturating_duration_since(now)
+}
+
 /// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
 fn chunk_by_size<T: Copy>(items: &[T], size: impl Fn(&T) -> usize, max: usize) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = Vec::new();
@@ -1760,6 +1788,27 @@ mod tests {
         let problems = c.validate().expect_err("invalid");
         let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
         assert_eq!(fields, ["store.max_value_len", "weight", "request_timeout"]);
+    }
+
+    #[test]
+    fn transfers_are_paced_to_the_rate() {
+        let now = Instant::now();
+        let mut free = now;
+        // 1 MiB at 1 MiB/s: wait a second; the next MiB queues behind it.
+        assert_eq!(
+            pace(&mut free, now, 1 << 20, 1 << 20),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            pace(&mut free, now, 1 << 20, 1 << 20),
+            Duration::from_secs(2)
+        );
+        // After an idle spell the link is free again.
+        let later = now + Duration::from_secs(10);
+        assert_eq!(
+            pace(&mut free, later, 512 << 10, 1 << 20),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]
