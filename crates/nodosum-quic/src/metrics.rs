@@ -127,12 +127,30 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn traffic(&self, app: &str, direction: &'static str, messages: u64, bytes: u64) {
+    /// The message and byte counters of one application and direction, looked up once so
+    /// the per-message path only increments atomics.
+    pub(crate) fn traffic(&self, app: &str, direction: &'static str) -> Traffic {
         let label = AppDirLabel {
             app: app.to_owned(),
             direction,
         };
-        self.messages.get_or_create(&label).inc_by(messages);
-        self.bytes.get_or_create(&label).inc_by(bytes);
+        Traffic {
+            messages: self.messages.get_or_create(&label).clone(),
+            bytes: self.bytes.get_or_create(&label).clone(),
+        }
+    }
+}
+
+/// Counters of one (application, direction).
+#[derive(Debug, Clone)]
+pub(crate) struct Traffic {
+    messages: Counter,
+    bytes: Counter,
+}
+
+impl Traffic {
+    pub(crate) fn add(&self, messages: u64, bytes: u64) {
+        self.messages.inc_by(messages);
+        self.bytes.inc_by(bytes);
     }
 }

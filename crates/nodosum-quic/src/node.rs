@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::gate::{Gate, Role};
-use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel};
+use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel, Traffic};
 use crate::resolve::{self, Attach, StreamSide};
 use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
 
@@ -252,7 +252,7 @@ pub enum SendError {
 pub struct Counts {
     /// Established connections (including duplicates being drained).
     pub connections: usize,
-    /// Streams with a running reader.
+    /// Streams not yet closed at both ends (reading, or finishing a handover).
     pub streams: usize,
     /// Peers known (to be connected, or connected).
     pub peers: usize,
@@ -489,7 +489,9 @@ impl QuicNode {
     }
 
     /// Sets the acceptance policy for incoming connections (default: every CA-verified
-    /// node). A refused node's connection is closed with [`codes::REJECTED`].
+    /// node). A refused node's connection is closed with [`codes::REJECTED`], counted and
+    /// reported as [`Event::Rejected`]. The policy runs on every established incoming
+    /// connection, so it must be quick (e.g. a membership lookup).
     pub fn set_accept_policy(&self, policy: impl Fn(&NodeId) -> bool + Send + Sync + 'static) {
         *self
             .inner
@@ -521,7 +523,8 @@ impl QuicNode {
     }
 
     /// Keeps a connection to `node` at `addr`: dials now if there is none, and redials
-    /// with backoff whenever it is lost, until [`disconnect`](Self::disconnect).
+    /// with backoff whenever it is lost, until [`disconnect`](Self::disconnect). Calling
+    /// it again updates the address. The local node ID is ignored.
     pub fn connect(&self, node: NodeId, addr: SocketAddr) {
         if node == self.inner.local_id || self.inner.closing.load(Ordering::Acquire) {
             return;
@@ -747,6 +750,7 @@ impl Inner {
                 shared: shared.clone(),
                 ctl_open: true,
                 retiring: Vec::new(),
+                traffic: self.metrics.traffic(app.as_str(), "out"),
             };
             let task = tokio::spawn(writer.run(init_ok));
             Lane {
@@ -1351,6 +1355,7 @@ async fn read_stream(
     (guard, reader): (StreamGuard, ReaderSlot),
 ) {
     let decoder = MessageDecoder::new(&inner.config.limits);
+    let traffic = inner.metrics.traffic(app.as_str(), "in");
     let mut app_tx: Option<mpsc::Sender<(NodeId, Bytes)>> = None;
     let end = loop {
         match decoder.decode(&mut buf) {
@@ -1380,7 +1385,7 @@ async fn read_stream(
                         break ReadEnd::Lost;
                     }
                 }
-                inner.metrics.traffic(app.as_str(), "in", 1, len);
+                traffic.add(1, len);
             }
             Ok(None) => match recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => {
@@ -1462,6 +1467,9 @@ enum Exit {
     Refused(SendError),
 }
 
+/// Messages up to this size are copied into the writer's batch buffer.
+const COPY_BELOW: usize = 4096;
+
 /// The single owner of a (peer, application) lane: its queue, its current stream, and
 /// every decision about which stream to use.
 struct Writer {
@@ -1477,6 +1485,7 @@ struct Writer {
     ctl_open: bool,
     /// Streams given up and not yet finished by the peer.
     retiring: Vec<Retiring>,
+    traffic: Traffic,
 }
 
 /// A stream given up by its lane, waiting for the peer's half to end.
@@ -1811,7 +1820,11 @@ impl Writer {
     /// vectored write.
     async fn write_batch(&mut self, first: Bytes) -> Result<(), Exit> {
         let limits = self.inner.config.limits;
-        let mut chunks: Vec<Bytes> = Vec::with_capacity(16);
+        let batch = self.inner.config.write_batch_bytes;
+        // Small messages are copied behind their headers into one buffer (a copy is
+        // cheaper than a chunk each); large ones go out as their own chunk, uncopied.
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
+        let mut scratch = BytesMut::with_capacity(batch.min(4 + first.len()).max(256));
         let mut bytes = 0usize;
         let mut count = 0u64;
         let mut next = Some(first);
@@ -1820,11 +1833,22 @@ impl Writer {
             let header = message_header(msg.len(), &limits).unwrap_or([0; 4]);
             bytes += 4 + msg.len();
             count += 1;
-            chunks.push(Bytes::copy_from_slice(&header));
-            chunks.push(msg);
-            if bytes < self.inner.config.write_batch_bytes {
-                next = self.rx.try_recv().ok();
+            scratch.extend_from_slice(&header);
+            if msg.len() <= COPY_BELOW {
+                scratch.extend_from_slice(&msg);
+            } else {
+                chunks.push(scratch.split().freeze());
+                chunks.push(msg);
             }
+            if bytes < batch {
+                next = self.rx.try_recv().ok();
+                if next.is_some() && scratch.capacity() - scratch.len() < 4 + COPY_BELOW {
+                    scratch.reserve(batch.saturating_sub(bytes).max(4 + COPY_BELOW));
+                }
+            }
+        }
+        if !scratch.is_empty() {
+            chunks.push(scratch.freeze());
         }
         self.acquire().await?;
         let Some(cur) = self.cur.as_mut() else {
@@ -1837,9 +1861,7 @@ impl Writer {
         let payload = bytes - 4 * usize::try_from(count).unwrap_or(0);
         match cur.send.write_all_chunks(&mut chunks).await {
             Ok(()) => {
-                self.inner
-                    .metrics
-                    .traffic(self.app.as_str(), "out", count, payload as u64);
+                self.traffic.add(count, payload as u64);
                 Ok(())
             }
             Err(e) => {
@@ -1856,5 +1878,65 @@ impl Writer {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(n: u8, reason: &str) -> ConnectionError {
+        ConnectionError::ConnectionClosed(quinn::ConnectionClose {
+            error_code: quinn::TransportErrorCode::crypto(n),
+            frame_type: None,
+            reason: Bytes::copy_from_slice(reason.as_bytes()),
+        })
+    }
+
+    #[test]
+    fn tls_alerts_map_to_reasons() {
+        assert_eq!(classify(&alert(48, "")), RejectReason::UnknownCa);
+        assert_eq!(
+            classify(&alert(51, "BadSignature")),
+            RejectReason::UnknownCa
+        );
+        assert_eq!(classify(&alert(45, "")), RejectReason::Expired);
+        assert_eq!(classify(&alert(116, "")), RejectReason::NoClientCert);
+        assert_eq!(classify(&alert(120, "")), RejectReason::Alpn);
+        assert_eq!(
+            classify(&alert(42, "certificate identity mismatch: dialled \"x\"")),
+            RejectReason::IdentityMismatch
+        );
+        assert_eq!(classify(&alert(42, "")), RejectReason::BadCertificate);
+        assert_eq!(classify(&alert(80, "")), RejectReason::Tls(80));
+        assert_eq!(classify(&ConnectionError::TimedOut), RejectReason::Timeout);
+    }
+
+    #[test]
+    fn application_close_codes_map_to_reasons() {
+        let close = |c: u32| {
+            ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: code(c),
+                reason: Bytes::new(),
+            })
+        };
+        assert_eq!(
+            classify(&close(codes::REJECTED)),
+            RejectReason::RejectedByPeer
+        );
+        assert_eq!(
+            classify(&close(codes::IDENTITY_MISMATCH)),
+            RejectReason::IdentityMismatch
+        );
+        assert_eq!(
+            down_reason(&close(codes::DUPLICATE)),
+            DownReason::Peer {
+                code: u64::from(codes::DUPLICATE)
+            }
+        );
+        assert_eq!(
+            down_reason(&ConnectionError::TimedOut),
+            DownReason::TimedOut
+        );
     }
 }

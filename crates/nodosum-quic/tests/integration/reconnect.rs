@@ -69,39 +69,26 @@ async fn disconnect_fails_pending_sends_and_frees_everything() {
     let b = node(&ca, "b");
     let _stalled = b.register_app(app("stalled")).unwrap();
     connect(&a, &b).await;
-    // More sends than the whole path (receiver 1024, stream window, queue 1024) can take:
-    // most of them must still be waiting when the peer goes away.
-    const SENDS: usize = 4000;
+    // Send until one send has to wait: the stalled receiver, the stream window and the
+    // queue are then full. Polling the future once registers it as waiting.
     let payload = Bytes::from(vec![1u8; 16 * 1024]);
-    let pending: Vec<_> = (0..SENDS)
-        .map(|_| {
-            let (a, p) = (a.clone(), payload.clone());
-            tokio::spawn(async move { a.send(&id("b"), &app("stalled"), p).await })
-        })
-        .collect();
-    let a2 = a.clone();
-    wait_until("the lane is full", move || {
-        matches!(
-            a2.try_send(&id("b"), &app("stalled"), Bytes::new()),
-            Err(SendError::QueueFull { .. })
-        )
-    })
-    .await;
-    a.disconnect(b.node_id());
-    let mut gone = 0;
-    for task in pending {
-        match guarded("pending send ends", task).await.unwrap() {
-            Ok(()) => {}
-            Err(SendError::PeerGone { node }) => {
-                assert_eq!(node, id("b"));
-                gone += 1;
+    let b_id = id("b");
+    let stalled = app("stalled");
+    let mut waiting = guarded("a send waits", async {
+        loop {
+            let mut fut = Box::pin(a.send(&b_id, &stalled, payload.clone()));
+            tokio::select! {
+                biased;
+                res = &mut fut => res.unwrap(),
+                () = std::future::ready(()) => break Some(fut),
             }
-            // Tasks that only started after the disconnect.
-            Err(SendError::UnknownPeer { .. }) => {}
-            Err(e) => panic!("unexpected {e}"),
         }
-    }
-    assert!(gone > 0, "no send was waiting when the peer went away");
+    })
+    .await
+    .unwrap();
+    a.disconnect(b.node_id());
+    let res = guarded("waiting send ends", &mut waiting).await;
+    assert_eq!(res, Err(SendError::PeerGone { node: id("b") }));
     assert!(matches!(
         a.send(b.node_id(), &app("stalled"), Bytes::new()).await,
         Err(SendError::UnknownPeer { .. })
