@@ -214,3 +214,33 @@ fn keys_expire_on_read_and_in_the_background() {
         done
     });
 }
+
+#[test]
+fn large_values_round_trip_and_values_over_the_limit_are_refused() {
+    let s = Server::start(&["--max-memory", "64mb"]);
+    let mut c = s.connect();
+    let value: Vec<u8> = (0..2 * 1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    let mut request = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
+    request.extend_from_slice(&value);
+    request.extend_from_slice(b"\r\n*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n");
+    let mut expected = format!("+OK\r\n${}\r\n", value.len()).into_bytes();
+    expected.extend_from_slice(&value);
+    expected.extend_from_slice(b"\r\n");
+    // Write from another thread: the reply to GET may start before the request is read.
+    let mut writer = c.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || writer.write_all(&request).expect("write"));
+    expect_bytes(&mut c, &expected);
+    sender.join().expect("writer");
+    // 16 MiB is the largest value with a 64 MiB budget; the parser refuses more on sight.
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        format!(
+            "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n",
+            16 * 1024 * 1024 + 1
+        )
+        .as_bytes(),
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(&mut c);
+}
