@@ -12,10 +12,18 @@ pub(crate) struct Args {
     pub(crate) filter: Option<String>,
 }
 
+/// Programs the integration tests run as real peers, and the Debian package of each.
+const PEERS: &[(&str, &str)] = &[
+    ("dnsmasq", "dnsmasq"),
+    ("redis-cli", "redis-tools"),
+    ("redis-benchmark", "redis-tools"),
+];
+
 /// Runs every test of the workspace: with cargo-nextest when it is installed (parallel,
 /// one process per test), otherwise with `cargo test`; then the doc tests, which nextest
 /// does not run.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
+    ensure_peers()?;
     let mut cmd = cargo();
     if on_path("cargo-nextest") {
         cmd.args([
@@ -47,4 +55,40 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         doc.arg(filter);
     }
     exec(&mut doc)
+}
+
+/// Makes sure the real peers the tests talk to are installed: installs the missing ones
+/// with apt-get when running as root on Debian, otherwise says what to install.
+fn ensure_peers() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = PEERS
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root || !on_path("apt-get") {
+        anyhow::bail!(
+            "the tests need {}: install with `apt-get install -y {}` (as root), then run again",
+            missing.join(" and "),
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "installing {} for the integration tests",
+        missing.join(", ")
+    );
+    exec(std::process::Command::new("apt-get").args(["update", "-q"]))?;
+    exec(
+        std::process::Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
 }
