@@ -374,6 +374,8 @@ struct Shell {
     last_push: Option<Instant>,
     last_table_req: Option<Instant>,
     rng: SplitMix,
+    /// Peers already reported as incompatible (logged once each).
+    incompatible: HashSet<NodeId>,
 }
 
 /// How one attempt at the primary ended.
@@ -418,6 +420,7 @@ impl Cluster {
                 stable: None,
                 last_push: None,
                 last_table_req: None,
+                incompatible: HashSet::new(),
                 rng: SplitMix(started_at ^ 0x9e37_79b9_7f4a_7c15),
             }),
             config,
@@ -1421,7 +1424,14 @@ impl Inner {
                 continue;
             };
             if meta.partitions != partitions || meta.replication_factor != rf {
-                tracing::warn!(peer = %m.id, "peer runs another partitioning or replication factor; ignored");
+                if self.shell().incompatible.insert(m.id.clone()) {
+                    tracing::warn!(
+                        peer = %m.id,
+                        partitions = meta.partitions,
+                        replication_factor = meta.replication_factor,
+                        "peer runs another partitioning or replication factor; ignored"
+                    );
+                }
                 continue;
             }
             alive.insert(m.id.clone());
