@@ -11,8 +11,8 @@ use mycel::{BucketOptions, Condition, Config, Mycel, SetOptions, Ttl};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), mycel::Error> {
-    // One node holding everything; cluster mode will be `Mycel::start(node, config)` with
-    // the same methods.
+    // One node holding everything; cluster mode is `Mycel::start(node, cluster_config)`
+    // with the same methods.
     let cache = Mycel::standalone(Config::default()).await?;
     let sessions = cache
         .create_bucket(
@@ -57,6 +57,6 @@ async fn main() -> Result<(), mycel::Error> {
         cache.incr_by(counters, "visits".into(), 0).await?
     );
     println!("stats: {:?}", cache.stats().await?);
-    cache.shutdown().await;
+    cache.shutdown(Duration::from_secs(1)).await;
     Ok(())
 }

@@ -76,6 +76,28 @@ pub enum Error {
         /// Every problem found, with its field.
         problems: Vec<ConfigProblem>,
     },
+    /// The cluster cannot serve this right now: no routing table yet (the cluster is
+    /// forming), the key's partition is being transferred, ownership kept moving, or the
+    /// key's primary could not be reached. Nothing changed; retry.
+    #[error("{reason}; retry")]
+    TryAgain {
+        /// What the cluster layer reported.
+        reason: String,
+    },
+    /// The cluster layer failed in a way a retry is unlikely to fix (an unexpected
+    /// answer from a peer, the node refusing, an incomplete leave).
+    #[error("cluster: {reason}")]
+    Cluster {
+        /// What the cluster layer reported.
+        reason: String,
+    },
+    /// The operation exists only in standalone mode (for example `flush`, creating a
+    /// bucket at run time): the cluster layer has no honest equivalent. Nothing changed.
+    #[error("{operation} is not supported in cluster mode")]
+    Unsupported {
+        /// The operation, as its handle method is named.
+        operation: &'static str,
+    },
     /// A routing table was refused.
     #[error(transparent)]
     Table(#[from] TableError),

@@ -1,14 +1,23 @@
 //! The async handle applications embed: [`Mycel`].
 //!
-//! Today the handle has one backend, [`Mycel::standalone`]: a local [`Store`] behind a
-//! mutex, with the sampled expiry reaper running as a tokio task. Cluster mode
-//! (`Mycel::start(node, config)`, once the `nodosum` facade exists) will keep this exact
-//! method set and route each call to the key's partition owner, replicating writes to its
-//! backups before they are acknowledged; code written against the handle (the `mycel`
-//! binary's RESP front included) does not change.
+//! One method set, two backends:
 //!
-//! Locking discipline: the store's mutex is held for one store operation (or one
-//! multi-key operation) and never across an `.await`, so hold times stay in the
+//! - [`Mycel::standalone`]: a local [`Store`] behind a mutex, with the sampled expiry
+//!   reaper running as a tokio task. Every partition lives here.
+//! - [`Mycel::start`]: cluster mode on a [`nodosum::Node`]: each call goes to the key's
+//!   partition primary through the [`Cluster`] layer, which replicates writes to the
+//!   backups before acknowledging them. Buckets are the ones configured in
+//!   [`ClusterConfig::buckets`] (the same on every node); the handle maps its
+//!   [`BucketId`]s to their names.
+//!
+//! A few methods have no single cluster operation. They are either composed from two
+//! cluster operations (documented as not atomic on the method: [`Mycel::get_del`],
+//! [`Mycel::get_ex`]) or refused with [`Error::Unsupported`] ([`Mycel::flush`],
+//! [`Mycel::stats`], creating buckets at run time); cluster mode never silently acts on
+//! this node's data alone.
+//!
+//! Locking discipline (standalone): the store's mutex is held for one store operation
+//! (or one multi-key operation) and never across an `.await`, so hold times stay in the
 //! sub-microsecond range and a tokio worker never blocks on another task's I/O.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -20,6 +29,7 @@ use rand::rngs::StdRng;
 use tokio::task::AbortHandle;
 
 use crate::clock::Timestamp;
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::store::{BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, SetOptions, Store, Ttl};
@@ -39,6 +49,8 @@ const STANDALONE_EPOCH: u64 = 1;
 pub enum Mode {
     /// One node holding every partition locally ([`Mycel::standalone`]).
     Standalone,
+    /// A member of a cluster ([`Mycel::start`]).
+    Cluster,
 }
 
 impl Mode {
@@ -46,6 +58,7 @@ impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Standalone => "standalone",
+            Self::Cluster => "cluster",
         }
     }
 }
@@ -92,8 +105,9 @@ pub struct Stats {
 /// A handle to Mycel: cheap to clone (one `Arc`), usable from any task.
 ///
 /// Every method returns `Result<_, Error>`; in standalone mode only size limits, unknown
-/// buckets and integer errors occur, while cluster mode adds [`Error::NotOwner`],
-/// [`Error::Timeout`] and [`Error::QuorumLost`].
+/// buckets and integer errors occur, while cluster mode adds [`Error::Timeout`],
+/// [`Error::QuorumLost`], [`Error::TryAgain`], [`Error::Cluster`] and
+/// [`Error::Unsupported`].
 #[derive(Debug, Clone)]
 pub struct Mycel {
     inner: Arc<Inner>,
@@ -102,17 +116,80 @@ pub struct Mycel {
 #[derive(Debug)]
 struct Inner {
     config: Config,
-    store: Mutex<Store>,
     default_bucket: BucketId,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per handle, behind its Arc; boxing would add a pointer chase per call"
+)]
+enum Backend {
+    Local(Local),
+    Cluster(Clustered),
+}
+
+#[derive(Debug)]
+struct Local {
+    store: Mutex<Store>,
     reaper: Mutex<Option<AbortHandle>>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
+impl Local {
+    fn stop_reaper(&self) {
         if let Some(reaper) = lock(&self.reaper).take() {
             reaper.abort();
         }
     }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.stop_reaper();
+    }
+}
+
+#[derive(Debug)]
+struct Clustered {
+    cluster: Cluster,
+    /// Bucket names by [`BucketId::index`], in [`ClusterConfig::buckets`] order.
+    names: Vec<Arc<str>>,
+    options: Vec<BucketOptions>,
+}
+
+impl Clustered {
+    fn name(&self, id: BucketId) -> Result<&str, Error> {
+        self.names
+            .get(id.index())
+            .map(|n| &**n)
+            .ok_or_else(|| Error::BucketUnknown {
+                name: format!("{id:?}"),
+            })
+    }
+}
+
+/// The handle's error for a cluster-layer error: core errors pass through, transient
+/// conditions become [`Error::TryAgain`], the rest [`Error::Cluster`].
+fn cluster_error(e: ClusterError) -> Error {
+    match e {
+        ClusterError::Mycel(e) => e,
+        ClusterError::InvalidConfig { problems } => Error::InvalidConfig { problems },
+        e @ (ClusterError::NoTable
+        | ClusterError::Syncing { .. }
+        | ClusterError::Retry { .. }
+        | ClusterError::Unreachable { .. }) => Error::TryAgain {
+            reason: e.to_string(),
+        },
+        e => Error::Cluster {
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// Milliseconds from now until `at`, zero if `at` is not in the future.
+fn until(at: Timestamp) -> Duration {
+    Duration::from_millis(at.as_millis().saturating_sub(now().as_millis()))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -144,19 +221,84 @@ impl Mycel {
         let default_bucket = store.create_bucket(DEFAULT_BUCKET, BucketOptions::default())?;
         let inner = Arc::new(Inner {
             config,
-            store: Mutex::new(store),
             default_bucket,
-            reaper: Mutex::new(None),
+            backend: Backend::Local(Local {
+                store: Mutex::new(store),
+                reaper: Mutex::new(None),
+            }),
         });
         let task = tokio::spawn(reap(Arc::downgrade(&inner)));
-        *lock(&inner.reaper) = Some(task.abort_handle());
+        if let Backend::Local(local) = &inner.backend {
+            *lock(&local.reaper) = Some(task.abort_handle());
+        }
         tracing::debug!("mycel standalone backend started");
         Ok(Self { inner })
     }
 
+    /// Cluster mode: starts the [`Cluster`] layer on `node` and routes every call to the
+    /// key's partition primary.
+    ///
+    /// The buckets are `config.buckets` (the [`DEFAULT_BUCKET`] is added first if it is
+    /// not declared); every node of the cluster must declare the same ones. Join `node`
+    /// to its seeds before or right after this call (a `nodosum::Config` with static
+    /// discovery does it by itself). Validates `config` first ([`Error::InvalidConfig`]).
+    pub async fn start(node: nodosum::Node, mut config: ClusterConfig) -> Result<Self, Error> {
+        if !config.buckets.iter().any(|(n, _)| n == DEFAULT_BUCKET) {
+            config
+                .buckets
+                .insert(0, (DEFAULT_BUCKET.to_owned(), BucketOptions::default()));
+        }
+        let names: Vec<Arc<str>> = config
+            .buckets
+            .iter()
+            .map(|(n, _)| Arc::from(n.as_str()))
+            .collect();
+        let options = config.buckets.iter().map(|(_, o)| o.clone()).collect();
+        let default_index = names
+            .iter()
+            .position(|n| &**n == DEFAULT_BUCKET)
+            .expect("invariant: the default bucket was added above");
+        let default_bucket = BucketId::from_index(u16::try_from(default_index).map_err(|_| {
+            Error::TooManyBuckets {
+                max: usize::from(u16::MAX),
+            }
+        })?);
+        if u16::try_from(names.len()).is_err() {
+            return Err(Error::TooManyBuckets {
+                max: usize::from(u16::MAX),
+            });
+        }
+        let mycel_config = config.mycel.clone();
+        let cluster = Cluster::start(node, config).await.map_err(cluster_error)?;
+        tracing::debug!(id = %cluster.id(), "mycel cluster backend started");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: mycel_config,
+                default_bucket,
+                backend: Backend::Cluster(Clustered {
+                    cluster,
+                    names,
+                    options,
+                }),
+            }),
+        })
+    }
+
     /// The backend this handle runs on.
     pub fn mode(&self) -> Mode {
-        Mode::Standalone
+        match self.inner.backend {
+            Backend::Local(_) => Mode::Standalone,
+            Backend::Cluster(_) => Mode::Cluster,
+        }
+    }
+
+    /// The cluster layer underneath, in cluster mode: membership, routing status,
+    /// readiness, maintenance mode and the nodosum node.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        match &self.inner.backend {
+            Backend::Local(_) => None,
+            Backend::Cluster(c) => Some(&c.cluster),
+        }
     }
 
     /// The configuration the handle was started with.
@@ -164,16 +306,66 @@ impl Mycel {
         &self.inner.config
     }
 
-    /// Stops background work (the reaper). Data stays readable until the last handle is
-    /// dropped. Idempotent.
-    pub async fn shutdown(&self) {
-        if let Some(reaper) = lock(&self.inner.reaper).take() {
-            reaper.abort();
+    /// Cluster mode: hands this node's partitions off to the other members (see
+    /// [`Cluster::leave`]), waiting at most `timeout`. The handle keeps serving through
+    /// the other members meanwhile. Standalone: nothing to hand off, returns at once.
+    pub async fn leave(&self, timeout: Duration) -> Result<(), Error> {
+        match &self.inner.backend {
+            Backend::Local(_) => Ok(()),
+            Backend::Cluster(c) => c.cluster.leave(timeout).await.map_err(cluster_error),
         }
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.inner.store)
+    /// Stops this handle's backend.
+    ///
+    /// Standalone: stops the reaper at once; data stays readable through other handles
+    /// until the last one is dropped. Cluster: waits (at most `drain`) for the other
+    /// clones of the handle to be dropped, then stops the cluster layer and shuts the node
+    /// down gracefully (call [`leave`](Self::leave) first to hand off); if other clones
+    /// are still alive after `drain`, the last of them stops everything at once when
+    /// dropped (peers then see a failure).
+    pub async fn shutdown(self, drain: Duration) {
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut inner = self.inner;
+        loop {
+            match Arc::try_unwrap(inner) {
+                Ok(Inner {
+                    backend: Backend::Cluster(c),
+                    ..
+                }) => {
+                    c.cluster.shutdown(drain).await;
+                    return;
+                }
+                Ok(Inner {
+                    backend: Backend::Local(local),
+                    ..
+                }) => {
+                    local.stop_reaper();
+                    return;
+                }
+                Err(shared) => {
+                    if let Backend::Local(local) = &shared.backend {
+                        local.stop_reaper();
+                        return;
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::warn!(
+                            "handle still in use; the cluster layer stops when the last clone is dropped"
+                        );
+                        return;
+                    }
+                    inner = shared;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local(&self) -> Option<MutexGuard<'_, Store>> {
+        match &self.inner.backend {
+            Backend::Local(l) => Some(lock(&l.store)),
+            Backend::Cluster(_) => None,
+        }
     }
 
     /// The [`DEFAULT_BUCKET`].
@@ -181,36 +373,69 @@ impl Mycel {
         self.inner.default_bucket
     }
 
-    /// Creates a bucket ([`Error::BucketExists`] if the name is taken).
+    /// Creates a bucket ([`Error::BucketExists`] if the name is taken). Cluster mode:
+    /// buckets are fixed by the configuration, so this answers [`Error::BucketExists`]
+    /// for a configured one and [`Error::Unsupported`] otherwise.
     pub async fn create_bucket(
         &self,
         name: &str,
         options: BucketOptions,
     ) -> Result<BucketId, Error> {
-        self.store().create_bucket(name, options)
+        match &self.inner.backend {
+            Backend::Local(l) => lock(&l.store).create_bucket(name, options),
+            Backend::Cluster(c) if c.names.iter().any(|n| &**n == name) => {
+                Err(Error::BucketExists {
+                    name: name.to_owned(),
+                })
+            }
+            Backend::Cluster(_) => Err(Error::Unsupported {
+                operation: "create_bucket",
+            }),
+        }
     }
 
     /// The bucket called `name` ([`Error::BucketUnknown`] if there is none).
     pub async fn bucket(&self, name: &str) -> Result<BucketId, Error> {
-        self.store().bucket(name)
+        match &self.inner.backend {
+            Backend::Local(l) => lock(&l.store).bucket(name),
+            Backend::Cluster(c) => c
+                .names
+                .iter()
+                .position(|n| &**n == name)
+                .and_then(|i| u16::try_from(i).ok())
+                .map(BucketId::from_index)
+                .ok_or_else(|| Error::BucketUnknown {
+                    name: name.to_owned(),
+                }),
+        }
     }
 
     /// The name of bucket `id`.
     pub async fn bucket_name(&self, id: BucketId) -> Result<Arc<str>, Error> {
-        self.store()
-            .bucket_name(id)
-            .cloned()
-            .ok_or_else(|| Error::BucketUnknown {
-                name: format!("{id:?}"),
-            })
+        let unknown = || Error::BucketUnknown {
+            name: format!("{id:?}"),
+        };
+        match &self.inner.backend {
+            Backend::Local(l) => lock(&l.store).bucket_name(id).cloned().ok_or_else(unknown),
+            Backend::Cluster(c) => c.names.get(id.index()).cloned().ok_or_else(unknown),
+        }
     }
 
-    /// The value of `key`, if it exists and has not expired.
+    /// The value of `key`, if it exists and has not expired (cluster: read at the
+    /// primary).
     pub async fn get(&self, bucket: BucketId, key: &[u8]) -> Result<Option<Bytes>, Error> {
-        Ok(self.store().get(bucket, key, now()))
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store).get(bucket, key, now())),
+            Backend::Cluster(c) => c
+                .cluster
+                .get(c.name(bucket)?, Bytes::copy_from_slice(key))
+                .await
+                .map_err(cluster_error),
+        }
     }
 
-    /// Sets `key` to `value` as Redis `SET` does (expiry, `NX`/`XX`, `GET`).
+    /// Sets `key` to `value` as Redis `SET` does (expiry, `NX`/`XX`, `GET`). Cluster:
+    /// acknowledged once every alive backup applied it.
     pub async fn set(
         &self,
         bucket: BucketId,
@@ -218,55 +443,105 @@ impl Mycel {
         value: Bytes,
         options: SetOptions,
     ) -> Result<SetReply, Error> {
-        let outcome = self
-            .store()
-            .set(bucket, key, value, options, now(), STANDALONE_EPOCH)?;
-        Ok(SetReply {
-            written: outcome.write.is_some(),
-            previous: outcome.previous,
-        })
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let outcome =
+                    lock(&l.store).set(bucket, key, value, options, now(), STANDALONE_EPOCH)?;
+                Ok(SetReply {
+                    written: outcome.write.is_some(),
+                    previous: outcome.previous,
+                })
+            }
+            Backend::Cluster(c) => {
+                let r = c
+                    .cluster
+                    .set(c.name(bucket)?, key, value, options)
+                    .await
+                    .map_err(cluster_error)?;
+                Ok(SetReply {
+                    written: r.applied,
+                    previous: r.previous,
+                })
+            }
+        }
     }
 
     /// Deletes `key`; whether it existed.
     pub async fn delete(&self, bucket: BucketId, key: Bytes) -> Result<bool, Error> {
-        Ok(self
-            .store()
-            .delete(bucket, key, now(), STANDALONE_EPOCH)?
-            .is_some())
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store)
+                .delete(bucket, key, now(), STANDALONE_EPOCH)?
+                .is_some()),
+            Backend::Cluster(c) => c
+                .cluster
+                .delete(c.name(bucket)?, key)
+                .await
+                .map_err(cluster_error),
+        }
     }
 
     /// Deletes `key` and returns the value it had (Redis `GETDEL`).
+    ///
+    /// Standalone: atomic. Cluster: **not atomic**, a read then a delete at the primary;
+    /// a write that lands between the two is deleted without being returned.
     pub async fn get_del(&self, bucket: BucketId, key: Bytes) -> Result<Option<Bytes>, Error> {
-        let now = now();
-        let mut store = self.store();
-        let value = store.get(bucket, &key, now);
+        if let Some(mut store) = self.local() {
+            let now = now();
+            let value = store.get(bucket, &key, now);
+            if value.is_some() {
+                store.delete(bucket, key, now, STANDALONE_EPOCH)?;
+            }
+            return Ok(value);
+        }
+        let value = self.get(bucket, &key).await?;
         if value.is_some() {
-            store.delete(bucket, key, now, STANDALONE_EPOCH)?;
+            self.delete(bucket, key).await?;
         }
         Ok(value)
     }
 
-    /// Reads `key` and changes its expiry (Redis `GETEX`), atomically.
+    /// Reads `key` and changes its expiry (Redis `GETEX`).
+    ///
+    /// Standalone: atomic. Cluster: **not atomic**, a read then an `expire`/`persist` at
+    /// the primary; a write that lands between the two gets the new expiry (and a key
+    /// deleted in between stays deleted).
     pub async fn get_ex(
         &self,
         bucket: BucketId,
         key: Bytes,
         action: GetEx,
     ) -> Result<Option<Bytes>, Error> {
-        let now = now();
-        let mut store = self.store();
-        let value = store.get(bucket, &key, now);
+        if let Some(mut store) = self.local() {
+            let now = now();
+            let value = store.get(bucket, &key, now);
+            if value.is_some() {
+                match action {
+                    GetEx::Keep => {}
+                    GetEx::After(d) => {
+                        store.expire(bucket, key, now.saturating_add(d), now, STANDALONE_EPOCH)?;
+                    }
+                    GetEx::At(at) => {
+                        store.expire(bucket, key, at, now, STANDALONE_EPOCH)?;
+                    }
+                    GetEx::Persist => {
+                        store.persist(bucket, key, now, STANDALONE_EPOCH)?;
+                    }
+                }
+            }
+            return Ok(value);
+        }
+        let value = self.get(bucket, &key).await?;
         if value.is_some() {
             match action {
                 GetEx::Keep => {}
                 GetEx::After(d) => {
-                    store.expire(bucket, key, now.saturating_add(d), now, STANDALONE_EPOCH)?;
+                    self.expire(bucket, key, d).await?;
                 }
                 GetEx::At(at) => {
-                    store.expire(bucket, key, at, now, STANDALONE_EPOCH)?;
+                    self.expire_at(bucket, key, at).await?;
                 }
                 GetEx::Persist => {
-                    store.persist(bucket, key, now, STANDALONE_EPOCH)?;
+                    self.persist(bucket, key).await?;
                 }
             }
         }
@@ -275,85 +550,139 @@ impl Mycel {
 
     /// Whether `key` exists.
     pub async fn exists(&self, bucket: BucketId, key: &[u8]) -> Result<bool, Error> {
-        Ok(self.store().exists(bucket, key, now()))
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store).exists(bucket, key, now())),
+            Backend::Cluster(c) => c
+                .cluster
+                .exists(c.name(bucket)?, Bytes::copy_from_slice(key))
+                .await
+                .map_err(cluster_error),
+        }
     }
 
     /// Makes `key` expire `after` from now (zero deletes it, as Redis does for a
-    /// non-positive `EXPIRE`); whether the key existed.
+    /// non-positive `EXPIRE`); whether the key existed. Cluster: "now" is the primary's
+    /// clock.
     pub async fn expire(
         &self,
         bucket: BucketId,
         key: Bytes,
         after: Duration,
     ) -> Result<bool, Error> {
-        let now = now();
-        let at = now.saturating_add(after);
-        Ok(self
-            .store()
-            .expire(bucket, key, at, now, STANDALONE_EPOCH)?
-            .is_some())
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let now = now();
+                let at = now.saturating_add(after);
+                Ok(lock(&l.store)
+                    .expire(bucket, key, at, now, STANDALONE_EPOCH)?
+                    .is_some())
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .expire(c.name(bucket)?, key, after)
+                .await
+                .map_err(cluster_error),
+        }
     }
 
     /// Makes `key` expire at `at` (a time not in the future deletes it); whether the key
-    /// existed.
+    /// existed. Cluster: sent as the time from now on this node's clock to `at`, so the
+    /// clock offset between this node and the primary shifts the expiry.
     pub async fn expire_at(
         &self,
         bucket: BucketId,
         key: Bytes,
         at: Timestamp,
     ) -> Result<bool, Error> {
-        Ok(self
-            .store()
-            .expire(bucket, key, at, now(), STANDALONE_EPOCH)?
-            .is_some())
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store)
+                .expire(bucket, key, at, now(), STANDALONE_EPOCH)?
+                .is_some()),
+            Backend::Cluster(_) => self.expire(bucket, key, until(at)).await,
+        }
     }
 
     /// Removes `key`'s expiry; whether it had one.
     pub async fn persist(&self, bucket: BucketId, key: Bytes) -> Result<bool, Error> {
-        Ok(self
-            .store()
-            .persist(bucket, key, now(), STANDALONE_EPOCH)?
-            .is_some())
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store)
+                .persist(bucket, key, now(), STANDALONE_EPOCH)?
+                .is_some()),
+            Backend::Cluster(c) => c
+                .cluster
+                .persist(c.name(bucket)?, key)
+                .await
+                .map_err(cluster_error),
+        }
     }
 
     /// `key`'s time to live.
     pub async fn ttl(&self, bucket: BucketId, key: &[u8]) -> Result<Ttl, Error> {
-        Ok(self.store().ttl(bucket, key, now()))
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store).ttl(bucket, key, now())),
+            Backend::Cluster(c) => c
+                .cluster
+                .ttl(c.name(bucket)?, Bytes::copy_from_slice(key))
+                .await
+                .map_err(cluster_error),
+        }
     }
 
     /// Adds `delta` to the decimal integer in `key` (a missing key counts as 0); the new
     /// value. Atomic at the owner.
     pub async fn incr_by(&self, bucket: BucketId, key: Bytes, delta: i64) -> Result<i64, Error> {
-        let (value, _write) = self
-            .store()
-            .incr_by(bucket, key, delta, now(), STANDALONE_EPOCH)?;
-        Ok(value)
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let (value, _write) =
+                    lock(&l.store).incr_by(bucket, key, delta, now(), STANDALONE_EPOCH)?;
+                Ok(value)
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .incr_by(c.name(bucket)?, key, delta)
+                .await
+                .map_err(cluster_error),
+        }
     }
 
-    /// The values of `keys`, in order, under one lock (one consistent read).
+    /// The values of `keys`, in order. Standalone: under one lock (one consistent read).
+    /// Cluster: one read per primary, consistent per primary, not across primaries.
     pub async fn mget(
         &self,
         bucket: BucketId,
         keys: &[Bytes],
     ) -> Result<Vec<Option<Bytes>>, Error> {
-        let now = now();
-        let mut store = self.store();
-        Ok(keys.iter().map(|k| store.get(bucket, k, now)).collect())
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let now = now();
+                let mut store = lock(&l.store);
+                Ok(keys.iter().map(|k| store.get(bucket, k, now)).collect())
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .mget(c.name(bucket)?, keys.to_vec())
+                .await
+                .map_err(cluster_error),
+        }
     }
 
-    /// Sets every pair, all or nothing: sizes are checked for every pair before the first
-    /// write, and no other operation sees a partial `mset`.
+    /// Sets every pair. Sizes are checked for every pair before the first write, so a
+    /// too-large key or value writes nothing. Standalone: all or nothing, and no other
+    /// operation sees a partial `mset`. Cluster: atomic per primary, not across primaries
+    /// (a failure after the size check may leave some primaries' pairs written).
     pub async fn mset(&self, bucket: BucketId, pairs: Vec<(Bytes, Bytes)>) -> Result<(), Error> {
-        let now = now();
-        let mut store = self.store();
-        let max_key = store.config().max_key_len;
-        let max_value = store
-            .bucket_options(bucket)
-            .ok_or_else(|| Error::BucketUnknown {
-                name: format!("{bucket:?}"),
-            })?
-            .max_value_len
-            .unwrap_or(store.config().max_value_len);
+        let store_config = &self.inner.config.store;
+        let max_key = store_config.max_key_len;
+        let bucket_max = match &self.inner.backend {
+            Backend::Local(l) => lock(&l.store)
+                .bucket_options(bucket)
+                .map(|o| o.max_value_len),
+            Backend::Cluster(c) => c.options.get(bucket.index()).map(|o| o.max_value_len),
+        }
+        .ok_or_else(|| Error::BucketUnknown {
+            name: format!("{bucket:?}"),
+        })?;
+        let max_value = bucket_max.unwrap_or(store_config.max_value_len);
         for (k, v) in &pairs {
             if k.len() > max_key {
                 return Err(Error::KeyTooLarge {
@@ -368,31 +697,56 @@ impl Mycel {
                 });
             }
         }
-        for (k, v) in pairs {
-            store.set(bucket, k, v, SetOptions::default(), now, STANDALONE_EPOCH)?;
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let now = now();
+                let mut store = lock(&l.store);
+                for (k, v) in pairs {
+                    store.set(bucket, k, v, SetOptions::default(), now, STANDALONE_EPOCH)?;
+                }
+                Ok(())
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .mset(c.name(bucket)?, pairs)
+                .await
+                .map_err(cluster_error),
         }
-        Ok(())
     }
 
-    /// Live keys held (all buckets).
+    /// Live keys held (all buckets). Cluster: the whole cluster's count (a scan on every
+    /// member; approximate while partitions move).
     pub async fn len(&self) -> Result<usize, Error> {
-        Ok(self.store().len())
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store).len()),
+            Backend::Cluster(c) => {
+                let n = c.cluster.len().await.map_err(cluster_error)?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            }
+        }
     }
 
-    /// Whether no live keys are held.
+    /// Whether no live keys are held (see [`len`](Self::len)).
     pub async fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self.store().is_empty())
+        Ok(self.len().await? == 0)
     }
 
-    /// Removes every key of every bucket (Redis `FLUSHDB`); buckets stay.
+    /// Removes every key of every bucket (Redis `FLUSHDB`); buckets stay. Cluster mode:
+    /// [`Error::Unsupported`] (the cluster layer has no cluster-wide flush).
     pub async fn flush(&self) -> Result<(), Error> {
-        self.store().clear();
+        let mut store = self
+            .local()
+            .ok_or(Error::Unsupported { operation: "flush" })?;
+        store.clear();
         Ok(())
     }
 
-    /// Counters and gauges of the store.
+    /// Counters and gauges of the local store. Cluster mode: [`Error::Unsupported`]; the
+    /// cluster layer exports its figures as metrics in the node's registry instead.
     pub async fn stats(&self) -> Result<Stats, Error> {
-        let store = self.store();
+        let store = self
+            .local()
+            .ok_or(Error::Unsupported { operation: "stats" })?;
         let s = store.stats();
         Ok(Stats {
             keys: store.len(),
@@ -405,12 +759,15 @@ impl Mycel {
     }
 
     /// Runs one reaper step now (tests and tools; the background task does this every
-    /// [`REAP_INTERVAL`]). Returns how many expired entries were removed.
+    /// [`REAP_INTERVAL`]). Returns how many expired entries were removed. Cluster mode:
+    /// the cluster layer reaps in its own background step; this does nothing and
+    /// returns 0.
     pub async fn reap_now(&self) -> usize {
+        let Some(mut store) = self.local() else {
+            return 0;
+        };
         let mut rng = StdRng::seed_from_u64(now().as_millis());
-        self.store()
-            .reap(now(), &mut rng, DEFAULT_REAP_SAMPLE)
-            .removed
+        store.reap(now(), &mut rng, DEFAULT_REAP_SAMPLE).removed
     }
 }
 
@@ -425,7 +782,10 @@ async fn reap(inner: Weak<Inner>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        let stats = lock(&inner.store).reap(now(), &mut rng, DEFAULT_REAP_SAMPLE);
+        let Backend::Local(local) = &inner.backend else {
+            return;
+        };
+        let stats = lock(&local.store).reap(now(), &mut rng, DEFAULT_REAP_SAMPLE);
         if stats.removed > 0 {
             tracing::trace!(
                 removed = stats.removed,
@@ -492,7 +852,7 @@ mod tests {
             assert_eq!(m.exists(b, b"b").await, Ok(false));
             m.flush().await.expect("flush");
             assert_eq!(m.len().await, Ok(0));
-            m.shutdown().await;
+            m.shutdown(Duration::from_secs(1)).await;
         });
     }
 
@@ -581,6 +941,88 @@ mod tests {
             }
             assert_eq!(m.stats().await.expect("stats").expired, 1);
             assert_eq!(m.len().await, Ok(0));
+        });
+    }
+
+    /// A one-node cluster on loopback: the handle serves the same method set through the
+    /// cluster layer, composes GETDEL/GETEX, and refuses what has no cluster equivalent.
+    #[test]
+    fn cluster_backend_routes_the_method_set() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let ca = tempfile::tempdir().expect("temp dir");
+            let id = nodosum::NodeId::new("handle-test").expect("valid id");
+            let mut nc = nodosum::Config::development(id);
+            nc.tls.dev_ca_dir = Some(ca.path().join("dev-ca"));
+            let node = nodosum::Node::start(nc).await.expect("node starts");
+            let mut config = ClusterConfig::default();
+            config.mycel.stabilization_window = Duration::from_millis(100);
+            config.bootstrap_delay = Duration::ZERO;
+            config.buckets = vec![("sessions".to_owned(), BucketOptions::default())];
+            let m = Mycel::start(node, config).await.expect("starts");
+            assert_eq!(m.mode(), Mode::Cluster);
+            let b = m.default_bucket();
+            let s = m.bucket("sessions").await.expect("configured bucket");
+            assert_ne!(b, s);
+            assert_eq!(&*m.bucket_name(b).await.expect("name"), DEFAULT_BUCKET);
+            // Operations wait for the first routing table (bounded by op_timeout).
+            let r = m
+                .set(b, "k".into(), "v".into(), SetOptions::default())
+                .await
+                .expect("set");
+            assert!(r.written);
+            assert_eq!(m.get(b, b"k").await, Ok(Some("v".into())));
+            assert_eq!(m.get(s, b"k").await, Ok(None));
+            assert_eq!(m.incr_by(b, "n".into(), 5).await, Ok(5));
+            assert_eq!(m.incr_by(b, "n".into(), -2).await, Ok(3));
+            m.mset(b, vec![("a".into(), "1".into()), ("b".into(), "2".into())])
+                .await
+                .expect("mset");
+            assert_eq!(
+                m.mget(b, &["a".into(), "x".into(), "b".into()]).await,
+                Ok(vec![Some("1".into()), None, Some("2".into())])
+            );
+            assert_eq!(m.len().await, Ok(4));
+            assert_eq!(
+                m.get_ex(b, "a".into(), GetEx::After(Duration::from_secs(100)))
+                    .await,
+                Ok(Some("1".into()))
+            );
+            assert!(matches!(m.ttl(b, b"a").await, Ok(Ttl::Expires { .. })));
+            assert_eq!(
+                m.get_ex(b, "a".into(), GetEx::Persist).await,
+                Ok(Some("1".into()))
+            );
+            assert_eq!(m.ttl(b, b"a").await, Ok(Ttl::Persistent));
+            let past = Timestamp::from_millis(1);
+            assert_eq!(m.expire_at(b, "a".into(), past).await, Ok(true));
+            assert_eq!(m.exists(b, b"a").await, Ok(false));
+            assert_eq!(m.get_del(b, "b".into()).await, Ok(Some("2".into())));
+            assert_eq!(m.get_del(b, "b".into()).await, Ok(None));
+            assert_eq!(m.delete(b, "k".into()).await, Ok(true));
+            assert_eq!(
+                m.flush().await,
+                Err(Error::Unsupported { operation: "flush" })
+            );
+            assert!(matches!(m.stats().await, Err(Error::Unsupported { .. })));
+            assert!(matches!(
+                m.create_bucket("sessions", BucketOptions::default()).await,
+                Err(Error::BucketExists { .. })
+            ));
+            assert!(matches!(
+                m.create_bucket("new", BucketOptions::default()).await,
+                Err(Error::Unsupported { .. })
+            ));
+            let status = m.cluster().expect("cluster mode").status();
+            assert!(status.epoch > 0 && status.ready);
+            m.leave(Duration::from_secs(5))
+                .await
+                .expect("alone: nothing to hand off");
+            m.shutdown(Duration::from_secs(5)).await;
         });
     }
 

@@ -26,18 +26,16 @@
 //!
 //! On top of the core, with I/O:
 //!
-//! - [`Mycel`]: the async handle applications embed. Today it runs the standalone backend
-//!   ([`Mycel::standalone`]: every partition on this node, the store behind a mutex held
-//!   for one operation, the reaper as a tokio task; [`now`] converts the system clock).
+//! - [`Mycel`]: the async handle applications embed, on one of two backends:
+//!   [`Mycel::standalone`] (every partition on this node, the store behind a mutex held
+//!   for one operation, the reaper as a tokio task; [`now`] converts the system clock) or
+//!   [`Mycel::start`] (cluster mode: the same method set routed through [`Cluster`]).
 //! - [`cluster`]: the networked layer over Nodosum ([`Cluster`]).
 //! - [`resp`]: the Redis protocol, pure (frames, the request parser with limits, typed
 //!   commands with Redis's error wording), for the binary and for fuzzing.
 //! - The `mycel` binary (`src/bin/mycel`): a Redis-compatible RESP2/RESP3 server and an
-//!   HTTP admin API over a [`Mycel`] handle.
-//!
-//! What is not here yet: [`Mycel`] does not run on [`Cluster`] (`Mycel::start(node,
-//! config)`, keeping the same method set), so the binary parses and validates the cluster
-//! settings but serves as a single node.
+//!   HTTP admin API over a [`Mycel`] handle, a cluster member by default (`--standalone`
+//!   for a single node without networking).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -125,6 +125,19 @@ pub struct BucketOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BucketId(u16);
 
+impl BucketId {
+    /// The `index`-th bucket of a keyspace whose buckets are numbered in creation order
+    /// (the cluster backend of the handle numbers its configured buckets this way).
+    pub(crate) const fn from_index(index: u16) -> Self {
+        Self(index)
+    }
+
+    /// Its position in creation order.
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
 /// When a written entry expires.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Expiry {

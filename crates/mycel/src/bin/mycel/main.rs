@@ -214,7 +214,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
         Err(_) => tracing::warn!("admin server did not stop in time"),
     }
-    mycel.shutdown().await;
+    mycel.shutdown(DRAIN_TIMEOUT).await;
     tracing::info!("stopped");
     Ok(())
 }

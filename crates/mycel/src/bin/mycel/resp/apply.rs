@@ -95,6 +95,8 @@ pub(crate) fn error_frame(e: &Error) -> Frame {
         Error::NotOwner { .. } => Frame::Error(format!("TRYAGAIN {e}")),
         Error::Timeout => Frame::Error(format!("TIMEOUT {e}")),
         Error::QuorumLost => Frame::Error(format!("CLUSTERDOWN {e}")),
+        Error::TryAgain { .. } => Frame::Error(format!("TRYAGAIN {e}")),
+        Error::Cluster { .. } => Frame::Error(format!("CLUSTERDOWN {e}")),
         _ => Frame::err(e),
     }
 }
