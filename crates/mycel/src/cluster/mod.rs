@@ -156,6 +156,9 @@ pub struct ClusterConfig {
     /// by all sources; `None` is unbounded. Default 64 MiB/s, so a rebalance does not
     /// starve client traffic.
     pub max_fetch_bytes_per_sec: Option<u64>,
+    /// Requests from other nodes handled at once; further requests wait unread, so QUIC
+    /// flow control slows their senders. Default 4096.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ClusterConfig {
@@ -178,6 +181,7 @@ impl Default for ClusterConfig {
             max_not_owner_retries: 8,
             bootstrap_delay: Duration::from_secs(5),
             max_fetch_bytes_per_sec: Some(64 * 1024 * 1024),
+            max_concurrent_requests: 4096,
         }
     }
 }
@@ -226,6 +230,9 @@ impl ClusterConfig {
                     self.request_timeout, self.op_timeout
                 ),
             );
+        }
+        if self.max_concurrent_requests == 0 {
+            bad("max_concurrent_requests", "must be at least 1".into());
         }
         if self.tick_interval.is_zero() {
             bad("tick_interval", "must not be zero".into());
@@ -436,7 +443,11 @@ impl Cluster {
         });
         inner.publish_meta(&node)?;
         let tasks = vec![
-            tokio::spawn(receive_loop(Arc::downgrade(&inner), app)),
+            tokio::spawn(receive_loop(
+                Arc::downgrade(&inner),
+                app,
+                inner.config.max_concurrent_requests,
+            )),
             tokio::spawn(tick_loop(Arc::downgrade(&inner))),
         ];
         tracing::info!(id = %inner.me, "mycel cluster layer started");
@@ -1662,16 +1673,27 @@ impl Drop for LoadGuard {
     }
 }
 
-async fn receive_loop(inner: Weak<Inner>, mut app: Application) {
+async fn receive_loop(weak: Weak<Inner>, mut app: Application, limit: usize) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(limit));
     while let Some(incoming) = app.receive().await {
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
         match incoming {
             Incoming::Request(req) => {
-                tokio::spawn(handle_request(inner, req));
+                // While every slot is busy this application's stream is not read.
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    return;
+                };
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    handle_request(inner, req).await;
+                    drop(permit);
+                });
             }
             Incoming::Message { from, .. } => {
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
                 inner.metrics.bad_messages.inc();
                 tracing::debug!(%from, "unexpected one-way message dropped");
             }
