@@ -49,6 +49,13 @@
 //! An application whose receiver stalls stops only its own streams (QUIC flow control per
 //! stream).
 //!
+//! Closing an application ([`QuicNode::close_app`], or dropping its receiver) resets and
+//! stops every stream of it with [`codes::STREAM_APP_CLOSED`]; a peer that sees that code
+//! ends its own lane for the application, so stream and lane counts return to their
+//! baseline on both nodes. Messages still queued for a closed application are dropped;
+//! other applications and the connection are untouched. Registering it again starts
+//! afresh: the next send opens a new stream.
+//!
 //! # Runtime
 //! Create the node inside a multi-thread tokio runtime: quinn's endpoint and connection
 //! drivers and this crate's tasks are spawned onto it, so none of them run on the caller's

@@ -281,6 +281,15 @@ pub type AcceptPolicy = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
 /// Receives `(sender, message)` pairs of one application, in order per sender.
 pub type AppReceiver = mpsc::Receiver<(NodeId, Bytes)>;
 
+type AppTx = mpsc::Sender<(NodeId, Bytes)>;
+
+/// A registered application: where its messages go, and the end of its receiver
+/// watcher (dropping the entry ends the watcher, so the receiver sees the end).
+struct AppEntry {
+    tx: AppTx,
+    _watcher: oneshot::Sender<()>,
+}
+
 /// A node's QUIC endpoint and its connections. Cheap to clone.
 ///
 /// Dropping the last clone closes the endpoint; [`close`](Self::close) does it gracefully.
@@ -314,7 +323,7 @@ struct Inner {
     tls: TlsConfigs,
     metrics: Metrics,
     state: Mutex<State>,
-    apps: RwLock<HashMap<AppId, mpsc::Sender<(NodeId, Bytes)>>>,
+    apps: RwLock<HashMap<AppId, AppEntry>>,
     policy: RwLock<AcceptPolicy>,
     events: broadcast::Sender<Event>,
     closing: AtomicBool,
@@ -381,6 +390,39 @@ struct Lane {
 struct LaneShared {
     failure: Mutex<Option<SendError>>,
     gate: Gate,
+    /// Set when the application was closed (here or at the peer): the writer resets its
+    /// streams and every reader of the lane stops.
+    closed: Closed,
+}
+
+/// A one-way "closed" flag that tasks can wait for.
+#[derive(Default)]
+struct Closed {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Closed {
+    fn close(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 enum LaneCtl {
@@ -507,19 +549,65 @@ impl QuicNode {
     }
 
     /// Registers an application; its messages from every peer arrive on the receiver.
-    /// Registering again is allowed once the previous receiver was dropped.
+    /// Registering again is allowed once the previous receiver was dropped or the
+    /// application was closed with [`close_app`](Self::close_app).
+    ///
+    /// Dropping the receiver closes the application like `close_app` does (shortly after,
+    /// from a background task; call `close_app` to do it at once).
     pub fn register_app(&self, app: AppId) -> Result<AppReceiver, Error> {
-        let mut apps = self
-            .inner
-            .apps
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if apps.get(&app).is_some_and(|tx| !tx.is_closed()) {
-            return Err(Error::AppRegistered(app));
-        }
         let (tx, rx) = mpsc::channel(self.inner.config.app_receiver_capacity);
-        apps.insert(app, tx);
+        let (unregistered_tx, unregistered) = oneshot::channel();
+        let stale = {
+            let mut st = lock(&self.inner.state);
+            let mut apps = self.inner.write_apps();
+            if apps.get(&app).is_some_and(|e| !e.tx.is_closed()) {
+                return Err(Error::AppRegistered(app));
+            }
+            // A dropped receiver whose watcher has not run yet: its lanes end now, so the
+            // new registration starts with fresh streams.
+            let stale = if apps.remove(&app).is_some() {
+                take_app_lanes(&mut st, &app)
+            } else {
+                Vec::new()
+            };
+            apps.insert(
+                app.clone(),
+                AppEntry {
+                    tx: tx.clone(),
+                    _watcher: unregistered_tx,
+                },
+            );
+            stale
+        };
+        close_lanes(stale);
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tx.closed() => {}
+                // Closed with `close_app`, or registered again.
+                _ = unregistered => return,
+            }
+            if let Some(inner) = inner.upgrade() {
+                inner.close_app(&app, Some(&tx));
+            }
+        });
         Ok(rx)
+    }
+
+    /// Closes application `app` on this node: it is unregistered (peers' new streams for
+    /// it are refused with [`codes::STREAM_UNKNOWN_APP`]), and every stream of it, to
+    /// every peer, is reset and stopped with [`codes::STREAM_APP_CLOSED`]. The peers
+    /// then end their lanes for it too, so stream and lane counts return to what they
+    /// were before the application was used, on both sides. Other applications and the
+    /// connections are not touched.
+    ///
+    /// Messages still queued for `app` (in either direction) are dropped and counted;
+    /// a `send` waiting on a full queue of such a lane gets
+    /// [`SendError::UnknownApplication`]. The application can be registered again at
+    /// once; sends then open new streams lazily. Closing an unregistered application
+    /// ends its send lanes.
+    pub fn close_app(&self, app: &AppId) {
+        self.inner.close_app(app, None);
     }
 
     /// Keeps a connection to `node` at `addr`: dials now if there is none, and redials
@@ -666,9 +754,65 @@ fn udp_socket(config: &Config, addr: SocketAddr) -> io::Result<std::net::UdpSock
     Ok(socket.into())
 }
 
+/// Removes the lanes of `app` from every peer.
+fn take_app_lanes(st: &mut State, app: &AppId) -> Vec<Lane> {
+    st.peers
+        .values_mut()
+        .filter_map(|p| p.lanes.remove(app))
+        .collect()
+}
+
+/// Tells the writers and readers of removed lanes that their application is closed.
+fn close_lanes(lanes: Vec<Lane>) {
+    for lane in lanes {
+        lane.shared.closed.close();
+        // Dropping the lane drops its queue sender and control channel; the writer sees
+        // `closed` first and resets its streams.
+    }
+}
+
 impl Inner {
     fn emit(&self, event: Event) {
         let _ = self.events.send(event);
+    }
+
+    fn write_apps(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<AppId, AppEntry>> {
+        self.apps
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Unregisters `app` (only if its sender is still `only` when given) and closes its
+    /// lanes. Lock order: state, then apps.
+    fn close_app(&self, app: &AppId, only: Option<&AppTx>) {
+        let lanes = {
+            let mut st = lock(&self.state);
+            let mut apps = self.write_apps();
+            if let Some(only) = only
+                && !apps.get(app).is_some_and(|e| e.tx.same_channel(only))
+            {
+                return;
+            }
+            apps.remove(app);
+            take_app_lanes(&mut st, app)
+        };
+        if !lanes.is_empty() {
+            debug!(%app, lanes = lanes.len(), "application closed");
+        }
+        close_lanes(lanes);
+    }
+
+    /// Removes the lane whose writer ended on its own, if it is still in the map.
+    fn remove_lane(&self, node: &NodeId, app: &AppId, shared: &Arc<LaneShared>) {
+        let mut st = lock(&self.state);
+        if let Some(peer) = st.peers.get_mut(node)
+            && peer
+                .lanes
+                .get(app)
+                .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
+        {
+            peer.lanes.remove(app);
+        }
     }
 
     fn local_is_smaller(&self, peer: &NodeId) -> bool {
@@ -786,8 +930,8 @@ impl Inner {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(app)
-            .filter(|tx| !tx.is_closed())
-            .cloned()
+            .filter(|e| !e.tx.is_closed())
+            .map(|e| e.tx.clone())
     }
 
     async fn dial(
@@ -1295,21 +1439,27 @@ async fn accept_stream(
         }
     };
     let app = init.app_id;
-    if inner.app_sender(&app).is_none() {
+    // Checked under the state lock (as `close_app` removes it) so that a stream accepted
+    // while its application closes cannot create a lane behind `close_app`'s back.
+    let lane = {
+        let mut st = lock(&inner.state);
+        if inner.app_sender(&app).is_none() {
+            None
+        } else {
+            Some(st.peers.get_mut(&node).map(|peer| {
+                let lane = inner.lane_of(&node, peer, &app);
+                (lane.ctl.clone(), lane.shared.clone())
+            }))
+        }
+    };
+    let Some(lane) = lane else {
         warn!(peer = %node, %app, "stream for unknown application refused");
         inner.metrics.stream_error("unknown_app");
         let _ = recv.stop(code(codes::STREAM_UNKNOWN_APP));
         let _ = send.reset(code(codes::STREAM_UNKNOWN_APP));
         return;
-    }
-    guard.set_app(&app);
-    let lane = {
-        let mut st = lock(&inner.state);
-        st.peers.get_mut(&node).map(|peer| {
-            let lane = inner.lane_of(&node, peer, &app);
-            (lane.ctl.clone(), lane.shared.clone())
-        })
     };
+    guard.set_app(&app);
     let Some((ctl, shared)) = lane else {
         let _ = recv.stop(code(codes::STREAM_CLOSED));
         let _ = send.reset(code(codes::STREAM_CLOSED));
@@ -1372,14 +1522,16 @@ async fn read_stream(
                 // Messages of a stream given up in a handover go first (see `gate`).
                 tokio::select! {
                     () = reader.shared.gate.wait(reader.id) => {}
+                    () = reader.shared.closed.wait() => break app_closed(&mut recv),
                     _ = conn.closed() => break ReadEnd::Lost,
                 }
-                // A stalled application must not pin a stream of a connection that is gone.
+                // A stalled application must not pin a stream of a connection that is gone
+                // or of an application that was closed.
                 tokio::select! {
                     sent = tx.send((node.clone(), msg)) => if sent.is_err() {
-                        let _ = recv.stop(code(codes::STREAM_APP_CLOSED));
-                        break ReadEnd::Stopped(codes::STREAM_APP_CLOSED);
+                        break app_closed(&mut recv);
                     },
+                    () = reader.shared.closed.wait() => break app_closed(&mut recv),
                     _ = conn.closed() => {
                         inner.metrics.send_error(app.as_str(), "undelivered", 1);
                         break ReadEnd::Lost;
@@ -1387,7 +1539,11 @@ async fn read_stream(
                 }
                 traffic.add(1, len);
             }
-            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
+            Ok(None) => match tokio::select! {
+                biased;
+                () = reader.shared.closed.wait() => break app_closed(&mut recv),
+                read = recv.read_chunk(64 * 1024, true) => read,
+            } {
                 Ok(Some(chunk)) => {
                     if buf.is_empty() {
                         buf = BytesMut::from(chunk.bytes);
@@ -1420,6 +1576,12 @@ async fn read_stream(
     drop(reader);
     debug!(peer = %node, %app, reader = reader_id, ?end, "stream reader ended");
     let _ = done.send((end, guard));
+}
+
+/// Stops reading a stream whose application was closed (here, or its receiver dropped).
+fn app_closed(recv: &mut RecvStream) -> ReadEnd {
+    let _ = recv.stop(code(codes::STREAM_APP_CLOSED));
+    ReadEnd::Stopped(codes::STREAM_APP_CLOSED)
 }
 
 /// Finishes a stream this side does not use, once the peer finished its half (so
@@ -1465,6 +1627,8 @@ enum Exit {
     PeerGone,
     /// The peer refused the stream.
     Refused(SendError),
+    /// The application was closed here or at the peer: reset every stream of the lane.
+    AppClosed,
 }
 
 /// Messages up to this size are copied into the writer's batch buffer.
@@ -1564,6 +1728,26 @@ impl Writer {
                     let _ = cur.send.reset(code(codes::STREAM_CLOSED));
                 }
             }
+            // Nothing of a closed application needs delivering: reset our halves (the
+            // peer's readers end and so do its lanes), stop our readers, leave the map.
+            Exit::AppClosed => {
+                debug!(peer = %self.peer, app = %self.app, "application closed, lane ends");
+                self.shared.closed.close();
+                let sends = self
+                    .cur
+                    .take()
+                    .map(|c| c.send)
+                    .into_iter()
+                    .chain(self.retiring.drain(..).filter_map(|r| r.send));
+                for mut send in sends {
+                    let _ = send.reset(code(codes::STREAM_APP_CLOSED));
+                }
+                *lock(&self.shared.failure) = Some(SendError::UnknownApplication {
+                    node: self.peer.clone(),
+                    app: self.app.clone(),
+                });
+                self.inner.remove_lane(&self.peer, &self.app, &self.shared);
+            }
         }
         if let Exit::Refused(err) = exit {
             let mut failure = lock(&self.shared.failure);
@@ -1587,6 +1771,7 @@ impl Writer {
         loop {
             tokio::select! {
                 biased;
+                () = self.shared.closed.wait() => return Exit::AppClosed,
                 ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
                 end = async {
                     match self.cur.as_mut() {
@@ -1648,8 +1833,16 @@ impl Writer {
                     tokio::spawn(finish_acked(cur.send, guard));
                 }
             }
+            ReadEnd::Stopped(codes::STREAM_APP_CLOSED) => {
+                self.cur = Some(cur);
+                return Err(Exit::AppClosed);
+            }
             ReadEnd::Stopped(c) => {
                 let _ = cur.send.reset(code(c));
+            }
+            ReadEnd::Reset(c) if c == u64::from(codes::STREAM_APP_CLOSED) => {
+                self.cur = Some(cur);
+                return Err(Exit::AppClosed);
             }
             ReadEnd::Reset(c) => {
                 let _ = cur.send.reset(code(codes::STREAM_CLOSED));
@@ -1812,6 +2005,7 @@ impl Writer {
                     return Err(Exit::PeerGone);
                 },
                 ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
+                () = self.shared.closed.wait() => return Err(Exit::AppClosed),
             }
         }
     }
@@ -1859,7 +2053,16 @@ impl Writer {
             cur.needs_init = false;
         }
         let payload = bytes - 4 * usize::try_from(count).unwrap_or(0);
-        match cur.send.write_all_chunks(&mut chunks).await {
+        // A write blocked by flow control (the peer's application stalls) must still see
+        // its application closed.
+        let written = tokio::select! {
+            w = cur.send.write_all_chunks(&mut chunks) => w,
+            () = self.shared.closed.wait() => {
+                self.inner.metrics.send_error(self.app.as_str(), "dropped", count);
+                return Err(Exit::AppClosed);
+            }
+        };
+        match written {
             Ok(()) => {
                 self.traffic.add(count, payload as u64);
                 Ok(())
@@ -1873,6 +2076,11 @@ impl Writer {
                     && c == code(codes::STREAM_UNKNOWN_APP)
                 {
                     return Err(self.refused(c.into_inner()));
+                }
+                if let WriteError::Stopped(c) = e
+                    && c == code(codes::STREAM_APP_CLOSED)
+                {
+                    return Err(Exit::AppClosed);
                 }
                 debug!(peer = %self.peer, app = %self.app, error = %e, "stream write failed");
                 Ok(())

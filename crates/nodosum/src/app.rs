@@ -259,12 +259,12 @@ impl Application {
 
 impl Drop for Application {
     fn drop(&mut self) {
-        // The transport receiver is dropped with `self`, so the name can be registered
-        // again at once.
-        self.sender
-            .shared
-            .node
-            .unregister_app(&self.sender.shared.app);
+        // Closing the application in the transport ends its streams and lanes to every
+        // peer (and theirs to us) and unregisters it, so the name can be registered again
+        // at once; messages still queued for it are dropped.
+        let shared = &self.sender.shared;
+        shared.node.unregister_app(&shared.app);
+        shared.node.quic.close_app(&shared.app);
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use nodosum::{Incoming, NodeId, Targets};
 
-use crate::util::{cluster, within};
+use crate::util::{cluster, eventually, within};
 
 async fn drain(app: &mut nodosum::Application, count: usize) -> Vec<(NodeId, Bytes)> {
     let mut out = Vec::with_capacity(count);
@@ -99,5 +99,44 @@ async fn twenty_nodes_all_broadcast() {
         }
         assert_eq!(from.len(), 19, "node {i} heard from {from:?}");
         assert!(!from.contains_key(nodes[i].id()), "no message to itself");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_opened_and_closed_repeatedly_leave_nothing_behind() {
+    let (_ca, nodes) = cluster(2).await;
+    let baseline = [nodes[0].transport_counts(), nodes[1].transport_counts()];
+    for round in 0..3 {
+        let mut rx: Vec<_> = (0..100)
+            .map(|i| {
+                nodes[0]
+                    .application(&format!("churn-{i}"))
+                    .expect("register")
+            })
+            .collect();
+        let tx: Vec<_> = (0..100)
+            .map(|i| {
+                nodes[1]
+                    .application(&format!("churn-{i}"))
+                    .expect("register")
+            })
+            .collect();
+        for app in &tx {
+            app.send(format!("round {round}"), nodes[0].id())
+                .await
+                .expect("send");
+        }
+        for app in &mut rx {
+            drain(app, 1).await;
+        }
+        drop(rx);
+        drop(tx);
+        eventually("stream and lane counts back at the baseline", || {
+            let now = [nodes[0].transport_counts(), nodes[1].transport_counts()];
+            now.iter()
+                .zip(&baseline)
+                .all(|(n, b)| n.streams == b.streams && n.lanes == b.lanes)
+        })
+        .await;
     }
 }
