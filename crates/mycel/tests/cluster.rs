@@ -588,3 +588,34 @@ async fn freeze_pauses_migrations_until_thawed() {
         assert!(text.contains(name), "{name} missing from metrics");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_that_restarts_rejoins_without_losing_or_resurrecting() {
+    let _serial = SERIAL.lock().await;
+    let (ca, mut nodes) = cluster(3).await;
+    let mut acked = write_keys(&nodes.refs(), 200, 0).await;
+    // A key deleted while the node is away must stay deleted after it is back.
+    nodes[0]
+        .set(BUCKET, "doomed", "x", SetOptions::default())
+        .await
+        .expect("set");
+    let killed = nodes.pop().expect("three nodes");
+    drop(killed);
+    converged(&nodes.refs()).await;
+    for (i, v) in write_keys(&nodes.refs(), 100, 1).await {
+        acked.insert(i, v);
+    }
+    assert!(nodes[1].delete(BUCKET, "doomed").await.expect("delete"));
+    // The same node ID comes back with an empty store and a new start time.
+    let back = start(&ca, "node-3", &[&nodes[0]]).await;
+    nodes.push(back);
+    converged(&nodes.refs()).await;
+    assert!(
+        nodes[2].status().replicas > 0,
+        "the restarted node holds data again"
+    );
+    assert_readable(&nodes.refs(), &acked).await;
+    for node in &nodes {
+        assert_eq!(node.get(BUCKET, "doomed").await.expect("get"), None);
+    }
+}
