@@ -69,10 +69,14 @@
 //!
 //! Not a consensus system: membership is SWIM's, the authority is the oldest member, and
 //! two authorities that cannot see each other may publish the same epoch (nodes then keep
-//! their table and the next epoch settles it). Nodes must join each other within the
-//! stabilisation window of starting, or a lone node publishes a table of its own. `mset`
-//! is atomic per primary, not across primaries. A partition's copy on a node that is no
-//! longer its replica is kept until released (or evicted by the byte budget).
+//! their table and the next epoch settles it). A starting node must hear of the cluster
+//! within [`ClusterConfig::bootstrap_delay`], or it publishes a one-node table of its own
+//! (two such lineages do not merge their data). While a partition moves, its new primary
+//! answers `Syncing` until the transfer completes (writes to that partition pause
+//! briefly; they are not forwarded to the old owner). A node that missed an epoch
+//! refetches every partition it replicates rather than trust its copy. `mset` is atomic
+//! per primary, not across primaries. A partition's copy on a node that is no longer its
+//! replica is kept until released (or evicted by the byte budget).
 
 mod metrics;
 mod state;
