@@ -170,7 +170,24 @@ impl State {
                 candidates.extend(ids(sender_previous, p));
                 candidates.extend(new_set.iter().cloned());
                 candidates.remove(&me);
+                // Taking over as primary from a node that may still be alive: fetch from
+                // it first. It installs the new table before it snapshots, so it stops
+                // serving, and any write it applied but could not replicate is merged
+                // here rather than left behind on it alone.
+                let old_primaries: BTreeSet<NodeId> = [prev.as_deref(), bridge]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|t| t.primary(p).map(|m| m.id.clone()))
+                    .filter(|id| *id != me)
+                    .collect();
+                let takeover = new.role(&me, p) == Role::Primary && !old_primaries.is_empty();
                 match state {
+                    PartSync::Synced if was && takeover => {
+                        *state = PartSync::Pending {
+                            sources: old_primaries,
+                            done: BTreeSet::new(),
+                        };
+                    }
                     PartSync::Synced if was => {}
                     PartSync::Pending { sources, .. } => sources.extend(candidates),
                     _ => {
@@ -854,6 +871,44 @@ mod tests {
             .expect("valid");
         let (_, replica, synced) = c.replica_counts();
         assert_eq!((replica, synced), (16, 16));
+    }
+
+    #[test]
+    fn a_promoted_backup_fetches_from_the_old_primary_while_it_lives() {
+        let t1 = table(1, &["a", "b"]);
+        // Partitions where b was primary and a its backup.
+        let taken: Vec<Partition> = parts()
+            .iter()
+            .filter(|&p| t1.role(&id("b"), p) == Role::Primary)
+            .collect();
+        assert!(!taken.is_empty());
+        for b_alive in [true, false] {
+            let mut a = state("a");
+            a.install(t1.clone(), None).expect("valid");
+            a.alive.insert(id("b"));
+            a.poll_sync();
+            a.fetch_done(&id("b"), &taken);
+            for p in parts().iter() {
+                if let Some(PartSync::Pending { .. }) = a.sync.get(p.index()) {
+                    a.fetch_done(&id("b"), &[p]);
+                }
+            }
+            a.poll_sync();
+            assert_eq!(a.replica_counts(), (16 - taken.len(), 16, 16));
+            // b leaves the table: a takes b's primaries over.
+            if !b_alive {
+                a.alive.remove(&id("b"));
+            }
+            a.install(table(2, &["a"]), None).expect("valid");
+            let work = a.poll_sync();
+            if b_alive {
+                assert_eq!(work.fetch.get(&id("b")), Some(&taken));
+                assert_eq!(a.replica_counts(), (16, 16, 16 - taken.len()));
+            } else {
+                // Nothing alive to fetch from: the backup's copy is complete.
+                assert_eq!(a.replica_counts(), (16, 16, 16));
+            }
+        }
     }
 
     #[test]
