@@ -47,7 +47,7 @@ fn health_ready_members_partitions() {
 
 #[test]
 fn metrics_count_commands_keys_and_memory() {
-    let s = Server::start(&["--max-memory", "64mb"]);
+    let s = Server::standalone(&["--max-memory", "64mb"]);
     assert_eq!(s.cli(&["SET", "k", "v"]), "OK");
     assert_eq!(s.cli(&["GET", "k"]), "\"v\"");
     assert_eq!(
@@ -69,4 +69,45 @@ fn metrics_count_commands_keys_and_memory() {
     ] {
         assert!(body.contains(want), "{want:?} missing from:\n{body}");
     }
+}
+
+#[test]
+fn cluster_mode_exports_node_metrics_and_refuses_what_it_cannot_do() {
+    let s = Server::start(&["--max-memory", "64mb"]);
+    assert_eq!(s.cli(&["SET", "k", "v"]), "OK");
+    let (status, body) = s.http("GET", "/metrics");
+    assert_eq!(status, 200);
+    for want in [
+        "mycel_commands_total{command=\"set\"} 1",
+        // The node's registry: gossip, transport and the cluster layer.
+        "nodosum_",
+        "nodosum_mycel_table_epoch 1",
+        "nodosum_mycel_partitions_primary ",
+    ] {
+        assert!(body.contains(want), "{want:?} missing from:\n{body}");
+    }
+    assert_eq!(body.matches("# EOF").count(), 1, "{body}");
+    // Store figures the cluster layer does not expose are not made up.
+    assert!(!body.contains("mycel_memory_used_bytes"), "{body}");
+
+    let info = s.cli(&["INFO"]);
+    for want in [
+        "mycel_mode:cluster",
+        "mycel_members:1",
+        "mycel_ready:1",
+        "maxmemory:67108864",
+        "db0:keys=1",
+    ] {
+        assert!(info.contains(want), "{want:?} missing from INFO:\n{info}");
+    }
+    let epoch_line = info
+        .lines()
+        .find(|l| l.starts_with("mycel_epoch:"))
+        .expect("epoch in INFO");
+    assert_ne!(epoch_line, "mycel_epoch:0");
+    assert_eq!(
+        s.cli(&["MYCEL.BUCKET", "sessions", "CREATE"]),
+        "(error) ERR MYCEL.BUCKET CREATE is not supported in cluster mode: declare buckets in the config file of every node"
+    );
+    assert_eq!(s.cli(&["MYCEL.BUCKET", "default"]), "OK");
 }

@@ -137,6 +137,24 @@ fn del_exists_dbsize_flushdb() {
     assert_eq!(s.cli(&["DEL", "a", "b", "nope"]), "(integer) 2");
     assert_eq!(s.cli(&["EXISTS", "a"]), "(integer) 0");
     assert_eq!(s.cli(&["DBSIZE"]), "(integer) 1");
+    // A cluster has no cluster-wide flush: a clear error, and nothing deleted.
+    assert_eq!(
+        s.cli(&["FLUSHDB"]),
+        "(error) ERR FLUSHDB is not supported in cluster mode (delete keys one by one)"
+    );
+    assert_eq!(s.cli(&["DBSIZE"]), "(integer) 1");
+    assert_eq!(s.cli(&["SELECT", "0"]), "OK");
+    assert_eq!(
+        s.cli(&["SELECT", "1"]),
+        "(error) ERR DB index is out of range"
+    );
+}
+
+#[test]
+fn flushdb_in_standalone_mode() {
+    let s = Server::standalone(&[]);
+    assert_eq!(s.cli(&["MSET", "a", "1", "b", "2", "c", "3"]), "OK");
+    assert_eq!(s.cli(&["DBSIZE"]), "(integer) 3");
     assert_eq!(s.cli(&["FLUSHDB"]), "OK");
     assert_eq!(s.cli(&["DBSIZE"]), "(integer) 0");
     assert_eq!(s.cli(&["SELECT", "0"]), "OK");
@@ -173,7 +191,7 @@ fn hello_client_config_command() {
 
 #[test]
 fn info_has_the_documented_sections() {
-    let s = Server::start(&["--max-memory", "64mb"]);
+    let s = Server::standalone(&["--max-memory", "64mb"]);
     assert_eq!(s.cli(&["SET", "k", "v", "EX", "100"]), "OK");
     assert_eq!(s.cli(&["SET", "j", "v"]), "OK");
     let out = redis_cli_raw(&s, &["INFO"]);
@@ -238,7 +256,7 @@ fn unknown_command_and_wrong_arity_use_redis_wording() {
 
 #[test]
 fn buckets_are_separate_keyspaces() {
-    let s = Server::start(&[]);
+    let s = Server::standalone(&[]);
     let out = s.cli_session(
         "MYCEL.BUCKET\nSET k default-value\nMYCEL.BUCKET sessions CREATE PX 100000\nMYCEL.BUCKET\nGET k\nSET k session-value\nTTL k\nMYCEL.BUCKET default\nGET k\nMYCEL.BUCKET nope\n",
     );

@@ -14,21 +14,33 @@ pub(crate) fn mycel() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mycel"))
 }
 
-/// A running `mycel --dev` on ephemeral loopback ports; killed on drop.
+/// A running `mycel --dev` on ephemeral loopback ports (a one-node cluster unless started
+/// with `--standalone`); killed on drop.
 pub(crate) struct Server {
     child: Child,
     pub(crate) resp: SocketAddr,
     pub(crate) admin: SocketAddr,
     pub(crate) node_id: String,
+    /// The gossip address the node bound (what others use as `--seed`).
+    pub(crate) gossip: SocketAddr,
 }
 
 impl Server {
-    /// Starts `mycel --dev` on 127.0.0.1:0 (RESP and admin) with `extra` flags and waits
-    /// for its ready line.
+    /// Starts `mycel --dev` on 127.0.0.1:0 (RESP, admin, gossip and QUIC) with `extra`
+    /// flags and waits for its ready line: a one-node cluster with its routing table.
     pub(crate) fn start(extra: &[&str]) -> Self {
+        Self::spawn(&[&["--gossip", "127.0.0.1:0", "--quic", "127.0.0.1:0"], extra].concat())
+    }
+
+    /// Starts `mycel --dev --standalone` (no gossip, no QUIC) with `extra` flags.
+    pub(crate) fn standalone(extra: &[&str]) -> Self {
+        Self::spawn(&[&["--standalone"], extra].concat())
+    }
+
+    fn spawn(args: &[&str]) -> Self {
         let mut child = mycel()
             .args(["--dev", "--resp", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            .args(extra)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -57,6 +69,7 @@ impl Server {
             resp: field("resp").parse().expect("resp address"),
             admin: field("admin").parse().expect("admin address"),
             node_id: field("node_id"),
+            gossip: field("gossip").parse().expect("gossip address"),
             child,
         }
     }
@@ -142,6 +155,34 @@ impl Server {
             .map(|(_, b)| b.to_owned())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// `redis-cli` with `args`, without asserting success: its stdout (trimmed) or, when it
+    /// printed nothing there, its stderr. For polling while a cluster settles.
+    pub(crate) fn try_cli(&self, args: &[&str]) -> String {
+        let out = redis_cli()
+            .args([
+                "--no-raw",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.resp.port().to_string(),
+            ])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        let text = if out.stdout.is_empty() {
+            out.stderr
+        } else {
+            out.stdout
+        };
+        String::from_utf8_lossy(&text).trim_end().to_owned()
+    }
+
+    /// Kills the process at once (SIGKILL): no leave, no drain.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits for the exit, failing after [`GUARD`].

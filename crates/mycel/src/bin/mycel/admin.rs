@@ -30,94 +30,188 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
 }
 
 async fn health(State(s): State<Arc<Shared>>) -> Response {
-    if s.is_serving() {
-        json_response(
-            StatusCode::OK,
-            &json!({
-                "status": "ok",
-                "node_id": s.node.id,
-                "mode": s.mycel.mode().as_str(),
-                "uptime_seconds": s.started.elapsed().as_secs(),
-            }),
-        )
-    } else {
+    let unavailable = |reason: &str| {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "status": "unavailable", "reason": "not serving (starting or shutting down)" }),
+            &json!({ "status": "unavailable", "reason": reason }),
         )
+    };
+    if !s.is_serving() {
+        return unavailable("not serving (starting or shutting down)");
     }
+    let mut body = json!({
+        "status": "ok",
+        "node_id": s.node.id,
+        "mode": s.mycel.mode().as_str(),
+        "uptime_seconds": s.started.elapsed().as_secs(),
+    });
+    if let Some(c) = s.mycel.cluster() {
+        let status = c.status();
+        if status.epoch == 0 {
+            return unavailable("no routing table yet: the cluster is forming");
+        }
+        let health = c.node().health();
+        body["epoch"] = json!(status.epoch);
+        body["health_score"] = json!(health.health_score);
+        body["connected_peers"] = json!(health.connected_peers);
+    }
+    json_response(StatusCode::OK, &body)
 }
 
 async fn ready(State(s): State<Arc<Shared>>) -> Response {
-    // A standalone node holds every partition itself, so its partitions are always in
-    // sync; it is ready whenever it serves.
     let maintenance = s.in_maintenance();
-    if s.is_serving() {
-        json_response(
-            StatusCode::OK,
-            &json!({
-                "ready": true,
-                "partitions_in_sync": true,
-                "maintenance": maintenance,
-            }),
-        )
-    } else {
-        json_response(
+    if !s.is_serving() {
+        return json_response(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({
                 "ready": false,
                 "reason": "not serving (starting or shutting down)",
                 "maintenance": maintenance,
             }),
-        )
+        );
     }
+    let Some(c) = s.mycel.cluster() else {
+        // A standalone node holds every partition itself, so its partitions are always
+        // in sync; it is ready whenever it serves.
+        return json_response(
+            StatusCode::OK,
+            &json!({ "ready": true, "partitions_in_sync": true, "maintenance": maintenance }),
+        );
+    };
+    let st = c.status();
+    let body = json!({
+        "ready": st.ready,
+        "partitions_in_sync": st.ready,
+        "epoch": st.epoch,
+        "replicated": st.replicas,
+        "synced": st.synced,
+        "awaiting_release": st.awaiting_release,
+        "maintenance": maintenance,
+    });
+    let code = if st.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, &body)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut out, b| {
+        let _ = write!(out, "{b:02x}");
+        out
+    })
 }
 
 async fn members(State(s): State<Arc<Shared>>) -> Response {
     let n = &s.node;
-    json_response(
-        StatusCode::OK,
-        &json!([{
-            "id": n.id,
-            "state": "alive",
-            "gossip_addr": n.gossip_addr.to_string(),
-            "quic_addr": n.quic_addr.to_string(),
-            "incarnation": 0,
-            "metadata": {
-                "resp": n.resp_addr.to_string(),
-                "admin": n.admin_addr.to_string(),
-                "mode": s.mycel.mode().as_str(),
-            },
-        }]),
-    )
+    let Some(c) = s.mycel.cluster() else {
+        return json_response(
+            StatusCode::OK,
+            &json!([{
+                "id": n.id,
+                "state": "alive",
+                "gossip_addr": n.gossip_addr.to_string(),
+                "quic_addr": n.quic_addr.to_string(),
+                "incarnation": 0,
+                "metadata": {
+                    "resp": n.resp_addr.to_string(),
+                    "admin": n.admin_addr.to_string(),
+                    "mode": s.mycel.mode().as_str(),
+                },
+            }]),
+        );
+    };
+    let list: Vec<Value> = c
+        .node()
+        .members()
+        .into_iter()
+        .map(|(m, state)| {
+            let state = match state {
+                nodosum::MemberState::Alive => "alive",
+                nodosum::MemberState::Suspect => "suspect",
+                nodosum::MemberState::Failed => "failed",
+                nodosum::MemberState::Left => "left",
+            };
+            let quic = std::net::SocketAddr::new(m.gossip_addr.ip(), m.quic_port);
+            let meta = m.metadata.as_bytes();
+            json!({
+                "id": m.id.as_str(),
+                "state": state,
+                "gossip_addr": m.gossip_addr.to_string(),
+                "quic_addr": quic.to_string(),
+                "incarnation": m.incarnation,
+                // The cluster layer's own encoding (start time, weight, partitioning,
+                // leaving/frozen flags), shown as bytes.
+                "metadata": { "len": meta.len(), "hex": hex(meta) },
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &Value::Array(list))
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    match s.mycel.stats().await {
-        Ok(stats) => (
-            StatusCode::OK,
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            s.metrics.render(&stats),
-        )
-            .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
+    let text = match s.mycel.cluster() {
+        Some(c) => {
+            // Two expositions in one body: drop the first one's end marker.
+            let own = s.metrics.render(None);
+            let own = own.trim_end().strip_suffix("# EOF").unwrap_or(&own);
+            format!("{own}{}", c.node().metrics_text())
+        }
+        None => match s.mycel.stats().await {
+            Ok(stats) => s.metrics.render(Some(&stats)),
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        },
+    };
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn partitions(State(s): State<Arc<Shared>>) -> Response {
     let n = &s.node;
+    let Some(c) = s.mycel.cluster() else {
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "epoch": 1,
+                "partitions": n.partitions,
+                "replicas": n.replicas,
+                "maintenance": s.in_maintenance(),
+                "moving": 0,
+                "nodes": { n.id.clone(): { "primary": n.partitions, "backup": 0 } },
+            }),
+        );
+    };
+    let st = c.status();
+    // The cluster layer reports this node's counts; the others' are on their own
+    // /partitions.
     json_response(
         StatusCode::OK,
         &json!({
-            "epoch": 1,
+            "epoch": st.epoch,
             "partitions": n.partitions,
             "replicas": n.replicas,
             "maintenance": s.in_maintenance(),
-            "moving": 0,
-            "nodes": { n.id.clone(): { "primary": n.partitions, "backup": 0 } },
+            "moving": st.replicas.saturating_sub(st.synced) + st.awaiting_release,
+            "table_members": st.members.iter().map(mycel::NodeId::as_str).collect::<Vec<_>>(),
+            "alive": st.alive.iter().map(mycel::NodeId::as_str).collect::<Vec<_>>(),
+            "nodes": {
+                n.id.clone(): {
+                    "primary": st.primaries,
+                    "backup": st.replicas.saturating_sub(st.primaries),
+                    "synced": st.synced,
+                    "awaiting_release": st.awaiting_release,
+                },
+            },
+            "ready": st.ready,
         }),
     )
 }
@@ -139,6 +233,14 @@ async fn maintenance(State(s): State<Arc<Shared>>, Query(q): Query<MaintenanceQu
             );
         }
     };
+    if let Some(c) = s.mycel.cluster()
+        && let Err(e) = c.set_frozen(freeze)
+    {
+        return json_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({ "error": e.to_string() }),
+        );
+    }
     let was = s.maintenance.swap(freeze, Ordering::AcqRel);
     if was != freeze {
         tracing::info!(freeze, "maintenance mode changed");

@@ -14,11 +14,17 @@ use serde::Deserialize;
 
 const EXAMPLES: &str = "\
 Examples:
-  # A single node on loopback with built-in defaults, then talk to it:
+  # A one-node cluster on loopback with built-in defaults, then talk to it:
   mycel --dev
   redis-cli -p 6379 SET greeting hello
   redis-cli -p 6379 GET greeting
   curl http://127.0.0.1:9090/health
+
+  # Two more nodes joining it on this machine (or run `cargo xtask cluster`):
+  mycel --dev --node-id node-2 --gossip 127.0.0.1:7969 --quic 127.0.0.1:7970 \\
+        --resp 127.0.0.1:7379 --admin 127.0.0.1:9190 --seed 127.0.0.1:6969
+  mycel --dev --node-id node-3 --gossip 127.0.0.1:8969 --quic 127.0.0.1:8970 \\
+        --resp 127.0.0.1:8379 --admin 127.0.0.1:9290 --seed 127.0.0.1:6969
 
   # Different ports, a 2 GiB budget, debug logs as JSON:
   mycel --dev --resp 127.0.0.1:7000 --admin 127.0.0.1:9100 --max-memory 2gb -v --log-format json
@@ -28,13 +34,16 @@ Examples:
         --ca ca.pem --cert node-1.pem --key node-1-key.pem --gossip-key /etc/mycel/gossip.key \\
         --seed 10.0.0.2:6969 --seed 10.0.0.3:6969 --replicas 2
 
+Any node serves any key: it forwards the command to the key's primary, which replicates
+writes to --replicas - 1 backups before answering. --standalone serves a single node
+without gossip or QUIC (and adds FLUSHDB and MYCEL.BUCKET ... CREATE, which a cluster
+does not offer).
+
 Buckets: plain Redis clients use the bucket \"default\". `MYCEL.BUCKET name` switches the
 connection to another bucket, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a
-default TTL), `MYCEL.BUCKET` shows the current one. Buckets can also be declared in the
-config file ([[buckets]] name = \"sessions\", default_ttl_ms = 60000).
-
-This build serves as a single node: cluster settings are validated, and replication over
-Nodosum will use them once cluster mode lands.";
+default TTL; --standalone only), `MYCEL.BUCKET` shows the current one. Buckets can also be
+declared in the config file ([[buckets]] name = \"sessions\", default_ttl_ms = 60000), the
+same on every node of a cluster.";
 
 /// Mycel: a Redis-compatible in-memory cache server.
 #[derive(Debug, Parser)]
@@ -44,6 +53,9 @@ pub(crate) struct Cli {
     /// and RESP port, development certificates; needs nothing prepared on disk.
     #[arg(long)]
     pub(crate) dev: bool,
+    /// Serve as a single node without gossip or QUIC: no cluster settings are used.
+    #[arg(long)]
+    pub(crate) standalone: bool,
     /// TOML file with the same settings as these flags (snake_case keys); flags win.
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
@@ -123,6 +135,7 @@ pub(crate) struct Cli {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     dev: Option<bool>,
+    standalone: Option<bool>,
     node_id: Option<String>,
     cluster: Option<String>,
     gossip: Option<String>,
@@ -193,11 +206,13 @@ impl fmt::Display for Problem {
 pub(crate) struct Settings {
     /// `--dev`.
     pub(crate) dev: bool,
+    /// `--standalone`: no gossip, no QUIC, the local backend.
+    pub(crate) standalone: bool,
     /// RESP listen address.
     pub(crate) resp: SocketAddr,
     /// Admin listen address.
     pub(crate) admin: SocketAddr,
-    /// The cluster layer's configuration (validated; used once cluster mode exists).
+    /// The nodosum node's configuration (validated; unused with `--standalone`).
     pub(crate) nodosum: nodosum::Config,
     /// Mycel's configuration.
     pub(crate) mycel: mycel::Config,
@@ -210,7 +225,7 @@ pub(crate) struct Settings {
     /// Whether the node ID was derived from the hostname and RESP port (`--dev` without
     /// `--node-id`); with RESP port 0 it is derived again from the bound port.
     pub(crate) auto_node_id: bool,
-    /// Cluster-only settings the user gave, which this single-node build does not act on.
+    /// Cluster-only settings the user gave, which `--standalone` does not act on.
     pub(crate) cluster_only: Vec<&'static str>,
 }
 
@@ -271,6 +286,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         },
     };
     let dev = cli.dev || file.dev.unwrap_or(false);
+    let standalone = cli.standalone || file.standalone.unwrap_or(false);
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
     let default_ip = if dev { loopback } else { any };
@@ -541,6 +557,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
     match nodosum {
         Some(nodosum) if p.0.is_empty() => Ok(Settings {
             dev,
+            standalone,
             resp,
             admin,
             nodosum,

@@ -11,9 +11,13 @@
 //! bucket. Buckets may also be declared in the config file (`[[buckets]]`). `DBSIZE`,
 //! `INFO keyspace` and `FLUSHDB` cover every bucket.
 //!
-//! This build serves as a single node ([`mycel::Mycel::standalone`]); the cluster flags are
-//! parsed and validated into a `nodosum::Config` so that switching the backend to
-//! `Mycel::start(node, config)` changes nothing in front of it.
+//! Every node is a cluster member: the flags build a `nodosum::Config`, the node starts
+//! (gossip on `--gossip`, QUIC on `--quic`, seeds from `--seed` or discovery, the
+//! development CA with `--dev`) and the handle runs on it ([`mycel::Mycel::start`], with
+//! `--replicas` copies of each partition). `--dev` alone is a one-node cluster that others
+//! can join. `--standalone` serves a single node without networking
+//! ([`mycel::Mycel::standalone`]). SIGINT/SIGTERM hand this node's partitions off
+//! (`leave`), then shut the node down and exit 0; a second signal exits at once.
 
 // A server binary talks to its terminal: the ready line and configuration problems.
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "binary output")]
@@ -32,7 +36,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Parser;
-use mycel::Mycel;
+use mycel::{BucketOptions, ClusterConfig, Mycel};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -44,6 +48,13 @@ use crate::state::{NodeInfo, Shared};
 
 /// How long shutdown waits for connections to finish their in-flight replies.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a graceful leave may take to hand this node's partitions off.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long start-up waits for the first routing table before announcing itself anyway
+/// (commands then wait for the table themselves, bounded by the operation timeout).
+const TABLE_WAIT: Duration = Duration::from_secs(30);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -112,22 +123,13 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 async fn run(mut settings: Settings) -> Result<(), String> {
-    if !settings.cluster_only.is_empty() {
+    if settings.standalone && !settings.cluster_only.is_empty() {
         tracing::warn!(
             settings = %settings.cluster_only.join(", "),
-            "this build serves as a single node: cluster settings were validated but are not used yet"
+            "--standalone: cluster settings were validated but are not used"
         );
     }
     let mut signals = Signals::install()?;
-    let mycel = Mycel::standalone(settings.mycel.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    for (name, options) in &settings.buckets {
-        mycel
-            .create_bucket(name, options.clone())
-            .await
-            .map_err(|e| format!("bucket {name:?}: {e}"))?;
-    }
 
     let resp_listener = bind("--resp", settings.resp).await?;
     let admin_listener = bind("--admin", settings.admin).await?;
@@ -140,6 +142,22 @@ async fn run(mut settings: Settings) -> Result<(), String> {
             Err(e) => tracing::warn!(error = %e, "keeping the node ID derived before binding"),
         }
     }
+    let mycel = if settings.standalone {
+        start_standalone(&settings).await?
+    } else {
+        start_cluster(&settings).await?
+    };
+    let (gossip_addr, quic_addr) = match mycel.cluster() {
+        Some(c) => (c.node().gossip_addr(), c.node().quic_addr()),
+        None => (
+            settings
+                .nodosum
+                .gossip
+                .advertise
+                .unwrap_or(settings.nodosum.gossip.bind),
+            settings.nodosum.quic.bind,
+        ),
+    };
     let store = &settings.mycel.store;
     let limits = RequestLimits {
         // A value longer than the store accepts is refused by the parser already, before
@@ -150,12 +168,8 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     let node = NodeInfo {
         id: settings.nodosum.node_id.as_str().to_owned(),
         cluster: settings.nodosum.cluster.clone(),
-        gossip_addr: settings
-            .nodosum
-            .gossip
-            .advertise
-            .unwrap_or(settings.nodosum.gossip.bind),
-        quic_addr: settings.nodosum.quic.bind,
+        gossip_addr,
+        quic_addr,
         resp_addr,
         admin_addr,
         replicas: settings.mycel.replication_factor,
@@ -178,6 +192,21 @@ async fn run(mut settings: Settings) -> Result<(), String> {
             })
             .into_future(),
     );
+    if let Some(c) = shared.mycel.cluster() {
+        // Announce readiness once the node can route (the first routing table): scripts
+        // and tests that wait for the ready line can send commands at once.
+        let start = tokio::time::Instant::now();
+        while c.status().epoch == 0 {
+            if start.elapsed() >= TABLE_WAIT {
+                tracing::warn!(
+                    waited = ?TABLE_WAIT,
+                    "no routing table yet; serving anyway (commands wait for it)"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     shared.serving.store(true, Ordering::Release);
     tracing::info!(
         node_id = %shared.node.id,
@@ -189,8 +218,11 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     );
     // One machine-readable line for scripts and tests that start on port 0.
     println!(
-        "mycel ready resp={resp_addr} admin={admin_addr} node_id={}",
-        shared.node.id
+        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={} gossip={} quic={}",
+        shared.node.id,
+        shared.mycel.mode().as_str(),
+        shared.node.gossip_addr,
+        shared.node.quic_addr,
     );
     let _ = std::io::stdout().flush();
 
@@ -204,6 +236,15 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         eprintln!("mycel: second signal, exiting now");
         std::process::exit(130);
     });
+    if shared.mycel.cluster().is_some() {
+        // Hand the partitions off while connections are still served (their commands go
+        // to the new owners), then stop serving.
+        tracing::info!("leaving the cluster: handing partitions off");
+        match shared.mycel.leave(LEAVE_TIMEOUT).await {
+            Ok(()) => tracing::info!("hand-off complete"),
+            Err(e) => tracing::warn!(error = %e, "leaving incompletely; stopping anyway"),
+        }
+    }
     let _ = shutdown_tx.send(true);
     if let Err(e) = resp_task.await {
         tracing::warn!(error = %e, "RESP listener task failed");
@@ -214,9 +255,84 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         Ok(Err(e)) => tracing::warn!(error = %e, "admin server task failed"),
         Err(_) => tracing::warn!("admin server did not stop in time"),
     }
+    // Connections and the admin API are done: the last other handle goes with `shared`.
+    drop(shared);
     mycel.shutdown(DRAIN_TIMEOUT).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The standalone backend with the configured buckets.
+async fn start_standalone(settings: &Settings) -> Result<Mycel, String> {
+    let mycel = Mycel::standalone(settings.mycel.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    for (name, options) in &settings.buckets {
+        mycel
+            .create_bucket(name, options.clone())
+            .await
+            .map_err(|e| format!("bucket {name:?}: {e}"))?;
+    }
+    Ok(mycel)
+}
+
+/// Starts the nodosum node and the cluster backend on it.
+async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
+    let mut config = ClusterConfig {
+        mycel: settings.mycel.clone(),
+        ..ClusterConfig::default()
+    };
+    config.buckets = std::iter::once((mycel::DEFAULT_BUCKET.to_owned(), BucketOptions::default()))
+        .chain(settings.buckets.iter().cloned())
+        .collect();
+    // One value, its key and a transfer page must fit in one nodosum message: raise the
+    // message limit to the configured value size rather than refuse big values.
+    let store = &config.mycel.store;
+    let largest = settings
+        .buckets
+        .iter()
+        .filter_map(|(_, o)| o.max_value_len)
+        .fold(store.max_value_len, usize::max)
+        .saturating_add(store.max_key_len)
+        .saturating_add(config.page_bytes)
+        .saturating_add(4096);
+    let mut node_config = settings.nodosum.clone();
+    let message_size = node_config.limits.max_message_size.max(largest);
+    node_config.limits.max_message_size = message_size;
+    config.max_message_size = message_size;
+    let discovery = &node_config.discovery;
+    let seeds: Vec<SocketAddr> = discovery
+        .static_seeds
+        .as_ref()
+        .map(|s| s.seeds.iter().filter_map(|a| a.parse().ok()).collect())
+        .unwrap_or_default();
+    let finds_peers =
+        discovery.static_seeds.is_some() || discovery.dns.is_some() || discovery.consul.is_some();
+    if !finds_peers {
+        // Nothing to join: this node founds the cluster, so it need not wait to learn of
+        // an existing one before publishing its routing table. Others may join it later.
+        config.bootstrap_delay = Duration::ZERO;
+    }
+    let (gossip, quic) = (node_config.gossip.bind, node_config.quic.bind);
+    let node = nodosum::Node::start(node_config)
+        .await
+        .map_err(|e| match e {
+            nodosum::Error::Gossip { .. } => format!("--gossip {gossip}: {e}"),
+            nodosum::Error::Quic { .. } => format!("--quic {quic}: {e}"),
+            e => format!("starting the node: {e}"),
+        })?;
+    if !seeds.is_empty() {
+        // Static discovery joins them too; joining at once saves its first round.
+        node.join(seeds);
+    }
+    tracing::info!(
+        node_id = %node.id(),
+        gossip = %node.gossip_addr(),
+        quic = %node.quic_addr(),
+        replicas = config.mycel.replication_factor,
+        "node started"
+    );
+    Mycel::start(node, config).await.map_err(|e| e.to_string())
 }
 
 /// Accepts RESP clients until shutdown, then waits (bounded) for open connections to

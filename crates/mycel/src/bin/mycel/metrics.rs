@@ -42,7 +42,10 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The server's series; the store's (`keys`, `memory_*`, ...) only with `store`, i.e.
+    /// for the standalone backend (in cluster mode the cluster layer exports its own in the
+    /// node's registry).
+    pub(crate) fn new(store: bool) -> Self {
         let mut registry = Registry::with_prefix("mycel");
         let m = Self {
             commands: Family::default(),
@@ -76,6 +79,9 @@ impl Metrics {
             "Client connections open",
             m.connections.clone(),
         );
+        if !store {
+            return Self { registry, ..m };
+        }
         registry.register("keys", "Live keys held", m.keys.clone());
         registry.register(
             "keys_with_ttl",
@@ -105,8 +111,18 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// The Prometheus text exposition, with store figures from `stats`.
-    pub(crate) fn render(&self, stats: &Stats) -> String {
+    /// The Prometheus text exposition, with store figures from `stats` (standalone).
+    pub(crate) fn render(&self, stats: Option<&Stats>) -> String {
+        if let Some(stats) = stats {
+            self.sample(stats);
+        }
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+
+    fn sample(&self, stats: &Stats) {
         self.keys.set(i64::try_from(stats.keys).unwrap_or(i64::MAX));
         self.expires
             .set(i64::try_from(stats.expires).unwrap_or(i64::MAX));
@@ -124,9 +140,5 @@ impl Metrics {
                 .inc_by(stats.expired.saturating_sub(seen.1));
             *seen = (seen.0.max(stats.evicted), seen.1.max(stats.expired));
         }
-        let mut text = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
     }
 }

@@ -17,9 +17,9 @@ pub(crate) struct NodeInfo {
     pub(crate) id: String,
     /// The cluster's name.
     pub(crate) cluster: String,
-    /// Gossip address (configured; not bound until cluster mode exists).
+    /// Gossip address: bound by the node in cluster mode, as configured with --standalone.
     pub(crate) gossip_addr: SocketAddr,
-    /// QUIC address (configured; not bound until cluster mode exists).
+    /// QUIC address: bound by the node in cluster mode, as configured with --standalone.
     pub(crate) quic_addr: SocketAddr,
     /// The bound RESP address.
     pub(crate) resp_addr: SocketAddr,
@@ -58,9 +58,9 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(mycel: Mycel, node: NodeInfo, limits: RequestLimits) -> Self {
         Self {
+            metrics: Metrics::new(mycel.cluster().is_none()),
             mycel,
             node,
-            metrics: Metrics::new(),
             limits,
             started: Instant::now(),
             serving: AtomicBool::new(false),

@@ -171,7 +171,12 @@ pub(crate) async fn execute(
             .len()
             .await
             .map(|n| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
-        Command::FlushDb => m.flush().await.map(|()| OK),
+        Command::FlushDb => match m.flush().await {
+            Err(Error::Unsupported { .. }) => Ok(Frame::err(
+                "FLUSHDB is not supported in cluster mode (delete keys one by one)",
+            )),
+            r => r.map(|()| OK),
+        },
         Command::Select(0) => Ok(OK),
         Command::Select(_) => Ok(Frame::err("DB index is out of range")),
         Command::Info(sections) => info(shared, &sections).await.map(Frame::Bulk),
@@ -273,7 +278,14 @@ async fn bucket(
                 default_ttl: ttl.map(Duration::from_millis),
                 ..BucketOptions::default()
             };
-            shared.mycel.create_bucket(name, options).await?
+            match shared.mycel.create_bucket(name, options).await {
+                Err(Error::Unsupported { .. }) => {
+                    return Ok(Frame::err(
+                        "MYCEL.BUCKET CREATE is not supported in cluster mode: declare buckets in the config file of every node",
+                    ));
+                }
+                r => r?,
+            }
         }
         None => shared.mycel.bucket(name).await?,
     };
@@ -412,7 +424,12 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
-    let stats = shared.mycel.stats().await?;
+    // Standalone: the store's figures. Cluster: the cluster layer exports its figures as
+    // metrics; INFO shows what the handle can say honestly (configured budget, key count).
+    let stats = match shared.mycel.cluster() {
+        None => Some(shared.mycel.stats().await?),
+        Some(_) => None,
+    };
     let all = sections.is_empty()
         || sections.iter().any(|s| {
             [&b"all"[..], b"everything", b"default"]
@@ -449,25 +466,64 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
         );
     }
     if want("memory") {
+        let max = stats.map_or(shared.mycel.config().store.max_bytes, |st| st.max_bytes);
+        s.push_str("# Memory\r\n");
+        if let Some(st) = &stats {
+            let _ = write!(
+                s,
+                "used_memory:{}\r\nused_memory_human:{}\r\n",
+                st.used_bytes,
+                human_bytes(st.used_bytes),
+            );
+        }
         let _ = write!(
             s,
-            "# Memory\r\nused_memory:{}\r\nused_memory_human:{}\r\nmaxmemory:{}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:mycel-quick-cache\r\n\r\n",
-            stats.used_bytes,
-            human_bytes(stats.used_bytes),
-            stats.max_bytes,
-            human_bytes(stats.max_bytes),
+            "maxmemory:{max}\r\nmaxmemory_human:{}\r\nmaxmemory_policy:mycel-quick-cache\r\n\r\n",
+            human_bytes(max),
         );
     }
     if want("stats") {
         let _ = write!(
             s,
-            "# Stats\r\ntotal_connections_received:{}\r\nexpired_keys:{}\r\nevicted_keys:{}\r\n\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\n",
             shared.metrics.connections_total.get(),
-            stats.expired,
-            stats.evicted,
         );
+        if let Some(st) = &stats {
+            let _ = write!(
+                s,
+                "expired_keys:{}\r\nevicted_keys:{}\r\n",
+                st.expired, st.evicted,
+            );
+        }
+        s.push_str("\r\n");
     }
-    if want("cluster") {
+    if want("cluster")
+        && let Some(c) = shared.mycel.cluster()
+    {
+        let st = c.status();
+        let members = c.node().members();
+        let alive = members
+            .iter()
+            .filter(|(_, state)| *state == nodosum::MemberState::Alive)
+            .count();
+        let _ = write!(
+            s,
+            "# Cluster\r\ncluster_enabled:0\r\nmycel_mode:{}\r\nmycel_node_id:{}\r\nmycel_cluster:{}\r\nmycel_members:{}\r\nmycel_members_alive:{alive}\r\nmycel_table_members:{}\r\nmycel_epoch:{}\r\nmycel_ready:{}\r\nmycel_replicas:{}\r\nmycel_partitions:{}\r\nmycel_partitions_primary:{}\r\nmycel_partitions_replicated:{}\r\nmycel_partitions_synced:{}\r\nmycel_maintenance:{}\r\n\r\n",
+            shared.mycel.mode().as_str(),
+            node.id,
+            node.cluster,
+            members.len(),
+            st.members.len(),
+            st.epoch,
+            u8::from(st.ready),
+            node.replicas,
+            node.partitions,
+            st.primaries,
+            st.replicas,
+            st.synced,
+            u8::from(shared.in_maintenance()),
+        );
+    } else if want("cluster") {
         let _ = write!(
             s,
             "# Cluster\r\ncluster_enabled:0\r\nmycel_mode:{}\r\nmycel_node_id:{}\r\nmycel_cluster:{}\r\nmycel_members:1\r\nmycel_replicas:{}\r\nmycel_partitions:{}\r\nmycel_partitions_owned:{}\r\nmycel_maintenance:{}\r\n\r\n",
@@ -482,12 +538,22 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
     }
     if want("keyspace") {
         s.push_str("# Keyspace\r\n");
-        if stats.keys > 0 {
-            let _ = write!(
-                s,
-                "db0:keys={},expires={},avg_ttl=0\r\n",
-                stats.keys, stats.expires
-            );
+        match &stats {
+            Some(st) if st.keys > 0 => {
+                let _ = write!(
+                    s,
+                    "db0:keys={},expires={},avg_ttl=0\r\n",
+                    st.keys, st.expires
+                );
+            }
+            Some(_) => {}
+            None => {
+                // The cluster-wide count; expiries are not counted across the cluster.
+                let keys = shared.mycel.len().await?;
+                if keys > 0 {
+                    let _ = write!(s, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+                }
+            }
         }
         s.push_str("\r\n");
     }

@@ -1,0 +1,122 @@
+//! Three `mycel` processes forming a cluster on loopback (`--dev --seed`), driven with the
+//! real `redis-cli`: any node serves any key, counters accumulate across nodes, and keys
+//! written before a node is killed (SIGKILL) stay readable through the survivors (RF=2).
+
+use std::time::{Duration, Instant};
+
+use crate::util::{GUARD, Server};
+
+/// How long the survivors may take to detect a killed node, publish a new routing table
+/// and re-replicate: a failure guard only.
+const SETTLE_GUARD: Duration = Duration::from_secs(45);
+
+fn json(s: &Server, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = s.http("GET", path);
+    let value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    (status, value)
+}
+
+fn alive_members(s: &Server) -> usize {
+    let (_, members) = json(s, "/members");
+    members.as_array().map_or(0, |list| {
+        list.iter().filter(|m| m["state"] == "alive").count()
+    })
+}
+
+/// Whether `s` has installed a routing table naming `n` members and synced every
+/// partition it replicates.
+fn settled(s: &Server, n: usize) -> bool {
+    let (status, parts) = json(s, "/partitions");
+    status == 200
+        && parts["ready"] == true
+        && parts["table_members"].as_array().map(Vec::len) == Some(n)
+}
+
+/// Polls `f` until it returns true, failing after `guard`.
+fn within(guard: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < guard,
+            "{what} did not happen within {guard:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn start_three() -> Vec<Server> {
+    let first = Server::start(&["--replicas", "2"]);
+    let seed = first.gossip.to_string();
+    let second = Server::start(&["--replicas", "2", "--seed", &seed]);
+    let third = Server::start(&["--replicas", "2", "--seed", &seed]);
+    let nodes = vec![first, second, third];
+    for n in &nodes {
+        within(GUARD, "every node sees 3 alive members", || {
+            alive_members(n) == 3
+        });
+    }
+    for n in &nodes {
+        within(GUARD, "a 3-member routing table, in sync", || settled(n, 3));
+    }
+    nodes
+}
+
+#[test]
+fn three_nodes_serve_any_key_and_survive_a_kill() {
+    let mut nodes = start_three();
+
+    // Any node serves any key.
+    assert_eq!(nodes[0].cli(&["SET", "greeting", "hello"]), "OK");
+    assert_eq!(nodes[1].cli(&["GET", "greeting"]), "\"hello\"");
+    assert_eq!(nodes[2].cli(&["GET", "greeting"]), "\"hello\"");
+
+    // INCR through different nodes accumulates at the key's primary.
+    assert_eq!(nodes[0].cli(&["INCR", "visits"]), "(integer) 1");
+    assert_eq!(nodes[1].cli(&["INCR", "visits"]), "(integer) 2");
+    assert_eq!(nodes[2].cli(&["INCRBY", "visits", "10"]), "(integer) 12");
+    assert_eq!(nodes[0].cli(&["GET", "visits"]), "\"12\"");
+
+    // Enough keys that every node is primary of some, written through every node.
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    for (i, k) in keys.iter().enumerate() {
+        let value = format!("value-{i}");
+        assert_eq!(nodes[i % 3].cli(&["SET", k, &value]), "OK");
+    }
+    assert_eq!(nodes[2].cli(&["DBSIZE"]), "(integer) 42");
+
+    let info = nodes[1].cli(&["INFO", "cluster"]);
+    for want in [
+        "mycel_mode:cluster",
+        "mycel_members_alive:3",
+        "mycel_ready:1",
+    ] {
+        assert!(info.contains(want), "{want:?} missing from INFO:\n{info}");
+    }
+
+    // SIGKILL the third node: no leave, no hand-off. Every key had a copy elsewhere.
+    let victim = nodes.pop().expect("three nodes");
+    victim.kill();
+    for k in keys.iter().chain([&"greeting".to_owned()]) {
+        let want = if k == "greeting" {
+            "\"hello\"".to_owned()
+        } else {
+            format!("\"value-{}\"", &k["key-".len()..])
+        };
+        for n in &nodes {
+            within(SETTLE_GUARD, &format!("GET {k} through a survivor"), || {
+                n.try_cli(&["GET", k]) == want
+            });
+        }
+    }
+    within(SETTLE_GUARD, "GET visits through a survivor", || {
+        nodes[1].try_cli(&["GET", "visits"]) == "\"12\""
+    });
+    // The survivors settle on a 2-member table and keep accepting writes.
+    for n in &nodes {
+        within(SETTLE_GUARD, "a 2-member routing table, in sync", || {
+            settled(n, 2)
+        });
+    }
+    assert_eq!(nodes[1].cli(&["INCR", "visits"]), "(integer) 13");
+    assert_eq!(nodes[0].cli(&["GET", "visits"]), "\"13\"");
+}
