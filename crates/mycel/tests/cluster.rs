@@ -15,6 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mycel::{
     Cluster, ClusterConfig, ClusterError, Error, Expiry, Loader, Partitioning, SetOptions, Ttl,
+    checker,
 };
 use nodosum::{Node, NodeId};
 use tempfile::TempDir;
@@ -187,14 +188,19 @@ async fn hard_kill_loses_no_acknowledged_write() {
     assert_eq!(settled("len", || nodes[0].len()).await, 500);
 }
 
+/// Per key, every operation with its times and outcome, for [`mycel::checker`].
+type Ops = Arc<Mutex<Vec<Vec<checker::Op<u64>>>>>;
+
 /// A task writing increasing values to `KEYS` keys, round-robin through `nodes`, that
 /// records per key the last acknowledged value and the later values whose outcome is
-/// unknown (a definite refusal changed nothing and is not recorded).
+/// unknown (a definite refusal changed nothing and is not recorded), and a task reading
+/// the keys concurrently; both record every operation for the linearizability checker.
 struct Writer {
     history: History,
+    ops: Ops,
     stop: Arc<AtomicBool>,
     acks: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 const KEYS: usize = 40;
@@ -202,10 +208,22 @@ const KEYS: usize = 40;
 impl Writer {
     fn spawn(nodes: Vec<Arc<Cluster>>) -> Self {
         let history: History = Arc::new(Mutex::new(vec![(0, Vec::new()); KEYS]));
+        let ops: Ops = Arc::new(Mutex::new(vec![Vec::new(); KEYS]));
         let stop = Arc::new(AtomicBool::new(false));
         let acks = Arc::new(AtomicUsize::new(0));
-        let task = {
-            let (history, stop, acks) = (history.clone(), stop.clone(), acks.clone());
+        let epoch = std::time::Instant::now();
+        let ticks = move || {
+            u64::try_from(epoch.elapsed().as_micros())
+                .expect("test runs for less than 500 000 years")
+        };
+        let writer = {
+            let (nodes, history, ops, stop, acks) = (
+                nodes.clone(),
+                history.clone(),
+                ops.clone(),
+                stop.clone(),
+                acks.clone(),
+            );
             tokio::spawn(async move {
                 let mut counter = 0u64;
                 while !stop.load(Ordering::Acquire) {
@@ -213,12 +231,15 @@ impl Writer {
                         counter += 1;
                         let node = &nodes[usize::try_from(counter).expect("small") % nodes.len()];
                         let value = Bytes::from(counter.to_string());
+                        let invoked = ticks();
                         let result = node.set(BUCKET, key(k), value, SetOptions::default()).await;
+                        let op = checker::Op::write(Some(counter), invoked, ticks());
                         let mut h = history.lock().expect("history lock");
-                        match result {
+                        let op = match result {
                             Ok(_) => {
                                 h[k] = (counter, Vec::new());
                                 acks.fetch_add(1, Ordering::Relaxed);
+                                op
                             }
                             // Definitely not applied: refused before any effect.
                             Err(
@@ -227,19 +248,47 @@ impl Writer {
                                 | ClusterError::NoTable
                                 | ClusterError::Unreachable { .. }
                                 | ClusterError::Mycel(Error::QuorumLost),
-                            ) => {}
+                            ) => op.with_outcome(checker::Outcome::Failed),
                             // Unknown: may or may not have taken effect.
-                            Err(_) => h[k].1.push(counter),
-                        }
+                            Err(_) => {
+                                h[k].1.push(counter);
+                                op.with_outcome(checker::Outcome::Pending)
+                            }
+                        };
+                        ops.lock().expect("ops lock")[k].push(op);
+                    }
+                }
+            })
+        };
+        let reader = {
+            let (ops, stop) = (ops.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Acquire) {
+                    i += 1;
+                    let k = (i * 7) % KEYS;
+                    let node = &nodes[i % nodes.len()];
+                    let invoked = ticks();
+                    // A failed read observed nothing.
+                    if let Ok(got) = node.get(BUCKET, key(k)).await {
+                        let value = got.map(|b| {
+                            std::str::from_utf8(&b)
+                                .expect("utf-8")
+                                .parse::<u64>()
+                                .expect("a number")
+                        });
+                        let op = checker::Op::read(value, invoked, ticks());
+                        ops.lock().expect("ops lock")[k].push(op);
                     }
                 }
             })
         };
         Self {
             history,
+            ops,
             stop,
             acks,
-            task,
+            tasks: vec![writer, reader],
         }
     }
 
@@ -247,9 +296,27 @@ impl Writer {
         self.acks.load(Ordering::Relaxed)
     }
 
+    /// Stops both tasks; checks every key's history for linearizability (reads during
+    /// the move included) and returns the per-key acknowledgements.
     async fn stop(self) -> Vec<(u64, Vec<u64>)> {
         self.stop.store(true, Ordering::Release);
-        self.task.await.expect("writer finished");
+        for t in self.tasks {
+            t.await.expect("task finished");
+        }
+        let ops = self.ops.lock().expect("ops lock").clone();
+        let mut reads = 0;
+        for (k, history) in ops.iter().enumerate() {
+            reads += history
+                .iter()
+                .filter(|op| matches!(op.kind, checker::OpKind::Read(_)))
+                .count();
+            let verdict = checker::check(None, history, checker::DEFAULT_MAX_STEPS);
+            assert!(
+                !matches!(verdict, checker::Verdict::NotLinearizable(_)),
+                "key {k}: {verdict:?}"
+            );
+        }
+        assert!(reads > 0, "the reader observed something");
         self.history.lock().expect("history lock").clone()
     }
 }
