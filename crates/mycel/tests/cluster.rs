@@ -686,3 +686,29 @@ async fn a_killed_node_that_restarts_rejoins_without_losing_or_resurrecting() {
         assert_eq!(node.get(BUCKET, "doomed").await.expect("get"), None);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_of_the_authority_under_write_load_is_linearizable() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    // node-1 is the oldest: the authority; its backups are promoted while it still lives.
+    let leaving = nodes.remove(0);
+    let stay: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    let writer = Writer::spawn(stay.clone());
+    eventually("writes are flowing", || writer.acks() > 200).await;
+    assert!(leaving.status().primaries > 0);
+    tokio::time::timeout(PATIENCE, leaving.leave(PATIENCE))
+        .await
+        .expect("leave finishes")
+        .expect("hand-off completes");
+    leaving.shutdown(Duration::from_secs(2)).await;
+    let refs: Vec<&Cluster> = stay.iter().map(|c| &**c).collect();
+    converged(&refs).await;
+    let at_convergence = writer.acks();
+    eventually("writes continue after the leave", || {
+        writer.acks() > at_convergence + 200
+    })
+    .await;
+    let history = writer.stop().await;
+    assert_history(&refs, &history).await;
+}
