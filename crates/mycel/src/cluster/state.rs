@@ -20,6 +20,10 @@ use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
 use crate::slot::Partition;
 use crate::store::{Store, Write};
 
+/// Partitions one transfer covers at most: a source snapshots them in one critical
+/// section, so this bounds both the time it holds its lock and the snapshot's memory.
+pub(crate) const MAX_PARTITIONS_PER_FETCH: usize = 128;
+
 /// A partition's sync state on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PartSync {
@@ -268,7 +272,11 @@ impl State {
             }
             for s in remaining {
                 if !self.fetching.contains(s) {
-                    work.fetch.entry(s.clone()).or_default().push(p);
+                    let batch = work.fetch.entry(s.clone()).or_default();
+                    // The rest waits for the next poll after this transfer.
+                    if batch.len() < MAX_PARTITIONS_PER_FETCH {
+                        batch.push(p);
+                    }
                 }
             }
         }
@@ -909,6 +917,35 @@ mod tests {
                 assert_eq!(a.replica_counts(), (16, 16, 16));
             }
         }
+    }
+
+    #[test]
+    fn transfers_are_batched() {
+        let big = Partitioning::new(1024).expect("valid");
+        let mut store = Store::new(StoreConfig {
+            partitioning: big,
+            ..StoreConfig::default()
+        });
+        store
+            .create_bucket("default", BucketOptions::default())
+            .expect("bucket");
+        let mut b = State::new(id("b"), store);
+        b.alive.insert(id("a"));
+        let members = vec![Member::new(id("a"), 0), Member::new(id("b"), 1)];
+        let t = RoutingTable::compute(2, id("a"), big, 2, members).expect("valid");
+        b.install(t, None).expect("valid");
+        let mut fetched = 0;
+        loop {
+            let work = b.poll_sync();
+            let Some(batch) = work.fetch.get(&id("a")) else {
+                break;
+            };
+            assert!(batch.len() <= MAX_PARTITIONS_PER_FETCH);
+            fetched += batch.len();
+            b.fetch_done(&id("a"), batch);
+        }
+        assert_eq!(fetched, 1024);
+        assert_eq!(b.replica_counts().2, 1024);
     }
 
     #[test]
