@@ -8,7 +8,13 @@ use anyhow::bail;
 use crate::util::{exec, on_path, project_root};
 
 /// The fuzz targets, one per decoder (see `fuzz/fuzz_targets/`).
-const TARGETS: &[&str] = &["stream_init", "message_frames", "member", "envelope_open"];
+const TARGETS: &[&str] = &[
+    "stream_init",
+    "message_frames",
+    "member",
+    "envelope_open",
+    "resp_requests",
+];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Debug, clap::Args)]
