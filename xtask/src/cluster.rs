@@ -2,7 +2,9 @@
 //!
 //! Builds `mycel` in release mode, starts N nodes on free loopback ports (development
 //! certificates, nothing to prepare), waits until every node sees every other alive, prints
-//! how to reach them, and runs until Ctrl-C, when every node leaves gracefully.
+//! how to reach them, and runs until Ctrl-C, when the nodes leave gracefully one at a time
+//! (each hands its partitions to the ones still running; the last has no one left to hand
+//! off to and stops at once).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -64,8 +66,9 @@ impl Drop for Cluster {
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
-    // Ctrl-C reaches the nodes too (same process group): they leave gracefully by
-    // themselves; this process waits for them instead of dying first.
+    // The nodes run in their own process groups, so Ctrl-C reaches only this process,
+    // which then stops them one by one (all leaving at once would leave nobody to hand
+    // partitions to).
     ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
         .context("installing the Ctrl-C handler")?;
 
@@ -130,6 +133,8 @@ pub(crate) fn start(binary: &PathBuf, count: u16, replicas: u8) -> anyhow::Resul
         if let Some(seed) = seed {
             cmd.args(["--seed", &SocketAddr::to_string(&seed)]);
         }
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -268,19 +273,37 @@ fn print_table(cluster: &Cluster) {
 
 /// Asks every node to leave (SIGTERM) and waits for them; kills stragglers after 15 s.
 pub(crate) fn stop(cluster: &mut Cluster) {
-    eprintln!("stopping {} nodes...", cluster.nodes.len());
-    for n in &cluster.nodes {
+    eprintln!(
+        "stopping {} nodes, one at a time (each hands its partitions off)...",
+        cluster.nodes.len()
+    );
+    // Newest first: the oldest node stays the routing authority until it is alone.
+    for n in cluster.nodes.iter_mut().rev() {
+        if matches!(n.child.try_wait(), Ok(Some(_))) {
+            continue;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &n.child.id().to_string()])
             .status();
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    for n in &mut cluster.nodes {
-        while Instant::now() < deadline {
-            if matches!(n.child.try_wait(), Ok(Some(_))) {
-                break;
+        // A node's leave is bounded by its own timeout (20 s); this is a guard above it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match n.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => break None,
             }
-            std::thread::sleep(Duration::from_millis(50));
+        };
+        match status {
+            Some(s) if s.success() => eprintln!("  {} left", n.id),
+            Some(s) => eprintln!("  {} exited with {s}; see {}", n.id, n.log.display()),
+            None => {
+                eprintln!("  {} did not stop in time; killing it", n.id);
+                let _ = n.child.kill();
+                let _ = n.child.wait();
+            }
         }
     }
 }
