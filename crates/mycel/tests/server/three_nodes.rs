@@ -1,6 +1,7 @@
 //! Three `mycel` processes forming a cluster on loopback (`--dev --seed`), driven with the
-//! real `redis-cli`: any node serves any key, counters accumulate across nodes, and keys
-//! written before a node is killed (SIGKILL) stay readable through the survivors (RF=2).
+//! real `redis-cli`: any node serves any key, counters accumulate across nodes, keys
+//! written before a node is killed (SIGKILL) stay readable through the survivors (RF=2),
+//! and a node stopped with SIGTERM hands its partitions off before exiting 0.
 
 use std::time::{Duration, Instant};
 
@@ -119,4 +120,19 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     }
     assert_eq!(nodes[1].cli(&["INCR", "visits"]), "(integer) 13");
     assert_eq!(nodes[0].cli(&["GET", "visits"]), "\"13\"");
+
+    // SIGTERM the second node: it hands its partitions to the first, then exits 0, and
+    // the last node serves every key alone.
+    let leaving = nodes.pop().expect("two nodes");
+    let status = leaving.terminate();
+    assert!(status.success(), "{status:?}");
+    let last = &nodes[0];
+    for (i, k) in keys.iter().enumerate() {
+        assert_eq!(
+            last.try_cli(&["GET", k]),
+            format!("\"value-{i}\""),
+            "{k} after a graceful leave"
+        );
+    }
+    assert_eq!(last.cli(&["GET", "visits"]), "\"13\"");
 }
