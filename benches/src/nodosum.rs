@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use nodosum_proto::{AppId, NodeId};
-use nodosum_quic::{AppReceiver, Config, Event, HandshakeKind, QuicNode, TlsIdentity};
+use nodosum_quic::{AppReceiver, Config, Event, HandshakeKind, LaneSender, QuicNode, TlsIdentity};
 use tokio::task::JoinSet;
 
 use crate::pki::{Identity, Pki};
@@ -67,11 +67,11 @@ pub fn config() -> Config {
 /// An established pair of nodes speaking ping and push.
 #[derive(Debug)]
 pub struct NodosumLink {
-    client: QuicNode,
+    _client: QuicNode,
     _server: QuicNode,
-    peer: NodeId,
-    echo: AppId,
-    data: AppId,
+    /// Cached (peer, application) lanes, as a hot sender keeps them.
+    echo: LaneSender,
+    data: LaneSender,
     echo_rx: AppReceiver,
     data_rx: AppReceiver,
     _tasks: JoinSet<()>,
@@ -102,11 +102,10 @@ impl NodosumLink {
             }
         });
         Ok(Self {
-            client,
+            echo: client.sender(&peer, &echo),
+            data: client.sender(&peer, &data),
+            _client: client,
             _server: server,
-            peer,
-            echo,
-            data,
             echo_rx,
             data_rx,
             _tasks: tasks,
@@ -115,9 +114,7 @@ impl NodosumLink {
 
     /// Sends `payload` to the server's echo application and waits until it comes back.
     pub async fn ping(&mut self, payload: &[u8]) -> anyhow::Result<()> {
-        self.client
-            .send(&self.peer, &self.echo, Bytes::copy_from_slice(payload))
-            .await?;
+        self.echo.send(Bytes::copy_from_slice(payload)).await?;
         let (_, msg) = self.echo_rx.recv().await.context("echo receiver closed")?;
         ensure!(msg == payload, "bad echo");
         Ok(())
@@ -128,13 +125,9 @@ impl NodosumLink {
     pub async fn push(&mut self, payload: &[u8], count: u64) -> anyhow::Result<()> {
         let msg = Bytes::copy_from_slice(payload);
         for _ in 0..count {
-            self.client
-                .send(&self.peer, &self.data, msg.clone())
-                .await?;
+            self.data.send(msg.clone()).await?;
         }
-        self.client
-            .send(&self.peer, &self.data, Bytes::new())
-            .await?;
+        self.data.send(Bytes::new()).await?;
         let (_, ack) = self.data_rx.recv().await.context("data receiver closed")?;
         ensure!(ack.len() == 8, "bad acknowledgement");
         Ok(())
@@ -145,8 +138,13 @@ fn spawn_echo(tasks: &mut JoinSet<()>, node: &QuicNode, echo: &AppId) -> anyhow:
     let mut rx = node.register_app(echo.clone())?;
     let (node, echo) = (node.clone(), echo.clone());
     tasks.spawn(async move {
+        let mut reply: Option<LaneSender> = None;
         while let Some((from, msg)) = rx.recv().await {
-            let _ = node.send(&from, &echo, msg).await;
+            let tx = match &mut reply {
+                Some(tx) if *tx.node() == from => tx,
+                slot => slot.insert(node.sender(&from, &echo)),
+            };
+            let _ = tx.send(msg).await;
         }
     });
     Ok(())

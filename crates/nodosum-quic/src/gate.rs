@@ -85,7 +85,8 @@ impl Gate {
         self.changed.notify_waiters();
     }
 
-    fn may_deliver(&self, id: u64) -> bool {
+    /// Whether reader `id` may deliver its next message now.
+    pub(crate) fn may_deliver(&self, id: u64) -> bool {
         if self.retired.load(Ordering::Acquire) == 0 {
             return true;
         }

@@ -6,7 +6,8 @@
 //! [`QuicNode::disconnect`]) and learns what happens through [`Event`]s and [`Counts`].
 //! Applications register by [`AppId`](nodosum_proto::AppId) and receive
 //! `(sender, message)` pairs; they send with [`QuicNode::send`] (waits while the queue is
-//! full) or [`QuicNode::try_send`].
+//! full) or [`QuicNode::try_send`], or through a [`LaneSender`] ([`QuicNode::sender`])
+//! that caches the (peer, application) lane for hot paths.
 //!
 //! What it is not: it knows nothing about gossip or membership (the facade maps members to
 //! `connect`/`disconnect` and the acceptance policy), keeps no application state and does
@@ -74,7 +75,7 @@ mod tls;
 pub use config::{Config, DEFAULT_PORT};
 pub use node::{
     AcceptPolicy, AppReceiver, ConnectionInfo, Counts, DownReason, Error, Event, HandshakeKind,
-    QuicNode, RejectReason, SendError, codes,
+    LaneSender, QuicNode, RejectReason, SendError, codes,
 };
 pub use tls::{
     DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, node_id_from_cert,

@@ -393,6 +393,14 @@ struct LaneShared {
     /// Set when the application was closed (here or at the peer): the writer resets its
     /// streams and every reader of the lane stops.
     closed: Closed,
+    /// Set when the lane leaves its peer's map: a cached [`LaneSender`] looks up afresh.
+    detached: AtomicBool,
+}
+
+impl LaneShared {
+    fn detach(&self) {
+        self.detached.store(true, Ordering::Release);
+    }
 }
 
 /// A one-way "closed" flag that tasks can wait for.
@@ -665,6 +673,21 @@ impl QuicNode {
         }
     }
 
+    /// A handle on the (`node`, `app`) send lane that skips the per-send lookup of
+    /// [`send`](Self::send): it keeps the lane's queue and looks the lane up again only
+    /// after the lane ended (peer dropped, application closed, stream refused). The lane
+    /// itself survives reconnects and duplicate-connection handovers, so the handle stays
+    /// valid across them. Results are those `send` would give at the same moment; the
+    /// peer need not be known yet.
+    pub fn sender(&self, node: &NodeId, app: &AppId) -> LaneSender {
+        LaneSender {
+            inner: self.inner.clone(),
+            node: node.clone(),
+            app: app.clone(),
+            lane: None,
+        }
+    }
+
     /// Current counts of connections, streams, peers and lanes.
     pub fn counts(&self) -> Counts {
         let st = lock(&self.inner.state);
@@ -712,7 +735,13 @@ impl QuicNode {
                         d.abort();
                     }
                     p.desired = None;
-                    p.lanes.drain().map(|(_, lane)| lane).collect::<Vec<_>>()
+                    p.lanes
+                        .drain()
+                        .map(|(_, lane)| {
+                            lane.shared.detach();
+                            lane
+                        })
+                        .collect::<Vec<_>>()
                 })
                 .collect()
         };
@@ -732,6 +761,101 @@ impl QuicNode {
         }
         inner.shut(codes::SHUTDOWN);
         let _ = tokio::time::timeout(deadline, inner.endpoint.wait_idle()).await;
+    }
+}
+
+/// A cached sender for one (peer, application), from [`QuicNode::sender`]. Cloning it
+/// is cheap; each clone caches the lane on its own.
+#[derive(Clone)]
+pub struct LaneSender {
+    inner: Arc<Inner>,
+    node: NodeId,
+    app: AppId,
+    lane: Option<(mpsc::Sender<Bytes>, Arc<LaneShared>)>,
+}
+
+impl fmt::Debug for LaneSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LaneSender")
+            .field("node", &self.node)
+            .field("app", &self.app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LaneSender {
+    /// The peer.
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// The application.
+    pub fn app(&self) -> &AppId {
+        &self.app
+    }
+
+    /// The lane's queue, looking it up when none is cached.
+    fn queue(&mut self, len: usize) -> Result<&mpsc::Sender<Bytes>, SendError> {
+        let limits = &self.inner.config.limits;
+        if message_header(len, limits).is_err() {
+            self.inner
+                .metrics
+                .send_error(self.app.as_str(), "too_large", 1);
+            return Err(SendError::MessageTooLarge {
+                len,
+                max: limits.max_message_size,
+            });
+        }
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(SendError::Closed);
+        }
+        // As for `QuicNode::send`: a lane that left the map (peer dropped, application
+        // closed) is replaced; one that ended but is still in it reports why, once.
+        if let Some((tx, shared)) = &self.lane {
+            if shared.detached.load(Ordering::Acquire) {
+                self.lane = None;
+            } else if tx.is_closed() {
+                return Err(self.failed());
+            }
+        }
+        let (tx, _) = match &mut self.lane {
+            Some(lane) => lane,
+            lane @ None => lane.insert(self.inner.lane(&self.node, &self.app, len)?),
+        };
+        Ok(tx)
+    }
+
+    /// The lane ended: report why (as `send` does) and look it up afresh next time.
+    fn failed(&mut self) -> SendError {
+        match self.lane.take() {
+            Some((_, shared)) => self.inner.lane_failed(&self.node, &self.app, &shared),
+            None => SendError::PeerGone {
+                node: self.node.clone(),
+            },
+        }
+    }
+
+    /// Like [`QuicNode::send`]: queues `msg`, waiting while the queue is full.
+    pub async fn send(&mut self, msg: Bytes) -> Result<(), SendError> {
+        let sent = self.queue(msg.len())?.send(msg).await;
+        sent.map_err(|_| self.failed())
+    }
+
+    /// Like [`QuicNode::try_send`]: [`SendError::QueueFull`] when the queue is full.
+    pub fn try_send(&mut self, msg: Bytes) -> Result<(), SendError> {
+        match self.queue(msg.len())?.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.inner
+                    .metrics
+                    .send_error(self.app.as_str(), "queue_full", 1);
+                Err(SendError::QueueFull {
+                    node: self.node.clone(),
+                    app: self.app.clone(),
+                })
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.failed()),
+        }
     }
 }
 
@@ -759,6 +883,7 @@ fn take_app_lanes(st: &mut State, app: &AppId) -> Vec<Lane> {
     st.peers
         .values_mut()
         .filter_map(|p| p.lanes.remove(app))
+        .inspect(|l| l.shared.detach())
         .collect()
 }
 
@@ -810,8 +935,9 @@ impl Inner {
                 .lanes
                 .get(app)
                 .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
+            && let Some(lane) = peer.lanes.remove(app)
         {
-            peer.lanes.remove(app);
+            lane.shared.detach();
         }
     }
 
@@ -845,6 +971,7 @@ impl Inner {
         }
         for lane in peer.lanes.values() {
             *lock(&lane.shared.failure) = Some(SendError::PeerGone { node: node.clone() });
+            lane.shared.detach();
         }
         // Dropping the peer drops its lanes' senders and its `current` watch: writers see
         // the peer gone, fail what is queued and end.
@@ -874,6 +1001,13 @@ impl Inner {
     }
 
     fn lane_of<'p>(self: &Arc<Self>, node: &NodeId, peer: &'p mut Peer, app: &AppId) -> &'p Lane {
+        // Looked up first so the common case does not clone the application ID.
+        if peer.lanes.contains_key(app) {
+            return peer
+                .lanes
+                .get(app)
+                .expect("invariant: the lane was just found under the same lock");
+        }
         peer.lanes.entry(app.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(self.config.send_queue_len);
             let (ctl, ctl_rx) = mpsc::unbounded_channel();
@@ -916,8 +1050,9 @@ impl Inner {
                 .lanes
                 .get(app)
                 .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
+            && let Some(lane) = peer.lanes.remove(app)
         {
-            peer.lanes.remove(app);
+            lane.shared.detach();
         }
         if self.closing.load(Ordering::Acquire) {
             return SendError::Closed;
@@ -1475,8 +1610,14 @@ async fn accept_stream(
     };
     if let Err(mpsc::error::SendError(LaneCtl::Attach(mut a))) = ctl.send(LaneCtl::Attach(attached))
     {
-        let _ = a.send.reset(code(codes::STREAM_CLOSED));
-        let _ = recv.stop(code(codes::STREAM_CLOSED));
+        // The writer ended: the application was closed, or the peer is going away.
+        let c = if reader.shared.closed.is_closed() {
+            codes::STREAM_APP_CLOSED
+        } else {
+            codes::STREAM_CLOSED
+        };
+        let _ = a.send.reset(code(c));
+        let _ = recv.stop(code(c));
         return;
     }
     read_stream(
@@ -1519,23 +1660,34 @@ async fn read_stream(
                     break ReadEnd::Stopped(codes::STREAM_UNKNOWN_APP);
                 };
                 let len = msg.len() as u64;
-                // Messages of a stream given up in a handover go first (see `gate`).
-                tokio::select! {
-                    () = reader.shared.gate.wait(reader.id) => {}
-                    () = reader.shared.closed.wait() => break app_closed(&mut recv),
-                    _ = conn.closed() => break ReadEnd::Lost,
+                if reader.shared.closed.is_closed() {
+                    break app_closed(&mut recv);
                 }
-                // A stalled application must not pin a stream of a connection that is gone
-                // or of an application that was closed.
-                tokio::select! {
-                    sent = tx.send((node.clone(), msg)) => if sent.is_err() {
-                        break app_closed(&mut recv);
-                    },
-                    () = reader.shared.closed.wait() => break app_closed(&mut recv),
-                    _ = conn.closed() => {
-                        inner.metrics.send_error(app.as_str(), "undelivered", 1);
-                        break ReadEnd::Lost;
+                // Messages of a stream given up in a handover go first (see `gate`). The
+                // checks are atomics; waiting (and watching the connection, which takes
+                // its lock) happens only when needed.
+                if !reader.shared.gate.may_deliver(reader.id) {
+                    tokio::select! {
+                        () = reader.shared.gate.wait(reader.id) => {}
+                        () = reader.shared.closed.wait() => break app_closed(&mut recv),
+                        _ = conn.closed() => break ReadEnd::Lost,
                     }
+                }
+                match tx.try_send((node.clone(), msg)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => break app_closed(&mut recv),
+                    // A stalled application must not pin a stream of a connection that is
+                    // gone or of an application that was closed.
+                    Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() {
+                            break app_closed(&mut recv);
+                        },
+                        () = reader.shared.closed.wait() => break app_closed(&mut recv),
+                        _ = conn.closed() => {
+                            inner.metrics.send_error(app.as_str(), "undelivered", 1);
+                            break ReadEnd::Lost;
+                        }
+                    },
                 }
                 traffic.add(1, len);
             }
@@ -1733,12 +1885,22 @@ impl Writer {
             Exit::AppClosed => {
                 debug!(peer = %self.peer, app = %self.app, "application closed, lane ends");
                 self.shared.closed.close();
+                // Streams the peer opened that were not handed to us yet: a dropped
+                // `SendStream` would finish (not reset) its half.
+                self.ctl.close();
+                let mut attached = Vec::new();
+                while let Ok(ctl) = self.ctl.try_recv() {
+                    if let LaneCtl::Attach(a) = ctl {
+                        attached.push(a.send);
+                    }
+                }
                 let sends = self
                     .cur
                     .take()
                     .map(|c| c.send)
                     .into_iter()
-                    .chain(self.retiring.drain(..).filter_map(|r| r.send));
+                    .chain(self.retiring.drain(..).filter_map(|r| r.send))
+                    .chain(attached);
                 for mut send in sends {
                     let _ = send.reset(code(codes::STREAM_APP_CLOSED));
                 }
@@ -1746,6 +1908,9 @@ impl Writer {
                     node: self.peer.clone(),
                     app: self.app.clone(),
                 });
+                // Closed before the lane leaves the map: once it is gone, every send on
+                // it (also through a cached `LaneSender`) fails.
+                self.rx.close();
                 self.inner.remove_lane(&self.peer, &self.app, &self.shared);
             }
         }
@@ -1767,8 +1932,28 @@ impl Writer {
         }
     }
 
+    /// Whether nothing but the queue needs attention: no close, control message, end of
+    /// the current stream's reading half, connection change or stream being given up.
+    /// All atomics; the full `select!` below registers wakers on each source instead.
+    fn only_queue_pending(&mut self) -> bool {
+        self.retiring.is_empty()
+            && self.cur.as_ref().is_some_and(|c| c.done.is_empty())
+            && !self.shared.closed.is_closed()
+            && (!self.ctl_open || self.ctl.is_empty())
+            && matches!(self.current.has_changed(), Ok(false))
+    }
+
     async fn run_loop(&mut self) -> Exit {
         loop {
+            // Fast path while messages are queued: write them without the select below.
+            if self.only_queue_pending()
+                && let Ok(first) = self.rx.try_recv()
+            {
+                if let Err(exit) = self.write_batch(first).await {
+                    return exit;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = self.shared.closed.wait() => return Exit::AppClosed,

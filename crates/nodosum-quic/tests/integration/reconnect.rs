@@ -129,3 +129,50 @@ async fn connection_survives_rebinding_the_socket() {
     assert_eq!(a.counts().connections, 1);
     assert_eq!(b.counts().connections, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_sender_survives_reconnects_and_application_restarts() {
+    init_tracing();
+    let ca = ca();
+    let a = node(&ca, "a");
+    let b = node(&ca, "b");
+    let chat = app("chat");
+    let mut b_rx = b.register_app(chat.clone()).unwrap();
+    let mut tx = a.sender(b.node_id(), &chat);
+    assert!(matches!(
+        tx.send(seq(0)).await,
+        Err(SendError::UnknownPeer { .. })
+    ));
+    let mut a_events = a.events();
+    connect(&a, &b).await;
+    tx.send(seq(1)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (id("a"), seq(1)));
+
+    // b drops the connection; a redials and the same handle keeps working.
+    b.disconnect(a.node_id());
+    event(&mut a_events, "down", |e| matches!(e, Event::Down { .. })).await;
+    event(&mut a_events, "up again", |e| matches!(e, Event::Up { .. })).await;
+    for i in 2..100 {
+        tx.try_send(seq(i)).unwrap();
+    }
+    for i in 2..100 {
+        assert_eq!(recv(&mut b_rx).await, (id("a"), seq(i)));
+    }
+
+    // b closes the application: a's lane ends; once b registers again the same handle
+    // opens a new lane and stream.
+    drop(b_rx);
+    let a2 = a.clone();
+    wait_until("a's lane ended", move || a2.counts().lanes == 0).await;
+    let mut b_rx = b.register_app(chat.clone()).unwrap();
+    tx.send(seq(100)).await.unwrap();
+    assert_eq!(recv(&mut b_rx).await, (id("a"), seq(100)));
+
+    // a forgets b: the lane ends with the peer entry; a's handle reports the peer as
+    // unknown, like `send`.
+    a.disconnect(b.node_id());
+    assert!(matches!(
+        tx.send(seq(101)).await,
+        Err(SendError::UnknownPeer { .. })
+    ));
+}
