@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,16 +39,19 @@ pub enum IdError {
 /// 1 to [`MAX_NODE_ID_LEN`] bytes of ASCII letters, digits, `-`, `_` and `.`, starting with
 /// a letter or digit, so that it is a valid certificate CN and SAN DNS name and safe to
 /// print in logs and metric labels. Comparison is exact (case-sensitive).
+///
+/// Cloning is cheap (a reference count): the transport attaches the sender's ID to every
+/// delivered message.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct NodeId(Box<str>);
+pub struct NodeId(Arc<str>);
 
 impl NodeId {
     /// Validates `id` and wraps it.
     pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
         let id = id.into();
         validate_node_id(&id)?;
-        Ok(Self(id.into_boxed_str()))
+        Ok(Self(id.into()))
     }
 
     /// The ID as a string slice.
@@ -98,7 +102,7 @@ impl FromStr for NodeId {
 
 impl From<NodeId> for String {
     fn from(id: NodeId) -> Self {
-        id.0.into()
+        (*id.0).to_owned()
     }
 }
 
@@ -247,6 +251,9 @@ mod tests {
             })
         );
         assert!(NodeId::new("a".repeat(MAX_NODE_ID_LEN)).is_ok());
+        // Clones share the string (cheap to clone per delivered message).
+        let id = NodeId::new("node-1").unwrap();
+        assert!(std::ptr::eq(id.as_str(), id.clone().as_str()));
     }
 
     #[test]
