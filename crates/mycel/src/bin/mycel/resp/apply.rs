@@ -548,10 +548,11 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
             }
             Some(_) => {}
             None => {
-                // The cluster-wide count; expiries are not counted across the cluster.
+                // The cluster-wide count; expiries are not counted across the cluster, so
+                // `expires` is left out rather than reported as 0.
                 let keys = shared.mycel.len().await?;
                 if keys > 0 {
-                    let _ = write!(s, "db0:keys={keys},expires=0,avg_ttl=0\r\n");
+                    let _ = write!(s, "db0:keys={keys}\r\n");
                 }
             }
         }
