@@ -40,7 +40,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             cmd.arg(filter);
         }
     } else {
-        cmd.args(["test", "--workspace", "--all-targets", "--no-fail-fast"]);
+        cmd.args(["test", "--workspace", "--no-fail-fast"]);
         if let Some(filter) = &args.filter {
             cmd.arg(filter);
         }
