@@ -52,7 +52,7 @@ impl Metrics {
                 Histogram::new(exponential_buckets(0.000_05, 3.0, 11))
             }),
         };
-        let r = registry.sub_registry_with_prefix("app");
+        let r = registry.sub_registry_with_prefix("nodosum_app");
         r.register(
             "messages_sent",
             "Messages sent, per application",

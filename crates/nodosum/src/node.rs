@@ -103,7 +103,9 @@ impl Node {
         }
         let keyring = keyring(&config, dev_key)?;
 
-        let mut registry = Registry::with_prefix("nodosum");
+        // Every crate names its own metrics (`nodosum_gossip_*`, `nodosum_quic_*`,
+        // `nodosum_app_*`, `nodosum_discovery_*`); applications add theirs (`mycel_*`).
+        let mut registry = Registry::default();
         let quic = QuicNode::bind(quic_config(&config), &identity, Some(&mut registry)).map_err(
             |source| Error::Quic {
                 addr: config.quic.bind,

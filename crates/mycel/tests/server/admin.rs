@@ -81,8 +81,8 @@ fn cluster_mode_exports_node_metrics_and_refuses_what_it_cannot_do() {
         "mycel_commands_total{command=\"set\"} 1",
         // The node's registry: gossip, transport and the cluster layer.
         "nodosum_",
-        "nodosum_mycel_table_epoch 1",
-        "nodosum_mycel_partitions_primary ",
+        "mycel_table_epoch 1",
+        "mycel_partitions_primary ",
     ] {
         assert!(body.contains(want), "{want:?} missing from:\n{body}");
     }
