@@ -605,8 +605,11 @@ impl QuicNode {
     /// Closes application `app` on this node: it is unregistered (peers' new streams for
     /// it are refused with [`codes::STREAM_UNKNOWN_APP`]), and every stream of it, to
     /// every peer, is reset and stopped with [`codes::STREAM_APP_CLOSED`]. The peers
-    /// then end their lanes for it too, so stream and lane counts return to what they
-    /// were before the application was used, on both sides. Other applications and the
+    /// then end their lanes for it too (resetting their halves, which ends our readers),
+    /// so stream and lane counts return to what they were before the application was
+    /// used, on both sides. An idle reader is not woken by the close itself (selecting
+    /// on it in every read doubled the round-trip latency): it ends on the peer's reset,
+    /// at its next message, or with the connection. Other applications and the
     /// connections are not touched.
     ///
     /// Messages still queued for `app` (in either direction) are dropped and counted;
@@ -955,26 +958,36 @@ impl Inner {
         self.endpoint.close(code(close_code), b"shutdown");
     }
 
-    // Takes the peer by value: dropping it at the end is what ends its lanes.
+    // Takes the peer by value: dropping its parts is what ends its lanes.
     #[allow(clippy::needless_pass_by_value)]
     fn drop_peer(&self, node: &NodeId, peer: Peer, close_code: u32) {
-        if let Some(d) = &peer.dialer {
+        let Peer {
+            dialer,
+            conns,
+            current,
+            lanes,
+            ..
+        } = peer;
+        if let Some(d) = &dialer {
             d.abort();
         }
+        for lane in lanes.values() {
+            *lock(&lane.shared.failure) = Some(SendError::PeerGone { node: node.clone() });
+            lane.shared.detach();
+        }
+        // The lanes' senders and the `current` watch go first: a writer woken by the
+        // closing connection then sees the peer gone before it could take another
+        // message from its queue (which would let a waiting send succeed).
+        drop(lanes);
+        drop(current);
         let reason: &[u8] = if close_code == codes::SHUTDOWN {
             b"shutdown"
         } else {
             b"disconnect"
         };
-        for c in &peer.conns {
+        for c in &conns {
             c.cref.conn.close(code(close_code), reason);
         }
-        for lane in peer.lanes.values() {
-            *lock(&lane.shared.failure) = Some(SendError::PeerGone { node: node.clone() });
-            lane.shared.detach();
-        }
-        // Dropping the peer drops its lanes' senders and its `current` watch: writers see
-        // the peer gone, fail what is queued and end.
     }
 
     /// The sender of `(node, app)`'s lane, creating the lane if needed.
@@ -1691,11 +1704,7 @@ async fn read_stream(
                 }
                 traffic.add(1, len);
             }
-            Ok(None) => match tokio::select! {
-                biased;
-                () = reader.shared.closed.wait() => break app_closed(&mut recv),
-                read = recv.read_chunk(64 * 1024, true) => read,
-            } {
+            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => {
                     if buf.is_empty() {
                         buf = BytesMut::from(chunk.bytes);
