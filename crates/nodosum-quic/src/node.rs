@@ -607,9 +607,9 @@ impl QuicNode {
     /// every peer, is reset and stopped with [`codes::STREAM_APP_CLOSED`]. The peers
     /// then end their lanes for it too (resetting their halves, which ends our readers),
     /// so stream and lane counts return to what they were before the application was
-    /// used, on both sides. An idle reader is not woken by the close itself (selecting
-    /// on it in every read doubled the round-trip latency): it ends on the peer's reset,
-    /// at its next message, or with the connection. Other applications and the
+    /// used, on both sides. An idle reader is not woken by the close itself (that would
+    /// register a waker on every read): it ends on the peer's reset, at its next
+    /// message, or with the connection. Other applications and the
     /// connections are not touched.
     ///
     /// Messages still queued for `app` (in either direction) are dropped and counted;
