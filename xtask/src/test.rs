@@ -26,13 +26,9 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     ensure_peers()?;
     let mut cmd = cargo();
     if on_path("cargo-nextest") {
-        cmd.args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--all-targets",
-            "--no-fail-fast",
-        ]);
+        // Libraries, binaries and integration tests; benchmarks only need to compile, which
+        // clippy's `--all-targets` run checks.
+        cmd.args(["nextest", "run", "--workspace", "--no-fail-fast"]);
         if args.ignored {
             cmd.arg("--run-ignored=all");
         }
