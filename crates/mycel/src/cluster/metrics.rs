@@ -19,6 +19,7 @@ pub(crate) struct Metrics {
     pub(crate) forwarded: Counter,
     pub(crate) not_owner: Counter,
     pub(crate) replicate_failures: Counter,
+    pub(crate) replication_batches: Counter,
     pub(crate) bad_messages: Counter,
     pub(crate) loads: Counter,
 }
@@ -81,6 +82,11 @@ impl Metrics {
             "replicate_failures",
             "Writes whose replication to a backup failed",
             m.replicate_failures.clone(),
+        );
+        r.register(
+            "replicate_messages",
+            "Replicate messages sent to backups (concurrent writes share one)",
+            m.replication_batches.clone(),
         );
         r.register(
             "bad_messages",

@@ -376,6 +376,16 @@ struct Inner {
     refreshing: Mutex<HashSet<NodeId>>,
     /// When the transfer bandwidth is next free (see [`pace`]).
     fetch_free_at: Mutex<Instant>,
+    /// Replication waiting to be sent, per backup and epoch (see [`Inner::replicate`]).
+    outbox: Mutex<HashMap<(NodeId, u64), Vec<Queued>>>,
+}
+
+/// One operation's writes for one backup, waiting in [`Inner::outbox`]; `done` gets the
+/// backup's answer to the message that carried them.
+struct Queued {
+    writes: Vec<WireWrite>,
+    size: usize,
+    done: tokio::sync::oneshot::Sender<Result<(), Refusal>>,
 }
 
 /// State only the background step touches.
@@ -444,6 +454,7 @@ impl Cluster {
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
             fetch_free_at: Mutex::new(Instant::now()),
+            outbox: Mutex::new(HashMap::new()),
         });
         inner.publish_meta(&node)?;
         let tasks = vec![
@@ -1110,7 +1121,19 @@ impl Inner {
     }
 
     /// Sends `writes` to every alive backup of their partitions; Ok once all applied.
-    async fn replicate(&self, table: &RoutingTable, writes: &[Write]) -> Result<(), Refusal> {
+    ///
+    /// Concurrent operations replicating to the same backup at the same epoch share
+    /// messages: each operation queues its writes in the [`Inner::outbox`] and the first
+    /// one spawns a flush ([`Inner::flush`]) that runs after the tasks already scheduled,
+    /// sends everything queued by then in one `Replicate` (pages of at most
+    /// [`ClusterConfig::page_bytes`]) and hands the backup's answer to every operation
+    /// in it. An operation is still answered only once its backup applied its writes;
+    /// the flush runs in its own task, so a caller that gives up never fails the others.
+    async fn replicate(
+        self: &Arc<Self>,
+        table: &RoutingTable,
+        writes: &[Write],
+    ) -> Result<(), Refusal> {
         let alive = self.lock().alive.clone();
         let partitioning = table.partitioning();
         let mut per_backup: BTreeMap<NodeId, Vec<WireWrite>> = BTreeMap::new();
@@ -1125,18 +1148,87 @@ impl Inner {
                 }
             }
         }
+        let epoch = table.epoch();
         for (backup, ws) in per_backup {
-            let idx: Vec<usize> = (0..ws.len()).collect();
-            for chunk in chunk_by_size(&idx, |&i| ws[i].size(), self.config.page_bytes) {
-                let batch: Vec<WireWrite> = chunk.iter().map(|&i| ws[i].clone()).collect();
-                if let Err(r) = self.replicate_to(&backup, table.epoch(), batch).await {
-                    self.metrics.replicate_failures.inc();
-                    tracing::debug!(%backup, "replication failed");
-                    return Err(r);
+            let size: usize = ws.iter().map(WireWrite::size).sum();
+            let result = if size > self.config.page_bytes {
+                self.replicate_paged(&backup, epoch, &ws).await
+            } else {
+                let (done, answer) = tokio::sync::oneshot::channel();
+                let key = (backup.clone(), epoch);
+                let first = {
+                    let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                    let queue = outbox.entry(key.clone()).or_default();
+                    queue.push(Queued {
+                        writes: ws,
+                        size,
+                        done,
+                    });
+                    queue.len() == 1
+                };
+                if first {
+                    let inner = Arc::clone(self);
+                    tokio::spawn(async move { inner.flush(key).await });
                 }
+                answer.await.unwrap_or(Err(Refusal::Timeout))
+            };
+            if let Err(r) = result {
+                self.metrics.replicate_failures.inc();
+                tracing::debug!(%backup, "replication failed");
+                return Err(r);
             }
         }
         Ok(())
+    }
+
+    /// Sends one operation's writes to `backup` in pages, one after the other.
+    async fn replicate_paged(
+        &self,
+        backup: &NodeId,
+        epoch: u64,
+        ws: &[WireWrite],
+    ) -> Result<(), Refusal> {
+        let idx: Vec<usize> = (0..ws.len()).collect();
+        for chunk in chunk_by_size(&idx, |&i| ws[i].size(), self.config.page_bytes) {
+            let batch: Vec<WireWrite> = chunk.iter().map(|&i| ws[i].clone()).collect();
+            self.replicate_to(backup, epoch, batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends what the operations queued for `key` (backup, epoch) and answers them.
+    async fn flush(self: Arc<Self>, key: (NodeId, u64)) {
+        // Let the operations already scheduled queue their writes behind this one.
+        tokio::task::yield_now().await;
+        let queued = self
+            .outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        let (backup, epoch) = key;
+        let mut rest = queued.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(q) =
+                rest.next_if(|q| page.is_empty() || bytes + q.size <= self.config.page_bytes)
+            {
+                bytes += q.size;
+                page.push(q);
+            }
+            let mut writes = Vec::with_capacity(page.iter().map(|q| q.writes.len()).sum());
+            let mut waiters = Vec::with_capacity(page.len());
+            for q in page {
+                writes.extend(q.writes);
+                waiters.push(q.done);
+            }
+            self.metrics.replication_batches.inc();
+            let result = self.replicate_to(&backup, epoch, writes).await;
+            for w in waiters {
+                let _ = w.send(result.clone());
+            }
+        }
     }
 
     async fn replicate_to(
