@@ -46,13 +46,20 @@ pub(crate) async fn cluster(n: usize) -> (TempDir, Vec<Node>) {
     (ca, nodes)
 }
 
+/// Waits until every node sees every other as alive over exactly one connection each:
+/// duplicate connections from simultaneous dials have been handed over and closed. (A
+/// message sent while a duplicate is being handed over can, rarely, be lost: a known
+/// limitation of nodosum-quic; these tests are about delivery in a settled cluster.)
 pub(crate) async fn wait_formed(nodes: &[Node]) {
     let want = nodes.len() - 1;
-    eventually("every node sees every other alive and connected", || {
-        nodes
-            .iter()
-            .all(|n| n.peers().len() == want && n.transport_counts().connections >= want)
-    })
+    eventually(
+        "every node sees every other alive over one connection each",
+        || {
+            nodes
+                .iter()
+                .all(|n| n.peers().len() == want && n.transport_counts().connections == want)
+        },
+    )
     .await;
 }
 
