@@ -19,11 +19,17 @@ const PEERS: &[(&str, &str)] = &[
     ("redis-benchmark", "redis-tools"),
 ];
 
-/// Runs every test of the workspace: with cargo-nextest when it is installed (parallel,
-/// one process per test), otherwise with `cargo test`; then the doc tests, which nextest
-/// does not run.
+/// Runs every test of the workspace: the doc tests first (nextest does not run them), then
+/// everything else with cargo-nextest when it is installed (parallel, one process per
+/// test) or `cargo test` otherwise, so the run ends with the main summary.
 pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     ensure_peers()?;
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--doc"]);
+    if let Some(filter) = &args.filter {
+        doc.arg(filter);
+    }
+    exec(&mut doc)?;
     let mut cmd = cargo();
     if on_path("cargo-nextest") {
         // Libraries, binaries and integration tests; benchmarks only need to compile, which
@@ -44,13 +50,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             cmd.args(["--", "--include-ignored"]);
         }
     }
-    exec(&mut cmd)?;
-    let mut doc = cargo();
-    doc.args(["test", "--workspace", "--doc"]);
-    if let Some(filter) = &args.filter {
-        doc.arg(filter);
-    }
-    exec(&mut doc)
+    exec(&mut cmd)
 }
 
 /// Makes sure the real peers the tests talk to are installed: installs the missing ones
