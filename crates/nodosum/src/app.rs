@@ -281,26 +281,19 @@ impl AppSender {
         to: impl Into<Targets>,
     ) -> Result<(), SendError> {
         let frame = encode(KIND_MESSAGE, None, &payload.into());
-        let mut failed = Vec::new();
         let targets = self.shared.node.resolve(to.into());
         let single = targets.len() == 1;
+        let mut failed = Vec::new();
         for node in targets {
-            if let Err(e) = self
+            let sent = self
                 .shared
                 .send_raw(&node, &self.shared.app, frame.clone())
-                .await
-            {
-                if single {
-                    return Err(e);
-                }
+                .await;
+            if let Err(e) = sent {
                 failed.push((node, e));
             }
         }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(SendError::Partial { failed })
-        }
+        combine(single, failed)
     }
 
     /// Sends a one-way message without waiting; a full queue is [`SendError::QueueFull`].
@@ -310,28 +303,18 @@ impl AppSender {
         to: impl Into<Targets>,
     ) -> Result<(), SendError> {
         let frame = encode(KIND_MESSAGE, None, &payload.into());
-        let mut failed = Vec::new();
         let targets = self.shared.node.resolve(to.into());
         let single = targets.len() == 1;
-        for node in targets {
-            let result = self.shared.node.check_target(&node).and_then(|()| {
-                self.shared
-                    .node
-                    .quic
-                    .try_send(&node, &self.shared.app, frame.clone())
-                    .map_err(|e| self.shared.node.send_error(&self.shared.app, e))
-            });
-            match result {
-                Ok(()) => self.shared.node.metrics.sent(&self.shared.app, frame.len()),
-                Err(e) if single => return Err(e),
-                Err(e) => failed.push((node, e)),
-            }
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(SendError::Partial { failed })
-        }
+        let failed = targets
+            .into_iter()
+            .filter_map(
+                |node| match self.shared.try_send_raw(&node, frame.clone()) {
+                    Ok(()) => None,
+                    Err(e) => Some((node, e)),
+                },
+            )
+            .collect();
+        combine(single, failed)
     }
 
     /// Sends a request to `node` and waits for its response, at most `timeout`.
@@ -387,6 +370,31 @@ impl AppShared {
                 Ok(())
             }
             Err(e) => Err(self.node.send_error(&self.app, e)),
+        }
+    }
+
+    fn try_send_raw(&self, node: &NodeId, frame: Bytes) -> Result<(), SendError> {
+        self.node.check_target(node)?;
+        let len = frame.len();
+        match self.node.quic.try_send(node, &self.app, frame) {
+            Ok(()) => {
+                self.node.metrics.sent(&self.app, len);
+                Ok(())
+            }
+            Err(e) => Err(self.node.send_error(&self.app, e)),
+        }
+    }
+}
+
+/// The outcome of one send to its targets: a lone target's error as it is, failures among
+/// several targets as [`SendError::Partial`] (the others have the message queued).
+fn combine(single: bool, mut failed: Vec<(NodeId, SendError)>) -> Result<(), SendError> {
+    match failed.pop() {
+        None => Ok(()),
+        Some((_, e)) if single => Err(e),
+        Some(last) => {
+            failed.push(last);
+            Err(SendError::Partial { failed })
         }
     }
 }
