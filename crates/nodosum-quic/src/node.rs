@@ -1057,16 +1057,7 @@ impl Inner {
     /// starts afresh.
     fn lane_failed(&self, node: &NodeId, app: &AppId, shared: &Arc<LaneShared>) -> SendError {
         let failure = lock(&shared.failure).clone();
-        let mut st = lock(&self.state);
-        if let Some(peer) = st.peers.get_mut(node)
-            && peer
-                .lanes
-                .get(app)
-                .is_some_and(|l| Arc::ptr_eq(&l.shared, shared))
-            && let Some(lane) = peer.lanes.remove(app)
-        {
-            lane.shared.detach();
-        }
+        self.remove_lane(node, app, shared);
         if self.closing.load(Ordering::Acquire) {
             return SendError::Closed;
         }
