@@ -39,6 +39,10 @@ const SIZES: [(&str, usize, u64); 3] = [
     ("64KiB", 64 * 1024, 16),
 ];
 
+/// Loss levels of the packet-loss scenario: report key and drop probability.
+const LOSS_LEVELS: [(&str, f64); 3] =
+    [("loss_0pct", 0.0), ("loss_1pct", 0.01), ("loss_5pct", 0.05)];
+
 /// Application counts of the stall scenario.
 const APP_COUNTS: [usize; 5] = [1, 5, 10, 20, 50];
 
@@ -88,6 +92,10 @@ impl Link {
 }
 
 fn main() {
+    // A child process of the packet-loss scenario runs its role and exits.
+    if let Some(code) = benches::loss::child_main() {
+        std::process::exit(code);
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
@@ -99,18 +107,43 @@ fn main() {
         pki: Pki::generate().expect("certificates"),
         full,
     };
+    // NQBENCH_ONLY=section,... runs only those sections (setup, latency, throughput,
+    // stall, packet_loss) and writes `transport-only.{json,md}`, leaving the full report.
+    let only = std::env::var("NQBENCH_ONLY").ok();
+    let want = |section: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|s| s == section))
+    };
     let mut report = Map::new();
     report.insert("machine".into(), machine());
-    report.insert("setup".into(), setup(&mut c, &ctx));
-    let links = links(&ctx);
-    report.insert("latency_64B".into(), latency(&mut c, &ctx, &links));
-    report.insert("throughput".into(), throughput(&mut c, &ctx, &links));
-    report.insert("stall".into(), stall_scenario(&ctx));
+    if want("setup") {
+        report.insert("setup".into(), setup(&mut c, &ctx));
+    }
+    if want("latency") || want("throughput") {
+        let links = links(&ctx);
+        if want("latency") {
+            report.insert("latency_64B".into(), latency(&mut c, &ctx, &links));
+        }
+        if want("throughput") {
+            report.insert("throughput".into(), throughput(&mut c, &ctx, &links));
+        }
+    }
+    if want("stall") {
+        report.insert("stall".into(), stall_scenario(&ctx));
+    }
+    if want("packet_loss") {
+        report.insert("packet_loss".into(), packet_loss(&ctx));
+    }
     c.final_summary();
     let report = Value::Object(report);
     let markdown = markdown(&report);
     println!("\n{markdown}");
-    match write_report("transport", &report) {
+    let name = if only.is_some() {
+        "transport-only"
+    } else {
+        "transport"
+    };
+    match write_report(name, &report) {
         Ok(path) => {
             let md = path.with_extension("md");
             match std::fs::write(&md, &markdown) {
@@ -282,7 +315,60 @@ fn markdown(r: &Value) -> String {
         }
         let _ = writeln!(md, "{line}");
     }
+    markdown_loss(&mut md, &r["packet_loss"]);
     md
+}
+
+fn markdown_loss(md: &mut String, r: &Value) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        md,
+        "\n### Packet loss: {} applications on one connection\n",
+        r["apps"].as_u64().unwrap_or(0)
+    );
+    if let Some(why) = r["skipped"].as_str().or_else(|| r["error"].as_str()) {
+        let _ = writeln!(md, "Not measured: {why}");
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "{} B messages, all applications' deliveries per second over {} s, across {}. \
+         `drop` is the measured share of packets dropped, `pkt` the mean packet size.\n\n\
+         | loss | TCP+TLS msgs/s | raw QUIC msgs/s | Nodosum msgs/s | QUIC/TCP | Nodosum/TCP | Nodosum/QUIC | drop TCP / QUIC / Nodosum | pkt B TCP / QUIC / Nodosum |\n\
+         |---|---|---|---|---|---|---|---|---|",
+        r["message_bytes"].as_u64().unwrap_or(0),
+        r["window_s"].as_f64().unwrap_or(0.0),
+        r["link"].as_str().unwrap_or("")
+    );
+    for (key, _) in LOSS_LEVELS {
+        let level = &r[key];
+        if level.is_null() {
+            continue;
+        }
+        let m = |t: &str| num(level, &[t, "msgs_per_s"]);
+        let each = |k: &str, scale: f64, digits: usize| {
+            benches::loss::TRANSPORTS
+                .iter()
+                .map(|t| fmt(num(level, &[t, k]), scale, digits))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            level["loss_percent"]
+                .as_f64()
+                .map_or_else(|| key.to_owned(), |p| format!("{p} %")),
+            fmt(m("tcp_tls"), 1.0, 0),
+            fmt(m("quic"), 1.0, 0),
+            fmt(m("nodosum"), 1.0, 0),
+            ratio(m("quic"), m("tcp_tls")),
+            ratio(m("nodosum"), m("tcp_tls")),
+            ratio(m("nodosum"), m("quic")),
+            each("drop_ratio_percent", 1.0, 2),
+            each("mean_packet_bytes", 1.0, 0),
+        );
+    }
 }
 
 fn machine() -> Value {
@@ -694,4 +780,104 @@ fn stall_scenario(ctx: &Ctx) -> Value {
         }
     }
     Value::Array(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Packet loss: N applications across a lossy veth link between two network namespaces.
+
+fn packet_loss(ctx: &Ctx) -> Value {
+    let (warmup, window) = if ctx.full {
+        (Duration::from_millis(500), Duration::from_secs(2))
+    } else {
+        (Duration::from_millis(50), Duration::from_millis(200))
+    };
+    let apps = benches::loss::APPS;
+    let mut out = Map::new();
+    out.insert("apps".into(), json!(apps));
+    out.insert("message_bytes".into(), json!(stall::MESSAGE));
+    out.insert("window_s".into(), json!(window.as_secs_f64()));
+    out.insert(
+        "link".into(),
+        json!("a veth pair between two network namespaces (MTU 1500, gso_max_segs 1), iptables random drop on INPUT in both"),
+    );
+    println!(
+        "\npacket loss: {apps} apps x {} B messages, {window:?} per figure, endpoints in network namespaces",
+        stall::MESSAGE
+    );
+    if let Some(why) = benches::loss::unavailable() {
+        println!("  skipped: {why}");
+        out.insert("skipped".into(), json!(why));
+        return Value::Object(out);
+    }
+    let lab = match benches::netns::Lab::create() {
+        Ok(lab) => lab,
+        Err(e) => {
+            println!("  skipped: cannot build the namespaces: {e:#}");
+            out.insert(
+                "skipped".into(),
+                json!(format!("cannot build the namespaces: {e:#}")),
+            );
+            return Value::Object(out);
+        }
+    };
+    for (key, p) in LOSS_LEVELS {
+        if let Err(e) = lab.set_loss(p) {
+            println!("  {key}: cannot set the loss: {e:#}");
+            out.insert("error".into(), json!(format!("{e:#}")));
+            break;
+        }
+        let mut level = Map::new();
+        level.insert("loss_percent".into(), json!(p * 100.0));
+        for transport in benches::loss::TRANSPORTS {
+            match benches::loss::measure(&lab, &ctx.pki, transport, apps, warmup, window) {
+                Ok(run) => {
+                    println!(
+                        "  loss {:>4.1} % {transport:<8} {:>10.0} msgs/s  (min/app {:>7}, dropped {:.2} % of {} packets, mean {:.0} B)",
+                        p * 100.0,
+                        run.rate(),
+                        run.min_per_app,
+                        run.drop_ratio() * 100.0,
+                        run.counters.packets,
+                        run.mean_packet_bytes()
+                    );
+                    #[allow(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+                    let mbs = run.rate() * stall::MESSAGE as f64 / 1e6;
+                    level.insert(
+                        transport.into(),
+                        json!({
+                            "msgs_per_s": run.rate(),
+                            "mb_per_s": mbs,
+                            "delivered": run.delivered,
+                            "min_per_app": run.min_per_app,
+                            "window_s": run.elapsed.as_secs_f64(),
+                            "packets": run.counters.packets,
+                            "dropped": run.counters.dropped,
+                            "drop_ratio_percent": run.drop_ratio() * 100.0,
+                            "mean_packet_bytes": run.mean_packet_bytes(),
+                        }),
+                    );
+                }
+                Err(e) => {
+                    println!("  loss {:>4.1} % {transport:<8} failed: {e:#}", p * 100.0);
+                    level.insert(transport.into(), json!({ "error": format!("{e:#}") }));
+                }
+            }
+        }
+        let m = |t: &str| level.get(t).and_then(|v| v["msgs_per_s"].as_f64());
+        let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => json!(a / b),
+            _ => Value::Null,
+        };
+        let ratios = [
+            ("quic_vs_tcp", r(m("quic"), m("tcp_tls"))),
+            ("nodosum_vs_tcp", r(m("nodosum"), m("tcp_tls"))),
+            ("nodosum_vs_quic", r(m("nodosum"), m("quic"))),
+        ];
+        for (k, v) in ratios {
+            level.insert(k.into(), v);
+        }
+        out.insert(key.into(), Value::Object(level));
+    }
+    drop(lab);
+    Value::Object(out)
 }

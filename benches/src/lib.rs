@@ -14,11 +14,14 @@
 //!   exchanges through its public API.
 //! - [`stall`]: the multi-application scenario on both: N applications on one connection,
 //!   one application's receiver stalled, messages delivered to the others in a window.
+//! - [`loss`] and [`netns`]: the same multi-application traffic across a lossy veth link
+//!   between two network namespaces (iptables random drop), endpoints in child processes
+//!   inside the namespaces; root only.
 //!
 //! Each link speaks the same two exchanges: *ping* (one message to the `echo`
 //! application, wait for it to come back) and *push* (`count` messages to the `data`
 //! application, then an empty message that asks for an acknowledgement once all were
-//! read). Everything runs on loopback (127.0.0.1) in a multi-thread tokio runtime; the
+//! read). Everything but the packet-loss scenario runs on loopback (127.0.0.1) in a multi-thread tokio runtime; the
 //! caller keeps the busy tasks off its `block_on` thread (see [`runtime`]).
 //!
 //! What it is not: a test suite (benchmarks measure, tests in each crate assert), or a
@@ -27,6 +30,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod loss;
+pub mod netns;
 pub mod nodosum;
 pub mod pki;
 pub mod quic;

@@ -11,6 +11,7 @@
 //! client that reconnects (resumption, and 0-RTT when offered; the stream manager still
 //! sends no data before the handshake completes, so 0-RTT saves nothing on this path).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -42,20 +43,7 @@ async fn pair(pki: &Pki, config: &Config) -> anyhow::Result<(QuicNode, QuicNode,
     let server = QuicNode::bind(config.clone(), &tls_identity(pki, &pki.server), None)?;
     let client = QuicNode::bind(config.clone(), &tls_identity(pki, &pki.client), None)?;
     let server_id = server.node_id().clone();
-    let mut events = client.events();
-    client.connect(server_id.clone(), server.local_addr()?);
-    tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-        loop {
-            match events.recv().await {
-                Ok(Event::Up { node, .. }) if node == server_id => return Ok(()),
-                Ok(Event::Rejected { reason, .. }) => bail!("connection refused: {reason:?}"),
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(e) => bail!("event stream ended: {e}"),
-            }
-        }
-    })
-    .await
-    .context("connecting")??;
+    connect(&client, server_id.clone(), server.local_addr()?).await?;
     Ok((client, server, server_id))
 }
 
@@ -157,7 +145,7 @@ pub struct NodosumSetup {
     pki: Pki,
     server: QuicNode,
     server_id: NodeId,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     echo: AppId,
     /// The reconnecting client of [`NodosumSetup::reconnect`], with its echo receiver.
     client: QuicNode,
@@ -239,7 +227,7 @@ async fn exchange(
     client: &QuicNode,
     rx: &mut AppReceiver,
     server_id: &NodeId,
-    addr: std::net::SocketAddr,
+    addr: SocketAddr,
     echo: &AppId,
 ) -> anyhow::Result<(Duration, Option<HandshakeKind>)> {
     let mut events = client.events();
@@ -266,6 +254,99 @@ fn client_id(pki: &Pki) -> anyhow::Result<NodeId> {
     Ok(tls_identity(pki, &pki.client).node_id()?)
 }
 
+/// The configuration of the stall and packet-loss scenarios: application receivers hold
+/// [`stall::QUEUE`] messages like the baselines' queues.
+pub fn stall_config() -> Config {
+    let mut config = config();
+    config.app_receiver_capacity = stall::QUEUE;
+    config
+}
+
+/// The receiving applications of the stall and packet-loss scenarios on a node: one
+/// counting consumer per application, application 0 parked when stalled.
+#[derive(Debug)]
+pub struct StallApps {
+    counters: Arc<Vec<AtomicU64>>,
+    _parked: Option<AppReceiver>,
+    _tasks: JoinSet<()>,
+}
+
+impl StallApps {
+    /// Registers applications `app-0` .. `app-{apps-1}` on `node`.
+    pub fn register(node: &QuicNode, apps: usize, stalled: bool) -> anyhow::Result<Self> {
+        let counters: Arc<Vec<AtomicU64>> =
+            Arc::new((0..apps).map(|_| AtomicU64::new(0)).collect());
+        let mut tasks = JoinSet::new();
+        let mut parked = None;
+        for i in 0..apps {
+            let mut rx = node.register_app(app(&stall::app_name(i))?)?;
+            if stalled && i == 0 {
+                parked = Some(rx);
+                continue;
+            }
+            let counters = counters.clone();
+            tasks.spawn(async move {
+                while rx.recv().await.is_some() {
+                    counters[i].fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        Ok(Self {
+            counters,
+            _parked: parked,
+            _tasks: tasks,
+        })
+    }
+
+    /// Messages each application has received so far.
+    pub fn delivered(&self) -> Vec<u64> {
+        self.counters
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+}
+
+/// Starts one producer per application on `node`, each sending [`stall::MESSAGE`]-byte
+/// messages to `peer` as fast as its lane takes them.
+pub fn spawn_producers(
+    node: &QuicNode,
+    peer: &NodeId,
+    apps: usize,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    let msg = Bytes::from(vec![0xA5; stall::MESSAGE]);
+    for i in 0..apps {
+        let id = app(&stall::app_name(i))?;
+        let (node, peer, msg) = (node.clone(), peer.clone(), msg.clone());
+        tasks.spawn(async move { while node.send(&peer, &id, msg.clone()).await.is_ok() {} });
+    }
+    Ok(())
+}
+
+/// Dials `server_id` at `addr` from `client` and waits until the connection is up.
+pub async fn connect(client: &QuicNode, server_id: NodeId, addr: SocketAddr) -> anyhow::Result<()> {
+    let mut events = client.events();
+    client.connect(server_id.clone(), addr);
+    tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Up { node, .. }) if node == server_id => return Ok(()),
+                Ok(Event::Rejected { reason, .. }) => bail!("connection refused: {reason:?}"),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => bail!("event stream ended: {e}"),
+            }
+        }
+    })
+    .await
+    .context("connecting")?
+}
+
+/// The [`TlsIdentity`] of `id` under the benchmark CA.
+pub fn identity(pki: &Pki, id: &Identity) -> TlsIdentity {
+    tls_identity(pki, id)
+}
+
 /// Runs the stall scenario (see [`stall`]) over Nodosum: one stream per application,
 /// application receivers holding [`stall::QUEUE`] messages like the baselines' queues.
 pub async fn run_stall(
@@ -274,39 +355,13 @@ pub async fn run_stall(
     stalled: bool,
     window: Duration,
 ) -> anyhow::Result<StallResult> {
-    let mut config = config();
-    config.app_receiver_capacity = stall::QUEUE;
-    let (client, server, peer) = pair(pki, &config).await?;
-    let counters: Arc<Vec<AtomicU64>> = Arc::new((0..apps).map(|_| AtomicU64::new(0)).collect());
+    let (client, server, peer) = pair(pki, &stall_config()).await?;
+    let receivers = StallApps::register(&server, apps, stalled)?;
     let mut tasks = JoinSet::new();
-    let mut parked = Vec::new();
-    let mut ids = Vec::with_capacity(apps);
-    for i in 0..apps {
-        let id = app(&stall::app_name(i))?;
-        let mut rx = server.register_app(id.clone())?;
-        ids.push(id);
-        if stalled && i == 0 {
-            parked.push(rx);
-            continue;
-        }
-        let counters = counters.clone();
-        tasks.spawn(async move {
-            while rx.recv().await.is_some() {
-                counters[i].fetch_add(1, Ordering::Relaxed);
-            }
-        });
-    }
-    let msg = Bytes::from(vec![0xA5; stall::MESSAGE]);
-    for id in ids {
-        let (node, peer, msg) = (client.clone(), peer.clone(), msg.clone());
-        tasks.spawn(async move { while node.send(&peer, &id, msg.clone()).await.is_ok() {} });
-    }
-    let result = stall::measure(apps, stalled, window, || {
-        counters.iter().map(|c| c.load(Ordering::Relaxed)).collect()
-    })
-    .await;
+    spawn_producers(&client, &peer, apps, &mut tasks)?;
+    let result = stall::measure(apps, stalled, window, || receivers.delivered()).await;
     drop(tasks);
-    drop(parked);
+    drop(receivers);
     client.close(Duration::from_millis(100)).await;
     server.close(Duration::from_millis(100)).await;
     Ok(result)

@@ -151,3 +151,80 @@ pub fn server_name() -> anyhow::Result<ServerName<'static>> {
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(2 * bytes.len()), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn from_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(text.len().is_multiple_of(2), "odd hex length");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+                .context("bad hex digit")
+        })
+        .collect()
+}
+
+impl Pki {
+    /// The CA and both identities as one line of text (hex DER, space separated), to hand
+    /// to a child process through its environment.
+    pub fn to_text(&self) -> String {
+        let id = |i: &Identity| {
+            format!(
+                "{} {}",
+                to_hex(i.chain.first().map_or(&[][..], |c| c.as_ref())),
+                to_hex(i.key.secret_der())
+            )
+        };
+        format!(
+            "{} {} {}",
+            to_hex(self.ca.as_ref()),
+            id(&self.server),
+            id(&self.client)
+        )
+    }
+
+    /// Reads what [`to_text`](Self::to_text) wrote.
+    pub fn from_text(text: &str) -> anyhow::Result<Self> {
+        let parts = text
+            .split_whitespace()
+            .map(from_hex)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let [ca, sc, sk, cc, ck] = <[Vec<u8>; 5]>::try_from(parts)
+            .map_err(|p| anyhow::anyhow!("expected 5 parts, got {}", p.len()))?;
+        let id = |cert: Vec<u8>, key: Vec<u8>| Identity {
+            chain: vec![CertificateDer::from(cert)],
+            key: PrivatePkcs8KeyDer::from(key).into(),
+        };
+        Ok(Self {
+            ca: CertificateDer::from(ca),
+            server: id(sc, sk),
+            client: id(cc, ck),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_form_round_trips() {
+        let pki = Pki::generate().unwrap();
+        let back = Pki::from_text(&pki.to_text()).unwrap();
+        assert_eq!(back.ca, pki.ca);
+        assert_eq!(back.server.chain, pki.server.chain);
+        assert_eq!(back.client.key.secret_der(), pki.client.key.secret_der());
+        assert!(Pki::from_text("abc").is_err());
+        assert!(Pki::from_text("00 11").is_err());
+    }
+}

@@ -8,7 +8,7 @@
 //! Nodosum's stream manager does neither (see `nodosum_quic`'s crate documentation).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,10 +33,19 @@ pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
 
 /// A UDP socket on an ephemeral loopback port with [`UDP_BUFFER`] buffers.
 pub fn udp_socket() -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    udp_socket_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A UDP socket on an ephemeral port of `ip` (IPv4) with [`UDP_BUFFER`] buffers.
+pub fn udp_socket_on(ip: IpAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(SocketAddr::new(ip, 0)),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
     socket.set_send_buffer_size(UDP_BUFFER)?;
     socket.set_recv_buffer_size(UDP_BUFFER)?;
-    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
+    socket.bind(&SocketAddr::new(ip, 0).into())?;
     Ok(socket.into())
 }
 
@@ -63,10 +72,15 @@ pub fn client_config(pki: &Pki, resume: Resume) -> anyhow::Result<quinn::ClientC
 
 /// A client endpoint (no server role) on a tuned loopback socket.
 pub fn client_endpoint() -> anyhow::Result<Endpoint> {
+    client_endpoint_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A client endpoint on a tuned socket bound to `ip`.
+pub fn client_endpoint_on(ip: IpAddr) -> anyhow::Result<Endpoint> {
     Ok(Endpoint::new(
         EndpointConfig::default(),
         None,
-        udp_socket()?,
+        udp_socket_on(ip)?,
         Arc::new(TokioRuntime),
     )?)
 }
@@ -81,13 +95,18 @@ pub struct QuicServer {
 impl QuicServer {
     /// Binds a tuned loopback socket and serves every stream in `mode`; accepts 0-RTT.
     pub fn start(pki: &Pki, mode: ServerMode) -> anyhow::Result<Self> {
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), pki, mode)
+    }
+
+    /// Like [`start`](Self::start), on an ephemeral port of `ip`.
+    pub fn start_on(ip: IpAddr, pki: &Pki, mode: ServerMode) -> anyhow::Result<Self> {
         let crypto = QuicServerConfig::try_from(Arc::new(pki.server_config(true)?))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(transport());
         let endpoint = Endpoint::new(
             EndpointConfig::default(),
             Some(config),
-            udp_socket()?,
+            udp_socket_on(ip)?,
             Arc::new(TokioRuntime),
         )?;
         let accepting = endpoint.clone();

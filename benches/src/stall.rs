@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -215,21 +215,13 @@ fn payload_batch(app: Option<&[u8]>) -> Bytes {
     Bytes::from(buf)
 }
 
-/// Runs the scenario over the multiplexed TCP + TLS baseline.
-pub async fn run_tcp(
-    pki: &Pki,
+/// Starts the TCP + TLS side of the producers on `tls`: one task per application handing
+/// batches to a shared bounded queue, and one writer coalescing them into 64 KiB writes.
+pub fn spawn_tcp_producers(
+    mut tls: impl AsyncWrite + Unpin + Send + 'static,
     apps: usize,
-    stall: bool,
-    window: Duration,
-) -> anyhow::Result<StallResult> {
-    let receivers = Apps::new(apps, stall);
-    let server = TcpServer::start(
-        pki.server_config(false)?,
-        ServerMode::Apps(receivers.router()),
-    )
-    .await?;
-    let mut tls = tcp::dial(server.addr(), Arc::new(pki.client_config(Resume::Never)?)).await?;
-    let mut tasks = JoinSet::new();
+    tasks: &mut JoinSet<()>,
+) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(TCP_WRITE_QUEUE);
     tasks.spawn(async move {
         let mut buf = Vec::with_capacity(2 * IO_CHUNK);
@@ -252,7 +244,39 @@ pub async fn run_tcp(
         let tx = tx.clone();
         tasks.spawn(async move { while tx.send(batch.clone()).await.is_ok() {} });
     }
-    drop(tx);
+}
+
+/// Opens one raw quinn stream per application on `conn` and starts a producer writing
+/// batches on each.
+pub async fn spawn_quic_producers(
+    conn: &quinn::Connection,
+    apps: usize,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
+    for i in 0..apps {
+        let mut stream = AppStream::open(conn, &app_name(i)).await?;
+        let batch = payload_batch(None);
+        tasks.spawn(async move { while stream.send().write_chunk(batch.clone()).await.is_ok() {} });
+    }
+    Ok(())
+}
+
+/// Runs the scenario over the multiplexed TCP + TLS baseline.
+pub async fn run_tcp(
+    pki: &Pki,
+    apps: usize,
+    stall: bool,
+    window: Duration,
+) -> anyhow::Result<StallResult> {
+    let receivers = Apps::new(apps, stall);
+    let server = TcpServer::start(
+        pki.server_config(false)?,
+        ServerMode::Apps(receivers.router()),
+    )
+    .await?;
+    let tls = tcp::dial(server.addr(), Arc::new(pki.client_config(Resume::Never)?)).await?;
+    let mut tasks = JoinSet::new();
+    spawn_tcp_producers(tls, apps, &mut tasks);
     let result = measure(apps, stall, window, || receivers.delivered()).await;
     drop(tasks);
     drop(server);
@@ -276,15 +300,8 @@ pub async fn run_quic(
             crate::pki::SERVER_NAME,
         )?
         .await?;
-    let mut streams = Vec::with_capacity(apps);
-    for i in 0..apps {
-        streams.push(AppStream::open(&conn, &app_name(i)).await?);
-    }
     let mut tasks = JoinSet::new();
-    for mut stream in streams {
-        let batch = payload_batch(None);
-        tasks.spawn(async move { while stream.send().write_chunk(batch.clone()).await.is_ok() {} });
-    }
+    spawn_quic_producers(&conn, apps, &mut tasks).await?;
     let result = measure(apps, stall, window, || receivers.delivered()).await;
     drop(tasks);
     conn.close(0u32.into(), b"done");

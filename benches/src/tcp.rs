@@ -2,14 +2,14 @@
 //! `[u16 LE app-id len][app id][u32 LE len][payload]` frames.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, ensure};
 use bytes::Bytes;
 use rustls::{ClientConfig, HandshakeKind, ServerConfig};
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 
@@ -27,7 +27,16 @@ pub struct TcpServer {
 impl TcpServer {
     /// Listens on an ephemeral loopback port and serves every connection in `mode`.
     pub async fn start(config: ServerConfig, mode: ServerMode) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), config, mode).await
+    }
+
+    /// Like [`start`](Self::start), on an ephemeral port of `ip`.
+    pub async fn start_on(
+        ip: IpAddr,
+        config: ServerConfig,
+        mode: ServerMode,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).await?;
         let addr = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(Arc::new(config));
         let task = tokio::spawn(async move {
@@ -101,7 +110,26 @@ pub async fn dial(
     addr: SocketAddr,
     config: Arc<ClientConfig>,
 ) -> anyhow::Result<client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(addr).await?;
+    dial_with(addr, config, None).await
+}
+
+/// Like [`dial`], with the connection's congestion controller set to `congestion` (e.g.
+/// `b"cubic"`, quinn's default) instead of the system's default.
+pub async fn dial_with(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    congestion: Option<&[u8]>,
+) -> anyhow::Result<client::TlsStream<TcpStream>> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(cc) = congestion {
+        socket2::SockRef::from(&socket)
+            .set_tcp_congestion(cc)
+            .context("setting the congestion controller")?;
+    }
+    let tcp = socket.connect(addr).await?;
     tcp.set_nodelay(true)?;
     let tls = TlsConnector::from(config)
         .connect(pki::server_name()?, tcp)
