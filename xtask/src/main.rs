@@ -5,6 +5,7 @@
 // A command-line tool talks to its user on the terminal.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench_report;
 mod certs;
 mod cluster;
 mod fuzz;
@@ -31,6 +32,8 @@ enum Command {
     Certs(certs::Args),
     /// Run a local Mycel cluster on loopback until Ctrl-C.
     Cluster(cluster::Args),
+    /// Run every benchmark and side-by-side measurement; write one Markdown report with charts.
+    BenchReport(bench_report::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +42,6 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Cluster(args) => cluster::run(&args),
+        Command::BenchReport(args) => bench_report::run(&args),
     }
 }
