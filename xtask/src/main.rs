@@ -8,6 +8,7 @@
 mod bench_report;
 mod certs;
 mod cluster;
+mod faults;
 mod fuzz;
 mod test;
 mod util;
@@ -32,6 +33,9 @@ enum Command {
     Certs(certs::Args),
     /// Run a local Mycel cluster on loopback until Ctrl-C.
     Cluster(cluster::Args),
+    /// Fault scenarios (kill, partition, split, rolling restart, lossy link, clock) on a
+    /// cluster in network namespaces, checked for lost writes and linearizability (root).
+    Faults(faults::Args),
     /// Run every benchmark and side-by-side measurement; write one Markdown report with charts.
     BenchReport(bench_report::Args),
 }
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Certs(args) => certs::run(&args),
         Command::Cluster(args) => cluster::run(&args),
+        Command::Faults(args) => faults::run(&args),
         Command::BenchReport(args) => bench_report::run(&args),
     }
 }
