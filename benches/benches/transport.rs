@@ -93,7 +93,7 @@ impl Link {
 
 fn main() {
     // A child process of the packet-loss scenario runs its role and exits.
-    if let Some(code) = benches::loss::child_main() {
+    if let Some(code) = benches::loss::child_main().or_else(benches::memory::child_main) {
         std::process::exit(code);
     }
     let full = std::env::args().any(|a| a == "--bench");
@@ -108,7 +108,7 @@ fn main() {
         full,
     };
     // NQBENCH_ONLY=section,... runs only those sections (setup, latency, throughput,
-    // stall, packet_loss) and writes `transport-only.{json,md}`, leaving the full report.
+    // stall, packet_loss, memory) and writes `transport-only.{json,md}`, leaving the full report.
     let only = std::env::var("NQBENCH_ONLY").ok();
     let want = |section: &str| {
         only.as_deref()
@@ -133,6 +133,9 @@ fn main() {
     }
     if want("packet_loss") {
         report.insert("packet_loss".into(), packet_loss(&ctx));
+    }
+    if want("memory") {
+        report.insert("memory_per_connection".into(), memory(&ctx));
     }
     c.final_summary();
     let report = Value::Object(report);
@@ -316,7 +319,37 @@ fn markdown(r: &Value) -> String {
         let _ = writeln!(md, "{line}");
     }
     markdown_loss(&mut md, &r["packet_loss"]);
+    markdown_memory(&mut md, &r["memory_per_connection"]);
     md
+}
+
+fn markdown_memory(md: &mut String, r: &Value) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        md,
+        "\n### Memory per idle connection (KiB of resident set, after one echo)\n\n\
+         {} connections. Serving side: one process holding them all (what a node pays per \
+         peer). Client side: TCP and raw QUIC share one client endpoint; Nodosum needs one \
+         client node (its own endpoint) per peer ID.\n\n\
+         | transport | serving side | client side | serving vs TCP+TLS |\n|---|---|---|---|",
+        r["connections"].as_u64().unwrap_or(0)
+    );
+    if let Some(why) = r["skipped"].as_str() {
+        let _ = writeln!(md, "\nNot measured: {why}");
+        return;
+    }
+    for t in benches::memory::TRANSPORTS {
+        let _ = writeln!(
+            md,
+            "| {t} | {} | {} | {} |",
+            fmt(num(r, &[t, "server_bytes_per_connection"]), 1024.0, 1),
+            fmt(num(r, &[t, "client_bytes_per_connection"]), 1024.0, 1),
+            ratio(
+                num(r, &[t, "server_bytes_per_connection"]),
+                num(r, &["tcp_tls", "server_bytes_per_connection"])
+            ),
+        );
+    }
 }
 
 fn markdown_loss(md: &mut String, r: &Value) {
@@ -879,5 +912,48 @@ fn packet_loss(ctx: &Ctx) -> Value {
         out.insert(key.into(), Value::Object(level));
     }
     drop(lab);
+    Value::Object(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory: resident-set growth per idle connection.
+
+fn memory(ctx: &Ctx) -> Value {
+    let n = if ctx.full { 200 } else { 10 };
+    let settle = Duration::from_millis(if ctx.full { 300 } else { 50 });
+    let mut out = Map::new();
+    out.insert("connections".into(), json!(n));
+    println!("\nmemory per idle connection ({n} connections, resident set growth)");
+    if !std::path::Path::new("/proc/self/status").exists() {
+        println!("  skipped: no /proc");
+        out.insert("skipped".into(), json!("no /proc/<pid>/status"));
+        return Value::Object(out);
+    }
+    let ca = Arc::new(benches::memory::dev_ca().expect("development CA"));
+    for transport in benches::memory::TRANSPORTS {
+        let ca = ca.clone();
+        let result =
+            ctx.run(async move { benches::memory::measure(&ca, transport, n, settle).await });
+        match result {
+            Ok(m) => {
+                println!(
+                    "  {transport:<8} serving side {:>8.1} KiB/conn  client side {:>8.1} KiB/conn",
+                    m.server_bytes / 1024.0,
+                    m.client_bytes / 1024.0
+                );
+                out.insert(
+                    transport.into(),
+                    json!({
+                        "server_bytes_per_connection": m.server_bytes,
+                        "client_bytes_per_connection": m.client_bytes,
+                    }),
+                );
+            }
+            Err(e) => {
+                println!("  {transport:<8} failed: {e:#}");
+                out.insert(transport.into(), json!({ "error": format!("{e:#}") }));
+            }
+        }
+    }
     Value::Object(out)
 }

@@ -17,6 +17,7 @@
 //! - [`loss`] and [`netns`]: the same multi-application traffic across a lossy veth link
 //!   between two network namespaces (iptables random drop), endpoints in child processes
 //!   inside the namespaces; root only.
+//! - [`memory`]: resident memory per idle connection, serving side in a child process.
 //!
 //! Each link speaks the same two exchanges: *ping* (one message to the `echo`
 //! application, wait for it to come back) and *push* (`count` messages to the `data`
@@ -31,6 +32,7 @@
 #![warn(missing_docs)]
 
 pub mod loss;
+pub mod memory;
 pub mod netns;
 pub mod nodosum;
 pub mod pki;

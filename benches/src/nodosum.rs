@@ -122,6 +122,11 @@ impl NodosumLink {
     }
 }
 
+/// Registers the `echo` application on `node`: every message goes back to its sender.
+pub fn serve_echo(tasks: &mut JoinSet<()>, node: &QuicNode) -> anyhow::Result<()> {
+    spawn_echo(tasks, node, &app(ECHO_APP)?)
+}
+
 fn spawn_echo(tasks: &mut JoinSet<()>, node: &QuicNode, echo: &AppId) -> anyhow::Result<()> {
     let mut rx = node.register_app(echo.clone())?;
     let (node, echo) = (node.clone(), echo.clone());
