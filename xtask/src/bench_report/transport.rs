@@ -89,6 +89,8 @@ pub(crate) fn render(r: &Value) -> Section {
             }
             if key.contains("loss") {
                 loss(key, value, &mut s);
+            } else if key.contains("memory") {
+                memory(key, value, &mut s);
             } else {
                 generic(key, value, &mut s);
             }
@@ -519,6 +521,23 @@ fn parse_percent(key: &str) -> Option<f64> {
 }
 
 fn loss(key: &str, value: &Value, s: &mut Section) {
+    let apps = value.get("apps").and_then(Value::as_u64);
+    if let Some(why) = value.get("skipped").and_then(Value::as_str) {
+        let _ = writeln!(
+            s.markdown,
+            "### Packet loss (`{key}`)\n\nNot measured in this run: {why}.\n"
+        );
+        for l in [1, 5] {
+            s.goals.push(Goal::new(
+                "transport",
+                format!("{l}% packet loss: Nodosum / TCP+TLS aggregate multi-application msgs/s"),
+                None,
+                Cmp::AtLeast,
+                1.5,
+            ));
+        }
+        return;
+    }
     let mut points = Vec::new();
     loss_points(value, None, None, &mut points);
     let mut levels: Vec<f64> = points.iter().map(|p| p.0).collect();
@@ -563,7 +582,12 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
     }
     let _ = writeln!(
         s.markdown,
-        "### Packet loss (`{key}`): aggregate multi-application throughput over a lossy link\n\n{}",
+        "### Packet loss (`{key}`): aggregate throughput of {} applications on one connection over a lossy link\n\n{}{}",
+        apps.map_or_else(|| "several".to_owned(), |a| a.to_string()),
+        value
+            .get("link")
+            .and_then(Value::as_str)
+            .map_or_else(String::new, |l| format!("Link: {l}.\n\n")),
         t.render()
     );
     let mut rest = Vec::new();
@@ -573,6 +597,55 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
         "<details><summary>all figures of <code>{key}</code></summary>\n\n{}\n</details>\n",
         leaves_table(&rest)
     );
+}
+
+/// Memory per connection: `{transport: {server_bytes_per_connection, client_...}}`.
+fn memory(key: &str, value: &Value, s: &mut Section) {
+    let _ = writeln!(
+        s.markdown,
+        "### Memory per idle connection (`{key}`, resident-set growth){}\n",
+        value
+            .get("connections")
+            .and_then(Value::as_u64)
+            .map_or_else(String::new, |n| format!(", {n} connections"))
+    );
+    if let Some(why) = value.get("skipped").and_then(Value::as_str) {
+        let _ = writeln!(s.markdown, "Not measured in this run: {why}.\n");
+        return;
+    }
+    let kib = |t: &str, k: &str| num(value, &[t, k]).map(|b| b / 1024.0);
+    let found = TRANSPORTS
+        .iter()
+        .any(|(t, _)| kib(t, "server_bytes_per_connection").is_some());
+    if !found {
+        generic(key, value, s);
+        return;
+    }
+    let mut t = Table::new(&[
+        "transport",
+        "serving side KiB/conn",
+        "client side KiB/conn",
+        "serving side / TCP+TLS",
+        "error",
+    ]);
+    for (key, name) in TRANSPORTS {
+        t.row(vec![
+            name.to_owned(),
+            fmt_num(kib(key, "server_bytes_per_connection"), 1),
+            fmt_num(kib(key, "client_bytes_per_connection"), 1),
+            fmt_ratio(ratio(
+                kib(key, "server_bytes_per_connection"),
+                kib("tcp_tls", "server_bytes_per_connection"),
+            )),
+            value
+                .get(key)
+                .and_then(|v| v.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        ]);
+    }
+    let _ = writeln!(s.markdown, "{}", t.render());
 }
 
 /// Any other section: every figure, by path.
@@ -681,7 +754,13 @@ mod tests {
                 { "apps": 50, "transport": "quic", "unstalled": {"msgs_per_s": 800_000.0}, "stalled": {"msgs_per_s": 790_000.0} },
                 { "apps": 50, "transport": "nodosum", "unstalled": {"msgs_per_s": 500_000.0}, "stalled": {"msgs_per_s": 400_000.0} },
             ],
-            "memory_per_connection": { "nodosum": { "bytes": 123_456 } },
+            "memory_per_connection": {
+                "connections": 10,
+                "tcp_tls": { "server_bytes_per_connection": 40960.0, "client_bytes_per_connection": 20480.0 },
+                "quic": { "error": "no endpoint" },
+                "nodosum": { "server_bytes_per_connection": 81920.0, "client_bytes_per_connection": 409600.0 },
+            },
+            "future_section": { "nodosum": { "bytes": 123_456 } },
         })
     }
 
@@ -722,9 +801,14 @@ mod tests {
         let zero = goal(&s, "0-RTT");
         assert!((zero.ratio.unwrap() - 400.0 / 900.0).abs() < 1e-9);
         assert_eq!(zero.met(), Some(true));
+        assert!(md.contains("| Nodosum | 80.0 | 400.0 | 2.00x |  |"), "{md}");
+        assert!(
+            md.contains("| raw QUIC | n/a | n/a | n/a | no endpoint |"),
+            "{md}"
+        );
         // An unknown section is listed, not dropped.
         assert!(
-            md.contains("`memory_per_connection.nodosum.bytes` | 123,456 |"),
+            md.contains("`future_section.nodosum.bytes` | 123,456 |"),
             "{md}"
         );
         assert_eq!(s.charts.len(), 3);
@@ -769,6 +853,50 @@ mod tests {
             "{}",
             s.markdown
         );
+    }
+
+    #[test]
+    fn the_benchmarks_packet_loss_layout_and_a_skipped_one() {
+        let mut r = sample();
+        let level = |p: f64, tcp: f64, nodosum: f64| {
+            json!({
+                "loss_percent": p,
+                "tcp_tls": { "msgs_per_s": tcp, "mb_per_s": 1.0, "drop_ratio_percent": p },
+                "quic": { "error": "timed out" },
+                "nodosum": { "msgs_per_s": nodosum, "mb_per_s": 1.0 },
+                "nodosum_vs_tcp": nodosum / tcp,
+            })
+        };
+        r["packet_loss"] = json!({
+            "apps": 10, "message_bytes": 1024, "window_s": 2.0, "link": "a veth pair",
+            "loss_0pct": level(0.0, 300_000.0, 200_000.0),
+            "loss_1pct": level(1.0, 20_000.0, 60_000.0),
+            "loss_5pct": level(5.0, 2_000.0, 2_500.0),
+        });
+        let s = render(&r);
+        let md = &s.markdown;
+        assert!(md.contains("of 10 applications"), "{md}");
+        assert!(
+            md.contains("| 0% | 300,000 | n/a | 200,000 | n/a | 0.67x |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 5% | 2,000 | n/a | 2,500 | n/a | 1.25x |"),
+            "{md}"
+        );
+        assert_eq!(goal(&s, "1% packet loss").met(), Some(true));
+        assert_eq!(goal(&s, "5% packet loss").met(), Some(false));
+        assert!(!s.goals.iter().any(|g| g.what.starts_with("0% packet")));
+        assert!(md.contains("timed out"), "{md}");
+
+        let mut r = sample();
+        r["packet_loss"] = json!({ "apps": 10, "skipped": "not running as root" });
+        let s = render(&r);
+        assert!(
+            s.markdown
+                .contains("Not measured in this run: not running as root.")
+        );
+        assert_eq!(goal(&s, "5% packet loss").met(), None);
     }
 
     #[test]
