@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mycel::checker::{self, Op, OpKind, Outcome, Verdict};
+use mycel::checker::{self, Op, OpKind, Outcome, Verdict, Violation};
 use serde_json::json;
 
 /// Client load with a linearizability check, for `cargo xtask faults`.
@@ -120,8 +120,8 @@ fn ticks(epoch: Instant) -> u64 {
     u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// One recorded operation on key `.0`.
-type Recorded = (u32, Op<u64>);
+/// One recorded operation on key `.0` through node `.1` (an index into `--nodes`).
+type Recorded = (u32, usize, Op<u64>);
 
 fn run(args: &Args) -> serde_json::Value {
     let epoch = Instant::now();
@@ -168,14 +168,16 @@ fn run(args: &Args) -> serde_json::Value {
         }
     }
     stop.store(true, Ordering::SeqCst);
-    let mut history: Vec<Vec<Op<u64>>> = vec![Vec::new(); usize_of(args.keys)];
+    let mut history: Vec<History> = vec![History::default(); usize_of(args.keys)];
     for c in clients {
         let ops = c.join().unwrap_or_else(|_| {
             eprintln!("fault_load: a client thread panicked");
             Vec::new()
         });
-        for (k, op) in ops {
-            history[usize_of(k)].push(op);
+        for (k, node, op) in ops {
+            let h = &mut history[usize_of(k)];
+            h.ops.push(op);
+            h.nodes.push(node);
         }
     }
     println!("{}", stats.progress());
@@ -258,7 +260,7 @@ impl Client {
                     Outcome::Ok { .. } => op,
                     other => op.with_outcome(other),
                 };
-                ops.push((key, op));
+                ops.push((key, n, op));
             } else {
                 let result = call(
                     &mut conns[n],
@@ -269,7 +271,7 @@ impl Client {
                 match read_value(&result) {
                     Ok(value) => {
                         stats.reads.fetch_add(1, Ordering::Relaxed);
-                        ops.push((key, Op::read(value, invoked, ticks(epoch))));
+                        ops.push((key, n, Op::read(value, invoked, ticks(epoch))));
                     }
                     Err(kind) => {
                         // A failed read observed nothing; the checker ignores it.
@@ -491,10 +493,17 @@ fn final_reads(
     out
 }
 
+/// One key's operations and, for each, the node it went through.
+#[derive(Debug, Clone, Default)]
+struct History {
+    ops: Vec<Op<u64>>,
+    nodes: Vec<usize>,
+}
+
 fn verify(
     args: &Args,
     stats: &Stats,
-    history: Vec<Vec<Op<u64>>>,
+    history: Vec<History>,
     finals: &[Vec<Option<Op<u64>>>],
 ) -> serde_json::Value {
     let mut lost_keys = Vec::new();
@@ -505,8 +514,14 @@ fn verify(
     let mut unknown = 0u64;
     let mut violations = Vec::new();
     let mut ops_checked = 0usize;
-    for (k, (mut ops, fin)) in history.into_iter().zip(finals).enumerate() {
+    for (k, (mut h, fin)) in history.into_iter().zip(finals).enumerate() {
         let name = key_name(u32::try_from(k).expect("invariant: keys is a u32"));
+        for (n, op) in fin.iter().enumerate() {
+            if let Some(op) = op {
+                h.ops.push(op.clone());
+                h.nodes.push(n);
+            }
+        }
         let reads: Vec<Op<u64>> = fin.iter().flatten().cloned().collect();
         if reads.len() < fin.len() {
             unreadable.push(name.clone());
@@ -521,7 +536,8 @@ fn verify(
             divergent_keys.push(name.clone());
         }
         // The final state must explain every acknowledged write.
-        let mut writes: Vec<Op<u64>> = ops
+        let mut writes: Vec<Op<u64>> = h
+            .ops
             .iter()
             .filter(|op| matches!(op.kind, OpKind::Write(_)))
             .cloned()
@@ -532,13 +548,27 @@ fn verify(
             lost_writes += lost_acknowledged(&writes, values.first().copied().flatten());
         }
         // And the whole history, reads during the fault included.
-        ops.extend(reads);
-        ops_checked += ops.len();
-        match checker::check(None, &ops, args.max_steps) {
+        ops_checked += h.ops.len();
+        match checker::check(None, &h.ops, args.max_steps) {
             Verdict::Linearizable => linearizable += 1,
             Verdict::Unknown { .. } => unknown += 1,
             Verdict::NotLinearizable(v) => {
-                violations.push(json!({ "key": name, "violation": format!("{v:?}") }));
+                let at = match v {
+                    Violation::UnwrittenValue { read } | Violation::ReadFromFuture { read } => read,
+                    Violation::NoLinearization { stuck_at, .. } => stuck_at,
+                };
+                // The whole history of the key, for the log.
+                eprintln!("fault_load: {name} is not linearizable ({v:?}); its history:");
+                let mut order: Vec<usize> = (0..h.ops.len()).collect();
+                order.sort_by_key(|&i| h.ops[i].invoked);
+                for i in order {
+                    eprintln!("  #{i} {}", show(&h.ops[i], args.nodes[h.nodes[i]]));
+                }
+                violations.push(json!({
+                    "key": name,
+                    "violation": format!("{v:?}"),
+                    "detail": describe(&h, &args.nodes, at),
+                }));
             }
         }
     }
@@ -590,4 +620,64 @@ fn lost_acknowledged(ops: &[Op<u64>], last: Option<u64>) -> u64 {
     };
     // At least one: the checker found the key's final state unexplained.
     u64::try_from(n).unwrap_or(u64::MAX).max(1)
+}
+
+/// Milliseconds, from the microsecond ticks.
+fn millis(t: u64) -> String {
+    format!("{}.{:03}", t / 1000, t % 1000)
+}
+
+fn show(op: &Op<u64>, node: SocketAddr) -> String {
+    let (what, value) = match &op.kind {
+        OpKind::Write(v) => ("write", v),
+        OpKind::Read(v) => ("read", v),
+    };
+    let value = value.map_or_else(|| "nil".to_owned(), |v| v.to_string());
+    let end = match op.outcome {
+        Outcome::Ok { completed } => format!("{} ms", millis(completed)),
+        Outcome::Failed => "refused".to_owned(),
+        Outcome::Pending => "no answer".to_owned(),
+    };
+    format!(
+        "{what} {value} through {node} from {} ms to {end}",
+        millis(op.invoked)
+    )
+}
+
+/// The operation the checker stopped at, and for a read the write of the value it saw and
+/// the acknowledged writes that had completed before the read began (they make it stale).
+fn describe(h: &History, nodes: &[SocketAddr], at: usize) -> String {
+    let Some(op) = h.ops.get(at) else {
+        return String::new();
+    };
+    let node = |i: usize| nodes[h.nodes[i]];
+    let mut out = show(op, node(at));
+    if let OpKind::Read(seen) = op.kind {
+        if let Some(w) = h
+            .ops
+            .iter()
+            .position(|o| o.kind == OpKind::Write(seen) && seen.is_some())
+        {
+            out.push_str(&format!(
+                "; the value's write: {}",
+                show(&h.ops[w], node(w))
+            ));
+        }
+        let newer: Vec<usize> = (0..h.ops.len())
+            .filter(|&i| {
+                matches!(h.ops[i].kind, OpKind::Write(v) if v != seen)
+                    && matches!(h.ops[i].outcome, Outcome::Ok { completed } if completed < op.invoked)
+            })
+            .collect();
+        if let Some(&last) = newer.iter().max_by_key(|&&i| match h.ops[i].outcome {
+            Outcome::Ok { completed } => completed,
+            _ => 0,
+        }) {
+            out.push_str(&format!(
+                "; acknowledged before the read began: {}",
+                show(&h.ops[last], node(last))
+            ));
+        }
+    }
+    out
 }

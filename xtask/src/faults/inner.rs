@@ -156,11 +156,16 @@ impl LoadSummary {
             .array_or_empty("violations")
             .iter()
             .map(|x| {
-                format!(
+                let mut text = format!(
                     "{}: {}",
                     x.get("key").and_then(Value::as_str).unwrap_or("?"),
                     x.get("violation").and_then(Value::as_str).unwrap_or("?")
-                )
+                );
+                if let Some(d) = x.get("detail").and_then(Value::as_str) {
+                    text.push_str(": ");
+                    text.push_str(d);
+                }
+                text
             })
             .collect();
         Ok(Self {
