@@ -282,6 +282,17 @@ pub(crate) fn judge(
     }
 }
 
+/// The sum of every sample of metric `name` (any labels) in an OpenMetrics text.
+pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with([' ', '{']))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// One node process slot.
 #[derive(Debug)]
 struct Node {
@@ -318,7 +329,11 @@ fn node_command(
         let o = offset.to_string();
         out.extend(["unshare", "--time", "--monotonic", &o, "--boottime", &o].map(str::to_owned));
         if faketime {
-            out.extend(["faketime".to_owned(), format!("+{offset}s")]);
+            out.extend([
+                "faketime".to_owned(),
+                "-f".to_owned(),
+                format!("+{offset}s"),
+            ]);
         }
     }
     out.push(mycel.display().to_string());
@@ -355,7 +370,9 @@ impl Nodes {
         &mut self.list[usize::from(k - 1)]
     }
 
-    fn start(&mut self, k: u8, seeds: &[u8]) -> anyhow::Result<()> {
+    /// Starts node `k`; for the node with offset clocks, returns its time namespace's
+    /// offsets as the kernel reports them.
+    fn start(&mut self, k: u8, seeds: &[u8]) -> anyhow::Result<Option<String>> {
         let skew = self.skew.and_then(|(s, o)| (s == k).then_some(o));
         let words = node_command(
             &self.mycel,
@@ -382,6 +399,8 @@ impl Nodes {
         cmd.args(["netns", "exec", &node_ns(k)])
             .args(&words)
             .env("XDG_DATA_HOME", data)
+            // faketime shifts the wall clock only; the time namespace shifts the others.
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -389,9 +408,19 @@ impl Nodes {
         // the nodes itself; signals go to the whole group.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().with_context(|| format!("starting node-{k}"))?;
+        let pid = child.id();
         node.child = Some(child);
         node.should_run = true;
-        Ok(())
+        if skew.is_some() {
+            // `ip netns exec` and `unshare` exec in place: the pid is the node's.
+            std::thread::sleep(Duration::from_millis(300));
+            let offsets = std::fs::read_to_string(format!("/proc/{pid}/timens_offsets"))
+                .with_context(|| format!("reading node-{k}'s time namespace offsets"))?;
+            return Ok(Some(
+                offsets.split_whitespace().collect::<Vec<_>>().join(" "),
+            ));
+        }
+        Ok(None)
     }
 
     /// SIGKILL: the node vanishes without a word.
@@ -739,7 +768,17 @@ impl Run {
     /// Starts the cluster: node 1 first (its development CA and gossip address are
     /// what the rest join), then the others seeded by it; waits until formed.
     fn form(&mut self) -> anyhow::Result<()> {
-        self.nodes.start(1, &[])?;
+        if let Some(offsets) = self.nodes.start(1, &[])? {
+            let wall = if on_path("faketime") {
+                "its wall clock is offset too (faketime)"
+            } else {
+                "its wall clock is the host's (`faketime` is not installed)"
+            };
+            let note =
+                format!("node-1's clock offsets (/proc/PID/timens_offsets): {offsets}; {wall}");
+            self.say(&note);
+            self.notes.push(note);
+        }
         self.wait_for("node-1 starting", |_| {
             http_get(addr(1, ADMIN_PORT), "/health").is_ok()
         })?;
@@ -796,16 +835,6 @@ impl Run {
     fn kill(&mut self) -> anyhow::Result<Times> {
         let v = self.plan.victim;
         let survivors = self.others(v);
-        if let Some((k, offset)) = self.nodes.skew {
-            let wall = if on_path("faketime") {
-                "and wall clock (faketime)"
-            } else {
-                "only: `faketime` is not installed, the wall clock is the host's"
-            };
-            self.notes.push(format!(
-                "node-{k} ran with monotonic and boot clocks {wall} offset by +{offset}s"
-            ));
-        }
         self.say(&format!("SIGKILL node-{v}"));
         let t0 = Instant::now();
         self.nodes.kill(v);
@@ -975,8 +1004,27 @@ impl Run {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        let mut dropped = 0;
+        let mut passed = 0;
+        for &k in &targets {
+            let text = net::run_output(&net::counters_command(k))?;
+            let (d, p) = net::parse_counters(&text).context("reading the drop counters")?;
+            dropped += d;
+            passed += p;
+        }
+        #[allow(clippy::cast_precision_loss, reason = "a percentage for display")]
+        let share = 100.0 * dropped as f64 / (dropped + passed).max(1) as f64;
+        let suspicions: f64 = self
+            .all()
+            .iter()
+            .filter_map(|&k| http_get(addr(k, ADMIN_PORT), "/metrics").ok())
+            .map(|text| metric_sum(&text, "nodosum_gossip_suspicions_total"))
+            .sum();
         self.notes.push(format!(
-            "{suspects} suspect observations while polling every node's /members"
+            "dropped {dropped} of {} packets the lossy nodes received ({share:.2} %); \
+             {suspicions} suspicions raised (gossip metric), {suspects} suspect entries seen \
+             polling /members",
+            dropped + passed
         ));
         let t1 = Instant::now();
         for &k in &targets {
@@ -1082,6 +1130,16 @@ mod tests {
     }
 
     #[test]
+    fn metrics_are_summed_across_labels() {
+        let text = "# TYPE nodosum_gossip_suspicions counter\n\
+                    nodosum_gossip_suspicions_total 3\n\
+                    nodosum_gossip_suspicions_total{peer=\"a\"} 2\n\
+                    nodosum_gossip_suspicions_totals 100\n# EOF\n";
+        assert!((metric_sum(text, "nodosum_gossip_suspicions_total") - 5.0).abs() < 1e-9);
+        assert!(metric_sum(text, "absent").abs() < 1e-9);
+    }
+
+    #[test]
     fn node_command_lines() {
         let line = node_command(Path::new("/bin/mycel"), 2, 2, &[1, 3], None, false).join(" ");
         assert_eq!(
@@ -1092,7 +1150,7 @@ mod tests {
         );
         let line = node_command(Path::new("m"), 1, 3, &[], Some(86_400), true).join(" ");
         assert!(line.starts_with(
-            "unshare --time --monotonic 86400 --boottime 86400 faketime +86400s m --dev"
+            "unshare --time --monotonic 86400 --boottime 86400 faketime -f +86400s m --dev"
         ));
         let line = node_command(Path::new("m"), 1, 3, &[], Some(5), false).join(" ");
         assert!(line.starts_with("unshare --time --monotonic 5 --boottime 5 m --dev"));

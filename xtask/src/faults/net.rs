@@ -147,6 +147,50 @@ pub(crate) fn flush_commands(k: u8) -> Vec<Line> {
     ]
 }
 
+/// The command that lists node `k`'s INPUT rules with exact packet counters.
+pub(crate) fn counters_command(k: u8) -> Line {
+    iptables(k, &["-L", "INPUT", "-v", "-n", "-x"])
+}
+
+/// From `iptables -L INPUT -v -n -x` output: packets dropped by DROP rules, and packets
+/// the chain let through (its policy counter).
+pub(crate) fn parse_counters(text: &str) -> Option<(u64, u64)> {
+    let accepted = text
+        .lines()
+        .next()?
+        .split_once("policy ACCEPT ")?
+        .1
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let dropped = text
+        .lines()
+        .skip(2)
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let pkts = w.next()?.parse::<u64>().ok()?;
+            let _bytes = w.next()?;
+            (w.next()? == "DROP").then_some(pkts)
+        })
+        .sum();
+    Some((dropped, accepted))
+}
+
+/// Runs one command line and returns its stdout.
+pub(crate) fn run_output(l: &[String]) -> anyhow::Result<String> {
+    let (program, args) = l.split_first().context("empty command line")?;
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not run `{}`", l.join(" ")))?;
+    if !out.status.success() {
+        bail!("`{}` failed ({})", l.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs one command line quietly; fails with its stderr.
 pub(crate) fn run(l: &[String]) -> anyhow::Result<()> {
     let (program, args) = l.split_first().context("empty command line")?;
@@ -323,6 +367,21 @@ mod tests {
                 "ip netns exec mfx-n3 iptables -w -F INPUT",
                 "ip netns exec mfx-n3 iptables -w -F OUTPUT"
             ]
+        );
+    }
+
+    #[test]
+    fn drop_counters_are_read() {
+        let text = "Chain INPUT (policy ACCEPT 9876 packets, 5678 bytes)
+    pkts      bytes target     prot opt in     out     source               destination
+     101     9000 DROP       0    --  eth0   *       0.0.0.0/0            0.0.0.0/0            statistic mode random probability 0.00999999978
+       2      100 DROP       0    --  *      *       10.77.0.1            0.0.0.0/0
+";
+        assert_eq!(parse_counters(text), Some((103, 9876)));
+        assert_eq!(parse_counters(""), None);
+        assert_eq!(
+            counters_command(2).join(" "),
+            "ip netns exec mfx-n2 iptables -w -L INPUT -v -n -x"
         );
     }
 
