@@ -13,6 +13,7 @@ use nodosum_proto::{AppId, FrameError, MessageDecoder, NodeId, StreamInit, messa
 use prometheus_client::registry::Registry;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -1652,6 +1653,12 @@ async fn read_stream(
     let decoder = MessageDecoder::new(&inner.config.limits);
     let traffic = inner.metrics.traffic(app.as_str(), "in");
     let mut app_tx: Option<mpsc::Sender<(NodeId, Bytes)>> = None;
+    // Messages and bytes delivered since the counters were last updated (once per read).
+    let (mut msgs, mut bytes) = (0u64, 0u64);
+    // Size of the next read: grows while reads fill it, so a busy stream reads (and
+    // copies out of quinn) up to 64 KiB under one connection lock, while an idle one
+    // keeps a small buffer.
+    let mut read_size = READ_MIN;
     let end = loop {
         match decoder.decode(&mut buf) {
             Ok(Some(msg)) => {
@@ -1693,25 +1700,44 @@ async fn read_stream(
                         }
                     },
                 }
-                traffic.add(1, len);
+                msgs += 1;
+                bytes += len;
             }
-            Ok(None) => match recv.read_chunk(64 * 1024, true).await {
-                Ok(Some(chunk)) => {
-                    if buf.is_empty() {
-                        buf = BytesMut::from(chunk.bytes);
-                    } else {
-                        buf.extend_from_slice(&chunk.bytes);
+            Ok(None) => {
+                if msgs > 0 {
+                    traffic.add(msgs, bytes);
+                    (msgs, bytes) = (0, 0);
+                }
+                // Whatever follows a partial frame is appended; the decoder's frames are
+                // split off the front without copying.
+                if buf.capacity() - buf.len() < read_size / 2 {
+                    buf.reserve(read_size);
+                }
+                let spare = buf.capacity() - buf.len();
+                match recv.read_buf(&mut buf).await {
+                    Ok(0) => {
+                        if !buf.is_empty() {
+                            inner.metrics.stream_error("truncated");
+                        }
+                        break ReadEnd::Finished;
+                    }
+                    Ok(n) => {
+                        read_size = if n == spare {
+                            (read_size * 2).min(READ_MAX)
+                        } else {
+                            (read_size / 2).max(READ_MIN)
+                        };
+                    }
+                    Err(e) => {
+                        // quinn's read errors travel inside the io::Error.
+                        let e = e.into_inner().and_then(|e| e.downcast::<ReadError>().ok());
+                        break match e.map(|e| *e) {
+                            Some(ReadError::Reset(c)) => ReadEnd::Reset(c.into_inner()),
+                            _ => ReadEnd::Lost,
+                        };
                     }
                 }
-                Ok(None) => {
-                    if !buf.is_empty() {
-                        inner.metrics.stream_error("truncated");
-                    }
-                    break ReadEnd::Finished;
-                }
-                Err(ReadError::Reset(c)) => break ReadEnd::Reset(c.into_inner()),
-                Err(_) => break ReadEnd::Lost,
-            },
+            }
             Err(e) => {
                 warn!(peer = %node, %app, error = %e, "bad frame, stream reset");
                 let reason = match e {
@@ -1724,11 +1750,18 @@ async fn read_stream(
             }
         }
     };
+    if msgs > 0 {
+        traffic.add(msgs, bytes);
+    }
     let reader_id = reader.id;
     drop(reader);
     debug!(peer = %node, %app, reader = reader_id, ?end, "stream reader ended");
     let _ = done.send((end, guard));
 }
+
+/// Smallest and largest read from a stream into its reader's buffer.
+const READ_MIN: usize = 4 * 1024;
+const READ_MAX: usize = 64 * 1024;
 
 /// Stops reading a stream whose application was closed (here, or its receiver dropped).
 fn app_closed(recv: &mut RecvStream) -> ReadEnd {
