@@ -207,7 +207,10 @@ pub(crate) fn render_clusters(runs: &[ClusterRun], s: &mut Section) {
     }
     let _ = writeln!(
         s.markdown,
-        "### Real `mycel` processes on loopback (release build, `--dev`, LAN gossip defaults)\n\n\
+        "### Real `mycel` processes on loopback (release build, `--dev`)\n\n\
+         `--dev` nodes use Nodosum's `local` gossip profile (probe every 300 ms, 150 ms \
+         probe timeout, suspicion multiplier 4), tighter than the `lan` profile of \
+         production nodes and of the simulation below. \
          Each cluster is started fresh (node 1 is the seed of the others). *Form*: from \
          starting the processes until every node's `/members` lists every node alive. \
          *Steady window*: every node's `/members` is polled every 0.5 s while all are \

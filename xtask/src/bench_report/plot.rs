@@ -98,13 +98,21 @@ fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the chart: {e}")
 }
 
-fn y_max<'a>(values: impl Iterator<Item = &'a f64>, references: &[Reference]) -> f64 {
+/// The top of the y axis: room above the highest value for the legend box in the upper
+/// right corner (one line per series).
+fn y_max<'a>(
+    values: impl Iterator<Item = &'a f64>,
+    references: &[Reference],
+    series: usize,
+) -> f64 {
     let top = values
         .copied()
         .chain(references.iter().map(|r| r.y))
         .filter(|v| v.is_finite())
         .fold(0.0_f64, f64::max);
-    if top > 0.0 { top * 1.15 } else { 1.0 }
+    #[allow(clippy::cast_precision_loss, reason = "a handful of series")]
+    let headroom = 1.1 + 0.09 * series as f64;
+    if top > 0.0 { top * headroom } else { 1.0 }
 }
 
 /// An axis label with as many decimals as the axis range `top` needs.
@@ -128,6 +136,7 @@ impl Bars {
         let top = y_max(
             self.series.iter().flat_map(|(_, v)| v.iter().flatten()),
             &self.references,
+            self.series.len(),
         );
         #[allow(clippy::cast_precision_loss, reason = "a handful of categories")]
         let n_cat = self.categories.len() as f64;
@@ -218,7 +227,7 @@ impl Lines {
             bail!("no data for {}", self.title);
         }
         let x_max = points().map(|p| p.0).fold(0.0_f64, f64::max).max(1.0) * 1.05;
-        let top = y_max(points().map(|p| &p.1), &self.references);
+        let top = y_max(points().map(|p| &p.1), &self.references, self.series.len());
         let root = BitMapBackend::new(path, SIZE).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let mut chart = ChartBuilder::on(&root)

@@ -590,6 +590,40 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
             .map_or_else(String::new, |l| format!("Link: {l}.\n\n")),
         t.render()
     );
+    let categories = levels.iter().map(|l| format!("{l}% loss")).collect();
+    let series = [
+        ("quic", "raw QUIC / TCP+TLS"),
+        ("nodosum", "Nodosum / TCP+TLS"),
+    ]
+    .iter()
+    .map(|&(t, name)| {
+        let values = levels
+            .iter()
+            .map(|&l| ratio(get(l, t), get(l, "tcp_tls")))
+            .collect();
+        (name.to_owned(), values)
+    })
+    .collect();
+    s.charts.push(Chart::Bars(
+        "transport-loss.png",
+        "Throughput under packet loss relative to TCP+TLS",
+        Bars {
+            title: "Aggregate throughput under packet loss, relative to TCP+TLS".into(),
+            y_label: "x TCP+TLS".into(),
+            categories,
+            series,
+            references: vec![
+                Reference {
+                    y: 1.0,
+                    label: "TCP+TLS".into(),
+                },
+                Reference {
+                    y: 1.5,
+                    label: "goal 1.5x (1 % and 5 %)".into(),
+                },
+            ],
+        },
+    ));
     let mut rest = Vec::new();
     flatten(value, key, &mut rest);
     let _ = writeln!(
@@ -888,6 +922,11 @@ mod tests {
         assert_eq!(goal(&s, "5% packet loss").met(), Some(false));
         assert!(!s.goals.iter().any(|g| g.what.starts_with("0% packet")));
         assert!(md.contains("timed out"), "{md}");
+        assert!(
+            s.charts
+                .iter()
+                .any(|c| matches!(c, Chart::Bars("transport-loss.png", ..)))
+        );
 
         let mut r = sample();
         r["packet_loss"] = json!({ "apps": 10, "skipped": "not running as root" });
