@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use tokio::task::AbortHandle;
 
 use crate::clock::Timestamp;
-use crate::cluster::{Cluster, ClusterConfig, ClusterError};
+use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, SetResult};
 use crate::config::Config;
 use crate::error::Error;
 use crate::store::{BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, SetOptions, Store, Ttl};
@@ -714,6 +714,41 @@ impl Mycel {
         }
     }
 
+    /// Runs single-key operations on `bucket` and answers each, in order; each succeeds
+    /// or fails on its own (a pipeline's worth of commands at once).
+    ///
+    /// Operations on the same key take effect in the order given. Standalone: all under
+    /// one hold of the store's lock. Cluster: see [`Cluster::batch`]; the operations for
+    /// one primary travel in one message and different primaries are served at the same
+    /// time, so a pipeline costs about one round trip rather than one per operation.
+    pub async fn batch(
+        &self,
+        bucket: BucketId,
+        ops: Vec<BatchOp>,
+    ) -> Vec<Result<BatchReply, Error>> {
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let now = now();
+                let mut store = lock(&l.store);
+                ops.into_iter()
+                    .map(|op| local_op(&mut store, bucket, op, now))
+                    .collect()
+            }
+            Backend::Cluster(c) => {
+                let name = match c.name(bucket) {
+                    Ok(n) => n,
+                    Err(e) => return ops.iter().map(|_| Err(e.clone())).collect(),
+                };
+                c.cluster
+                    .batch(name, ops)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map_err(cluster_error))
+                    .collect()
+            }
+        }
+    }
+
     /// Live keys held (all buckets). Cluster: the whole cluster's count (a scan on every
     /// member; approximate while partitions move).
     pub async fn len(&self) -> Result<usize, Error> {
@@ -769,6 +804,51 @@ impl Mycel {
         let mut rng = StdRng::seed_from_u64(now().as_millis());
         store.reap(now(), &mut rng, DEFAULT_REAP_SAMPLE).removed
     }
+}
+
+/// One [`BatchOp`] on the standalone store, with the single-operation methods' semantics.
+fn local_op(
+    store: &mut Store,
+    bucket: BucketId,
+    op: BatchOp,
+    now: Timestamp,
+) -> Result<BatchReply, Error> {
+    Ok(match op {
+        BatchOp::Get { key } => BatchReply::Value(store.get(bucket, &key, now)),
+        BatchOp::Exists { key } => BatchReply::Bool(store.exists(bucket, &key, now)),
+        BatchOp::Ttl { key } => BatchReply::Ttl(store.ttl(bucket, &key, now)),
+        BatchOp::Set {
+            key,
+            value,
+            options,
+        } => {
+            let outcome = store.set(bucket, key, value, options, now, STANDALONE_EPOCH)?;
+            BatchReply::Set(SetResult {
+                applied: outcome.write.is_some(),
+                previous: outcome.previous,
+            })
+        }
+        BatchOp::Delete { key } => {
+            BatchReply::Bool(store.delete(bucket, key, now, STANDALONE_EPOCH)?.is_some())
+        }
+        BatchOp::Expire { key, after } => BatchReply::Bool(
+            store
+                .expire(
+                    bucket,
+                    key,
+                    now.saturating_add(after),
+                    now,
+                    STANDALONE_EPOCH,
+                )?
+                .is_some(),
+        ),
+        BatchOp::Persist { key } => {
+            BatchReply::Bool(store.persist(bucket, key, now, STANDALONE_EPOCH)?.is_some())
+        }
+        BatchOp::IncrBy { key, delta } => {
+            BatchReply::Int(store.incr_by(bucket, key, delta, now, STANDALONE_EPOCH)?.0)
+        }
+    })
 }
 
 /// The background reaper: one sampled expiry step every [`REAP_INTERVAL`], until the last

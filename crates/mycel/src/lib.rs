@@ -57,7 +57,8 @@ mod sim;
 
 pub use clock::Timestamp;
 pub use cluster::{
-    Cluster, ClusterConfig, ClusterError, ClusterStatus, LoadFuture, Loader, SetResult,
+    BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, ClusterStatus, LoadFuture, Loader,
+    SetResult,
 };
 pub use config::{Config, ConfigProblem};
 pub use error::Error;

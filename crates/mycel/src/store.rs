@@ -363,6 +363,12 @@ impl Equivalent<EntryKey> for KeyRef<'_> {
 
 const NO_POS: u32 = u32::MAX;
 
+/// What [`Store::set_in_place`] did: the whole `set`, or nothing (the key and value back).
+enum InPlace {
+    Done(SetOutcome),
+    No(Bytes, Bytes),
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     /// `None` for a tombstone. An exact-size copy, never a view into a caller's buffer.
@@ -547,6 +553,11 @@ impl Store {
     ) -> Result<SetOutcome, Error> {
         let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
         self.check_size(bucket, &key, value.len())?;
+        let (key, value) =
+            match self.set_in_place(bucket, key, value, &options, default_ttl, now, epoch) {
+                InPlace::Done(outcome) => return Ok(outcome),
+                InPlace::No(key, value) => (key, value),
+            };
         let current = self.live(bucket, &key, now).cloned();
         let previous = if options.get {
             current
@@ -582,6 +593,91 @@ impl Store {
         let write = self.local_put(bucket, key, stored, value, expires_at, epoch);
         Ok(SetOutcome {
             write: Some(write),
+            previous,
+        })
+    }
+
+    /// `set`'s common case in one cache lookup: the key has a live (or tombstone) entry
+    /// whose weight the new value does not exceed and whose expiry index membership does
+    /// not change, so the entry is updated where it is (no eviction can be needed and no
+    /// index moves). Anything else is left to the general path.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "set's own arguments, passed through once"
+    )]
+    fn set_in_place(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        value: Bytes,
+        options: &SetOptions,
+        default_ttl: Option<Duration>,
+        now: Timestamp,
+        epoch: u64,
+    ) -> InPlace {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key: &key,
+        };
+        let Some(mut entry) = self.cache.get_mut(&k) else {
+            return InPlace::No(key, value);
+        };
+        if entry.is_expired(now) {
+            return InPlace::No(key, value);
+        }
+        let live = entry.value.is_some();
+        let previous = if options.get {
+            entry.value.clone().map(Bytes::from_owner)
+        } else {
+            None
+        };
+        let allowed = match options.condition {
+            Condition::Always => true,
+            Condition::IfAbsent => !live,
+            Condition::IfPresent => live,
+        };
+        if !allowed {
+            return InPlace::Done(SetOutcome {
+                write: None,
+                previous,
+            });
+        }
+        let default_expiry = || default_ttl.map(|d| now.saturating_add(d));
+        let expires_at = match options.expiry {
+            Expiry::BucketDefault => default_expiry(),
+            Expiry::Never => None,
+            Expiry::After(d) => Some(now.saturating_add(d)),
+            Expiry::At(t) => Some(t),
+            Expiry::Keep if live => entry.expiry(),
+            Expiry::Keep => default_expiry(),
+        };
+        let at = expires_at.map_or(0, |t| t.as_millis().max(1));
+        let old_len = entry.value.as_ref().map_or(0, |v| v.len());
+        if value.len() > old_len || (at != 0) != (entry.ttl_pos != NO_POS) {
+            return InPlace::No(key, value);
+        }
+        let partition = self.config.partitioning.partition_of(&key);
+        let part = &mut self.parts[partition.index()];
+        let version = Version {
+            epoch: epoch.max(part.high.epoch),
+            seq: part.high.seq.saturating_add(1),
+        };
+        part.high = version;
+        if !live {
+            self.tombstones -= 1;
+        }
+        entry.value = Some(Arc::from(&value[..]));
+        entry.version = version;
+        entry.expires_at = at;
+        // Dropping the guard lets the cache account for the (not larger) new weight.
+        drop(entry);
+        InPlace::Done(SetOutcome {
+            write: Some(Write {
+                bucket: self.buckets[usize::from(bucket.0)].name.clone(),
+                key,
+                version,
+                op: WriteOp::Put { value, expires_at },
+            }),
             previous,
         })
     }

@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     pub(crate) not_owner: Counter,
     pub(crate) replicate_failures: Counter,
     pub(crate) replication_batches: Counter,
+    pub(crate) forward_batches: Counter,
     pub(crate) bad_messages: Counter,
     pub(crate) loads: Counter,
 }
@@ -87,6 +88,11 @@ impl Metrics {
             "replicate_messages",
             "Replicate messages sent to backups (concurrent writes share one)",
             m.replication_batches.clone(),
+        );
+        r.register(
+            "forward_batch_messages",
+            "Batch messages of several forwarded operations sent to primaries",
+            m.forward_batches.clone(),
         );
         r.register(
             "bad_messages",

@@ -99,7 +99,7 @@ use tokio::time::Instant;
 
 use self::metrics::Metrics;
 use self::state::{LoadKey, LoadResult, LoadStep, State};
-use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WireWrite};
+use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
 use crate::error::Error;
@@ -320,6 +320,157 @@ pub struct SetResult {
     pub previous: Option<Bytes>,
 }
 
+/// One single-key operation of a batch ([`Cluster::batch`], `Mycel::batch`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp {
+    /// The value of `key` ([`BatchReply::Value`]).
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Whether `key` exists ([`BatchReply::Bool`]).
+    Exists {
+        /// The key.
+        key: Bytes,
+    },
+    /// `key`'s time to live ([`BatchReply::Ttl`]).
+    Ttl {
+        /// The key.
+        key: Bytes,
+    },
+    /// Redis `SET` ([`BatchReply::Set`]).
+    Set {
+        /// The key.
+        key: Bytes,
+        /// The value.
+        value: Bytes,
+        /// Expiry, condition, `GET`.
+        options: SetOptions,
+    },
+    /// Deletes `key`; whether it existed ([`BatchReply::Bool`]).
+    Delete {
+        /// The key.
+        key: Bytes,
+    },
+    /// Expire `after` from now (zero deletes); whether the key exists
+    /// ([`BatchReply::Bool`]).
+    Expire {
+        /// The key.
+        key: Bytes,
+        /// From now.
+        after: Duration,
+    },
+    /// Removes the expiry; whether there was one ([`BatchReply::Bool`]).
+    Persist {
+        /// The key.
+        key: Bytes,
+    },
+    /// Adds `delta` to the integer in `key`; the new value ([`BatchReply::Int`]).
+    IncrBy {
+        /// The key.
+        key: Bytes,
+        /// The increment.
+        delta: i64,
+    },
+}
+
+/// The result of one [`BatchOp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchReply {
+    /// `Get`.
+    Value(Option<Bytes>),
+    /// `Exists`, `Delete`, `Expire`, `Persist`.
+    Bool(bool),
+    /// `Ttl`.
+    Ttl(Ttl),
+    /// `Set`.
+    Set(SetResult),
+    /// `IncrBy`.
+    Int(i64),
+}
+
+impl BatchOp {
+    /// The operation's key.
+    pub fn key(&self) -> &Bytes {
+        match self {
+            Self::Get { key }
+            | Self::Exists { key }
+            | Self::Ttl { key }
+            | Self::Set { key, .. }
+            | Self::Delete { key }
+            | Self::Expire { key, .. }
+            | Self::Persist { key }
+            | Self::IncrBy { key, .. } => key,
+        }
+    }
+
+    fn into_op(self, bucket: WStr) -> Op {
+        match self {
+            Self::Get { key } => Op::Get {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::Exists { key } => Op::Exists {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::Ttl { key } => Op::Ttl {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::Set {
+                key,
+                value,
+                options,
+            } => Op::Set {
+                bucket,
+                key: WBytes(key),
+                value: WBytes(value),
+                expiry: options.expiry.into(),
+                condition: options.condition.into(),
+                get: options.get,
+            },
+            Self::Delete { key } => Op::Delete {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::Expire { key, after } => Op::Expire {
+                bucket,
+                key: WBytes(key),
+                after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+            },
+            Self::Persist { key } => Op::Persist {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::IncrBy { key, delta } => Op::IncrBy {
+                bucket,
+                key: WBytes(key),
+                delta,
+            },
+        }
+    }
+}
+
+/// The batch reply for what the primary answered to `op`, or `None` if the kinds do not
+/// match.
+fn batch_reply(op: &Op, reply: OpReply) -> Option<BatchReply> {
+    Some(match (op, reply) {
+        (Op::Get { .. }, OpReply::Value(v)) => BatchReply::Value(v.map(|b| b.0)),
+        (
+            Op::Exists { .. } | Op::Delete { .. } | Op::Expire { .. } | Op::Persist { .. },
+            OpReply::Bool(b),
+        ) => BatchReply::Bool(b),
+        (Op::Ttl { .. }, OpReply::Ttl(t)) => BatchReply::Ttl(t.into()),
+        (Op::Set { .. }, OpReply::Set { applied, previous }) => BatchReply::Set(SetResult {
+            applied,
+            previous: previous.map(|b| b.0),
+        }),
+        (Op::IncrBy { .. }, OpReply::Int(v)) => BatchReply::Int(v),
+        _ => return None,
+    })
+}
+
 /// A snapshot of this node's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
@@ -378,6 +529,63 @@ struct Inner {
     fetch_free_at: Mutex<Instant>,
     /// Replication waiting to be sent, per backup and epoch (see [`Inner::replicate`]).
     outbox: Mutex<HashMap<(NodeId, u64), Vec<Queued>>>,
+    /// Forwarded operations waiting to be sent, per primary and epoch (see
+    /// [`Inner::enqueue_ops`]).
+    forwards: Mutex<HashMap<(NodeId, u64), Vec<QueuedOps>>>,
+}
+
+/// One caller's operations for one primary, waiting in [`Inner::forwards`]; they travel
+/// together, in order, in one message, and `done` gets that message's outcome.
+struct QueuedOps {
+    ops: Vec<Op>,
+    size: usize,
+    timeout: Duration,
+    done: tokio::sync::oneshot::Sender<Delivery>,
+}
+
+/// The outcome of sending queued operations to a primary.
+#[derive(Debug, Clone)]
+enum Delivery {
+    /// One result per operation, in order.
+    Results(Vec<Result<OpReply, Refusal>>),
+    /// The primary refused the whole message (or its answer made no sense).
+    Refused(Refusal),
+    /// Not delivered: safe to send again.
+    NotDelivered,
+    /// Delivered (maybe) and unanswered.
+    Lost,
+}
+
+impl Delivery {
+    /// The outcome of the `i`th operation (a write when `write`).
+    fn attempt(&self, i: usize, write: bool) -> Result<OpReply, Attempt> {
+        match self {
+            Self::Results(rs) => match rs.get(i) {
+                Some(Ok(r)) => Ok(r.clone()),
+                Some(Err(r)) => Err(Attempt::Refused(r.clone())),
+                None => Err(Attempt::Refused(Refusal::BadRequest)),
+            },
+            Self::Refused(r) => Err(Attempt::Refused(r.clone())),
+            Self::NotDelivered => Err(Attempt::Unreachable),
+            Self::Lost if !write => Err(Attempt::Unreachable),
+            Self::Lost => Err(Attempt::Indeterminate),
+        }
+    }
+}
+
+/// Operations executed under one hold of the state lock in a batch, so that a long batch
+/// lets other tasks in between.
+const LOCK_RUN: usize = 64;
+
+/// An operation of a batch waiting to be retried, and why (for the error if time runs
+/// out).
+#[derive(Debug, Clone)]
+enum Retryable {
+    NotOwner { epoch: u64 },
+    Syncing { partition: Partition },
+    Unreachable { node: NodeId },
+    Deferred,
+    Unsent,
 }
 
 /// One operation's writes for one backup, waiting in [`Inner::outbox`]; `done` gets the
@@ -455,6 +663,7 @@ impl Cluster {
             refreshing: Mutex::new(HashSet::new()),
             fetch_free_at: Mutex::new(Instant::now()),
             outbox: Mutex::new(HashMap::new()),
+            forwards: Mutex::new(HashMap::new()),
         });
         inner.publish_meta(&node)?;
         let tasks = vec![
@@ -503,7 +712,7 @@ impl Cluster {
     ) -> Result<Option<Bytes>, ClusterError> {
         let key = key.into();
         let op = Op::Get {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         match self.inner.route(&key, op, false).await? {
@@ -523,7 +732,7 @@ impl Cluster {
     ) -> Result<SetResult, ClusterError> {
         let key = key.into();
         let op = Op::Set {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
             value: WBytes(value.into()),
             expiry: options.expiry.into(),
@@ -543,7 +752,7 @@ impl Cluster {
     pub async fn delete(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
         let key = key.into();
         let op = Op::Delete {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         self.inner.route_bool(&key, op, true).await
@@ -553,7 +762,7 @@ impl Cluster {
     pub async fn exists(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
         let key = key.into();
         let op = Op::Exists {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         self.inner.route_bool(&key, op, false).await
@@ -568,7 +777,7 @@ impl Cluster {
     ) -> Result<bool, ClusterError> {
         let key = key.into();
         let op = Op::Expire {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
             after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
         };
@@ -579,7 +788,7 @@ impl Cluster {
     pub async fn persist(&self, bucket: &str, key: impl Into<Bytes>) -> Result<bool, ClusterError> {
         let key = key.into();
         let op = Op::Persist {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         self.inner.route_bool(&key, op, true).await
@@ -589,7 +798,7 @@ impl Cluster {
     pub async fn ttl(&self, bucket: &str, key: impl Into<Bytes>) -> Result<Ttl, ClusterError> {
         let key = key.into();
         let op = Op::Ttl {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         match self.inner.route(&key, op, false).await? {
@@ -607,7 +816,7 @@ impl Cluster {
     ) -> Result<i64, ClusterError> {
         let key = key.into();
         let op = Op::IncrBy {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
             delta,
         };
@@ -626,7 +835,7 @@ impl Cluster {
         let mut out = vec![None; keys.len()];
         for group in self.inner.group_by_primary(&keys).await? {
             let op = Op::MGet {
-                bucket: bucket.to_owned(),
+                bucket: bucket.into(),
                 keys: group.iter().map(|&i| WBytes(keys[i].clone())).collect(),
             };
             match self.inner.route(&keys[group[0]], op, false).await {
@@ -663,7 +872,7 @@ impl Cluster {
                 self.inner.config.page_bytes,
             ) {
                 let op = Op::MSet {
-                    bucket: bucket.to_owned(),
+                    bucket: bucket.into(),
                     entries: chunk
                         .iter()
                         .map(|&i| (WBytes(entries[i].0.clone()), WBytes(entries[i].1.clone())))
@@ -689,6 +898,31 @@ impl Cluster {
         Ok(())
     }
 
+    /// Runs `ops` on `bucket`, each at its key's primary, and answers each in order.
+    ///
+    /// The operations for one primary travel in one message (together with what other
+    /// callers forward to it at the same moment) and are applied there in order, so
+    /// operations on the same key take effect in the order given; operations on different
+    /// primaries run concurrently. Each operation succeeds or fails on its own, with the
+    /// errors of the single-operation methods (a write whose replication failed answers
+    /// [`Error::Timeout`]). Operations refused as not-owner or syncing are retried, still
+    /// in order, within [`ClusterConfig::op_timeout`].
+    pub async fn batch(
+        &self,
+        bucket: &str,
+        ops: Vec<BatchOp>,
+    ) -> Vec<Result<BatchReply, ClusterError>> {
+        let name = WStr::from(bucket);
+        let ops: Vec<Op> = ops.into_iter().map(|o| o.into_op(name.clone())).collect();
+        let results = self.inner.route_batch(&ops).await;
+        ops.iter()
+            .zip(results)
+            .map(|(op, r)| {
+                r.and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol()))
+            })
+            .collect()
+    }
+
     /// Live keys in the cluster: the sum over members of the keys in the partitions each
     /// is primary of (a scan on every member; approximate while partitions move).
     pub async fn len(&self) -> Result<u64, ClusterError> {
@@ -709,7 +943,7 @@ impl Cluster {
     ) -> Result<Option<Bytes>, ClusterError> {
         let key = key.into();
         let op = Op::GetOrLoad {
-            bucket: bucket.to_owned(),
+            bucket: bucket.into(),
             key: WBytes(key.clone()),
         };
         match self.inner.route(&key, op, false).await? {
@@ -881,7 +1115,7 @@ impl Inner {
             .request(to, body, timeout)
             .await
             .map_err(CallError::Transport)?;
-        wire::decode::<Reply>(&reply).map_err(|e| {
+        wire::decode_shared::<Reply>(&reply).map_err(|e| {
             tracing::warn!(from = %to, error = %e, "undecodable reply");
             self.metrics.bad_messages.inc();
             CallError::Decode
@@ -1023,6 +1257,12 @@ impl Inner {
                     last = ClusterError::Syncing { partition };
                     Duration::from_millis(20)
                 }
+                Err(Attempt::Refused(Refusal::Deferred)) => {
+                    last = ClusterError::Unreachable {
+                        node: primary.clone(),
+                    };
+                    Duration::ZERO
+                }
                 Err(Attempt::Refused(r)) => return Err(self.refusal(r, &primary)),
                 Err(Attempt::Unreachable) => {
                     last = ClusterError::Unreachable {
@@ -1035,37 +1275,153 @@ impl Inner {
             if Instant::now() + backoff >= deadline {
                 break;
             }
-            tokio::time::sleep(backoff).await;
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
         }
         Err(last)
     }
 
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         primary: &NodeId,
         epoch: u64,
         op: Op,
         write: bool,
     ) -> Result<OpReply, Attempt> {
-        let timeout = if matches!(op, Op::GetOrLoad { .. }) {
-            self.config.request_timeout + self.config.load_timeout
-        } else {
-            self.config.request_timeout
+        if !op.batchable() {
+            let timeout = if matches!(op, Op::GetOrLoad { .. }) {
+                self.config.request_timeout + self.config.load_timeout
+            } else {
+                self.config.request_timeout
+            };
+            let delivery = self
+                .send_ops(primary, Msg::Op { epoch, op }, 1, timeout)
+                .await;
+            return delivery.attempt(0, write);
+        }
+        let rx = self.enqueue_ops(primary, epoch, vec![op]);
+        let delivery = rx.await.unwrap_or(Delivery::Lost);
+        delivery.attempt(0, write)
+    }
+
+    /// Queues `ops` (in order, for one message) to `primary` at `epoch`; the receiver
+    /// gets the message's outcome.
+    ///
+    /// Concurrent callers forwarding to the same primary share messages: the first
+    /// spawns a flush ([`Inner::flush_ops`]) that runs after the tasks already scheduled
+    /// and sends everything queued by then, in pages of at most
+    /// [`ClusterConfig::page_bytes`] made of whole entries (a caller's operations are
+    /// never split, so they reach the primary in one message and are applied in order).
+    fn enqueue_ops(
+        self: &Arc<Self>,
+        primary: &NodeId,
+        epoch: u64,
+        ops: Vec<Op>,
+    ) -> tokio::sync::oneshot::Receiver<Delivery> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let size = ops.iter().map(Op::size).sum();
+        let key = (primary.clone(), epoch);
+        let first = {
+            let mut queues = self.forwards.lock().unwrap_or_else(PoisonError::into_inner);
+            let queue = queues.entry(key.clone()).or_default();
+            queue.push(QueuedOps {
+                ops,
+                size,
+                timeout: self.config.request_timeout,
+                done,
+            });
+            queue.len() == 1
         };
-        match self.call(primary, &Msg::Op { epoch, op }, timeout).await {
-            Ok(Reply::Op(r)) => Ok(r),
-            Ok(Reply::Err(r)) => Err(Attempt::Refused(r)),
-            Ok(_) | Err(CallError::Decode) => Err(Attempt::Refused(Refusal::BadRequest)),
+        if first {
+            let inner = Arc::clone(self);
+            tokio::spawn(async move { inner.flush_ops(key).await });
+        }
+        answer
+    }
+
+    /// Sends what callers queued for `key` (primary, epoch) and hands each its results.
+    async fn flush_ops(self: Arc<Self>, key: (NodeId, u64)) {
+        // Let the callers already scheduled queue their operations behind these.
+        tokio::task::yield_now().await;
+        let queued = self
+            .forwards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key)
+            .unwrap_or_default();
+        let (primary, epoch) = key;
+        let mut rest = queued.into_iter().peekable();
+        while rest.peek().is_some() {
+            let mut page = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(q) =
+                rest.next_if(|q| page.is_empty() || bytes + q.size <= self.config.page_bytes)
+            {
+                bytes += q.size;
+                page.push(q);
+            }
+            let total: usize = page.iter().map(|q| q.ops.len()).sum();
+            let timeout = page
+                .iter()
+                .map(|q| q.timeout)
+                .max()
+                .unwrap_or(self.config.request_timeout);
+            let mut ops = Vec::with_capacity(total);
+            let mut waiters = Vec::with_capacity(page.len());
+            for q in page {
+                waiters.push((q.ops.len(), q.done));
+                ops.extend(q.ops);
+            }
+            // A lone operation travels as `Op`, the batch as `Batch`.
+            let msg = if total == 1 {
+                let op = ops.pop().expect("invariant: one operation");
+                Msg::Op { epoch, op }
+            } else {
+                self.metrics.forward_batches.inc();
+                Msg::Batch { epoch, ops }
+            };
+            let delivery = self.send_ops(&primary, msg, total, timeout).await;
+            match delivery {
+                Delivery::Results(rs) => {
+                    let mut rs = rs.into_iter();
+                    for (n, done) in waiters {
+                        let _ = done.send(Delivery::Results(rs.by_ref().take(n).collect()));
+                    }
+                }
+                other => {
+                    for (_, done) in waiters {
+                        let _ = done.send(other.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` (an `Op` or a `Batch` of `count` operations) and classifies the
+    /// outcome.
+    async fn send_ops(
+        &self,
+        primary: &NodeId,
+        msg: Msg,
+        count: usize,
+        timeout: Duration,
+    ) -> Delivery {
+        match self.call(primary, &msg, timeout).await {
+            Ok(Reply::Op(r)) if count == 1 => Delivery::Results(vec![Ok(r)]),
+            Ok(Reply::Batch(rs)) if rs.len() == count => Delivery::Results(rs),
+            Ok(Reply::Err(r)) if count == 1 => Delivery::Results(vec![Err(r)]),
+            Ok(Reply::Err(r)) => Delivery::Refused(r),
+            Ok(_) | Err(CallError::Decode) => Delivery::Refused(Refusal::BadRequest),
             Err(CallError::Transport(RequestError::Send(SendError::MessageTooLarge {
                 len,
                 max,
-            }))) => Err(Attempt::Refused(Refusal::ValueTooLarge {
+            }))) => Delivery::Refused(Refusal::ValueTooLarge {
                 len: u64::try_from(len).unwrap_or(u64::MAX),
                 max: u64::try_from(max).unwrap_or(u64::MAX),
-            })),
-            Err(CallError::Transport(RequestError::Send(_))) => Err(Attempt::Unreachable),
-            Err(CallError::Transport(_)) if !write => Err(Attempt::Unreachable),
-            Err(CallError::Transport(_)) => Err(Attempt::Indeterminate),
+            }),
+            Err(CallError::Transport(RequestError::Send(_))) => Delivery::NotDelivered,
+            Err(CallError::Transport(_)) => Delivery::Lost,
         }
     }
 
@@ -1090,6 +1446,7 @@ impl Inner {
             Refusal::NotAnInteger => Error::NotAnInteger.into(),
             Refusal::Overflow => Error::Overflow.into(),
             Refusal::NoLoader { bucket } => ClusterError::NoLoader { bucket },
+            Refusal::Deferred => ClusterError::Unreachable { node: node.clone() },
             Refusal::Behind { .. } | Refusal::UnknownSession | Refusal::BadRequest => {
                 ClusterError::Protocol { node: node.clone() }
             }
@@ -1099,7 +1456,7 @@ impl Inner {
     /// Executes `op` as the primary (`epoch`: the forwarder's, None when local).
     async fn at_primary(self: &Arc<Self>, op: Op, epoch: Option<u64>) -> Result<OpReply, Refusal> {
         match op {
-            Op::GetOrLoad { bucket, key } => self.load(bucket, key.0, epoch).await,
+            Op::GetOrLoad { bucket, key } => self.load(bucket.to_string(), key.0, epoch).await,
             Op::Count => Ok(OpReply::Count(self.lock().count_primary(wall_clock()))),
             op => {
                 let (reply, writes, table) = {
@@ -1118,6 +1475,256 @@ impl Inner {
                 Ok(reply)
             }
         }
+    }
+
+    /// Executes `ops` in order as the primary (`epoch`: the forwarder's, None when local),
+    /// replicates their writes, and answers each.
+    ///
+    /// The state lock is taken once per [`LOCK_RUN`] operations. With `bound`, once the
+    /// results so far exceed [`ClusterConfig::page_bytes`] the rest are not executed but
+    /// answered [`Refusal::Deferred`] (so the reply fits in a message; the sender sends
+    /// them again, still in order). A write whose replication fails answers
+    /// [`Refusal::Timeout`]; the others are unaffected.
+    async fn at_primary_batch(
+        self: &Arc<Self>,
+        ops: Vec<Op>,
+        epoch: Option<u64>,
+        bound: bool,
+    ) -> Vec<Result<OpReply, Refusal>> {
+        let now = wall_clock();
+        let refuse = self.config.mycel.refuse_minority_writes;
+        let mut results: Vec<Result<OpReply, Refusal>> = Vec::with_capacity(ops.len());
+        let mut reply_bytes = 0usize;
+        // Writes to replicate, grouped by the table they were made under, with the
+        // indexes of the operations that made them.
+        let mut groups: Vec<(Arc<RoutingTable>, Vec<Write>, Vec<usize>)> = Vec::new();
+        let mut ops = ops.into_iter();
+        while ops.len() > 0 {
+            let mut st = self.lock();
+            let mut writes = Vec::new();
+            let mut wrote = Vec::new();
+            for op in ops.by_ref().take(LOCK_RUN) {
+                if bound && !results.is_empty() && reply_bytes > self.config.page_bytes {
+                    results.push(Err(Refusal::Deferred));
+                    continue;
+                }
+                let result = match op {
+                    Op::GetOrLoad { .. } | Op::Count => Err(Refusal::BadRequest),
+                    op => st.execute(op, epoch, refuse, now),
+                };
+                match result {
+                    Ok((reply, ws)) => {
+                        reply_bytes += reply.size();
+                        if !ws.is_empty() {
+                            wrote.push(results.len());
+                            writes.extend(ws);
+                        }
+                        results.push(Ok(reply));
+                    }
+                    Err(r) => results.push(Err(r)),
+                }
+            }
+            if writes.is_empty() {
+                continue;
+            }
+            let Some(table) = st.table().cloned() else {
+                continue;
+            };
+            drop(st);
+            match groups.last_mut() {
+                Some((t, ws, idx)) if t.epoch() == table.epoch() => {
+                    ws.extend(writes);
+                    idx.extend(wrote);
+                }
+                _ => groups.push((table, writes, wrote)),
+            }
+        }
+        for (table, writes, wrote) in groups {
+            if let Err(r) = self.replicate(&table, &writes).await {
+                for i in wrote {
+                    results[i] = Err(r.clone());
+                }
+            }
+        }
+        results
+    }
+
+    /// Runs `ops` each at its key's primary and answers each in order (see
+    /// [`Cluster::batch`]).
+    ///
+    /// Each round groups the pending operations by primary under the current table,
+    /// queues one message's worth per remote primary (at most
+    /// [`ClusterConfig::page_bytes`], the rest waits for the next round), executes the
+    /// local ones, and collects the answers. Operations refused as not-owner, syncing or
+    /// deferred, or not delivered, stay pending in their original order for the next
+    /// round; refusals of one partition hit every later operation of that partition in
+    /// the same message too, so operations on one key never overtake each other.
+    async fn route_batch(self: &Arc<Self>, ops: &[Op]) -> Vec<Result<OpReply, ClusterError>> {
+        let n = ops.len();
+        let partitioning = self.config.mycel.store.partitioning;
+        let parts: Vec<Partition> = ops
+            .iter()
+            .map(|op| partitioning.partition_of(op.key().map_or(&[][..], |k| &k[..])))
+            .collect();
+        let deadline = Instant::now() + self.config.op_timeout;
+        let mut out: Vec<Option<Result<OpReply, ClusterError>>> = (0..n).map(|_| None).collect();
+        let mut last: Vec<Retryable> = vec![Retryable::Unsent; n];
+        let mut not_owner = 0u32;
+        loop {
+            let pending: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
+            if pending.is_empty() {
+                break;
+            }
+            let Ok(table) = self.wait_for_table(deadline).await else {
+                for i in pending {
+                    out[i] = Some(Err(ClusterError::NoTable));
+                }
+                break;
+            };
+            let quorum = if self.config.mycel.refuse_minority_writes
+                && table.contains(&self.me)
+                && pending.iter().any(|&i| ops[i].is_write())
+            {
+                self.lock().check_quorum().err()
+            } else {
+                None
+            };
+            let mut local: Vec<usize> = Vec::new();
+            let mut remote: Vec<(NodeId, Vec<usize>, usize)> = Vec::new();
+            let mut held: HashSet<NodeId> = HashSet::new();
+            for &i in &pending {
+                if let (Some(r), true) = (&quorum, ops[i].is_write()) {
+                    out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
+                    continue;
+                }
+                let primary = table
+                    .primary(parts[i])
+                    .map(|m| &m.id)
+                    .expect("invariant: a valid table has a primary for every partition");
+                if *primary == self.me {
+                    local.push(i);
+                    continue;
+                }
+                if held.contains(primary) {
+                    continue;
+                }
+                let size = ops[i].size();
+                match remote.iter_mut().find(|(p, _, _)| p == primary) {
+                    Some((_, group, bytes)) => {
+                        if *bytes + size > self.config.page_bytes {
+                            // The rest for this primary waits for the next round.
+                            held.insert(primary.clone());
+                        } else {
+                            group.push(i);
+                            *bytes += size;
+                        }
+                    }
+                    None => remote.push((primary.clone(), vec![i], size)),
+                }
+            }
+            let sent: Vec<_> = remote
+                .into_iter()
+                .map(|(primary, group, _)| {
+                    let batch = group.iter().map(|&i| ops[i].clone()).collect();
+                    let rx = self.enqueue_ops(&primary, table.epoch(), batch);
+                    (primary, group, rx)
+                })
+                .collect();
+            let mut attempts: Vec<(usize, NodeId, Result<OpReply, Attempt>)> = Vec::new();
+            if !local.is_empty() {
+                let batch = local.iter().map(|&i| ops[i].clone()).collect();
+                let results = self.at_primary_batch(batch, None, false).await;
+                for (&i, r) in local.iter().zip(results) {
+                    attempts.push((i, self.me.clone(), r.map_err(Attempt::Refused)));
+                }
+            }
+            for (primary, group, rx) in sent {
+                self.metrics
+                    .forwarded
+                    .inc_by(u64::try_from(group.len()).unwrap_or(u64::MAX));
+                let delivery = rx.await.unwrap_or(Delivery::Lost);
+                for (k, &i) in group.iter().enumerate() {
+                    attempts.push((i, primary.clone(), delivery.attempt(k, ops[i].is_write())));
+                }
+            }
+            let mut backoff = Duration::ZERO;
+            let mut refresh: BTreeMap<NodeId, u64> = BTreeMap::new();
+            let mut saw_not_owner = false;
+            for (i, primary, attempt) in attempts {
+                let wait = match attempt {
+                    Ok(reply) => {
+                        out[i] = Some(Ok(reply));
+                        continue;
+                    }
+                    Err(Attempt::Refused(Refusal::NotOwner { epoch })) => {
+                        saw_not_owner = true;
+                        last[i] = Retryable::NotOwner { epoch };
+                        if primary != self.me {
+                            refresh.insert(primary, epoch);
+                        }
+                        Duration::from_millis(10 * u64::from(not_owner + 1))
+                    }
+                    Err(Attempt::Refused(Refusal::Syncing { partition })) => {
+                        last[i] = Retryable::Syncing { partition };
+                        Duration::from_millis(20)
+                    }
+                    Err(Attempt::Refused(Refusal::Deferred)) => {
+                        last[i] = Retryable::Deferred;
+                        Duration::ZERO
+                    }
+                    Err(Attempt::Refused(r)) => {
+                        out[i] = Some(Err(self.refusal(r, &primary)));
+                        continue;
+                    }
+                    Err(Attempt::Unreachable) => {
+                        last[i] = Retryable::Unreachable { node: primary };
+                        Duration::from_millis(50)
+                    }
+                    Err(Attempt::Indeterminate) => {
+                        out[i] = Some(Err(Error::Timeout.into()));
+                        continue;
+                    }
+                };
+                backoff = backoff.max(wait);
+            }
+            if saw_not_owner {
+                not_owner += 1;
+                if not_owner > self.config.max_not_owner_retries {
+                    break;
+                }
+                for (primary, epoch) in refresh {
+                    if epoch > table.epoch() {
+                        self.refresh(&primary).await;
+                    } else if epoch < table.epoch() {
+                        self.push_table(&primary).await;
+                    }
+                }
+            }
+            if Instant::now() + backoff >= deadline {
+                break;
+            }
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+        }
+        out.into_iter()
+            .zip(last)
+            .map(|(o, last)| {
+                o.unwrap_or_else(|| {
+                    Err(match last {
+                        Retryable::NotOwner { epoch } => ClusterError::Retry {
+                            attempts: not_owner,
+                            epoch,
+                        },
+                        Retryable::Syncing { partition } => ClusterError::Syncing { partition },
+                        Retryable::Unreachable { node } => ClusterError::Unreachable { node },
+                        Retryable::Deferred | Retryable::Unsent => ClusterError::Unreachable {
+                            node: self.me.clone(),
+                        },
+                    })
+                })
+            })
+            .collect()
     }
 
     /// Sends `writes` to every alive backup of their partitions; Ok once all applied.
@@ -1149,36 +1756,51 @@ impl Inner {
             }
         }
         let epoch = table.epoch();
+        // Queue the small ones for every backup first, so the backups are written to at
+        // the same time; then the paged ones; then wait for all.
+        let mut waiting = Vec::new();
+        let mut paged = Vec::new();
         for (backup, ws) in per_backup {
             let size: usize = ws.iter().map(WireWrite::size).sum();
-            let result = if size > self.config.page_bytes {
-                self.replicate_paged(&backup, epoch, &ws).await
-            } else {
-                let (done, answer) = tokio::sync::oneshot::channel();
-                let key = (backup.clone(), epoch);
-                let first = {
-                    let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-                    let queue = outbox.entry(key.clone()).or_default();
-                    queue.push(Queued {
-                        writes: ws,
-                        size,
-                        done,
-                    });
-                    queue.len() == 1
-                };
-                if first {
-                    let inner = Arc::clone(self);
-                    tokio::spawn(async move { inner.flush(key).await });
-                }
-                answer.await.unwrap_or(Err(Refusal::Timeout))
+            if size > self.config.page_bytes {
+                paged.push((backup, ws));
+                continue;
+            }
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let key = (backup.clone(), epoch);
+            let first = {
+                let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+                let queue = outbox.entry(key.clone()).or_default();
+                queue.push(Queued {
+                    writes: ws,
+                    size,
+                    done,
+                });
+                queue.len() == 1
             };
-            if let Err(r) = result {
-                self.metrics.replicate_failures.inc();
+            if first {
+                let inner = Arc::clone(self);
+                tokio::spawn(async move { inner.flush(key).await });
+            }
+            waiting.push((backup, answer));
+        }
+        let mut outcome = Ok(());
+        for (backup, ws) in paged {
+            if let Err(r) = self.replicate_paged(&backup, epoch, &ws).await {
                 tracing::debug!(%backup, "replication failed");
-                return Err(r);
+                outcome = Err(r);
             }
         }
-        Ok(())
+        for (backup, answer) in waiting {
+            if let Err(r) = answer.await.unwrap_or(Err(Refusal::Timeout)) {
+                tracing::debug!(%backup, "replication failed");
+                outcome = Err(r);
+            }
+        }
+        if outcome.is_err() {
+            self.metrics.replicate_failures.inc();
+        }
+        outcome
     }
 
     /// Sends one operation's writes to `backup` in pages, one after the other.
@@ -1409,6 +2031,22 @@ impl Inner {
                         Reply::Err(r)
                     }
                 }
+            }
+            Msg::Batch { epoch, ops } => {
+                if epoch > self.lock().routing.epoch() {
+                    self.spawn_refresh(from.clone());
+                }
+                let results = self.at_primary_batch(ops, Some(epoch), true).await;
+                let refused = results
+                    .iter()
+                    .filter(|r| matches!(r, Err(Refusal::NotOwner { .. })))
+                    .count();
+                if refused > 0 {
+                    self.metrics
+                        .not_owner
+                        .inc_by(u64::try_from(refused).unwrap_or(u64::MAX));
+                }
+                Reply::Batch(results)
             }
             Msg::Replicate { epoch, writes } => {
                 let result = self.lock().handle_replicate(epoch, writes, now);
@@ -1799,7 +2437,7 @@ async fn receive_loop(weak: Weak<Inner>, mut app: Application, limit: usize) {
 
 async fn handle_request(inner: Arc<Inner>, req: Request) {
     let from = req.from().clone();
-    let reply = match wire::decode::<Msg>(req.body()) {
+    let reply = match wire::decode_shared::<Msg>(req.body()) {
         Ok(msg) => inner.serve(&from, msg).await,
         Err(e) => {
             inner.metrics.bad_messages.inc();

@@ -451,22 +451,22 @@ impl State {
         now: Timestamp,
     ) -> Result<(OpReply, Vec<Write>), Refusal> {
         let partitioning = self.store.config().partitioning;
-        let keys: Vec<&[u8]> = match &op {
-            Op::Get { key, .. }
-            | Op::Exists { key, .. }
-            | Op::Ttl { key, .. }
-            | Op::Set { key, .. }
-            | Op::Delete { key, .. }
-            | Op::Expire { key, .. }
-            | Op::Persist { key, .. }
-            | Op::IncrBy { key, .. }
-            | Op::GetOrLoad { key, .. } => vec![&key.0[..]],
-            Op::MGet { keys, .. } => keys.iter().map(|k| &k.0[..]).collect(),
-            Op::MSet { entries, .. } => entries.iter().map(|(k, _)| &k.0[..]).collect(),
-            Op::Count => Vec::new(),
-        };
-        for k in keys {
-            self.check_primary(partitioning.partition_of(k), epoch)?;
+        match &op {
+            Op::MGet { keys, .. } => {
+                for k in keys {
+                    self.check_primary(partitioning.partition_of(&k.0), epoch)?;
+                }
+            }
+            Op::MSet { entries, .. } => {
+                for (k, _) in entries {
+                    self.check_primary(partitioning.partition_of(&k.0), epoch)?;
+                }
+            }
+            op => {
+                if let Some(k) = op.key() {
+                    self.check_primary(partitioning.partition_of(k), epoch)?;
+                }
+            }
         }
         let is_write = matches!(
             op,

@@ -10,6 +10,7 @@
 //! Core types cross the wire through mirrors defined here ([`WireWrite`], [`WireExpiry`],
 //! ...), so the store keeps its in-memory types free of serialisation concerns.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,28 @@ pub(crate) enum WireError {
     },
 }
 
+thread_local! {
+    /// The frame [`decode_shared`] is decoding on this thread, so that byte strings can be
+    /// views into it rather than copies.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// `v` as a view into the frame being decoded if it lies within it, else a copy. Views
+/// are transient: the store keeps exact-size copies of what it holds, so a view never
+/// pins a frame beyond the handling of its message.
+fn view(v: &[u8]) -> Bytes {
+    SOURCE.with(|source| {
+        if let Some(frame) = source.borrow().as_ref() {
+            let start = frame.as_ptr().addr();
+            let at = v.as_ptr().addr();
+            if at >= start && at + v.len() <= start + frame.len() {
+                return frame.slice_ref(v);
+            }
+        }
+        Bytes::copy_from_slice(v)
+    })
+}
+
 /// Bytes that serialise as a byte string (postcard: varint length + the bytes).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct WBytes(pub(crate) Bytes);
@@ -68,6 +91,9 @@ impl<'de> Deserialize<'de> for WBytes {
             type Value = WBytes;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<WBytes, E> {
+                Ok(WBytes(view(v)))
             }
             fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<WBytes, E> {
                 Ok(WBytes(Bytes::copy_from_slice(v)))
@@ -90,6 +116,59 @@ impl<'de> Deserialize<'de> for WBytes {
 impl From<Bytes> for WBytes {
     fn from(b: Bytes) -> Self {
         Self(b)
+    }
+}
+
+/// A UTF-8 name (a bucket) that serialises as a string, held as [`Bytes`] so that decoding
+/// and cloning it do not allocate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct WStr(Bytes);
+
+impl std::ops::Deref for WStr {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("invariant: built from UTF-8 only")
+    }
+}
+
+impl From<&str> for WStr {
+    fn from(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<String> for WStr {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl Serialize for WStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for WStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<WStr, E> {
+                Ok(WStr(view(v.as_bytes())))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<WStr, E> {
+                Ok(WStr::from(v))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<WStr, E> {
+                Ok(WStr::from(v))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -141,20 +220,30 @@ pub(crate) enum Msg {
         /// The partitions.
         partitions: Vec<Partition>,
     },
+    /// Client operations forwarded to the receiver as primary at the sender's `epoch`,
+    /// executed in order (answered by [`Reply::Batch`], one result per operation). Only
+    /// the single-key operations (see [`Op::batchable`]); appended after the original
+    /// variants, so the encodings of those are unchanged.
+    Batch {
+        /// The sender's routing epoch, as in [`Msg::Op`].
+        epoch: u64,
+        /// The operations, in the order they are to be applied.
+        ops: Vec<Op>,
+    },
 }
 
 /// An operation executed at a partition's primary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Op {
     /// `GET`.
-    Get { bucket: String, key: WBytes },
+    Get { bucket: WStr, key: WBytes },
     /// `EXISTS`.
-    Exists { bucket: String, key: WBytes },
+    Exists { bucket: WStr, key: WBytes },
     /// `PTTL`.
-    Ttl { bucket: String, key: WBytes },
+    Ttl { bucket: WStr, key: WBytes },
     /// `SET` with options.
     Set {
-        bucket: String,
+        bucket: WStr,
         key: WBytes,
         value: WBytes,
         expiry: WireExpiry,
@@ -162,32 +251,32 @@ pub(crate) enum Op {
         get: bool,
     },
     /// `DEL`.
-    Delete { bucket: String, key: WBytes },
+    Delete { bucket: WStr, key: WBytes },
     /// `PEXPIRE`: expire `after_ms` from the primary's now.
     Expire {
-        bucket: String,
+        bucket: WStr,
         key: WBytes,
         after_ms: u64,
     },
     /// `PERSIST`.
-    Persist { bucket: String, key: WBytes },
+    Persist { bucket: WStr, key: WBytes },
     /// `INCRBY`.
     IncrBy {
-        bucket: String,
+        bucket: WStr,
         key: WBytes,
         delta: i64,
     },
     /// `MGET` of keys whose partitions share this primary.
-    MGet { bucket: String, keys: Vec<WBytes> },
+    MGet { bucket: WStr, keys: Vec<WBytes> },
     /// `MSET` of keys whose partitions share this primary.
     MSet {
-        bucket: String,
+        bucket: WStr,
         entries: Vec<(WBytes, WBytes)>,
     },
     /// Live keys in the partitions the receiver is primary of.
     Count,
     /// Get, or on a miss run the bucket's loader once at the primary (single-flight).
-    GetOrLoad { bucket: String, key: WBytes },
+    GetOrLoad { bucket: WStr, key: WBytes },
 }
 
 /// A response.
@@ -217,6 +306,79 @@ pub(crate) enum Reply {
         /// Whether this was the last page.
         done: bool,
     },
+    /// The results of a [`Msg::Batch`], one per operation, in order.
+    Batch(Vec<Result<OpReply, Refusal>>),
+}
+
+impl Op {
+    /// The key the operation is routed by (`None` for `Count`; the first key of a
+    /// multi-key operation).
+    pub(crate) fn key(&self) -> Option<&Bytes> {
+        match self {
+            Self::Get { key, .. }
+            | Self::Exists { key, .. }
+            | Self::Ttl { key, .. }
+            | Self::Set { key, .. }
+            | Self::Delete { key, .. }
+            | Self::Expire { key, .. }
+            | Self::Persist { key, .. }
+            | Self::IncrBy { key, .. }
+            | Self::GetOrLoad { key, .. } => Some(&key.0),
+            Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
+            Self::MSet { entries, .. } => entries.first().map(|(k, _)| &k.0),
+            Self::Count => None,
+        }
+    }
+
+    /// Whether the operation changes data.
+    pub(crate) fn is_write(&self) -> bool {
+        matches!(
+            self,
+            Self::Set { .. }
+                | Self::Delete { .. }
+                | Self::Expire { .. }
+                | Self::Persist { .. }
+                | Self::IncrBy { .. }
+                | Self::MSet { .. }
+        )
+    }
+
+    /// Whether the operation may travel in a [`Msg::Batch`]: the single-key operations
+    /// the primary executes at once (not `GetOrLoad`, `Count`, `MGet`, `MSet`).
+    pub(crate) fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Self::Get { .. }
+                | Self::Exists { .. }
+                | Self::Ttl { .. }
+                | Self::Set { .. }
+                | Self::Delete { .. }
+                | Self::Expire { .. }
+                | Self::Persist { .. }
+                | Self::IncrBy { .. }
+        )
+    }
+
+    /// Approximate encoded size, for paging.
+    pub(crate) fn size(&self) -> usize {
+        let value = match self {
+            Self::Set { value, .. } => value.0.len(),
+            _ => 0,
+        };
+        self.key().map_or(0, Bytes::len) + value + 48
+    }
+}
+
+impl OpReply {
+    /// Approximate encoded size, for bounding a batch's reply.
+    pub(crate) fn size(&self) -> usize {
+        let bytes = |v: &Option<WBytes>| v.as_ref().map_or(0, |b| b.0.len());
+        16 + match self {
+            Self::Value(v) | Self::Set { previous: v, .. } => bytes(v),
+            Self::Values(vs) => vs.iter().map(|v| bytes(v) + 4).sum(),
+            _ => 0,
+        }
+    }
 }
 
 /// The result of an [`Op`].
@@ -274,6 +436,9 @@ pub(crate) enum Refusal {
     UnknownSession,
     /// The request could not be understood.
     BadRequest,
+    /// Not executed: the batch's reply had reached its size bound before this operation
+    /// (every later operation of the batch is deferred too). Nothing changed; send again.
+    Deferred,
 }
 
 impl Refusal {
@@ -508,12 +673,11 @@ impl MemberMeta {
 
 /// Encodes `value` with the version byte in front.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
-    let mut out = vec![WIRE_VERSION];
+    let mut out = Vec::with_capacity(256);
+    out.push(WIRE_VERSION);
     // Every type here serialises infallibly into a Vec (no maps with non-string keys, no
     // unsupported types).
-    let body = postcard::to_extend(value, Vec::new()).expect("invariant: wire types encode");
-    out.extend(body);
-    Bytes::from(out)
+    Bytes::from(postcard::to_extend(value, out).expect("invariant: wire types encode"))
 }
 
 /// Decodes a versioned body.
@@ -525,6 +689,21 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, Wi
     postcard::from_bytes(body).map_err(|e| WireError::Malformed {
         reason: e.to_string(),
     })
+}
+
+/// Decodes a versioned body whose byte strings become views into `bytes` (no copy per
+/// key or value).
+pub(crate) fn decode_shared<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, WireError> {
+    /// Clears the thread's frame when decoding ends, however it ends.
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SOURCE.with(|s| s.borrow_mut().take());
+        }
+    }
+    SOURCE.with(|s| *s.borrow_mut() = Some(bytes.clone()));
+    let _reset = Reset;
+    decode(bytes)
 }
 
 #[cfg(test)]

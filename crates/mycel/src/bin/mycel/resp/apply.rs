@@ -6,7 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mycel::{BucketId, BucketOptions, Condition, Error, Expiry, GetEx, SetOptions, Timestamp, Ttl};
+use mycel::{
+    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, SetOptions,
+    Timestamp, Ttl,
+};
 
 use super::cmd::{self, BucketArg, Command, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
@@ -216,7 +219,8 @@ where
     Ok(Frame::Integer(n))
 }
 
-async fn set_reply(shared: &Shared, b: BucketId, set: cmd::Set) -> Result<Frame, Error> {
+/// The store's options for a parsed `SET`.
+fn set_options(set: &cmd::Set) -> SetOptions {
     let expiry = match (set.expiry, set.keep_ttl) {
         (Some(cmd::Expiry::In(ms)), _) => Expiry::After(Duration::from_millis(ms)),
         (Some(cmd::Expiry::At(ms)), _) => Expiry::At(Timestamp::from_millis(ms)),
@@ -228,19 +232,112 @@ async fn set_reply(shared: &Shared, b: BucketId, set: cmd::Set) -> Result<Frame,
         SetCondition::IfAbsent => Condition::IfAbsent,
         SetCondition::IfPresent => Condition::IfPresent,
     };
-    let opts = SetOptions {
+    SetOptions {
         expiry,
         condition,
         get: set.get,
-    };
-    let r = shared.mycel.set(b, set.key, set.value, opts).await?;
-    Ok(if set.get {
-        bulk_or_null(r.previous)
-    } else if r.written {
+    }
+}
+
+/// `SET`'s reply: the previous value with `GET`, else `OK` or a null when a condition
+/// was not met.
+fn set_frame(get: bool, written: bool, previous: Option<Bytes>) -> Frame {
+    if get {
+        bulk_or_null(previous)
+    } else if written {
         OK
     } else {
         Frame::Null
+    }
+}
+
+async fn set_reply(shared: &Shared, b: BucketId, set: cmd::Set) -> Result<Frame, Error> {
+    let opts = set_options(&set);
+    let r = shared.mycel.set(b, set.key, set.value, opts).await?;
+    Ok(set_frame(set.get, r.written, r.previous))
+}
+
+/// How a batched command's reply is rendered from its [`BatchReply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A bulk string or null (`GET`).
+    Bulk,
+    /// `SET` (with or without its `GET` option).
+    Set { get: bool },
+    /// An integer 1 or 0 (`SETNX`, `DEL`/`EXISTS` of one key, `EXPIRE`, `PERSIST`).
+    Flag,
+    /// `TTL` (`millis` false) or `PTTL`.
+    Ttl { millis: bool },
+    /// An integer (`INCRBY` and friends).
+    Integer,
+}
+
+/// `cmd` as one single-key operation that can run in a batch with its neighbours, or the
+/// command back if it cannot (multi-key, connection state, server commands).
+pub(crate) fn batchable(cmd: Command) -> Result<(BatchOp, Shape), Command> {
+    Ok(match cmd {
+        Command::Get(key) => (BatchOp::Get { key }, Shape::Bulk),
+        Command::Set(set) => {
+            let options = set_options(&set);
+            let get = set.get;
+            (
+                BatchOp::Set {
+                    key: set.key,
+                    value: set.value,
+                    options,
+                },
+                Shape::Set { get },
+            )
+        }
+        Command::SetNx(key, value) => (
+            BatchOp::Set {
+                key,
+                value,
+                options: SetOptions {
+                    condition: Condition::IfAbsent,
+                    ..SetOptions::default()
+                },
+            },
+            Shape::Flag,
+        ),
+        Command::Del(mut keys) if keys.len() == 1 => (
+            BatchOp::Delete {
+                key: keys.pop().expect("invariant: one key"),
+            },
+            Shape::Flag,
+        ),
+        Command::Exists(mut keys) if keys.len() == 1 => (
+            BatchOp::Exists {
+                key: keys.pop().expect("invariant: one key"),
+            },
+            Shape::Flag,
+        ),
+        Command::Expire(key, ms) => (
+            BatchOp::Expire {
+                key,
+                after: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+            },
+            Shape::Flag,
+        ),
+        Command::Ttl(key, millis) => (BatchOp::Ttl { key }, Shape::Ttl { millis }),
+        Command::Persist(key) => (BatchOp::Persist { key }, Shape::Flag),
+        Command::IncrBy(key, delta) => (BatchOp::IncrBy { key, delta }, Shape::Integer),
+        cmd => return Err(cmd),
     })
+}
+
+/// The reply frame of a batched command.
+pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Frame {
+    match (shape, result) {
+        (_, Err(e)) => error_frame(&e),
+        (Shape::Bulk, Ok(BatchReply::Value(v))) => bulk_or_null(v),
+        (Shape::Set { get }, Ok(BatchReply::Set(r))) => set_frame(get, r.applied, r.previous),
+        (Shape::Flag, Ok(BatchReply::Set(r))) => Frame::Integer(i64::from(r.applied)),
+        (Shape::Flag, Ok(BatchReply::Bool(b))) => Frame::Integer(i64::from(b)),
+        (Shape::Ttl { millis }, Ok(BatchReply::Ttl(t))) => ttl_frame(t, millis),
+        (Shape::Integer, Ok(BatchReply::Int(v))) => Frame::Integer(v),
+        (_, Ok(_)) => Frame::err("internal error: unexpected reply kind"),
+    }
 }
 
 fn ttl_frame(t: Ttl, millis: bool) -> Frame {

@@ -9,7 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::apply::{self, After, Session};
+use mycel::BatchOp;
+
+use super::apply::{self, After, Session, Shape};
 use super::cmd::Command;
 use super::frame::Frame;
 use super::parse::RequestParser;
@@ -46,6 +48,86 @@ impl Counters {
     }
 }
 
+/// A run of batchable commands being collected, reused across reads.
+#[derive(Debug, Default)]
+struct Run {
+    ops: Vec<BatchOp>,
+    shapes: Vec<(Shape, &'static str)>,
+}
+
+/// Executes `requests` (drained) in order, encoding each reply into `output`; true when
+/// the connection is to be closed (`QUIT`: the requests after it are not executed).
+async fn run(
+    requests: &mut Vec<Result<Command, Frame>>,
+    session: &mut Session,
+    shared: &Shared,
+    counters: &mut Counters,
+    batch: &mut Run,
+    output: &mut BytesMut,
+) -> bool {
+    let mut close = false;
+    for request in requests.drain(..) {
+        if close {
+            continue;
+        }
+        let cmd = match request {
+            Ok(cmd) => cmd,
+            Err(frame) => {
+                flush_run(batch, session, shared, counters, output).await;
+                counters.get(shared, "unknown").2.inc();
+                frame.encode(session.proto, output);
+                continue;
+            }
+        };
+        let name = apply::name(&cmd);
+        let cmd = match apply::batchable(cmd) {
+            Ok((op, shape)) => {
+                batch.ops.push(op);
+                batch.shapes.push((shape, name));
+                continue;
+            }
+            Err(cmd) => cmd,
+        };
+        flush_run(batch, session, shared, counters, output).await;
+        let (frame, after) = apply::execute(cmd, session, shared).await;
+        count(counters, shared, name, &frame);
+        frame.encode(session.proto, output);
+        close = after == After::Close;
+    }
+    flush_run(batch, session, shared, counters, output).await;
+    close
+}
+
+/// Executes the collected run as one batch and encodes the replies in order.
+async fn flush_run(
+    batch: &mut Run,
+    session: &mut Session,
+    shared: &Shared,
+    counters: &mut Counters,
+    output: &mut BytesMut,
+) {
+    if batch.ops.is_empty() {
+        return;
+    }
+    let results = shared
+        .mycel
+        .batch(session.bucket, std::mem::take(&mut batch.ops))
+        .await;
+    for ((shape, name), result) in batch.shapes.drain(..).zip(results) {
+        let frame = apply::batch_frame(shape, result);
+        count(counters, shared, name, &frame);
+        frame.encode(session.proto, output);
+    }
+}
+
+fn count(counters: &mut Counters, shared: &Shared, name: &'static str, frame: &Frame) {
+    let (_, calls, errors) = counters.get(shared, name);
+    calls.inc();
+    if matches!(frame, Frame::Error(_)) {
+        errors.inc();
+    }
+}
+
 /// Serves `stream` until the client leaves, breaks the protocol, or `shutdown` turns
 /// true (then the batch being executed is answered first).
 pub(crate) async fn serve(
@@ -63,6 +145,8 @@ pub(crate) async fn serve(
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut args = Vec::new();
     let mut counters = Counters::default();
+    let mut requests = Vec::new();
+    let mut run_buf = Run::default();
     loop {
         if input.capacity() - input.len() < READ_CHUNK / 4 {
             input.reserve(READ_CHUNK);
@@ -79,42 +163,35 @@ pub(crate) async fn serve(
                 break;
             }
         }
-        let mut close = false;
+        // Parse every complete request of this read, then run them in order: runs of
+        // single-key commands go to the handle as one batch (one round trip per primary
+        // in cluster mode), the others one by one.
+        let mut protocol_error = None;
         loop {
             match parser.parse(&mut input, &mut args) {
                 Ok(false) => break,
                 Ok(true) if args.is_empty() => {}
-                Ok(true) => {
-                    let (frame, after) = match Command::parse(&args) {
-                        Ok(cmd) => {
-                            let name = apply::name(&cmd);
-                            let (frame, after) = apply::execute(cmd, &mut session, &shared).await;
-                            let (_, calls, errors) = counters.get(&shared, name);
-                            calls.inc();
-                            if matches!(frame, Frame::Error(_)) {
-                                errors.inc();
-                            }
-                            (frame, after)
-                        }
-                        Err(frame) => {
-                            counters.get(&shared, "unknown").2.inc();
-                            (frame, After::Continue)
-                        }
-                    };
-                    frame.encode(session.proto, &mut output);
-                    if after == After::Close {
-                        close = true;
-                        break;
-                    }
-                }
+                Ok(true) => requests.push(Command::parse(&args)),
                 Err(e) => {
-                    tracing::debug!(client = session.id, error = %e, "protocol error; closing");
-                    shared.metrics.protocol_errors.inc();
-                    Frame::err(&e).encode(session.proto, &mut output);
-                    close = true;
+                    protocol_error = Some(e);
                     break;
                 }
             }
+        }
+        let mut close = run(
+            &mut requests,
+            &mut session,
+            &shared,
+            &mut counters,
+            &mut run_buf,
+            &mut output,
+        )
+        .await;
+        if let (false, Some(e)) = (close, protocol_error) {
+            tracing::debug!(client = session.id, error = %e, "protocol error; closing");
+            shared.metrics.protocol_errors.inc();
+            Frame::err(&e).encode(session.proto, &mut output);
+            close = true;
         }
         // The arguments share the input's allocation; drop them so it can be reused.
         args.clear();
