@@ -972,7 +972,9 @@ impl Run {
             "dropping {loss} % of the packets nodes {targets:?} receive"
         ));
         for &k in &targets {
-            net::run(&net::loss_command(k, loss))?;
+            for l in net::loss_commands(k, loss) {
+                net::run(&l)?;
+            }
         }
         let mut seen: Vec<(u8, u8)> = Vec::new();
         let mut suspects = 0u64;
@@ -1005,15 +1007,15 @@ impl Run {
             std::thread::sleep(Duration::from_millis(200));
         }
         let mut dropped = 0;
-        let mut passed = 0;
+        let mut received = 0;
         for &k in &targets {
             let text = net::run_output(&net::counters_command(k))?;
-            let (d, p) = net::parse_counters(&text).context("reading the drop counters")?;
+            let (d, r) = net::parse_counters(&text).context("reading the drop counters")?;
             dropped += d;
-            passed += p;
+            received += r;
         }
         #[allow(clippy::cast_precision_loss, reason = "a percentage for display")]
-        let share = 100.0 * dropped as f64 / (dropped + passed).max(1) as f64;
+        let share = 100.0 * dropped as f64 / received.max(1) as f64;
         let suspicions: f64 = self
             .all()
             .iter()
@@ -1021,10 +1023,9 @@ impl Run {
             .map(|text| metric_sum(&text, "nodosum_gossip_suspicions_total"))
             .sum();
         self.notes.push(format!(
-            "dropped {dropped} of {} packets the lossy nodes received ({share:.2} %); \
+            "dropped {dropped} of {received} packets the lossy nodes received ({share:.2} %); \
              {suspicions} suspicions raised (gossip metric), {suspects} suspect entries seen \
-             polling /members",
-            dropped + passed
+             polling /members"
         ));
         let t1 = Instant::now();
         for &k in &targets {

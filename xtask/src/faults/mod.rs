@@ -35,9 +35,12 @@ each key's history with mycel's linearizability checker.
 Scenarios:
   kill             SIGKILL one node (--victim, default the last), wait until the others
                    declare it failed and serve every key, restart it, wait until it is back
-  partition        cut one node's link at the switch (ip link down), then restore it
+  partition        cut one node's link at the switch (ip link down; its clients lose it
+                   too), then restore it
   split            iptables DROP between a majority and a minority (5 nodes: 3 | 2, with
-                   3 replicas by default so that every partition keeps a copy), then heal
+                   3 replicas by default so that every partition keeps a copy), then heal;
+                   the clients still reach both sides, so what the minority answers is
+                   checked too (it must refuse writes and serve no stale reads)
   rolling-restart  SIGTERM every node in turn (it hands its partitions off and leaves),
                    restart it, wait until the cluster is formed again
   lossy            drop --loss % (1 by default, at most 20) of the packets every node (or
@@ -118,6 +121,9 @@ pub(crate) struct Args {
     /// Build and run `mycel` in release mode (default: the debug build the tests use).
     #[arg(long)]
     pub(crate) release: bool,
+    /// Use the `mycel` and `fault_load` binaries already built in target/ (no cargo build).
+    #[arg(long)]
+    pub(crate) no_build: bool,
     /// Keep the node and load logs even when every scenario passes.
     #[arg(long)]
     pub(crate) keep_logs: bool,
@@ -292,7 +298,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     preflight(&plans)?;
 
-    let (mycel, loader) = build(args.release)?;
+    let (mycel, loader) = build(args.release, args.no_build)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     // The orchestrator inside the switch namespace shares this process group, so Ctrl-C
@@ -495,22 +501,30 @@ fn preflight(plans: &[Plan]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds `mycel` and the load example; returns their paths.
-fn build(release: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let mut cmd = cargo();
-    cmd.args(["build", "--package", "mycel", "--bin", "mycel"])
-        .args(["--example", "fault_load"]);
-    if release {
-        cmd.arg("--release");
+/// Builds `mycel` and the load example (unless `no_build`); returns their paths.
+fn build(release: bool, no_build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if !no_build {
+        let mut cmd = cargo();
+        cmd.args(["build", "--package", "mycel", "--bin", "mycel"])
+            .args(["--example", "fault_load"]);
+        if release {
+            cmd.arg("--release");
+        }
+        exec(&mut cmd)?;
     }
-    exec(&mut cmd)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| project_root().join("target"), PathBuf::from);
     let profile = target.join(if release { "release" } else { "debug" });
-    Ok((
+    let bins = (
         profile.join("mycel"),
         profile.join("examples").join("fault_load"),
-    ))
+    );
+    for b in [&bins.0, &bins.1] {
+        if !b.is_file() {
+            bail!("{} is missing: run without --no-build", b.display());
+        }
+    }
+    Ok(bins)
 }
 
 /// Where the orchestrator leaves its summary for the outer process.

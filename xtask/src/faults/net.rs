@@ -116,27 +116,30 @@ pub(crate) fn split_commands(minority: &[u8], majority: &[u8]) -> Vec<Line> {
     out
 }
 
-/// A rule in node `k`'s namespace that drops `percent` % of the packets it receives,
-/// at random.
-pub(crate) fn loss_command(k: u8, percent: f64) -> Line {
+/// Rules in node `k`'s namespace that count every packet it receives (a rule without a
+/// target) and then drop `percent` % of them at random.
+pub(crate) fn loss_commands(k: u8, percent: f64) -> Vec<Line> {
     let p = format!("{:.4}", percent / 100.0);
-    iptables(
-        k,
-        &[
-            "-A",
-            "INPUT",
-            "-i",
-            NODE_DEV,
-            "-m",
-            "statistic",
-            "--mode",
-            "random",
-            "--probability",
-            &p,
-            "-j",
-            "DROP",
-        ],
-    )
+    vec![
+        iptables(k, &["-A", "INPUT", "-i", NODE_DEV]),
+        iptables(
+            k,
+            &[
+                "-A",
+                "INPUT",
+                "-i",
+                NODE_DEV,
+                "-m",
+                "statistic",
+                "--mode",
+                "random",
+                "--probability",
+                &p,
+                "-j",
+                "DROP",
+            ],
+        ),
+    ]
 }
 
 /// Removes every rule of node `k`'s namespace (only this command puts rules there).
@@ -152,29 +155,23 @@ pub(crate) fn counters_command(k: u8) -> Line {
     iptables(k, &["-L", "INPUT", "-v", "-n", "-x"])
 }
 
-/// From `iptables -L INPUT -v -n -x` output: packets dropped by DROP rules, and packets
-/// the chain let through (its policy counter).
+/// From `iptables -L INPUT -v -n -x` output of the [`loss_commands`] rules: packets
+/// dropped (DROP rules) and packets received (the counting rule, which has no target).
 pub(crate) fn parse_counters(text: &str) -> Option<(u64, u64)> {
-    let accepted = text
-        .lines()
-        .next()?
-        .split_once("policy ACCEPT ")?
-        .1
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let dropped = text
-        .lines()
-        .skip(2)
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let pkts = w.next()?.parse::<u64>().ok()?;
-            let _bytes = w.next()?;
-            (w.next()? == "DROP").then_some(pkts)
-        })
-        .sum();
-    Some((dropped, accepted))
+    let (mut dropped, mut received) = (0, None);
+    for l in text.lines().skip(2) {
+        let mut w = l.split_whitespace();
+        let Some(pkts) = w.next().and_then(|p| p.parse::<u64>().ok()) else {
+            continue;
+        };
+        let _bytes = w.next();
+        if w.next() == Some("DROP") {
+            dropped += pkts;
+        } else {
+            received = Some(received.unwrap_or(0) + pkts);
+        }
+    }
+    Some((dropped, received?))
 }
 
 /// Runs one command line and returns its stdout.
@@ -353,14 +350,13 @@ mod tests {
                 .all(|l| l.contains("mfx-n4") || l.contains("mfx-n5"))
         );
         assert_eq!(
-            loss_command(1, 1.0).join(" "),
-            "ip netns exec mfx-n1 iptables -w -A INPUT -i eth0 -m statistic --mode random --probability 0.0100 -j DROP"
+            text(&loss_commands(1, 1.0)),
+            [
+                "ip netns exec mfx-n1 iptables -w -A INPUT -i eth0",
+                "ip netns exec mfx-n1 iptables -w -A INPUT -i eth0 -m statistic --mode random --probability 0.0100 -j DROP"
+            ]
         );
-        assert!(
-            loss_command(3, 20.0)
-                .join(" ")
-                .contains("--probability 0.2000")
-        );
+        assert!(text(&loss_commands(3, 20.0))[1].contains("--probability 0.2000"));
         assert_eq!(
             text(&flush_commands(3)),
             [
@@ -372,12 +368,12 @@ mod tests {
 
     #[test]
     fn drop_counters_are_read() {
-        let text = "Chain INPUT (policy ACCEPT 9876 packets, 5678 bytes)
+        let text = "Chain INPUT (policy ACCEPT 0 packets, 0 bytes)
     pkts      bytes target     prot opt in     out     source               destination
+   10100   909000            0    --  eth0   *       0.0.0.0/0            0.0.0.0/0
      101     9000 DROP       0    --  eth0   *       0.0.0.0/0            0.0.0.0/0            statistic mode random probability 0.00999999978
-       2      100 DROP       0    --  *      *       10.77.0.1            0.0.0.0/0
 ";
-        assert_eq!(parse_counters(text), Some((103, 9876)));
+        assert_eq!(parse_counters(text), Some((101, 10100)));
         assert_eq!(parse_counters(""), None);
         assert_eq!(
             counters_command(2).join(" "),
