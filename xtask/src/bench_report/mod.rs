@@ -173,7 +173,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     let binary = if skip(Part::Membership) && skip(Part::Redis) {
         None
     } else {
-        Some(crate::cluster::build_mycel()?)
+        Some(build_mycel(&logs)?)
     };
     if let Some(binary) = &binary {
         if !skip(Part::Membership) {
@@ -206,6 +206,19 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Builds `mycel` in release mode (as `cargo xtask cluster` does, but with a spinner, a
+/// log, and stopped by Ctrl-C) and returns the binary's path.
+fn build_mycel(logs: &Path) -> anyhow::Result<PathBuf> {
+    let mut cmd = crate::util::cargo();
+    cmd.args(["build", "--release", "--package", "mycel", "--bin", "mycel"]);
+    procs::run_streamed(
+        "building mycel (release)",
+        &mut cmd,
+        &logs.join("build-mycel.log"),
+    )?;
+    Ok(procs::target_dir().join("release").join("mycel"))
 }
 
 fn transport_section(args: &Args, out: &Path, logs: &Path) -> anyhow::Result<Section> {
