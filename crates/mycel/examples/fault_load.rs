@@ -159,13 +159,8 @@ fn run(args: &Args) -> serde_json::Value {
         let _ = tx.send(());
     });
     let interval = Duration::from_millis(args.progress_ms.max(50));
-    loop {
-        match rx.recv_timeout(interval) {
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                println!("{}", stats.progress());
-            }
-            _ => break,
-        }
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(interval) {
+        println!("{}", stats.progress());
     }
     stop.store(true, Ordering::SeqCst);
     let mut history: Vec<History> = vec![History::default(); usize_of(args.keys)];
@@ -680,4 +675,128 @@ fn describe(h: &History, nodes: &[SocketAddr], at: usize) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(bytes: &[u8]) -> Result<Reply, CallError> {
+        read_reply(&mut &bytes[..])
+    }
+
+    #[test]
+    fn replies_are_parsed() {
+        assert_eq!(encode(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+        assert_eq!(reply(b"+OK\r\n").unwrap(), Reply::Simple("OK".into()));
+        assert_eq!(reply(b":7\r\n").unwrap(), Reply::Integer(7));
+        assert_eq!(reply(b"$-1\r\n").unwrap(), Reply::Bulk(None));
+        assert_eq!(
+            reply(b"$2\r\n42\r\n").unwrap(),
+            Reply::Bulk(Some(b"42".to_vec()))
+        );
+        assert!(matches!(reply(b""), Err(CallError::Io)));
+        assert!(matches!(reply(b"*1\r\n"), Err(CallError::Protocol)));
+        assert!(matches!(reply(b"$2\r\n42xx"), Err(CallError::Protocol)));
+        assert!(matches!(reply(b"$99999999\r\n"), Err(CallError::Protocol)));
+    }
+
+    #[test]
+    fn writes_are_classified_as_the_checker_needs() {
+        let ok = Ok(Reply::Simple("OK".into()));
+        assert!(matches!(classify_write(&ok), (Outcome::Ok { .. }, None)));
+        // Refused before any effect: Failed.
+        for (e, kind) in [
+            ("TRYAGAIN no routing table yet; retry", "TRYAGAIN"),
+            (
+                "CLUSTERDOWN quorum lost: this node is outside a majority",
+                "CLUSTERDOWN quorum lost",
+            ),
+        ] {
+            let r = Ok(Reply::Error(e.into()));
+            assert_eq!(classify_write(&r), (Outcome::Failed, Some(kind)), "{e}");
+        }
+        assert_eq!(
+            classify_write(&Err(CallError::Connect)),
+            (Outcome::Failed, Some("connect"))
+        );
+        // May have taken effect: Pending.
+        for r in [
+            Ok(Reply::Error("TIMEOUT operation timed out".into())),
+            Ok(Reply::Error("CLUSTERDOWN cluster: peer went away".into())),
+            Ok(Reply::Error("ERR something".into())),
+            Ok(Reply::Integer(1)),
+            Err(CallError::Timeout),
+            Err(CallError::Io),
+            Err(CallError::Protocol),
+        ] {
+            assert_eq!(classify_write(&r).0, Outcome::Pending, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn reads_return_values_or_the_error_kind() {
+        assert_eq!(read_value(&Ok(Reply::Bulk(None))), Ok(None));
+        assert_eq!(
+            read_value(&Ok(Reply::Bulk(Some(b"12".to_vec())))),
+            Ok(Some(12))
+        );
+        // A value this load never writes is kept, so the checker flags it.
+        assert_eq!(
+            read_value(&Ok(Reply::Bulk(Some(b"zz".to_vec())))),
+            Ok(Some(u64::MAX))
+        );
+        assert_eq!(
+            read_value(&Ok(Reply::Error("TRYAGAIN x".into()))),
+            Err("TRYAGAIN")
+        );
+        assert_eq!(read_value(&Err(CallError::Timeout)), Err("timeout"));
+    }
+
+    #[test]
+    fn lost_writes_are_counted_from_the_final_value() {
+        let w = |v: u64, a: u64, b: u64| Op::write(Some(v), a, b);
+        let ops = [w(1, 0, 10), w(2, 20, 30), w(3, 40, 50)];
+        // The final value is the first write's: the two later ones are lost.
+        assert_eq!(lost_acknowledged(&ops, Some(1)), 2);
+        assert_eq!(lost_acknowledged(&ops, Some(2)), 1);
+        // Absent, or a value nobody wrote: every acknowledged write is lost.
+        assert_eq!(lost_acknowledged(&ops, None), 3);
+        assert_eq!(lost_acknowledged(&ops, Some(9)), 3);
+        // Called only for keys the checker failed: at least one.
+        assert_eq!(lost_acknowledged(&ops, Some(3)), 1);
+    }
+
+    #[test]
+    fn a_stale_read_is_described() {
+        let nodes: Vec<SocketAddr> = vec![
+            "10.77.0.1:6379".parse().unwrap(),
+            "10.77.0.2:6379".parse().unwrap(),
+        ];
+        let h = History {
+            ops: vec![
+                Op::write(Some(1), 0, 1000),
+                Op::write(Some(2), 2000, 3000),
+                Op::read(Some(1), 4000, 5000),
+            ],
+            nodes: vec![0, 0, 1],
+        };
+        assert!(matches!(
+            checker::check(None, &h.ops, 1000),
+            Verdict::NotLinearizable(_)
+        ));
+        let d = describe(&h, &nodes, 2);
+        assert!(
+            d.starts_with("read 1 through 10.77.0.2:6379 from 4.000 ms"),
+            "{d}"
+        );
+        assert!(
+            d.contains("the value's write: write 1 through 10.77.0.1:6379"),
+            "{d}"
+        );
+        assert!(
+            d.contains("acknowledged before the read began: write 2"),
+            "{d}"
+        );
+    }
 }
