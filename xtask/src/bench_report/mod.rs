@@ -48,7 +48,10 @@ Every goal of the issues (e.g. Nodosum >= 0.9x raw QUIC at 1 KiB, a single mycel
 1.0x Redis, the cluster >= 0.5x) is listed as met / not met. Figures are ratios measured
 side by side in one run on this machine: absolute numbers depend on its load.
 
-Everything runs on 127.0.0.1. Needs: redis-server and redis-benchmark (Debian packages
+Output: REPORT.md, the charts (*.png), transport.json and the logs of every step (logs/)
+in the output directory. Everything runs on loopback (127.0.0.1), except the transport
+benchmark's packet-loss scenario, which (as root) runs inside network namespaces it
+creates and removes itself. Needs: redis-server and redis-benchmark (Debian packages
 redis-server, redis-tools) for the Redis section, a TrueType font (fonts-dejavu-core, or
 BENCH_REPORT_FONT=FILE) for the charts. A full run takes about 20 minutes on 2 cores,
 --quick about 10. Ctrl-C stops every process it started.
@@ -71,7 +74,7 @@ pub(crate) enum Part {
 
 /// Options of `cargo xtask bench-report`.
 #[derive(Debug, clap::Args)]
-#[command(long_about = ABOUT)]
+#[command(after_long_help = ABOUT)]
 pub(crate) struct Args {
     /// Smaller and fewer runs (criterion --quick, 50,000 requests x 3 rounds, 10 s steady
     /// window, the 1,000-member convergence test instead of its measurement): about 10
@@ -381,6 +384,21 @@ mod tests {
         assert_eq!(cli.args.cluster_sizes, [10, 20, 50]);
         assert!(Cli::try_parse_from(["x", "--skip", "everything"]).is_err());
         assert!(Cli::try_parse_from(["x", "--rounds", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_long_help_explains_the_report() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "--skip",
+            "--quick",
+            "Mycel vs Redis",
+            "met / not met",
+            "Ctrl-C",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from:\n{help}");
+        }
     }
 
     #[test]
