@@ -1706,6 +1706,86 @@ mod tests {
     }
 
     #[test]
+    fn overwrites_in_place_keep_versions_expiries_and_accounting() {
+        let (mut s, id) = store();
+        set(&mut s, id, "k", "four", T0);
+        let weight = s.stats().weight;
+        let v1 = s.version(id, b"k").expect("stored");
+        // Same size: updated where it is; the weight stays, the version moves on.
+        let out = s
+            .set(
+                id,
+                b("k"),
+                b("five"),
+                SetOptions {
+                    get: true,
+                    ..SetOptions::default()
+                },
+                T0,
+                1,
+            )
+            .expect("set");
+        assert_eq!(out.previous, Some(b("four")));
+        assert!(out.write.as_ref().is_some_and(|w| w.version > v1));
+        assert_eq!(s.version(id, b"k"), out.write.map(|w| w.version));
+        assert_eq!(s.stats().weight, weight);
+        // Smaller: the weight goes down by the difference.
+        set(&mut s, id, "k", "si", T0);
+        assert_eq!(s.stats().weight, weight - 2);
+        assert_eq!(s.get(id, b"k", T0), Some(b("si")));
+        // With an expiry, then KEEPTTL in place: the expiry stays.
+        let ttl = |after| SetOptions {
+            expiry: Expiry::After(Duration::from_millis(after)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("k"), b("ab"), ttl(500), T0, 1).expect("set");
+        let keep = SetOptions {
+            expiry: Expiry::Keep,
+            ..SetOptions::default()
+        };
+        s.set(id, b("k"), b("cd"), keep, at(100), 1).expect("set");
+        assert_eq!(
+            s.ttl(id, b"k", at(100)),
+            Ttl::Expires {
+                at: at(500),
+                remaining: Duration::from_millis(400)
+            }
+        );
+        // NX on a live key changes nothing; XX on it writes.
+        let nx = SetOptions {
+            condition: Condition::IfAbsent,
+            ..SetOptions::default()
+        };
+        assert!(
+            s.set(id, b("k"), b("zz"), nx, at(100), 1)
+                .expect("set")
+                .write
+                .is_none()
+        );
+        assert_eq!(s.get(id, b"k", at(100)), Some(b("cd")));
+        // A tombstone with an expiry takes an empty value with an expiry in place, and
+        // counts as a live key again.
+        s.delete(id, b("k"), at(100), 1).expect("delete");
+        assert_eq!(s.len(), 0);
+        s.set(id, b("k"), b(""), ttl(50), at(100), 1).expect("set");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.get(id, b"k", at(100)), Some(b("")));
+        // An expired entry is not overwritten in place as if it were live.
+        let xx = SetOptions {
+            condition: Condition::IfPresent,
+            ..SetOptions::default()
+        };
+        assert!(
+            s.set(id, b("k"), b("x"), xx, at(200), 1)
+                .expect("set")
+                .write
+                .is_none()
+        );
+        assert_eq!(s.get(id, b"k", at(200)), None);
+        s.check_invariants();
+    }
+
+    #[test]
     fn budget_is_enforced_by_eviction() {
         let config = StoreConfig {
             max_bytes: 64 * 1024,

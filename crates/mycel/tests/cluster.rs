@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mycel::{
-    Cluster, ClusterConfig, ClusterError, Error, Expiry, Loader, Partitioning, SetOptions, Ttl,
-    checker,
+    BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, Condition, Config, Error, Expiry,
+    Loader, Mycel, Partitioning, SetOptions, Ttl, checker,
 };
 use nodosum::{Node, NodeId};
 use tempfile::TempDir;
@@ -45,13 +45,20 @@ fn config() -> ClusterConfig {
 }
 
 async fn start(ca: &TempDir, name: &str, seeds: &[&Cluster]) -> Cluster {
+    start_with(ca, name, seeds, config()).await
+}
+
+async fn start_with(
+    ca: &TempDir,
+    name: &str,
+    seeds: &[&Cluster],
+    config: ClusterConfig,
+) -> Cluster {
     let mut c = nodosum::Config::development(id(name));
     c.tls.dev_ca_dir = Some(ca.path().join("dev-ca"));
     let node = Node::start(c).await.expect("node starts");
     node.join(seeds.iter().map(|s| s.node().gossip_addr()).collect());
-    Cluster::start(node, config())
-        .await
-        .expect("cluster starts")
+    Cluster::start(node, config).await.expect("cluster starts")
 }
 
 /// `n` nodes `node-1`.. joined through the first, converged on one table.
@@ -507,7 +514,7 @@ async fn operations_and_ttl_across_nodes() {
 
     // NX / XX and GET.
     let nx = SetOptions {
-        condition: mycel::Condition::IfAbsent,
+        condition: Condition::IfAbsent,
         get: true,
         ..SetOptions::default()
     };
@@ -711,4 +718,149 @@ async fn graceful_leave_of_the_authority_under_write_load_is_linearizable() {
     .await;
     let history = writer.stop().await;
     assert_history(&refs, &history).await;
+}
+
+/// Whether a cluster batch result equals the standalone model's (times to live by kind
+/// only: the remaining time differs by how long the call took).
+fn same(got: &Result<BatchReply, ClusterError>, want: &Result<BatchReply, Error>) -> bool {
+    match (got, want) {
+        (Ok(BatchReply::Ttl(a)), Ok(BatchReply::Ttl(b))) => {
+            std::mem::discriminant(a) == std::mem::discriminant(b)
+        }
+        (Ok(a), Ok(b)) => a == b,
+        (Err(ClusterError::Mycel(a)), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A deterministic mix of every batchable operation over `keys`, with failures in it: an
+/// increment of a non-integer and a value over the size limit.
+fn batch_ops(keys: &[Bytes], len: usize, seed: usize, big: usize) -> Vec<BatchOp> {
+    (0..len)
+        .map(|i| {
+            let key = keys[(i * 7 + seed) % keys.len()].clone();
+            match (i + seed) % 11 {
+                0 | 1 => BatchOp::Set {
+                    key,
+                    value: Bytes::from(format!("{i}")),
+                    options: SetOptions::default(),
+                },
+                2 => BatchOp::Get { key },
+                3 => BatchOp::IncrBy { key, delta: 3 },
+                4 => BatchOp::Set {
+                    key,
+                    value: Bytes::from(format!("text-{i}")),
+                    options: SetOptions {
+                        get: true,
+                        condition: Condition::IfPresent,
+                        ..SetOptions::default()
+                    },
+                },
+                5 => BatchOp::Delete { key },
+                6 => BatchOp::Exists { key },
+                7 => BatchOp::Expire {
+                    key,
+                    after: Duration::from_secs(600),
+                },
+                8 => BatchOp::Ttl { key },
+                9 => BatchOp::Persist { key },
+                _ => BatchOp::Set {
+                    key,
+                    value: Bytes::from(vec![b'x'; big]),
+                    options: SetOptions::default(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// Checks `ops` run through `node` as one batch against a standalone store running them
+/// one by one, and returns how many failed (as the model also did).
+async fn check_batch(node: &Cluster, model: &Mycel, ops: Vec<BatchOp>) -> usize {
+    let want = model.batch(model.default_bucket(), ops.clone()).await;
+    let got = node.batch(BUCKET, ops.clone()).await;
+    assert_eq!(got.len(), ops.len());
+    for (i, ((op, g), w)) in ops.iter().zip(&got).zip(&want).enumerate() {
+        assert!(
+            same(g, w),
+            "operation {i} ({op:?}) through {}: got {g:?}, the model {w:?}",
+            node.id()
+        );
+    }
+    want.iter().filter(|w| w.is_err()).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_apply_in_order_per_key_and_fail_per_operation() {
+    let _serial = SERIAL.lock().await;
+    // Small pages: a batch's operations for one primary span several messages and
+    // rounds, and replies of large values are deferred and sent again.
+    let mut config = config();
+    config.page_bytes = 4096;
+    let max_value = config.mycel.store.max_value_len;
+    let ca = tempfile::tempdir().expect("tempdir");
+    let a = start_with(&ca, "node-1", &[], config.clone()).await;
+    let b = start_with(&ca, "node-2", &[&a], config.clone()).await;
+    let c = start_with(&ca, "node-3", &[&a], config.clone()).await;
+    let nodes = vec![a, b, c];
+    converged(&nodes.refs()).await;
+    let model_config = |max_value_len| {
+        let mut m = Config::default();
+        m.store.max_value_len = max_value_len;
+        m
+    };
+
+    // One caller: 20 keys over every primary, 300 operations with failures in them.
+    let model = Mycel::standalone(model_config(max_value))
+        .await
+        .expect("model");
+    let keys: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("batch-{i}"))).collect();
+    let failed = check_batch(&nodes[0], &model, batch_ops(&keys, 300, 0, max_value + 1)).await;
+    assert!(failed > 20, "the batch had failing operations: {failed}");
+
+    // Same-key order with values larger than a page: every read sees the write before it.
+    let big = Bytes::from("big");
+    let mut ops = Vec::new();
+    for round in 0..6u8 {
+        ops.push(BatchOp::Set {
+            key: big.clone(),
+            value: Bytes::from(vec![b'a' + round; 3000]),
+            options: SetOptions::default(),
+        });
+        for _ in 0..3 {
+            ops.push(BatchOp::Get { key: big.clone() });
+        }
+    }
+    let got = nodes[1].batch(BUCKET, ops).await;
+    for (i, r) in got.iter().enumerate() {
+        let round = u8::try_from(i / 4).expect("few rounds");
+        let want = Bytes::from(vec![b'a' + round; 3000]);
+        match r {
+            Ok(BatchReply::Set(s)) => assert!(s.applied, "write {i}"),
+            Ok(BatchReply::Value(v)) => assert_eq!(v.as_ref(), Some(&want), "read {i}"),
+            other => panic!("operation {i}: {other:?}"),
+        }
+    }
+
+    // Concurrent callers through every node share messages; each sees its own order.
+    let mut tasks = Vec::new();
+    let nodes = Arc::new(nodes);
+    for caller in 0..9usize {
+        let nodes = Arc::clone(&nodes);
+        tasks.push(tokio::spawn(async move {
+            let model = Mycel::standalone(model_config(max_value))
+                .await
+                .expect("model");
+            let keys: Vec<Bytes> = (0..8)
+                .map(|i| Bytes::from(format!("caller-{caller}-{i}")))
+                .collect();
+            let node = &nodes[caller % nodes.len()];
+            for round in 0..3 {
+                check_batch(node, &model, batch_ops(&keys, 40, caller + round, 16)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
 }

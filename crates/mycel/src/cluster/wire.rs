@@ -785,6 +785,28 @@ mod tests {
             Msg::Release {
                 partitions: vec![Partition::new(5)],
             },
+            Msg::Batch {
+                epoch: 4,
+                ops: vec![
+                    Op::Set {
+                        bucket: "default".into(),
+                        key: b("a"),
+                        value: b("1"),
+                        expiry: WireExpiry::BucketDefault,
+                        condition: WireCondition::Always,
+                        get: false,
+                    },
+                    Op::Get {
+                        bucket: "other".into(),
+                        key: b("b"),
+                    },
+                    Op::IncrBy {
+                        bucket: "default".into(),
+                        key: b("a"),
+                        delta: -3,
+                    },
+                ],
+            },
         ]
     }
 
@@ -817,10 +839,84 @@ mod tests {
                 writes: Vec::new(),
                 done: true,
             },
+            Reply::Batch(vec![
+                Ok(OpReply::Set {
+                    applied: true,
+                    previous: None,
+                }),
+                Err(Refusal::NotAnInteger),
+                Err(Refusal::Deferred),
+                Ok(OpReply::Value(Some(b("v")))),
+            ]),
         ];
         for reply in replies {
             assert_eq!(decode::<Reply>(&encode(&reply)), Ok(reply));
         }
+    }
+
+    #[test]
+    fn the_original_variants_keep_their_encoding() {
+        // Batch, Reply::Batch and Deferred were appended: what older nodes send and
+        // expect is unchanged (variant indexes, and a bucket name is a plain string).
+        let op = encode(&Msg::Op {
+            epoch: 2,
+            op: Op::Get {
+                bucket: "default".into(),
+                key: b("k"),
+            },
+        });
+        assert_eq!(&op[..], b"\x01\x00\x02\x00\x07default\x01k");
+        assert_eq!(
+            postcard::to_allocvec(&WStr::from("default")).expect("encode"),
+            postcard::to_allocvec(&"default".to_owned()).expect("encode")
+        );
+        assert_eq!(
+            &encode(&Reply::Err(Refusal::BadRequest))[..],
+            b"\x01\x01\x0c"
+        );
+    }
+
+    #[test]
+    fn shared_decoding_views_the_frame() {
+        let frame = encode(&Msg::Batch {
+            epoch: 1,
+            ops: vec![Op::Set {
+                bucket: "default".into(),
+                key: b("key"),
+                value: b("value"),
+                expiry: WireExpiry::Never,
+                condition: WireCondition::Always,
+                get: false,
+            }],
+        });
+        let range = frame.as_ptr().addr()..frame.as_ptr().addr() + frame.len();
+        let Ok(Msg::Batch { ops, .. }) = decode_shared::<Msg>(&frame) else {
+            panic!("decodes");
+        };
+        let Op::Set {
+            bucket, key, value, ..
+        } = &ops[0]
+        else {
+            panic!("a set");
+        };
+        assert_eq!(
+            (&**bucket, &key.0[..], &value.0[..]),
+            ("default", &b"key"[..], &b"value"[..])
+        );
+        for view in [&bucket.0, &key.0, &value.0] {
+            assert!(
+                range.contains(&view.as_ptr().addr()),
+                "a view into the frame"
+            );
+        }
+        // Outside decode_shared, and after it, decoding copies.
+        let Ok(Msg::Batch { ops, .. }) = decode::<Msg>(&frame) else {
+            panic!("decodes");
+        };
+        let Op::Set { key, .. } = &ops[0] else {
+            panic!("a set");
+        };
+        assert!(!range.contains(&key.0.as_ptr().addr()));
     }
 
     #[test]

@@ -24,6 +24,41 @@ fn pipelined_requests_are_answered_in_order() {
     );
 }
 
+/// Runs of single-key commands execute as one batch; commands between them that change
+/// the connection (HELLO, MYCEL.BUCKET) apply exactly from their position, failures stay
+/// with their command, and nothing after QUIT runs. Standalone and cluster alike.
+#[test]
+fn pipelined_batches_keep_order_and_connection_state() {
+    for s in [Server::standalone(&[]), Server::start(&[])] {
+        let mut c = s.connect();
+        let mut batch = Vec::new();
+        batch.extend_from_slice(b"SET n 1\r\nINCR n\r\nSET s text\r\nINCR s\r\n");
+        batch.extend_from_slice(b"SETNX n 9\r\nEXPIRE n 100\r\nTTL n\r\nPERSIST n\r\n");
+        batch.extend_from_slice(b"TTL n\r\nEXISTS n\r\nGET n\r\nHELLO 3\r\nGET none\r\n");
+        batch.extend_from_slice(b"DEL n\r\nGET n\r\nSET s x GET\r\nQUIT\r\nSET after 1\r\n");
+        let mut c2 = s.connect();
+        let mut want = Vec::new();
+        want.extend_from_slice(b"+OK\r\n:2\r\n+OK\r\n");
+        want.extend_from_slice(b"-ERR value is not an integer or out of range\r\n");
+        want.extend_from_slice(b":0\r\n:1\r\n:100\r\n:1\r\n:-1\r\n:1\r\n$1\r\n2\r\n");
+        c.write_all(&batch).expect("write");
+        expect_bytes(&mut c, &want);
+        // HELLO 3's map, then RESP3 nulls.
+        let mut hello = [0u8; 4];
+        c.read_exact(&mut hello).expect("hello");
+        assert_eq!(&hello, b"%7\r\n");
+        let mut rest = Vec::new();
+        while !rest.ends_with(b"master\r\n$7\r\nmodules\r\n*0\r\n") {
+            let mut byte = [0u8; 1];
+            c.read_exact(&mut byte).expect("hello map");
+            rest.push(byte[0]);
+        }
+        expect_bytes(&mut c, b"_\r\n:1\r\n_\r\n$4\r\ntext\r\n+OK\r\n");
+        expect_closed(&mut c);
+        roundtrip(&mut c2, b"EXISTS after\r\nGET s\r\n", b":0\r\n$1\r\nx\r\n");
+    }
+}
+
 #[test]
 fn error_replies_are_byte_exact() {
     let s = Server::start(&[]);

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::util::{GUARD, Server};
+use crate::util::{GUARD, Server, roundtrip};
 
 /// How long the survivors may take to detect a killed node, publish a new routing table
 /// and re-replicate: a failure guard only.
@@ -76,6 +76,24 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[1].cli(&["INCR", "visits"]), "(integer) 2");
     assert_eq!(nodes[2].cli(&["INCRBY", "visits", "10"]), "(integer) 12");
     assert_eq!(nodes[0].cli(&["GET", "visits"]), "\"12\"");
+
+    // A pipeline through one node over keys of every primary: one batch per primary,
+    // replies in request order, each key's commands applied in order.
+    {
+        let mut c = nodes[0].connect();
+        let mut request = String::new();
+        let mut want = String::new();
+        for i in 0..30 {
+            request.push_str(&format!("SET p{i} {i}\r\nINCRBY p{i} 5\r\n"));
+            want.push_str(&format!("+OK\r\n:{}\r\n", i + 5));
+        }
+        for i in 0..30 {
+            let v = (i + 5).to_string();
+            request.push_str(&format!("GET p{i}\r\nDEL p{i}\r\nEXISTS p{i}\r\n"));
+            want.push_str(&format!("${}\r\n{v}\r\n:1\r\n:0\r\n", v.len()));
+        }
+        roundtrip(&mut c, request.as_bytes(), want.as_bytes());
+    }
 
     // Enough keys that every node is primary of some, written through every node.
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
