@@ -509,6 +509,7 @@ fn verify(
     let mut unknown = 0u64;
     let mut violations = Vec::new();
     let mut ops_checked = 0usize;
+    let (mut stale_reads, mut absent_reads) = (0u64, 0u64);
     for (k, (mut h, fin)) in history.into_iter().zip(finals).enumerate() {
         let name = key_name(u32::try_from(k).expect("invariant: keys is a u32"));
         for (n, op) in fin.iter().enumerate() {
@@ -542,6 +543,9 @@ fn verify(
             lost_keys.push(name.clone());
             lost_writes += lost_acknowledged(&writes, values.first().copied().flatten());
         }
+        let (missed, absent) = missed_writes(&h.ops);
+        stale_reads += missed;
+        absent_reads += absent;
         // And the whole history, reads during the fault included.
         ops_checked += h.ops.len();
         match checker::check(None, &h.ops, args.max_steps) {
@@ -585,12 +589,56 @@ fn verify(
         "ops_checked": ops_checked,
         "lost_keys": lost_keys,
         "lost_writes": lost_writes,
+        "stale_reads": stale_reads,
+        "absent_reads": absent_reads,
         "divergent_keys": divergent_keys,
         "unreadable_keys": unreadable,
         "linearizable_keys": linearizable,
         "unknown_keys": unknown,
         "violations": violations,
     })
+}
+
+/// Reads that missed an acknowledged write: the read began after a write `W` was
+/// acknowledged, yet returned the key absent or a value whose write completed before `W`
+/// was even invoked (so no order puts it after `W`). Returns how many such reads there
+/// are, and how many of them found the key absent. Such a read is stale, or the write was
+/// lost at the node that served it; reads during a fault cannot tell which.
+fn missed_writes(ops: &[Op<u64>]) -> (u64, u64) {
+    let acked: Vec<(u64, u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match (&op.kind, op.outcome) {
+            (OpKind::Write(Some(v)), Outcome::Ok { completed }) => {
+                Some((*v, op.invoked, completed))
+            }
+            _ => None,
+        })
+        .collect();
+    let written_end = |v: u64| -> u64 {
+        ops.iter()
+            .find(|op| op.kind == OpKind::Write(Some(v)))
+            .map_or(u64::MAX, |op| match op.outcome {
+                Outcome::Ok { completed } => completed,
+                _ => u64::MAX,
+            })
+    };
+    let (mut missed, mut absent) = (0, 0);
+    for op in ops {
+        let (OpKind::Read(seen), Outcome::Ok { .. }) = (&op.kind, op.outcome) else {
+            continue;
+        };
+        let seen_end = seen.map(written_end);
+        let misses = acked.iter().any(|&(w, invoked, completed)| {
+            Some(w) != *seen && completed < op.invoked && seen_end.is_none_or(|end| end < invoked)
+        });
+        if misses {
+            missed += 1;
+            if seen.is_none() {
+                absent += 1;
+            }
+        }
+    }
+    (missed, absent)
 }
 
 /// How many acknowledged writes of a key the final value `last` cannot explain: those
@@ -765,6 +813,34 @@ mod tests {
         assert_eq!(lost_acknowledged(&ops, Some(9)), 3);
         // Called only for keys the checker failed: at least one.
         assert_eq!(lost_acknowledged(&ops, Some(3)), 1);
+    }
+
+    #[test]
+    fn reads_that_missed_an_acknowledged_write_are_counted() {
+        let w = |v: u64, a: u64, b: u64| Op::write(Some(v), a, b);
+        let r = |v: Option<u64>, a: u64, b: u64| Op::read(v, a, b);
+        let ops = [
+            r(None, 0, 5),
+            w(1, 10, 20),
+            r(Some(1), 30, 40),
+            w(2, 50, 60),
+            // Overlaps the write of 3: either value is fine.
+            w(3, 70, 100),
+            r(Some(2), 80, 90),
+            // Stale: 3 was acknowledged at 100.
+            r(Some(2), 110, 120),
+            // Absent after acknowledged writes.
+            r(None, 130, 140),
+        ];
+        assert_eq!(missed_writes(&ops), (2, 1));
+        // A pending write may land late: reading it is not stale.
+        let ops = [
+            w(1, 0, 10),
+            w(2, 20, 0).with_outcome(Outcome::Pending),
+            w(3, 30, 40),
+            r(Some(2), 50, 60),
+        ];
+        assert_eq!(missed_writes(&ops), (0, 0));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub(crate) struct LoadSummary {
     pub(crate) keys: u64,
     pub(crate) lost_keys: Vec<String>,
     pub(crate) lost_writes: u64,
+    pub(crate) stale_reads: u64,
+    pub(crate) absent_reads: u64,
     pub(crate) divergent_keys: Vec<String>,
     pub(crate) unreadable_keys: Vec<String>,
     pub(crate) linearizable_keys: u64,
@@ -178,6 +180,8 @@ impl LoadSummary {
             keys: v.u64_or_zero("keys"),
             lost_keys: strings("lost_keys"),
             lost_writes: v.u64_or_zero("lost_writes"),
+            stale_reads: v.u64_or_zero("stale_reads"),
+            absent_reads: v.u64_or_zero("absent_reads"),
             divergent_keys: strings("divergent_keys"),
             unreadable_keys: strings("unreadable_keys"),
             linearizable_keys: v.u64_or_zero("linearizable_keys"),
@@ -215,6 +219,13 @@ pub(crate) fn judge(
                 plan.failures, plan.replicas
             ));
         }
+    }
+    if load.stale_reads > 0 {
+        notes.push(format!(
+            "{} reads missed a write acknowledged before they began ({} found the key \
+             absent): stale reads, or writes lost at the node that served them",
+            load.stale_reads, load.absent_reads
+        ));
     }
     if !load.divergent_keys.is_empty() {
         notes.push(format!(
@@ -271,6 +282,7 @@ pub(crate) fn judge(
         replicas: plan.replicas,
         acked: load.acked,
         lost_writes: load.lost_writes,
+        stale_reads: load.stale_reads,
         lost_keys: u64::try_from(load.lost_keys.len()).unwrap_or(u64::MAX),
         errors: load.failed_writes + load.pending_writes + load.read_errors,
         detect_ms: ms(times.detect),
@@ -1056,7 +1068,7 @@ mod tests {
         <Cli as clap::Parser>::parse_from(std::iter::once("x").chain(words.iter().copied())).args
     }
 
-    const SUMMARY: &str = r#"{"type":"summary","keys":4,"clients":2,"acked_writes":100,"failed_writes":3,"pending_writes":2,"reads":90,"read_errors":5,"errors":{"write connect":3,"write timeout":2,"read connect":5},"ops_checked":200,"lost_keys":[],"lost_writes":0,"divergent_keys":[],"unreadable_keys":[],"linearizable_keys":4,"unknown_keys":0,"violations":[]}"#;
+    const SUMMARY: &str = r#"{"type":"summary","keys":4,"clients":2,"acked_writes":100,"failed_writes":3,"pending_writes":2,"reads":90,"read_errors":5,"errors":{"write connect":3,"write timeout":2,"read connect":5},"ops_checked":200,"lost_keys":[],"lost_writes":0,"stale_reads":0,"absent_reads":0,"divergent_keys":[],"unreadable_keys":[],"linearizable_keys":4,"unknown_keys":0,"violations":[]}"#;
 
     #[test]
     fn a_clean_kill_passes() {

@@ -56,6 +56,8 @@ The summary table per scenario:
   acked     writes the cluster acknowledged
   lost      acknowledged writes the final state does not explain (must be 0 when fewer
             nodes fail than there are replicas; the run fails otherwise)
+  stale     reads that missed a write acknowledged before they began (a stale read, or
+            a write lost at the node that served the read; any fails the history check)
   errors    operations that got an error or no answer (refusals, timeouts, resets)
   detect    fault -> every surviving node sees the failure (kill: failed; rolling: left)
   served    fault -> the surviving nodes serve every key again (a GET of every load key
@@ -538,6 +540,7 @@ pub(crate) struct Summary {
     pub(crate) replicas: u8,
     pub(crate) acked: u64,
     pub(crate) lost_writes: u64,
+    pub(crate) stale_reads: u64,
     pub(crate) lost_keys: u64,
     pub(crate) errors: u64,
     pub(crate) detect_ms: Option<u64>,
@@ -575,6 +578,7 @@ impl Summary {
         let _ = writeln!(s, "replicas={}", self.replicas);
         let _ = writeln!(s, "acked={}", self.acked);
         let _ = writeln!(s, "lost_writes={}", self.lost_writes);
+        let _ = writeln!(s, "stale_reads={}", self.stale_reads);
         let _ = writeln!(s, "lost_keys={}", self.lost_keys);
         let _ = writeln!(s, "errors={}", self.errors);
         let _ = writeln!(s, "detect_ms={}", ms(self.detect_ms));
@@ -604,6 +608,7 @@ impl Summary {
                 "replicas" => s.replicas = small(v),
                 "acked" => s.acked = num(v),
                 "lost_writes" => s.lost_writes = num(v),
+                "stale_reads" => s.stale_reads = num(v),
                 "lost_keys" => s.lost_keys = num(v),
                 "errors" => s.errors = num(v),
                 "detect_ms" => s.detect_ms = v.parse().ok(),
@@ -638,18 +643,19 @@ pub(crate) fn table(rows: &[Summary]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<16} {:>5} {:>8} {:>5} {:>7} {:>8} {:>8} {:>8}  result",
-        "scenario", "N/RF", "acked", "lost", "errors", "detect", "served", "healed"
+        "{:<16} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7}  result",
+        "scenario", "N/RF", "acked", "lost", "stale", "errors", "detect", "served", "healed"
     );
     for r in rows {
         let result = if r.passed() { "ok" } else { "FAILED" };
         let _ = writeln!(
             s,
-            "{:<16} {:>5} {:>8} {:>5} {:>7} {:>8} {:>8} {:>8}  {result}",
+            "{:<16} {:>5} {:>7} {:>5} {:>6} {:>7} {:>7} {:>7} {:>7}  {result}",
             r.scenario,
             format!("{}/{}", r.nodes, r.replicas),
             r.acked,
             r.lost_writes,
+            r.stale_reads,
             r.errors,
             secs(r.detect_ms),
             secs(r.served_ms),
@@ -788,6 +794,7 @@ mod tests {
             replicas: 2,
             acked: 1234,
             lost_writes: 0,
+            stale_reads: 3,
             lost_keys: 0,
             errors: 17,
             detect_ms: Some(1520),
