@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use nodosum_proto::{AppId, FrameError, MessageDecoder, NodeId, StreamInit, message_header};
+use nodosum_proto::{
+    AppId, FrameError, Limits, MessageDecoder, NodeId, StreamInit, message_header,
+};
 use prometheus_client::registry::Registry;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{ConnectionError, ReadError, RecvStream, SendStream, VarInt, WriteError};
@@ -387,7 +389,6 @@ struct Lane {
     task: JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct LaneShared {
     failure: Mutex<Option<SendError>>,
     gate: Gate,
@@ -396,11 +397,127 @@ struct LaneShared {
     closed: Closed,
     /// Set when the lane leaves its peer's map: a cached [`LaneSender`] looks up afresh.
     detached: AtomicBool,
+    /// The current stream while the writer has nothing to do (see `Writer::park`):
+    /// senders then write into it themselves, without a hop through the writer task.
+    direct: Mutex<Direct>,
+    /// Wakes a parked writer: a message was queued, or a direct write left a rest.
+    work: Notify,
+    /// Frame limits, for the headers of direct writes.
+    limits: Limits,
+    /// Outgoing message counters of the lane's application.
+    traffic: Traffic,
+}
+
+/// The stream a parked writer lends to its senders.
+#[derive(Default)]
+struct Direct {
+    send: Option<SendStream>,
+    /// The unwritten end of a frame a direct write could only write in part; the writer
+    /// writes it before anything else.
+    rest: Vec<Bytes>,
+    /// When the last direct write happened.
+    last: Option<std::time::Instant>,
+}
+
+/// A direct write follows the previous one only after this long; messages sent closer
+/// together go through the writer, which batches them into large writes (one direct
+/// write per message would make quinn send a small packet per message). A lone message,
+/// or a request answered after a round trip, goes out directly.
+const DIRECT_SPACING: Duration = Duration::from_micros(20);
+
+/// What [`LaneShared::try_direct`] did with a message.
+enum DirectWrite {
+    /// Written (or its unwritten rest handed to the writer): the message is on its way.
+    Written,
+    /// Not written at all: queue it.
+    Queue(Bytes),
 }
 
 impl LaneShared {
+    fn new(limits: Limits, traffic: Traffic) -> Self {
+        Self {
+            failure: Mutex::new(None),
+            gate: Gate::default(),
+            closed: Closed::default(),
+            detached: AtomicBool::new(false),
+            direct: Mutex::new(Direct::default()),
+            work: Notify::new(),
+            limits,
+            traffic,
+        }
+    }
+
     fn detach(&self) {
         self.detached.store(true, Ordering::Release);
+    }
+
+    /// Writes `msg` straight into the lane's stream if the writer parked it there and
+    /// nothing is queued before it (a queued message, or one the writer took and has not
+    /// written yet, always holds the stream or a queue slot, so order is kept). Never
+    /// waits: a stream without room (flow control) or busy leaves the message to the
+    /// queue; a write that fit only in part hands its rest to the writer.
+    fn try_direct(&self, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> DirectWrite {
+        let queue_empty = || tx.capacity() == tx.max_capacity();
+        if !queue_empty() || self.closed.is_closed() || self.detached.load(Ordering::Acquire) {
+            return DirectWrite::Queue(msg);
+        }
+        let Ok(mut direct) = self.direct.try_lock() else {
+            return DirectWrite::Queue(msg);
+        };
+        let Direct {
+            send: Some(send),
+            rest,
+            last,
+        } = &mut *direct
+        else {
+            return DirectWrite::Queue(msg);
+        };
+        // Checked again under the lock: the writer takes the stream back before it takes
+        // a message from the queue.
+        if !rest.is_empty() || !queue_empty() {
+            return DirectWrite::Queue(msg);
+        }
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < DIRECT_SPACING) {
+            return DirectWrite::Queue(msg);
+        }
+        let Ok(header) = message_header(msg.len(), &self.limits) else {
+            return DirectWrite::Queue(msg);
+        };
+        let len = msg.len();
+        let mut chunks = if len <= COPY_BELOW {
+            let mut frame = BytesMut::with_capacity(4 + len);
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(&msg);
+            [frame.freeze(), Bytes::new()]
+        } else {
+            [Bytes::copy_from_slice(&header), msg.clone()]
+        };
+        // One poll, never waiting: quinn either takes (part of) the frame now or has no
+        // room, in which case the waker is never used (the writer polls with its own).
+        let polled = {
+            let write = send.write_chunks(&mut chunks);
+            let mut write = std::pin::pin!(write);
+            write
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        };
+        match polled {
+            std::task::Poll::Ready(Ok(_)) => {
+                *last = Some(now);
+                rest.extend(chunks.into_iter().filter(|c| !c.is_empty()));
+                let partial = !rest.is_empty();
+                drop(direct);
+                if partial {
+                    self.work.notify_one();
+                }
+                self.traffic.add(1, len as u64);
+                DirectWrite::Written
+            }
+            // Stream gone or no room: the writer meets the same on its own write and
+            // handles it (refusal, closed application, lost stream).
+            std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => DirectWrite::Queue(msg),
+        }
     }
 }
 
@@ -653,8 +770,15 @@ impl QuicNode {
     /// connection lives; a message written to a connection that then breaks is lost.
     pub async fn send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
         let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        let msg = match shared.try_direct(&tx, msg) {
+            DirectWrite::Written => return Ok(()),
+            DirectWrite::Queue(msg) => msg,
+        };
         match tx.send(msg).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                shared.work.notify_one();
+                Ok(())
+            }
             Err(_) => Err(self.inner.lane_failed(node, app, &shared)),
         }
     }
@@ -662,8 +786,15 @@ impl QuicNode {
     /// Queues `msg` without waiting; [`SendError::QueueFull`] when the queue is full.
     pub fn try_send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
         let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        let msg = match shared.try_direct(&tx, msg) {
+            DirectWrite::Written => return Ok(()),
+            DirectWrite::Queue(msg) => msg,
+        };
         match tx.try_send(msg) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                shared.work.notify_one();
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.inner.metrics.send_error(app.as_str(), "queue_full", 1);
                 Err(SendError::QueueFull {
@@ -799,7 +930,7 @@ impl LaneSender {
     }
 
     /// The lane's queue, looking it up when none is cached.
-    fn queue(&mut self, len: usize) -> Result<&mpsc::Sender<Bytes>, SendError> {
+    fn queue(&mut self, len: usize) -> Result<&(mpsc::Sender<Bytes>, Arc<LaneShared>), SendError> {
         let limits = &self.inner.config.limits;
         if message_header(len, limits).is_err() {
             self.inner
@@ -822,11 +953,10 @@ impl LaneSender {
                 return Err(self.failed());
             }
         }
-        let (tx, _) = match &mut self.lane {
+        Ok(match &mut self.lane {
             Some(lane) => lane,
             lane @ None => lane.insert(self.inner.lane(&self.node, &self.app, len)?),
-        };
-        Ok(tx)
+        })
     }
 
     /// The lane ended: report why (as `send` does) and look it up afresh next time.
@@ -841,14 +971,32 @@ impl LaneSender {
 
     /// Like [`QuicNode::send`]: queues `msg`, waiting while the queue is full.
     pub async fn send(&mut self, msg: Bytes) -> Result<(), SendError> {
-        let sent = self.queue(msg.len())?.send(msg).await;
-        sent.map_err(|_| self.failed())
+        let (tx, shared) = self.queue(msg.len())?;
+        let msg = match shared.try_direct(tx, msg) {
+            DirectWrite::Written => return Ok(()),
+            DirectWrite::Queue(msg) => msg,
+        };
+        match tx.send(msg).await {
+            Ok(()) => {
+                shared.work.notify_one();
+                Ok(())
+            }
+            Err(_) => Err(self.failed()),
+        }
     }
 
     /// Like [`QuicNode::try_send`]: [`SendError::QueueFull`] when the queue is full.
     pub fn try_send(&mut self, msg: Bytes) -> Result<(), SendError> {
-        match self.queue(msg.len())?.try_send(msg) {
-            Ok(()) => Ok(()),
+        let (tx, shared) = self.queue(msg.len())?;
+        let msg = match shared.try_direct(tx, msg) {
+            DirectWrite::Written => return Ok(()),
+            DirectWrite::Queue(msg) => msg,
+        };
+        match tx.try_send(msg) {
+            Ok(()) => {
+                shared.work.notify_one();
+                Ok(())
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.inner
                     .metrics
@@ -1025,7 +1173,8 @@ impl Inner {
         peer.lanes.entry(app.clone()).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(self.config.send_queue_len);
             let (ctl, ctl_rx) = mpsc::unbounded_channel();
-            let shared = Arc::new(LaneShared::default());
+            let traffic = self.metrics.traffic(app.as_str(), "out");
+            let shared = Arc::new(LaneShared::new(self.config.limits, traffic.clone()));
             let mut init = BytesMut::new();
             let init_ok = StreamInit::new(app.clone())
                 .encode(&self.config.limits, &mut init)
@@ -1042,7 +1191,8 @@ impl Inner {
                 shared: shared.clone(),
                 ctl_open: true,
                 retiring: Vec::new(),
-                traffic: self.metrics.traffic(app.as_str(), "out"),
+                draining: false,
+                traffic,
             };
             let task = tokio::spawn(writer.run(init_ok));
             Lane {
@@ -1799,10 +1949,25 @@ async fn finish_acked(send: SendStream, guard: StreamGuard) {
 struct Current {
     conn: u64,
     reader: u64,
-    send: SendStream,
+    /// Our half; `None` only while parked for direct writes (see `Writer::park`).
+    send: Option<SendStream>,
     done: oneshot::Receiver<Done>,
     opened_by_us: bool,
     needs_init: bool,
+}
+
+impl Current {
+    fn reset(&mut self, c: u32) {
+        if let Some(send) = self.send.as_mut() {
+            let _ = send.reset(code(c));
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(send) = self.send.as_mut() {
+            let _ = send.finish();
+        }
+    }
 }
 
 enum Exit {
@@ -1814,6 +1979,17 @@ enum Exit {
     Refused(SendError),
     /// The application was closed here or at the peer: reset every stream of the lane.
     AppClosed,
+}
+
+/// What woke a waiting writer.
+enum Wake {
+    Closed,
+    Ctl(Option<LaneCtl>),
+    ReadEnd(Option<Done>),
+    Changed(bool),
+    Retired(usize, Option<Done>),
+    Msg(Option<Bytes>),
+    Work,
 }
 
 /// Messages up to this size are copied into the writer's batch buffer.
@@ -1834,6 +2010,8 @@ struct Writer {
     ctl_open: bool,
     /// Streams given up and not yet finished by the peer.
     retiring: Vec<Retiring>,
+    /// `close` asked to flush and finish.
+    draining: bool,
     traffic: Traffic,
 }
 
@@ -1894,9 +2072,9 @@ impl Writer {
                 if let Some(mut cur) = self.cur.take() {
                     self.shared.gate.retire(cur.reader);
                     if cur.needs_init {
-                        let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                        cur.reset(codes::STREAM_CLOSED);
                     } else {
-                        let _ = cur.send.finish();
+                        cur.finish();
                     }
                     self.retiring.push(Retiring {
                         done: cur.done,
@@ -1910,7 +2088,7 @@ impl Writer {
             }
             Exit::PeerGone | Exit::Refused(_) => {
                 if let Some(mut cur) = self.cur.take() {
-                    let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                    cur.reset(codes::STREAM_CLOSED);
                 }
             }
             // Nothing of a closed application needs delivering: reset our halves (the
@@ -1930,7 +2108,7 @@ impl Writer {
                 let sends = self
                     .cur
                     .take()
-                    .map(|c| c.send)
+                    .and_then(|c| c.send)
                     .into_iter()
                     .chain(self.retiring.drain(..).filter_map(|r| r.send))
                     .chain(attached);
@@ -1987,40 +2165,92 @@ impl Writer {
                 }
                 continue;
             }
-            tokio::select! {
+            let parked = self.park();
+            let wake = tokio::select! {
                 biased;
-                () = self.shared.closed.wait() => return Exit::AppClosed,
-                ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
+                () = self.shared.closed.wait() => Wake::Closed,
+                ctl = self.ctl.recv(), if self.ctl_open => Wake::Ctl(ctl),
                 end = async {
                     match self.cur.as_mut() {
                         Some(c) => (&mut c.done).await,
                         None => std::future::pending().await,
                     }
-                } => {
-                    if let Err(exit) = self.on_read_end(end.ok()) {
+                } => Wake::ReadEnd(end.ok()),
+                changed = self.current.changed() => Wake::Changed(changed.is_ok()),
+                (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
+                    Wake::Retired(i, done)
+                }
+                // Nothing is written while a given-up stream is not confirmed read. A
+                // parked writer leaves the queue alone: a message it took would be
+                // overtaken by direct writes; senders wake it instead.
+                msg = self.rx.recv(), if !parked && self.retiring.is_empty() => Wake::Msg(msg),
+                () = self.shared.work.notified(), if parked => Wake::Work,
+            };
+            // Whatever woke us, the stream comes back first (with the rest of a partly
+            // written frame, which goes out before anything else).
+            if parked && let Err(exit) = self.unpark(matches!(wake, Wake::Closed)).await {
+                return exit;
+            }
+            match wake {
+                Wake::Closed => return Exit::AppClosed,
+                Wake::Ctl(ctl) => self.on_ctl(ctl).await,
+                Wake::ReadEnd(end) => {
+                    if let Err(exit) = self.on_read_end(end) {
                         return exit;
                     }
                 }
-                changed = self.current.changed() => {
-                    if changed.is_err() {
-                        return Exit::PeerGone;
+                Wake::Changed(false) => return Exit::PeerGone,
+                Wake::Changed(true) => self.follow_current(),
+                Wake::Retired(i, done) => self.retiring.swap_remove(i).settle(done),
+                Wake::Msg(None) => return Exit::Done,
+                Wake::Msg(Some(first)) => {
+                    if let Err(exit) = self.write_batch(first).await {
+                        return exit;
                     }
-                    self.follow_current();
                 }
-                (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
-                    self.retiring.swap_remove(i).settle(done);
-                }
-                // Nothing is written while a given-up stream is not confirmed read.
-                msg = self.rx.recv(), if self.retiring.is_empty() => match msg {
-                    None => return Exit::Done,
-                    Some(first) => {
-                        if let Err(exit) = self.write_batch(first).await {
-                            return exit;
-                        }
-                    }
-                },
+                Wake::Work => {}
             }
         }
+    }
+
+    /// Lends the current stream to the senders (see [`LaneShared::try_direct`]) while the
+    /// writer waits, when nothing else needs it: a stream that has its `StreamInit`, no
+    /// stream being given up, an empty queue, an open application and a lane still in
+    /// its map and not draining (so the end of the queue is noticed through `rx`).
+    fn park(&mut self) -> bool {
+        let parkable = self.ctl_open
+            && !self.draining
+            && self.retiring.is_empty()
+            && self.rx.is_empty()
+            && !self.shared.closed.is_closed()
+            && self
+                .cur
+                .as_ref()
+                .is_some_and(|c| !c.needs_init && c.send.is_some());
+        if !parkable {
+            return false;
+        }
+        let send = self.cur.as_mut().and_then(|c| c.send.take());
+        let mut direct = lock(&self.shared.direct);
+        direct.send = send;
+        true
+    }
+
+    /// Takes the stream back from the senders and writes the rest of a frame a direct
+    /// write left (unless the application is `closing` anyway).
+    async fn unpark(&mut self, closing: bool) -> Result<(), Exit> {
+        let (send, mut rest) = {
+            let mut direct = lock(&self.shared.direct);
+            (direct.send.take(), std::mem::take(&mut direct.rest))
+        };
+        if let Some(cur) = self.cur.as_mut() {
+            cur.send = send;
+        }
+        if rest.is_empty() || closing {
+            return Ok(());
+        }
+        // The message was counted when its first part went out.
+        self.write_chunks(&mut rest, 0, 0).await
     }
 
     fn current_conn(&self) -> Option<u64> {
@@ -2030,7 +2260,10 @@ impl Writer {
     async fn on_ctl(&mut self, ctl: Option<LaneCtl>) {
         match ctl {
             Some(LaneCtl::Attach(a)) => self.on_attach(a).await,
-            Some(LaneCtl::Drain) => self.rx.close(),
+            Some(LaneCtl::Drain) => {
+                self.draining = true;
+                self.rx.close();
+            }
             // The lane left the map; the queue or the peer watch ends the writer.
             None => self.ctl_open = false,
         }
@@ -2046,31 +2279,27 @@ impl Writer {
         match end {
             // The peer gave the stream up (it moved to another): give it up too.
             ReadEnd::Finished => {
-                let _ = cur.send.finish();
-                if let Some(guard) = guard {
-                    tokio::spawn(finish_acked(cur.send, guard));
+                cur.finish();
+                if let (Some(guard), Some(send)) = (guard, cur.send) {
+                    tokio::spawn(finish_acked(send, guard));
                 }
             }
             ReadEnd::Stopped(codes::STREAM_APP_CLOSED) => {
                 self.cur = Some(cur);
                 return Err(Exit::AppClosed);
             }
-            ReadEnd::Stopped(c) => {
-                let _ = cur.send.reset(code(c));
-            }
+            ReadEnd::Stopped(c) => cur.reset(c),
             ReadEnd::Reset(c) if c == u64::from(codes::STREAM_APP_CLOSED) => {
                 self.cur = Some(cur);
                 return Err(Exit::AppClosed);
             }
             ReadEnd::Reset(c) => {
-                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                cur.reset(codes::STREAM_CLOSED);
                 if c == u64::from(codes::STREAM_UNKNOWN_APP) {
                     return Err(self.refused(c));
                 }
             }
-            ReadEnd::Lost => {
-                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
-            }
+            ReadEnd::Lost => cur.reset(codes::STREAM_CLOSED),
         }
         Ok(())
     }
@@ -2112,14 +2341,14 @@ impl Writer {
                 // Opened but never written: the peer has not seen it and wrote nothing on
                 // it. Resetting makes the peer drop it (and finish its half, which ends
                 // our reader); there is nothing to wait for.
-                let _ = cur.send.reset(code(codes::STREAM_CLOSED));
+                cur.reset(codes::STREAM_CLOSED);
                 return;
             }
             let send = if self.inner.local_is_smaller(&self.peer) {
-                let _ = cur.send.finish();
+                cur.finish();
                 None
             } else {
-                Some(cur.send)
+                cur.send
             };
             self.retiring.push(Retiring {
                 done: cur.done,
@@ -2158,7 +2387,7 @@ impl Writer {
         self.cur = Some(Current {
             conn: a.conn,
             reader: a.reader,
-            send: a.send,
+            send: Some(a.send),
             done: a.done,
             opened_by_us: false,
             needs_init: false,
@@ -2200,7 +2429,7 @@ impl Writer {
                         self.cur = Some(Current {
                             conn: conn.id,
                             reader: reader_id,
-                            send,
+                            send: Some(send),
                             done: done_rx,
                             opened_by_us: true,
                             needs_init: true,
@@ -2271,10 +2500,23 @@ impl Writer {
             cur.needs_init = false;
         }
         let payload = bytes - 4 * usize::try_from(count).unwrap_or(0);
+        self.write_chunks(&mut chunks, count, payload as u64).await
+    }
+
+    /// Writes `chunks` (`count` messages, `payload` bytes) on the current stream.
+    async fn write_chunks(
+        &mut self,
+        chunks: &mut [Bytes],
+        count: u64,
+        payload: u64,
+    ) -> Result<(), Exit> {
+        let Some(send) = self.cur.as_mut().and_then(|c| c.send.as_mut()) else {
+            return Ok(());
+        };
         // A write blocked by flow control (the peer's application stalls) must still see
         // its application closed.
         let written = tokio::select! {
-            w = cur.send.write_all_chunks(&mut chunks) => w,
+            w = send.write_all_chunks(chunks) => w,
             () = self.shared.closed.wait() => {
                 self.inner.metrics.send_error(self.app.as_str(), "dropped", count);
                 return Err(Exit::AppClosed);
@@ -2282,7 +2524,7 @@ impl Writer {
         };
         match written {
             Ok(()) => {
-                self.traffic.add(count, payload as u64);
+                self.traffic.add(count, payload);
                 Ok(())
             }
             Err(e) => {
