@@ -305,6 +305,23 @@ pub(crate) fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Whether a node's `/partitions` shows a settled table over exactly `group`: ready, no
+/// partition moving, and the table's members are the group's nodes.
+pub(crate) fn settled(partitions: &Value, group: &[u8]) -> bool {
+    let mut members: Vec<&str> = partitions
+        .array_or_empty("table_members")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    members.sort_unstable();
+    let mut want: Vec<String> = group.iter().map(|&k| node_id(k)).collect();
+    want.sort_unstable();
+    partitions.get("ready") == Some(&Value::Bool(true))
+        && partitions.u64_or_zero("moving") == 0
+        && partitions.u64_or_zero("epoch") > 0
+        && members == want
+}
+
 /// One node process slot.
 #[derive(Debug)]
 struct Node {
@@ -743,9 +760,12 @@ impl Run {
         mine.iter().all(|s| states.contains(s))
     }
 
-    /// Every node of `group` lists every node of `group` alive and is ready.
+    /// Every node of `group` lists every node of `group` alive, and has installed the same
+    /// routing table, whose members are exactly `group`, with no partition moving and
+    /// every partition in sync (`/partitions`).
     fn formed(&self, group: &[u8]) -> bool {
-        group.iter().all(|&n| {
+        let mut epochs = Vec::new();
+        for &n in group {
             let Some(list) = self.members(n) else {
                 return false;
             };
@@ -753,8 +773,18 @@ impl Run {
                 let id = node_id(m);
                 list.iter().any(|(i, s)| *i == id && s == "alive")
             });
-            all_alive && http_get(addr(n, ADMIN_PORT), "/ready").is_ok()
-        })
+            let Some(table) = http_get(addr(n, ADMIN_PORT), "/partitions")
+                .ok()
+                .and_then(|body| json::parse(&body).ok())
+            else {
+                return false;
+            };
+            if !all_alive || !settled(&table, group) {
+                return false;
+            }
+            epochs.push(table.u64_or_zero("epoch"));
+        }
+        epochs.windows(2).all(|w| w[0] == w[1])
     }
 
     /// Every node of `group` serves every key (see [`resp::probe_commands`]).
@@ -1150,6 +1180,24 @@ mod tests {
                     nodosum_gossip_suspicions_totals 100\n# EOF\n";
         assert!((metric_sum(text, "nodosum_gossip_suspicions_total") - 5.0).abs() < 1e-9);
         assert!(metric_sum(text, "absent").abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_table_is_settled_only_over_the_whole_group() {
+        let table = |members: &str, ready: bool, moving: u32| {
+            json::parse(&format!(
+                r#"{{"epoch":4,"ready":{ready},"moving":{moving},"table_members":[{members}]}}"#
+            ))
+            .unwrap()
+        };
+        let all = r#""node-2","node-1","node-3""#;
+        assert!(settled(&table(all, true, 0), &[1, 2, 3]));
+        assert!(!settled(&table(all, false, 0), &[1, 2, 3]));
+        assert!(!settled(&table(all, true, 12), &[1, 2, 3]));
+        // The bootstrap table of the first node alone is not the cluster's.
+        assert!(!settled(&table(r#""node-1""#, true, 0), &[1, 2, 3]));
+        assert!(!settled(&table(all, true, 0), &[1, 2]));
+        assert!(!settled(&json::parse("{}").unwrap(), &[1]));
     }
 
     #[test]

@@ -62,8 +62,9 @@ The summary table per scenario:
   detect    fault -> every surviving node sees the failure (kill: failed; rolling: left)
   served    fault -> the surviving nodes serve every key again (a GET of every load key
             and a SET of a probe key per load key, through every surviving node)
-  healed    restart or heal -> every node sees every other alive, is ready, and serves
-            every key
+  healed    restart or heal -> every node sees every other alive, all have installed the
+            same routing table over every node with no partition moving, and every node
+            serves every key (the cluster counts as formed by the same rule at start)
 A run also fails when any key's history is not linearizable or a key cannot be read.
 
 Needs root, `ip` (iproute2) and, for split and lossy, `iptables`. Nothing is configured
