@@ -47,6 +47,10 @@
 //! size limit resets only its stream ([`codes::STREAM_FRAME_TOO_LARGE`]). Each (peer,
 //! application) has a bounded send queue; its writer coalesces whatever is queued (up to
 //! [`Config::write_batch_bytes`]) into one vectored write and never waits to fill a batch.
+//! While the writer is idle, a sender writes its message straight into the stream instead
+//! (no hop through the writer task; quinn's flow control permitting, else it queues), unless
+//! the lane's previous direct write was less than 10 µs before: bursts go through the
+//! writer and leave in large writes.
 //! An application whose receiver stalls stops only its own streams (QUIC flow control per
 //! stream).
 //!

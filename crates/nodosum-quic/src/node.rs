@@ -423,7 +423,7 @@ struct Direct {
 /// together go through the writer, which batches them into large writes (one direct
 /// write per message would make quinn send a small packet per message). A lone message,
 /// or a request answered after a round trip, goes out directly.
-const DIRECT_SPACING: Duration = Duration::from_micros(20);
+const DIRECT_SPACING: Duration = Duration::from_micros(10);
 
 /// What [`LaneShared::try_direct`] did with a message.
 enum DirectWrite {
