@@ -69,8 +69,9 @@ A run also fails when any key's history is not linearizable or a key cannot be r
 
 Needs root, `ip` (iproute2) and, for split and lossy, `iptables`. Nothing is configured
 outside the namespaces it creates (named mfx-*; ones left by an interrupted run are
-removed at start). Node logs are kept, and their paths printed, when a run fails or with
---keep-logs.";
+removed at start). Node and load logs (target/xtask-faults/run-PID/) are kept, and their
+paths printed, when a run fails or with --keep-logs. The binaries under test are pinned
+(hard-linked) at start, so a concurrent build cannot swap them during a run.";
 
 /// Options of `cargo xtask faults`.
 #[derive(Debug, Clone, clap::Args)]
@@ -301,7 +302,19 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .collect::<anyhow::Result<_>>()?;
     preflight(&plans)?;
 
+    let run_dir = target_dir()
+        .join("xtask-faults")
+        .join(format!("run-{}", std::process::id()));
+    let bin_dir = run_dir.join("bin");
+    std::fs::create_dir_all(&bin_dir).with_context(|| format!("creating {}", bin_dir.display()))?;
+    // Pin this executable and the binaries under test: another build may replace the
+    // originals in target/ while the scenarios run (restarts must run the same code).
+    let exe = pin(
+        &std::env::current_exe().context("locating the xtask binary")?,
+        &bin_dir,
+    )?;
     let (mycel, loader) = build(args.release, args.no_build)?;
+    let (mycel, loader) = (pin(&mycel, &bin_dir)?, pin(&loader, &bin_dir)?);
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&interrupted);
     // The orchestrator inside the switch namespace shares this process group, so Ctrl-C
@@ -310,8 +323,6 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .context("installing the Ctrl-C handler")?;
     net::remove_stale()?;
 
-    let run_dir = std::env::temp_dir().join(format!("xtask-faults-{}", std::process::id()));
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     let mut rows = Vec::new();
     for plan in &plans {
         if interrupted.load(Ordering::SeqCst) {
@@ -325,7 +336,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
             plan.nodes,
             plan.replicas
         );
-        let outcome = run_one(args, plan, &dir, &mycel, &loader, &interrupted);
+        let outcome = run_one(args, plan, &dir, [&exe, &mycel, &loader], &interrupted);
         let row = match std::fs::read_to_string(dir.join(SUMMARY_FILE)) {
             Ok(text) => Summary::from_text(&text),
             Err(_) => Summary::failed(plan, "no summary: the orchestrator failed"),
@@ -341,6 +352,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         rows.push(row);
     }
     println!("\n{}", table(&rows));
+    let _ = std::fs::remove_dir_all(&bin_dir);
     let failed: Vec<&Summary> = rows.iter().filter(|r| !r.passed()).collect();
     let interrupted = interrupted.load(Ordering::SeqCst);
     if failed.is_empty() && !interrupted && !args.keep_logs {
@@ -377,12 +389,10 @@ fn run_one(
     args: &Args,
     plan: &Plan,
     dir: &Path,
-    mycel: &Path,
-    loader: &Path,
+    [exe, mycel, loader]: [&Path; 3],
     interrupted: &AtomicBool,
 ) -> anyhow::Result<()> {
     let topology = net::Topology::create(plan.nodes)?;
-    let exe = std::env::current_exe().context("locating the xtask binary")?;
     let mut child = Command::new("ip")
         .args(["netns", "exec", net::SWITCH])
         .arg(exe)
@@ -504,6 +514,21 @@ fn preflight(plans: &[Plan]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| project_root().join("target"), PathBuf::from)
+}
+
+/// A private link (or copy) of the binary `src` in `dir`.
+fn pin(src: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    let dst = dir.join(src.file_name().context("a binary has a file name")?);
+    if std::fs::hard_link(src, &dst).is_err() {
+        std::fs::copy(src, &dst)
+            .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    }
+    Ok(dst)
+}
+
 /// Builds `mycel` and the load example (unless `no_build`); returns their paths.
 fn build(release: bool, no_build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
     if !no_build {
@@ -515,9 +540,7 @@ fn build(release: bool, no_build: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
         }
         exec(&mut cmd)?;
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| project_root().join("target"), PathBuf::from);
-    let profile = target.join(if release { "release" } else { "debug" });
+    let profile = target_dir().join(if release { "release" } else { "debug" });
     let bins = (
         profile.join("mycel"),
         profile.join("examples").join("fault_load"),
