@@ -776,21 +776,24 @@ impl Mycel {
         Ok(())
     }
 
-    /// Counters and gauges of the local store. Cluster mode: [`Error::Unsupported`]; the
-    /// cluster layer exports its figures as metrics in the node's registry instead.
+    /// Counters and gauges of the local store. Cluster mode: [`Error::Unsupported`] (this
+    /// node's store is not the cache's contents; see [`local_stats`](Self::local_stats)
+    /// for its figures).
     pub async fn stats(&self) -> Result<Stats, Error> {
         let store = self
             .local()
             .ok_or(Error::Unsupported { operation: "stats" })?;
-        let s = store.stats();
-        Ok(Stats {
-            keys: store.len(),
-            expires: s.with_ttl.saturating_sub(s.tombstones),
-            used_bytes: s.weight,
-            max_bytes: s.capacity,
-            evicted: s.evicted,
-            expired: s.expired,
-        })
+        Ok(store_stats(&store))
+    }
+
+    /// Figures of this node's local store in either mode: standalone, the same as
+    /// [`stats`](Self::stats); cluster, what this node holds (its primaries, its backups,
+    /// and copies not yet released), not the cluster's total.
+    pub async fn local_stats(&self) -> Stats {
+        match &self.inner.backend {
+            Backend::Local(l) => store_stats(&lock(&l.store)),
+            Backend::Cluster(c) => c.cluster.local_stats(),
+        }
     }
 
     /// Runs one reaper step now (tests and tools; the background task does this every
@@ -803,6 +806,19 @@ impl Mycel {
         };
         let mut rng = StdRng::seed_from_u64(now().as_millis());
         store.reap(now(), &mut rng, DEFAULT_REAP_SAMPLE).removed
+    }
+}
+
+/// The handle's figures of a store.
+pub(crate) fn store_stats(store: &Store) -> Stats {
+    let s = store.stats();
+    Stats {
+        keys: store.len(),
+        expires: s.with_ttl.saturating_sub(s.tombstones),
+        used_bytes: s.weight,
+        max_bytes: s.capacity,
+        evicted: s.evicted,
+        expired: s.expired,
     }
 }
 

@@ -58,7 +58,7 @@ mod sim;
 pub use clock::Timestamp;
 pub use cluster::{
     BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, ClusterStatus, LoadFuture, Loader,
-    SetResult,
+    MemberMetadata, Placement, SetResult, decode_metadata,
 };
 pub use config::{Config, ConfigProblem};
 pub use error::Error;

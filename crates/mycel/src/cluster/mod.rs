@@ -471,6 +471,47 @@ fn batch_reply(op: &Op, reply: OpReply) -> Option<BatchReply> {
     })
 }
 
+/// How many partitions one member holds in a routing table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The member.
+    pub node: NodeId,
+    /// Partitions it is primary of.
+    pub primaries: usize,
+    /// Partitions it backs up.
+    pub backups: usize,
+}
+
+/// A member's Mycel gossip metadata, decoded (see [`decode_metadata`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberMetadata {
+    /// Start of the member's run, ms since the Unix epoch (the oldest is the authority).
+    pub started_at_ms: u64,
+    /// Placement weight.
+    pub weight: u32,
+    /// Its partition count (members with another count are ignored).
+    pub partitions: u16,
+    /// Its replication factor (members with another are ignored).
+    pub replication_factor: u8,
+    /// It is handing its partitions off before it leaves.
+    pub leaving: bool,
+    /// It asks for no new tables (maintenance).
+    pub frozen: bool,
+}
+
+/// Decodes a member's gossip metadata as Mycel announces it; `None` if it is not Mycel
+/// metadata of a version this node speaks.
+pub fn decode_metadata(bytes: &[u8]) -> Option<MemberMetadata> {
+    wire::MemberMeta::decode(bytes).map(|m| MemberMetadata {
+        started_at_ms: m.started_at,
+        weight: m.weight,
+        partitions: m.partitions,
+        replication_factor: m.replication_factor,
+        leaving: m.leaving,
+        frozen: m.frozen,
+    })
+}
+
 /// A snapshot of this node's view of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterStatus {
@@ -914,6 +955,15 @@ impl Cluster {
     ) -> Vec<Result<BatchReply, ClusterError>> {
         let name = WStr::from(bucket);
         let ops: Vec<Op> = ops.into_iter().map(|o| o.into_op(name.clone())).collect();
+        if let [op] = &ops[..] {
+            // A lone operation (a pipeline of one) takes the single-operation path.
+            let key = op.key().cloned().unwrap_or_default();
+            let result = self.inner.route(&key, op.clone(), op.is_write()).await;
+            return vec![
+                result
+                    .and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol())),
+            ];
+        }
         let results = self.inner.route_batch(&ops).await;
         ops.iter()
             .zip(results)
@@ -999,6 +1049,42 @@ impl Cluster {
     /// This node's view of the cluster.
     pub fn status(&self) -> ClusterStatus {
         self.inner.status()
+    }
+
+    /// Every member of this node's routing table with the partitions it holds there (in
+    /// member order; empty without a table).
+    pub fn placement(&self) -> Vec<Placement> {
+        let st = self.inner.lock();
+        let Some(table) = st.table() else {
+            return Vec::new();
+        };
+        let mut out: Vec<Placement> = table
+            .members()
+            .iter()
+            .map(|m| Placement {
+                node: m.id.clone(),
+                primaries: 0,
+                backups: 0,
+            })
+            .collect();
+        for p in table.partitioning().iter() {
+            for (i, m) in table.replicas(p).enumerate() {
+                if let Some(entry) = out.iter_mut().find(|e| e.node == m.id) {
+                    if i == 0 {
+                        entry.primaries += 1;
+                    } else {
+                        entry.backups += 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// This node's local store: what it holds as primary and as backup (and copies not
+    /// yet released), its byte budget, evictions and expiries.
+    pub fn local_stats(&self) -> crate::handle::Stats {
+        crate::handle::store_stats(&self.inner.lock().store)
     }
 
     /// Stops the cluster tasks, then shuts the node down gracefully (see

@@ -23,11 +23,28 @@ fn health_ready_members_partitions() {
     for field in ["gossip_addr", "quic_addr", "incarnation", "metadata"] {
         assert!(!me[field].is_null(), "{field} in {me}");
     }
+    // The cluster layer's metadata, decoded.
+    assert_eq!(me["metadata"]["replication_factor"], 2, "{me}");
+    assert_eq!(me["metadata"]["leaving"], false, "{me}");
+    assert!(
+        me["metadata"]["started_at_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{me}"
+    );
+
+    // INFO memory: this node's store in cluster mode too.
+    assert_eq!(s.cli(&["SET", "k", "v"]), "OK");
+    let memory = s.cli(&["INFO", "memory"]);
+    for want in ["used_memory:", "mycel_local_keys:1", "maxmemory:"] {
+        assert!(memory.contains(want), "{want:?} missing from:\n{memory}");
+    }
 
     let (status, body) = s.http("GET", "/partitions");
     assert_eq!(status, 200);
     let parts: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(parts["nodes"][&s.node_id]["primary"], parts["partitions"]);
+    assert_eq!(me["metadata"]["partitions"], parts["partitions"], "{me}");
     assert_eq!(parts["maintenance"], false);
 
     let (status, _) = s.http("POST", "/maintenance?freeze=true");

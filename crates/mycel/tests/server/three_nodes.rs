@@ -103,6 +103,24 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     }
     assert_eq!(nodes[2].cli(&["DBSIZE"]), "(integer) 42");
 
+    // /partitions on any node shows the whole table: every member's counts, primaries
+    // covering every partition once and each partition backed up once (RF=2).
+    let (_, parts) = json(&nodes[2], "/partitions");
+    let counts = parts["nodes"].as_object().expect("nodes");
+    assert_eq!(counts.len(), 3, "{parts}");
+    let sum = |field: &str| -> u64 {
+        counts
+            .values()
+            .map(|c| c[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert_eq!(
+        Some(sum("primary")),
+        parts["partitions"].as_u64(),
+        "{parts}"
+    );
+    assert_eq!(Some(sum("backup")), parts["partitions"].as_u64(), "{parts}");
+
     let info = nodes[1].cli(&["INFO", "cluster"]);
     for want in [
         "mycel_mode:cluster",

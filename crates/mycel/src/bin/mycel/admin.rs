@@ -136,15 +136,25 @@ async fn members(State(s): State<Arc<Shared>>) -> Response {
             };
             let quic = std::net::SocketAddr::new(m.gossip_addr.ip(), m.quic_port);
             let meta = m.metadata.as_bytes();
+            // The cluster layer's metadata decoded; anything else shown as bytes.
+            let metadata = match mycel::decode_metadata(meta) {
+                Some(d) => json!({
+                    "started_at_ms": d.started_at_ms,
+                    "weight": d.weight,
+                    "partitions": d.partitions,
+                    "replication_factor": d.replication_factor,
+                    "leaving": d.leaving,
+                    "frozen": d.frozen,
+                }),
+                None => json!({ "len": meta.len(), "hex": hex(meta) }),
+            };
             json!({
                 "id": m.id.as_str(),
                 "state": state,
                 "gossip_addr": m.gossip_addr.to_string(),
                 "quic_addr": quic.to_string(),
                 "incarnation": m.incarnation,
-                // The cluster layer's own encoding (start time, weight, partitioning,
-                // leaving/frozen flags), shown as bytes.
-                "metadata": { "len": meta.len(), "hex": hex(meta) },
+                "metadata": metadata,
             })
         })
         .collect();
@@ -191,8 +201,29 @@ async fn partitions(State(s): State<Arc<Shared>>) -> Response {
         );
     };
     let st = c.status();
-    // The cluster layer reports this node's counts; the others' are on their own
-    // /partitions.
+    // Every table member's counts from this node's table; sync state is known for this
+    // node only.
+    let mut nodes = serde_json::Map::new();
+    for p in c.placement() {
+        let mut entry = json!({ "primary": p.primaries, "backup": p.backups });
+        if p.node == *c.id() {
+            entry["synced"] = json!(st.synced);
+            entry["awaiting_release"] = json!(st.awaiting_release);
+        }
+        nodes.insert(p.node.as_str().to_owned(), entry);
+    }
+    if !nodes.contains_key(&n.id) {
+        // Not in the table (joining or leaving): its own sync state still counts.
+        nodes.insert(
+            n.id.clone(),
+            json!({
+                "primary": 0,
+                "backup": 0,
+                "synced": st.synced,
+                "awaiting_release": st.awaiting_release,
+            }),
+        );
+    }
     json_response(
         StatusCode::OK,
         &json!({
@@ -203,14 +234,7 @@ async fn partitions(State(s): State<Arc<Shared>>) -> Response {
             "moving": st.replicas.saturating_sub(st.synced) + st.awaiting_release,
             "table_members": st.members.iter().map(mycel::NodeId::as_str).collect::<Vec<_>>(),
             "alive": st.alive.iter().map(mycel::NodeId::as_str).collect::<Vec<_>>(),
-            "nodes": {
-                n.id.clone(): {
-                    "primary": st.primaries,
-                    "backup": st.replicas.saturating_sub(st.primaries),
-                    "synced": st.synced,
-                    "awaiting_release": st.awaiting_release,
-                },
-            },
+            "nodes": nodes,
             "ready": st.ready,
         }),
     )

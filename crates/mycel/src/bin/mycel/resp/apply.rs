@@ -521,10 +521,11 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
-    // Standalone: the store's figures. Cluster: the cluster layer exports its figures as
-    // metrics; INFO shows what the handle can say honestly (configured budget, key count).
+    // Memory and stats: this node's store (in cluster mode what it holds as primary and
+    // backup). Keyspace: the store's keys standalone, the cluster-wide count otherwise.
+    let local = shared.mycel.local_stats().await;
     let stats = match shared.mycel.cluster() {
-        None => Some(shared.mycel.stats().await?),
+        None => Some(local),
         Some(_) => None,
     };
     let all = sections.is_empty()
@@ -563,15 +564,16 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
         );
     }
     if want("memory") {
-        let max = stats.map_or(shared.mycel.config().store.max_bytes, |st| st.max_bytes);
+        let max = local.max_bytes;
         s.push_str("# Memory\r\n");
-        if let Some(st) = &stats {
-            let _ = write!(
-                s,
-                "used_memory:{}\r\nused_memory_human:{}\r\n",
-                st.used_bytes,
-                human_bytes(st.used_bytes),
-            );
+        let _ = write!(
+            s,
+            "used_memory:{}\r\nused_memory_human:{}\r\n",
+            local.used_bytes,
+            human_bytes(local.used_bytes),
+        );
+        if shared.mycel.cluster().is_some() {
+            let _ = write!(s, "mycel_local_keys:{}\r\n", local.keys);
         }
         let _ = write!(
             s,
@@ -585,14 +587,11 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
             "# Stats\r\ntotal_connections_received:{}\r\n",
             shared.metrics.connections_total.get(),
         );
-        if let Some(st) = &stats {
-            let _ = write!(
-                s,
-                "expired_keys:{}\r\nevicted_keys:{}\r\n",
-                st.expired, st.evicted,
-            );
-        }
-        s.push_str("\r\n");
+        let _ = write!(
+            s,
+            "expired_keys:{}\r\nevicted_keys:{}\r\n\r\n",
+            local.expired, local.evicted,
+        );
     }
     if want("cluster")
         && let Some(c) = shared.mycel.cluster()
