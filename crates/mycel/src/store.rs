@@ -788,10 +788,36 @@ impl Store {
             bucket: bucket.0,
             key: &write.key,
         };
-        if let Some(held) = self.cache.peek(&k).map(|e| e.version)
-            && held >= write.version
-        {
-            return Ok(Applied::Stale { held });
+        // A put that fits where the held entry is (see `set_in_place`) is applied there,
+        // in this one lookup.
+        let put = match &write.op {
+            WriteOp::Put { value, expires_at } => Some((
+                value,
+                expires_at.map_or(0, |t| t.as_millis().max(1)),
+                self.check_size(bucket, &write.key, value.len()).is_ok(),
+            )),
+            WriteOp::Delete => None,
+        };
+        if let Some(mut held) = self.cache.peek_mut(&k) {
+            if held.version >= write.version {
+                return Ok(Applied::Stale { held: held.version });
+            }
+            if let Some((value, at, true)) = put {
+                let old_len = held.value.as_ref().map_or(0, |v| v.len());
+                if value.len() <= old_len && (at != 0) == (held.ttl_pos != NO_POS) {
+                    if held.value.is_none() {
+                        self.tombstones -= 1;
+                    }
+                    held.value = Some(Arc::from(&value[..]));
+                    held.version = write.version;
+                    held.expires_at = at;
+                    drop(held);
+                    let partition = self.config.partitioning.partition_of(&write.key);
+                    let part = &mut self.parts[partition.index()];
+                    part.high = part.high.max(write.version);
+                    return Ok(Applied::Applied);
+                }
+            }
         }
         let key = EntryKey::new(bucket.0, &write.key);
         let partition = self.config.partitioning.partition_of(&write.key);
@@ -1782,6 +1808,36 @@ mod tests {
                 .is_none()
         );
         assert_eq!(s.get(id, b"k", at(200)), None);
+        s.check_invariants();
+
+        // A replica applies a newer put of the same size in place, and refuses an older.
+        let w = set(&mut s, id, "r", "1234", at(200))
+            .write
+            .expect("written");
+        let weight = s.stats().weight;
+        let newer = Write {
+            version: Version {
+                epoch: w.version.epoch,
+                seq: w.version.seq + 5,
+            },
+            op: WriteOp::Put {
+                value: b("abcd"),
+                expires_at: None,
+            },
+            ..w.clone()
+        };
+        assert_eq!(s.apply(&newer, at(200)), Ok(Applied::Applied));
+        assert_eq!(s.get(id, b"r", at(200)), Some(b("abcd")));
+        assert_eq!(s.version(id, b"r"), Some(newer.version));
+        assert_eq!(s.stats().weight, weight);
+        assert_eq!(
+            s.apply(&w, at(200)),
+            Ok(Applied::Stale {
+                held: newer.version
+            })
+        );
+        let partition = StoreConfig::default().partitioning.partition_of(b"r");
+        assert_eq!(s.high_version(partition), newer.version);
         s.check_invariants();
     }
 
