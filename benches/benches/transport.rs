@@ -819,22 +819,24 @@ fn stall_scenario(ctx: &Ctx) -> Value {
 // Packet loss: N applications across a lossy veth link between two network namespaces.
 
 fn packet_loss(ctx: &Ctx) -> Value {
-    let (warmup, window) = if ctx.full {
-        (Duration::from_millis(500), Duration::from_secs(2))
+    let (warmup, window, rounds) = if ctx.full {
+        (Duration::from_millis(300), Duration::from_secs(1), 3)
     } else {
-        (Duration::from_millis(50), Duration::from_millis(200))
+        (Duration::from_millis(50), Duration::from_millis(200), 1)
     };
     let apps = benches::loss::APPS;
     let mut out = Map::new();
     out.insert("apps".into(), json!(apps));
     out.insert("message_bytes".into(), json!(stall::MESSAGE));
     out.insert("window_s".into(), json!(window.as_secs_f64()));
+    out.insert("rounds".into(), json!(rounds));
     out.insert(
         "link".into(),
         json!("a veth pair between two network namespaces (MTU 1500, gso_max_segs 1), iptables random drop on INPUT in both"),
     );
     println!(
-        "\npacket loss: {apps} apps x {} B messages, {window:?} per figure, endpoints in network namespaces",
+        "\npacket loss: {apps} apps x {} B messages, {window:?} per figure, {rounds} rounds \
+         (median reported), endpoints in network namespaces",
         stall::MESSAGE
     );
     if let Some(why) = benches::loss::unavailable() {
@@ -853,48 +855,72 @@ fn packet_loss(ctx: &Ctx) -> Value {
             return Value::Object(out);
         }
     };
-    for (key, p) in LOSS_LEVELS {
-        if let Err(e) = lab.set_loss(p) {
-            println!("  {key}: cannot set the loss: {e:#}");
-            out.insert("error".into(), json!(format!("{e:#}")));
-            break;
-        }
-        let mut level = Map::new();
-        level.insert("loss_percent".into(), json!(p * 100.0));
-        for transport in benches::loss::TRANSPORTS {
-            match benches::loss::measure(&lab, &ctx.pki, transport, apps, warmup, window) {
-                Ok(run) => {
-                    println!(
-                        "  loss {:>4.1} % {transport:<8} {:>10.0} msgs/s  (min/app {:>7}, dropped {:.2} % of {} packets, mean {:.0} B)",
-                        p * 100.0,
-                        run.rate(),
-                        run.min_per_app,
-                        run.drop_ratio() * 100.0,
-                        run.counters.packets,
-                        run.mean_packet_bytes()
-                    );
-                    #[allow(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
-                    let mbs = run.rate() * stall::MESSAGE as f64 / 1e6;
-                    level.insert(
-                        transport.into(),
-                        json!({
-                            "msgs_per_s": run.rate(),
-                            "mb_per_s": mbs,
-                            "delivered": run.delivered,
-                            "min_per_app": run.min_per_app,
-                            "window_s": run.elapsed.as_secs_f64(),
-                            "packets": run.counters.packets,
-                            "dropped": run.counters.dropped,
-                            "drop_ratio_percent": run.drop_ratio() * 100.0,
-                            "mean_packet_bytes": run.mean_packet_bytes(),
-                        }),
-                    );
-                }
-                Err(e) => {
-                    println!("  loss {:>4.1} % {transport:<8} failed: {e:#}", p * 100.0);
-                    level.insert(transport.into(), json!({ "error": format!("{e:#}") }));
+    // Rounds go over every level and transport in turn, so that a burst of load from
+    // elsewhere on the machine hits one sample of each rather than all of one.
+    let mut runs: Vec<Vec<Vec<benches::loss::LossRun>>> =
+        vec![vec![Vec::new(); benches::loss::TRANSPORTS.len()]; LOSS_LEVELS.len()];
+    let mut errors: Vec<Vec<Option<String>>> =
+        vec![vec![None; benches::loss::TRANSPORTS.len()]; LOSS_LEVELS.len()];
+    'rounds: for _ in 0..rounds {
+        for (l, (key, p)) in LOSS_LEVELS.iter().enumerate() {
+            if let Err(e) = lab.set_loss(*p) {
+                println!("  {key}: cannot set the loss: {e:#}");
+                out.insert("error".into(), json!(format!("{e:#}")));
+                break 'rounds;
+            }
+            for (t, transport) in benches::loss::TRANSPORTS.iter().enumerate() {
+                match benches::loss::measure(&lab, &ctx.pki, transport, apps, warmup, window) {
+                    Ok(run) => {
+                        println!(
+                            "  loss {:>4.1} % {transport:<8} {:>10.0} msgs/s  (min/app {:>7}, dropped {:.2} % of {} packets, mean {:.0} B)",
+                            p * 100.0,
+                            run.rate(),
+                            run.min_per_app,
+                            run.drop_ratio() * 100.0,
+                            run.counters.packets,
+                            run.mean_packet_bytes()
+                        );
+                        runs[l][t].push(run);
+                    }
+                    Err(e) => {
+                        println!("  loss {:>4.1} % {transport:<8} failed: {e:#}", p * 100.0);
+                        errors[l][t] = Some(format!("{e:#}"));
+                    }
                 }
             }
+        }
+    }
+    drop(lab);
+    for (l, (key, p)) in LOSS_LEVELS.iter().enumerate() {
+        let mut level = Map::new();
+        level.insert("loss_percent".into(), json!(p * 100.0));
+        for (t, transport) in benches::loss::TRANSPORTS.iter().enumerate() {
+            let mut samples = runs[l][t].clone();
+            if samples.is_empty() {
+                let e = errors[l][t].clone().unwrap_or_else(|| "not run".into());
+                level.insert((*transport).into(), json!({ "error": e }));
+                continue;
+            }
+            samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            let rates: Vec<f64> = samples.iter().map(benches::loss::LossRun::rate).collect();
+            let median = &samples[samples.len() / 2];
+            #[allow(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
+            let mbs = median.rate() * stall::MESSAGE as f64 / 1e6;
+            level.insert(
+                (*transport).into(),
+                json!({
+                    "msgs_per_s": median.rate(),
+                    "mb_per_s": mbs,
+                    "samples_msgs_per_s": rates,
+                    "delivered": median.delivered,
+                    "min_per_app": median.min_per_app,
+                    "window_s": median.elapsed.as_secs_f64(),
+                    "packets": median.counters.packets,
+                    "dropped": median.counters.dropped,
+                    "drop_ratio_percent": median.drop_ratio() * 100.0,
+                    "mean_packet_bytes": median.mean_packet_bytes(),
+                }),
+            );
         }
         let m = |t: &str| level.get(t).and_then(|v| v["msgs_per_s"].as_f64());
         let r = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -909,9 +935,8 @@ fn packet_loss(ctx: &Ctx) -> Value {
         for (k, v) in ratios {
             level.insert(k.into(), v);
         }
-        out.insert(key.into(), Value::Object(level));
+        out.insert((*key).into(), Value::Object(level));
     }
-    drop(lab);
     Value::Object(out)
 }
 
