@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::json::{self, Value};
 use super::net::{self, node_ip, node_ns};
 use super::resp;
-use super::{Args, Plan, SUMMARY_FILE, Scenario, Summary};
+use super::{Args, ClockKind, Plan, SUMMARY_FILE, Scenario, Summary};
 use crate::cluster::http_get;
 use crate::util::on_path;
 
@@ -69,6 +69,7 @@ pub(crate) fn run(args: &Args, dir: &Path) -> anyhow::Result<()> {
             data: dir.join("dev-data"),
             replicas: plan.replicas,
             skew: plan.skewed.map(|k| (k, args.clock_offset)),
+            clocks: clocks(args.clock_kind),
         },
         load: None,
         plan: plan.clone(),
@@ -322,6 +323,17 @@ pub(crate) fn settled(partitions: &Value, group: &[u8]) -> bool {
         && members == want
 }
 
+/// Which clocks of the skewed node to offset: (monotonic and boot, wall). The wall clock
+/// needs `faketime`; without it only the monotonic clocks move.
+fn clocks(kind: ClockKind) -> (bool, bool) {
+    let faketime = on_path("faketime");
+    match kind {
+        ClockKind::Both => (true, faketime),
+        ClockKind::Monotonic => (true, false),
+        ClockKind::Wall => (false, faketime),
+    }
+}
+
 /// One node process slot.
 #[derive(Debug)]
 struct Node {
@@ -342,6 +354,8 @@ struct Nodes {
     replicas: u8,
     /// The node whose clocks are offset, and by how many seconds.
     skew: Option<(u8, u64)>,
+    /// Which of its clocks: (monotonic and boot, wall).
+    clocks: (bool, bool),
 }
 
 /// The command line that starts node `k` (after `ip netns exec <ns>`), joining `seeds`.
@@ -351,13 +365,17 @@ fn node_command(
     replicas: u8,
     seeds: &[u8],
     skew: Option<u64>,
-    faketime: bool,
+    (monotonic, wall): (bool, bool),
 ) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(offset) = skew {
         let o = offset.to_string();
-        out.extend(["unshare", "--time", "--monotonic", &o, "--boottime", &o].map(str::to_owned));
-        if faketime {
+        if monotonic {
+            out.extend(
+                ["unshare", "--time", "--monotonic", &o, "--boottime", &o].map(str::to_owned),
+            );
+        }
+        if wall {
             out.extend([
                 "faketime".to_owned(),
                 "-f".to_owned(),
@@ -403,14 +421,7 @@ impl Nodes {
     /// offsets as the kernel reports them.
     fn start(&mut self, k: u8, seeds: &[u8]) -> anyhow::Result<Option<String>> {
         let skew = self.skew.and_then(|(s, o)| (s == k).then_some(o));
-        let words = node_command(
-            &self.mycel,
-            k,
-            self.replicas,
-            seeds,
-            skew,
-            on_path("faketime"),
-        );
+        let words = node_command(&self.mycel, k, self.replicas, seeds, skew, self.clocks);
         let data = self.data.clone();
         let node = self.node(k);
         let mut log = OpenOptions::new()
@@ -811,10 +822,10 @@ impl Run {
     /// what the rest join), then the others seeded by it; waits until formed.
     fn form(&mut self) -> anyhow::Result<()> {
         if let Some(offsets) = self.nodes.start(1, &[])? {
-            let wall = if on_path("faketime") {
-                "its wall clock is offset too (faketime)"
-            } else {
-                "its wall clock is the host's (`faketime` is not installed)"
+            let wall = match (self.nodes.clocks.1, self.args.clock_kind) {
+                (true, _) => "its wall clock is offset too (faketime)",
+                (false, ClockKind::Monotonic) => "its wall clock is the host's",
+                (false, _) => "its wall clock is the host's (`faketime` is not installed)",
             };
             let note =
                 format!("node-1's clock offsets (/proc/PID/timens_offsets): {offsets}; {wall}");
@@ -1202,18 +1213,21 @@ mod tests {
 
     #[test]
     fn node_command_lines() {
-        let line = node_command(Path::new("/bin/mycel"), 2, 2, &[1, 3], None, false).join(" ");
+        let line =
+            node_command(Path::new("/bin/mycel"), 2, 2, &[1, 3], None, (true, true)).join(" ");
         assert_eq!(
             line,
             "/bin/mycel --dev --node-id node-2 --gossip 10.77.0.2:6969 --quic 10.77.0.2:6970 \
              --resp 10.77.0.2:6379 --admin 10.77.0.2:9090 --replicas 2 \
              --seed 10.77.0.1:6969 --seed 10.77.0.3:6969"
         );
-        let line = node_command(Path::new("m"), 1, 3, &[], Some(86_400), true).join(" ");
+        let line = node_command(Path::new("m"), 1, 3, &[], Some(86_400), (true, true)).join(" ");
         assert!(line.starts_with(
             "unshare --time --monotonic 86400 --boottime 86400 faketime -f +86400s m --dev"
         ));
-        let line = node_command(Path::new("m"), 1, 3, &[], Some(5), false).join(" ");
+        let line = node_command(Path::new("m"), 1, 3, &[], Some(5), (true, false)).join(" ");
         assert!(line.starts_with("unshare --time --monotonic 5 --boottime 5 m --dev"));
+        let line = node_command(Path::new("m"), 1, 3, &[], Some(5), (false, true)).join(" ");
+        assert!(line.starts_with("faketime -f +5s m --dev"));
     }
 }

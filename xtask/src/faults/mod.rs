@@ -47,9 +47,9 @@ Scenarios:
                    --lossy-nodes K) receives, at random (iptables -m statistic), for
                    --lossy-secs; at 1 % or less no healthy node may be declared failed
   clock            node 1 runs with its monotonic and boot clocks offset by --clock-offset
-                   seconds (a time namespace; its wall clock too when `faketime` is
-                   installed); then the kill scenario runs: versions, not clocks, order
-                   writes, so nothing may be lost
+                   seconds (a time namespace) and its wall clock too when `faketime` is
+                   installed (--clock-kind picks); then the kill scenario runs: versions,
+                   not clocks, order writes, so nothing may be lost
   all              every scenario above, one after the other
 
 The summary table per scenario:
@@ -110,6 +110,9 @@ pub(crate) struct Args {
     /// clock: offset of node 1's clocks, in seconds.
     #[arg(long, default_value_t = 86_400)]
     pub(crate) clock_offset: u64,
+    /// clock: which of node 1's clocks to offset (the wall clock needs `faketime`).
+    #[arg(long, value_enum, default_value_t = ClockKind::Both)]
+    pub(crate) clock_kind: ClockKind,
     /// Client threads of the load.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub(crate) clients: u16,
@@ -181,6 +184,28 @@ impl Scenario {
             Self::EACH.to_vec()
         } else {
             vec![self]
+        }
+    }
+}
+
+/// Which clocks the clock scenario offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ClockKind {
+    /// Monotonic and boot clocks (a time namespace), and the wall clock if `faketime` is
+    /// installed.
+    Both,
+    /// Monotonic and boot clocks only.
+    Monotonic,
+    /// The wall clock only (`faketime`).
+    Wall,
+}
+
+impl ClockKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Both => "both",
+            Self::Monotonic => "monotonic",
+            Self::Wall => "wall",
         }
     }
 }
@@ -300,7 +325,7 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .map(|s| Plan::new(args, s))
         .collect::<anyhow::Result<_>>()?;
-    preflight(&plans)?;
+    preflight(args, &plans)?;
 
     let run_dir = target_dir()
         .join("xtask-faults")
@@ -456,6 +481,8 @@ fn inner_args(args: &Args, plan: &Plan, dir: &Path, mycel: &Path, loader: &Path)
         &args.lossy_secs.to_string(),
         "--clock-offset",
         &args.clock_offset.to_string(),
+        "--clock-kind",
+        args.clock_kind.name(),
         "--clients",
         &args.clients.to_string(),
         "--keys",
@@ -488,7 +515,7 @@ fn effective_uid(status: &str) -> Option<u32> {
         .and_then(|id| id.parse().ok())
 }
 
-fn preflight(plans: &[Plan]) -> anyhow::Result<()> {
+fn preflight(args: &Args, plans: &[Plan]) -> anyhow::Result<()> {
     if !cfg!(target_os = "linux") {
         bail!("`cargo xtask faults` needs Linux (network namespaces)");
     }
@@ -508,8 +535,13 @@ fn preflight(plans: &[Plan]) -> anyhow::Result<()> {
     if needs_iptables && !on_path("iptables") {
         bail!("split and lossy need `iptables`: apt-get install iptables");
     }
-    if plans.iter().any(|p| p.scenario == Scenario::Clock) && !on_path("unshare") {
-        bail!("clock needs `unshare` (util-linux) for a time namespace");
+    if plans.iter().any(|p| p.scenario == Scenario::Clock) {
+        if !on_path("unshare") {
+            bail!("clock needs `unshare` (util-linux) for a time namespace");
+        }
+        if args.clock_kind == ClockKind::Wall && !on_path("faketime") {
+            bail!("--clock-kind wall needs `faketime`: apt-get install faketime");
+        }
     }
     Ok(())
 }
@@ -780,7 +812,17 @@ mod tests {
     #[test]
     fn the_orchestrator_gets_the_same_plan() {
         let a = parse(&[
-            "all", "--nodes", "4", "--loss", "2.5", "--keys", "10", "--hold", "7",
+            "all",
+            "--nodes",
+            "4",
+            "--loss",
+            "2.5",
+            "--keys",
+            "10",
+            "--hold",
+            "7",
+            "--clock-kind",
+            "wall",
         ])
         .unwrap();
         for s in Scenario::EACH {
@@ -797,6 +839,7 @@ mod tests {
             assert_eq!(b.scenario, s);
             assert_eq!(Plan::new(&b, s).unwrap(), plan);
             assert_eq!((b.loss, b.keys, b.hold), (2.5, 10, 7));
+            assert_eq!(b.clock_kind, ClockKind::Wall);
             assert_eq!(b.in_switch.as_deref(), Some(Path::new("/tmp/d")));
             assert_eq!(b.loader.as_deref(), Some(Path::new("/l")));
         }
