@@ -171,7 +171,8 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     };
 
     if !skip(Part::Transport) {
-        keep("Transport", transport_section(args, &out, &logs))?;
+        let t = Instant::now();
+        keep("Transport", timed(transport_section(args, &out, &logs), t))?;
     }
     let binary = if skip(Part::Membership) && skip(Part::Redis) {
         None
@@ -180,10 +181,18 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     };
     if let Some(binary) = &binary {
         if !skip(Part::Membership) {
-            keep("Membership", membership_section(args, binary, &logs))?;
+            let t = Instant::now();
+            keep(
+                "Membership",
+                timed(membership_section(args, binary, &logs), t),
+            )?;
         }
         if !skip(Part::Redis) {
-            keep("Mycel vs Redis", redis_section(args, binary, &logs))?;
+            let t = Instant::now();
+            keep(
+                "Mycel vs Redis",
+                timed(redis_section(args, binary, &logs), t),
+            )?;
         }
     }
 
@@ -209,6 +218,18 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Notes how long a section took (builds included).
+fn timed(section: anyhow::Result<Section>, started: Instant) -> anyhow::Result<Section> {
+    section.map(|mut s| {
+        let _ = writeln!(
+            s.markdown,
+            "_This section took {:.0} s, builds included._\n",
+            started.elapsed().as_secs_f64()
+        );
+        s
+    })
 }
 
 /// Builds `mycel` in release mode (as `cargo xtask cluster` does, but with a spinner, a

@@ -56,6 +56,16 @@ impl Target {
         }
     }
 
+    /// For file names.
+    fn slug(self) -> &'static str {
+        match self {
+            Self::Redis => "redis-server",
+            Self::MycelDev => "mycel-dev",
+            Self::MycelStandalone => "mycel-standalone",
+            Self::MycelCluster => "mycel-cluster",
+        }
+    }
+
     /// The goal ratio to Redis (issue 9): a single node at least 1.0x, the cluster 0.5x.
     fn goal(self) -> Option<f64> {
         match self {
@@ -200,7 +210,7 @@ fn start_servers(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result<Serv
     for &t in &plan.targets {
         check_interrupted()?;
         let resp = free_tcp()?;
-        let log = logs.join(format!("redis-{}.log", t.short().replace([' ', '-'], "_")));
+        let log = logs.join(format!("redis-{}.log", t.slug()));
         match t {
             Target::Redis => {
                 let mut cmd = Command::new("redis-server");
@@ -323,6 +333,16 @@ fn med(r: &Results, t: Target, p: u32, cmd: &str, f: fn(&Samples) -> &Vec<f64>) 
     r.get(&(t, p, cmd.to_owned())).and_then(|s| median(f(s)))
 }
 
+/// ` (min-max)` of the rounds' rps, when there was more than one round.
+fn spread(samples: Option<&Samples>) -> String {
+    let Some(s) = samples.filter(|s| s.rps.len() > 1) else {
+        return String::new();
+    };
+    let lo = s.rps.iter().copied().reduce(f64::min);
+    let hi = s.rps.iter().copied().reduce(f64::max);
+    format!(" ({}-{})", fmt_count(lo), fmt_count(hi))
+}
+
 /// The report section: a table per pipeline depth, the goals, a ratio chart.
 pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
     let mut s = Section::new("Mycel vs Redis (redis-benchmark)");
@@ -331,7 +351,8 @@ pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
         "`redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n {} -c 50 -d 100 -r 100000 -P 1|16 --csv` \
          against each server on loopback, all started before the first run and left \
          running; {} rounds, each round going through the servers in turn (the starting \
-         server rotates), figures are the medians of the rounds. Redis is Debian's \
+         server rotates), figures are the medians of the rounds, with the range of the \
+         rounds' rps in brackets. Redis is Debian's \
          `redis-server` started with `--save '' --appendonly no`. The benchmark client \
          shares the cores with the servers (and the 3-node cluster runs three processes on \
          them).\n",
@@ -355,7 +376,11 @@ pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
             for cmd in COMMANDS {
                 let own = med(r, target, p, cmd, rps);
                 row.extend([
-                    fmt_count(own),
+                    format!(
+                        "{}{}",
+                        fmt_count(own),
+                        spread(r.get(&(target, p, cmd.to_owned())))
+                    ),
                     format!(
                         "{} / {}",
                         fmt_num(med(r, target, p, cmd, p50), 3),
@@ -532,12 +557,12 @@ mod tests {
         // Medians: Redis SET 100, standalone SET 101 -> 1.01x; GET 85 / 100 -> 0.85x.
         assert!(
             s.markdown.contains(
-                "| mycel --standalone | 101 | 0.500 / 1.500 | 1.01x | 85 | 0.500 / 1.500 | 0.85x |"
+                "| mycel --standalone | 101 (95-120) | 0.500 / 1.500 | 1.01x | 85 (80-90) | 0.500 / 1.500 | 0.85x |"
             ),
             "{}",
             s.markdown
         );
-        assert!(s.markdown.contains("| mycel 3 nodes RF=2, via node 1 | 800 | 0.500 / 1.500 | 0.50x | n/a | n/a / n/a | n/a |"), "{}", s.markdown);
+        assert!(s.markdown.contains("| mycel 3 nodes RF=2, via node 1 | 800 (640-960) | 0.500 / 1.500 | 0.50x | n/a | n/a / n/a | n/a |"), "{}", s.markdown);
         let find = |w: &str| s.goals.iter().find(|g| g.what == w).unwrap();
         assert_eq!(
             find("mycel standalone / Redis, SET -P 1 rps").met(),
