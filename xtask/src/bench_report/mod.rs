@@ -220,12 +220,12 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Notes how long a section took (builds included).
+/// Notes how long a section took.
 fn timed(section: anyhow::Result<Section>, started: Instant) -> anyhow::Result<Section> {
     section.map(|mut s| {
         let _ = writeln!(
             s.markdown,
-            "_This section took {:.0} s, builds included._\n",
+            "_This section took {:.0} s._\n",
             started.elapsed().as_secs_f64()
         );
         s
