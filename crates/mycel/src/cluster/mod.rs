@@ -7,6 +7,11 @@
 //! whose response is `[1][postcard(Reply)]` (see `wire.rs`):
 //!
 //! - `Op { epoch, op }`: a client operation forwarded to the partition's primary.
+//! - `Batch { epoch, ops }`: single-key operations forwarded to one primary, applied there
+//!   in order, answered one result each (`Reply::Batch`). What concurrent callers forward
+//!   to the same primary at the same moment shares one message (a caller's operations are
+//!   never split across messages); a reply over [`ClusterConfig::page_bytes`] answers the
+//!   rest `Deferred`, and the sender sends those again.
 //! - `Replicate { epoch, writes }`: a primary's versioned writes for a backup.
 //! - `TableReq` / `TablePush { table, previous }`: routing-table distribution.
 //! - `FetchStart { table, previous, partitions }` / `FetchNext { session }`: paginated partition
@@ -34,6 +39,13 @@
 //! answers `NotOwner { epoch }` (never forwarding again) or `Syncing`. The forwarding node
 //! refreshes its table from the answering node (or pushes its newer one there) and retries
 //! a bounded number of times ([`ClusterError::Retry`]).
+//!
+//! **Batches.** [`Cluster::batch`] (a RESP pipeline's run of single-key commands) groups
+//! its operations by primary, executes the local ones, sends one `Batch` per remote
+//! primary at once, and retries refused ones (not-owner, syncing, deferred, not
+//! delivered) in later rounds, still in their order. Refusals are per partition and hit
+//! every later operation of that partition in the same message, so operations on one key
+//! never overtake each other.
 //!
 //! **Writes.** The primary applies the write to its store (which gives it a version
 //! `(epoch, seq)`), replicates it to every backup of the partition that is an alive
