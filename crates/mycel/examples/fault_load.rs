@@ -13,14 +13,19 @@
 //!
 //! The load runs until a line `stop` (or the end of input) arrives on stdin. Then every key
 //! is read once more through every node (retrying refusals for up to `--settle-secs`),
-//! and two checks run per key:
+//! and three checks run per key:
 //! - lost acknowledged writes: the writes plus the final reads alone must be linearizable,
 //!   i.e. the final state explains every acknowledged write;
-//! - the whole history, reads during the fault included, must be linearizable.
+//! - stale reads: reads that began after a write was acknowledged yet returned the key
+//!   absent or a value written before that write began (a stale read, or a write lost at
+//!   the serving node and overwritten later, which the final state cannot show);
+//! - the whole history, reads during the fault included, must be linearizable; the log
+//!   gets the whole history of every key that is not, with the node of each operation.
 //!
 //! Output on stdout is one JSON object per line: `{"type":"progress",...}` every
 //! `--progress-ms`, and one `{"type":"summary",...}` at the end (acknowledged writes,
-//! reads, errors by kind, lost keys and writes, checker verdicts). `cargo xtask faults`
+//! reads, errors by kind, lost keys and writes, stale reads, checker verdicts with the
+//! operation each violation stopped at). `cargo xtask faults`
 //! runs this inside the namespace that reaches every node, reads the lines, and prints the
 //! summary table. Diagnostics go to stderr.
 //!
