@@ -864,3 +864,100 @@ async fn batches_apply_in_order_per_key_and_fail_per_operation() {
         t.await.expect("caller");
     }
 }
+
+/// Batches of writes each followed by a read of the same key, run while a third node
+/// joins and partitions move: whatever rounds of retries a batch goes through, a read
+/// that follows an acknowledged write of the same batch sees exactly that write, and
+/// every last acknowledged value is readable afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_same_key_order_while_partitions_move() {
+    let _serial = SERIAL.lock().await;
+    let (ca, nodes) = cluster(2).await;
+    let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let (nodes, stop, batches) = (nodes.clone(), Arc::clone(&stop), Arc::clone(&batches));
+        tokio::spawn(async move {
+            let keys: Vec<Bytes> = (0..16)
+                .map(|i| Bytes::from(format!("moving-{i}")))
+                .collect();
+            // Per key: the last acknowledged value and later values of unknown outcome.
+            let mut acked: BTreeMap<Bytes, (Bytes, Vec<Bytes>)> = BTreeMap::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                n += 1;
+                let mut ops = Vec::new();
+                for k in &keys {
+                    ops.push(BatchOp::Set {
+                        key: k.clone(),
+                        value: Bytes::from(format!("{n}")),
+                        options: SetOptions::default(),
+                    });
+                    ops.push(BatchOp::Get { key: k.clone() });
+                }
+                let results = nodes[n % nodes.len()].batch(BUCKET, ops).await;
+                let mut all_ok = true;
+                for (k, pair) in keys.iter().zip(results.chunks(2)) {
+                    match (&pair[0], &pair[1]) {
+                        (Ok(BatchReply::Set(s)), read) => {
+                            assert!(s.applied, "an unconditional set applies");
+                            acked.insert(k.clone(), (Bytes::from(format!("{n}")), Vec::new()));
+                            match read {
+                                Ok(BatchReply::Value(v)) => assert_eq!(
+                                    v.as_deref(),
+                                    Some(format!("{n}").as_bytes()),
+                                    "batch {n}: the read of {k:?} follows its write"
+                                ),
+                                Ok(other) => panic!("unexpected reply {other:?}"),
+                                Err(_) => all_ok = false,
+                            }
+                        }
+                        (Ok(other), _) => panic!("unexpected reply {other:?}"),
+                        (Err(_), _) => {
+                            all_ok = false;
+                            if let Some((_, unknown)) = acked.get_mut(k) {
+                                unknown.push(Bytes::from(format!("{n}")));
+                            }
+                        }
+                    }
+                }
+                if all_ok {
+                    batches.fetch_add(1, Ordering::AcqRel);
+                }
+            }
+            acked
+        })
+    };
+    eventually("batches are flowing", || {
+        batches.load(Ordering::Acquire) > 10
+    })
+    .await;
+    let third = Arc::new(start(&ca, "node-3", &[&nodes[0]]).await);
+    let all = [nodes[0].clone(), nodes[1].clone(), third.clone()];
+    let refs: Vec<&Cluster> = all.iter().map(|c| &**c).collect();
+    converged(&refs).await;
+    let at_convergence = batches.load(Ordering::Acquire);
+    eventually("batches continue after the move", || {
+        batches.load(Ordering::Acquire) > at_convergence + 10
+    })
+    .await;
+    stop.store(true, Ordering::Release);
+    let acked = task.await.expect("batch task");
+    assert!(
+        third.status().primaries > 0,
+        "the new node took partitions over"
+    );
+    for node in &refs {
+        for (k, (last, unknown)) in &acked {
+            let got = settled("read", || node.get(BUCKET, k.clone()))
+                .await
+                .expect("an acknowledged key exists");
+            assert!(
+                got == last || unknown.contains(&got),
+                "{k:?} through {}: {got:?}, last acknowledged {last:?}",
+                node.id()
+            );
+        }
+    }
+}
