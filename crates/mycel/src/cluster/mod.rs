@@ -1728,27 +1728,34 @@ impl Inner {
                     (primary, group, rx)
                 })
                 .collect();
-            let mut attempts: Vec<(usize, NodeId, Result<OpReply, Attempt>)> = Vec::new();
+            // Each operation's outcome and who answered it (an index into `primaries`;
+            // None: this node).
+            let mut attempts: Vec<(usize, Option<usize>, Result<OpReply, Attempt>)> =
+                Vec::with_capacity(pending.len());
             if !local.is_empty() {
                 let batch = local.iter().map(|&i| ops[i].clone()).collect();
                 let results = self.at_primary_batch(batch, None, false).await;
                 for (&i, r) in local.iter().zip(results) {
-                    attempts.push((i, self.me.clone(), r.map_err(Attempt::Refused)));
+                    attempts.push((i, None, r.map_err(Attempt::Refused)));
                 }
             }
+            let mut primaries = Vec::with_capacity(sent.len());
             for (primary, group, rx) in sent {
                 self.metrics
                     .forwarded
                     .inc_by(u64::try_from(group.len()).unwrap_or(u64::MAX));
                 let delivery = rx.await.unwrap_or(Delivery::Lost);
                 for (k, &i) in group.iter().enumerate() {
-                    attempts.push((i, primary.clone(), delivery.attempt(k, ops[i].is_write())));
+                    let attempt = delivery.attempt(k, ops[i].is_write());
+                    attempts.push((i, Some(primaries.len()), attempt));
                 }
+                primaries.push(primary);
             }
             let mut backoff = Duration::ZERO;
             let mut refresh: BTreeMap<NodeId, u64> = BTreeMap::new();
             let mut saw_not_owner = false;
-            for (i, primary, attempt) in attempts {
+            for (i, who, attempt) in attempts {
+                let primary = who.map_or(&self.me, |j| &primaries[j]);
                 let wait = match attempt {
                     Ok(reply) => {
                         out[i] = Some(Ok(reply));
@@ -1757,8 +1764,8 @@ impl Inner {
                     Err(Attempt::Refused(Refusal::NotOwner { epoch })) => {
                         saw_not_owner = true;
                         last[i] = Retryable::NotOwner { epoch };
-                        if primary != self.me {
-                            refresh.insert(primary, epoch);
+                        if who.is_some() {
+                            refresh.insert(primary.clone(), epoch);
                         }
                         Duration::from_millis(10 * u64::from(not_owner + 1))
                     }
@@ -1771,11 +1778,13 @@ impl Inner {
                         Duration::ZERO
                     }
                     Err(Attempt::Refused(r)) => {
-                        out[i] = Some(Err(self.refusal(r, &primary)));
+                        out[i] = Some(Err(self.refusal(r, primary)));
                         continue;
                     }
                     Err(Attempt::Unreachable) => {
-                        last[i] = Retryable::Unreachable { node: primary };
+                        last[i] = Retryable::Unreachable {
+                            node: primary.clone(),
+                        };
                         Duration::from_millis(50)
                     }
                     Err(Attempt::Indeterminate) => {
@@ -1839,6 +1848,10 @@ impl Inner {
         table: &RoutingTable,
         writes: &[Write],
     ) -> Result<(), Refusal> {
+        if table.members().len() < 2 {
+            // A lone member has no backups.
+            return Ok(());
+        }
         let alive = self.lock().alive.clone();
         let partitioning = table.partitioning();
         let mut per_backup: BTreeMap<NodeId, Vec<WireWrite>> = BTreeMap::new();
