@@ -48,6 +48,13 @@ pub(crate) struct NodeProc {
     child: Child,
 }
 
+impl NodeProc {
+    /// The node's process ID (its process group too: each node runs in its own group).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// The nodes of a local cluster; dropping it kills whatever still runs.
 #[derive(Debug, Default)]
 pub(crate) struct Cluster {

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::bench_report::plot::Bars;
 use crate::bench_report::procs::{
-    INTERRUPTED, Registered, check_interrupted, kill_pid, pid_with_arg, run_streamed,
+    INTERRUPTED, Registered, check_interrupted, kill_pid, run_streamed,
 };
 use crate::bench_report::stats::{Table, fmt_num, median};
 use crate::bench_report::{Chart, Section};
@@ -50,12 +50,8 @@ pub(crate) fn measure_cluster(
     let binary = binary.to_path_buf();
     let started = Instant::now();
     let mut c = cluster::start(&binary, nodes, 2)?;
-    let pids: Vec<Option<u32>> = c
-        .nodes
-        .iter()
-        .map(|n| pid_with_arg("--admin", &n.admin.to_string()))
-        .collect();
-    let _registered = Registered::new(pids.iter().flatten().copied().collect());
+    let pids: Vec<u32> = c.nodes.iter().map(cluster::NodeProc::pid).collect();
+    let _registered = Registered::new(pids.clone());
     cluster::wait_formed(&mut c, form_timeout, &INTERRUPTED)?;
     let mut run = ClusterRun {
         nodes,
@@ -107,11 +103,7 @@ pub(crate) fn measure_cluster(
     // Failure detection: SIGKILL the newest node, wait until every survivor lists it failed.
     let victim = c.nodes.last().context("a cluster without nodes")?;
     let victim_id = victim.id.clone();
-    let victim_pid = pids
-        .last()
-        .copied()
-        .flatten()
-        .with_context(|| format!("no process found for {victim_id}"))?;
+    let victim_pid = victim.pid();
     let survivors: Vec<SocketAddr> = admins[..admins.len() - 1].to_vec();
     run.survivors = survivors.len();
     kill_pid(victim_pid)?;

@@ -286,48 +286,6 @@ pub(crate) fn output_of(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// The pid of the process whose command line holds `flag value` as two consecutive
-/// arguments (the nodes of a `cluster::Cluster`, whose children are private to that
-/// module). A process that was just spawned may not show its arguments yet (the kernel
-/// fills them in during `exec`, after `spawn` returned), so this retries for up to 5 s.
-pub(crate) fn pid_with_arg(flag: &str, value: &str) -> Option<u32> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(pid) = scan_for_arg(flag, value) {
-            return Some(pid);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn scan_for_arg(flag: &str, value: &str) -> Option<u32> {
-    let want = format!("\0{flag}\0{value}\0");
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let mut text = String::from("\0");
-        text.push_str(&String::from_utf8_lossy(&cmdline));
-        if !text.ends_with('\0') {
-            text.push('\0');
-        }
-        if text.contains(&want) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 /// Sends one RESP command (already encoded) and reads the first reply line.
 pub(crate) fn resp_roundtrip(addr: SocketAddr, request: &[u8]) -> anyhow::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -415,16 +373,5 @@ mod tests {
             .unwrap()
             .success();
         assert!(!alive);
-    }
-
-    #[test]
-    fn finds_a_process_by_its_arguments() {
-        let mut cmd = Command::new("sleep");
-        // `sleep` accepts several durations and sums them: a unique marker argument.
-        let marker = format!("{}", 600 + std::process::id() % 1000);
-        cmd.args(["--", &marker, "1"]);
-        let owned = Owned::spawn("sleep", &mut cmd).unwrap();
-        assert_eq!(pid_with_arg(&marker, "1"), Some(owned.pid()));
-        assert_eq!(scan_for_arg(&marker, "2"), None);
     }
 }

@@ -15,7 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::bench_report::plot::{Bars, Reference};
 use crate::bench_report::procs::{
-    INTERRUPTED, Owned, Registered, check_interrupted, pid_with_arg, resp_roundtrip, wait_until,
+    INTERRUPTED, Owned, Registered, check_interrupted, resp_roundtrip, wait_until,
 };
 use crate::bench_report::stats::{Cmp, Goal, Table, fmt_count, fmt_num, fmt_ratio, median, ratio};
 use crate::bench_report::{Chart, Section};
@@ -238,11 +238,7 @@ fn start_servers(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result<Serv
             }
             Target::MycelCluster => {
                 let mut c = cluster::start(&binary.to_path_buf(), 3, 2)?;
-                let pids = c
-                    .nodes
-                    .iter()
-                    .filter_map(|n| pid_with_arg("--admin", &n.admin.to_string()))
-                    .collect();
+                let pids = c.nodes.iter().map(cluster::NodeProc::pid).collect();
                 let registered = Registered::new(pids);
                 cluster::wait_formed(&mut c, Duration::from_secs(60), &INTERRUPTED)?;
                 let first = c.nodes.first().context("a cluster without nodes")?;
