@@ -353,6 +353,24 @@ impl RoutingTable {
         seen.len() * 2 > self.members.len()
     }
 
+    /// Whether `me` and the members in `reachable` together are a strict majority of this
+    /// table's view, whether or not `me` is in it. The test for publishing the next table:
+    /// the authority of a new view may be a node the current table does not know yet (it
+    /// joined with an older start time than the one-node table's owner), and it must
+    /// still be able to take over, as long as it speaks for a majority of the old view.
+    pub fn reaches_majority<'a>(
+        &self,
+        me: &'a NodeId,
+        reachable: impl IntoIterator<Item = &'a NodeId>,
+    ) -> bool {
+        let seen: HashSet<&NodeId> = reachable
+            .into_iter()
+            .chain(std::iter::once(me))
+            .filter(|id| self.contains(id))
+            .collect();
+        seen.len() * 2 > self.members.len()
+    }
+
     /// The partitions whose replica set differs between this table and `next` (same
     /// partitioning), with both sets: the work a rebalance has to do.
     pub fn changes<'a>(&'a self, next: &'a Self) -> impl Iterator<Item = PartitionChange> + 'a {
@@ -781,6 +799,12 @@ mod tests {
         let x = id("x");
         assert!(!t.in_majority(&a, [&x]));
         assert!(!t.in_majority(&x, [&a, &b, &c]));
+        // But a stranger that reaches a majority of the view may publish the next table.
+        assert!(t.reaches_majority(&x, [&a, &b]));
+        assert!(!t.reaches_majority(&x, [&a]));
+        assert!(!t.reaches_majority(&x, [&x]));
+        assert!(t.reaches_majority(&a, [&b]));
+        assert!(!t.reaches_majority(&a, []));
         // Four members: two is not a majority.
         let t4 = table(
             1,

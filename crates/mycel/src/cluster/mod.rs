@@ -30,7 +30,9 @@
 //! lone node is its own authority and owns every partition (after
 //! [`ClusterConfig::bootstrap_delay`]). The authority publishes only
 //! while it reaches a majority of its current table's view (when
-//! [`Config::refuse_minority_writes`]), and not while any member is frozen.
+//! [`Config::refuse_minority_writes`]; it need not be in that view itself: a node that
+//! joined a one-node table with an older start time takes over), and not while any member
+//! is frozen.
 //!
 //! **Operations.** The node computes the key's partition and sends `Op` to the primary of
 //! its current table with its epoch, or executes locally when it is the primary. The
@@ -2324,7 +2326,7 @@ impl Inner {
                 let may = !self.config.mycel.refuse_minority_writes
                     || st
                         .table()
-                        .is_none_or(|t| t.in_majority(&self.me, st.alive.iter()));
+                        .is_none_or(|t| t.reaches_majority(&self.me, st.alive.iter()));
                 if may
                     && let Some(mut t) =
                         st.routing
