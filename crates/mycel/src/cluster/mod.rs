@@ -112,7 +112,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::metrics::Metrics;
-use self::state::{LoadKey, LoadResult, LoadStep, State};
+use self::state::{Held, LoadKey, LoadResult, LoadStep, State};
 use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
@@ -1584,7 +1584,11 @@ impl Inner {
     /// results so far exceed [`ClusterConfig::page_bytes`] the rest are not executed but
     /// answered [`Refusal::Deferred`] (so the reply fits in a message; the sender sends
     /// them again, still in order). A write whose replication fails answers
-    /// [`Refusal::Timeout`]; the others are unaffected.
+    /// [`Refusal::Timeout`]; the others are unaffected. Once an operation is refused as
+    /// not-owner or syncing, every later operation on the same partition gets the same
+    /// answer without being executed: ownership may change while the lock is released
+    /// between runs, and the sender retries refused operations in their order, so a later
+    /// write to a key must not be applied before an earlier, refused one.
     async fn at_primary_batch(
         self: &Arc<Self>,
         ops: Vec<Op>,
@@ -1598,6 +1602,7 @@ impl Inner {
         // Writes to replicate, grouped by the table they were made under, with the
         // indexes of the operations that made them.
         let mut groups: Vec<(Arc<RoutingTable>, Vec<Write>, Vec<usize>)> = Vec::new();
+        let mut held = Held::default();
         let mut ops = ops.into_iter();
         while ops.len() > 0 {
             let mut st = self.lock();
@@ -1610,7 +1615,7 @@ impl Inner {
                 }
                 let result = match op {
                     Op::GetOrLoad { .. } | Op::Count => Err(Refusal::BadRequest),
-                    op => st.execute(op, epoch, refuse, now),
+                    op => st.execute_held(op, epoch, refuse, now, &mut held),
                 };
                 match result {
                     Ok((reply, ws)) => {
@@ -1640,9 +1645,11 @@ impl Inner {
             }
         }
         for (table, writes, wrote) in groups {
-            if let Err(r) = self.replicate(&table, &writes).await {
+            if self.replicate(&table, &writes).await.is_err() {
+                // Applied here, maybe not at every backup: the write may or may not
+                // persist. Never a retryable refusal, or the sender would apply it twice.
                 for i in wrote {
-                    results[i] = Err(r.clone());
+                    results[i] = Err(Refusal::Timeout);
                 }
             }
         }

@@ -17,7 +17,7 @@ use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WireWrite, set_opt
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
-use crate::slot::Partition;
+use crate::slot::{Partition, Partitioning};
 use crate::store::{Store, Write};
 
 /// Partitions one transfer covers at most: a source snapshots them in one critical
@@ -40,6 +40,30 @@ pub(crate) enum PartSync {
 
 /// The answer of a single-flight load.
 pub(crate) type LoadResult = Result<Option<Bytes>, Refusal>;
+
+/// The partitions refused as not-owner or syncing so far in one batch, with the refusal
+/// (see [`State::execute_held`]).
+#[derive(Debug, Default)]
+pub(crate) struct Held(Vec<(Partition, Refusal)>);
+
+/// The partitions `op` touches.
+fn op_partitions(op: &Op, partitioning: Partitioning) -> Vec<Partition> {
+    match op {
+        Op::MGet { keys, .. } => keys
+            .iter()
+            .map(|k| partitioning.partition_of(&k.0))
+            .collect(),
+        Op::MSet { entries, .. } => entries
+            .iter()
+            .map(|(k, _)| partitioning.partition_of(&k.0))
+            .collect(),
+        op => op
+            .key()
+            .map(|k| partitioning.partition_of(k))
+            .into_iter()
+            .collect(),
+    }
+}
 
 /// A transfer being served.
 #[derive(Debug)]
@@ -440,6 +464,40 @@ impl State {
         }
     }
 
+    /// [`State::execute`] for one operation of a batch: once an operation was refused as
+    /// not-owner or syncing, every later one on the same partition gets the same refusal
+    /// unexecuted. The batch's lock is released between runs and ownership may change in
+    /// between, while the sender retries refused operations in their order: a later write
+    /// to a key must not be applied before an earlier, refused one.
+    pub(crate) fn execute_held(
+        &mut self,
+        op: Op,
+        epoch: Option<u64>,
+        refuse_minority: bool,
+        now: Timestamp,
+        held: &mut Held,
+    ) -> Result<(OpReply, Vec<Write>), Refusal> {
+        let partitioning = self.store.config().partitioning;
+        if !held.0.is_empty() {
+            let parts = op_partitions(&op, partitioning);
+            if let Some((_, r)) = held.0.iter().find(|(p, _)| parts.contains(p)) {
+                return Err(r.clone());
+            }
+        }
+        // The operation's partitions, should it be refused (no allocation for one key).
+        let multi = match &op {
+            Op::MGet { .. } | Op::MSet { .. } => op_partitions(&op, partitioning),
+            _ => Vec::new(),
+        };
+        let single = op.key().map(|k| partitioning.partition_of(k));
+        let result = self.execute(op, epoch, refuse_minority, now);
+        if let Err(r @ (Refusal::NotOwner { .. } | Refusal::Syncing { .. })) = &result {
+            held.0
+                .extend(multi.into_iter().chain(single).map(|p| (p, r.clone())));
+        }
+        result
+    }
+
     /// Executes `op` as primary: the ownership check, the quorum check for writes and the
     /// store operation happen in this one critical section. Returns the reply and the
     /// writes to replicate. `GetOrLoad` and `Count` are not handled here.
@@ -802,6 +860,48 @@ mod tests {
             condition: super::super::wire::WireCondition::Always,
             get: false,
         }
+    }
+
+    #[test]
+    fn a_batch_holds_a_refused_partition_for_its_later_operations() {
+        let mut a = state("a");
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        let now = Timestamp::from_millis(1);
+        let mut held = Held::default();
+        // The sender is at epoch 2, a still at 1: refused as not-owner.
+        let first = a.execute_held(set_op("k", "A"), Some(2), false, now, &mut held);
+        assert!(
+            matches!(first, Err(Refusal::NotOwner { epoch: 1 })),
+            "{first:?}"
+        );
+        // Epoch 2 arrives while the batch's lock is released between runs.
+        a.install(table(2, &["a"]), Some(&table(1, &["a"])))
+            .expect("valid");
+        a.poll_sync();
+        // A later write to the same key must not overtake the refused one...
+        let later = a.execute_held(set_op("k", "B"), Some(2), false, now, &mut held);
+        assert!(
+            matches!(later, Err(Refusal::NotOwner { epoch: 1 })),
+            "{later:?}"
+        );
+        // ...nor any operation on its partition, while other partitions go ahead.
+        let p = parts().partition_of(b"k");
+        let other = (0..1000)
+            .map(|i| format!("other-{i}"))
+            .find(|key| parts().partition_of(key.as_bytes()) != p)
+            .expect("a key elsewhere");
+        let other: &'static str = Box::leak(other.into_boxed_str());
+        assert!(
+            a.execute_held(set_op(other, "x"), Some(2), false, now, &mut held)
+                .is_ok()
+        );
+        // A new batch starts afresh.
+        let mut held = Held::default();
+        assert!(
+            a.execute_held(set_op("k", "A"), Some(2), false, now, &mut held)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -359,13 +359,28 @@ impl Op {
         )
     }
 
-    /// Approximate encoded size, for paging.
+    /// Approximate encoded size, for paging: key, value and bucket name (which every
+    /// operation carries, and whose length no limit bounds) plus the fixed fields.
     pub(crate) fn size(&self) -> usize {
         let value = match self {
             Self::Set { value, .. } => value.0.len(),
             _ => 0,
         };
-        self.key().map_or(0, Bytes::len) + value + 48
+        let bucket = match self {
+            Self::Get { bucket, .. }
+            | Self::Exists { bucket, .. }
+            | Self::Ttl { bucket, .. }
+            | Self::Set { bucket, .. }
+            | Self::Delete { bucket, .. }
+            | Self::Expire { bucket, .. }
+            | Self::Persist { bucket, .. }
+            | Self::IncrBy { bucket, .. }
+            | Self::MGet { bucket, .. }
+            | Self::MSet { bucket, .. }
+            | Self::GetOrLoad { bucket, .. } => bucket.len(),
+            Self::Count => 0,
+        };
+        self.key().map_or(0, Bytes::len) + value + bucket + 48
     }
 }
 
