@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::json::{self, Value};
+use super::json::{self, Fields as _, Value};
 use super::net::{self, node_ip, node_ns};
 use super::resp;
 use super::{Args, ClockKind, Plan, SUMMARY_FILE, Scenario, Summary};
@@ -151,10 +151,12 @@ impl LoadSummary {
         let errors = v
             .get("errors")
             .and_then(Value::as_object)
-            .unwrap_or(&[])
-            .iter()
-            .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-            .collect();
+            .map(|o| {
+                o.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
         let violations = v
             .array_or_empty("violations")
             .iter()
