@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut as _, Bytes, BytesMut};
 use nodosum_proto::{
     AppId, FrameError, Limits, MessageDecoder, NodeId, StreamInit, message_header,
 };
@@ -1863,8 +1863,10 @@ async fn read_stream(
                 if buf.capacity() - buf.len() < read_size / 2 {
                     buf.reserve(read_size);
                 }
-                let spare = buf.capacity() - buf.len();
-                match recv.read_buf(&mut buf).await {
+                // At most `read_size` per call, however much room a growing buffer has:
+                // quinn copies under the connection's lock.
+                let spare = (buf.capacity() - buf.len()).min(read_size);
+                match recv.read_buf(&mut (&mut buf).limit(spare)).await {
                     Ok(0) => {
                         if !buf.is_empty() {
                             inner.metrics.stream_error("truncated");
