@@ -1277,7 +1277,7 @@ impl Inner {
             live: Arc::new(Live::default()),
         };
         let local_is_smaller = self.local_is_smaller(&node);
-        let (was_down, losers) = {
+        let losers = {
             let mut st = lock(&self.state);
             if self.closing.load(Ordering::Acquire) {
                 cref.conn.close(code(codes::SHUTDOWN), b"shutdown");
@@ -1291,21 +1291,24 @@ impl Inner {
             });
             self.connections.fetch_add(1, Ordering::AcqRel);
             self.metrics.connections.inc();
-            (was_down, recompute(peer, local_is_smaller))
+            // Up and Down are sent under the state lock, so that they reach listeners in
+            // the order of the state changes: a redial must not announce Up before the
+            // closed connection's Down.
+            if was_down {
+                self.emit(Event::Up {
+                    node: node.clone(),
+                    addr: cref.conn.remote_address(),
+                    kind,
+                    initiated_locally: initiated_by_us,
+                });
+            }
+            recompute(peer, local_is_smaller)
         };
         self.metrics
             .handshakes
             .get_or_create(&KindLabel { kind: kind.label() })
             .inc();
         debug!(peer = %node, id = cref.id, initiated_by_us, ?kind, "connection established");
-        if was_down {
-            self.emit(Event::Up {
-                node: node.clone(),
-                addr: cref.conn.remote_address(),
-                kind,
-                initiated_locally: initiated_by_us,
-            });
-        }
         for loser in losers {
             tokio::spawn(drain_duplicate(self.clone(), node.clone(), loser));
         }
@@ -1543,30 +1546,27 @@ async fn drive_connection(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
     debug!(peer = %node, id = cref.id, %reason, "connection closed");
     inner.connections.fetch_sub(1, Ordering::AcqRel);
     inner.metrics.connections.dec();
-    let down = {
-        let mut st = lock(&inner.state);
-        let Some(peer) = st.peers.get_mut(&node) else {
-            return;
-        };
-        let was_up = peer.current.borrow().is_some();
-        peer.conns.retain(|c| c.cref.id != cref.id);
-        let losers = recompute(peer, inner.local_is_smaller(&node));
-        debug_assert!(losers.is_empty(), "survivors were already ranked");
-        let down = was_up && peer.current.borrow().is_none();
-        if peer.conns.is_empty() && peer.desired.is_none() {
-            let peer = st.peers.remove(&node);
-            drop(st);
-            if let Some(peer) = peer {
-                inner.drop_peer(&node, peer, codes::DISCONNECT);
-            }
-        }
-        down
+    let mut st = lock(&inner.state);
+    let Some(peer) = st.peers.get_mut(&node) else {
+        return;
     };
-    if down {
+    let was_up = peer.current.borrow().is_some();
+    peer.conns.retain(|c| c.cref.id != cref.id);
+    let losers = recompute(peer, inner.local_is_smaller(&node));
+    debug_assert!(losers.is_empty(), "survivors were already ranked");
+    if was_up && peer.current.borrow().is_none() {
+        // Under the state lock, before a redial can register (see `register`).
         inner.emit(Event::Down {
-            node,
+            node: node.clone(),
             reason: down_reason(&reason),
         });
+    }
+    if peer.conns.is_empty() && peer.desired.is_none() {
+        let peer = st.peers.remove(&node);
+        drop(st);
+        if let Some(peer) = peer {
+            inner.drop_peer(&node, peer, codes::DISCONNECT);
+        }
     }
 }
 

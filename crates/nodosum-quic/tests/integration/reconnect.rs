@@ -69,18 +69,30 @@ async fn disconnect_fails_pending_sends_and_frees_everything() {
     let b = node(&ca, "b");
     let _stalled = b.register_app(app("stalled")).unwrap();
     connect(&a, &b).await;
-    // Send until one send has to wait: the stalled receiver, the stream window and the
-    // queue are then full. Polling the future once registers it as waiting.
+    // Send until one send has to wait for good: the stalled receiver, the stream window
+    // and the queue are then full. A send that waits only while the writer catches up
+    // (a busy machine) completes within the pause and the loop goes on; once the
+    // pipeline is stalled, the waiting send stays registered as waiting.
     let payload = Bytes::from(vec![1u8; 16 * 1024]);
     let b_id = id("b");
     let stalled = app("stalled");
     let mut waiting = guarded("a send waits", async {
         loop {
             let mut fut = Box::pin(a.send(&b_id, &stalled, payload.clone()));
-            tokio::select! {
+            let pending = tokio::select! {
                 biased;
-                res = &mut fut => res.unwrap(),
-                () = std::future::ready(()) => break Some(fut),
+                res = &mut fut => {
+                    res.unwrap();
+                    false
+                }
+                () = std::future::ready(()) => true,
+            };
+            if !pending {
+                continue;
+            }
+            match tokio::time::timeout(std::time::Duration::from_millis(300), &mut fut).await {
+                Ok(res) => res.unwrap(),
+                Err(_) => break Some(fut),
             }
         }
     })
