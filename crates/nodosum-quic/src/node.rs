@@ -1291,6 +1291,7 @@ impl Inner {
             });
             self.connections.fetch_add(1, Ordering::AcqRel);
             self.metrics.connections.inc();
+            let losers = recompute(peer, local_is_smaller);
             // Up and Down are sent under the state lock, so that they reach listeners in
             // the order of the state changes: a redial must not announce Up before the
             // closed connection's Down.
@@ -1302,7 +1303,7 @@ impl Inner {
                     initiated_locally: initiated_by_us,
                 });
             }
-            recompute(peer, local_is_smaller)
+            losers
         };
         self.metrics
             .handshakes
