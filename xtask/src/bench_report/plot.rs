@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{Context, anyhow, bail};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::register_font;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -94,6 +95,33 @@ fn color(i: usize) -> RGBColor {
     COLORS[i % COLORS.len()]
 }
 
+/// Draws each reference as a horizontal line across `0..x_max`, labelled at `label_x`.
+fn draw_references<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    references: &[Reference],
+    x_max: f64,
+    label_x: f64,
+) -> anyhow::Result<()> {
+    for r in references {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, r.y), (x_max, r.y)],
+                BLACK.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                r.label.clone(),
+                (label_x, r.y),
+                TextStyle::from(("sans-serif", 13).into_font())
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Left, VPos::Bottom)),
+            )))
+            .map_err(plot_err)?;
+    }
+    Ok(())
+}
+
 fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the chart: {e}")
 }
@@ -177,23 +205,7 @@ impl Bars {
                 .label(name.as_str())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
         }
-        for r in &self.references {
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, r.y), (n_cat, r.y)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(plot_err)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    r.label.clone(),
-                    (n_cat * 0.005, r.y),
-                    TextStyle::from(("sans-serif", 13).into_font())
-                        .color(&BLACK)
-                        .pos(Pos::new(HPos::Left, VPos::Bottom)),
-                )))
-                .map_err(plot_err)?;
-        }
+        draw_references(&mut chart, &self.references, n_cat, n_cat * 0.005)?;
         // Category names under the groups, centred.
         for (i, name) in self.categories.iter().enumerate() {
             #[allow(clippy::cast_precision_loss, reason = "small indices")]
@@ -257,23 +269,7 @@ impl Lines {
                 .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.filled())))
                 .map_err(plot_err)?;
         }
-        for r in &self.references {
-            chart
-                .draw_series(LineSeries::new(
-                    [(0.0, r.y), (x_max, r.y)],
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(plot_err)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    r.label.clone(),
-                    (x_max * 0.01, r.y),
-                    TextStyle::from(("sans-serif", 13).into_font())
-                        .color(&BLACK)
-                        .pos(Pos::new(HPos::Left, VPos::Bottom)),
-                )))
-                .map_err(plot_err)?;
-        }
+        draw_references(&mut chart, &self.references, x_max, x_max * 0.01)?;
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::UpperRight)
