@@ -922,7 +922,7 @@ impl Cluster {
         let keys: Vec<Bytes> = entries.iter().map(|(k, _)| k.clone()).collect();
         for group in self.inner.group_by_primary(&keys).await? {
             for chunk in chunk_by_size(
-                &group,
+                group.iter().copied(),
                 |&i| entries[i].0.len() + entries[i].1.len() + 16,
                 self.inner.config.page_bytes,
             ) {
@@ -1451,16 +1451,7 @@ impl Inner {
             .remove(&key)
             .unwrap_or_default();
         let (primary, epoch) = key;
-        let mut rest = queued.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut page = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(q) =
-                rest.next_if(|q| page.is_empty() || bytes + q.size <= self.config.page_bytes)
-            {
-                bytes += q.size;
-                page.push(q);
-            }
+        for page in chunk_by_size(queued, |q| q.size, self.config.page_bytes) {
             let total: usize = page.iter().map(|q| q.ops.len()).sum();
             let timeout = page
                 .iter()
@@ -1931,7 +1922,11 @@ impl Inner {
         ws: &[WireWrite],
     ) -> Result<(), Refusal> {
         let idx: Vec<usize> = (0..ws.len()).collect();
-        for chunk in chunk_by_size(&idx, |&i| ws[i].size(), self.config.page_bytes) {
+        for chunk in chunk_by_size(
+            idx.iter().copied(),
+            |&i| ws[i].size(),
+            self.config.page_bytes,
+        ) {
             let batch: Vec<WireWrite> = chunk.iter().map(|&i| ws[i].clone()).collect();
             self.replicate_to(backup, epoch, batch).await?;
         }
@@ -1949,16 +1944,7 @@ impl Inner {
             .remove(&key)
             .unwrap_or_default();
         let (backup, epoch) = key;
-        let mut rest = queued.into_iter().peekable();
-        while rest.peek().is_some() {
-            let mut page = Vec::new();
-            let mut bytes = 0usize;
-            while let Some(q) =
-                rest.next_if(|q| page.is_empty() || bytes + q.size <= self.config.page_bytes)
-            {
-                bytes += q.size;
-                page.push(q);
-            }
+        for page in chunk_by_size(queued, |q| q.size, self.config.page_bytes) {
             let mut writes = Vec::with_capacity(page.iter().map(|q| q.writes.len()).sum());
             let mut waiters = Vec::with_capacity(page.len());
             for q in page {
@@ -2598,18 +2584,22 @@ fn pace(free_at: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Duratio
 }
 
 /// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
-fn chunk_by_size<T: Copy>(items: &[T], size: impl Fn(&T) -> usize, max: usize) -> Vec<Vec<T>> {
+fn chunk_by_size<T>(
+    items: impl IntoIterator<Item = T>,
+    size: impl Fn(&T) -> usize,
+    max: usize,
+) -> Vec<Vec<T>> {
     let mut out: Vec<Vec<T>> = Vec::new();
     let mut current = Vec::new();
     let mut bytes = 0;
     for item in items {
-        let s = size(item);
+        let s = size(&item);
         if !current.is_empty() && bytes + s > max {
             out.push(std::mem::take(&mut current));
             bytes = 0;
         }
         bytes += s;
-        current.push(*item);
+        current.push(item);
     }
     if !current.is_empty() {
         out.push(current);
@@ -2700,12 +2690,12 @@ mod tests {
     #[test]
     fn chunks_respect_the_bound() {
         let items: Vec<usize> = (0..10).collect();
-        let chunks = chunk_by_size(&items, |_| 30, 100);
+        let chunks = chunk_by_size(items, |_| 30, 100);
         assert_eq!(chunks.len(), 4);
         assert!(chunks.iter().all(|c| c.len() * 30 <= 100));
         // An item larger than the bound gets a chunk of its own.
-        let big = chunk_by_size(&[1usize, 2], |_| 500, 100);
+        let big = chunk_by_size([1usize, 2], |_| 500, 100);
         assert_eq!(big, vec![vec![1], vec![2]]);
-        assert!(chunk_by_size::<usize>(&[], |_| 1, 1).is_empty());
+        assert!(chunk_by_size(Vec::<usize>::new(), |_| 1, 1).is_empty());
     }
 }
