@@ -567,27 +567,12 @@ impl Store {
         } else {
             None
         };
-        let allowed = match options.condition {
-            Condition::Always => true,
-            Condition::IfAbsent => current.is_none(),
-            Condition::IfPresent => current.is_some(),
-        };
-        if !allowed {
+        let live_expiry = current.as_ref().map(Entry::expiry);
+        let Some(expires_at) = admit(&options, live_expiry, default_ttl, now) else {
             return Ok(SetOutcome {
                 write: None,
                 previous,
             });
-        }
-        let default_expiry = || default_ttl.map(|d| now.saturating_add(d));
-        let expires_at = match options.expiry {
-            Expiry::BucketDefault => default_expiry(),
-            Expiry::Never => None,
-            Expiry::After(d) => Some(now.saturating_add(d)),
-            Expiry::At(t) => Some(t),
-            Expiry::Keep => match &current {
-                Some(e) => e.expiry(),
-                None => default_expiry(),
-            },
         };
         let stored = Arc::from(&value[..]);
         let write = self.local_put(bucket, key, stored, value, expires_at, epoch);
@@ -631,25 +616,12 @@ impl Store {
         } else {
             None
         };
-        let allowed = match options.condition {
-            Condition::Always => true,
-            Condition::IfAbsent => !live,
-            Condition::IfPresent => live,
-        };
-        if !allowed {
+        let live_expiry = live.then(|| entry.expiry());
+        let Some(expires_at) = admit(options, live_expiry, default_ttl, now) else {
             return InPlace::Done(SetOutcome {
                 write: None,
                 previous,
             });
-        }
-        let default_expiry = || default_ttl.map(|d| now.saturating_add(d));
-        let expires_at = match options.expiry {
-            Expiry::BucketDefault => default_expiry(),
-            Expiry::Never => None,
-            Expiry::After(d) => Some(now.saturating_add(d)),
-            Expiry::At(t) => Some(t),
-            Expiry::Keep if live => entry.expiry(),
-            Expiry::Keep => default_expiry(),
         };
         let at = expires_at.map_or(0, |t| t.as_millis().max(1));
         let old_len = entry.value.as_ref().map_or(0, |v| v.len());
@@ -1183,6 +1155,33 @@ impl Store {
             }
         }
     }
+}
+
+/// Whether a set with `options` may go ahead, and the expiry it gives the key: `None`
+/// when its condition refuses. `live_expiry` is the expiry of the key's live entry, `None`
+/// when the key has none.
+fn admit(
+    options: &SetOptions,
+    live_expiry: Option<Option<Timestamp>>,
+    default_ttl: Option<Duration>,
+    now: Timestamp,
+) -> Option<Option<Timestamp>> {
+    let allowed = match options.condition {
+        Condition::Always => true,
+        Condition::IfAbsent => live_expiry.is_none(),
+        Condition::IfPresent => live_expiry.is_some(),
+    };
+    if !allowed {
+        return None;
+    }
+    let default_expiry = || default_ttl.map(|d| now.saturating_add(d));
+    Some(match options.expiry {
+        Expiry::BucketDefault => default_expiry(),
+        Expiry::Never => None,
+        Expiry::After(d) => Some(now.saturating_add(d)),
+        Expiry::At(t) => Some(t),
+        Expiry::Keep => live_expiry.unwrap_or_else(default_expiry),
+    })
 }
 
 fn pos_u32(pos: usize) -> u32 {
