@@ -174,22 +174,8 @@ pub(crate) fn parse_counters(text: &str) -> Option<(u64, u64)> {
     Some((dropped, received?))
 }
 
-/// Runs one command line and returns its stdout.
+/// Runs one command line quietly and returns its stdout; fails with its stderr.
 pub(crate) fn run_output(l: &[String]) -> anyhow::Result<String> {
-    let (program, args) = l.split_first().context("empty command line")?;
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("could not run `{}`", l.join(" ")))?;
-    if !out.status.success() {
-        bail!("`{}` failed ({})", l.join(" "), out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Runs one command line quietly; fails with its stderr.
-pub(crate) fn run(l: &[String]) -> anyhow::Result<()> {
     let (program, args) = l.split_first().context("empty command line")?;
     let out = Command::new(program)
         .args(args)
@@ -204,23 +190,21 @@ pub(crate) fn run(l: &[String]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs one command line quietly; fails with its stderr.
+pub(crate) fn run(l: &[String]) -> anyhow::Result<()> {
+    run_output(l).map(drop)
+}
+
+/// `ip ARGS`, quietly, returning its stdout.
 fn output(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("could not run `ip`")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let line: Vec<String> = std::iter::once("ip")
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    run_output(&line)
 }
 
 /// Namespace names in `ip netns list` output that carry `prefix`.
