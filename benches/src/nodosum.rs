@@ -7,9 +7,10 @@
 //! over Nodosum's own per-application streams.
 //!
 //! [`NodosumSetup`] measures connection set-up the way an application sees it: from
-//! `connect` to the first echoed message, with a fresh client node (full handshake) or a
-//! client that reconnects (resumption, and 0-RTT when offered; the stream manager still
-//! sends no data before the handshake completes, so 0-RTT saves nothing on this path).
+//! `connect` to the first echoed message, with a fresh client node (full handshake), a
+//! client that reconnects with an ordinary application (resumption; its message waits for
+//! the handshake), or one that reconnects with a replay-safe application (its message
+//! travels as 0-RTT data and the server delivers it before the handshake completes).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use bytes::Bytes;
 use nodosum_proto::{AppId, NodeId};
-use nodosum_quic::{AppReceiver, Config, Event, HandshakeKind, LaneSender, QuicNode, TlsIdentity};
+use nodosum_quic::{
+    AppOptions, AppReceiver, Config, Event, HandshakeKind, LaneSender, QuicNode, TlsIdentity,
+};
 use tokio::task::JoinSet;
 
 use crate::pki::{Identity, Pki};
@@ -128,7 +131,16 @@ pub fn serve_echo(tasks: &mut JoinSet<()>, node: &QuicNode) -> anyhow::Result<()
 }
 
 fn spawn_echo(tasks: &mut JoinSet<()>, node: &QuicNode, echo: &AppId) -> anyhow::Result<()> {
-    let mut rx = node.register_app(echo.clone())?;
+    spawn_echo_with(tasks, node, echo, AppOptions::default())
+}
+
+fn spawn_echo_with(
+    tasks: &mut JoinSet<()>,
+    node: &QuicNode,
+    echo: &AppId,
+    options: AppOptions,
+) -> anyhow::Result<()> {
+    let mut rx = node.register_app_with(echo.clone(), options)?;
     let (node, echo) = (node.clone(), echo.clone());
     tasks.spawn(async move {
         let mut reply: Option<LaneSender> = None;
@@ -155,8 +167,18 @@ pub struct NodosumSetup {
     /// The reconnecting client of [`NodosumSetup::reconnect`], with its echo receiver.
     client: QuicNode,
     client_rx: AppReceiver,
+    /// The server's replay-safe echo application.
+    early_echo: AppId,
+    /// The reconnecting client of [`NodosumSetup::reconnect_0rtt`] (the same node ID as
+    /// `client`, in its own node with its own session tickets; the two never overlap),
+    /// with its receiver.
+    early_client: QuicNode,
+    early_rx: AppReceiver,
     _tasks: JoinSet<()>,
 }
+
+/// The replay-safe echo application of the 0-RTT set-up.
+const EARLY_ECHO_APP: &str = "echo-0rtt";
 
 impl NodosumSetup {
     /// Starts the server node and a client node that has connected once (so it holds a
@@ -166,8 +188,13 @@ impl NodosumSetup {
         let echo = app(ECHO_APP)?;
         let mut tasks = JoinSet::new();
         spawn_echo(&mut tasks, &server, &echo)?;
+        let early_echo = app(EARLY_ECHO_APP.as_bytes())?;
+        spawn_echo_with(&mut tasks, &server, &early_echo, AppOptions::replay_safe())?;
         let client = QuicNode::bind(config(), &tls_identity(pki, &pki.client), None)?;
         let client_rx = client.register_app(echo.clone())?;
+        let early_client = QuicNode::bind(config(), &tls_identity(pki, &pki.client), None)?;
+        let early_rx =
+            early_client.register_app_with(early_echo.clone(), AppOptions::replay_safe())?;
         let mut this = Self {
             pki: pki.clone(),
             server_id: server.node_id().clone(),
@@ -176,9 +203,13 @@ impl NodosumSetup {
             echo,
             client,
             client_rx,
+            early_echo,
+            early_client,
+            early_rx,
             _tasks: tasks,
         };
         this.reconnect().await?;
+        this.reconnect_0rtt().await?;
         Ok(this)
     }
 
@@ -208,15 +239,33 @@ impl NodosumSetup {
         Ok(result)
     }
 
+    /// The replay-safe client reconnects (0-RTT: its message is early data), then
+    /// disconnects.
+    pub async fn reconnect_0rtt(&mut self) -> anyhow::Result<(Duration, Option<HandshakeKind>)> {
+        let result = exchange(
+            &self.early_client,
+            &mut self.early_rx,
+            &self.server_id,
+            self.addr,
+            &self.early_echo,
+        )
+        .await?;
+        self.early_client.disconnect(&self.server_id);
+        self.wait_down().await?;
+        Ok(result)
+    }
+
+    /// Messages the replay-safe client has written as 0-RTT data so far.
+    pub fn early_sent(&self) -> u64 {
+        self.early_client.early_data().sent
+    }
+
     /// Waits until the server has no connection to the client any more, so that the next
     /// dial is not a duplicate of a closing one.
     async fn wait_down(&self) -> anyhow::Result<()> {
+        let client = client_id(&self.pki)?;
         tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-            while self
-                .server
-                .connection_info(&client_id(&self.pki)?)
-                .is_some()
-            {
+            while self.server.connection_info(&client).is_some() {
                 tokio::time::sleep(Duration::from_micros(200)).await;
             }
             anyhow::Ok(())

@@ -5,7 +5,9 @@
 //! the 0-RTT figure is "connect to first echoed message" with the request carried in
 //! early data. That is fine for an echo benchmark and wrong for a product: early data can
 //! be replayed and 0.5-RTT answers go out before the client certificate was checked.
-//! Nodosum's stream manager does neither (see `nodosum_quic`'s crate documentation).
+//! Nodosum's stream manager sends 0-RTT data only for applications registered as
+//! replay-safe, and answers only once the handshake completed (see `nodosum_quic`'s crate
+//! documentation).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};

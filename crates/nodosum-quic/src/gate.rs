@@ -85,6 +85,11 @@ impl Gate {
         self.changed.notify_waiters();
     }
 
+    /// Whether no reader of the lane is alive.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Whether reader `id` may deliver its next message now.
     pub(crate) fn may_deliver(&self, id: u64) -> bool {
         if self.retired.load(Ordering::Acquire) == 0 {

@@ -30,13 +30,47 @@
 //! left on it. A peer that should be connected is
 //! redialled with exponential backoff.
 //!
-//! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. **Nothing
-//! is sent as 0-RTT data**: the dialler waits for the handshake to complete before any
-//! stream is opened, and the acceptor only reads streams of completed handshakes. Replayed
-//! early data therefore can never reach an application; 0-RTT is reported
-//! ([`HandshakeKind::ZeroRtt`]) but buys no latency on the data path. Resumed handshakes
-//! skip certificate verification and keep the identity of the original session. The
-//! acceptor cannot tell 0-RTT from resumed and reports [`HandshakeKind::Resumed`].
+//! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. Resumed
+//! handshakes skip certificate verification and keep the identity of the original session.
+//!
+//! # 0-RTT data: only for replay-safe applications
+//! 0-RTT data can be replayed: an attacker who recorded a client's first flight can send
+//! it again, to the same or another server holding the ticket keys, and the server cannot
+//! tell until the handshake fails to complete (a replayed flight never completes it: the
+//! attacker lacks the keys). So 0-RTT carries only messages that are harmless to receive
+//! twice, and that is something only the application knows: an application opts in with
+//! [`AppOptions::replay_safe`] ([`QuicNode::register_app_with`]); the default is off.
+//!
+//! - **Dialling side.** While a reconnect's handshake runs with 0-RTT keys, the lanes of
+//!   replay-safe applications open their stream on it and write `StreamInit` and their
+//!   queued messages as 0-RTT data at once. Every other application's data waits for the
+//!   handshake to complete, as on a full handshake. What was written early is kept until
+//!   the server accepted it; if the server rejects the 0-RTT data (it lost its ticket
+//!   state, e.g. it restarted) or the connection fails during its handshake, those
+//!   messages are written again on a new stream once a connection is established, before
+//!   anything queued after them. Nothing is ever sent as 0.5-RTT data.
+//! - **Accepting side.** A stream that arrives before its connection's handshake has
+//!   completed is delivered at once only if its application is registered here as
+//!   replay-safe, the peer's identity is known (rustls restores the client certificate
+//!   chain from the resumption ticket; the acceptance policy is applied to it), and the
+//!   peer has no connection and no stream of that application here (so nothing it sent
+//!   earlier can still be undelivered, and a replay cannot interleave with a live
+//!   connection's messages). Any other early stream is held unread (QUIC flow control
+//!   bounds it) until the handshake completes, and then goes to its lane like any stream;
+//!   if the handshake never completes, the connection times out and the held data is never
+//!   delivered. An early connection joins its peer (and can replace or duplicate another
+//!   connection) only once its handshake completed, so a replayed flight cannot disturb
+//!   the real connection to that peer.
+//!
+//! What a replay can therefore do: deliver a copy of a replay-safe application's first
+//! messages after a reconnect once more, on a connection that then dies without any
+//! effect on the peer's lanes or connections. What it cannot do: deliver anything of
+//! another application, or anything at all from a peer the acceptance policy refuses.
+//! A replay-safe application's messages may also arrive twice without an attacker, when
+//! a connection failed after the server accepted its 0-RTT data but before the client
+//! knew. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted
+//! 0-RTT; the accepting side reports [`HandshakeKind::Resumed`] for every resumed
+//! handshake. [`QuicNode::early_data`] counts what was sent, resent, delivered and held.
 //!
 //! # Streams
 //! The first message of application A to peer P opens a bidirectional stream that starts
@@ -78,8 +112,8 @@ mod tls;
 
 pub use config::{Config, DEFAULT_PORT};
 pub use node::{
-    AcceptPolicy, AppReceiver, ConnectionInfo, Counts, DownReason, Error, Event, HandshakeKind,
-    LaneSender, QuicNode, RejectReason, SendError, codes,
+    AcceptPolicy, AppOptions, AppReceiver, ConnectionInfo, Counts, DownReason, EarlyData, Error,
+    Event, HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
 };
 pub use tls::{
     DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, node_id_from_cert,

@@ -286,10 +286,60 @@ pub type AppReceiver = mpsc::Receiver<(NodeId, Bytes)>;
 
 type AppTx = mpsc::Sender<(NodeId, Bytes)>;
 
+/// How an application's messages may travel, given to
+/// [`QuicNode::register_app_with`]. The default is the safe choice for any application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AppOptions {
+    /// The application's messages are replay-safe: receiving one of them twice, or once
+    /// more on a connection that then fails, does no harm (idempotent messages such as
+    /// "my state is X", reads, pings). Only such messages travel as 0-RTT data on a
+    /// reconnect and may be delivered before the peer's handshake completes; see the crate
+    /// documentation. Default `false`: the application's messages wait for the handshake.
+    ///
+    /// Both ends decide for themselves: a sender sends 0-RTT data only for an application
+    /// it registered as replay-safe, a receiver delivers early data only to an application
+    /// it registered as replay-safe (and holds it until the handshake completes otherwise).
+    pub replay_safe: bool,
+}
+
+impl AppOptions {
+    /// Options of a replay-safe application (see [`AppOptions::replay_safe`]).
+    pub fn replay_safe() -> Self {
+        Self { replay_safe: true }
+    }
+}
+
+/// What 0-RTT did on this node since it was bound (see the crate documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EarlyData {
+    /// Messages this node wrote as 0-RTT data, before its dialled connection's handshake
+    /// completed (replay-safe applications only).
+    pub sent: u64,
+    /// Messages written again on a new stream because the server rejected the 0-RTT data
+    /// (or the connection they were written on failed before its handshake completed).
+    pub resent: u64,
+    /// Messages delivered to applications of this node before the handshake of the
+    /// connection they arrived on completed (0.5-RTT, replay-safe applications only).
+    pub delivered: u64,
+    /// Streams that arrived before their connection's handshake completed and were held
+    /// unread until it did (not replay-safe, or the peer still had a connection or a
+    /// stream of the application here).
+    pub held: u64,
+}
+
+#[derive(Default)]
+struct EarlyCounters {
+    sent: AtomicU64,
+    resent: AtomicU64,
+    delivered: AtomicU64,
+    held: AtomicU64,
+}
+
 /// A registered application: where its messages go, and the end of its receiver
 /// watcher (dropping the entry ends the watcher, so the receiver sees the end).
 struct AppEntry {
     tx: AppTx,
+    replay_safe: bool,
     _watcher: oneshot::Sender<()>,
 }
 
@@ -334,6 +384,7 @@ struct Inner {
     connections: AtomicUsize,
     streams: AtomicUsize,
     dialing: AtomicUsize,
+    early: EarlyCounters,
 }
 
 #[derive(Default)]
@@ -346,6 +397,9 @@ struct Peer {
     dialer: Option<JoinHandle<()>>,
     conns: Vec<ConnEntry>,
     current: watch::Sender<Option<ConnRef>>,
+    /// A dialled connection whose handshake is in progress with 0-RTT keys: the lanes of
+    /// replay-safe applications may write on it before it becomes `current`.
+    early: watch::Sender<Option<EarlyRef>>,
     lanes: HashMap<AppId, Lane>,
 }
 
@@ -356,9 +410,38 @@ impl Peer {
             dialer: None,
             conns: Vec::new(),
             current: watch::Sender::new(None),
+            early: watch::Sender::new(None),
             lanes: HashMap::new(),
         }
     }
+}
+
+/// A connection before its handshake completed: the identity it will have once
+/// registered (its ID and stream counter), and the connection.
+#[derive(Clone)]
+struct EarlyRef {
+    id: u64,
+    conn: quinn::Connection,
+    live: Arc<Live>,
+}
+
+/// The ID and stream counter of a connection, taken before its handshake completes so
+/// that streams opened early count on it.
+#[derive(Clone)]
+struct Slot {
+    id: u64,
+    live: Arc<Live>,
+}
+
+/// The accepting side's decision about a connection whose handshake is in progress,
+/// for the streams that arrived before it completed.
+#[derive(Clone)]
+enum Outcome {
+    Pending,
+    /// Established and registered: the held streams go to their lanes.
+    Ready(ConnRef),
+    /// The handshake failed or the peer was refused: the held streams end unread.
+    Failed,
 }
 
 struct ConnEntry {
@@ -637,6 +720,7 @@ impl QuicNode {
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             dialing: AtomicUsize::new(0),
+            early: EarlyCounters::default(),
         });
         tokio::spawn(accept_loop(inner.clone()));
         info!(node = %inner.local_id, addr = ?inner.endpoint.local_addr().ok(), "quic endpoint bound");
@@ -680,7 +764,16 @@ impl QuicNode {
     ///
     /// Dropping the receiver closes the application like `close_app` does (shortly after,
     /// from a background task; call `close_app` to do it at once).
+    ///
+    /// The application's messages are not replay-safe: they never travel as 0-RTT data
+    /// (see [`register_app_with`](Self::register_app_with)).
     pub fn register_app(&self, app: AppId) -> Result<AppReceiver, Error> {
+        self.register_app_with(app, AppOptions::default())
+    }
+
+    /// Like [`register_app`](Self::register_app), with options: a replay-safe
+    /// application's messages travel as 0-RTT data on reconnects (see [`AppOptions`]).
+    pub fn register_app_with(&self, app: AppId, options: AppOptions) -> Result<AppReceiver, Error> {
         let (tx, rx) = mpsc::channel(self.inner.config.app_receiver_capacity);
         let (unregistered_tx, unregistered) = oneshot::channel();
         let stale = {
@@ -700,6 +793,7 @@ impl QuicNode {
                 app.clone(),
                 AppEntry {
                     tx: tx.clone(),
+                    replay_safe: options.replay_safe,
                     _watcher: unregistered_tx,
                 },
             );
@@ -820,6 +914,18 @@ impl QuicNode {
             node: node.clone(),
             app: app.clone(),
             lane: None,
+        }
+    }
+
+    /// What 0-RTT did on this node so far (messages sent early, resent after a
+    /// rejection, delivered early; streams held until their handshake completed).
+    pub fn early_data(&self) -> EarlyData {
+        let e = &self.inner.early;
+        EarlyData {
+            sent: e.sent.load(Ordering::Relaxed),
+            resent: e.resent.load(Ordering::Relaxed),
+            delivered: e.delivered.load(Ordering::Relaxed),
+            held: e.held.load(Ordering::Relaxed),
         }
     }
 
@@ -1186,6 +1292,8 @@ impl Inner {
                 rx,
                 ctl: ctl_rx,
                 current: peer.current.subscribe(),
+                early: peer.early.subscribe(),
+                early_tried: None,
                 cur: None,
                 init: init.freeze(),
                 shared: shared.clone(),
@@ -1193,6 +1301,8 @@ impl Inner {
                 retiring: Vec::new(),
                 draining: false,
                 traffic,
+                kept: Replay::default(),
+                resend: Replay::default(),
             };
             let task = tokio::spawn(writer.run(init_ok));
             Lane {
@@ -1224,22 +1334,107 @@ impl Inner {
             .map(|e| e.tx.clone())
     }
 
+    fn app_replay_safe(&self, app: &AppId) -> bool {
+        self.apps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .is_some_and(|e| e.replay_safe && !e.tx.is_closed())
+    }
+
+    /// A connection ID and stream counter for a connection about to be established.
+    fn slot(&self) -> Slot {
+        Slot {
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            live: Arc::new(Live::default()),
+        }
+    }
+
+    /// Offers a dialled connection in its 0-RTT phase to the peer's replay-safe lanes.
+    fn publish_early(&self, node: &NodeId, slot: &Slot, conn: &quinn::Connection) {
+        let st = lock(&self.state);
+        if let Some(peer) = st.peers.get(node) {
+            peer.early.send_replace(Some(EarlyRef {
+                id: slot.id,
+                conn: conn.clone(),
+                live: slot.live.clone(),
+            }));
+        }
+    }
+
+    /// Withdraws the early connection `id` (established, failed or refused).
+    fn clear_early(peer: &Peer, id: u64) {
+        peer.early.send_if_modified(|e| {
+            let ours = e.as_ref().is_some_and(|e| e.id == id);
+            if ours {
+                *e = None;
+            }
+            ours
+        });
+    }
+
+    fn withdraw_early(&self, node: &NodeId, id: u64) {
+        if let Some(peer) = lock(&self.state).peers.get(node) {
+            Self::clear_early(peer, id);
+        }
+    }
+
+    /// Whether a stream of `app` that arrived from `node` before its connection's
+    /// handshake completed may deliver now: the application is replay-safe, and `node`
+    /// has no connection and no stream of `app` here (so nothing the peer sent earlier
+    /// can still be waiting to be delivered, and a replayed flight cannot interleave with
+    /// a live connection's messages).
+    fn may_deliver_early(&self, node: &NodeId, app: &AppId) -> bool {
+        let st = lock(&self.state);
+        if !self.app_replay_safe(app) {
+            return false;
+        }
+        st.peers.get(node).is_none_or(|p| {
+            p.conns.is_empty() && p.lanes.get(app).is_none_or(|l| l.shared.gate.is_empty())
+        })
+    }
+
+    /// Whether an incoming connection from `node` may be established (and, before its
+    /// handshake completes, have replay-safe data delivered).
+    fn acceptable(&self, node: &NodeId) -> Result<(), RejectReason> {
+        if *node == self.local_id {
+            return Err(RejectReason::SelfConnection);
+        }
+        let policy = self
+            .policy
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if policy(node) {
+            Ok(())
+        } else {
+            Err(RejectReason::Policy)
+        }
+    }
+
     async fn dial(
         &self,
         peer: &NodeId,
         addr: SocketAddr,
-    ) -> Result<(quinn::Connection, HandshakeKind), RejectReason> {
+    ) -> Result<(quinn::Connection, HandshakeKind, Slot), RejectReason> {
         self.tls.tracker.reset_client(peer.as_str());
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), addr, peer.as_str())
             .map_err(|e| RejectReason::Other(e.to_string()))?;
-        // 0-RTT is used only to learn that the server accepted early data: nothing is
-        // written until the handshake has completed (see the crate docs).
+        let slot = self.slot();
+        // With a session ticket that allows early data, the lanes of replay-safe
+        // applications write as 0-RTT data while the handshake runs (see the crate docs).
         let (conn, zero_rtt) = match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
+                // rustls offers a ticket only to the server name it was issued under (the
+                // node ID, verified by the full handshake that issued it), and 0-RTT data
+                // is encrypted with that session's secret: only that peer can read it.
+                debug!(%peer, "dialling with 0-RTT keys");
+                self.publish_early(peer, &slot, &conn);
                 let accepted = accepted.await;
                 if let Some(e) = conn.close_reason() {
+                    self.withdraw_early(peer, slot.id);
                     return Err(classify(&e));
                 }
                 (conn, accepted)
@@ -1255,33 +1450,36 @@ impl Inner {
         // The verifier already refused a mismatching certificate; this re-check guards the
         // resumed path, whose identity comes from the original session.
         if peer_id(&conn).as_ref() != Ok(peer) {
+            self.withdraw_early(peer, slot.id);
             conn.close(code(codes::IDENTITY_MISMATCH), b"identity mismatch");
             return Err(RejectReason::IdentityMismatch);
         }
-        Ok((conn, kind))
+        Ok((conn, kind, slot))
     }
 
-    /// Adds an established connection to its peer. Returns false if it was closed instead.
+    /// Adds an established connection to its peer. Returns `None` if it was closed
+    /// instead.
     fn register(
         self: &Arc<Self>,
         node: NodeId,
         conn: quinn::Connection,
         initiated_by_us: bool,
         kind: HandshakeKind,
-    ) -> bool {
+        slot: Slot,
+    ) -> Option<ConnRef> {
         let cref = ConnRef {
-            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            id: slot.id,
             conn,
             initiated_by_us,
             kind,
-            live: Arc::new(Live::default()),
+            live: slot.live,
         };
         let local_is_smaller = self.local_is_smaller(&node);
         let losers = {
             let mut st = lock(&self.state);
             if self.closing.load(Ordering::Acquire) {
                 cref.conn.close(code(codes::SHUTDOWN), b"shutdown");
-                return false;
+                return None;
             }
             let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
             let was_down = peer.current.borrow().is_none();
@@ -1292,6 +1490,9 @@ impl Inner {
             self.connections.fetch_add(1, Ordering::AcqRel);
             self.metrics.connections.inc();
             let losers = recompute(peer, local_is_smaller);
+            // After `current`: a lane that finds the early connection withdrawn then finds
+            // it current (or knows it lost).
+            Self::clear_early(peer, cref.id);
             // Up and Down are sent under the state lock, so that they reach listeners in
             // the order of the state changes: a redial must not announce Up before the
             // closed connection's Down.
@@ -1313,8 +1514,8 @@ impl Inner {
         for loser in losers {
             tokio::spawn(drain_duplicate(self.clone(), node.clone(), loser));
         }
-        tokio::spawn(drive_connection(self.clone(), node, cref));
-        true
+        tokio::spawn(drive_connection(self.clone(), node, cref.clone()));
+        Some(cref)
     }
 }
 
@@ -1412,28 +1613,64 @@ async fn accept_loop(inner: Arc<Inner>) {
 
 async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let addr = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(conn) => conn,
-        Err(e) => {
-            let reason = classify(&e);
-            warn!(%addr, ?reason, error = %e, "incoming handshake failed");
-            inner
-                .metrics
-                .handshake_failures
-                .get_or_create(&ReasonLabel {
-                    reason: reason.label(),
-                })
-                .inc();
-            inner.emit(Event::Rejected {
-                node: None,
-                addr,
-                reason,
-            });
-            return;
+    let failed = |e: &ConnectionError| {
+        let reason = classify(e);
+        warn!(%addr, ?reason, error = %e, "incoming handshake failed");
+        inner
+            .metrics
+            .handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+        inner.emit(Event::Rejected {
+            node: None,
+            addr,
+            reason,
+        });
+    };
+    let connecting = match incoming.accept() {
+        Ok(connecting) => connecting,
+        Err(e) => return failed(&e),
+    };
+    let slot = inner.slot();
+    // Streams that arrive before the handshake completes (0-RTT data of a resumed
+    // session) wait for this decision; see `early_stream`.
+    let (outcome, outcome_rx) = watch::channel(Outcome::Pending);
+    let mut early_node = None;
+    let conn = match connecting.into_0rtt() {
+        // Always the case for an accepting endpoint (0.5-RTT).
+        Ok((conn, established)) => {
+            // A resumed session restores the client's certificate chain from the ticket,
+            // so a resuming peer is identified (and checked) before the handshake
+            // completes; a full handshake is not, and its streams simply wait.
+            if let Ok(node) = peer_id(&conn)
+                && inner.acceptable(&node).is_ok()
+            {
+                tokio::spawn(accept_early(
+                    inner.clone(),
+                    node.clone(),
+                    conn.clone(),
+                    slot.live.clone(),
+                    outcome_rx,
+                ));
+                early_node = Some(node);
+            }
+            let _ = established.await;
+            if let Some(e) = conn.close_reason() {
+                outcome.send_replace(Outcome::Failed);
+                return failed(&e);
+            }
+            conn
         }
+        Err(connecting) => match connecting.await {
+            Ok(conn) => conn,
+            Err(e) => return failed(&e),
+        },
     };
     let refuse = |node: Option<NodeId>, reason: RejectReason, close: u32| {
         warn!(%addr, ?node, ?reason, "incoming connection refused");
+        outcome.send_replace(Outcome::Failed);
         conn.close(code(close), reason.label().as_bytes());
         inner
             .metrics
@@ -1448,23 +1685,182 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Ok(node) => node,
         Err(reason) => return refuse(None, reason, codes::IDENTITY_MISMATCH),
     };
-    if node == inner.local_id {
-        return refuse(Some(node), RejectReason::SelfConnection, codes::REJECTED);
+    if let Err(reason) = inner.acceptable(&node) {
+        return refuse(Some(node), reason, codes::REJECTED);
     }
-    let policy = inner
-        .policy
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
-    if !policy(&node) {
-        return refuse(Some(node), RejectReason::Policy, codes::REJECTED);
+    if early_node.is_some_and(|n| n != node) {
+        // Cannot happen with one session; never hand a stream to another peer's lane.
+        outcome.send_replace(Outcome::Failed);
     }
     let kind = if inner.tls.tracker.take_server(node.as_str()) {
         HandshakeKind::Full
     } else {
         HandshakeKind::Resumed
     };
-    inner.register(node, conn, false, kind);
+    if let Some(cref) = inner.register(node, conn, false, kind, slot) {
+        outcome.send_if_modified(|o| {
+            let pending = matches!(o, Outcome::Pending);
+            if pending {
+                *o = Outcome::Ready(cref);
+            }
+            pending
+        });
+    }
+}
+
+/// Accepts the streams of an incoming connection until its handshake is decided (then
+/// `drive_connection` accepts them, or the connection is gone).
+async fn accept_early(
+    inner: Arc<Inner>,
+    node: NodeId,
+    conn: quinn::Connection,
+    live: Arc<Live>,
+    outcome: watch::Receiver<Outcome>,
+) {
+    let mut decided = outcome.clone();
+    loop {
+        tokio::select! {
+            biased;
+            _ = decided.wait_for(Outcome::is_decided) => return,
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(early_stream(
+                        inner.clone(),
+                        node.clone(),
+                        conn.clone(),
+                        StreamGuard::new(&inner, &live),
+                        outcome.clone(),
+                        send,
+                        recv,
+                    ));
+                }
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// A stream that arrived before its connection's handshake completed. A replay-safe
+/// application's messages are delivered at once (0.5-RTT) when nothing of the peer's
+/// for that application is in flight here; anything else is held unread. Once the
+/// handshake completes, the stream goes to its lane like any other; if it never does (a
+/// replayed flight, a refused peer), it ends with the connection and nothing held is
+/// delivered.
+async fn early_stream(
+    inner: Arc<Inner>,
+    node: NodeId,
+    conn: quinn::Connection,
+    guard: StreamGuard,
+    mut outcome: watch::Receiver<Outcome>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let Some((app, mut buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
+        return;
+    };
+    let decided = outcome.borrow().is_decided();
+    if !decided && inner.may_deliver_early(&node, &app) {
+        if let Err(stop) = deliver_early(
+            &inner,
+            &node,
+            &app,
+            &conn,
+            &mut recv,
+            &mut buf,
+            &mut outcome,
+        )
+        .await
+        {
+            let _ = recv.stop(code(stop));
+            let _ = send.reset(code(stop));
+            return;
+        }
+    } else if !decided {
+        inner.early.held.fetch_add(1, Ordering::Relaxed);
+        debug!(peer = %node, %app, "stream held until the handshake completes");
+    }
+    let decision = outcome
+        .wait_for(Outcome::is_decided)
+        .await
+        .map(|o| o.clone());
+    let Ok(Outcome::Ready(cref)) = decision else {
+        let _ = recv.stop(code(codes::STREAM_CLOSED));
+        let _ = send.reset(code(codes::STREAM_CLOSED));
+        return;
+    };
+    route_stream(inner, node, cref, send, recv, app, buf, guard).await;
+}
+
+impl Outcome {
+    fn is_decided(&self) -> bool {
+        !matches!(self, Self::Pending)
+    }
+}
+
+/// Delivers a replay-safe stream's messages until the handshake is decided or the stream
+/// ends; the rest of the stream then takes the normal path. `Err` carries the code to
+/// end the stream with.
+async fn deliver_early(
+    inner: &Inner,
+    node: &NodeId,
+    app: &AppId,
+    conn: &quinn::Connection,
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    outcome: &mut watch::Receiver<Outcome>,
+) -> Result<(), u32> {
+    let Some(tx) = inner.app_sender(app) else {
+        return Ok(());
+    };
+    let decoder = MessageDecoder::new(&inner.config.limits);
+    let traffic = inner.metrics.traffic(app.as_str(), "in");
+    loop {
+        match decoder.decode(buf) {
+            Ok(Some(msg)) => {
+                let len = msg.len() as u64;
+                // Counted first, so that whoever sees the message sees it counted.
+                inner.early.delivered.fetch_add(1, Ordering::Relaxed);
+                match tx.try_send((node.clone(), msg)) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => {
+                        return Err(codes::STREAM_APP_CLOSED);
+                    }
+                    Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() {
+                            return Err(codes::STREAM_APP_CLOSED);
+                        },
+                        _ = conn.closed() => return Err(codes::STREAM_CLOSED),
+                    },
+                }
+                traffic.add(1, len);
+            }
+            Ok(None) => {
+                if buf.capacity() - buf.len() < READ_MIN / 2 {
+                    buf.reserve(READ_MIN);
+                }
+                let spare = (buf.capacity() - buf.len()).min(READ_MAX);
+                let mut room = (&mut *buf).limit(spare);
+                tokio::select! {
+                    biased;
+                    _ = outcome.wait_for(Outcome::is_decided) => return Ok(()),
+                    read = recv.read_buf(&mut room) => match read {
+                        Ok(n) if n > 0 => {}
+                        // Finished, reset or lost: the normal path (or the failed
+                        // handshake) sees the same end.
+                        _ => return Ok(()),
+                    },
+                }
+            }
+            Err(e) => {
+                warn!(peer = %node, %app, error = %e, "bad frame, stream reset");
+                inner.metrics.stream_error(match e {
+                    FrameError::MessageTooLarge { .. } => "frame_too_large",
+                    _ => "bad_frame",
+                });
+                return Err(codes::STREAM_FRAME_TOO_LARGE);
+            }
+        }
+    }
 }
 
 /// Counts a dial in progress, also when the dialler is aborted mid-handshake.
@@ -1499,11 +1895,11 @@ async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
         inner.dialing.fetch_add(1, Ordering::AcqRel);
         let dialing = DialingGuard(&inner.dialing);
         match inner.dial(&node, addr).await {
-            Ok((conn, kind)) => {
+            Ok((conn, kind, slot)) => {
                 backoff = inner.config.reconnect_initial_backoff;
-                let registered = inner.register(node.clone(), conn, true, kind);
+                let registered = inner.register(node.clone(), conn, true, kind, slot);
                 drop(dialing);
-                if !registered {
+                if registered.is_none() {
                     return;
                 }
             }
@@ -1687,7 +2083,21 @@ async fn accept_stream(
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let mut guard = StreamGuard::new(&inner, &cref.live);
+    let guard = StreamGuard::new(&inner, &cref.live);
+    let Some((app, buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
+        return;
+    };
+    route_stream(inner, node, cref, send, recv, app, buf, guard).await;
+}
+
+/// Reads a peer-opened stream's `StreamInit`: its application and what followed it.
+/// `None` when the stream ended or was refused (already handled).
+async fn read_init(
+    inner: &Inner,
+    node: &NodeId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Option<(AppId, BytesMut)> {
     let limits = inner.config.limits;
     let mut buf = BytesMut::new();
     let init = tokio::time::timeout(inner.config.stream_init_timeout, async {
@@ -1707,29 +2117,43 @@ async fn accept_stream(
         }
     })
     .await;
-    let init = match init {
-        Ok(Ok(init)) => init,
+    match init {
+        Ok(Ok(init)) => Some((init.app_id, buf)),
         // Finished (or lost) before its first frame: a stream given up before use.
         Ok(Err(None)) => {
             let _ = send.finish();
-            return;
+            None
         }
         Ok(Err(Some(e))) => {
             warn!(peer = %node, error = %e, "bad stream init");
             inner.metrics.stream_error("bad_init");
             let _ = recv.stop(code(codes::STREAM_BAD_INIT));
             let _ = send.reset(code(codes::STREAM_BAD_INIT));
-            return;
+            None
         }
         Err(_) => {
             warn!(peer = %node, "stream init timed out");
             inner.metrics.stream_error("init_timeout");
             let _ = recv.stop(code(codes::STREAM_BAD_INIT));
             let _ = send.reset(code(codes::STREAM_BAD_INIT));
-            return;
+            None
         }
-    };
-    let app = init.app_id;
+    }
+}
+
+/// Hands a peer-opened stream of `app` on an established connection to its lane and
+/// reads it.
+#[allow(clippy::too_many_arguments)] // The parts of one accepted stream.
+async fn route_stream(
+    inner: Arc<Inner>,
+    node: NodeId,
+    cref: ConnRef,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    app: AppId,
+    buf: BytesMut,
+    mut guard: StreamGuard,
+) {
     // Checked under the state lock (as `close_app` removes it) so that a stream accepted
     // while its application closes cannot create a lane behind `close_app`'s back.
     let lane = {
@@ -1957,6 +2381,8 @@ struct Current {
     done: oneshot::Receiver<Done>,
     opened_by_us: bool,
     needs_init: bool,
+    /// Opened on a dialled connection before its handshake completed (0-RTT data).
+    early: bool,
 }
 
 impl Current {
@@ -2007,6 +2433,10 @@ struct Writer {
     rx: mpsc::Receiver<Bytes>,
     ctl: mpsc::UnboundedReceiver<LaneCtl>,
     current: watch::Receiver<Option<ConnRef>>,
+    /// The peer's dialled connection in its 0-RTT phase, for a replay-safe application.
+    early: watch::Receiver<Option<EarlyRef>>,
+    /// The early connection this lane opened a stream on (it opens at most one).
+    early_tried: Option<u64>,
     cur: Option<Current>,
     init: Bytes,
     shared: Arc<LaneShared>,
@@ -2016,6 +2446,24 @@ struct Writer {
     /// `close` asked to flush and finish.
     draining: bool,
     traffic: Traffic,
+    /// What was written as 0-RTT data on the current (early) stream, until the server
+    /// accepts it: if it rejects it, or the connection fails first, it is written again.
+    kept: Replay,
+    /// Messages to write (again) before anything queued, on the next stream.
+    resend: Replay,
+}
+
+/// Framed messages (each `[len][payload]`, possibly in several chunks) and their count.
+#[derive(Default)]
+struct Replay {
+    chunks: Vec<Bytes>,
+    msgs: u64,
+}
+
+impl Replay {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
 }
 
 /// A stream given up by its lane, waiting for the peer's half to end.
@@ -2151,7 +2599,11 @@ impl Writer {
     /// All atomics; the full `select!` below registers wakers on each source instead.
     fn only_queue_pending(&mut self) -> bool {
         self.retiring.is_empty()
-            && self.cur.as_ref().is_some_and(|c| c.done.is_empty())
+            && self.resend.is_empty()
+            && self
+                .cur
+                .as_ref()
+                .is_some_and(|c| c.done.is_empty() && !c.early)
             && !self.shared.closed.is_closed()
             && (!self.ctl_open || self.ctl.is_empty())
             && matches!(self.current.has_changed(), Ok(false))
@@ -2159,11 +2611,17 @@ impl Writer {
 
     async fn run_loop(&mut self) -> Exit {
         loop {
+            // Messages of a rejected 0-RTT stream go out before anything queued.
+            if !self.resend.is_empty()
+                && let Err(exit) = self.write_batch(None).await
+            {
+                return exit;
+            }
             // Fast path while messages are queued: write them without the select below.
             if self.only_queue_pending()
                 && let Ok(first) = self.rx.try_recv()
             {
-                if let Err(exit) = self.write_batch(first).await {
+                if let Err(exit) = self.write_batch(Some(first)).await {
                     return exit;
                 }
                 continue;
@@ -2180,6 +2638,11 @@ impl Writer {
                     }
                 } => Wake::ReadEnd(end.ok()),
                 changed = self.current.changed() => Wake::Changed(changed.is_ok()),
+                // An early stream follows its connection's handshake (a withdrawn early
+                // connection failed, or is current now).
+                changed = self.early.changed(), if self.cur.as_ref().is_some_and(|c| c.early) => {
+                    Wake::Changed(changed.is_ok())
+                }
                 (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
                     Wake::Retired(i, done)
                 }
@@ -2207,7 +2670,7 @@ impl Writer {
                 Wake::Retired(i, done) => self.retiring.swap_remove(i).settle(done),
                 Wake::Msg(None) => return Exit::Done,
                 Wake::Msg(Some(first)) => {
-                    if let Err(exit) = self.write_batch(first).await {
+                    if let Err(exit) = self.write_batch(Some(first)).await {
                         return exit;
                     }
                 }
@@ -2224,12 +2687,13 @@ impl Writer {
         let parkable = self.ctl_open
             && !self.draining
             && self.retiring.is_empty()
+            && self.resend.is_empty()
             && self.rx.is_empty()
             && !self.shared.closed.is_closed()
             && self
                 .cur
                 .as_ref()
-                .is_some_and(|c| !c.needs_init && c.send.is_some());
+                .is_some_and(|c| !c.needs_init && !c.early && c.send.is_some());
         if !parkable {
             return false;
         }
@@ -2279,6 +2743,12 @@ impl Writer {
         };
         // The guard inside `done` is dropped after the stream is finished below.
         let (end, guard) = done.map_or((ReadEnd::Lost, None), |(end, g)| (end, Some(g)));
+        if cur.early && end == ReadEnd::Lost {
+            // Rejected 0-RTT, or the connection failed during its handshake.
+            self.cur = Some(cur);
+            self.drop_early();
+            return Ok(());
+        }
         match end {
             // The peer gave the stream up (it moved to another): give it up too.
             ReadEnd::Finished => {
@@ -2321,12 +2791,56 @@ impl Writer {
         })
     }
 
-    /// Leaves a current stream that is not on the current connection.
+    /// Leaves a current stream that is not on the current connection. An early stream
+    /// stays while its connection's handshake runs; once the connection is current it
+    /// becomes an ordinary stream if the server accepted its 0-RTT data, and is written
+    /// again on a new stream otherwise.
     fn follow_current(&mut self) {
-        let current = self.current_conn();
-        if self.cur.as_ref().is_some_and(|c| Some(c.conn) != current) {
+        let Some((conn, early)) = self.cur.as_ref().map(|c| (c.conn, c.early)) else {
+            return;
+        };
+        if early {
+            // `early` first: the connection is made current before it is withdrawn.
+            let in_handshake = self.early.borrow().as_ref().is_some_and(|e| e.id == conn);
+            let current = self.current.borrow().as_ref().map(|c| (c.id, c.kind));
+            match current {
+                Some((id, HandshakeKind::ZeroRtt)) if id == conn => {
+                    if let Some(cur) = self.cur.as_mut() {
+                        cur.early = false;
+                    }
+                    self.kept = Replay::default();
+                }
+                Some((id, _)) if id == conn => self.drop_early(),
+                _ if in_handshake => {}
+                _ => self.drop_early(),
+            }
+            return;
+        }
+        if Some(conn) != self.current_conn() {
             self.abandon();
         }
+    }
+
+    /// Drops the early stream whose 0-RTT data was rejected (or whose connection failed
+    /// during its handshake): what was written on it is written again first.
+    fn drop_early(&mut self) {
+        if let Some(mut cur) = self.cur.take() {
+            // A no-op for a rejected stream; ends it on a connection that lives on.
+            cur.reset(codes::STREAM_CLOSED);
+        }
+        let mut kept = std::mem::take(&mut self.kept);
+        if kept.is_empty() {
+            return;
+        }
+        debug!(peer = %self.peer, app = %self.app, msgs = kept.msgs, "0-RTT data not accepted, writing it again");
+        self.inner
+            .early
+            .resent
+            .fetch_add(kept.msgs, Ordering::Relaxed);
+        // Anything still to resend is newer than the kept messages.
+        kept.chunks.append(&mut self.resend.chunks);
+        kept.msgs += self.resend.msgs;
+        self.resend = kept;
     }
 
     /// Gives up the current stream and keeps it in `retiring` until both halves are
@@ -2361,6 +2875,10 @@ impl Writer {
     }
 
     async fn on_attach(&mut self, a: Attached) {
+        // An early stream is settled (ordinary or dropped) before the rules look at it.
+        if self.cur.as_ref().is_some_and(|c| c.early) {
+            self.follow_current();
+        }
         let decision = resolve::attach(
             self.cur.as_ref().map(|c| StreamSide {
                 conn: c.conn,
@@ -2394,11 +2912,14 @@ impl Writer {
             done: a.done,
             opened_by_us: false,
             needs_init: false,
+            early: false,
         });
     }
 
     /// Makes sure there is a current stream on the current connection, opening one if
-    /// needed (waiting for a connection while the peer has none).
+    /// needed (waiting for a connection while the peer has none). A replay-safe
+    /// application opens it on a dialled connection in its 0-RTT phase instead of
+    /// waiting.
     async fn acquire(&mut self) -> Result<(), Exit> {
         loop {
             while let Ok(ctl) = self.ctl.try_recv() {
@@ -2409,8 +2930,28 @@ impl Writer {
             if settled && self.cur.is_some() {
                 return Ok(());
             }
-            let conn = self.current.borrow_and_update().clone();
-            if let Some(conn) = conn.filter(|_| settled && self.cur.is_none()) {
+            let replay_safe = self.inner.app_replay_safe(&self.app);
+            let (target, early) = match self.current.borrow_and_update().clone() {
+                Some(c) => (
+                    Some(EarlyRef {
+                        id: c.id,
+                        conn: c.conn,
+                        live: c.live,
+                    }),
+                    false,
+                ),
+                // One early stream per early connection: once it failed (0-RTT rejected),
+                // its messages wait until the connection is current.
+                None if replay_safe => (
+                    self.early
+                        .borrow_and_update()
+                        .clone()
+                        .filter(|e| self.early_tried != Some(e.id)),
+                    true,
+                ),
+                None => (None, false),
+            };
+            if let Some(conn) = target.filter(|_| settled && self.cur.is_none()) {
                 match conn.conn.open_bi().await {
                     Ok((send, recv)) => {
                         let (done_tx, done_rx) = oneshot::channel();
@@ -2428,7 +2969,10 @@ impl Writer {
                             done_tx,
                             (guard, reader),
                         ));
-                        debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, "opened stream");
+                        debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, early, "opened stream");
+                        if early {
+                            self.early_tried = Some(conn.id);
+                        }
                         self.cur = Some(Current {
                             conn: conn.id,
                             reader: reader_id,
@@ -2436,12 +2980,13 @@ impl Writer {
                             done: done_rx,
                             opened_by_us: true,
                             needs_init: true,
+                            early,
                         });
                         // A stream the peer opened meanwhile is decided before writing.
                         continue;
                     }
                     Err(_) => {
-                        if self.current_conn() != Some(conn.id) {
+                        if !early && self.current_conn() != Some(conn.id) {
                             continue;
                         }
                     }
@@ -2454,24 +2999,28 @@ impl Writer {
                 changed = self.current.changed() => if changed.is_err() {
                     return Err(Exit::PeerGone);
                 },
+                changed = self.early.changed(), if replay_safe => if changed.is_err() {
+                    return Err(Exit::PeerGone);
+                },
                 ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
                 () = self.shared.closed.wait() => return Err(Exit::AppClosed),
             }
         }
     }
 
-    /// Writes `first` and whatever else is queued (up to `write_batch_bytes`) in one
-    /// vectored write.
-    async fn write_batch(&mut self, first: Bytes) -> Result<(), Exit> {
+    /// Writes what is to be written again (see `resend`), then `first` and whatever else
+    /// is queued (up to `write_batch_bytes`), in one vectored write.
+    async fn write_batch(&mut self, first: Option<Bytes>) -> Result<(), Exit> {
         let limits = self.inner.config.limits;
         let batch = self.inner.config.write_batch_bytes;
         // Small messages are copied behind their headers into one buffer (a copy is
         // cheaper than a chunk each); large ones go out as their own chunk, uncopied.
         let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
-        let mut scratch = BytesMut::with_capacity(batch.min(4 + first.len()).max(256));
+        let first_len = first.as_ref().map_or(0, Bytes::len);
+        let mut scratch = BytesMut::with_capacity(batch.min(4 + first_len).max(256));
         let mut bytes = 0usize;
         let mut count = 0u64;
-        let mut next = Some(first);
+        let mut next = first;
         while let Some(msg) = next.take() {
             // The length was checked when the message was queued.
             let header = message_header(msg.len(), &limits).unwrap_or([0; 4]);
@@ -2495,9 +3044,23 @@ impl Writer {
             chunks.push(scratch.freeze());
         }
         self.acquire().await?;
+        // Taken after `acquire`, which may have dropped an early stream into it.
+        let resend = std::mem::take(&mut self.resend);
         let Some(cur) = self.cur.as_mut() else {
             return Ok(());
         };
+        if !resend.is_empty() {
+            chunks.splice(0..0, resend.chunks);
+        }
+        if cur.early {
+            // Kept until the server accepts them: 0-RTT data is lost if it rejects it.
+            self.kept.chunks.extend(chunks.iter().cloned());
+            self.kept.msgs += count + resend.msgs;
+            self.inner
+                .early
+                .sent
+                .fetch_add(count + resend.msgs, Ordering::Relaxed);
+        }
         if cur.needs_init {
             chunks.insert(0, self.init.clone());
             cur.needs_init = false;
@@ -2531,6 +3094,11 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
+                if self.cur.as_ref().is_some_and(|c| c.early) {
+                    // Kept: written again once the handshake is decided.
+                    self.drop_early();
+                    return Ok(());
+                }
                 self.cur = None;
                 self.inner
                     .metrics

@@ -57,3 +57,4 @@ pub use error::{Error, RequestError, SendError};
 pub use node::{Health, Node, NodeEvent};
 pub use nodosum_gossip::{MemberState, MembershipEvent};
 pub use nodosum_proto::{AppId, Key, Member, Metadata, NodeId};
+pub use nodosum_quic::AppOptions;

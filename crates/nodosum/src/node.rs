@@ -9,7 +9,7 @@ use std::time::Duration;
 use nodosum_discovery::{Candidate, DiscovererHandle, RegistrationHandle};
 use nodosum_gossip::{Gossip, MemberState, MembershipEvent};
 use nodosum_proto::{AppId, Keyring, Member, Metadata, NodeId};
-use nodosum_quic::{QuicNode, TlsIdentity};
+use nodosum_quic::{AppOptions, QuicNode, TlsIdentity};
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -241,6 +241,17 @@ impl Node {
 
     /// Registers an application named `name` on this node.
     pub fn application(&self, name: &str) -> Result<Application, Error> {
+        self.application_with(name, AppOptions::default())
+    }
+
+    /// Like [`application`](Self::application), with transport options. With
+    /// [`AppOptions::replay_safe`], the application's messages (not its requests and
+    /// responses, which travel on an internal application) travel as 0-RTT data when a
+    /// connection to a peer is re-established, and may be delivered before the peer's
+    /// handshake completed: use it only for messages that do no harm when received twice
+    /// (see `nodosum_quic`'s documentation). The peer must register the application as
+    /// replay-safe too, or it holds such messages until the handshake completes.
+    pub fn application_with(&self, name: &str, options: AppOptions) -> Result<Application, Error> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShutDown);
         }
@@ -251,7 +262,7 @@ impl Node {
         let data = self
             .shared
             .quic
-            .register_app(app.clone())
+            .register_app_with(app.clone(), options)
             .map_err(|e| match e {
                 nodosum_quic::Error::AppRegistered(app) => Error::AppExists(app),
                 other => Error::Quic {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cleanup;
+mod early;
 mod handshake;
 mod reconnect;
 mod simultaneous;

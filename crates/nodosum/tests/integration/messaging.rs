@@ -161,3 +161,31 @@ async fn errors_are_typed() {
         .application("only-here")
         .expect("re-register after drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_safe_application_sends_and_answers_like_any_other() {
+    let (_ca, nodes) = cluster(2).await;
+    let mut inbox = nodes[0]
+        .application_with("presence", nodosum::AppOptions::replay_safe())
+        .expect("register");
+    let outbox = nodes[1]
+        .application_with("presence", nodosum::AppOptions::replay_safe())
+        .expect("register");
+    let to = id("node-1");
+    for i in 0..20u32 {
+        outbox
+            .send(i.to_le_bytes().to_vec(), &to)
+            .await
+            .expect("send");
+    }
+    for i in 0..20u32 {
+        let (from, payload) = next_message(&mut inbox).await;
+        assert_eq!(from, id("node-2"));
+        assert_eq!(&payload[..], i.to_le_bytes());
+    }
+    // The name is taken like any other registration's.
+    assert!(matches!(
+        nodes[0].application_with("presence", nodosum::AppOptions::default()),
+        Err(Error::AppExists(_))
+    ));
+}
