@@ -295,12 +295,19 @@ async fn exchange(
         .context("echo receiver closed")?;
     let elapsed = start.elapsed();
     ensure!(msg == payload, "bad echo");
-    let mut kind = None;
-    while let Ok(event) = events.try_recv() {
-        if let Event::Up { kind: k, .. } = event {
-            kind = Some(k);
+    // With 0-RTT the echo can arrive before the dialler has announced the connection.
+    let kind = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Up { kind, .. }) => return Some(kind),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
         }
-    }
+    })
+    .await
+    .ok()
+    .flatten();
     Ok((elapsed, kind))
 }
 

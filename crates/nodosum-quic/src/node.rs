@@ -462,7 +462,44 @@ struct ConnRef {
 #[derive(Default)]
 struct Live {
     count: AtomicUsize,
+    /// Streams accepted before the handshake completed and not handed to their lane yet:
+    /// a lane waits for them before opening a stream of its own on the connection (the
+    /// peer's stream is the one to use).
+    unrouted: AtomicUsize,
     changed: Notify,
+}
+
+impl Live {
+    /// Waits until every stream accepted early was handed to its lane.
+    async fn routed(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.unrouted.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts a stream accepted before its connection's handshake completed until it is
+/// handed to its lane (or ends).
+struct Unrouted(Arc<Live>);
+
+impl Unrouted {
+    fn new(live: &Arc<Live>) -> Self {
+        live.unrouted.fetch_add(1, Ordering::AcqRel);
+        Self(live.clone())
+    }
+}
+
+impl Drop for Unrouted {
+    fn drop(&mut self) {
+        self.0.unrouted.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
 }
 
 struct Lane {
@@ -1383,15 +1420,36 @@ impl Inner {
     /// handshake completed may deliver now: the application is replay-safe, and `node`
     /// has no connection and no stream of `app` here (so nothing the peer sent earlier
     /// can still be waiting to be delivered, and a replayed flight cannot interleave with
-    /// a live connection's messages).
-    fn may_deliver_early(&self, node: &NodeId, app: &AppId) -> bool {
-        let st = lock(&self.state);
-        if !self.app_replay_safe(app) {
+    /// a live connection's messages). If so, `node` becomes a known peer, so that the
+    /// application can answer at once (the answer waits in its lane for the connection);
+    /// [`forget_idle_peer`](Self::forget_idle_peer) undoes that if the handshake fails.
+    fn admit_early(&self, node: &NodeId, app: &AppId) -> bool {
+        let mut st = lock(&self.state);
+        if !self.app_replay_safe(app) || self.closing.load(Ordering::Acquire) {
             return false;
         }
-        st.peers.get(node).is_none_or(|p| {
+        let admitted = st.peers.get(node).is_none_or(|p| {
             p.conns.is_empty() && p.lanes.get(app).is_none_or(|l| l.shared.gate.is_empty())
-        })
+        });
+        if admitted {
+            st.peers.entry(node.clone()).or_insert_with(Peer::new);
+        }
+        admitted
+    }
+
+    /// Removes `node` if it has no connection and is not to be connected (as when its
+    /// last connection closes): after an early connection's handshake failed.
+    fn forget_idle_peer(&self, node: &NodeId) {
+        let mut st = lock(&self.state);
+        let idle = st
+            .peers
+            .get(node)
+            .is_some_and(|p| p.conns.is_empty() && p.desired.is_none());
+        let peer = if idle { st.peers.remove(node) } else { None };
+        drop(st);
+        if let Some(peer) = peer {
+            self.drop_peer(node, peer, codes::DISCONNECT);
+        }
     }
 
     /// Whether an incoming connection from `node` may be established (and, before its
@@ -1659,6 +1717,9 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
             let _ = established.await;
             if let Some(e) = conn.close_reason() {
                 outcome.send_replace(Outcome::Failed);
+                if let Some(node) = &early_node {
+                    inner.forget_idle_peer(node);
+                }
                 return failed(&e);
             }
             conn
@@ -1671,6 +1732,9 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let refuse = |node: Option<NodeId>, reason: RejectReason, close: u32| {
         warn!(%addr, ?node, ?reason, "incoming connection refused");
         outcome.send_replace(Outcome::Failed);
+        if let Some(node) = &early_node {
+            inner.forget_idle_peer(node);
+        }
         conn.close(code(close), reason.label().as_bytes());
         inner
             .metrics
@@ -1688,16 +1752,22 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     if let Err(reason) = inner.acceptable(&node) {
         return refuse(Some(node), reason, codes::REJECTED);
     }
-    if early_node.is_some_and(|n| n != node) {
+    if let Some(early) = early_node.as_ref().filter(|n| **n != node) {
         // Cannot happen with one session; never hand a stream to another peer's lane.
         outcome.send_replace(Outcome::Failed);
+        inner.forget_idle_peer(early);
     }
     let kind = if inner.tls.tracker.take_server(node.as_str()) {
         HandshakeKind::Full
     } else {
         HandshakeKind::Resumed
     };
-    if let Some(cref) = inner.register(node, conn, false, kind, slot) {
+    let registered = inner.register(node.clone(), conn, false, kind, slot);
+    if registered.is_none() {
+        outcome.send_replace(Outcome::Failed);
+        inner.forget_idle_peer(&node);
+    }
+    if let Some(cref) = registered {
         outcome.send_if_modified(|o| {
             let pending = matches!(o, Outcome::Pending);
             if pending {
@@ -1728,7 +1798,7 @@ async fn accept_early(
                         inner.clone(),
                         node.clone(),
                         conn.clone(),
-                        StreamGuard::new(&inner, &live),
+                        (StreamGuard::new(&inner, &live), Unrouted::new(&live)),
                         outcome.clone(),
                         send,
                         recv,
@@ -1750,7 +1820,7 @@ async fn early_stream(
     inner: Arc<Inner>,
     node: NodeId,
     conn: quinn::Connection,
-    guard: StreamGuard,
+    (guard, unrouted): (StreamGuard, Unrouted),
     mut outcome: watch::Receiver<Outcome>,
     mut send: SendStream,
     mut recv: RecvStream,
@@ -1759,7 +1829,7 @@ async fn early_stream(
         return;
     };
     let decided = outcome.borrow().is_decided();
-    if !decided && inner.may_deliver_early(&node, &app) {
+    if !decided && inner.admit_early(&node, &app) {
         if let Err(stop) = deliver_early(
             &inner,
             &node,
@@ -1788,7 +1858,17 @@ async fn early_stream(
         let _ = send.reset(code(codes::STREAM_CLOSED));
         return;
     };
-    route_stream(inner, node, cref, send, recv, app, buf, guard).await;
+    route_stream(
+        inner,
+        node,
+        cref,
+        send,
+        recv,
+        app,
+        buf,
+        (guard, Some(unrouted)),
+    )
+    .await;
 }
 
 impl Outcome {
@@ -2087,7 +2167,7 @@ async fn accept_stream(
     let Some((app, buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
         return;
     };
-    route_stream(inner, node, cref, send, recv, app, buf, guard).await;
+    route_stream(inner, node, cref, send, recv, app, buf, (guard, None)).await;
 }
 
 /// Reads a peer-opened stream's `StreamInit`: its application and what followed it.
@@ -2152,7 +2232,7 @@ async fn route_stream(
     mut recv: RecvStream,
     app: AppId,
     buf: BytesMut,
-    mut guard: StreamGuard,
+    (mut guard, unrouted): (StreamGuard, Option<Unrouted>),
 ) {
     // Checked under the state lock (as `close_app` removes it) so that a stream accepted
     // while its application closes cannot create a lane behind `close_app`'s back.
@@ -2200,6 +2280,8 @@ async fn route_stream(
         let _ = recv.stop(code(c));
         return;
     }
+    // Queued before the writer can look at it: it adopts this stream.
+    drop(unrouted);
     read_stream(
         inner,
         cref.conn.clone(),
@@ -2951,7 +3033,15 @@ impl Writer {
                 ),
                 None => (None, false),
             };
-            if let Some(conn) = target.filter(|_| settled && self.cur.is_none()) {
+            // The peer's streams that arrived before the connection was established are
+            // handed to their lanes first: if one is ours, it is the stream to use.
+            let unrouted = target
+                .as_ref()
+                .filter(|t| t.live.unrouted.load(Ordering::Acquire) > 0)
+                .map(|t| t.live.clone());
+            if let Some(conn) =
+                target.filter(|_| settled && self.cur.is_none() && unrouted.is_none())
+            {
                 match conn.conn.open_bi().await {
                     Ok((send, recv)) => {
                         let (done_tx, done_rx) = oneshot::channel();
@@ -3002,6 +3092,12 @@ impl Writer {
                 changed = self.early.changed(), if replay_safe => if changed.is_err() {
                     return Err(Exit::PeerGone);
                 },
+                () = async {
+                    match &unrouted {
+                        Some(live) => live.routed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
                 ctl = self.ctl.recv(), if self.ctl_open => self.on_ctl(ctl).await,
                 () = self.shared.closed.wait() => return Err(Exit::AppClosed),
             }

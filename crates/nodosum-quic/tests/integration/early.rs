@@ -150,6 +150,8 @@ async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake()
     // The other application's message was not sent: it waits for the handshake.
     assert_eq!(a.early_data().sent, 1);
     assert!(b_plain.try_recv().is_err());
+    // b answers at once; the answer waits for b's side of the handshake.
+    b.send(a.node_id(), &app("safe"), seq(60)).await.unwrap();
 
     relay.release();
     let up = event(&mut a_events, "a up", |e| matches!(e, Event::Up { .. })).await;
@@ -164,6 +166,7 @@ async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake()
         "{up:?}"
     );
     assert_eq!(recv(&mut b_plain).await, (id("a"), seq(2)));
+    assert_eq!(recv(&mut a_safe).await, (id("b"), seq(60)));
     // The early stream is an ordinary stream now: nothing is written twice, order holds.
     for i in 3..20 {
         a.send(b.node_id(), &app("safe"), seq(i)).await.unwrap();
@@ -305,31 +308,38 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
     wait_until("b forgets a", move || b2.counts() == Counts::default()).await;
 
     // Now a connection whose handshake never completes (b's answers never reach the
-    // client, as for a replayed flight): both applications' data arrives as 0-RTT data.
+    // client, as for a replayed flight), while "a" has no connection: both applications'
+    // data arrives as 0-RTT data.
     let relay = Relay::start(b.local_addr().unwrap()).await;
-    let connecting = raw.connect(relay.addr, "b").unwrap();
-    let Ok((fake, _accepted)) = connecting.into_0rtt() else {
-        panic!("the raw client has no 0-RTT ticket");
-    };
-    for (app_name, msg) in [("plain", &b"early plain"[..]), ("safe", b"early safe")] {
-        let (mut s, _r) = fake.open_bi().await.unwrap();
-        s.write_all(&init_and_message(app_name, msg)).await.unwrap();
-        std::mem::forget(_r);
-        std::mem::forget(s);
-    }
-    // The replay-safe application gets its message before any handshake completed; the
-    // other application's stream is held, unread.
+    let fake = fake_0rtt_connection(&raw, relay.addr).await;
+    // The replay-safe application gets its message before any handshake completed, and
+    // can answer at once (the answer waits for a connection); the other application's
+    // stream is held, unread.
     assert_eq!(
         recv(&mut b_safe).await,
         (id("a"), Bytes::from_static(b"early safe"))
     );
+    b.send(&id("a"), &app("safe"), Bytes::from_static(b"answer"))
+        .await
+        .unwrap();
     let b2 = b.clone();
     wait_until("plain stream held", move || b2.early_data().held == 1).await;
     assert!(b_plain.try_recv().is_err());
     assert_eq!(b.counts().connections, 0);
     assert!(b.connection_info(&id("a")).is_none());
+    // It never completes: the held data is never delivered, and the peer, its lane and
+    // the streams are gone once the connection is.
+    fake.close(0u32.into(), b"gone");
+    let b2 = b.clone();
+    wait_until_dbg(
+        "pending connection forgotten",
+        move || b2.counts() == Counts::default(),
+        || format!("{:?}", b.counts()),
+    )
+    .await;
+    assert!(b_plain.try_recv().is_err());
 
-    // The real "a" connects meanwhile: the pending connection does not disturb it.
+    // The real "a" connects.
     let a = safe_node(&ca, "a");
     let _a_safe = a
         .register_app_with(app("safe"), AppOptions::replay_safe())
@@ -339,10 +349,17 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
     a.send(b.node_id(), &app("safe"), seq(31)).await.unwrap();
     assert_eq!(recv(&mut b_plain).await, (id("a"), seq(30)));
     assert_eq!(recv(&mut b_safe).await, (id("a"), seq(31)));
-    assert_eq!(b.counts().connections, 1);
 
-    // The pending connection ends: its held data is never delivered, its streams are
-    // freed, the real connection carries on.
+    // A replayed flight while "a" is connected: held whatever the application, never
+    // delivered, and the real connection carries on undisturbed.
+    let fake = fake_0rtt_connection(&raw, relay.addr).await;
+    let b2 = b.clone();
+    wait_until("both streams held", move || b2.early_data().held == 3).await;
+    assert!(b_plain.try_recv().is_err());
+    assert!(b_safe.try_recv().is_err());
+    assert_eq!(b.counts().connections, 1);
+    a.send(b.node_id(), &app("plain"), seq(32)).await.unwrap();
+    assert_eq!(recv(&mut b_plain).await, (id("a"), seq(32)));
     fake.close(0u32.into(), b"gone");
     let b2 = b.clone();
     wait_until_dbg(
@@ -351,10 +368,31 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
         || format!("{:?}", b.counts()),
     )
     .await;
-    a.send(b.node_id(), &app("plain"), seq(32)).await.unwrap();
-    assert_eq!(recv(&mut b_plain).await, (id("a"), seq(32)));
+    a.send(b.node_id(), &app("plain"), seq(33)).await.unwrap();
+    a.send(b.node_id(), &app("safe"), seq(34)).await.unwrap();
+    assert_eq!(recv(&mut b_plain).await, (id("a"), seq(33)));
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(34)));
     assert!(b_plain.try_recv().is_err());
+    assert!(b_safe.try_recv().is_err());
     assert_eq!(b.counts().connections, 1);
     assert_eq!(b.early_data().delivered, 1);
     drop(relay);
+}
+
+/// Dials `addr` with a 0-RTT ticket and writes, as 0-RTT data, one message each for
+/// `plain` and `safe` on their own streams.
+async fn fake_0rtt_connection(raw: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    let connecting = raw.connect(addr, "b").unwrap();
+    let Ok((fake, _accepted)) = connecting.into_0rtt() else {
+        panic!("the raw client has no 0-RTT ticket");
+    };
+    for (app_name, msg) in [("plain", &b"early plain"[..]), ("safe", b"early safe")] {
+        let (mut send, recv) = fake.open_bi().await.unwrap();
+        send.write_all(&init_and_message(app_name, msg))
+            .await
+            .unwrap();
+        // Dropping the halves would finish the stream and stop reading it.
+        std::mem::forget((send, recv));
+    }
+    fake
 }
