@@ -121,11 +121,20 @@ fn free_tcp() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// The nodes share this machine's cores: each gets its share as runtime workers (at
+/// least one), rather than every node running one worker per core and the nodes'
+/// threads preempting each other.
+fn threads_per_node(count: u16) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores / usize::from(count.max(1))).max(1)
+}
+
 /// Starts `count` nodes; node 1 is the seed of the others.
 pub(crate) fn start(binary: &PathBuf, count: u16, replicas: u8) -> anyhow::Result<Cluster> {
     std::fs::create_dir_all(log_dir())?;
     let mut cluster = Cluster::default();
     let mut seed = None;
+    let threads = threads_per_node(count);
     for i in 1..=count {
         let id = format!("node-{i}");
         let (gossip, quic, resp, admin) = (free_udp()?, free_udp()?, free_tcp()?, free_tcp()?);
@@ -136,7 +145,8 @@ pub(crate) fn start(binary: &PathBuf, count: u16, replicas: u8) -> anyhow::Resul
         cmd.args(["--dev", "--node-id", &id])
             .args(["--gossip", &gossip.to_string(), "--quic", &quic.to_string()])
             .args(["--resp", &resp.to_string(), "--admin", &admin.to_string()])
-            .args(["--replicas", &replicas.to_string()]);
+            .args(["--replicas", &replicas.to_string()])
+            .args(["--threads", &threads.to_string()]);
         if let Some(seed) = seed {
             cmd.args(["--seed", &SocketAddr::to_string(&seed)]);
         }

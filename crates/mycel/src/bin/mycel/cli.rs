@@ -91,6 +91,10 @@ pub(crate) struct Cli {
     /// redis.conf) [default: 256mb].
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_memory: Option<String>,
+    /// Threads serving requests (the runtime's workers) [default: one per CPU core].
+    /// Several nodes sharing one machine do best with the cores divided between them.
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<String>,
     /// CA certificate (PEM) that signs every node's certificate.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
@@ -147,6 +151,7 @@ struct FileConfig {
     seeds: Vec<String>,
     replicas: Option<u64>,
     max_memory: Option<Size>,
+    threads: Option<u64>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -218,6 +223,8 @@ pub(crate) struct Settings {
     pub(crate) mycel: mycel::Config,
     /// Buckets to create at start.
     pub(crate) buckets: Vec<(String, BucketOptions)>,
+    /// Runtime worker threads (`--threads`); `None`: one per CPU core.
+    pub(crate) threads: Option<usize>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -228,6 +235,9 @@ pub(crate) struct Settings {
     /// Cluster-only settings the user gave, which `--standalone` does not act on.
     pub(crate) cluster_only: Vec<&'static str>,
 }
+
+/// The most runtime worker threads `--threads` accepts.
+const MAX_THREADS: u64 = 1024;
 
 /// The flag name of each `nodosum::Config` field the flags set, for problem reports.
 const NODOSUM_FLAGS: &[(&str, &str)] = &[
@@ -372,6 +382,25 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             .ok(),
         (None, Some(Size::Bytes(n))) => Some(n),
         (None, None) => None,
+    };
+
+    let threads = match (cli.threads, file.threads) {
+        (Some(text), _) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_THREADS).contains(n))
+            .ok_or_else(|| format!("{text:?} is not a number from 1 to {MAX_THREADS}")),
+        (None, Some(n)) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        (None, Some(n)) => Err(format!("{n} is not a number from 1 to {MAX_THREADS}")),
+        (None, None) => Ok(0),
+    };
+    let threads = match threads {
+        Ok(0) => None,
+        Ok(n) => usize::try_from(n).ok(),
+        Err(m) => {
+            p.push("--threads (threads)", m);
+            None
+        }
     };
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
@@ -563,6 +592,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             nodosum,
             mycel: m,
             buckets,
+            threads,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -695,6 +725,38 @@ mod tests {
         assert!(s.admin.ip().is_loopback() && s.admin.port() == 9090);
         assert!(s.nodosum.node_id.as_str().ends_with("-6379"));
         assert!(s.cluster_only.is_empty());
+        assert_eq!(s.threads, None, "one worker per core unless told");
+    }
+
+    #[test]
+    fn threads_from_flag_or_file() {
+        assert_eq!(
+            resolve(cli(&["--dev", "--threads", "3"]))
+                .expect("valid")
+                .threads,
+            Some(3)
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mycel.toml");
+        std::fs::write(&path, "dev = true\nthreads = 2\n").expect("write");
+        let file = path.to_str().expect("utf-8");
+        assert_eq!(
+            resolve(cli(&["--config", file])).expect("valid").threads,
+            Some(2)
+        );
+        assert_eq!(
+            resolve(cli(&["--config", file, "--threads", "1"]))
+                .expect("valid")
+                .threads,
+            Some(1)
+        );
+        std::fs::write(&path, "dev = true\nthreads = 5000\n").expect("write");
+        let problems = resolve(cli(&["--config", file])).expect_err("too many");
+        assert_eq!(problems[0].field, "--threads (threads)");
+        for bad in ["0", "many", "1025", "2.5"] {
+            let problems = resolve(cli(&["--dev", "--threads", bad])).expect_err("invalid");
+            assert_eq!(problems[0].field, "--threads (threads)", "{bad}");
+        }
     }
 
     #[test]
@@ -710,10 +772,13 @@ mod tests {
             "xml",
             "--discovery",
             "carrier-pigeon",
+            "--threads",
+            "0",
         ]))
         .expect_err("invalid");
         let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
         for want in [
+            "--threads (threads)",
             "--resp (resp)",
             "--max-memory (max_memory)",
             "--node-id (node_id)",
