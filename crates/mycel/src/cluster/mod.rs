@@ -112,7 +112,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::metrics::Metrics;
-use self::state::{Held, LoadKey, LoadResult, LoadStep, State};
+use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, State};
 use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
@@ -571,6 +571,8 @@ struct Inner {
     node: Weak<Node>,
     sender: AppSender,
     state: Mutex<State>,
+    /// The installed table without the state lock (see [`PublishedTable`]).
+    table: PublishedTable,
     shell: Mutex<Shell>,
     loaders: RwLock<HashMap<String, Loader>>,
     metrics: Metrics,
@@ -694,11 +696,13 @@ impl Cluster {
         let started_at = wall_clock().as_millis();
         let node = Arc::new(node);
         let metrics = node.with_registry(Metrics::register);
+        let state = State::new(me.clone(), store);
         let inner = Arc::new(Inner {
-            me: me.clone(),
+            me,
             sender: app.sender(),
             node: Arc::downgrade(&node),
-            state: Mutex::new(State::new(me, store)),
+            table: state.published(),
+            state: Mutex::new(state),
             shell: Mutex::new(Shell {
                 stabilizer: ViewStabilizer::new(config.mycel.stabilization_window),
                 stable: None,
@@ -1271,11 +1275,12 @@ impl Inner {
         let _ = self.call(to, &msg, self.config.request_timeout).await;
     }
 
+    /// The installed routing table, waiting for one until `deadline`.
     async fn wait_for_table(&self, deadline: Instant) -> Result<Arc<RoutingTable>, ClusterError> {
         loop {
             let notified = self.table_changed.notified();
-            if let Some(t) = self.lock().table() {
-                return Ok(Arc::clone(t));
+            if let Some(t) = self.table.get() {
+                return Ok(t);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -1312,18 +1317,22 @@ impl Inner {
         let mut last: ClusterError;
         loop {
             let table = self.wait_for_table(deadline).await?;
-            // A member outside a majority refuses at once, whoever the primary is (the
-            // primary checks again); a node not in the table (joining, leaving) leaves the
-            // check to the primary.
-            if write && self.config.mycel.refuse_minority_writes && table.contains(&self.me) {
-                self.lock()
-                    .check_quorum()
-                    .map_err(|r| self.refusal(r, &self.me))?;
-            }
             let primary = table
                 .primary(partition)
                 .map(|m| m.id.clone())
                 .expect("invariant: a valid table has a primary for every partition");
+            // A member outside a majority refuses at once, whoever the primary is: here
+            // for a remote primary (which checks again), in `State::execute` for itself;
+            // a node not in the table (joining, leaving) leaves the check to the primary.
+            if write
+                && primary != self.me
+                && self.config.mycel.refuse_minority_writes
+                && table.contains(&self.me)
+            {
+                self.lock()
+                    .check_quorum()
+                    .map_err(|r| self.refusal(r, &self.me))?;
+            }
             let attempt = if primary == self.me {
                 self.at_primary(op.clone(), None)
                     .await
@@ -1679,28 +1688,27 @@ impl Inner {
                 }
                 break;
             };
-            let quorum = if self.config.mycel.refuse_minority_writes
-                && table.contains(&self.me)
-                && pending.iter().any(|&i| ops[i].is_write())
-            {
-                self.lock().check_quorum().err()
-            } else {
-                None
-            };
+            // A member of the table cut off from the majority refuses writes: local ones
+            // in `State::execute`, remote ones here (checked at the first one).
+            let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
+            let mut quorum: Option<Option<Refusal>> = None;
             let mut local: Vec<usize> = Vec::new();
             let mut remote: Vec<(NodeId, Vec<usize>, usize)> = Vec::new();
             let mut held: HashSet<NodeId> = HashSet::new();
             for &i in &pending {
-                if let (Some(r), true) = (&quorum, ops[i].is_write()) {
-                    out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
-                    continue;
-                }
                 let primary = table
                     .primary(parts[i])
                     .map(|m| &m.id)
                     .expect("invariant: a valid table has a primary for every partition");
                 if *primary == self.me {
                     local.push(i);
+                    continue;
+                }
+                if check_quorum
+                    && ops[i].is_write()
+                    && let Some(r) = quorum.get_or_insert_with(|| self.lock().check_quorum().err())
+                {
+                    out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
                     continue;
                 }
                 if held.contains(primary) {
@@ -1852,17 +1860,19 @@ impl Inner {
             // A lone member has no backups.
             return Ok(());
         }
-        let alive = self.lock().alive.clone();
         let partitioning = table.partitioning();
         let mut per_backup: BTreeMap<NodeId, Vec<WireWrite>> = BTreeMap::new();
-        for w in writes {
-            let p = partitioning.partition_of(&w.key);
-            for m in table.replicas(p).skip(1) {
-                if m.id != self.me && alive.contains(&m.id) {
-                    per_backup
-                        .entry(m.id.clone())
-                        .or_default()
-                        .push(WireWrite::from(w));
+        {
+            let st = self.lock();
+            for w in writes {
+                let p = partitioning.partition_of(&w.key);
+                for m in table.replicas(p).skip(1) {
+                    if m.id != self.me && st.alive.contains(&m.id) {
+                        per_backup
+                            .entry(m.id.clone())
+                            .or_default()
+                            .push(WireWrite::from(w));
+                    }
                 }
             }
         }

@@ -121,6 +121,32 @@ pub(crate) struct State {
     next_session: u64,
     /// Highest epoch seen anywhere (a conflicting table included).
     pub(crate) highest_seen: u64,
+    /// The installed table, published for readers that do not take the state lock.
+    published: PublishedTable,
+}
+
+/// The installed routing table, readable without the state lock: the request path reads
+/// it once per batch to pick each operation's primary. [`State::install`] updates it in
+/// the same critical section that installs a table, so it never lags the state by more
+/// than that section; the primary checks ownership under the state lock anyway.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PublishedTable(Arc<std::sync::RwLock<Option<Arc<RoutingTable>>>>);
+
+impl PublishedTable {
+    /// The installed table, if any.
+    pub(crate) fn get(&self) -> Option<Arc<RoutingTable>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, table: Arc<RoutingTable>) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(table);
+    }
 }
 
 impl State {
@@ -140,7 +166,13 @@ impl State {
             sessions: HashMap::new(),
             next_session: 1,
             highest_seen: 0,
+            published: PublishedTable::default(),
         }
+    }
+
+    /// A handle to the installed table that reads it without this state's lock.
+    pub(crate) fn published(&self) -> PublishedTable {
+        self.published.clone()
     }
 
     pub(crate) fn me(&self) -> &NodeId {
@@ -168,6 +200,7 @@ impl State {
             TableUpdate::Unchanged | TableUpdate::Stale { .. } => return Ok(false),
         }
         let new = Arc::clone(self.routing.table().expect("invariant: just installed"));
+        self.published.set(Arc::clone(&new));
         let me = self.me().clone();
         let ids = |t: Option<&RoutingTable>, p: Partition| -> BTreeSet<NodeId> {
             t.map(|t| t.replicas(p).map(|m| m.id.clone()).collect())
