@@ -112,7 +112,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::metrics::Metrics;
-use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, State};
+use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, Quorum, State};
 use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
@@ -1606,6 +1606,7 @@ impl Inner {
         let mut ops = ops.into_iter();
         while ops.len() > 0 {
             let mut st = self.lock();
+            let mut quorum = Quorum::new(refuse);
             let mut writes = Vec::new();
             let mut wrote = Vec::new();
             for op in ops.by_ref().take(LOCK_RUN) {
@@ -1613,21 +1614,18 @@ impl Inner {
                     results.push(Err(Refusal::Deferred));
                     continue;
                 }
+                let before = writes.len();
                 let result = match op {
                     Op::GetOrLoad { .. } | Op::Count => Err(Refusal::BadRequest),
-                    op => st.execute_held(op, epoch, refuse, now, &mut held),
+                    op => st.execute_held(op, epoch, &mut quorum, now, &mut held, &mut writes),
                 };
-                match result {
-                    Ok((reply, ws)) => {
-                        reply_bytes += reply.size();
-                        if !ws.is_empty() {
-                            wrote.push(results.len());
-                            writes.extend(ws);
-                        }
-                        results.push(Ok(reply));
+                if let Ok(reply) = &result {
+                    reply_bytes += reply.size();
+                    if writes.len() > before {
+                        wrote.push(results.len());
                     }
-                    Err(r) => results.push(Err(r)),
                 }
+                results.push(result);
             }
             if writes.is_empty() {
                 continue;

@@ -125,6 +125,41 @@ pub(crate) struct State {
     published: PublishedTable,
 }
 
+/// The quorum check for the writes of one critical section: made at the first write
+/// and reused for the rest (nothing it depends on changes while the lock is held).
+#[derive(Debug)]
+pub(crate) enum Quorum {
+    /// Minority writes are allowed.
+    Skip,
+    /// Not checked yet in this critical section.
+    Unchecked,
+    /// Checked: the outcome.
+    Checked(Result<(), Refusal>),
+}
+
+impl Quorum {
+    /// A fresh check; `refuse_minority` is the configuration's `refuse_minority_writes`.
+    pub(crate) fn new(refuse_minority: bool) -> Self {
+        if refuse_minority {
+            Self::Unchecked
+        } else {
+            Self::Skip
+        }
+    }
+
+    fn check(&mut self, state: &State) -> Result<(), Refusal> {
+        match self {
+            Self::Skip => Ok(()),
+            Self::Checked(r) => r.clone(),
+            Self::Unchecked => {
+                let r = state.check_quorum();
+                *self = Self::Checked(r.clone());
+                r
+            }
+        }
+    }
+}
+
 /// The installed routing table, readable without the state lock: the request path reads
 /// it once per batch to pick each operation's primary. [`State::install`] updates it in
 /// the same critical section that installs a table, so it never lags the state by more
@@ -502,14 +537,16 @@ impl State {
     /// unexecuted. The batch's lock is released between runs and ownership may change in
     /// between, while the sender retries refused operations in their order: a later write
     /// to a key must not be applied before an earlier, refused one.
+    /// Its writes to replicate are appended to `writes`.
     pub(crate) fn execute_held(
         &mut self,
         op: Op,
         epoch: Option<u64>,
-        refuse_minority: bool,
+        quorum: &mut Quorum,
         now: Timestamp,
         held: &mut Held,
-    ) -> Result<(OpReply, Vec<Write>), Refusal> {
+        writes: &mut Vec<Write>,
+    ) -> Result<OpReply, Refusal> {
         let partitioning = self.store.config().partitioning;
         if !held.0.is_empty() {
             let parts = op_partitions(&op, partitioning);
@@ -523,7 +560,7 @@ impl State {
             _ => Vec::new(),
         };
         let single = op.key().map(|k| partitioning.partition_of(k));
-        let result = self.execute(op, epoch, refuse_minority, now);
+        let result = self.execute_into(op, epoch, quorum, now, writes);
         if let Err(r @ (Refusal::NotOwner { .. } | Refusal::Syncing { .. })) = &result {
             held.0
                 .extend(multi.into_iter().chain(single).map(|p| (p, r.clone())));
@@ -541,6 +578,27 @@ impl State {
         refuse_minority: bool,
         now: Timestamp,
     ) -> Result<(OpReply, Vec<Write>), Refusal> {
+        let mut writes = Vec::new();
+        let reply = self.execute_into(
+            op,
+            epoch,
+            &mut Quorum::new(refuse_minority),
+            now,
+            &mut writes,
+        )?;
+        Ok((reply, writes))
+    }
+
+    /// [`State::execute`] with the quorum check shared by the operations of one critical
+    /// section; the writes to replicate are appended to `writes`.
+    pub(crate) fn execute_into(
+        &mut self,
+        op: Op,
+        epoch: Option<u64>,
+        quorum: &mut Quorum,
+        now: Timestamp,
+        writes: &mut Vec<Write>,
+    ) -> Result<OpReply, Refusal> {
         let partitioning = self.store.config().partitioning;
         match &op {
             Op::MGet { keys, .. } => {
@@ -568,28 +626,25 @@ impl State {
                 | Op::IncrBy { .. }
                 | Op::MSet { .. }
         );
-        if is_write && refuse_minority {
-            self.check_quorum()?;
+        if is_write {
+            quorum.check(self)?;
         }
         let e = self.routing.epoch();
         let err = |e: Error| Refusal::from_error(&e);
         let store = &mut self.store;
         let bucket_of = |store: &Store, name: &str| store.bucket(name).map_err(err);
-        let out = match op {
+        let reply = match op {
             Op::Get { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
-                (
-                    OpReply::Value(store.get(b, &key.0, now).map(WBytes)),
-                    Vec::new(),
-                )
+                OpReply::Value(store.get(b, &key.0, now).map(WBytes))
             }
             Op::Exists { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
-                (OpReply::Bool(store.exists(b, &key.0, now)), Vec::new())
+                OpReply::Bool(store.exists(b, &key.0, now))
             }
             Op::Ttl { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
-                (OpReply::Ttl(store.ttl(b, &key.0, now).into()), Vec::new())
+                OpReply::Ttl(store.ttl(b, &key.0, now).into())
             }
             Op::Set {
                 bucket,
@@ -611,18 +666,18 @@ impl State {
                     )
                     .map_err(err)?;
                 let applied = outcome.write.is_some();
-                (
-                    OpReply::Set {
-                        applied,
-                        previous: outcome.previous.map(WBytes),
-                    },
-                    outcome.write.into_iter().collect(),
-                )
+                writes.extend(outcome.write);
+                OpReply::Set {
+                    applied,
+                    previous: outcome.previous.map(WBytes),
+                }
             }
             Op::Delete { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
                 let w = store.delete(b, key.0, now, e).map_err(err)?;
-                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+                let done = w.is_some();
+                writes.extend(w);
+                OpReply::Bool(done)
             }
             Op::Expire {
                 bucket,
@@ -632,17 +687,22 @@ impl State {
                 let b = bucket_of(store, &bucket)?;
                 let at = now.saturating_add(std::time::Duration::from_millis(after_ms));
                 let w = store.expire(b, key.0, at, now, e).map_err(err)?;
-                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+                let done = w.is_some();
+                writes.extend(w);
+                OpReply::Bool(done)
             }
             Op::Persist { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
                 let w = store.persist(b, key.0, now, e).map_err(err)?;
-                (OpReply::Bool(w.is_some()), w.into_iter().collect())
+                let done = w.is_some();
+                writes.extend(w);
+                OpReply::Bool(done)
             }
             Op::IncrBy { bucket, key, delta } => {
                 let b = bucket_of(store, &bucket)?;
                 let (v, w) = store.incr_by(b, key.0, delta, now, e).map_err(err)?;
-                (OpReply::Int(v), vec![w])
+                writes.push(w);
+                OpReply::Int(v)
             }
             Op::MGet { bucket, keys } => {
                 let b = bucket_of(store, &bucket)?;
@@ -650,12 +710,11 @@ impl State {
                     .iter()
                     .map(|k| store.get(b, &k.0, now).map(WBytes))
                     .collect();
-                (OpReply::Values(values), Vec::new())
+                OpReply::Values(values)
             }
             Op::MSet { bucket, entries } => {
                 let b = bucket_of(store, &bucket)?;
                 // Check every size first, so that a refused entry changes nothing.
-                let mut writes = Vec::with_capacity(entries.len());
                 let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
                 let key_max = store.config().max_key_len;
                 let value_max = store
@@ -676,17 +735,18 @@ impl State {
                         });
                     }
                 }
+                writes.reserve(entries.len());
                 for (k, v) in entries {
                     let outcome = store
                         .set(b, k.0, v.0, set_options_default(), now, e)
                         .map_err(err)?;
                     writes.extend(outcome.write);
                 }
-                (OpReply::Unit, writes)
+                OpReply::Unit
             }
             Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
         };
-        Ok(out)
+        Ok(reply)
     }
 
     /// Live keys in the partitions this node is the primary of.
@@ -903,7 +963,14 @@ mod tests {
         let now = Timestamp::from_millis(1);
         let mut held = Held::default();
         // The sender is at epoch 2, a still at 1: refused as not-owner.
-        let first = a.execute_held(set_op("k", "A"), Some(2), false, now, &mut held);
+        let first = a.execute_held(
+            set_op("k", "A"),
+            Some(2),
+            &mut Quorum::new(false),
+            now,
+            &mut held,
+            &mut Vec::new(),
+        );
         assert!(
             matches!(first, Err(Refusal::NotOwner { epoch: 1 })),
             "{first:?}"
@@ -913,7 +980,14 @@ mod tests {
             .expect("valid");
         a.poll_sync();
         // A later write to the same key must not overtake the refused one...
-        let later = a.execute_held(set_op("k", "B"), Some(2), false, now, &mut held);
+        let later = a.execute_held(
+            set_op("k", "B"),
+            Some(2),
+            &mut Quorum::new(false),
+            now,
+            &mut held,
+            &mut Vec::new(),
+        );
         assert!(
             matches!(later, Err(Refusal::NotOwner { epoch: 1 })),
             "{later:?}"
@@ -926,14 +1000,28 @@ mod tests {
             .expect("a key elsewhere");
         let other: &'static str = Box::leak(other.into_boxed_str());
         assert!(
-            a.execute_held(set_op(other, "x"), Some(2), false, now, &mut held)
-                .is_ok()
+            a.execute_held(
+                set_op(other, "x"),
+                Some(2),
+                &mut Quorum::new(false),
+                now,
+                &mut held,
+                &mut Vec::new()
+            )
+            .is_ok()
         );
         // A new batch starts afresh.
         let mut held = Held::default();
         assert!(
-            a.execute_held(set_op("k", "A"), Some(2), false, now, &mut held)
-                .is_ok()
+            a.execute_held(
+                set_op("k", "A"),
+                Some(2),
+                &mut Quorum::new(false),
+                now,
+                &mut held,
+                &mut Vec::new()
+            )
+            .is_ok()
         );
     }
 
