@@ -18,7 +18,6 @@
 //! authority starts from rendezvous placement ([`RoutingTable::compute`]) but may publish
 //! intermediate sets while partitions move ([`RoutingTable::with_replicas`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -342,15 +341,29 @@ impl RoutingTable {
         me: &NodeId,
         reachable: impl IntoIterator<Item = &'a NodeId>,
     ) -> bool {
-        if !self.contains(me) {
+        let Some(mine) = self.member_index(me) else {
             return false;
+        };
+        let mut seen = self.members_seen(reachable);
+        if let Some(s) = seen.get_mut(mine) {
+            *s = true;
         }
-        let mut seen: HashSet<&NodeId> = reachable
-            .into_iter()
-            .filter(|id| self.contains(id))
-            .collect();
-        seen.insert(me);
-        seen.len() * 2 > self.members.len()
+        Self::count_seen(&seen) * 2 > self.members.len()
+    }
+
+    /// Which of this table's members (by index) are among `ids`.
+    fn members_seen<'a>(&self, ids: impl IntoIterator<Item = &'a NodeId>) -> Vec<bool> {
+        let mut seen = vec![false; self.members.len()];
+        for i in ids.into_iter().filter_map(|id| self.member_index(id)) {
+            if let Some(s) = seen.get_mut(i) {
+                *s = true;
+            }
+        }
+        seen
+    }
+
+    fn count_seen(seen: &[bool]) -> usize {
+        seen.iter().filter(|s| **s).count()
     }
 
     /// Whether `me` and the members in `reachable` together are a strict majority of this
@@ -363,12 +376,8 @@ impl RoutingTable {
         me: &'a NodeId,
         reachable: impl IntoIterator<Item = &'a NodeId>,
     ) -> bool {
-        let seen: HashSet<&NodeId> = reachable
-            .into_iter()
-            .chain(std::iter::once(me))
-            .filter(|id| self.contains(id))
-            .collect();
-        seen.len() * 2 > self.members.len()
+        let seen = self.members_seen(reachable.into_iter().chain(std::iter::once(me)));
+        Self::count_seen(&seen) * 2 > self.members.len()
     }
 
     /// The partitions whose replica set differs between this table and `next` (same
@@ -802,6 +811,9 @@ mod tests {
         // But a stranger that reaches a majority of the view may publish the next table.
         assert!(t.reaches_majority(&x, [&a, &b]));
         assert!(!t.reaches_majority(&x, [&a]));
+        // A member named twice counts once.
+        assert!(!t.reaches_majority(&x, [&a, &a]));
+        assert!(!t.in_majority(&a, [&a, &a]));
         assert!(!t.reaches_majority(&x, [&x]));
         assert!(t.reaches_majority(&a, [&b]));
         assert!(!t.reaches_majority(&a, []));
