@@ -309,31 +309,62 @@ struct PartIndex {
     high: Version,
 }
 
-/// A stored key: the bucket id (2 bytes, big-endian) then the key, in one shared
-/// allocation, so that the cache and the indexes hold 16-byte handles to the same bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct EntryKey(Arc<[u8]>);
+/// A stored key: the bucket id (2 bytes, big-endian) then the key. Up to
+/// [`INLINE_KEY`] bytes are held in place, so that a lookup compares the key in the cache
+/// slot it already loaded instead of following a pointer to another cache line; a longer
+/// one is one shared allocation, so that the cache and the indexes hold handles to the
+/// same bytes. Either way the handle is 24 bytes.
+#[derive(Debug, Clone)]
+enum EntryKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Shared(Arc<[u8]>),
+}
+
+/// Longest bucket id + key held in place by an [`EntryKey`] (a 20-byte key).
+const INLINE_KEY: usize = 22;
 
 impl EntryKey {
     fn new(bucket: u16, key: &[u8]) -> Self {
+        let [b0, b1] = bucket.to_be_bytes();
+        let len = key.len() + 2;
+        if len <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[0] = b0;
+            bytes[1] = b1;
+            bytes[2..len].copy_from_slice(key);
+            return Self::Inline {
+                len: u8::try_from(len).expect("invariant: at most INLINE_KEY"),
+                bytes,
+            };
+        }
         // A chain of exact-size iterators: collected in one allocation.
-        Self(
-            bucket
-                .to_be_bytes()
-                .into_iter()
-                .chain(key.iter().copied())
-                .collect(),
-        )
+        Self::Shared([b0, b1].into_iter().chain(key.iter().copied()).collect())
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Shared(b) => b,
+        }
     }
 
     fn bucket(&self) -> u16 {
-        u16::from_be_bytes([self.0[0], self.0[1]])
+        let b = self.as_bytes();
+        u16::from_be_bytes([b[0], b[1]])
     }
 
     fn key(&self) -> &[u8] {
-        &self.0[2..]
+        &self.as_bytes()[2..]
     }
 }
+
+impl PartialEq for EntryKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for EntryKey {}
 
 impl Hash for EntryKey {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
@@ -1318,6 +1349,47 @@ mod tests {
             s.set(BucketId(9), b("k"), b("v"), SetOptions::default(), T0, 1),
             Err(Error::BucketUnknown { .. })
         ));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn keys_held_in_place_and_shared_are_distinct() {
+        let (mut s, main) = store();
+        let other = s
+            .create_bucket("other", BucketOptions::default())
+            .expect("second bucket");
+        // Around the in-place limit: 19, 20 (the longest in place) and 21 bytes; the
+        // empty key; a key that is a prefix of another; a long key.
+        let keys: Vec<String> = [19, 20, 21, 0, 1, 64]
+            .into_iter()
+            .map(|n| "k".repeat(n))
+            .chain(["kkkkkkkkkkkkkkkkkkkk\0".to_owned()])
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            set(&mut s, main, k, &format!("main-{i}"), T0);
+            set(&mut s, other, k, &format!("other-{i}"), T0);
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(s.get(main, k.as_bytes(), T0), Some(b(&format!("main-{i}"))));
+            assert_eq!(
+                s.get(other, k.as_bytes(), T0),
+                Some(b(&format!("other-{i}")))
+            );
+        }
+        assert_eq!(s.len(), keys.len() * 2);
+        let inline = EntryKey::new(7, &[1; INLINE_KEY - 2]);
+        let shared = EntryKey::new(7, &[1; INLINE_KEY - 1]);
+        assert!(matches!(inline, EntryKey::Inline { .. }));
+        assert!(matches!(shared, EntryKey::Shared(_)));
+        assert_eq!(
+            (inline.bucket(), inline.key()),
+            (7, &[1; INLINE_KEY - 2][..])
+        );
+        assert_eq!(
+            (shared.bucket(), shared.key()),
+            (7, &[1; INLINE_KEY - 1][..])
+        );
+        assert_eq!(size_of::<EntryKey>(), 24);
         s.check_invariants();
     }
 
