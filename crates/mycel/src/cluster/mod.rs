@@ -112,7 +112,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::metrics::Metrics;
-use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, Quorum, State};
+use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, Section, State};
 use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
@@ -1606,7 +1606,7 @@ impl Inner {
         let mut ops = ops.into_iter();
         while ops.len() > 0 {
             let mut st = self.lock();
-            let mut quorum = Quorum::new(refuse);
+            let mut section = Section::new(refuse);
             let mut writes = Vec::new();
             let mut wrote = Vec::new();
             for op in ops.by_ref().take(LOCK_RUN) {
@@ -1617,7 +1617,7 @@ impl Inner {
                 let before = writes.len();
                 let result = match op {
                     Op::GetOrLoad { .. } | Op::Count => Err(Refusal::BadRequest),
-                    op => st.execute_held(op, epoch, &mut quorum, now, &mut held, &mut writes),
+                    op => st.execute_held(op, epoch, &mut section, now, &mut held, &mut writes),
                 };
                 if let Ok(reply) = &result {
                     reply_bytes += reply.size();

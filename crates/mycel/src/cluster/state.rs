@@ -13,12 +13,12 @@ use bytes::Bytes;
 use nodosum_proto::NodeId;
 use tokio::sync::oneshot;
 
-use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WireWrite, set_options};
+use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WStr, WireWrite, set_options};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
 use crate::slot::{Partition, Partitioning};
-use crate::store::{Store, Write};
+use crate::store::{BucketId, Store, Write};
 
 /// Partitions one transfer covers at most: a source snapshots them in one critical
 /// section, so this bounds both the time it holds its lock and the snapshot's memory.
@@ -125,10 +125,18 @@ pub(crate) struct State {
     published: PublishedTable,
 }
 
-/// The quorum check for the writes of one critical section: made at the first write
-/// and reused for the rest (nothing it depends on changes while the lock is held).
+/// What the operations of one critical section share: the quorum check for writes, made
+/// at the first write and reused for the rest, and the last bucket name resolved (a
+/// batch's operations name the same bucket). Nothing either depends on changes while the
+/// state lock is held.
 #[derive(Debug)]
-pub(crate) enum Quorum {
+pub(crate) struct Section {
+    quorum: Quorum,
+    bucket: Option<(WStr, BucketId)>,
+}
+
+#[derive(Debug)]
+enum Quorum {
     /// Minority writes are allowed.
     Skip,
     /// Not checked yet in this critical section.
@@ -137,26 +145,40 @@ pub(crate) enum Quorum {
     Checked(Result<(), Refusal>),
 }
 
-impl Quorum {
-    /// A fresh check; `refuse_minority` is the configuration's `refuse_minority_writes`.
+impl Section {
+    /// A fresh section; `refuse_minority` is the configuration's `refuse_minority_writes`.
     pub(crate) fn new(refuse_minority: bool) -> Self {
-        if refuse_minority {
-            Self::Unchecked
-        } else {
-            Self::Skip
+        Self {
+            quorum: if refuse_minority {
+                Quorum::Unchecked
+            } else {
+                Quorum::Skip
+            },
+            bucket: None,
         }
     }
 
-    fn check(&mut self, state: &State) -> Result<(), Refusal> {
-        match self {
-            Self::Skip => Ok(()),
-            Self::Checked(r) => r.clone(),
-            Self::Unchecked => {
+    fn check_quorum(&mut self, state: &State) -> Result<(), Refusal> {
+        match &self.quorum {
+            Quorum::Skip => Ok(()),
+            Quorum::Checked(r) => r.clone(),
+            Quorum::Unchecked => {
                 let r = state.check_quorum();
-                *self = Self::Checked(r.clone());
+                self.quorum = Quorum::Checked(r.clone());
                 r
             }
         }
+    }
+
+    fn bucket(&mut self, store: &Store, name: &WStr) -> Result<BucketId, Refusal> {
+        if let Some((n, id)) = &self.bucket
+            && n == name
+        {
+            return Ok(*id);
+        }
+        let id = store.bucket(name).map_err(|e| Refusal::from_error(&e))?;
+        self.bucket = Some((name.clone(), id));
+        Ok(id)
     }
 }
 
@@ -542,7 +564,7 @@ impl State {
         &mut self,
         op: Op,
         epoch: Option<u64>,
-        quorum: &mut Quorum,
+        section: &mut Section,
         now: Timestamp,
         held: &mut Held,
         writes: &mut Vec<Write>,
@@ -554,18 +576,19 @@ impl State {
                 return Err(r.clone());
             }
         }
-        // The operation's partitions, should it be refused (no allocation for one key).
-        let multi = match &op {
-            Op::MGet { .. } | Op::MSet { .. } => op_partitions(&op, partitioning),
-            _ => Vec::new(),
-        };
-        let single = op.key().map(|k| partitioning.partition_of(k));
-        let result = self.execute_into(op, epoch, quorum, now, writes);
-        if let Err(r @ (Refusal::NotOwner { .. } | Refusal::Syncing { .. })) = &result {
-            held.0
-                .extend(multi.into_iter().chain(single).map(|p| (p, r.clone())));
+        // Not-owner and syncing come from the ownership check alone: the operation's
+        // partitions are held from here on.
+        if let Err(r) = self.check_op_owner(&op, epoch) {
+            if matches!(r, Refusal::NotOwner { .. } | Refusal::Syncing { .. }) {
+                held.0.extend(
+                    op_partitions(&op, partitioning)
+                        .into_iter()
+                        .map(|p| (p, r.clone())),
+                );
+            }
+            return Err(r);
         }
-        result
+        self.execute_owned(op, section, now, writes)
     }
 
     /// Executes `op` as primary: the ownership check, the quorum check for writes and the
@@ -582,25 +605,32 @@ impl State {
         let reply = self.execute_into(
             op,
             epoch,
-            &mut Quorum::new(refuse_minority),
+            &mut Section::new(refuse_minority),
             now,
             &mut writes,
         )?;
         Ok((reply, writes))
     }
 
-    /// [`State::execute`] with the quorum check shared by the operations of one critical
-    /// section; the writes to replicate are appended to `writes`.
+    /// [`State::execute`] with what the operations of one critical section share; the
+    /// writes to replicate are appended to `writes`.
     pub(crate) fn execute_into(
         &mut self,
         op: Op,
         epoch: Option<u64>,
-        quorum: &mut Quorum,
+        section: &mut Section,
         now: Timestamp,
         writes: &mut Vec<Write>,
     ) -> Result<OpReply, Refusal> {
+        self.check_op_owner(&op, epoch)?;
+        self.execute_owned(op, section, now, writes)
+    }
+
+    /// Checks that this node is the synced primary of every key of `op` (see
+    /// [`State::check_primary`]); the only source of not-owner and syncing refusals.
+    fn check_op_owner(&self, op: &Op, epoch: Option<u64>) -> Result<(), Refusal> {
         let partitioning = self.store.config().partitioning;
-        match &op {
+        match op {
             Op::MGet { keys, .. } => {
                 for k in keys {
                     self.check_primary(partitioning.partition_of(&k.0), epoch)?;
@@ -617,6 +647,17 @@ impl State {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The rest of [`State::execute_into`], once ownership was checked.
+    fn execute_owned(
+        &mut self,
+        op: Op,
+        section: &mut Section,
+        now: Timestamp,
+        writes: &mut Vec<Write>,
+    ) -> Result<OpReply, Refusal> {
         let is_write = matches!(
             op,
             Op::Set { .. }
@@ -627,12 +668,12 @@ impl State {
                 | Op::MSet { .. }
         );
         if is_write {
-            quorum.check(self)?;
+            section.check_quorum(self)?;
         }
         let e = self.routing.epoch();
         let err = |e: Error| Refusal::from_error(&e);
         let store = &mut self.store;
-        let bucket_of = |store: &Store, name: &str| store.bucket(name).map_err(err);
+        let mut bucket_of = |store: &Store, name: &WStr| section.bucket(store, name);
         let reply = match op {
             Op::Get { bucket, key } => {
                 let b = bucket_of(store, &bucket)?;
@@ -966,7 +1007,7 @@ mod tests {
         let first = a.execute_held(
             set_op("k", "A"),
             Some(2),
-            &mut Quorum::new(false),
+            &mut Section::new(false),
             now,
             &mut held,
             &mut Vec::new(),
@@ -983,7 +1024,7 @@ mod tests {
         let later = a.execute_held(
             set_op("k", "B"),
             Some(2),
-            &mut Quorum::new(false),
+            &mut Section::new(false),
             now,
             &mut held,
             &mut Vec::new(),
@@ -1003,7 +1044,7 @@ mod tests {
             a.execute_held(
                 set_op(other, "x"),
                 Some(2),
-                &mut Quorum::new(false),
+                &mut Section::new(false),
                 now,
                 &mut held,
                 &mut Vec::new()
@@ -1016,7 +1057,7 @@ mod tests {
             a.execute_held(
                 set_op("k", "A"),
                 Some(2),
-                &mut Quorum::new(false),
+                &mut Section::new(false),
                 now,
                 &mut held,
                 &mut Vec::new()
