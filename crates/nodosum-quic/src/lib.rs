@@ -88,6 +88,12 @@
 //! An application whose receiver stalls stops only its own streams (QUIC flow control per
 //! stream).
 //!
+//! Each stream's reader runs in its own task and delivers into the application's bounded
+//! channel, in order. While the application waits in [`AppReceiver::recv`] with nothing
+//! queued, a reader that quinn wakes is polled by the application's task itself, so a
+//! message costs one task wake-up on the receiving side, as on a raw quinn stream; a busy,
+//! stalled or dropped receiver leaves its readers to their own tasks.
+//!
 //! Closing an application ([`QuicNode::close_app`], or dropping its receiver) resets and
 //! stops every stream of it with [`codes::STREAM_APP_CLOSED`]; a peer that sees that code
 //! ends its own lane for the application, so stream and lane counts return to their
@@ -105,15 +111,17 @@
 
 mod config;
 mod gate;
+mod inbox;
 mod metrics;
 mod node;
 mod resolve;
 mod tls;
 
 pub use config::{Config, DEFAULT_PORT};
+pub use inbox::AppReceiver;
 pub use node::{
-    AcceptPolicy, AppOptions, AppReceiver, ConnectionInfo, Counts, DownReason, EarlyData, Error,
-    Event, HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
+    AcceptPolicy, AppOptions, ConnectionInfo, Counts, DownReason, EarlyData, Error, Event,
+    HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
 };
 pub use tls::{
     DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, node_id_from_cert,

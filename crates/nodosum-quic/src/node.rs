@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::gate::{Gate, Role};
+use crate::inbox::{AppReceiver, Inbox, hosted};
 use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel, Traffic};
 use crate::resolve::{self, Attach, StreamSide};
 use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
@@ -281,9 +282,6 @@ pub struct ConnectionInfo {
 /// The acceptance policy: may this (CA-verified) node ID connect?
 pub type AcceptPolicy = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
 
-/// Receives `(sender, message)` pairs of one application, in order per sender.
-pub type AppReceiver = mpsc::Receiver<(NodeId, Bytes)>;
-
 type AppTx = mpsc::Sender<(NodeId, Bytes)>;
 
 /// How an application's messages may travel, given to
@@ -339,6 +337,8 @@ struct EarlyCounters {
 /// watcher (dropping the entry ends the watcher, so the receiver sees the end).
 struct AppEntry {
     tx: AppTx,
+    /// Where the application's stream readers find its receiver.
+    inbox: Arc<Inbox>,
     replay_safe: bool,
     _watcher: oneshot::Sender<()>,
 }
@@ -812,6 +812,7 @@ impl QuicNode {
     /// application's messages travel as 0-RTT data on reconnects (see [`AppOptions`]).
     pub fn register_app_with(&self, app: AppId, options: AppOptions) -> Result<AppReceiver, Error> {
         let (tx, rx) = mpsc::channel(self.inner.config.app_receiver_capacity);
+        let inbox = Arc::new(Inbox::default());
         let (unregistered_tx, unregistered) = oneshot::channel();
         let stale = {
             let mut st = lock(&self.inner.state);
@@ -830,6 +831,7 @@ impl QuicNode {
                 app.clone(),
                 AppEntry {
                     tx: tx.clone(),
+                    inbox: inbox.clone(),
                     replay_safe: options.replay_safe,
                     _watcher: unregistered_tx,
                 },
@@ -848,7 +850,7 @@ impl QuicNode {
                 inner.close_app(&app, Some(&tx));
             }
         });
-        Ok(rx)
+        Ok(AppReceiver::new(rx, inbox))
     }
 
     /// Closes application `app` on this node: it is unregistered (peers' new streams for
@@ -1369,6 +1371,15 @@ impl Inner {
             .get(app)
             .filter(|e| !e.tx.is_closed())
             .map(|e| e.tx.clone())
+    }
+
+    /// The inbox of registered application `app`, for its stream readers.
+    fn app_inbox(&self, app: &AppId) -> Option<Arc<Inbox>> {
+        self.apps
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(app)
+            .map(|e| e.inbox.clone())
     }
 
     fn app_replay_safe(&self, app: &AppId) -> bool {
@@ -2282,7 +2293,8 @@ async fn route_stream(
     }
     // Queued before the writer can look at it: it adopts this stream.
     drop(unrouted);
-    read_stream(
+    let inbox = inner.app_inbox(&app);
+    let reader = read_stream(
         inner,
         cref.conn.clone(),
         node,
@@ -2291,8 +2303,8 @@ async fn route_stream(
         buf,
         done_tx,
         (guard, reader),
-    )
-    .await;
+    );
+    hosted(inbox, reader).await;
 }
 
 /// Delivers a stream's messages to its application, in order, until the stream ends.
@@ -3049,7 +3061,7 @@ impl Writer {
                         guard.set_app(&self.app);
                         let reader = ReaderSlot::new(self.shared.clone(), Role::Current);
                         let reader_id = reader.id;
-                        tokio::spawn(read_stream(
+                        let reader = read_stream(
                             self.inner.clone(),
                             conn.conn.clone(),
                             self.peer.clone(),
@@ -3058,7 +3070,8 @@ impl Writer {
                             BytesMut::new(),
                             done_tx,
                             (guard, reader),
-                        ));
+                        );
+                        tokio::spawn(hosted(self.inner.app_inbox(&self.app), reader));
                         debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, early, "opened stream");
                         if early {
                             self.early_tried = Some(conn.id);
