@@ -451,12 +451,19 @@ pub enum TableUpdate {
 pub struct RoutingState {
     me: NodeId,
     current: Option<Arc<RoutingTable>>,
+    /// This node's role in each partition of `current`, by partition index: the
+    /// ownership check of every request reads it instead of comparing node IDs.
+    roles: Vec<Role>,
 }
 
 impl RoutingState {
     /// No table yet.
     pub fn new(me: NodeId) -> Self {
-        Self { me, current: None }
+        Self {
+            me,
+            current: None,
+            roles: Vec::new(),
+        }
     }
 
     /// This node's ID.
@@ -492,6 +499,11 @@ impl RoutingState {
             }
             _ => {
                 tracing::debug!(previous, epoch = table.epoch, "routing table installed");
+                self.roles = table
+                    .partitioning()
+                    .iter()
+                    .map(|p| table.role(&self.me, p))
+                    .collect();
                 self.current = Some(Arc::new(table));
                 Ok(TableUpdate::Installed { previous })
             }
@@ -509,14 +521,12 @@ impl RoutingState {
         request_epoch: Option<u64>,
     ) -> Result<Role, Error> {
         let epoch = self.epoch();
-        let not_owner = Error::NotOwner { epoch };
-        let table = self.current.as_ref().ok_or(not_owner.clone())?;
-        if request_epoch.is_some_and(|e| e != epoch) {
-            return Err(not_owner);
+        if self.current.is_none() || request_epoch.is_some_and(|e| e != epoch) {
+            return Err(Error::NotOwner { epoch });
         }
-        match table.role(&self.me, partition) {
-            Role::None => Err(not_owner),
-            role => Ok(role),
+        match self.roles.get(partition.index()) {
+            Some(Role::None) | None => Err(Error::NotOwner { epoch }),
+            Some(role) => Ok(*role),
         }
     }
 
@@ -767,6 +777,18 @@ mod tests {
             s.check_owner(not_mine, None),
             Err(Error::NotOwner { epoch: 7 })
         );
+        // Every partition answers the table's role, also after the next table moved them.
+        let t2 = table(8, view3()[1..].to_vec());
+        for t in [t, t2] {
+            s.handle_table(t.clone()).expect("installs");
+            for p in small().iter() {
+                let want = match t.role(&id("a"), p) {
+                    Role::None => Err(Error::NotOwner { epoch: t.epoch() }),
+                    role => Ok(role),
+                };
+                assert_eq!(s.check_owner(p, None), want, "{p:?}");
+            }
+        }
     }
 
     #[test]
