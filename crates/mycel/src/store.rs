@@ -669,7 +669,12 @@ impl Store {
         if !live {
             self.tombstones -= 1;
         }
-        entry.value = Some(Arc::from(&value[..]));
+        match entry.value.as_mut().and_then(Arc::get_mut) {
+            // The same length and no reader holds the old value (a reply being written
+            // shares it): overwrite it where it is, no allocation.
+            Some(old) if old.len() == value.len() => old.copy_from_slice(&value),
+            _ => entry.value = Some(Arc::from(&value[..])),
+        }
         entry.version = version;
         entry.expires_at = at;
         // Dropping the guard lets the cache account for the (not larger) new weight.
@@ -1825,6 +1830,15 @@ mod tests {
         assert_eq!(out.previous, Some(b("four")));
         assert!(out.write.as_ref().is_some_and(|w| w.version > v1));
         assert_eq!(s.version(id, b"k"), out.write.map(|w| w.version));
+        assert_eq!(s.stats().weight, weight);
+        // A reader holding the value keeps what it read: the new one is a copy; with no
+        // reader the bytes are overwritten where they are.
+        let held = s.get(id, b"k", T0).expect("stored");
+        set(&mut s, id, "k", "six!", T0);
+        assert_eq!(held, b("five"));
+        drop(held);
+        set(&mut s, id, "k", "sevn", T0);
+        assert_eq!(s.get(id, b"k", T0), Some(b("sevn")));
         assert_eq!(s.stats().weight, weight);
         // Smaller: the weight goes down by the difference.
         set(&mut s, id, "k", "si", T0);
