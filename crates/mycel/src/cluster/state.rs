@@ -1002,16 +1002,20 @@ mod tests {
         a.install(table(1, &["a"]), None).expect("valid");
         a.poll_sync();
         let now = Timestamp::from_millis(1);
+        // One operation of a batch sent at epoch 2.
+        let run = |a: &mut State, op: Op, held: &mut Held| {
+            a.execute_held(
+                op,
+                Some(2),
+                &mut Section::new(false),
+                now,
+                held,
+                &mut Vec::new(),
+            )
+        };
         let mut held = Held::default();
         // The sender is at epoch 2, a still at 1: refused as not-owner.
-        let first = a.execute_held(
-            set_op("k", "A"),
-            Some(2),
-            &mut Section::new(false),
-            now,
-            &mut held,
-            &mut Vec::new(),
-        );
+        let first = run(&mut a, set_op("k", "A"), &mut held);
         assert!(
             matches!(first, Err(Refusal::NotOwner { epoch: 1 })),
             "{first:?}"
@@ -1021,14 +1025,7 @@ mod tests {
             .expect("valid");
         a.poll_sync();
         // A later write to the same key must not overtake the refused one...
-        let later = a.execute_held(
-            set_op("k", "B"),
-            Some(2),
-            &mut Section::new(false),
-            now,
-            &mut held,
-            &mut Vec::new(),
-        );
+        let later = run(&mut a, set_op("k", "B"), &mut held);
         assert!(
             matches!(later, Err(Refusal::NotOwner { epoch: 1 })),
             "{later:?}"
@@ -1040,30 +1037,10 @@ mod tests {
             .find(|key| parts().partition_of(key.as_bytes()) != p)
             .expect("a key elsewhere");
         let other: &'static str = Box::leak(other.into_boxed_str());
-        assert!(
-            a.execute_held(
-                set_op(other, "x"),
-                Some(2),
-                &mut Section::new(false),
-                now,
-                &mut held,
-                &mut Vec::new()
-            )
-            .is_ok()
-        );
+        assert!(run(&mut a, set_op(other, "x"), &mut held).is_ok());
         // A new batch starts afresh.
         let mut held = Held::default();
-        assert!(
-            a.execute_held(
-                set_op("k", "A"),
-                Some(2),
-                &mut Section::new(false),
-                now,
-                &mut held,
-                &mut Vec::new()
-            )
-            .is_ok()
-        );
+        assert!(run(&mut a, set_op("k", "A"), &mut held).is_ok());
     }
 
     #[test]
