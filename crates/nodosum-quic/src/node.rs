@@ -1550,6 +1550,16 @@ impl Inner {
                 cref.conn.close(code(codes::SHUTDOWN), b"shutdown");
                 return None;
             }
+            // A dial whose peer was disconnected meanwhile: `disconnect` aborts the dialler,
+            // but an abort does not stop a poll already under way, which can finish the
+            // handshake and get here. Kept, the connection would outlive the peer entry
+            // (nothing closes it until the idle timeout).
+            if initiated_by_us && st.peers.get(&node).is_none_or(|p| p.desired.is_none()) {
+                drop(st);
+                debug!(peer = %node, id = cref.id, "dialled peer was disconnected, closing");
+                cref.conn.close(code(codes::DISCONNECT), b"disconnect");
+                return None;
+            }
             let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
             let was_down = peer.current.borrow().is_none();
             peer.conns.push(ConnEntry {
