@@ -381,6 +381,8 @@ struct Inner {
     events: broadcast::Sender<Event>,
     closing: AtomicBool,
     next_conn_id: AtomicU64,
+    /// Identifies dial loops (from 1; see `Peer::dial_id`).
+    next_dial_id: AtomicU64,
     connections: AtomicUsize,
     streams: AtomicUsize,
     dialing: AtomicUsize,
@@ -395,6 +397,9 @@ struct State {
 struct Peer {
     desired: Option<SocketAddr>,
     dialer: Option<JoinHandle<()>>,
+    /// Which dial loop is this peer's (`dialer`): an aborted loop may still be in the
+    /// middle of a poll, and must neither dial nor register a connection for the peer.
+    dial_id: u64,
     conns: Vec<ConnEntry>,
     current: watch::Sender<Option<ConnRef>>,
     /// A dialled connection whose handshake is in progress with 0-RTT keys: the lanes of
@@ -408,6 +413,7 @@ impl Peer {
         Self {
             desired: None,
             dialer: None,
+            dial_id: 0,
             conns: Vec::new(),
             current: watch::Sender::new(None),
             early: watch::Sender::new(None),
@@ -754,6 +760,7 @@ impl QuicNode {
             events,
             closing: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
+            next_dial_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
             streams: AtomicUsize::new(0),
             dialing: AtomicUsize::new(0),
@@ -883,7 +890,9 @@ impl QuicNode {
         let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
         peer.desired = Some(addr);
         if peer.dialer.as_ref().is_none_or(JoinHandle::is_finished) {
-            peer.dialer = Some(tokio::spawn(dial_loop(self.inner.clone(), node)));
+            peer.dial_id = self.inner.next_dial_id.fetch_add(1, Ordering::Relaxed);
+            let dial = dial_loop(self.inner.clone(), node, peer.dial_id);
+            peer.dialer = Some(tokio::spawn(dial));
         }
     }
 
@@ -1526,16 +1535,17 @@ impl Inner {
         Ok((conn, kind, slot))
     }
 
-    /// Adds an established connection to its peer. Returns `None` if it was closed
-    /// instead.
+    /// Adds an established connection to its peer: one we accepted, or one dialled by
+    /// the dial loop `dialled`. Returns `None` if it was closed instead.
     fn register(
         self: &Arc<Self>,
         node: NodeId,
         conn: quinn::Connection,
-        initiated_by_us: bool,
+        dialled: Option<u64>,
         kind: HandshakeKind,
         slot: Slot,
     ) -> Option<ConnRef> {
+        let initiated_by_us = dialled.is_some();
         let cref = ConnRef {
             id: slot.id,
             conn,
@@ -1550,11 +1560,14 @@ impl Inner {
                 cref.conn.close(code(codes::SHUTDOWN), b"shutdown");
                 return None;
             }
-            // A dial whose peer was disconnected meanwhile: `disconnect` aborts the dialler,
-            // but an abort does not stop a poll already under way, which can finish the
-            // handshake and get here. Kept, the connection would outlive the peer entry
-            // (nothing closes it until the idle timeout).
-            if initiated_by_us && st.peers.get(&node).is_none_or(|p| p.desired.is_none()) {
+            // A dial whose peer was disconnected meanwhile: `disconnect` aborts the dial
+            // loop, but an abort does not stop a poll already under way, which can finish
+            // the handshake and get here, also after the peer was connected again (with a
+            // dial loop of its own). Kept, the connection would outlive its peer entry, or
+            // join the new one behind its dial loop's back.
+            if let Some(dial) = dialled
+                && !dialling(&st, &node, dial)
+            {
                 drop(st);
                 debug!(peer = %node, id = cref.id, "dialled peer was disconnected, closing");
                 cref.conn.close(code(codes::DISCONNECT), b"disconnect");
@@ -1783,7 +1796,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     } else {
         HandshakeKind::Resumed
     };
-    let registered = inner.register(node.clone(), conn, false, kind, slot);
+    let registered = inner.register(node.clone(), conn, None, kind, slot);
     if registered.is_none() {
         outcome.send_replace(Outcome::Failed);
         inner.forget_idle_peer(&node);
@@ -1973,7 +1986,14 @@ impl Drop for DialingGuard<'_> {
     }
 }
 
-async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
+/// Whether dial loop `dial` is still the one of `node`, which is still to be connected.
+fn dialling(st: &State, node: &NodeId, dial: u64) -> bool {
+    st.peers
+        .get(node)
+        .is_some_and(|p| p.dial_id == dial && p.desired.is_some())
+}
+
+async fn dial_loop(inner: Arc<Inner>, node: NodeId, dial: u64) {
     let mut backoff = inner.config.reconnect_initial_backoff;
     loop {
         if inner.closing.load(Ordering::Acquire) {
@@ -1981,6 +2001,9 @@ async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
         }
         let (addr, mut current) = {
             let st = lock(&inner.state);
+            if !dialling(&st, &node, dial) {
+                return;
+            }
             let Some(peer) = st.peers.get(&node) else {
                 return;
             };
@@ -1998,7 +2021,7 @@ async fn dial_loop(inner: Arc<Inner>, node: NodeId) {
         match inner.dial(&node, addr).await {
             Ok((conn, kind, slot)) => {
                 backoff = inner.config.reconnect_initial_backoff;
-                let registered = inner.register(node.clone(), conn, true, kind, slot);
+                let registered = inner.register(node.clone(), conn, Some(dial), kind, slot);
                 drop(dialing);
                 if registered.is_none() {
                     return;
