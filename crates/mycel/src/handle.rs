@@ -701,6 +701,9 @@ impl Mycel {
             Backend::Local(l) => {
                 let now = now();
                 let mut store = lock(&l.store);
+                for (k, v) in &pairs {
+                    store.check_size(bucket, k, v.len())?;
+                }
                 for (k, v) in pairs {
                     store.set(bucket, k, v, SetOptions::default(), now, STANDALONE_EPOCH)?;
                 }
@@ -971,6 +974,29 @@ mod tests {
                 )
                 .await;
             assert_eq!(r, Err(Error::ValueTooLarge { len: 8, max: 4 }));
+            assert_eq!(m.exists(b, b"a").await, Ok(false));
+        });
+        // Within the bucket's value limit but heavier than the memory budget allows.
+        rt().block_on(async {
+            let config = Config {
+                store: crate::StoreConfig {
+                    max_bytes: 256 * 1024,
+                    max_value_len: 64 * 1024,
+                    ..crate::StoreConfig::default()
+                },
+                ..Config::default()
+            };
+            let m = Mycel::standalone(config).await.expect("valid");
+            let options = BucketOptions {
+                max_value_len: Some(1024 * 1024),
+                ..BucketOptions::default()
+            };
+            let b = m.create_bucket("large", options).await.expect("create");
+            let big = Bytes::from(vec![b'x'; 512 * 1024]);
+            let r = m
+                .mset(b, vec![("a".into(), "1".into()), ("b".into(), big)])
+                .await;
+            assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
             assert_eq!(m.exists(b, b"a").await, Ok(false));
         });
     }

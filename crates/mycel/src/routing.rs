@@ -85,6 +85,15 @@ pub enum TableError {
         /// Entries expected (partitions times set size).
         expected: usize,
     },
+    /// The table divides keys into another number of partitions than this node's store
+    /// (the nodes of one cluster must be configured with the same partition count).
+    #[error("routing table has {got} partitions, this node is configured with {expected}")]
+    PartitionCount {
+        /// This node's partition count.
+        expected: u16,
+        /// The table's.
+        got: u16,
+    },
     /// A replica set names a member that does not exist, has weight 0, or names one member
     /// twice.
     #[error("routing table replica set of partition {partition} is invalid")]

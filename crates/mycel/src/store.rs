@@ -986,7 +986,11 @@ impl Store {
             })
     }
 
-    fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
+    /// Checks that `key` with a value of `value_len` bytes may be stored in `bucket`: the
+    /// key and value length limits, and the budget (an entry heavier than the cache's hot
+    /// section, about 97 % of `max_bytes`, is refused). [`Store::set`] checks this first;
+    /// a caller writing several entries at once checks them all before the first write.
+    pub fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
         if key.len() > self.config.max_key_len {
             return Err(Error::KeyTooLarge {
                 len: key.len(),

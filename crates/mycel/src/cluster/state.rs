@@ -250,6 +250,15 @@ impl State {
         table: RoutingTable,
         sender_previous: Option<&RoutingTable>,
     ) -> Result<bool, TableError> {
+        let expected = self.store.config().partitioning;
+        if table.partitioning() != expected {
+            return Err(TableError::PartitionCount {
+                expected: expected.count(),
+                got: table.partitioning().count(),
+            });
+        }
+        // A sender's previous table only bridges epochs if it partitions keys the same way.
+        let sender_previous = sender_previous.filter(|t| t.partitioning() == expected);
         self.highest_seen = self.highest_seen.max(table.epoch());
         let prev = self.routing.table().cloned();
         match self.routing.handle_table(table)? {
@@ -578,7 +587,7 @@ impl State {
         }
         // Not-owner and syncing come from the ownership check alone: the operation's
         // partitions are held from here on.
-        if let Err(r) = self.check_op_owner(&op, epoch) {
+        if let Err(r) = self.check_owner_or_quorum(&op, epoch, section) {
             if matches!(r, Refusal::NotOwner { .. } | Refusal::Syncing { .. }) {
                 held.0.extend(
                     op_partitions(&op, partitioning)
@@ -622,8 +631,27 @@ impl State {
         now: Timestamp,
         writes: &mut Vec<Write>,
     ) -> Result<OpReply, Refusal> {
-        self.check_op_owner(&op, epoch)?;
+        self.check_owner_or_quorum(&op, epoch, section)?;
         self.execute_owned(op, section, now, writes)
+    }
+
+    /// [`State::check_op_owner`], except that a write refused as syncing is refused as
+    /// [`Refusal::QuorumLost`] instead when this node is cut off from the majority: it
+    /// would never be accepted by retrying, so the caller is told at once. Writes that
+    /// pass the ownership check have their quorum checked in [`State::execute_owned`].
+    fn check_owner_or_quorum(
+        &self,
+        op: &Op,
+        epoch: Option<u64>,
+        section: &mut Section,
+    ) -> Result<(), Refusal> {
+        match self.check_op_owner(op, epoch) {
+            Err(r @ Refusal::Syncing { .. }) if op.is_write() => {
+                section.check_quorum(self)?;
+                Err(r)
+            }
+            result => result,
+        }
     }
 
     /// Checks that this node is the synced primary of every key of `op` (see
@@ -658,16 +686,7 @@ impl State {
         now: Timestamp,
         writes: &mut Vec<Write>,
     ) -> Result<OpReply, Refusal> {
-        let is_write = matches!(
-            op,
-            Op::Set { .. }
-                | Op::Delete { .. }
-                | Op::Expire { .. }
-                | Op::Persist { .. }
-                | Op::IncrBy { .. }
-                | Op::MSet { .. }
-        );
-        if is_write {
+        if op.is_write() {
             section.check_quorum(self)?;
         }
         let e = self.routing.epoch();
@@ -756,25 +775,8 @@ impl State {
             Op::MSet { bucket, entries } => {
                 let b = bucket_of(store, &bucket)?;
                 // Check every size first, so that a refused entry changes nothing.
-                let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-                let key_max = store.config().max_key_len;
-                let value_max = store
-                    .bucket_options(b)
-                    .and_then(|o| o.max_value_len)
-                    .unwrap_or(store.config().max_value_len);
                 for (k, v) in &entries {
-                    if k.0.len() > key_max {
-                        return Err(Refusal::KeyTooLarge {
-                            len: n(k.0.len()),
-                            max: n(key_max),
-                        });
-                    }
-                    if v.0.len() > value_max {
-                        return Err(Refusal::ValueTooLarge {
-                            len: n(v.0.len()),
-                            max: n(value_max),
-                        });
-                    }
+                    store.check_size(b, &k.0, v.0.len()).map_err(err)?;
                 }
                 writes.reserve(entries.len());
                 for (k, v) in entries {
@@ -966,8 +968,13 @@ mod tests {
     }
 
     fn state(me: &str) -> State {
+        state_with(me, StoreConfig::default().max_bytes)
+    }
+
+    fn state_with(me: &str, max_bytes: u64) -> State {
         let mut store = Store::new(StoreConfig {
             partitioning: parts(),
+            max_bytes,
             ..StoreConfig::default()
         });
         store
@@ -1121,6 +1128,74 @@ mod tests {
     }
 
     #[test]
+    fn mset_checks_every_entry_before_writing_any() {
+        let mut a = state_with("a", 64 * 1024);
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        let entry =
+            |k: &'static str, v: Bytes| (WBytes(Bytes::from_static(k.as_bytes())), WBytes(v));
+        let op = |entries| Op::MSet {
+            bucket: "default".into(),
+            entries,
+        };
+        // The second value is within the value length limit but heavier than the budget.
+        let too_heavy = op(vec![
+            entry("a", Bytes::from_static(b"1")),
+            entry("b", Bytes::from(vec![b'x'; 64 * 1024])),
+        ]);
+        assert!(matches!(
+            a.execute(too_heavy, None, true, Timestamp::from_millis(1)),
+            Err(Refusal::ValueTooLarge { .. })
+        ));
+        assert_eq!(a.store.len(), 0);
+        let fits = op(vec![
+            entry("a", Bytes::from_static(b"1")),
+            entry("b", Bytes::from_static(b"2")),
+        ]);
+        let (_, writes) = a
+            .execute(fits, None, true, Timestamp::from_millis(1))
+            .expect("fits");
+        assert_eq!((a.store.len(), writes.len()), (2, 2));
+    }
+
+    #[test]
+    fn a_table_with_another_partition_count_is_refused() {
+        let other = Partitioning::new(32).expect("valid");
+        let members = |names: &[&str]| -> Vec<Member> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Member::new(id(n), i as u64))
+                .collect()
+        };
+        let wide = |epoch| {
+            RoutingTable::compute(epoch, id("a"), other, 2, members(&["a", "b"])).expect("valid")
+        };
+        let mut a = state("a");
+        assert_eq!(
+            a.install(wide(1), None),
+            Err(TableError::PartitionCount {
+                expected: 16,
+                got: 32
+            })
+        );
+        assert!(a.table().is_none() && a.published().get().is_none());
+        // Nothing was installed to serve from: requests are refused, not run.
+        assert_eq!(
+            a.execute(set_op("k", "v"), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::NotOwner { epoch: 0 })
+        );
+        // Nor does such a table bridge a missed epoch.
+        a.install(table(1, &["a"]), None).expect("valid");
+        a.poll_sync();
+        a.alive.insert(id("b"));
+        a.install(table(3, &["a", "b"]), Some(&wide(2)))
+            .expect("valid");
+        let (_, replica, synced) = a.replica_counts();
+        assert_eq!((replica, synced), (16, 0));
+    }
+
+    #[test]
     fn a_promoted_backup_fetches_from_the_old_primary_while_it_lives() {
         let t1 = table(1, &["a", "b"]);
         // Partitions where b was primary and a its backup.
@@ -1233,9 +1308,22 @@ mod tests {
             condition: super::super::wire::WireCondition::Always,
             get: false,
         };
-        // Pending: the partition is not served.
+        // Pending: the partition is not served. Cut off from the majority, a write is
+        // told so rather than to retry until the partition is synced.
         assert!(matches!(
+            a.execute(op(&key), None, false, Timestamp::from_millis(1)),
+            Err(Refusal::Syncing { .. })
+        ));
+        assert_eq!(
             a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::QuorumLost)
+        );
+        let get = Op::Get {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from(key.clone())),
+        };
+        assert!(matches!(
+            a.execute(get, None, true, Timestamp::from_millis(1)),
             Err(Refusal::Syncing { .. })
         ));
         // No source alive: synced once polled.
