@@ -108,7 +108,13 @@ pub(crate) struct State {
     pub(crate) routing: RoutingState,
     pub(crate) previous: Option<Arc<RoutingTable>>,
     pub(crate) store: Store,
-    pub(crate) sync: Vec<PartSync>,
+    /// Changed only by [`State::install`] and [`State::poll_sync`], which keep `serving`
+    /// in step.
+    sync: Vec<PartSync>,
+    /// Bit `p` is set when this node is the primary of partition `p` in the installed
+    /// table and `p` is synced: the request path's ownership check reads one bit, which
+    /// stays in cache, instead of the role and sync state of a random partition.
+    serving: Vec<u64>,
     /// Partitions this node no longer replicates, with the new replicas that still have
     /// to release them before they are dropped.
     pub(crate) awaiting: HashMap<Partition, BTreeSet<NodeId>>,
@@ -216,6 +222,7 @@ impl State {
             previous: None,
             store,
             sync: vec![PartSync::NotReplica; n],
+            serving: vec![0; n.div_ceil(64)],
             awaiting: HashMap::new(),
             alive,
             fetching: BTreeSet::new(),
@@ -344,6 +351,9 @@ impl State {
             }
         }
         self.previous = prev;
+        for p in new.partitioning().iter() {
+            self.update_serving(p);
+        }
         tracing::info!(
             epoch = new.epoch(),
             members = new.members().len(),
@@ -376,6 +386,7 @@ impl State {
     /// source fetched), and which releases to send.
     pub(crate) fn poll_sync(&mut self) -> SyncWork {
         let mut work = SyncWork::default();
+        let mut newly_synced = Vec::new();
         for (i, state) in self.sync.iter_mut().enumerate() {
             let PartSync::Pending { sources, done } = state else {
                 continue;
@@ -391,6 +402,7 @@ impl State {
                 }
                 *state = PartSync::Synced;
                 work.synced += 1;
+                newly_synced.push(p);
                 continue;
             }
             for s in remaining {
@@ -406,7 +418,30 @@ impl State {
         for source in work.fetch.keys() {
             self.fetching.insert(source.clone());
         }
+        for p in newly_synced {
+            self.update_serving(p);
+        }
         work
+    }
+
+    /// Recomputes `p`'s bit in `serving` from its role and sync state.
+    fn update_serving(&mut self, p: Partition) {
+        let on = matches!(self.routing.check_owner(p, None), Ok(Role::Primary))
+            && self.sync.get(p.index()) == Some(&PartSync::Synced);
+        if let Some(word) = self.serving.get_mut(p.index() / 64) {
+            let bit = 1u64 << (p.index() % 64);
+            if on {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+
+    fn is_serving(&self, p: Partition) -> bool {
+        self.serving
+            .get(p.index() / 64)
+            .is_some_and(|word| word & (1u64 << (p.index() % 64)) != 0)
     }
 
     /// Applies a page fetched from `source`; `statuses` may add sources (a pending
@@ -548,6 +583,17 @@ impl State {
 
     /// Checks that this node is the synced primary of `p` at `epoch` (None: local).
     pub(crate) fn check_primary(&self, p: Partition, epoch: Option<u64>) -> Result<(), Refusal> {
+        if self.is_serving(p) && epoch.is_none_or(|e| e == self.routing.epoch()) {
+            debug_assert_eq!(self.explain_primary(p, epoch), Ok(()), "serving bit set");
+            return Ok(());
+        }
+        let r = self.explain_primary(p, epoch);
+        debug_assert!(r.is_err(), "serving bit of {p} clear for a synced primary");
+        r
+    }
+
+    /// [`State::check_primary`] from the role and sync state themselves: the refusal.
+    fn explain_primary(&self, p: Partition, epoch: Option<u64>) -> Result<(), Refusal> {
         match self.routing.check_owner(p, epoch) {
             Ok(Role::Primary) => {}
             Ok(_) => {
