@@ -386,9 +386,17 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_reader_woken_for_a_waiting_receiver_runs_in_the_receiving_task() {
-        let (tx, mut rx, inbox) = pair();
+    /// A receiver with one hosted [`reader`] that has started and waits for `go`.
+    struct Started {
+        rx: AppReceiver,
+        inbox: Arc<Inbox>,
+        go: oneshot::Sender<()>,
+        by: Arc<Mutex<Option<Id>>>,
+        shell: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start_reader() -> Started {
+        let (tx, rx, inbox) = pair();
         let (go, go_rx) = oneshot::channel();
         let by = Arc::new(Mutex::new(None));
         let started = Arc::new(AtomicBool::new(false));
@@ -397,6 +405,24 @@ mod tests {
             reader(started.clone(), go_rx, tx, by.clone()),
         ));
         until(|| started.load(Ordering::Acquire)).await;
+        Started {
+            rx,
+            inbox,
+            go,
+            by,
+            shell,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_woken_for_a_waiting_receiver_runs_in_the_receiving_task() {
+        let Started {
+            mut rx,
+            inbox,
+            go,
+            by,
+            shell,
+        } = start_reader().await;
         let receiving = tokio::spawn(async move {
             let msg = rx.recv().await;
             (msg, tokio::task::id())
@@ -416,15 +442,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_recv_hands_its_readers_back_to_their_shells() {
-        let (tx, mut rx, inbox) = pair();
-        let (go, go_rx) = oneshot::channel();
-        let by = Arc::new(Mutex::new(None));
-        let started = Arc::new(AtomicBool::new(false));
-        let shell = tokio::spawn(hosted(
-            Some(inbox.clone()),
-            reader(started.clone(), go_rx, tx, by.clone()),
-        ));
-        until(|| started.load(Ordering::Acquire)).await;
+        let Started {
+            mut rx,
+            inbox,
+            go,
+            by,
+            shell,
+        } = start_reader().await;
         let shell_id = shell.id();
         {
             // Parked, woken for the reader, then dropped without being polled again.

@@ -1207,6 +1207,17 @@ impl Inner {
         let _ = self.events.send(event);
     }
 
+    /// Counts a handshake that failed (dialled for `node`, or incoming) and reports it.
+    fn handshake_failed(&self, node: Option<NodeId>, addr: SocketAddr, reason: RejectReason) {
+        self.metrics
+            .handshake_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+        self.emit(Event::Rejected { node, addr, reason });
+    }
+
     fn write_apps(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<AppId, AppEntry>> {
         self.apps
             .write()
@@ -1708,18 +1719,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let failed = |e: &ConnectionError| {
         let reason = classify(e);
         warn!(%addr, ?reason, error = %e, "incoming handshake failed");
-        inner
-            .metrics
-            .handshake_failures
-            .get_or_create(&ReasonLabel {
-                reason: reason.label(),
-            })
-            .inc();
-        inner.emit(Event::Rejected {
-            node: None,
-            addr,
-            reason,
-        });
+        inner.handshake_failed(None, addr, reason);
     };
     let connecting = match incoming.accept() {
         Ok(connecting) => connecting,
@@ -2030,18 +2030,7 @@ async fn dial_loop(inner: Arc<Inner>, node: NodeId, dial: u64) {
             Err(reason) => {
                 drop(dialing);
                 warn!(peer = %node, %addr, ?reason, "dial failed");
-                inner
-                    .metrics
-                    .handshake_failures
-                    .get_or_create(&ReasonLabel {
-                        reason: reason.label(),
-                    })
-                    .inc();
-                inner.emit(Event::Rejected {
-                    node: Some(node.clone()),
-                    addr,
-                    reason,
-                });
+                inner.handshake_failed(Some(node.clone()), addr, reason);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(inner.config.reconnect_max_backoff);
             }
