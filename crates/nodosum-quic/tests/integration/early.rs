@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use nodosum_proto::{Limits, StreamInit};
-use nodosum_quic::{AppOptions, Config, Counts, DevCa, Event, HandshakeKind, QuicNode};
+use nodosum_quic::{
+    AppOptions, AppReceiver, Config, Counts, DevCa, Event, HandshakeKind, QuicNode,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -90,14 +92,20 @@ fn safe_node(ca: &DevCa, name: &str) -> QuicNode {
     node_with(&ca.issue(&id(name)).unwrap(), Config::development())
 }
 
+/// Registers `name` on `node` as a replay-safe application.
+fn safe_app(node: &QuicNode, name: &str) -> AppReceiver {
+    node.register_app_with(app(name), AppOptions::replay_safe())
+        .unwrap()
+}
+
 /// Connects `a` to `b` directly, exchanges a message each way on `safe` (so `a` holds
 /// `b`'s session tickets, which arrive before `b`'s first stream data), then disconnects
 /// and waits until `b` has forgotten `a`.
 async fn first_session(
     a: &QuicNode,
     b: &QuicNode,
-    a_rx: &mut nodosum_quic::AppReceiver,
-    b_rx: &mut nodosum_quic::AppReceiver,
+    a_rx: &mut AppReceiver,
+    b_rx: &mut AppReceiver,
 ) {
     connect(a, b).await;
     a.send(b.node_id(), &app("safe"), seq(100)).await.unwrap();
@@ -120,13 +128,9 @@ async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake()
     let ca = ca();
     let a = safe_node(&ca, "a");
     let b = safe_node(&ca, "b");
-    let mut a_safe = a
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let mut a_safe = safe_app(&a, "safe");
     let _a_plain = a.register_app(app("plain")).unwrap();
-    let mut b_safe = b
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let mut b_safe = safe_app(&b, "safe");
     let mut b_plain = b.register_app(app("plain")).unwrap();
     first_session(&a, &b, &mut a_safe, &mut b_safe).await;
     assert_eq!(
@@ -189,12 +193,8 @@ async fn rejected_0rtt_data_is_delivered_exactly_once() {
     let a = safe_node(&ca, "a");
     let b_ident = ca.issue(&id("b")).unwrap();
     let b = node_with(&b_ident, Config::development());
-    let mut a_safe = a
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
-    let mut b_safe = b
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let mut a_safe = safe_app(&a, "safe");
+    let mut b_safe = safe_app(&b, "safe");
     first_session(&a, &b, &mut a_safe, &mut b_safe).await;
     drop(b_safe);
     b.close(std::time::Duration::from_secs(1)).await;
@@ -202,9 +202,7 @@ async fn rejected_0rtt_data_is_delivered_exactly_once() {
     // "b" restarts: same identity, a new session cache, so a's ticket is unknown and
     // the server rejects the 0-RTT data a writes with it.
     let b = node_with(&b_ident, Config::development());
-    let mut b_safe = b
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let mut b_safe = safe_app(&b, "safe");
     let relay = Relay::start(b.local_addr().unwrap()).await;
     let mut a_events = a.events();
     a.connect(b.node_id().clone(), relay.addr);
@@ -271,9 +269,7 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
     init_tracing();
     let ca = ca();
     let b = safe_node(&ca, "b");
-    let mut b_safe = b
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let mut b_safe = safe_app(&b, "safe");
     let mut b_plain = b.register_app(app("plain")).unwrap();
     let raw = raw_early_client(&ca, "a");
 
@@ -341,9 +337,7 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
 
     // The real "a" connects.
     let a = safe_node(&ca, "a");
-    let _a_safe = a
-        .register_app_with(app("safe"), AppOptions::replay_safe())
-        .unwrap();
+    let _a_safe = safe_app(&a, "safe");
     connect(&a, &b).await;
     a.send(b.node_id(), &app("plain"), seq(30)).await.unwrap();
     a.send(b.node_id(), &app("safe"), seq(31)).await.unwrap();
@@ -406,12 +400,8 @@ async fn rapid_0rtt_reconnects_get_each_answer_exactly_once() {
     let ca = ca();
     let a = safe_node(&ca, "a");
     let b = safe_node(&ca, "b");
-    let mut a_rx = a
-        .register_app_with(app("echo"), AppOptions::replay_safe())
-        .unwrap();
-    let mut b_rx = b
-        .register_app_with(app("echo"), AppOptions::replay_safe())
-        .unwrap();
+    let mut a_rx = safe_app(&a, "echo");
+    let mut b_rx = safe_app(&b, "echo");
     let b2 = b.clone();
     tokio::spawn(async move {
         while let Some((from, msg)) = b_rx.recv().await {
