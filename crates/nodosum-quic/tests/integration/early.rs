@@ -101,12 +101,7 @@ fn safe_app(node: &QuicNode, name: &str) -> AppReceiver {
 /// Connects `a` to `b` directly, exchanges a message each way on `safe` (so `a` holds
 /// `b`'s session tickets, which arrive before `b`'s first stream data), then disconnects
 /// and waits until `b` has forgotten `a`.
-async fn first_session(
-    a: &QuicNode,
-    b: &QuicNode,
-    a_rx: &mut AppReceiver,
-    b_rx: &mut AppReceiver,
-) {
+async fn first_session(a: &QuicNode, b: &QuicNode, a_rx: &mut AppReceiver, b_rx: &mut AppReceiver) {
     connect(a, b).await;
     a.send(b.node_id(), &app("safe"), seq(100)).await.unwrap();
     assert_eq!(unseq(&recv(b_rx).await.1), 100);
