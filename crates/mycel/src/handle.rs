@@ -666,13 +666,15 @@ impl Mycel {
         }
     }
 
-    /// Sets every pair. Sizes are checked for every pair before the first write, so a
-    /// too-large key or value writes nothing. Standalone: all or nothing, and no other
-    /// operation sees a partial `mset`. Cluster: atomic per primary, not across primaries
-    /// (a failure after the size check may leave some primaries' pairs written).
+    /// Sets every pair. Sizes (the key and value limits and the memory budget) are
+    /// checked for every pair before the first write, so a pair too large writes nothing.
+    /// Standalone: all or nothing, and no other operation sees a partial `mset`. Cluster:
+    /// each primary's pairs are written in requests of at most
+    /// [`ClusterConfig::page_bytes`], each
+    /// atomic; a failure after the size check (a timeout, a lost quorum) may leave some
+    /// requests applied. The cluster check uses this node's store limits, which every
+    /// node of a cluster is expected to share.
     pub async fn mset(&self, bucket: BucketId, pairs: Vec<(Bytes, Bytes)>) -> Result<(), Error> {
-        let store_config = &self.inner.config.store;
-        let max_key = store_config.max_key_len;
         let bucket_max = match &self.inner.backend {
             Backend::Local(l) => lock(&l.store)
                 .bucket_options(bucket)
@@ -682,28 +684,16 @@ impl Mycel {
         .ok_or_else(|| Error::BucketUnknown {
             name: format!("{bucket:?}"),
         })?;
-        let max_value = bucket_max.unwrap_or(store_config.max_value_len);
         for (k, v) in &pairs {
-            if k.len() > max_key {
-                return Err(Error::KeyTooLarge {
-                    len: k.len(),
-                    max: max_key,
-                });
-            }
-            if v.len() > max_value {
-                return Err(Error::ValueTooLarge {
-                    len: v.len(),
-                    max: max_value,
-                });
-            }
+            self.inner
+                .config
+                .store
+                .check_size(bucket_max, k.len(), v.len())?;
         }
         match &self.inner.backend {
             Backend::Local(l) => {
                 let now = now();
                 let mut store = lock(&l.store);
-                for (k, v) in &pairs {
-                    store.check_size(bucket, k, v.len())?;
-                }
                 for (k, v) in pairs {
                     store.set(bucket, k, v, SetOptions::default(), now, STANDALONE_EPOCH)?;
                 }
@@ -1084,7 +1074,21 @@ mod tests {
             let mut config = ClusterConfig::default();
             config.mycel.stabilization_window = Duration::from_millis(100);
             config.bootstrap_delay = Duration::ZERO;
-            config.buckets = vec![("sessions".to_owned(), BucketOptions::default())];
+            config.buckets = vec![
+                ("sessions".to_owned(), BucketOptions::default()),
+                (
+                    "large".to_owned(),
+                    BucketOptions {
+                        max_value_len: Some(512 * 1024),
+                        ..BucketOptions::default()
+                    },
+                ),
+            ];
+            // A budget smaller than the large bucket's value limit, and requests smaller
+            // than its values.
+            config.mycel.store.max_bytes = 256 * 1024;
+            config.mycel.store.max_value_len = 64 * 1024;
+            config.page_bytes = 64 * 1024;
             let m = Mycel::start(node, config).await.expect("starts");
             assert_eq!(m.mode(), Mode::Cluster);
             let b = m.default_bucket();
@@ -1109,6 +1113,15 @@ mod tests {
                 Ok(vec![Some("1".into()), None, Some("2".into())])
             );
             assert_eq!(m.len().await, Ok(4));
+            // A pair over the budget, in a request of its own after the first pair's:
+            // refused before anything is sent.
+            let large = m.bucket("large").await.expect("configured bucket");
+            let heavy = Bytes::from(vec![b'x'; 300 * 1024]);
+            let r = m
+                .mset(large, vec![("c".into(), "1".into()), ("d".into(), heavy)])
+                .await;
+            assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
+            assert_eq!(m.exists(large, b"c").await, Ok(false));
             assert_eq!(
                 m.get_ex(b, "a".into(), GetEx::After(Duration::from_secs(100)))
                     .await,

@@ -87,6 +87,7 @@ pub enum TableError {
     },
     /// The table divides keys into another number of partitions than this node's store
     /// (the nodes of one cluster must be configured with the same partition count).
+    /// Raised by the cluster layer, which knows the store's partitioning.
     #[error("routing table has {got} partitions, this node is configured with {expected}")]
     PartitionCount {
         /// This node's partition count.

@@ -241,6 +241,16 @@ mod tests {
     }
 
     #[test]
+    fn crc16_matches_bitwise_at_every_length_around_the_steps() {
+        let bytes: Vec<u8> = (0u8..=200)
+            .map(|i| i.wrapping_mul(151).wrapping_add(7))
+            .collect();
+        for len in 0..=bytes.len() {
+            assert_eq!(crc16(&bytes[..len]), crc16_bitwise(&bytes[..len]), "{len}");
+        }
+    }
+
+    #[test]
     fn crc16_check_value() {
         // The standard CRC-16/XMODEM check value, also Redis crc16.c's test vector.
         assert_eq!(crc16(b"123456789"), 0x31c3);

@@ -98,6 +98,38 @@ pub struct StoreConfig {
     pub estimated_items: usize,
 }
 
+impl StoreConfig {
+    /// Checks that a key of `key_len` bytes with a value of `value_len` bytes may be
+    /// stored in a bucket whose own value limit is `bucket_max`: the key and value length
+    /// limits, and the budget (an entry heavier than the cache's hot section, about 97 %
+    /// of `max_bytes`, is refused whatever the value limit says).
+    pub fn check_size(
+        &self,
+        bucket_max: Option<usize>,
+        key_len: usize,
+        value_len: usize,
+    ) -> Result<(), Error> {
+        if key_len > self.max_key_len {
+            return Err(Error::KeyTooLarge {
+                len: key_len,
+                max: self.max_key_len,
+            });
+        }
+        let configured = bucket_max.unwrap_or(self.max_value_len);
+        let fits = (self.max_bytes / 100 * 97)
+            .saturating_sub(ENTRY_OVERHEAD)
+            .saturating_sub(u64::try_from(key_len).unwrap_or(u64::MAX));
+        let max = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
+        if value_len > max {
+            return Err(Error::ValueTooLarge {
+                len: value_len,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
@@ -986,33 +1018,12 @@ impl Store {
             })
     }
 
-    /// Checks that `key` with a value of `value_len` bytes may be stored in `bucket`: the
-    /// key and value length limits, and the budget (an entry heavier than the cache's hot
-    /// section, about 97 % of `max_bytes`, is refused). [`Store::set`] checks this first;
-    /// a caller writing several entries at once checks them all before the first write.
+    /// Checks that `key` with a value of `value_len` bytes may be stored in `bucket` (see
+    /// [`StoreConfig::check_size`]). [`Store::set`] checks this first; a caller writing
+    /// several entries at once checks them all before the first write.
     pub fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
-        if key.len() > self.config.max_key_len {
-            return Err(Error::KeyTooLarge {
-                len: key.len(),
-                max: self.config.max_key_len,
-            });
-        }
-        let configured = self
-            .bucket_options(bucket)
-            .and_then(|o| o.max_value_len)
-            .unwrap_or(self.config.max_value_len);
-        // The cache refuses entries heavier than its hot section (97 % of the budget).
-        let fits = (self.config.max_bytes / 100 * 97)
-            .saturating_sub(ENTRY_OVERHEAD)
-            .saturating_sub(u64::try_from(key.len()).unwrap_or(u64::MAX));
-        let max = configured.min(usize::try_from(fits).unwrap_or(usize::MAX));
-        if value_len > max {
-            return Err(Error::ValueTooLarge {
-                len: value_len,
-                max,
-            });
-        }
-        Ok(())
+        let bucket_max = self.bucket_options(bucket).and_then(|o| o.max_value_len);
+        self.config.check_size(bucket_max, key.len(), value_len)
     }
 
     /// The entry of `key` if it is live; removes it if it has expired.

@@ -38,7 +38,9 @@
 //! its current table with its epoch, or executes locally when it is the primary. The
 //! primary checks, in one critical section with the store operation, that it is the synced
 //! primary at exactly that epoch and (for writes) that it is in a majority; otherwise it
-//! answers `NotOwner { epoch }` (never forwarding again) or `Syncing`. The forwarding node
+//! answers `NotOwner { epoch }` (never forwarding again), `Syncing`, or for a write
+//! `QuorumLost` (also for a partition still syncing: a write there would not be accepted
+//! after the sync either while the node is cut off). The forwarding node
 //! refreshes its table from the answering node (or pushes its newer one there) and retries
 //! a bounded number of times ([`ClusterError::Retry`]).
 //!
@@ -87,9 +89,11 @@
 //! within [`ClusterConfig::bootstrap_delay`], or it publishes a one-node table of its own
 //! (two such lineages do not merge their data). While a partition moves, its new primary
 //! answers `Syncing` until the transfer completes (writes to that partition pause
-//! briefly; they are not forwarded to the old owner). A node that missed an epoch
+//! briefly; they are not forwarded to the old owner; a primary cut off from the majority
+//! answers writes `QuorumLost` instead). A node that missed an epoch
 //! refetches every partition it replicates rather than trust its copy. `mset` is atomic
-//! per primary, not across primaries. A partition's copy on a node that is no longer its
+//! per request (at most [`ClusterConfig::page_bytes`] of one primary's pairs), not
+//! across requests. A partition's copy on a node that is no longer its
 //! replica is kept until released (or evicted by the byte budget).
 
 mod metrics;
@@ -916,8 +920,10 @@ impl Cluster {
         Ok(out)
     }
 
-    /// Sets every `(key, value)`: atomic per primary (one request each), not across
-    /// primaries.
+    /// Sets every `(key, value)`: each primary's pairs go in requests of at most
+    /// [`ClusterConfig::page_bytes`], each atomic at its primary; nothing is atomic
+    /// across requests (a refused or failed one leaves the others applied). Check sizes
+    /// first if a partial write matters ([`crate::Mycel::mset`] does).
     pub async fn mset(
         &self,
         bucket: &str,
@@ -1181,7 +1187,7 @@ impl Inner {
         let (primaries, replicas, synced) = st.replica_counts();
         let table = st.table();
         ClusterStatus {
-            epoch: st.routing.epoch(),
+            epoch: st.epoch(),
             members: table
                 .map(|t| t.members().iter().map(|m| m.id.clone()).collect())
                 .unwrap_or_default(),
@@ -2133,7 +2139,7 @@ impl Inner {
         let now = wall_clock();
         match msg {
             Msg::Op { epoch, op } => {
-                if epoch > self.lock().routing.epoch() {
+                if epoch > self.lock().epoch() {
                     self.spawn_refresh(from.clone());
                 }
                 match self.at_primary(op, Some(epoch)).await {
@@ -2147,7 +2153,7 @@ impl Inner {
                 }
             }
             Msg::Batch { epoch, ops } => {
-                if epoch > self.lock().routing.epoch() {
+                if epoch > self.lock().epoch() {
                     self.spawn_refresh(from.clone());
                 }
                 let results = self.at_primary_batch(ops, Some(epoch), true).await;
@@ -2192,11 +2198,14 @@ impl Inner {
             } => {
                 let (page, statuses, installed_epoch) = {
                     let mut st = self.lock();
-                    let before = st.routing.epoch();
+                    let before = st.epoch();
                     let (session, statuses) =
-                        st.start_session(from, table, previous.as_ref(), &partitions, now);
+                        match st.start_session(from, table, previous.as_ref(), &partitions, now) {
+                            Ok(started) => started,
+                            Err(refusal) => return Reply::Err(refusal),
+                        };
                     let page = st.next_page(session, from, self.config.page_bytes, now);
-                    let after = st.routing.epoch();
+                    let after = st.epoch();
                     (
                         page.map(|p| (session, p)),
                         statuses,
@@ -2330,8 +2339,7 @@ impl Inner {
                         .is_none_or(|t| t.reaches_majority(&self.me, st.alive.iter()));
                 if may
                     && let Some(mut t) =
-                        st.routing
-                            .propose(stable, self.config.mycel.store.partitioning, rf)
+                        st.propose(stable, self.config.mycel.store.partitioning, rf)
                 {
                     if t.epoch() <= st.highest_seen {
                         match RoutingTable::compute(
@@ -2433,7 +2441,7 @@ impl Inner {
         let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
         self.metrics
             .epoch
-            .set(i64::try_from(st.routing.epoch()).unwrap_or(i64::MAX));
+            .set(i64::try_from(st.epoch()).unwrap_or(i64::MAX));
         self.metrics.primaries.set(g(primaries));
         self.metrics.replicas.set(g(replicas));
         self.metrics.synced.set(g(synced));

@@ -105,11 +105,12 @@ pub(crate) enum LoadStep {
 /// The state. See the module docs.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) routing: RoutingState,
+    /// Changed only by [`State::install`], which keeps `serving` in step.
+    routing: RoutingState,
     pub(crate) previous: Option<Arc<RoutingTable>>,
     pub(crate) store: Store,
-    /// Changed only by [`State::install`] and [`State::poll_sync`], which keep `serving`
-    /// in step.
+    /// Its variants change only in [`State::install`] and [`State::poll_sync`], which
+    /// keep `serving` in step.
     sync: Vec<PartSync>,
     /// Bit `p` is set when this node is the primary of partition `p` in the installed
     /// table and `p` is synced: the request path's ownership check reads one bit, which
@@ -247,7 +248,26 @@ impl State {
         self.routing.table()
     }
 
+    /// The installed table's epoch; 0 before the first.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.routing.epoch()
+    }
+
+    /// The table this node should publish for the stable view `view`, if any (see
+    /// [`RoutingState::propose`]).
+    pub(crate) fn propose(
+        &self,
+        view: &[crate::placement::Member],
+        partitioning: Partitioning,
+        replication_factor: u8,
+    ) -> Option<RoutingTable> {
+        self.routing.propose(view, partitioning, replication_factor)
+    }
+
     /// Offers a table (and the sender's previous one). Returns whether it was installed.
+    /// A table that partitions keys differently from this node's store is refused with
+    /// [`TableError::PartitionCount`], and a sender's previous table that does is not used
+    /// to bridge a missed epoch.
     ///
     /// On install: partitions this node newly replicates become pending with the replicas
     /// of the previous tables as sources; partitions it stops replicating wait for the new
@@ -503,11 +523,17 @@ impl State {
         previous: Option<&RoutingTable>,
         partitions: &[Partition],
         now: Timestamp,
-    ) -> (u64, Vec<(Partition, SourceStatus)>) {
+    ) -> Result<(u64, Vec<(Partition, SourceStatus)>), Refusal> {
         // One transfer per requester at a time: a new one replaces the old.
         self.sessions.retain(|_, s| s.requester != *requester);
-        if let Err(e) = self.install(table, previous) {
-            tracing::warn!(error = %e, "table in a fetch refused");
+        match self.install(table, previous) {
+            Ok(_) => {}
+            // Its partition numbers name other keys here: nothing to serve.
+            Err(e @ TableError::PartitionCount { .. }) => {
+                tracing::warn!(from = %requester, error = %e, "fetch refused");
+                return Err(Refusal::BadRequest);
+            }
+            Err(e) => tracing::warn!(error = %e, "table in a fetch refused"),
         }
         let mut statuses = Vec::with_capacity(partitions.len());
         let mut writes = Vec::new();
@@ -536,7 +562,7 @@ impl State {
                 touched: now,
             },
         );
-        (id, statuses)
+        Ok((id, statuses))
     }
 
     /// The next page of `session`, at most `max_bytes` (at least one write); `None` if the
@@ -682,9 +708,10 @@ impl State {
     }
 
     /// [`State::check_op_owner`], except that a write refused as syncing is refused as
-    /// [`Refusal::QuorumLost`] instead when this node is cut off from the majority: it
-    /// would never be accepted by retrying, so the caller is told at once. Writes that
-    /// pass the ownership check have their quorum checked in [`State::execute_owned`].
+    /// [`Refusal::QuorumLost`] instead when this node is cut off from the majority: the
+    /// caller is told at once, as for a synced partition, rather than retrying until the
+    /// partition is synced. Writes that pass the ownership check have their quorum
+    /// checked in [`State::execute_owned`].
     fn check_owner_or_quorum(
         &self,
         op: &Op,
@@ -701,27 +728,30 @@ impl State {
     }
 
     /// Checks that this node is the synced primary of every key of `op` (see
-    /// [`State::check_primary`]); the only source of not-owner and syncing refusals.
+    /// [`State::check_primary`]); the only source of not-owner and syncing refusals. For
+    /// several keys, a not-owner refusal wins over a syncing one, whatever the keys' order.
     fn check_op_owner(&self, op: &Op, epoch: Option<u64>) -> Result<(), Refusal> {
         let partitioning = self.store.config().partitioning;
+        let check_all = |keys: &mut dyn Iterator<Item = &Bytes>| {
+            let mut syncing = None;
+            for k in keys {
+                match self.check_primary(partitioning.partition_of(k), epoch) {
+                    Ok(()) => {}
+                    Err(r @ Refusal::Syncing { .. }) => {
+                        syncing.get_or_insert(r);
+                    }
+                    Err(r) => return Err(r),
+                }
+            }
+            syncing.map_or(Ok(()), Err)
+        };
         match op {
-            Op::MGet { keys, .. } => {
-                for k in keys {
-                    self.check_primary(partitioning.partition_of(&k.0), epoch)?;
-                }
-            }
-            Op::MSet { entries, .. } => {
-                for (k, _) in entries {
-                    self.check_primary(partitioning.partition_of(&k.0), epoch)?;
-                }
-            }
-            op => {
-                if let Some(k) = op.key() {
-                    self.check_primary(partitioning.partition_of(k), epoch)?;
-                }
-            }
+            Op::MGet { keys, .. } => check_all(&mut keys.iter().map(|k| &k.0)),
+            Op::MSet { entries, .. } => check_all(&mut entries.iter().map(|(k, _)| &k.0)),
+            op => op.key().map_or(Ok(()), |k| {
+                self.check_primary(partitioning.partition_of(k), epoch)
+            }),
         }
-        Ok(())
     }
 
     /// The rest of [`State::execute_into`], once ownership was checked.
@@ -1124,8 +1154,9 @@ mod tests {
         assert_eq!(work.fetch.get(&id("a")).map(Vec::len), Some(16));
         let wanted = work.fetch[&id("a")].clone();
         // a serves: installs t2 first, snapshots.
-        let (session, statuses) =
-            a.start_session(&id("b"), t2, None, &wanted, Timestamp::from_millis(2));
+        let (session, statuses) = a
+            .start_session(&id("b"), t2, None, &wanted, Timestamp::from_millis(2))
+            .expect("same partitioning");
         assert_eq!(a.routing.epoch(), 2);
         assert!(statuses.iter().all(|(_, s)| *s == SourceStatus::Synced));
         let (page, done) = a
@@ -1230,6 +1261,12 @@ mod tests {
         assert_eq!(
             a.execute(set_op("k", "v"), None, true, Timestamp::from_millis(1)),
             Err(Refusal::NotOwner { epoch: 0 })
+        );
+        // A fetch under such a table names partitions of other keys: refused.
+        let all: Vec<Partition> = other.iter().collect();
+        assert_eq!(
+            a.start_session(&id("b"), wide(2), None, &all, Timestamp::from_millis(1)),
+            Err(Refusal::BadRequest)
         );
         // Nor does such a table bridge a missed epoch.
         a.install(table(1, &["a"]), None).expect("valid");
@@ -1369,9 +1406,52 @@ mod tests {
             key: WBytes(Bytes::from(key.clone())),
         };
         assert!(matches!(
-            a.execute(get, None, true, Timestamp::from_millis(1)),
+            a.execute(get.clone(), None, true, Timestamp::from_millis(1)),
             Err(Refusal::Syncing { .. })
         ));
+        // In a batch, that refusal is final and holds nothing: a later read of the
+        // partition is checked on its own.
+        let (mut section, mut held, mut writes) = (Section::new(true), Held::default(), Vec::new());
+        let now = Timestamp::from_millis(1);
+        let mut run =
+            |a: &mut State, op| a.execute_held(op, None, &mut section, now, &mut held, &mut writes);
+        assert_eq!(run(&mut a, op(&key)), Err(Refusal::QuorumLost));
+        assert!(matches!(run(&mut a, get), Err(Refusal::Syncing { .. })));
+        // A key of a partition a does not serve as primary: several keys are refused as
+        // not-owner whatever their order, never as quorum lost.
+        let other = (0u32..)
+            .map(|i| format!("other-{i}"))
+            .find(|k| t.role(&id("a"), parts().partition_of(k.as_bytes())) != Role::Primary)
+            .expect("a is not primary everywhere");
+        let mset = |keys: [&str; 2]| Op::MSet {
+            bucket: "default".into(),
+            entries: keys
+                .iter()
+                .map(|k| {
+                    (
+                        WBytes(Bytes::from(k.to_string())),
+                        WBytes(Bytes::from_static(b"v")),
+                    )
+                })
+                .collect(),
+        };
+        for keys in [
+            [key.as_str(), other.as_str()],
+            [other.as_str(), key.as_str()],
+        ] {
+            assert_eq!(
+                a.execute(mset(keys), None, true, Timestamp::from_millis(1)),
+                Err(Refusal::NotOwner { epoch: 1 }),
+                "{keys:?}"
+            );
+        }
+        // In a majority again while still fetching: writes wait for the sync.
+        a.alive.insert(id("b"));
+        assert!(matches!(
+            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            Err(Refusal::Syncing { .. })
+        ));
+        a.alive.remove(&id("b"));
         // No source alive: synced once polled.
         a.poll_sync();
         // Alone among three: quorum lost.
@@ -1455,7 +1535,9 @@ mod tests {
                 .expect("write");
         }
         let all: Vec<Partition> = parts().iter().collect();
-        let (session, _) = a.start_session(&id("b"), t, None, &all, Timestamp::from_millis(2));
+        let (session, _) = a
+            .start_session(&id("b"), t, None, &all, Timestamp::from_millis(2))
+            .expect("same partitioning");
         assert!(
             a.next_page(session, &id("c"), 1000, Timestamp::from_millis(2))
                 .is_none()
