@@ -1568,7 +1568,7 @@ impl Inner {
                 let (reply, writes, table) = {
                     let mut st = self.lock();
                     let (reply, writes) = st.execute(
-                        op,
+                        &op,
                         epoch,
                         self.config.mycel.refuse_minority_writes,
                         wall_clock(),
@@ -1595,9 +1595,9 @@ impl Inner {
     /// answer without being executed: ownership may change while the lock is released
     /// between runs, and the sender retries refused operations in their order, so a later
     /// write to a key must not be applied before an earlier, refused one.
-    async fn at_primary_batch(
+    async fn at_primary_batch<'o>(
         self: &Arc<Self>,
-        ops: Vec<Op>,
+        ops: impl ExactSizeIterator<Item = &'o Op>,
         epoch: Option<u64>,
         bound: bool,
     ) -> Vec<Result<OpReply, Refusal>> {
@@ -1609,7 +1609,7 @@ impl Inner {
         // indexes of the operations that made them.
         let mut groups: Vec<(Arc<RoutingTable>, Vec<Write>, Vec<usize>)> = Vec::new();
         let mut held = Held::default();
-        let mut ops = ops.into_iter();
+        let mut ops = ops;
         while ops.len() > 0 {
             let mut st = self.lock();
             let mut section = Section::new(refuse);
@@ -1745,7 +1745,7 @@ impl Inner {
             let mut attempts: Vec<(usize, Option<usize>, Result<OpReply, Attempt>)> =
                 Vec::with_capacity(pending.len());
             if !local.is_empty() {
-                let batch = local.iter().map(|&i| ops[i].clone()).collect();
+                let batch = local.iter().map(|&i| &ops[i]);
                 let results = self.at_primary_batch(batch, None, false).await;
                 for (&i, r) in local.iter().zip(results) {
                     attempts.push((i, None, r.map_err(Attempt::Refused)));
@@ -2156,7 +2156,7 @@ impl Inner {
                 if epoch > self.lock().epoch() {
                     self.spawn_refresh(from.clone());
                 }
-                let results = self.at_primary_batch(ops, Some(epoch), true).await;
+                let results = self.at_primary_batch(ops.iter(), Some(epoch), true).await;
                 let refused = results
                     .iter()
                     .filter(|r| matches!(r, Err(Refusal::NotOwner { .. })))

@@ -643,7 +643,7 @@ impl State {
     /// Its writes to replicate are appended to `writes`.
     pub(crate) fn execute_held(
         &mut self,
-        op: Op,
+        op: &Op,
         epoch: Option<u64>,
         section: &mut Section,
         now: Timestamp,
@@ -652,17 +652,17 @@ impl State {
     ) -> Result<OpReply, Refusal> {
         let partitioning = self.store.config().partitioning;
         if !held.0.is_empty() {
-            let parts = op_partitions(&op, partitioning);
+            let parts = op_partitions(op, partitioning);
             if let Some((_, r)) = held.0.iter().find(|(p, _)| parts.contains(p)) {
                 return Err(r.clone());
             }
         }
         // Not-owner and syncing come from the ownership check alone: the operation's
         // partitions are held from here on.
-        if let Err(r) = self.check_owner_or_quorum(&op, epoch, section) {
+        if let Err(r) = self.check_owner_or_quorum(op, epoch, section) {
             if matches!(r, Refusal::NotOwner { .. } | Refusal::Syncing { .. }) {
                 held.0.extend(
-                    op_partitions(&op, partitioning)
+                    op_partitions(op, partitioning)
                         .into_iter()
                         .map(|p| (p, r.clone())),
                 );
@@ -677,7 +677,7 @@ impl State {
     /// writes to replicate. `GetOrLoad` and `Count` are not handled here.
     pub(crate) fn execute(
         &mut self,
-        op: Op,
+        op: &Op,
         epoch: Option<u64>,
         refuse_minority: bool,
         now: Timestamp,
@@ -697,13 +697,13 @@ impl State {
     /// writes to replicate are appended to `writes`.
     pub(crate) fn execute_into(
         &mut self,
-        op: Op,
+        op: &Op,
         epoch: Option<u64>,
         section: &mut Section,
         now: Timestamp,
         writes: &mut Vec<Write>,
     ) -> Result<OpReply, Refusal> {
-        self.check_owner_or_quorum(&op, epoch, section)?;
+        self.check_owner_or_quorum(op, epoch, section)?;
         self.execute_owned(op, section, now, writes)
     }
 
@@ -757,7 +757,7 @@ impl State {
     /// The rest of [`State::execute_into`], once ownership was checked.
     fn execute_owned(
         &mut self,
-        op: Op,
+        op: &Op,
         section: &mut Section,
         now: Timestamp,
         writes: &mut Vec<Write>,
@@ -769,17 +769,18 @@ impl State {
         let err = |e: Error| Refusal::from_error(&e);
         let store = &mut self.store;
         let mut bucket_of = |store: &Store, name: &WStr| section.bucket(store, name);
+        // Keys and values are cloned (a reference count) only where the store keeps them.
         let reply = match op {
             Op::Get { bucket, key } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 OpReply::Value(store.get(b, &key.0, now).map(WBytes))
             }
             Op::Exists { bucket, key } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 OpReply::Bool(store.exists(b, &key.0, now))
             }
             Op::Ttl { bucket, key } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 OpReply::Ttl(store.ttl(b, &key.0, now).into())
             }
             Op::Set {
@@ -790,13 +791,13 @@ impl State {
                 condition,
                 get,
             } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 let outcome = store
                     .set(
                         b,
-                        key.0,
-                        value.0,
-                        set_options(expiry, condition, get),
+                        key.0.clone(),
+                        value.0.clone(),
+                        set_options(*expiry, *condition, *get),
                         now,
                         e,
                     )
@@ -809,8 +810,8 @@ impl State {
                 }
             }
             Op::Delete { bucket, key } => {
-                let b = bucket_of(store, &bucket)?;
-                let w = store.delete(b, key.0, now, e).map_err(err)?;
+                let b = bucket_of(store, bucket)?;
+                let w = store.delete(b, key.0.clone(), now, e).map_err(err)?;
                 let done = w.is_some();
                 writes.extend(w);
                 OpReply::Bool(done)
@@ -820,28 +821,30 @@ impl State {
                 key,
                 after_ms,
             } => {
-                let b = bucket_of(store, &bucket)?;
-                let at = now.saturating_add(std::time::Duration::from_millis(after_ms));
-                let w = store.expire(b, key.0, at, now, e).map_err(err)?;
+                let b = bucket_of(store, bucket)?;
+                let at = now.saturating_add(std::time::Duration::from_millis(*after_ms));
+                let w = store.expire(b, key.0.clone(), at, now, e).map_err(err)?;
                 let done = w.is_some();
                 writes.extend(w);
                 OpReply::Bool(done)
             }
             Op::Persist { bucket, key } => {
-                let b = bucket_of(store, &bucket)?;
-                let w = store.persist(b, key.0, now, e).map_err(err)?;
+                let b = bucket_of(store, bucket)?;
+                let w = store.persist(b, key.0.clone(), now, e).map_err(err)?;
                 let done = w.is_some();
                 writes.extend(w);
                 OpReply::Bool(done)
             }
             Op::IncrBy { bucket, key, delta } => {
-                let b = bucket_of(store, &bucket)?;
-                let (v, w) = store.incr_by(b, key.0, delta, now, e).map_err(err)?;
+                let b = bucket_of(store, bucket)?;
+                let (v, w) = store
+                    .incr_by(b, key.0.clone(), *delta, now, e)
+                    .map_err(err)?;
                 writes.push(w);
                 OpReply::Int(v)
             }
             Op::MGet { bucket, keys } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 let values = keys
                     .iter()
                     .map(|k| store.get(b, &k.0, now).map(WBytes))
@@ -849,15 +852,15 @@ impl State {
                 OpReply::Values(values)
             }
             Op::MSet { bucket, entries } => {
-                let b = bucket_of(store, &bucket)?;
+                let b = bucket_of(store, bucket)?;
                 // Check every size first, so that a refused entry changes nothing.
-                for (k, v) in &entries {
+                for (k, v) in entries {
                     store.check_size(b, &k.0, v.0.len()).map_err(err)?;
                 }
                 writes.reserve(entries.len());
                 for (k, v) in entries {
                     let outcome = store
-                        .set(b, k.0, v.0, set_options_default(), now, e)
+                        .set(b, k.0.clone(), v.0.clone(), set_options_default(), now, e)
                         .map_err(err)?;
                     writes.extend(outcome.write);
                 }
@@ -1088,7 +1091,7 @@ mod tests {
         // One operation of a batch sent at epoch 2.
         let run = |a: &mut State, op: Op, held: &mut Held| {
             a.execute_held(
-                op,
+                &op,
                 Some(2),
                 &mut Section::new(false),
                 now,
@@ -1142,7 +1145,7 @@ mod tests {
         let mut a = state("a");
         a.install(table(1, &["a"]), None).expect("valid");
         a.poll_sync();
-        a.execute(set_op("k", "v"), None, false, Timestamp::from_millis(1))
+        a.execute(&set_op("k", "v"), None, false, Timestamp::from_millis(1))
             .expect("primary writes");
         let mut b = state("b");
         b.alive.insert(id("a"));
@@ -1221,7 +1224,7 @@ mod tests {
             entry("b", Bytes::from(vec![b'x'; 64 * 1024])),
         ]);
         assert!(matches!(
-            a.execute(too_heavy, None, true, Timestamp::from_millis(1)),
+            a.execute(&too_heavy, None, true, Timestamp::from_millis(1)),
             Err(Refusal::ValueTooLarge { .. })
         ));
         assert_eq!(a.store.len(), 0);
@@ -1230,7 +1233,7 @@ mod tests {
             entry("b", Bytes::from_static(b"2")),
         ]);
         let (_, writes) = a
-            .execute(fits, None, true, Timestamp::from_millis(1))
+            .execute(&fits, None, true, Timestamp::from_millis(1))
             .expect("fits");
         assert_eq!((a.store.len(), writes.len()), (2, 2));
     }
@@ -1259,7 +1262,7 @@ mod tests {
         assert!(a.table().is_none() && a.published().get().is_none());
         // Nothing was installed to serve from: requests are refused, not run.
         assert_eq!(
-            a.execute(set_op("k", "v"), None, true, Timestamp::from_millis(1)),
+            a.execute(&set_op("k", "v"), None, true, Timestamp::from_millis(1)),
             Err(Refusal::NotOwner { epoch: 0 })
         );
         // A fetch under such a table names partitions of other keys: refused.
@@ -1350,7 +1353,7 @@ mod tests {
         let mut a = state("a");
         a.install(table(1, &["a"]), None).expect("valid");
         a.poll_sync();
-        a.execute(set_op("k", "v"), None, false, Timestamp::from_millis(1))
+        a.execute(&set_op("k", "v"), None, false, Timestamp::from_millis(1))
             .expect("primary writes");
         // b and c take over (a leaves the table).
         a.install(table(2, &["b", "c"]), None).expect("valid");
@@ -1369,7 +1372,7 @@ mod tests {
         let mut a = state("a");
         // No table: not owner.
         assert_eq!(
-            a.execute(set_op("k", "v"), None, true, Timestamp::from_millis(1)),
+            a.execute(&set_op("k", "v"), None, true, Timestamp::from_millis(1)),
             Err(Refusal::NotOwner { epoch: 0 })
         );
         let t = table(1, &["a", "b", "c"]);
@@ -1394,11 +1397,11 @@ mod tests {
         // Pending: the partition is not served. Cut off from the majority, a write is
         // told so rather than to retry until the partition is synced.
         assert!(matches!(
-            a.execute(op(&key), None, false, Timestamp::from_millis(1)),
+            a.execute(&op(&key), None, false, Timestamp::from_millis(1)),
             Err(Refusal::Syncing { .. })
         ));
         assert_eq!(
-            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            a.execute(&op(&key), None, true, Timestamp::from_millis(1)),
             Err(Refusal::QuorumLost)
         );
         let get = Op::Get {
@@ -1406,15 +1409,16 @@ mod tests {
             key: WBytes(Bytes::from(key.clone())),
         };
         assert!(matches!(
-            a.execute(get.clone(), None, true, Timestamp::from_millis(1)),
+            a.execute(&get.clone(), None, true, Timestamp::from_millis(1)),
             Err(Refusal::Syncing { .. })
         ));
         // In a batch, that refusal is final and holds nothing: a later read of the
         // partition is checked on its own.
         let (mut section, mut held, mut writes) = (Section::new(true), Held::default(), Vec::new());
         let now = Timestamp::from_millis(1);
-        let mut run =
-            |a: &mut State, op| a.execute_held(op, None, &mut section, now, &mut held, &mut writes);
+        let mut run = |a: &mut State, op| {
+            a.execute_held(&op, None, &mut section, now, &mut held, &mut writes)
+        };
         assert_eq!(run(&mut a, op(&key)), Err(Refusal::QuorumLost));
         assert!(matches!(run(&mut a, get), Err(Refusal::Syncing { .. })));
         // A key of a partition a does not serve as primary: several keys are refused as
@@ -1440,7 +1444,7 @@ mod tests {
             [other.as_str(), key.as_str()],
         ] {
             assert_eq!(
-                a.execute(mset(keys), None, true, Timestamp::from_millis(1)),
+                a.execute(&mset(keys), None, true, Timestamp::from_millis(1)),
                 Err(Refusal::NotOwner { epoch: 1 }),
                 "{keys:?}"
             );
@@ -1448,7 +1452,7 @@ mod tests {
         // In a majority again while still fetching: writes wait for the sync.
         a.alive.insert(id("b"));
         assert!(matches!(
-            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            a.execute(&op(&key), None, true, Timestamp::from_millis(1)),
             Err(Refusal::Syncing { .. })
         ));
         a.alive.remove(&id("b"));
@@ -1456,22 +1460,22 @@ mod tests {
         a.poll_sync();
         // Alone among three: quorum lost.
         assert_eq!(
-            a.execute(op(&key), None, true, Timestamp::from_millis(1)),
+            a.execute(&op(&key), None, true, Timestamp::from_millis(1)),
             Err(Refusal::QuorumLost)
         );
         // Not refusing minority writes: accepted.
         assert!(
-            a.execute(op(&key), None, false, Timestamp::from_millis(1))
+            a.execute(&op(&key), None, false, Timestamp::from_millis(1))
                 .is_ok()
         );
         a.alive.insert(id("b"));
         let (_, writes) = a
-            .execute(op(&key), Some(1), true, Timestamp::from_millis(1))
+            .execute(&op(&key), Some(1), true, Timestamp::from_millis(1))
             .expect("majority");
         assert_eq!(writes.len(), 1);
         // A request at another epoch is refused with this node's epoch.
         assert_eq!(
-            a.execute(op(&key), Some(2), true, Timestamp::from_millis(1)),
+            a.execute(&op(&key), Some(2), true, Timestamp::from_millis(1)),
             Err(Refusal::NotOwner { epoch: 1 })
         );
     }
@@ -1531,7 +1535,7 @@ mod tests {
                 condition: super::super::wire::WireCondition::Always,
                 get: false,
             };
-            a.execute(op, None, false, Timestamp::from_millis(1))
+            a.execute(&op, None, false, Timestamp::from_millis(1))
                 .expect("write");
         }
         let all: Vec<Partition> = parts().iter().collect();
