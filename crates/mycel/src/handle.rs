@@ -982,13 +982,22 @@ mod tests {
                 ..BucketOptions::default()
             };
             let b = m.create_bucket("large", options).await.expect("create");
-            let big = Bytes::from(vec![b'x'; 512 * 1024]);
-            let r = m
-                .mset(b, vec![("a".into(), "1".into()), ("b".into(), big)])
-                .await;
-            assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
-            assert_eq!(m.exists(b, b"a").await, Ok(false));
+            heavy_mset_writes_nothing(&m, b, 512 * 1024).await;
         });
+    }
+
+    /// An `mset` whose second pair, `heavy_len` bytes, is over the memory budget writes
+    /// neither pair.
+    async fn heavy_mset_writes_nothing(m: &Mycel, b: BucketId, heavy_len: usize) {
+        let heavy = Bytes::from(vec![b'x'; heavy_len]);
+        let r = m
+            .mset(
+                b,
+                vec![("light".into(), "1".into()), ("heavy".into(), heavy)],
+            )
+            .await;
+        assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
+        assert_eq!(m.exists(b, b"light").await, Ok(false));
     }
 
     #[test]
@@ -1116,12 +1125,7 @@ mod tests {
             // A pair over the budget, in a request of its own after the first pair's:
             // refused before anything is sent.
             let large = m.bucket("large").await.expect("configured bucket");
-            let heavy = Bytes::from(vec![b'x'; 300 * 1024]);
-            let r = m
-                .mset(large, vec![("c".into(), "1".into()), ("d".into(), heavy)])
-                .await;
-            assert!(matches!(r, Err(Error::ValueTooLarge { .. })), "{r:?}");
-            assert_eq!(m.exists(large, b"c").await, Ok(false));
+            heavy_mset_writes_nothing(&m, large, 300 * 1024).await;
             assert_eq!(
                 m.get_ex(b, "a".into(), GetEx::After(Duration::from_secs(100)))
                     .await,
