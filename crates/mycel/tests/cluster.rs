@@ -866,13 +866,27 @@ async fn batches_apply_in_order_per_key_and_fail_per_operation() {
 }
 
 /// Batches of writes each followed by a read of the same key, run while a third node
-/// joins and partitions move: whatever rounds of retries a batch goes through, a read
+/// joins two and partitions move: whatever rounds of retries a batch goes through, a read
 /// that follows an acknowledged write of the same batch sees exactly that write, and
 /// every last acknowledged value is readable afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_keep_same_key_order_while_partitions_move() {
+    batches_during_a_join(2).await;
+}
+
+/// The same with one node that a second joins: before the join every batch runs at once
+/// as the primary of all its keys, without rounds; from the join on, batches are split
+/// between the two primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_a_lone_node_keep_order_when_a_second_joins() {
+    batches_during_a_join(1).await;
+}
+
+/// Runs the batches of the two tests above on a cluster of `initial` nodes that one more
+/// node joins.
+async fn batches_during_a_join(initial: usize) {
     let _serial = SERIAL.lock().await;
-    let (ca, nodes) = cluster(2).await;
+    let (ca, nodes) = cluster(initial).await;
     let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let batches = Arc::new(AtomicUsize::new(0));
@@ -933,8 +947,10 @@ async fn batches_keep_same_key_order_while_partitions_move() {
         batches.load(Ordering::Acquire) > 10
     })
     .await;
-    let third = Arc::new(start(&ca, "node-3", &[&nodes[0]]).await);
-    let all = [nodes[0].clone(), nodes[1].clone(), third.clone()];
+    let name = format!("node-{}", initial + 1);
+    let third = Arc::new(start(&ca, &name, &[&nodes[0]]).await);
+    let mut all = nodes.clone();
+    all.push(third.clone());
     let refs: Vec<&Cluster> = all.iter().map(|c| &**c).collect();
     converged(&refs).await;
     let at_convergence = batches.load(Ordering::Acquire);

@@ -677,6 +677,10 @@ enum Attempt {
     Indeterminate,
 }
 
+/// One operation's outcome in a round of [`Inner::route_rounds`]: its index, who answered
+/// (an index into the round's remote primaries; None: this node) and how.
+type RoundAttempt = (usize, Option<usize>, Result<OpReply, Attempt>);
+
 /// A request that got no usable answer.
 enum CallError {
     Transport(RequestError),
@@ -1660,6 +1664,12 @@ impl Inner {
         results
     }
 
+    /// The partition of `op`'s key (the empty key's for an operation without one).
+    fn partition(&self, op: &Op) -> Partition {
+        let key = op.key().map_or(&[][..], |k| &k[..]);
+        self.config.mycel.store.partitioning.partition_of(key)
+    }
+
     /// Runs `ops` each at its key's primary and answers each in order (see
     /// [`Cluster::batch`]).
     ///
@@ -1669,14 +1679,45 @@ impl Inner {
     /// local ones, and collects the answers. Operations refused as not-owner, syncing or
     /// deferred, or not delivered, stay pending in their original order for the next
     /// round; refusals of one partition hit every later operation of that partition in
-    /// the same message too, so operations on one key never overtake each other.
+    /// the same message too, so operations on one key never overtake each other. When
+    /// this node is every key's primary, the operations run at once, and the rounds only
+    /// take over the ones refused as retryable.
     async fn route_batch(self: &Arc<Self>, ops: &[Op]) -> Vec<Result<OpReply, ClusterError>> {
+        // Every key's primary is this node (a lone node, or a pipeline of local keys):
+        // executed at once, without the rounds' bookkeeping. Only operations refused as
+        // retryable (ownership moved meanwhile, partition syncing) go on to the rounds.
+        let all_local = self.table.get().is_some_and(|table| {
+            ops.iter().all(|op| {
+                table
+                    .primary(self.partition(op))
+                    .is_some_and(|m| m.id == self.me)
+            })
+        });
+        if all_local {
+            let results = self.at_primary_batch(ops.iter(), None, false).await;
+            if !results
+                .iter()
+                .any(|r| r.as_ref().is_err_and(Refusal::is_retryable))
+            {
+                return results
+                    .into_iter()
+                    .map(|r| r.map_err(|e| self.refusal(e, &self.me)))
+                    .collect();
+            }
+            return self.route_rounds(ops, Some(results)).await;
+        }
+        self.route_rounds(ops, None).await
+    }
+
+    /// The rounds of [`route_batch`](Self::route_batch); `first`: this node's answers to
+    /// every operation, executed as their primary, which stand for the first round.
+    async fn route_rounds(
+        self: &Arc<Self>,
+        ops: &[Op],
+        mut first: Option<Vec<Result<OpReply, Refusal>>>,
+    ) -> Vec<Result<OpReply, ClusterError>> {
         let n = ops.len();
-        let partitioning = self.config.mycel.store.partitioning;
-        let parts: Vec<Partition> = ops
-            .iter()
-            .map(|op| partitioning.partition_of(op.key().map_or(&[][..], |k| &k[..])))
-            .collect();
+        let parts: Vec<Partition> = ops.iter().map(|op| self.partition(op)).collect();
         let deadline = Instant::now() + self.config.op_timeout;
         let mut out: Vec<Option<Result<OpReply, ClusterError>>> = (0..n).map(|_| None).collect();
         let mut last: Vec<Retryable> = vec![Retryable::Unsent; n];
@@ -1692,77 +1733,20 @@ impl Inner {
                 }
                 break;
             };
-            // A member of the table cut off from the majority refuses writes: local ones
-            // in `State::execute`, remote ones here (checked at the first one).
-            let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
-            let mut quorum: Option<Option<Refusal>> = None;
-            let mut local: Vec<usize> = Vec::new();
-            let mut remote: Vec<(NodeId, Vec<usize>, usize)> = Vec::new();
-            let mut held: HashSet<NodeId> = HashSet::new();
-            for &i in &pending {
-                let primary = table
-                    .primary(parts[i])
-                    .map(|m| &m.id)
-                    .expect("invariant: a valid table has a primary for every partition");
-                if *primary == self.me {
-                    local.push(i);
-                    continue;
+            let (attempts, primaries) = match first.take() {
+                Some(results) => {
+                    let attempts = results
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (i, None, r.map_err(Attempt::Refused)))
+                        .collect();
+                    (attempts, Vec::new())
                 }
-                if check_quorum
-                    && ops[i].is_write()
-                    && let Some(r) = quorum.get_or_insert_with(|| self.lock().check_quorum().err())
-                {
-                    out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
-                    continue;
+                None => {
+                    self.route_round(ops, &parts, &pending, &table, &mut out)
+                        .await
                 }
-                if held.contains(primary) {
-                    continue;
-                }
-                let size = ops[i].size();
-                match remote.iter_mut().find(|(p, _, _)| p == primary) {
-                    Some((_, group, bytes)) => {
-                        if *bytes + size > self.config.page_bytes {
-                            // The rest for this primary waits for the next round.
-                            held.insert(primary.clone());
-                        } else {
-                            group.push(i);
-                            *bytes += size;
-                        }
-                    }
-                    None => remote.push((primary.clone(), vec![i], size)),
-                }
-            }
-            let sent: Vec<_> = remote
-                .into_iter()
-                .map(|(primary, group, _)| {
-                    let batch = group.iter().map(|&i| ops[i].clone()).collect();
-                    let rx = self.enqueue_ops(&primary, table.epoch(), batch);
-                    (primary, group, rx)
-                })
-                .collect();
-            // Each operation's outcome and who answered it (an index into `primaries`;
-            // None: this node).
-            let mut attempts: Vec<(usize, Option<usize>, Result<OpReply, Attempt>)> =
-                Vec::with_capacity(pending.len());
-            if !local.is_empty() {
-                let batch = local.iter().map(|&i| &ops[i]);
-                let results = self.at_primary_batch(batch, None, false).await;
-                for (&i, r) in local.iter().zip(results) {
-                    attempts.push((i, None, r.map_err(Attempt::Refused)));
-                }
-            }
-            let mut primaries = Vec::with_capacity(sent.len());
-            for (primary, group, rx) in sent {
-                self.metrics
-                    .forwarded
-                    .inc_by(u64::try_from(group.len()).unwrap_or(u64::MAX));
-                let delivery = rx.await.unwrap_or(Delivery::Lost);
-                for (k, &i) in group.iter().enumerate() {
-                    let attempt = delivery.attempt(k, ops[i].is_write());
-                    attempts.push((i, Some(primaries.len()), attempt));
-                }
-                primaries.push(primary);
-            }
+            };
             let mut backoff = Duration::ZERO;
             let mut refresh: BTreeMap<NodeId, u64> = BTreeMap::new();
             let mut saw_not_owner = false;
@@ -1844,6 +1828,90 @@ impl Inner {
                 })
             })
             .collect()
+    }
+
+    /// One round of [`route_rounds`](Self::route_rounds) for the `pending` operations
+    /// under `table`: groups them by primary, sends one message's worth to each remote
+    /// primary, executes the local ones, and collects each operation's outcome with who
+    /// answered it (an index into the returned primaries; None: this node). Writes
+    /// refused here for lost quorum are answered in `out`.
+    async fn route_round(
+        self: &Arc<Self>,
+        ops: &[Op],
+        parts: &[Partition],
+        pending: &[usize],
+        table: &RoutingTable,
+        out: &mut [Option<Result<OpReply, ClusterError>>],
+    ) -> (Vec<RoundAttempt>, Vec<NodeId>) {
+        // A member of the table cut off from the majority refuses writes: local ones
+        // in `State::execute`, remote ones here (checked at the first one).
+        let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
+        let mut quorum: Option<Option<Refusal>> = None;
+        let mut local: Vec<usize> = Vec::new();
+        let mut remote: Vec<(NodeId, Vec<usize>, usize)> = Vec::new();
+        let mut held: HashSet<NodeId> = HashSet::new();
+        for &i in pending {
+            let primary = table
+                .primary(parts[i])
+                .map(|m| &m.id)
+                .expect("invariant: a valid table has a primary for every partition");
+            if *primary == self.me {
+                local.push(i);
+                continue;
+            }
+            if check_quorum
+                && ops[i].is_write()
+                && let Some(r) = quorum.get_or_insert_with(|| self.lock().check_quorum().err())
+            {
+                out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
+                continue;
+            }
+            if held.contains(primary) {
+                continue;
+            }
+            let size = ops[i].size();
+            match remote.iter_mut().find(|(p, _, _)| p == primary) {
+                Some((_, group, bytes)) => {
+                    if *bytes + size > self.config.page_bytes {
+                        // The rest for this primary waits for the next round.
+                        held.insert(primary.clone());
+                    } else {
+                        group.push(i);
+                        *bytes += size;
+                    }
+                }
+                None => remote.push((primary.clone(), vec![i], size)),
+            }
+        }
+        let sent: Vec<_> = remote
+            .into_iter()
+            .map(|(primary, group, _)| {
+                let batch = group.iter().map(|&i| ops[i].clone()).collect();
+                let rx = self.enqueue_ops(&primary, table.epoch(), batch);
+                (primary, group, rx)
+            })
+            .collect();
+        let mut attempts: Vec<RoundAttempt> = Vec::with_capacity(pending.len());
+        if !local.is_empty() {
+            let batch = local.iter().map(|&i| &ops[i]);
+            let results = self.at_primary_batch(batch, None, false).await;
+            for (&i, r) in local.iter().zip(results) {
+                attempts.push((i, None, r.map_err(Attempt::Refused)));
+            }
+        }
+        let mut primaries = Vec::with_capacity(sent.len());
+        for (primary, group, rx) in sent {
+            self.metrics
+                .forwarded
+                .inc_by(u64::try_from(group.len()).unwrap_or(u64::MAX));
+            let delivery = rx.await.unwrap_or(Delivery::Lost);
+            for (k, &i) in group.iter().enumerate() {
+                let attempt = delivery.attempt(k, ops[i].is_write());
+                attempts.push((i, Some(primaries.len()), attempt));
+            }
+            primaries.push(primary);
+        }
+        (attempts, primaries)
     }
 
     /// Sends `writes` to every alive backup of their partitions; Ok once all applied.

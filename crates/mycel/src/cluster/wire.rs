@@ -457,6 +457,15 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
+    /// Whether the operation was not executed and may be sent again as it is: the
+    /// refusals a router retries (not-owner, syncing, deferred).
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::NotOwner { .. } | Self::Syncing { .. } | Self::Deferred
+        )
+    }
+
     /// The refusal for a core error.
     pub(crate) fn from_error(e: &Error) -> Self {
         let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
