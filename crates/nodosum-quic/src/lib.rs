@@ -43,7 +43,10 @@
 //!
 //! - **Dialling side.** While a reconnect's handshake runs with 0-RTT keys, the lanes of
 //!   replay-safe applications open their stream on it and write `StreamInit` and their
-//!   queued messages as 0-RTT data at once. Every other application's data waits for the
+//!   queued messages as 0-RTT data at once. [`QuicNode::connect`] starts the first dial
+//!   before it returns, so when the next `send` of a replay-safe application creates the
+//!   lane, that `send` call opens the stream and writes the message itself, without
+//!   waiting for any task to be scheduled. Every other application's data waits for the
 //!   handshake to complete, as on a full handshake. What was written early is kept until
 //!   the server accepted it; if the server rejects the 0-RTT data (it lost its ticket
 //!   state, e.g. it restarted) or the connection fails during its handshake, those

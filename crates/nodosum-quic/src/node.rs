@@ -439,6 +439,23 @@ struct Slot {
     live: Arc<Live>,
 }
 
+/// A dial whose handshake is under way (see [`Inner::start_dial`]).
+struct Dialled {
+    slot: Slot,
+    handshake: Handshake,
+}
+
+enum Handshake {
+    /// Resuming with 0-RTT keys: the connection is usable (and offered to the peer's
+    /// replay-safe lanes) until `accepted` says whether the server took the early data.
+    Early {
+        conn: quinn::Connection,
+        accepted: quinn::ZeroRttAccepted,
+    },
+    /// A full or resumed handshake without early data.
+    Connecting(quinn::Connecting),
+}
+
 /// The accepting side's decision about a connection whose handshake is in progress,
 /// for the streams that arrived before it completed.
 #[derive(Clone)]
@@ -891,7 +908,15 @@ impl QuicNode {
         peer.desired = Some(addr);
         if peer.dialer.as_ref().is_none_or(JoinHandle::is_finished) {
             peer.dial_id = self.inner.next_dial_id.fetch_add(1, Ordering::Relaxed);
-            let dial = dial_loop(self.inner.clone(), node, peer.dial_id);
+            // The first attempt starts here rather than in the loop's task: a connection
+            // in its 0-RTT phase is then offered before this call returns, so the next
+            // `send` of a replay-safe application writes its message as early data at
+            // once (see `Inner::lane`), whenever the loop's task gets to run.
+            let first = peer.current.borrow().is_none().then(|| {
+                self.inner.dialing.fetch_add(1, Ordering::AcqRel);
+                (addr, self.inner.start_dial(peer, &node, addr))
+            });
+            let dial = dial_loop(self.inner.clone(), node, peer.dial_id, first);
             peer.dialer = Some(tokio::spawn(dial));
         }
     }
@@ -911,7 +936,10 @@ impl QuicNode {
     /// `Ok` means queued: delivery is in order per (peer, application) while the
     /// connection lives; a message written to a connection that then breaks is lost.
     pub async fn send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
-        let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        let (tx, shared, written) = self.inner.lane(node, app, &msg)?;
+        if written {
+            return Ok(());
+        }
         let msg = match shared.try_direct(&tx, msg) {
             DirectWrite::Written => return Ok(()),
             DirectWrite::Queue(msg) => msg,
@@ -927,7 +955,10 @@ impl QuicNode {
 
     /// Queues `msg` without waiting; [`SendError::QueueFull`] when the queue is full.
     pub fn try_send(&self, node: &NodeId, app: &AppId, msg: Bytes) -> Result<(), SendError> {
-        let (tx, shared) = self.inner.lane(node, app, msg.len())?;
+        let (tx, shared, written) = self.inner.lane(node, app, &msg)?;
+        if written {
+            return Ok(());
+        }
         let msg = match shared.try_direct(&tx, msg) {
             DirectWrite::Written => return Ok(()),
             DirectWrite::Queue(msg) => msg,
@@ -1053,6 +1084,9 @@ impl QuicNode {
     }
 }
 
+/// A lane's queue and shared state, as a [`LaneSender`] caches them.
+type LaneRef = (mpsc::Sender<Bytes>, Arc<LaneShared>);
+
 /// A cached sender for one (peer, application), from [`QuicNode::sender`]. Cloning it
 /// is cheap; each clone caches the lane on its own.
 #[derive(Clone)]
@@ -1060,7 +1094,7 @@ pub struct LaneSender {
     inner: Arc<Inner>,
     node: NodeId,
     app: AppId,
-    lane: Option<(mpsc::Sender<Bytes>, Arc<LaneShared>)>,
+    lane: Option<LaneRef>,
 }
 
 impl fmt::Debug for LaneSender {
@@ -1083,9 +1117,11 @@ impl LaneSender {
         &self.app
     }
 
-    /// The lane's queue, looking it up when none is cached.
-    fn queue(&mut self, len: usize) -> Result<&(mpsc::Sender<Bytes>, Arc<LaneShared>), SendError> {
+    /// The lane's queue, looking it up when none is cached; `None` when a lane created
+    /// for `msg` already wrote it (as 0-RTT data, see [`Inner::lane`]).
+    fn queue(&mut self, msg: &Bytes) -> Result<Option<&LaneRef>, SendError> {
         let limits = &self.inner.config.limits;
+        let len = msg.len();
         if message_header(len, limits).is_err() {
             self.inner
                 .metrics
@@ -1107,10 +1143,14 @@ impl LaneSender {
                 return Err(self.failed());
             }
         }
-        Ok(match &mut self.lane {
-            Some(lane) => lane,
-            lane @ None => lane.insert(self.inner.lane(&self.node, &self.app, len)?),
-        })
+        if self.lane.is_none() {
+            let (tx, shared, written) = self.inner.lane(&self.node, &self.app, msg)?;
+            self.lane = Some((tx, shared));
+            if written {
+                return Ok(None);
+            }
+        }
+        Ok(self.lane.as_ref())
     }
 
     /// The lane ended: report why (as `send` does) and look it up afresh next time.
@@ -1125,7 +1165,9 @@ impl LaneSender {
 
     /// Like [`QuicNode::send`]: queues `msg`, waiting while the queue is full.
     pub async fn send(&mut self, msg: Bytes) -> Result<(), SendError> {
-        let (tx, shared) = self.queue(msg.len())?;
+        let Some((tx, shared)) = self.queue(&msg)? else {
+            return Ok(());
+        };
         let msg = match shared.try_direct(tx, msg) {
             DirectWrite::Written => return Ok(()),
             DirectWrite::Queue(msg) => msg,
@@ -1141,7 +1183,9 @@ impl LaneSender {
 
     /// Like [`QuicNode::try_send`]: [`SendError::QueueFull`] when the queue is full.
     pub fn try_send(&mut self, msg: Bytes) -> Result<(), SendError> {
-        let (tx, shared) = self.queue(msg.len())?;
+        let Some((tx, shared)) = self.queue(&msg)? else {
+            return Ok(());
+        };
         let msg = match shared.try_direct(tx, msg) {
             DirectWrite::Written => return Ok(()),
             DirectWrite::Queue(msg) => msg,
@@ -1304,14 +1348,18 @@ impl Inner {
         }
     }
 
-    /// The sender of `(node, app)`'s lane, creating the lane if needed.
+    /// The sender of `(node, app)`'s lane, creating the lane if needed. A lane created
+    /// here for a replay-safe application while the peer's dialled connection is in its
+    /// 0-RTT phase writes `msg` at once as early data (see [`Writer::write_first_early`]);
+    /// the flag says whether it did, in which case `msg` is sent and must not be queued.
     fn lane(
         self: &Arc<Self>,
         node: &NodeId,
         app: &AppId,
-        len: usize,
-    ) -> Result<(mpsc::Sender<Bytes>, Arc<LaneShared>), SendError> {
+        msg: &Bytes,
+    ) -> Result<(mpsc::Sender<Bytes>, Arc<LaneShared>, bool), SendError> {
         let max = self.config.limits.max_message_size;
+        let len = msg.len();
         if message_header(len, &self.config.limits).is_err() {
             self.metrics.send_error(app.as_str(), "too_large", 1);
             return Err(SendError::MessageTooLarge { len, max });
@@ -1323,54 +1371,64 @@ impl Inner {
         let Some(peer) = st.peers.get_mut(node) else {
             return Err(SendError::UnknownPeer { node: node.clone() });
         };
-        let lane = self.lane_of(node, peer, app);
-        Ok((lane.tx.clone(), lane.shared.clone()))
+        let (lane, written) = self.lane_of(node, peer, app, Some(msg));
+        Ok((lane.tx.clone(), lane.shared.clone(), written))
     }
 
-    fn lane_of<'p>(self: &Arc<Self>, node: &NodeId, peer: &'p mut Peer, app: &AppId) -> &'p Lane {
+    /// `(node, app)`'s lane, created (with its writer task) if there is none; `first`: the
+    /// message a sender is about to send, written early by a new lane if it can (see
+    /// [`lane`](Self::lane)).
+    fn lane_of<'p>(
+        self: &Arc<Self>,
+        node: &NodeId,
+        peer: &'p mut Peer,
+        app: &AppId,
+        first: Option<&Bytes>,
+    ) -> (&'p Lane, bool) {
         // Looked up first so the common case does not clone the application ID.
         if peer.lanes.contains_key(app) {
-            return peer
+            let lane = peer
                 .lanes
                 .get(app)
                 .expect("invariant: the lane was just found under the same lock");
+            return (lane, false);
         }
-        peer.lanes.entry(app.clone()).or_insert_with(|| {
-            let (tx, rx) = mpsc::channel(self.config.send_queue_len);
-            let (ctl, ctl_rx) = mpsc::unbounded_channel();
-            let traffic = self.metrics.traffic(app.as_str(), "out");
-            let shared = Arc::new(LaneShared::new(self.config.limits, traffic.clone()));
-            let mut init = BytesMut::new();
-            let init_ok = StreamInit::new(app.clone())
-                .encode(&self.config.limits, &mut init)
-                .is_ok();
-            let writer = Writer {
-                inner: self.clone(),
-                peer: node.clone(),
-                app: app.clone(),
-                rx,
-                ctl: ctl_rx,
-                current: peer.current.subscribe(),
-                early: peer.early.subscribe(),
-                early_tried: None,
-                cur: None,
-                init: init.freeze(),
-                shared: shared.clone(),
-                ctl_open: true,
-                retiring: Vec::new(),
-                draining: false,
-                traffic,
-                kept: Replay::default(),
-                resend: Replay::default(),
-            };
-            let task = tokio::spawn(writer.run(init_ok));
-            Lane {
-                tx,
-                ctl,
-                shared,
-                task,
-            }
-        })
+        let (tx, rx) = mpsc::channel(self.config.send_queue_len);
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        let traffic = self.metrics.traffic(app.as_str(), "out");
+        let shared = Arc::new(LaneShared::new(self.config.limits, traffic.clone()));
+        let mut init = BytesMut::new();
+        let init_ok = StreamInit::new(app.clone())
+            .encode(&self.config.limits, &mut init)
+            .is_ok();
+        let mut writer = Writer {
+            inner: self.clone(),
+            peer: node.clone(),
+            app: app.clone(),
+            rx,
+            ctl: ctl_rx,
+            current: peer.current.subscribe(),
+            early: peer.early.subscribe(),
+            early_tried: None,
+            cur: None,
+            init: init.freeze(),
+            shared: shared.clone(),
+            ctl_open: true,
+            retiring: Vec::new(),
+            draining: false,
+            traffic,
+            kept: Replay::default(),
+            resend: Replay::default(),
+        };
+        let written = init_ok && first.is_some_and(|msg| writer.write_first_early(msg));
+        let task = tokio::spawn(writer.run(init_ok));
+        let lane = peer.lanes.entry(app.clone()).or_insert(Lane {
+            tx,
+            ctl,
+            shared,
+            task,
+        });
+        (lane, written)
     }
 
     /// The error for a send whose lane is closed; removes a failed lane so the next send
@@ -1415,18 +1473,6 @@ impl Inner {
         Slot {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             live: Arc::new(Live::default()),
-        }
-    }
-
-    /// Offers a dialled connection in its 0-RTT phase to the peer's replay-safe lanes.
-    fn publish_early(&self, node: &NodeId, slot: &Slot, conn: &quinn::Connection) {
-        let st = lock(&self.state);
-        if let Some(peer) = st.peers.get(node) {
-            peer.early.send_replace(Some(EarlyRef {
-                id: slot.id,
-                conn: conn.clone(),
-                live: slot.live.clone(),
-            }));
         }
     }
 
@@ -1501,26 +1547,48 @@ impl Inner {
         }
     }
 
-    async fn dial(
+    /// Starts a dial of `node` at `addr` (never waits). With a session ticket that allows
+    /// early data, the connection is offered to `peer`'s replay-safe lanes at once, in its
+    /// 0-RTT phase: they write as 0-RTT data while the handshake runs (see the crate docs).
+    fn start_dial(
         &self,
-        peer: &NodeId,
+        peer: &Peer,
+        node: &NodeId,
         addr: SocketAddr,
-    ) -> Result<(quinn::Connection, HandshakeKind, Slot), RejectReason> {
-        self.tls.tracker.reset_client(peer.as_str());
+    ) -> Result<Dialled, RejectReason> {
+        self.tls.tracker.reset_client(node.as_str());
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), addr, peer.as_str())
+            .connect_with(self.client_config.clone(), addr, node.as_str())
             .map_err(|e| RejectReason::Other(e.to_string()))?;
         let slot = self.slot();
-        // With a session ticket that allows early data, the lanes of replay-safe
-        // applications write as 0-RTT data while the handshake runs (see the crate docs).
-        let (conn, zero_rtt) = match connecting.into_0rtt() {
+        let handshake = match connecting.into_0rtt() {
             Ok((conn, accepted)) => {
                 // rustls offers a ticket only to the server name it was issued under (the
                 // node ID, verified by the full handshake that issued it), and 0-RTT data
                 // is encrypted with that session's secret: only that peer can read it.
-                debug!(%peer, "dialling with 0-RTT keys");
-                self.publish_early(peer, &slot, &conn);
+                debug!(peer = %node, "dialling with 0-RTT keys");
+                peer.early.send_replace(Some(EarlyRef {
+                    id: slot.id,
+                    conn: conn.clone(),
+                    live: slot.live.clone(),
+                }));
+                Handshake::Early { conn, accepted }
+            }
+            Err(connecting) => Handshake::Connecting(connecting),
+        };
+        Ok(Dialled { slot, handshake })
+    }
+
+    /// Completes a dial started by [`start_dial`](Self::start_dial).
+    async fn finish_dial(
+        &self,
+        peer: &NodeId,
+        dialled: Dialled,
+    ) -> Result<(quinn::Connection, HandshakeKind, Slot), RejectReason> {
+        let Dialled { slot, handshake } = dialled;
+        let (conn, zero_rtt) = match handshake {
+            Handshake::Early { conn, accepted } => {
                 let accepted = accepted.await;
                 if let Some(e) = conn.close_reason() {
                     self.withdraw_early(peer, slot.id);
@@ -1528,7 +1596,9 @@ impl Inner {
                 }
                 (conn, accepted)
             }
-            Err(connecting) => (connecting.await.map_err(|e| classify(&e))?, false),
+            Handshake::Connecting(connecting) => {
+                (connecting.await.map_err(|e| classify(&e))?, false)
+            }
         };
         let full = self.tls.tracker.take_client(peer.as_str());
         let kind = match (zero_rtt, full) {
@@ -1993,32 +2063,57 @@ fn dialling(st: &State, node: &NodeId, dial: u64) -> bool {
         .is_some_and(|p| p.dial_id == dial && p.desired.is_some())
 }
 
-async fn dial_loop(inner: Arc<Inner>, node: NodeId, dial: u64) {
+/// Dials `node` while it is to be connected and has no connection, with backoff after
+/// failures. `first`: the first attempt, already started by [`QuicNode::connect`] (and
+/// counted in `dialing`).
+async fn dial_loop(
+    inner: Arc<Inner>,
+    node: NodeId,
+    dial: u64,
+    mut first: Option<(SocketAddr, Result<Dialled, RejectReason>)>,
+) {
     let mut backoff = inner.config.reconnect_initial_backoff;
     loop {
-        if inner.closing.load(Ordering::Acquire) {
-            return;
-        }
-        let (addr, mut current) = {
-            let st = lock(&inner.state);
-            if !dialling(&st, &node, dial) {
-                return;
+        let (addr, started) = match first.take() {
+            Some(started) => started,
+            None => {
+                if inner.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                let mut current = {
+                    let st = lock(&inner.state);
+                    if !dialling(&st, &node, dial) {
+                        return;
+                    }
+                    let Some(peer) = st.peers.get(&node) else {
+                        return;
+                    };
+                    if peer.desired.is_none() {
+                        return;
+                    }
+                    peer.current.subscribe()
+                };
+                if current.borrow_and_update().is_some() {
+                    if current.wait_for(Option::is_none).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let st = lock(&inner.state);
+                let peer = st.peers.get(&node).filter(|_| dialling(&st, &node, dial));
+                let Some((peer, addr)) = peer.and_then(|p| Some((p, p.desired?))) else {
+                    return;
+                };
+                inner.dialing.fetch_add(1, Ordering::AcqRel);
+                (addr, inner.start_dial(peer, &node, addr))
             }
-            let Some(peer) = st.peers.get(&node) else {
-                return;
-            };
-            let Some(addr) = peer.desired else { return };
-            (addr, peer.current.subscribe())
         };
-        if current.borrow_and_update().is_some() {
-            if current.wait_for(Option::is_none).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        inner.dialing.fetch_add(1, Ordering::AcqRel);
         let dialing = DialingGuard(&inner.dialing);
-        match inner.dial(&node, addr).await {
+        let result = match started {
+            Ok(dialled) => inner.finish_dial(&node, dialled).await,
+            Err(reason) => Err(reason),
+        };
+        match result {
             Ok((conn, kind, slot)) => {
                 backoff = inner.config.reconnect_initial_backoff;
                 let registered = inner.register(node.clone(), conn, Some(dial), kind, slot);
@@ -2275,7 +2370,7 @@ async fn route_stream(
             None
         } else {
             Some(st.peers.get_mut(&node).map(|peer| {
-                let lane = inner.lane_of(&node, peer, &app);
+                let (lane, _) = inner.lane_of(&node, peer, &app, None);
                 (lane.ctl.clone(), lane.shared.clone())
             }))
         }
@@ -3032,6 +3127,98 @@ impl Writer {
         });
     }
 
+    /// Makes the stream we just opened on `conn` (`early`: in its 0-RTT phase) the
+    /// current one, its reading half read by a reader of its own; it still needs its
+    /// `StreamInit`.
+    fn use_opened(&mut self, conn: &EarlyRef, early: bool, send: SendStream, recv: RecvStream) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut guard = StreamGuard::new(&self.inner, &conn.live);
+        guard.set_app(&self.app);
+        let reader = ReaderSlot::new(self.shared.clone(), Role::Current);
+        let reader_id = reader.id;
+        let reader = read_stream(
+            self.inner.clone(),
+            conn.conn.clone(),
+            self.peer.clone(),
+            self.app.clone(),
+            recv,
+            BytesMut::new(),
+            done_tx,
+            (guard, reader),
+        );
+        tokio::spawn(hosted(self.inner.app_inbox(&self.app), reader));
+        debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, early, "opened stream");
+        if early {
+            self.early_tried = Some(conn.id);
+        }
+        self.cur = Some(Current {
+            conn: conn.id,
+            reader: reader_id,
+            send: Some(send),
+            done: done_rx,
+            opened_by_us: true,
+            needs_init: true,
+            early,
+        });
+    }
+
+    /// For a lane being created by a send (before its task runs): if the application is
+    /// replay-safe and the peer's only connection is a dialled one in its 0-RTT phase,
+    /// opens the lane's stream on it and writes the `StreamInit` and `msg` as 0-RTT data,
+    /// never waiting. Returns whether `msg` was written (and kept, as any early data is,
+    /// until the server accepts it).
+    ///
+    /// Left to the writer task, the first message would wait until the runtime schedules
+    /// that new task: on a busy machine often after the handshake completed (under a
+    /// millisecond on a LAN), so as 1-RTT data.
+    fn write_first_early(&mut self, msg: &Bytes) -> bool {
+        if self.current.borrow().is_some() || !self.inner.app_replay_safe(&self.app) {
+            return false;
+        }
+        let Some(conn) = self.early.borrow().clone() else {
+            return false;
+        };
+        // The peer's streams that arrived earlier are handed to their lanes first (as in
+        // `acquire`); none can have on a connection still in its handshake.
+        if conn.live.unrouted.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        let Ok(header) = message_header(msg.len(), &self.inner.config.limits) else {
+            return false;
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let opened = std::pin::pin!(conn.conn.open_bi()).poll(&mut cx);
+        let std::task::Poll::Ready(Ok((mut send, recv))) = opened else {
+            return false;
+        };
+        let mut frame = BytesMut::with_capacity(4 + msg.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(msg);
+        let frame = frame.freeze();
+        let mut chunks = [self.init.clone(), frame.clone()];
+        let polled = std::pin::pin!(send.write_chunks(&mut chunks)).poll(&mut cx);
+        if !matches!(polled, std::task::Poll::Ready(Ok(_))) || chunks.iter().any(|c| !c.is_empty())
+        {
+            // No room for all of it (a peer with a tiny stream window): give the stream
+            // up; the message takes the queue like any other.
+            let _ = send.reset(code(codes::STREAM_CLOSED));
+            let mut recv = recv;
+            let _ = recv.stop(code(codes::STREAM_CLOSED));
+            return false;
+        }
+        self.use_opened(&conn, true, send, recv);
+        if let Some(cur) = self.cur.as_mut() {
+            cur.needs_init = false;
+        }
+        self.kept = Replay {
+            chunks: vec![frame],
+            msgs: 1,
+        };
+        self.inner.early.sent.fetch_add(1, Ordering::Relaxed);
+        self.traffic.add(1, msg.len() as u64);
+        true
+    }
+
     /// Makes sure there is a current stream on the current connection, opening one if
     /// needed (waiting for a connection while the peer has none). A replay-safe
     /// application opens it on a dialled connection in its 0-RTT phase instead of
@@ -3078,35 +3265,7 @@ impl Writer {
             {
                 match conn.conn.open_bi().await {
                     Ok((send, recv)) => {
-                        let (done_tx, done_rx) = oneshot::channel();
-                        let mut guard = StreamGuard::new(&self.inner, &conn.live);
-                        guard.set_app(&self.app);
-                        let reader = ReaderSlot::new(self.shared.clone(), Role::Current);
-                        let reader_id = reader.id;
-                        let reader = read_stream(
-                            self.inner.clone(),
-                            conn.conn.clone(),
-                            self.peer.clone(),
-                            self.app.clone(),
-                            recv,
-                            BytesMut::new(),
-                            done_tx,
-                            (guard, reader),
-                        );
-                        tokio::spawn(hosted(self.inner.app_inbox(&self.app), reader));
-                        debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, early, "opened stream");
-                        if early {
-                            self.early_tried = Some(conn.id);
-                        }
-                        self.cur = Some(Current {
-                            conn: conn.id,
-                            reader: reader_id,
-                            send: Some(send),
-                            done: done_rx,
-                            opened_by_us: true,
-                            needs_init: true,
-                            early,
-                        });
+                        self.use_opened(&conn, early, send, recv);
                         // A stream the peer opened meanwhile is decided before writing.
                         continue;
                     }

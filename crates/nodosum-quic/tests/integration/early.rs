@@ -181,6 +181,85 @@ async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake()
     assert_eq!(b.counts().streams, 2);
 }
 
+/// The first message after `connect` is written as 0-RTT data by the `send` call itself,
+/// whether or not the runtime has run the dial's or the lane's task yet: on a one-thread
+/// runtime neither has run when `send` returns. Through `QuicNode::send` and through a
+/// `LaneSender`, each message arrives once, before the handshake completed.
+#[tokio::test]
+async fn the_first_message_after_connect_is_early_data_at_once() {
+    init_tracing();
+    let ca = ca();
+    let a = safe_node(&ca, "a");
+    let b = safe_node(&ca, "b");
+    let mut a_safe = safe_app(&a, "safe");
+    let mut b_safe = safe_app(&b, "safe");
+    first_session(&a, &b, &mut a_safe, &mut b_safe).await;
+
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    a.connect(b.node_id().clone(), relay.addr);
+    a.send(b.node_id(), &app("safe"), seq(1)).await.unwrap();
+    assert_eq!(a.early_data().sent, 1, "written by send itself");
+    a.send(b.node_id(), &app("safe"), seq(2)).await.unwrap();
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(1)));
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(2)));
+    assert!(a.connection_info(b.node_id()).is_none(), "handshake held");
+    relay.release();
+    let a2 = a.clone();
+    let b_id = b.node_id().clone();
+    wait_until("a is up", move || a2.connection_info(&b_id).is_some()).await;
+    a.send(b.node_id(), &app("safe"), seq(3)).await.unwrap();
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(3)));
+    assert_eq!(a.early_data().resent, 0);
+
+    // Again through a cached sender, whose lane ends with the disconnect.
+    let mut sender = a.sender(b.node_id(), &app("safe"));
+    sender.send(seq(4)).await.unwrap();
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(4)));
+    a.disconnect(b.node_id());
+    let (b2, a_id) = (b.clone(), a.node_id().clone());
+    wait_until("b drops a", move || b2.connection_info(&a_id).is_none()).await;
+    a.connect(b.node_id().clone(), b.local_addr().unwrap());
+    let sent = a.early_data().sent;
+    sender.send(seq(5)).await.unwrap();
+    assert_eq!(
+        a.early_data().sent,
+        sent + 1,
+        "written by the sender's call"
+    );
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(5)));
+    assert!(b_safe.try_recv().is_err());
+}
+
+/// A first message larger than the peer's stream window cannot be written early in one
+/// go: the stream opened for it is given up and the message is sent like any other,
+/// arriving once and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_message_over_the_peer_stream_window_is_sent_once() {
+    init_tracing();
+    let ca = ca();
+    let a = safe_node(&ca, "a");
+    let config = Config {
+        stream_receive_window: 512,
+        ..Config::development()
+    };
+    let b = node_with(&ca.issue(&id("b")).unwrap(), config);
+    let mut a_safe = safe_app(&a, "safe");
+    let mut b_safe = safe_app(&b, "safe");
+    first_session(&a, &b, &mut a_safe, &mut b_safe).await;
+
+    let big = Bytes::from(vec![7u8; 4000]);
+    a.connect(b.node_id().clone(), b.local_addr().unwrap());
+    a.send(b.node_id(), &app("safe"), big.clone())
+        .await
+        .unwrap();
+    a.send(b.node_id(), &app("safe"), seq(2)).await.unwrap();
+    assert_eq!(recv(&mut b_safe).await, (id("a"), big));
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(2)));
+    a.send(b.node_id(), &app("safe"), seq(3)).await.unwrap();
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(3)));
+    assert!(b_safe.try_recv().is_err());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rejected_0rtt_data_is_delivered_exactly_once() {
     init_tracing();
