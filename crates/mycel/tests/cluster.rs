@@ -948,9 +948,9 @@ async fn batches_during_a_join(initial: usize) {
     })
     .await;
     let name = format!("node-{}", initial + 1);
-    let third = Arc::new(start(&ca, &name, &[&nodes[0]]).await);
+    let joiner = Arc::new(start(&ca, &name, &[&nodes[0]]).await);
     let mut all = nodes.clone();
-    all.push(third.clone());
+    all.push(joiner.clone());
     let refs: Vec<&Cluster> = all.iter().map(|c| &**c).collect();
     converged(&refs).await;
     let at_convergence = batches.load(Ordering::Acquire);
@@ -961,7 +961,7 @@ async fn batches_during_a_join(initial: usize) {
     stop.store(true, Ordering::Release);
     let acked = task.await.expect("batch task");
     assert!(
-        third.status().primaries > 0,
+        joiner.status().primaries > 0,
         "the new node took partitions over"
     );
     for node in &refs {

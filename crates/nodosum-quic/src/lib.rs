@@ -45,8 +45,10 @@
 //!   replay-safe applications open their stream on it and write `StreamInit` and their
 //!   queued messages as 0-RTT data at once. [`QuicNode::connect`] starts the first dial
 //!   before it returns, so when the next `send` of a replay-safe application creates the
-//!   lane, that `send` call opens the stream and writes the message itself, without
-//!   waiting for any task to be scheduled. Every other application's data waits for the
+//!   lane, that `send` call opens the stream and writes the message itself (as much of
+//!   it as the peer's stream window takes at once), without waiting for any task to be
+//!   scheduled; lanes that outlive a connection do the same from their own task on the
+//!   redial. Every other application's data waits for the
 //!   handshake to complete, as on a full handshake. What was written early is kept until
 //!   the server accepted it; if the server rejects the 0-RTT data (it lost its ticket
 //!   state, e.g. it restarted) or the connection fails during its handshake, those

@@ -899,11 +899,19 @@ impl QuicNode {
     /// Keeps a connection to `node` at `addr`: dials now if there is none, and redials
     /// with backoff whenever it is lost, until [`disconnect`](Self::disconnect). Calling
     /// it again updates the address. The local node ID is ignored.
+    ///
+    /// The first handshake starts within this call (it never waits for it): with a
+    /// session ticket, a replay-safe application's `send` right after it travels as 0-RTT
+    /// data (see the [crate docs](crate)).
     pub fn connect(&self, node: NodeId, addr: SocketAddr) {
-        if node == self.inner.local_id || self.inner.closing.load(Ordering::Acquire) {
+        if node == self.inner.local_id {
             return;
         }
         let mut st = lock(&self.inner.state);
+        // Checked under the lock: `close` sets it before taking the peers' dialers.
+        if self.inner.closing.load(Ordering::Acquire) {
+            return;
+        }
         let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
         peer.desired = Some(addr);
         if peer.dialer.as_ref().is_none_or(JoinHandle::is_finished) {
@@ -912,9 +920,10 @@ impl QuicNode {
             // in its 0-RTT phase is then offered before this call returns, so the next
             // `send` of a replay-safe application writes its message as early data at
             // once (see `Inner::lane`), whenever the loop's task gets to run.
-            let first = peer.current.borrow().is_none().then(|| {
-                self.inner.dialing.fetch_add(1, Ordering::AcqRel);
-                (addr, self.inner.start_dial(peer, &node, addr))
+            let connected = peer.current.borrow().is_some();
+            let first = (!connected).then(|| {
+                let dialing = Dialing::new(&self.inner);
+                (addr, self.inner.start_dial(peer, &node, addr), dialing)
             });
             let dial = dial_loop(self.inner.clone(), node, peer.dial_id, first);
             peer.dialer = Some(tokio::spawn(dial));
@@ -2047,12 +2056,20 @@ async fn deliver_early(
     }
 }
 
-/// Counts a dial in progress, also when the dialler is aborted mid-handshake.
-struct DialingGuard<'a>(&'a AtomicUsize);
+/// Counts a dial in progress while it lives: also when the dialler is aborted
+/// mid-handshake, or before its task first ran (a dial started by `connect`).
+struct Dialing(Arc<Inner>);
 
-impl Drop for DialingGuard<'_> {
+impl Dialing {
+    fn new(inner: &Arc<Inner>) -> Self {
+        inner.dialing.fetch_add(1, Ordering::AcqRel);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for Dialing {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.dialing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -2070,11 +2087,11 @@ async fn dial_loop(
     inner: Arc<Inner>,
     node: NodeId,
     dial: u64,
-    mut first: Option<(SocketAddr, Result<Dialled, RejectReason>)>,
+    mut first: Option<(SocketAddr, Result<Dialled, RejectReason>, Dialing)>,
 ) {
     let mut backoff = inner.config.reconnect_initial_backoff;
     loop {
-        let (addr, started) = match first.take() {
+        let (addr, started, dialing) = match first.take() {
             Some(started) => started,
             None => {
                 if inner.closing.load(Ordering::Acquire) {
@@ -2104,11 +2121,10 @@ async fn dial_loop(
                 let Some((peer, addr)) = peer.and_then(|p| Some((p, p.desired?))) else {
                     return;
                 };
-                inner.dialing.fetch_add(1, Ordering::AcqRel);
-                (addr, inner.start_dial(peer, &node, addr))
+                let dialing = Dialing::new(&inner);
+                (addr, inner.start_dial(peer, &node, addr), dialing)
             }
         };
-        let dialing = DialingGuard(&inner.dialing);
         let result = match started {
             Ok(dialled) => inner.finish_dial(&node, dialled).await,
             Err(reason) => Err(reason),
@@ -3165,8 +3181,10 @@ impl Writer {
     /// For a lane being created by a send (before its task runs): if the application is
     /// replay-safe and the peer's only connection is a dialled one in its 0-RTT phase,
     /// opens the lane's stream on it and writes the `StreamInit` and `msg` as 0-RTT data,
-    /// never waiting. Returns whether `msg` was written (and kept, as any early data is,
-    /// until the server accepts it).
+    /// never waiting. Returns whether `msg` was taken: written (and kept, as any early
+    /// data is, until the server accepts it), or, when the peer's stream window allows
+    /// only part of it now, its first part, the writer writing the rest before anything
+    /// else.
     ///
     /// Left to the writer task, the first message would wait until the runtime schedules
     /// that new task: on a busy machine often after the handshake completed (under a
@@ -3191,16 +3209,23 @@ impl Writer {
         let std::task::Poll::Ready(Ok((mut send, recv))) = opened else {
             return false;
         };
-        let mut frame = BytesMut::with_capacity(4 + msg.len());
-        frame.extend_from_slice(&header);
-        frame.extend_from_slice(msg);
-        let frame = frame.freeze();
-        let mut chunks = [self.init.clone(), frame.clone()];
+        // As in `write_batch`: a small message is copied behind its header.
+        let frame: Vec<Bytes> = if msg.len() <= COPY_BELOW {
+            let mut frame = BytesMut::with_capacity(4 + msg.len());
+            frame.extend_from_slice(&header);
+            frame.extend_from_slice(msg);
+            vec![frame.freeze()]
+        } else {
+            vec![Bytes::copy_from_slice(&header), msg.clone()]
+        };
+        let mut chunks: Vec<Bytes> = std::iter::once(self.init.clone())
+            .chain(frame.iter().cloned())
+            .collect();
         let polled = std::pin::pin!(send.write_chunks(&mut chunks)).poll(&mut cx);
-        if !matches!(polled, std::task::Poll::Ready(Ok(_))) || chunks.iter().any(|c| !c.is_empty())
-        {
-            // No room for all of it (a peer with a tiny stream window): give the stream
-            // up; the message takes the queue like any other.
+        if !matches!(polled, std::task::Poll::Ready(Ok(_))) || !chunks[0].is_empty() {
+            // Not even the `StreamInit` went out whole: the peer cannot route the stream
+            // (it drops a stream whose init is cut short), so giving it up loses nothing;
+            // the message takes the queue like any other.
             let _ = send.reset(code(codes::STREAM_CLOSED));
             let mut recv = recv;
             let _ = recv.stop(code(codes::STREAM_CLOSED));
@@ -3210,9 +3235,31 @@ impl Writer {
         if let Some(cur) = self.cur.as_mut() {
             cur.needs_init = false;
         }
+        // What went out is kept until the server accepts it; the rest of the frame (the
+        // peer's stream window was smaller) is written by the writer before anything
+        // else, and joins `kept` then (see `write_batch`). Either way the whole frame is
+        // written again if the 0-RTT data is rejected.
+        let mut kept = Vec::new();
+        let mut rest = Vec::new();
+        for (whole, left) in frame.iter().zip(&chunks[1..]) {
+            let written = whole.len() - left.len();
+            if written > 0 {
+                kept.push(whole.slice(..written));
+            }
+            if !left.is_empty() {
+                rest.push(left.clone());
+            }
+        }
+        if !rest.is_empty() {
+            debug!(peer = %self.peer, app = %self.app, "first message written early in part, the rest follows");
+        }
         self.kept = Replay {
-            chunks: vec![frame],
+            chunks: kept,
             msgs: 1,
+        };
+        self.resend = Replay {
+            chunks: rest,
+            msgs: 0,
         };
         self.inner.early.sent.fetch_add(1, Ordering::Relaxed);
         self.traffic.add(1, msg.len() as u64);

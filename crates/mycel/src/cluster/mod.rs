@@ -1683,6 +1683,7 @@ impl Inner {
     /// this node is every key's primary, the operations run at once, and the rounds only
     /// take over the ones refused as retryable.
     async fn route_batch(self: &Arc<Self>, ops: &[Op]) -> Vec<Result<OpReply, ClusterError>> {
+        let deadline = Instant::now() + self.config.op_timeout;
         // Every key's primary is this node (a lone node, or a pipeline of local keys):
         // executed at once, without the rounds' bookkeeping. Only operations refused as
         // retryable (ownership moved meanwhile, partition syncing) go on to the rounds.
@@ -1704,21 +1705,22 @@ impl Inner {
                     .map(|r| r.map_err(|e| self.refusal(e, &self.me)))
                     .collect();
             }
-            return self.route_rounds(ops, Some(results)).await;
+            return self.route_rounds(ops, deadline, Some(results)).await;
         }
-        self.route_rounds(ops, None).await
+        self.route_rounds(ops, deadline, None).await
     }
 
-    /// The rounds of [`route_batch`](Self::route_batch); `first`: this node's answers to
-    /// every operation, executed as their primary, which stand for the first round.
+    /// The rounds of [`route_batch`](Self::route_batch), until `deadline`; `first`: this
+    /// node's answers to every operation, executed as their primary, which stand for the
+    /// first round.
     async fn route_rounds(
         self: &Arc<Self>,
         ops: &[Op],
+        deadline: Instant,
         mut first: Option<Vec<Result<OpReply, Refusal>>>,
     ) -> Vec<Result<OpReply, ClusterError>> {
         let n = ops.len();
         let parts: Vec<Partition> = ops.iter().map(|op| self.partition(op)).collect();
-        let deadline = Instant::now() + self.config.op_timeout;
         let mut out: Vec<Option<Result<OpReply, ClusterError>>> = (0..n).map(|_| None).collect();
         let mut last: Vec<Retryable> = vec![Retryable::Unsent; n];
         let mut not_owner = 0u32;

@@ -214,3 +214,29 @@ async fn a_dropped_receiver_closes_the_application_and_it_can_register_again() {
     assert_eq!((a.counts().lanes, b.counts().lanes), (1, 1));
     assert_eq!((a.counts().streams, b.counts().streams), (1, 1));
 }
+
+/// `connect` starts the first dial itself; a `disconnect` (or `close`) before the dial's
+/// task ever ran cancels it without leaving it counted. On a one-thread runtime the task
+/// has certainly not run in between.
+#[tokio::test]
+async fn a_dial_cancelled_before_its_task_ran_is_not_counted() {
+    init_tracing();
+    let ca = ca();
+    let a = node(&ca, "a");
+    let b = node(&ca, "b");
+    a.connect(b.node_id().clone(), b.local_addr().unwrap());
+    assert_eq!(a.counts().dialing, 1);
+    a.disconnect(b.node_id());
+    let a2 = a.clone();
+    wait_until("the cancelled dial is not counted", move || {
+        a2.counts().dialing == 0
+    })
+    .await;
+    a.connect(b.node_id().clone(), b.local_addr().unwrap());
+    a.close(std::time::Duration::from_secs(1)).await;
+    let a2 = a.clone();
+    wait_until("nothing is counted after close", move || {
+        a2.counts() == nodosum_quic::Counts::default()
+    })
+    .await;
+}

@@ -231,8 +231,8 @@ async fn the_first_message_after_connect_is_early_data_at_once() {
 }
 
 /// A first message larger than the peer's stream window cannot be written early in one
-/// go: the stream opened for it is given up and the message is sent like any other,
-/// arriving once and in order.
+/// go: the `send` call writes what the window allows, the lane's writer the rest, and the
+/// message arrives once, whole, before the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_message_over_the_peer_stream_window_is_sent_once() {
     init_tracing();

@@ -1,0 +1,84 @@
+//! Drives one transport's hot path for a while, for profiling (`perf record`):
+//! `cargo run --release -p benches --example hot_path -- <nodosum|quic> <push|ping> [size] [secs]`.
+
+#![allow(clippy::print_stdout)]
+
+use std::time::{Duration, Instant};
+
+use benches::nodosum::NodosumLink;
+use benches::pki::{Pki, Resume};
+use benches::quic::{QuicLink, QuicServer};
+use benches::{ServerMode, quic};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let transport = args.first().map_or("nodosum", String::as_str).to_owned();
+    let mode = args.get(1).map_or("push", String::as_str).to_owned();
+    let size: usize = args.get(2).map_or(Ok(1024), |s| s.parse())?;
+    let secs: u64 = args.get(3).map_or(Ok(5), |s| s.parse())?;
+    let rt = benches::runtime()?;
+    let pki = Pki::generate()?;
+    let task = rt.spawn(async move {
+        let payload = vec![3u8; size];
+        let count = (1024 * 1024 / size.max(1)).max(1) as u64;
+        let window = Duration::from_secs(secs);
+        let mut n = 0u64;
+        let start = Instant::now();
+        if transport == "quic" {
+            let server = QuicServer::start(&pki, ServerMode::EchoData)?;
+            let endpoint = quic::client_endpoint()?;
+            let mut link = QuicLink::connect(
+                &endpoint,
+                quic::client_config(&pki, Resume::Never)?,
+                server.addr()?,
+            )
+            .await?;
+            while start.elapsed() < window {
+                if mode == "ping" {
+                    link.ping(&payload).await?;
+                    n += 1;
+                } else {
+                    link.push(&payload, count).await?;
+                    n += count;
+                }
+            }
+        } else {
+            let mut link = NodosumLink::start(&pki).await?;
+            while start.elapsed() < window {
+                if mode == "ping" {
+                    link.ping(&payload).await?;
+                    n += 1;
+                } else {
+                    link.push(&payload, count).await?;
+                    n += count;
+                }
+            }
+        }
+        anyhow::Ok(n as f64 / start.elapsed().as_secs_f64())
+    });
+    let cpu0 = cpu_ticks();
+    let start = Instant::now();
+    let rate = rt.block_on(task)??;
+    let cpu = (cpu_ticks() - cpu0) as f64 / 100.0;
+    let msgs = rate * start.elapsed().as_secs_f64();
+    println!(
+        "{rate:.0} msgs/s, {:.2} µs CPU per message ({:.0} % of one core)",
+        cpu * 1e6 / msgs,
+        cpu * 100.0 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// User + system CPU time of this process, in clock ticks (1/100 s).
+fn cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            // After the command: field 3 (state) is at index 0; utime and stime are fields
+            // 14 and 15.
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
