@@ -2608,8 +2608,13 @@ struct Current {
     done: oneshot::Receiver<Done>,
     opened_by_us: bool,
     needs_init: bool,
-    /// Opened on a dialled connection before its handshake completed (0-RTT data).
+    /// Opened on a dialled connection before it was registered: until then the writer
+    /// follows the connection's handshake rather than the peer's current connection.
     early: bool,
+    /// Opened while the handshake was still running, so its data is 0-RTT data (quinn's
+    /// view: an early stream opened after the handshake completed, before the connection
+    /// was registered, is an ordinary stream that a rejection of 0-RTT does not touch).
+    zero_rtt: bool,
 }
 
 impl Current {
@@ -3020,10 +3025,13 @@ impl Writer {
 
     /// Leaves a current stream that is not on the current connection. An early stream
     /// stays while its connection's handshake runs; once the connection is current it
-    /// becomes an ordinary stream if the server accepted its 0-RTT data, and is written
-    /// again on a new stream otherwise.
+    /// becomes an ordinary stream if the server accepted its 0-RTT data (or it carried
+    /// none: opened after the handshake completed), and is written again on a new stream
+    /// otherwise.
     fn follow_current(&mut self) {
-        let Some((conn, early)) = self.cur.as_ref().map(|c| (c.conn, c.early)) else {
+        let Some((conn, early, zero_rtt)) =
+            self.cur.as_ref().map(|c| (c.conn, c.early, c.zero_rtt))
+        else {
             return;
         };
         if early {
@@ -3031,7 +3039,7 @@ impl Writer {
             let in_handshake = self.early.borrow().as_ref().is_some_and(|e| e.id == conn);
             let current = self.current.borrow().as_ref().map(|c| (c.id, c.kind));
             match current {
-                Some((id, HandshakeKind::ZeroRtt)) if id == conn => {
+                Some((id, kind)) if id == conn && (kind == HandshakeKind::ZeroRtt || !zero_rtt) => {
                     if let Some(cur) = self.cur.as_mut() {
                         cur.early = false;
                     }
@@ -3140,6 +3148,7 @@ impl Writer {
             opened_by_us: false,
             needs_init: false,
             early: false,
+            zero_rtt: false,
         });
     }
 
@@ -3147,6 +3156,7 @@ impl Writer {
     /// current one, its reading half read by a reader of its own; it still needs its
     /// `StreamInit`.
     fn use_opened(&mut self, conn: &EarlyRef, early: bool, send: SendStream, recv: RecvStream) {
+        let zero_rtt = early && recv.is_0rtt();
         let (done_tx, done_rx) = oneshot::channel();
         let mut guard = StreamGuard::new(&self.inner, &conn.live);
         guard.set_app(&self.app);
@@ -3175,6 +3185,7 @@ impl Writer {
             opened_by_us: true,
             needs_init: true,
             early,
+            zero_rtt,
         });
     }
 
