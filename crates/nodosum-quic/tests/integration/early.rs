@@ -117,6 +117,20 @@ async fn first_session(a: &QuicNode, b: &QuicNode, a_rx: &mut AppReceiver, b_rx:
     .await;
 }
 
+/// Nodes "a" and "b" (`b` with `b_config`), each with the replay-safe application
+/// `safe`, after a first session: `a` holds `b`'s session tickets.
+async fn resumable_pair(
+    ca: &DevCa,
+    b_config: Config,
+) -> (QuicNode, QuicNode, AppReceiver, AppReceiver) {
+    let a = safe_node(ca, "a");
+    let b = node_with(&ca.issue(&id("b")).unwrap(), b_config);
+    let mut a_safe = safe_app(&a, "safe");
+    let mut b_safe = safe_app(&b, "safe");
+    first_session(&a, &b, &mut a_safe, &mut b_safe).await;
+    (a, b, a_safe, b_safe)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake() {
     init_tracing();
@@ -189,11 +203,7 @@ async fn replay_safe_messages_travel_as_0rtt_and_others_wait_for_the_handshake()
 async fn the_first_message_after_connect_is_early_data_at_once() {
     init_tracing();
     let ca = ca();
-    let a = safe_node(&ca, "a");
-    let b = safe_node(&ca, "b");
-    let mut a_safe = safe_app(&a, "safe");
-    let mut b_safe = safe_app(&b, "safe");
-    first_session(&a, &b, &mut a_safe, &mut b_safe).await;
+    let (a, b, _a_safe, mut b_safe) = resumable_pair(&ca, Config::development()).await;
 
     let relay = Relay::start(b.local_addr().unwrap()).await;
     a.connect(b.node_id().clone(), relay.addr);
@@ -237,15 +247,11 @@ async fn the_first_message_after_connect_is_early_data_at_once() {
 async fn a_first_message_over_the_peer_stream_window_is_sent_once() {
     init_tracing();
     let ca = ca();
-    let a = safe_node(&ca, "a");
     let config = Config {
         stream_receive_window: 512,
         ..Config::development()
     };
-    let b = node_with(&ca.issue(&id("b")).unwrap(), config);
-    let mut a_safe = safe_app(&a, "safe");
-    let mut b_safe = safe_app(&b, "safe");
-    first_session(&a, &b, &mut a_safe, &mut b_safe).await;
+    let (a, b, _a_safe, mut b_safe) = resumable_pair(&ca, config).await;
 
     let big = Bytes::from(vec![7u8; 4000]);
     a.connect(b.node_id().clone(), b.local_addr().unwrap());
