@@ -628,14 +628,7 @@ impl LaneShared {
             return DirectWrite::Queue(msg);
         };
         let len = msg.len();
-        let mut chunks = if len <= COPY_BELOW {
-            let mut frame = BytesMut::with_capacity(4 + len);
-            frame.extend_from_slice(&header);
-            frame.extend_from_slice(&msg);
-            [frame.freeze(), Bytes::new()]
-        } else {
-            [Bytes::copy_from_slice(&header), msg.clone()]
-        };
+        let mut chunks = frame_chunks(header, &msg);
         // One poll, never waiting: quinn either takes (part of) the frame now or has no
         // room, in which case the waker is never used (the writer polls with its own).
         let polled = {
@@ -2656,6 +2649,19 @@ enum Wake {
 /// Messages up to this size are copied into the writer's batch buffer.
 const COPY_BELOW: usize = 4096;
 
+/// One message's frame for a write of its own: a small message copied behind its header
+/// (one chunk, the second empty), a large one as its own chunk after the header.
+fn frame_chunks(header: [u8; 4], msg: &Bytes) -> [Bytes; 2] {
+    if msg.len() <= COPY_BELOW {
+        let mut frame = BytesMut::with_capacity(4 + msg.len());
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(msg);
+        [frame.freeze(), Bytes::new()]
+    } else {
+        [Bytes::copy_from_slice(&header), msg.clone()]
+    }
+}
+
 /// The single owner of a (peer, application) lane: its queue, its current stream, and
 /// every decision about which stream to use.
 struct Writer {
@@ -3220,18 +3226,8 @@ impl Writer {
         let std::task::Poll::Ready(Ok((mut send, recv))) = opened else {
             return false;
         };
-        // As in `write_batch`: a small message is copied behind its header.
-        let frame: Vec<Bytes> = if msg.len() <= COPY_BELOW {
-            let mut frame = BytesMut::with_capacity(4 + msg.len());
-            frame.extend_from_slice(&header);
-            frame.extend_from_slice(msg);
-            vec![frame.freeze()]
-        } else {
-            vec![Bytes::copy_from_slice(&header), msg.clone()]
-        };
-        let mut chunks: Vec<Bytes> = std::iter::once(self.init.clone())
-            .chain(frame.iter().cloned())
-            .collect();
+        let frame = frame_chunks(header, msg);
+        let mut chunks = [self.init.clone(), frame[0].clone(), frame[1].clone()];
         let polled = std::pin::pin!(send.write_chunks(&mut chunks)).poll(&mut cx);
         if !matches!(polled, std::task::Poll::Ready(Ok(_))) || !chunks[0].is_empty() {
             // Not even the `StreamInit` went out whole: the peer cannot route the stream
