@@ -53,14 +53,20 @@
 //!   the server accepted it; if the server rejects the 0-RTT data (it lost its ticket
 //!   state, e.g. it restarted) or the connection fails during its handshake, those
 //!   messages are written again on a new stream once a connection is established, before
-//!   anything queued after them. Nothing is ever sent as 0.5-RTT data.
+//!   anything queued after them.
 //! - **Accepting side.** A stream that arrives before its connection's handshake has
 //!   completed is delivered at once only if its application is registered here as
 //!   replay-safe, the peer's identity is known (rustls restores the client certificate
 //!   chain from the resumption ticket; the acceptance policy is applied to it), and the
 //!   peer has no connection and no stream of that application here (so nothing it sent
 //!   earlier can still be undelivered, and a replay cannot interleave with a live
-//!   connection's messages). Any other early stream is held unread (QUIC flow control
+//!   connection's messages). Such a stream becomes its lane's stream at once, so the
+//!   application's answers leave on it as 0.5-RTT data, without waiting for the client's
+//!   last handshake flight. They are kept until the handshake completes; if it fails (a
+//!   replayed flight never completes it), they are written again on the next stream to
+//!   that peer, or dropped with the lane if the peer is forgotten. So an answer of a
+//!   replay-safe application can arrive twice, like its 0-RTT messages. Any other early
+//!   stream is held unread (QUIC flow control
 //!   bounds it) until the handshake completes, and then goes to its lane like any stream;
 //!   if the handshake never completes, the connection times out and the held data is never
 //!   delivered. An early connection joins its peer (and can replace or duplicate another
@@ -75,7 +81,8 @@
 //! a connection failed after the server accepted its 0-RTT data but before the client
 //! knew. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted
 //! 0-RTT; the accepting side reports [`HandshakeKind::Resumed`] for every resumed
-//! handshake. [`QuicNode::early_data`] counts what was sent, resent, delivered and held.
+//! handshake. [`QuicNode::early_data`] counts what was sent (as 0-RTT and as 0.5-RTT
+//! data), resent, delivered and held.
 //!
 //! # Streams
 //! The first message of application A to peer P opens a bidirectional stream that starts

@@ -313,6 +313,9 @@ pub struct EarlyData {
     /// Messages this node wrote as 0-RTT data, before its dialled connection's handshake
     /// completed (replay-safe applications only).
     pub sent: u64,
+    /// Messages this node wrote as 0.5-RTT data: on a replay-safe stream that arrived on
+    /// a connection it accepted, before that connection's handshake completed.
+    pub answered_early: u64,
     /// Messages written again on a new stream because the server rejected the 0-RTT data
     /// (or the connection they were written on failed before its handshake completed).
     pub resent: u64,
@@ -328,6 +331,7 @@ pub struct EarlyData {
 #[derive(Default)]
 struct EarlyCounters {
     sent: AtomicU64,
+    answered_early: AtomicU64,
     resent: AtomicU64,
     delivered: AtomicU64,
     held: AtomicU64,
@@ -697,6 +701,9 @@ struct Attached {
     reader: u64,
     send: SendStream,
     done: oneshot::Receiver<Done>,
+    /// For a replay-safe stream that arrived before its (accepted) connection's handshake
+    /// completed: the handshake's outcome.
+    handshake: Option<watch::Receiver<Outcome>>,
 }
 
 /// The end of a stream's reading half, with the guard that keeps the stream counted until
@@ -1004,6 +1011,7 @@ impl QuicNode {
         let e = &self.inner.early;
         EarlyData {
             sent: e.sent.load(Ordering::Relaxed),
+            answered_early: e.answered_early.load(Ordering::Relaxed),
             resent: e.resent.load(Ordering::Relaxed),
             delivered: e.delivered.load(Ordering::Relaxed),
             held: e.held.load(Ordering::Relaxed),
@@ -1412,6 +1420,7 @@ impl Inner {
             current: peer.current.subscribe(),
             early: peer.early.subscribe(),
             early_tried: None,
+            handshake: None,
             cur: None,
             init: init.freeze(),
             shared: shared.clone(),
@@ -1815,7 +1824,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
                     inner.clone(),
                     node.clone(),
                     conn.clone(),
-                    slot.live.clone(),
+                    slot.clone(),
                     outcome_rx,
                 ));
                 early_node = Some(node);
@@ -1890,7 +1899,7 @@ async fn accept_early(
     inner: Arc<Inner>,
     node: NodeId,
     conn: quinn::Connection,
-    live: Arc<Live>,
+    slot: Slot,
     outcome: watch::Receiver<Outcome>,
 ) {
     let mut decided = outcome.clone();
@@ -1902,9 +1911,8 @@ async fn accept_early(
                 Ok((send, recv)) => {
                     tokio::spawn(early_stream(
                         inner.clone(),
-                        node.clone(),
-                        conn.clone(),
-                        (StreamGuard::new(&inner, &live), Unrouted::new(&live)),
+                        (node.clone(), conn.clone(), slot.clone()),
+                        (StreamGuard::new(&inner, &slot.live), Unrouted::new(&slot.live)),
                         outcome.clone(),
                         send,
                         recv,
@@ -1917,41 +1925,48 @@ async fn accept_early(
 }
 
 /// A stream that arrived before its connection's handshake completed. A replay-safe
-/// application's messages are delivered at once (0.5-RTT) when nothing of the peer's
-/// for that application is in flight here; anything else is held unread. Once the
-/// handshake completes, the stream goes to its lane like any other; if it never does (a
-/// replayed flight, a refused peer), it ends with the connection and nothing held is
-/// delivered.
+/// application's stream goes to its lane at once when nothing of the peer's for that
+/// application is in flight here (see [`Inner::admit_early`]): its messages are delivered
+/// as they arrive, and the lane answers on it as 0.5-RTT data. Anything else is held
+/// unread until the handshake completes, and then goes to its lane like any other stream;
+/// if the handshake never completes (a replayed flight, a refused peer), it ends with the
+/// connection and nothing held is delivered.
 async fn early_stream(
     inner: Arc<Inner>,
-    node: NodeId,
-    conn: quinn::Connection,
+    (node, conn, slot): (NodeId, quinn::Connection, Slot),
     (guard, unrouted): (StreamGuard, Unrouted),
     mut outcome: watch::Receiver<Outcome>,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let Some((app, mut buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
+    let Some((app, buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
         return;
     };
     let decided = outcome.borrow().is_decided();
     if !decided && inner.admit_early(&node, &app) {
-        if let Err(stop) = deliver_early(
-            &inner,
-            &node,
-            &app,
-            &conn,
-            &mut recv,
-            &mut buf,
-            &mut outcome,
+        let cref = ConnRef {
+            id: slot.id,
+            conn,
+            initiated_by_us: false,
+            kind: HandshakeKind::Resumed,
+            live: slot.live,
+        };
+        let accepted = (guard, Some(unrouted));
+        route_stream(
+            inner,
+            node,
+            cref,
+            send,
+            recv,
+            app,
+            buf,
+            accepted,
+            Some(outcome),
         )
-        .await
-        {
-            let _ = recv.stop(code(stop));
-            let _ = send.reset(code(stop));
-            return;
-        }
-    } else if !decided {
+        .await;
+        return;
+    }
+    if !decided {
         inner.early.held.fetch_add(1, Ordering::Relaxed);
         debug!(peer = %node, %app, "stream held until the handshake completes");
     }
@@ -1973,6 +1988,7 @@ async fn early_stream(
         app,
         buf,
         (guard, Some(unrouted)),
+        None,
     )
     .await;
 }
@@ -1983,70 +1999,10 @@ impl Outcome {
     }
 }
 
-/// Delivers a replay-safe stream's messages until the handshake is decided or the stream
-/// ends; the rest of the stream then takes the normal path. `Err` carries the code to
-/// end the stream with.
-async fn deliver_early(
-    inner: &Inner,
-    node: &NodeId,
-    app: &AppId,
-    conn: &quinn::Connection,
-    recv: &mut RecvStream,
-    buf: &mut BytesMut,
-    outcome: &mut watch::Receiver<Outcome>,
-) -> Result<(), u32> {
-    let Some(tx) = inner.app_sender(app) else {
-        return Ok(());
-    };
-    let decoder = MessageDecoder::new(&inner.config.limits);
-    let traffic = inner.metrics.traffic(app.as_str(), "in");
-    loop {
-        match decoder.decode(buf) {
-            Ok(Some(msg)) => {
-                let len = msg.len() as u64;
-                // Counted first, so that whoever sees the message sees it counted.
-                inner.early.delivered.fetch_add(1, Ordering::Relaxed);
-                match tx.try_send((node.clone(), msg)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => {
-                        return Err(codes::STREAM_APP_CLOSED);
-                    }
-                    Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
-                        sent = tx.send(item) => if sent.is_err() {
-                            return Err(codes::STREAM_APP_CLOSED);
-                        },
-                        _ = conn.closed() => return Err(codes::STREAM_CLOSED),
-                    },
-                }
-                traffic.add(1, len);
-            }
-            Ok(None) => {
-                if buf.capacity() - buf.len() < READ_MIN / 2 {
-                    buf.reserve(READ_MIN);
-                }
-                let spare = (buf.capacity() - buf.len()).min(READ_MAX);
-                let mut room = (&mut *buf).limit(spare);
-                tokio::select! {
-                    biased;
-                    _ = outcome.wait_for(Outcome::is_decided) => return Ok(()),
-                    read = recv.read_buf(&mut room) => match read {
-                        Ok(n) if n > 0 => {}
-                        // Finished, reset or lost: the normal path (or the failed
-                        // handshake) sees the same end.
-                        _ => return Ok(()),
-                    },
-                }
-            }
-            Err(e) => {
-                warn!(peer = %node, %app, error = %e, "bad frame, stream reset");
-                inner.metrics.stream_error(match e {
-                    FrameError::MessageTooLarge { .. } => "frame_too_large",
-                    _ => "bad_frame",
-                });
-                return Err(codes::STREAM_FRAME_TOO_LARGE);
-            }
-        }
-    }
+/// Whether the handshake `outcome` watches is still in progress (an outcome whose sender
+/// is gone is decided: the connection's task ended).
+fn in_handshake(outcome: &watch::Receiver<Outcome>) -> bool {
+    !outcome.borrow().is_decided() && outcome.has_changed().is_ok()
 }
 
 /// Counts a dial in progress while it lives: also when the dialler is aborted
@@ -2304,7 +2260,7 @@ async fn accept_stream(
     let Some((app, buf)) = read_init(&inner, &node, &mut send, &mut recv).await else {
         return;
     };
-    route_stream(inner, node, cref, send, recv, app, buf, (guard, None)).await;
+    route_stream(inner, node, cref, send, recv, app, buf, (guard, None), None).await;
 }
 
 /// Reads a peer-opened stream's `StreamInit`: its application and what followed it.
@@ -2358,8 +2314,9 @@ async fn read_init(
     }
 }
 
-/// Hands a peer-opened stream of `app` on an established connection to its lane and
-/// reads it.
+/// Hands a peer-opened stream of `app` to its lane and reads it: a stream on an
+/// established connection, or (with the `handshake` outcome) a replay-safe stream
+/// admitted before its connection's handshake completed.
 #[allow(clippy::too_many_arguments)] // The parts of one accepted stream.
 async fn route_stream(
     inner: Arc<Inner>,
@@ -2370,6 +2327,7 @@ async fn route_stream(
     app: AppId,
     buf: BytesMut,
     (mut guard, unrouted): (StreamGuard, Option<Unrouted>),
+    handshake: Option<watch::Receiver<Outcome>>,
 ) {
     // Checked under the state lock (as `close_app` removes it) so that a stream accepted
     // while its application closes cannot create a lane behind `close_app`'s back.
@@ -2404,6 +2362,7 @@ async fn route_stream(
         reader: reader.id,
         send,
         done: done_rx,
+        handshake: handshake.clone(),
     };
     if let Err(mpsc::error::SendError(LaneCtl::Attach(mut a))) = ctl.send(LaneCtl::Attach(attached))
     {
@@ -2428,12 +2387,14 @@ async fn route_stream(
         recv,
         buf,
         done_tx,
-        (guard, reader),
+        (guard, reader, handshake),
     );
     hosted(inbox, reader).await;
 }
 
 /// Delivers a stream's messages to its application, in order, until the stream ends.
+/// Messages delivered while `handshake` (a stream admitted before its connection's
+/// handshake completed) is in progress are counted as delivered early.
 #[allow(clippy::too_many_arguments)] // One call site per stream origin; a struct adds nothing.
 async fn read_stream(
     inner: Arc<Inner>,
@@ -2443,7 +2404,7 @@ async fn read_stream(
     mut recv: RecvStream,
     mut buf: BytesMut,
     done: oneshot::Sender<Done>,
-    (guard, reader): (StreamGuard, ReaderSlot),
+    (guard, reader, mut handshake): (StreamGuard, ReaderSlot, Option<watch::Receiver<Outcome>>),
 ) {
     let decoder = MessageDecoder::new(&inner.config.limits);
     let traffic = inner.metrics.traffic(app.as_str(), "in");
@@ -2468,6 +2429,14 @@ async fn read_stream(
                 let len = msg.len() as u64;
                 if reader.shared.closed.is_closed() {
                     break app_closed(&mut recv);
+                }
+                if let Some(outcome) = &handshake {
+                    if in_handshake(outcome) {
+                        // Counted first, so that whoever sees the message sees it counted.
+                        inner.early.delivered.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        handshake = None;
+                    }
                 }
                 // Messages of a stream given up in a handover go first (see `gate`). The
                 // checks are atomics; waiting (and watching the connection, which takes
@@ -2608,6 +2577,10 @@ struct Current {
     /// view: an early stream opened after the handshake completed, before the connection
     /// was registered, is an ordinary stream that a rejection of 0-RTT does not touch).
     zero_rtt: bool,
+    /// An early stream the peer opened on a connection this node accepted (its writes
+    /// are 0.5-RTT data): it follows `Writer::handshake` rather than the peer's early
+    /// connection.
+    accepted: bool,
 }
 
 impl Current {
@@ -2675,6 +2648,8 @@ struct Writer {
     early: watch::Receiver<Option<EarlyRef>>,
     /// The early connection this lane opened a stream on (it opens at most one).
     early_tried: Option<u64>,
+    /// The handshake of the accepted connection the current (accepted early) stream is on.
+    handshake: Option<watch::Receiver<Outcome>>,
     cur: Option<Current>,
     init: Bytes,
     shared: Arc<LaneShared>,
@@ -2878,9 +2853,17 @@ impl Writer {
                 changed = self.current.changed() => Wake::Changed(changed.is_ok()),
                 // An early stream follows its connection's handshake (a withdrawn early
                 // connection failed, or is current now).
-                changed = self.early.changed(), if self.cur.as_ref().is_some_and(|c| c.early) => {
+                changed = self.early.changed(), if self.cur.as_ref().is_some_and(|c| c.early && !c.accepted) => {
                     Wake::Changed(changed.is_ok())
                 }
+                // An accepted early stream follows its connection's handshake (an ended
+                // watch is a decided handshake: `follow_current` drops the watch).
+                _ = async {
+                    match self.handshake.as_mut() {
+                        Some(h) => h.changed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.cur.as_ref().is_some_and(|c| c.accepted) => Wake::Changed(true),
                 (i, done) = next_retired(&mut self.retiring), if !self.retiring.is_empty() => {
                     Wake::Retired(i, done)
                 }
@@ -3034,15 +3017,38 @@ impl Writer {
     /// becomes an ordinary stream if the server accepted its 0-RTT data (or it carried
     /// none: opened after the handshake completed), and is written again on a new stream
     /// otherwise.
+    ///
+    /// An early stream the peer opened on a connection we accepted stays while that
+    /// handshake runs. Once it completed, the stream is an ordinary one (0.5-RTT data is
+    /// never rejected); if it failed, what was written on it is written again.
     fn follow_current(&mut self) {
-        let Some((conn, early, zero_rtt)) =
-            self.cur.as_ref().map(|c| (c.conn, c.early, c.zero_rtt))
+        let Some((conn, early, zero_rtt, accepted)) = self
+            .cur
+            .as_ref()
+            .map(|c| (c.conn, c.early, c.zero_rtt, c.accepted))
         else {
             return;
         };
-        if early {
+        if early && accepted {
+            if self.handshake.as_ref().is_some_and(in_handshake) {
+                return;
+            }
+            let established = self
+                .handshake
+                .take()
+                .is_some_and(|h| matches!(*h.borrow(), Outcome::Ready(_)));
+            if !established {
+                self.drop_early();
+                return;
+            }
+            if let Some(cur) = self.cur.as_mut() {
+                cur.early = false;
+                cur.accepted = false;
+            }
+            self.kept = Replay::default();
+        } else if early {
             // `early` first: the connection is made current before it is withdrawn.
-            let in_handshake = self.early.borrow().as_ref().is_some_and(|e| e.id == conn);
+            let handshaking = self.early.borrow().as_ref().is_some_and(|e| e.id == conn);
             let current = self.current.borrow().as_ref().map(|c| (c.id, c.kind));
             match current {
                 Some((id, kind)) if id == conn && (kind == HandshakeKind::ZeroRtt || !zero_rtt) => {
@@ -3052,7 +3058,7 @@ impl Writer {
                     self.kept = Replay::default();
                 }
                 Some((id, _)) if id == conn => self.drop_early(),
-                _ if in_handshake => {}
+                _ if handshaking => {}
                 _ => self.drop_early(),
             }
             return;
@@ -3065,6 +3071,7 @@ impl Writer {
     /// Drops the early stream whose 0-RTT data was rejected (or whose connection failed
     /// during its handshake): what was written on it is written again first.
     fn drop_early(&mut self) {
+        self.handshake = None;
         if let Some(mut cur) = self.cur.take() {
             // A no-op for a rejected stream; ends it on a connection that lives on.
             cur.reset(codes::STREAM_CLOSED);
@@ -3120,6 +3127,31 @@ impl Writer {
         if self.cur.as_ref().is_some_and(|c| c.early) {
             self.follow_current();
         }
+        // A replay-safe stream that arrived on a connection still in its handshake here,
+        // while the peer has no connection and the lane no stream: used at once, so that
+        // answers leave as 0.5-RTT data. Otherwise the rules below decide, as for any
+        // stream (they never use a stream off the current connection).
+        let handshake = a.handshake.filter(in_handshake);
+        if self.cur.is_none()
+            && self.current_conn().is_none()
+            && let Some(handshake) = handshake
+        {
+            debug!(peer = %self.peer, app = %self.app, conn = a.conn, reader = a.reader, "peer opened a stream during the handshake");
+            self.shared.gate.set_current(a.reader);
+            self.handshake = Some(handshake);
+            self.cur = Some(Current {
+                conn: a.conn,
+                reader: a.reader,
+                send: Some(a.send),
+                done: a.done,
+                opened_by_us: false,
+                needs_init: false,
+                early: true,
+                zero_rtt: false,
+                accepted: true,
+            });
+            return;
+        }
         let decision = resolve::attach(
             self.cur.as_ref().map(|c| StreamSide {
                 conn: c.conn,
@@ -3155,6 +3187,7 @@ impl Writer {
             needs_init: false,
             early: false,
             zero_rtt: false,
+            accepted: false,
         });
     }
 
@@ -3176,7 +3209,7 @@ impl Writer {
             recv,
             BytesMut::new(),
             done_tx,
-            (guard, reader),
+            (guard, reader, None),
         );
         tokio::spawn(hosted(self.inner.app_inbox(&self.app), reader));
         debug!(peer = %self.peer, app = %self.app, conn = conn.id, reader = reader_id, early, "opened stream");
@@ -3192,6 +3225,7 @@ impl Writer {
             needs_init: true,
             early,
             zero_rtt,
+            accepted: false,
         });
     }
 
@@ -3397,13 +3431,17 @@ impl Writer {
             chunks.splice(0..0, resend.chunks);
         }
         if cur.early {
-            // Kept until the server accepts them: 0-RTT data is lost if it rejects it.
+            // Kept until the server accepts them (0-RTT data is lost if it rejects it), or
+            // until the accepted connection's handshake completes.
             self.kept.chunks.extend(chunks.iter().cloned());
             self.kept.msgs += count + resend.msgs;
-            self.inner
-                .early
-                .sent
-                .fetch_add(count + resend.msgs, Ordering::Relaxed);
+            let early = &self.inner.early;
+            let counter = if cur.accepted {
+                &early.answered_early
+            } else {
+                &early.sent
+            };
+            counter.fetch_add(count + resend.msgs, Ordering::Relaxed);
         }
         if cur.needs_init {
             chunks.insert(0, self.init.clone());
