@@ -74,9 +74,14 @@
 //!   the real connection to that peer.
 //!
 //! What a replay can therefore do: deliver a copy of a replay-safe application's first
-//! messages after a reconnect once more, on a connection that then dies without any
-//! effect on the peer's lanes or connections. What it cannot do: deliver anything of
-//! another application, or anything at all from a peer the acceptance policy refuses.
+//! messages after a reconnect once more, to a node that has no connection to that peer,
+//! on a connection that then dies. Until it dies (at the latest after
+//! [`Config::max_idle_timeout`]), that application's lane to the peer writes on the
+//! replayed stream, and then writes it all again on the peer's real connection if there
+//! is one by then (or drops it with the lane if this node forgets the peer, as it drops
+//! anything queued for a peer it forgets): a delay, and copies. What it cannot do: touch the peer's other lanes or its real
+//! connections, deliver anything of another application, or anything at all from a peer
+//! the acceptance policy refuses.
 //! A replay-safe application's messages may also arrive twice without an attacker, when
 //! a connection failed after the server accepted its 0-RTT data but before the client
 //! knew. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted
