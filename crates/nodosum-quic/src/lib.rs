@@ -66,22 +66,24 @@
 //!   replayed flight never completes it), they are written again on the next stream to
 //!   that peer, or dropped with the lane if the peer is forgotten. So an answer of a
 //!   replay-safe application can arrive twice, like its 0-RTT messages. Any other early
-//!   stream is held unread (QUIC flow control
-//!   bounds it) until the handshake completes, and then goes to its lane like any stream;
-//!   if the handshake never completes, the connection times out and the held data is never
-//!   delivered. An early connection joins its peer (and can replace or duplicate another
+//!   stream is held unread (QUIC flow control bounds it) until the handshake completes,
+//!   and then goes to its lane like any stream; if the handshake never completes, the
+//!   connection times out and the held data is never delivered. An early connection joins its peer (and can replace or duplicate another
 //!   connection) only once its handshake completed, so a replayed flight cannot disturb
 //!   the real connection to that peer.
 //!
 //! What a replay can therefore do: deliver a copy of a replay-safe application's first
 //! messages after a reconnect once more, to a node that has no connection to that peer,
-//! on a connection that then dies. Until it dies (at the latest after
-//! [`Config::max_idle_timeout`]), that application's lane to the peer writes on the
-//! replayed stream, and then writes it all again on the peer's real connection if there
-//! is one by then (or drops it with the lane if this node forgets the peer, as it drops
-//! anything queued for a peer it forgets): a delay, and copies. What it cannot do: touch the peer's other lanes or its real
-//! connections, deliver anything of another application, or anything at all from a peer
-//! the acceptance policy refuses.
+//! on a connection that then dies (at the latest after [`Config::max_idle_timeout`]).
+//! Until it dies, that application's lane to the peer answers on the replayed stream; if
+//! the real peer connects meanwhile, the lane moves to the real connection only once the
+//! replayed one is gone (it cannot tell which of the two is the replay), so that
+//! application's messages to and from that peer wait until then. What it wrote on the
+//! replayed stream is written again on the next stream (or dropped with the lane if this
+//! node forgets the peer, like anything queued for a peer it forgets). What a replay
+//! cannot do: touch the peer's other applications or its real connection, deliver
+//! anything of an application that is not replay-safe, or anything at all from a peer the
+//! acceptance policy refuses.
 //! A replay-safe application's messages may also arrive twice without an attacker, when
 //! a connection failed after the server accepted its 0-RTT data but before the client
 //! knew. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted

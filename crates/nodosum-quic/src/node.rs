@@ -316,11 +316,13 @@ pub struct EarlyData {
     /// Messages this node wrote as 0.5-RTT data: on a replay-safe stream that arrived on
     /// a connection it accepted, before that connection's handshake completed.
     pub answered_early: u64,
-    /// Messages written again on a new stream because the server rejected the 0-RTT data
-    /// (or the connection they were written on failed before its handshake completed).
+    /// Messages written again on a new stream because the server rejected the 0-RTT data,
+    /// or the early stream they were written on (0-RTT or 0.5-RTT) failed or was given up
+    /// before its handshake completed.
     pub resent: u64,
     /// Messages delivered to applications of this node before the handshake of the
-    /// connection they arrived on completed (0.5-RTT, replay-safe applications only).
+    /// connection they arrived on completed (received as 0-RTT data; replay-safe
+    /// applications only).
     pub delivered: u64,
     /// Streams that arrived before their connection's handshake completed and were held
     /// unread until it did (not replay-safe, or the peer still had a connection or a
@@ -1511,9 +1513,16 @@ impl Inner {
     /// a live connection's messages). If so, `node` becomes a known peer, so that the
     /// application can answer at once (the answer waits in its lane for the connection);
     /// [`forget_idle_peer`](Self::forget_idle_peer) undoes that if the handshake fails.
-    fn admit_early(&self, node: &NodeId, app: &AppId) -> bool {
+    ///
+    /// Only while the handshake (`outcome`) is in progress, checked under the state lock:
+    /// a failed handshake is decided before its peer is forgotten under that lock, so a
+    /// late admission cannot leave behind a peer that nothing forgets.
+    fn admit_early(&self, node: &NodeId, app: &AppId, outcome: &watch::Receiver<Outcome>) -> bool {
         let mut st = lock(&self.state);
-        if !self.app_replay_safe(app) || self.closing.load(Ordering::Acquire) {
+        if !self.app_replay_safe(app)
+            || self.closing.load(Ordering::Acquire)
+            || outcome.borrow().is_decided()
+        {
             return false;
         }
         let admitted = st.peers.get(node).is_none_or(|p| {
@@ -1943,7 +1952,7 @@ async fn early_stream(
         return;
     };
     let decided = outcome.borrow().is_decided();
-    if !decided && inner.admit_early(&node, &app) {
+    if !decided && inner.admit_early(&node, &app, &outcome) {
         let cref = ConnRef {
             id: slot.id,
             conn,
@@ -2570,8 +2579,9 @@ struct Current {
     done: oneshot::Receiver<Done>,
     opened_by_us: bool,
     needs_init: bool,
-    /// Opened on a dialled connection before it was registered: until then the writer
-    /// follows the connection's handshake rather than the peer's current connection.
+    /// On a connection whose handshake had not completed (opened by us on a dialled
+    /// connection before it was registered, or `accepted`): until it does, the writer
+    /// follows that handshake rather than the peer's current connection.
     early: bool,
     /// Opened while the handshake was still running, so its data is 0-RTT data (quinn's
     /// view: an early stream opened after the handshake completed, before the connection
@@ -2659,8 +2669,9 @@ struct Writer {
     /// `close` asked to flush and finish.
     draining: bool,
     traffic: Traffic,
-    /// What was written as 0-RTT data on the current (early) stream, until the server
-    /// accepts it: if it rejects it, or the connection fails first, it is written again.
+    /// What was written on the current early stream (as 0-RTT data, or as 0.5-RTT data on
+    /// an accepted connection), until its handshake confirms it: if the server rejects
+    /// 0-RTT, the handshake fails, or the stream is given up first, it is written again.
     kept: Replay,
     /// Messages to write (again) before anything queued, on the next stream.
     resend: Replay,
@@ -2970,6 +2981,14 @@ impl Writer {
             self.drop_early();
             return Ok(());
         }
+        let app_closed = u64::from(codes::STREAM_APP_CLOSED);
+        if cur.early
+            && !matches!(end, ReadEnd::Stopped(codes::STREAM_APP_CLOSED))
+            && end != ReadEnd::Reset(app_closed)
+        {
+            // Ended by the peer before the handshake confirmed what was written on it.
+            self.resend_kept();
+        }
         match end {
             // The peer gave the stream up (it moved to another): give it up too.
             ReadEnd::Finished => {
@@ -2983,7 +3002,7 @@ impl Writer {
                 return Err(Exit::AppClosed);
             }
             ReadEnd::Stopped(c) => cur.reset(c),
-            ReadEnd::Reset(c) if c == u64::from(codes::STREAM_APP_CLOSED) => {
+            ReadEnd::Reset(c) if c == app_closed => {
                 self.cur = Some(cur);
                 return Err(Exit::AppClosed);
             }
@@ -3071,16 +3090,23 @@ impl Writer {
     /// Drops the early stream whose 0-RTT data was rejected (or whose connection failed
     /// during its handshake): what was written on it is written again first.
     fn drop_early(&mut self) {
-        self.handshake = None;
         if let Some(mut cur) = self.cur.take() {
             // A no-op for a rejected stream; ends it on a connection that lives on.
             cur.reset(codes::STREAM_CLOSED);
         }
+        self.resend_kept();
+    }
+
+    /// The early stream that `kept` was written on is given up before its handshake
+    /// said the data arrived: it is written again, first, on the next stream (a
+    /// replay-safe application's messages may arrive twice, never not at all).
+    fn resend_kept(&mut self) {
+        self.handshake = None;
         let mut kept = std::mem::take(&mut self.kept);
         if kept.is_empty() {
             return;
         }
-        debug!(peer = %self.peer, app = %self.app, msgs = kept.msgs, "0-RTT data not accepted, writing it again");
+        debug!(peer = %self.peer, app = %self.app, msgs = kept.msgs, "early data not confirmed, writing it again");
         self.inner
             .early
             .resent
@@ -3101,6 +3127,9 @@ impl Writer {
     fn abandon(&mut self) {
         if let Some(mut cur) = self.cur.take() {
             debug!(peer = %self.peer, app = %self.app, conn = cur.conn, reader = cur.reader, needs_init = cur.needs_init, "giving up stream");
+            if cur.early {
+                self.resend_kept();
+            }
             self.shared.gate.retire(cur.reader);
             if cur.needs_init {
                 // Opened but never written: the peer has not seen it and wrote nothing on
@@ -3476,7 +3505,14 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                if self.cur.as_ref().is_some_and(|c| c.early) {
+                let stopped = match e {
+                    WriteError::Stopped(c) => Some(c),
+                    _ => None,
+                };
+                let refused = stopped.is_some_and(|c| {
+                    c == code(codes::STREAM_UNKNOWN_APP) || c == code(codes::STREAM_APP_CLOSED)
+                });
+                if !refused && self.cur.as_ref().is_some_and(|c| c.early) {
                     // Kept: written again once the handshake is decided.
                     self.drop_early();
                     return Ok(());
@@ -3485,12 +3521,12 @@ impl Writer {
                 self.inner
                     .metrics
                     .send_error(self.app.as_str(), "stream_lost", count);
-                if let WriteError::Stopped(c) = e
+                if let Some(c) = stopped
                     && c == code(codes::STREAM_UNKNOWN_APP)
                 {
                     return Err(self.refused(c.into_inner()));
                 }
-                if let WriteError::Stopped(c) = e
+                if let Some(c) = stopped
                     && c == code(codes::STREAM_APP_CLOSED)
                 {
                     return Err(Exit::AppClosed);

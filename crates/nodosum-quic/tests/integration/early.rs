@@ -589,6 +589,77 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
     drop(relay);
 }
 
+/// A replayed flight's replay-safe stream becomes the lane's stream, and the answer goes
+/// out on it. When the real peer connects and opens its own stream meanwhile, that answer
+/// is not lost: once the replayed connection is gone, it is written again on the real
+/// connection, before anything newer, and the real peer's messages are delivered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_on_a_replayed_stream_reaches_the_real_peer() {
+    init_tracing();
+    let ca = ca();
+    let b = safe_node(&ca, "b");
+    let mut b_safe = safe_app(&b, "safe");
+    let _b_plain = b.register_app(app("plain")).unwrap();
+    let raw = raw_early_client(&ca, "a");
+    let conn = guarded(
+        "raw handshake",
+        raw.connect(b.local_addr().unwrap(), "b").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv_half) = conn.open_bi().await.unwrap();
+    send.write_all(&init_and_message("safe", b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(recv(&mut b_safe).await.1, Bytes::from_static(b"hello"));
+    // The tickets arrive before b's answer.
+    b.send(&id("a"), &app("safe"), seq(0)).await.unwrap();
+    let mut frame = [0u8; 8];
+    guarded("answer", recv_half.read_exact(&mut frame))
+        .await
+        .unwrap();
+    conn.close(0u32.into(), b"done");
+    let b2 = b.clone();
+    wait_until("b forgets a", move || b2.counts() == Counts::default()).await;
+
+    // A replayed flight (its handshake never completes): b answers on its stream.
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let fake = fake_0rtt_connection(&raw, relay.addr).await;
+    assert_eq!(recv(&mut b_safe).await.1, Bytes::from_static(b"early safe"));
+    b.send(&id("a"), &app("safe"), seq(1)).await.unwrap();
+    let b2 = b.clone();
+    wait_until("answer written early", move || {
+        b2.early_data().answered_early == 1
+    })
+    .await;
+
+    // The real "a" connects and opens its own stream.
+    let a = safe_node(&ca, "a");
+    let mut a_safe = safe_app(&a, "safe");
+    connect(&a, &b).await;
+    a.send(b.node_id(), &app("safe"), seq(10)).await.unwrap();
+    // b holds a's stream (its messages wait behind the replayed stream's)...
+    let b2 = b.clone();
+    wait_until_dbg(
+        "a's stream accepted",
+        move || b2.counts().streams == 3,
+        || format!("{:?}", b.counts()),
+    )
+    .await;
+    // ...and its lane gives the replayed stream up for it (the test cannot observe that
+    // step; it takes microseconds).
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // The replayed connection goes away (here at once; otherwise when it times out).
+    fake.close(0u32.into(), b"gone");
+    assert_eq!(recv(&mut b_safe).await, (id("a"), seq(10)));
+    b.send(a.node_id(), &app("safe"), seq(2)).await.unwrap();
+    assert_eq!(recv(&mut a_safe).await, (id("b"), seq(1)));
+    assert_eq!(recv(&mut a_safe).await, (id("b"), seq(2)));
+    assert!(a_safe.try_recv().is_err());
+    assert_eq!(b.early_data().resent, 1);
+    drop(relay);
+}
+
 /// Dials `addr` with a 0-RTT ticket and writes, as 0-RTT data, one message each for
 /// `plain` and `safe` on their own streams.
 async fn fake_0rtt_connection(raw: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
