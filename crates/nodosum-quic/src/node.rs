@@ -1952,7 +1952,8 @@ async fn early_stream(
         return;
     };
     let decided = outcome.borrow().is_decided();
-    if !decided && inner.admit_early(&node, &app, &outcome) {
+    let (cref, handshake) = if !decided && inner.admit_early(&node, &app, &outcome) {
+        // The identity the connection will have once registered.
         let cref = ConnRef {
             id: slot.id,
             conn,
@@ -1960,46 +1961,25 @@ async fn early_stream(
             kind: HandshakeKind::Resumed,
             live: slot.live,
         };
-        let accepted = (guard, Some(unrouted));
-        route_stream(
-            inner,
-            node,
-            cref,
-            send,
-            recv,
-            app,
-            buf,
-            accepted,
-            Some(outcome),
-        )
-        .await;
-        return;
-    }
-    if !decided {
-        inner.early.held.fetch_add(1, Ordering::Relaxed);
-        debug!(peer = %node, %app, "stream held until the handshake completes");
-    }
-    let decision = outcome
-        .wait_for(Outcome::is_decided)
-        .await
-        .map(|o| o.clone());
-    let Ok(Outcome::Ready(cref)) = decision else {
-        let _ = recv.stop(code(codes::STREAM_CLOSED));
-        let _ = send.reset(code(codes::STREAM_CLOSED));
-        return;
+        (cref, Some(outcome))
+    } else {
+        if !decided {
+            inner.early.held.fetch_add(1, Ordering::Relaxed);
+            debug!(peer = %node, %app, "stream held until the handshake completes");
+        }
+        let decision = outcome
+            .wait_for(Outcome::is_decided)
+            .await
+            .map(|o| o.clone());
+        let Ok(Outcome::Ready(cref)) = decision else {
+            let _ = recv.stop(code(codes::STREAM_CLOSED));
+            let _ = send.reset(code(codes::STREAM_CLOSED));
+            return;
+        };
+        (cref, None)
     };
-    route_stream(
-        inner,
-        node,
-        cref,
-        send,
-        recv,
-        app,
-        buf,
-        (guard, Some(unrouted)),
-        None,
-    )
-    .await;
+    let guards = (guard, Some(unrouted));
+    route_stream(inner, node, cref, send, recv, app, buf, guards, handshake).await;
 }
 
 impl Outcome {

@@ -469,6 +469,42 @@ fn raw_early_client(ca: &DevCa, name: &str) -> quinn::Endpoint {
     endpoint
 }
 
+/// A raw early-data client for "a" after one full session with `b`, so that it holds a
+/// ticket with early data allowed: it wrote "hello" to `safe`, got `b`'s answer on the
+/// same stream (the tickets come before it), and closed; `b` has forgotten it.
+async fn raw_client_with_ticket(
+    ca: &DevCa,
+    b: &QuicNode,
+    b_safe: &mut AppReceiver,
+) -> quinn::Endpoint {
+    let raw = raw_early_client(ca, "a");
+    let conn = guarded(
+        "raw handshake",
+        raw.connect(b.local_addr().unwrap(), "b").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (mut send, mut recv_half) = conn.open_bi().await.unwrap();
+    send.write_all(&init_and_message("safe", b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(recv(b_safe).await, (id("a"), Bytes::from_static(b"hello")));
+    b.send(&id("a"), &app("safe"), Bytes::from_static(b"back"))
+        .await
+        .unwrap();
+    let mut frame = [0u8; 8];
+    guarded("answer", recv_half.read_exact(&mut frame))
+        .await
+        .unwrap();
+    let mut f = &frame[..];
+    assert_eq!(f.get_u32_le(), 4);
+    assert_eq!(f, b"back");
+    conn.close(0u32.into(), b"done");
+    let b2 = b.clone();
+    wait_until("b forgets a", move || b2.counts() == Counts::default()).await;
+    raw
+}
+
 /// `StreamInit` for `app` followed by one framed message.
 fn init_and_message(app_name: &str, msg: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
@@ -487,37 +523,7 @@ async fn early_data_of_a_handshake_that_never_completes_is_not_delivered_unless_
     let b = safe_node(&ca, "b");
     let mut b_safe = safe_app(&b, "safe");
     let mut b_plain = b.register_app(app("plain")).unwrap();
-    let raw = raw_early_client(&ca, "a");
-
-    // A full session first, so the raw client holds a ticket with early data allowed.
-    let conn = guarded(
-        "raw handshake",
-        raw.connect(b.local_addr().unwrap(), "b").unwrap(),
-    )
-    .await
-    .unwrap();
-    let (mut send, mut recv_half) = conn.open_bi().await.unwrap();
-    send.write_all(&init_and_message("safe", b"hello"))
-        .await
-        .unwrap();
-    assert_eq!(
-        recv(&mut b_safe).await,
-        (id("a"), Bytes::from_static(b"hello"))
-    );
-    // b answers on the same stream; the tickets came before it.
-    b.send(&id("a"), &app("safe"), Bytes::from_static(b"back"))
-        .await
-        .unwrap();
-    let mut frame = [0u8; 8];
-    guarded("answer", recv_half.read_exact(&mut frame))
-        .await
-        .unwrap();
-    let mut f = &frame[..];
-    assert_eq!(f.get_u32_le(), 4);
-    assert_eq!(f, b"back");
-    conn.close(0u32.into(), b"done");
-    let b2 = b.clone();
-    wait_until("b forgets a", move || b2.counts() == Counts::default()).await;
+    let raw = raw_client_with_ticket(&ca, &b, &mut b_safe).await;
 
     // Now a connection whose handshake never completes (b's answers never reach the
     // client, as for a replayed flight), while "a" has no connection: both applications'
@@ -600,27 +606,7 @@ async fn an_answer_on_a_replayed_stream_reaches_the_real_peer() {
     let b = safe_node(&ca, "b");
     let mut b_safe = safe_app(&b, "safe");
     let _b_plain = b.register_app(app("plain")).unwrap();
-    let raw = raw_early_client(&ca, "a");
-    let conn = guarded(
-        "raw handshake",
-        raw.connect(b.local_addr().unwrap(), "b").unwrap(),
-    )
-    .await
-    .unwrap();
-    let (mut send, mut recv_half) = conn.open_bi().await.unwrap();
-    send.write_all(&init_and_message("safe", b"hello"))
-        .await
-        .unwrap();
-    assert_eq!(recv(&mut b_safe).await.1, Bytes::from_static(b"hello"));
-    // The tickets arrive before b's answer.
-    b.send(&id("a"), &app("safe"), seq(0)).await.unwrap();
-    let mut frame = [0u8; 8];
-    guarded("answer", recv_half.read_exact(&mut frame))
-        .await
-        .unwrap();
-    conn.close(0u32.into(), b"done");
-    let b2 = b.clone();
-    wait_until("b forgets a", move || b2.counts() == Counts::default()).await;
+    let raw = raw_client_with_ticket(&ca, &b, &mut b_safe).await;
 
     // A replayed flight (its handshake never completes): b answers on its stream.
     let relay = Relay::start(b.local_addr().unwrap()).await;
