@@ -3140,52 +3140,40 @@ impl Writer {
         // while the peer has no connection and the lane no stream: used at once, so that
         // answers leave as 0.5-RTT data. Otherwise the rules below decide, as for any
         // stream (they never use a stream off the current connection).
-        let handshake = a.handshake.filter(in_handshake);
-        if self.cur.is_none()
-            && self.current_conn().is_none()
-            && let Some(handshake) = handshake
-        {
+        let handshake = a
+            .handshake
+            .filter(|h| in_handshake(h) && self.cur.is_none() && self.current_conn().is_none());
+        if handshake.is_some() {
             debug!(peer = %self.peer, app = %self.app, conn = a.conn, reader = a.reader, "peer opened a stream during the handshake");
-            self.shared.gate.set_current(a.reader);
-            self.handshake = Some(handshake);
-            self.cur = Some(Current {
-                conn: a.conn,
-                reader: a.reader,
-                send: Some(a.send),
-                done: a.done,
-                opened_by_us: false,
-                needs_init: false,
-                early: true,
-                zero_rtt: false,
-                accepted: true,
-            });
-            return;
-        }
-        let decision = resolve::attach(
-            self.cur.as_ref().map(|c| StreamSide {
-                conn: c.conn,
-                opened_by_us: c.opened_by_us,
-            }),
-            a.conn,
-            self.current_conn(),
-            self.inner.local_is_smaller(&self.peer),
-        );
-        debug!(peer = %self.peer, app = %self.app, conn = a.conn, reader = a.reader, ?decision, "peer opened a stream");
-        match decision {
-            Attach::Reject => {
-                self.shared.gate.retire(a.reader);
-                if self.inner.local_is_smaller(&self.peer) {
-                    // Same rule as `abandon`: the smaller side finishes at once.
-                    let mut send = a.send;
-                    let _ = send.finish();
-                } else {
-                    tokio::spawn(finish_unused(a.send, a.done));
+        } else {
+            let decision = resolve::attach(
+                self.cur.as_ref().map(|c| StreamSide {
+                    conn: c.conn,
+                    opened_by_us: c.opened_by_us,
+                }),
+                a.conn,
+                self.current_conn(),
+                self.inner.local_is_smaller(&self.peer),
+            );
+            debug!(peer = %self.peer, app = %self.app, conn = a.conn, reader = a.reader, ?decision, "peer opened a stream");
+            match decision {
+                Attach::Reject => {
+                    self.shared.gate.retire(a.reader);
+                    if self.inner.local_is_smaller(&self.peer) {
+                        // Same rule as `abandon`: the smaller side finishes at once.
+                        let mut send = a.send;
+                        let _ = send.finish();
+                    } else {
+                        tokio::spawn(finish_unused(a.send, a.done));
+                    }
+                    return;
                 }
-                return;
+                Attach::ReplaceCurrent => self.abandon(),
+                Attach::Adopt => {}
             }
-            Attach::ReplaceCurrent => self.abandon(),
-            Attach::Adopt => {}
         }
+        let early = handshake.is_some();
+        self.handshake = handshake;
         self.shared.gate.set_current(a.reader);
         self.cur = Some(Current {
             conn: a.conn,
@@ -3194,9 +3182,9 @@ impl Writer {
             done: a.done,
             opened_by_us: false,
             needs_init: false,
-            early: false,
+            early,
             zero_rtt: false,
-            accepted: false,
+            accepted: early,
         });
     }
 
