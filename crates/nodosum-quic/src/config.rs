@@ -65,6 +65,12 @@ pub struct Config {
     pub reconnect_initial_backoff: Duration,
     /// Longest delay between redials. Default 5 s.
     pub reconnect_max_backoff: Duration,
+    /// How long a handshake, dialled or accepted, may take before the connection is
+    /// given up (reported as [`RejectReason::Timeout`](crate::RejectReason::Timeout)).
+    /// quinn bounds a handshake only by `max_idle_timeout`, and an accepted connection
+    /// whose handshake never completes (a replayed 0-RTT flight) holds its early streams
+    /// until it ends. Default 10 s.
+    pub handshake_timeout: Duration,
     /// How long an accepted stream may take to deliver its `StreamInit` frame. Default 10 s.
     pub stream_init_timeout: Duration,
     /// How long the side that accepted a duplicate connection waits for its dialler to close
@@ -93,6 +99,7 @@ impl Default for Config {
             app_receiver_capacity: 1024,
             reconnect_initial_backoff: Duration::from_millis(100),
             reconnect_max_backoff: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
             stream_init_timeout: Duration::from_secs(10),
             duplicate_linger: Duration::from_secs(10),
             event_capacity: 1024,
@@ -114,6 +121,9 @@ impl Config {
         let mut problems = Vec::new();
         if self.keep_alive_interval >= self.max_idle_timeout {
             problems.push("keep_alive_interval must be below max_idle_timeout".to_owned());
+        }
+        if self.handshake_timeout.is_zero() {
+            problems.push("handshake_timeout must be above zero".to_owned());
         }
         if self.alpn.is_empty() || self.alpn.len() > 255 {
             problems.push("alpn must be 1 to 255 bytes".to_owned());

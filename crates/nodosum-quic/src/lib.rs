@@ -27,8 +27,9 @@
 //! connection initiated by the smaller node ID; the other one is drained (its streams hand
 //! over to the winner without losing or reordering messages) and closed with
 //! [`codes::DUPLICATE`] by the node with the larger ID (its dialler) once no stream is
-//! left on it. A peer that should be connected is
-//! redialled with exponential backoff.
+//! left on it. A peer that should be connected is redialled with exponential backoff. A
+//! handshake, dialled or accepted, that has not completed after
+//! [`Config::handshake_timeout`] is given up and reported as [`RejectReason::Timeout`].
 //!
 //! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. Resumed
 //! handshakes skip certificate verification and keep the identity of the original session.
@@ -68,13 +69,14 @@
 //!   replay-safe application can arrive twice, like its 0-RTT messages. Any other early
 //!   stream is held unread (QUIC flow control bounds it) until the handshake completes,
 //!   and then goes to its lane like any stream; if the handshake never completes, the
-//!   connection times out and the held data is never delivered. An early connection joins its peer (and can replace or duplicate another
+//!   connection is closed after [`Config::handshake_timeout`] and the held data is never
+//!   delivered. An early connection joins its peer (and can replace or duplicate another
 //!   connection) only once its handshake completed, so a replayed flight cannot disturb
 //!   the real connection to that peer.
 //!
 //! What a replay can therefore do: deliver a copy of a replay-safe application's first
 //! messages after a reconnect once more, to a node that has no connection to that peer,
-//! on a connection that then dies (at the latest after [`Config::max_idle_timeout`]).
+//! on a connection that then dies (at the latest after [`Config::handshake_timeout`]).
 //! Until it dies, that application's lane to the peer answers on the replayed stream; if
 //! the real peer connects meanwhile, the lane moves to the real connection only once the
 //! replayed one is gone (it cannot tell which of the two is the replay), so that

@@ -39,6 +39,10 @@ pub mod codes {
     pub const IDENTITY_MISMATCH: u32 = 0x03;
     /// The acceptance policy refused the peer's node ID (or it is the local ID).
     pub const REJECTED: u32 = 0x04;
+    /// Connection closed because its handshake did not complete within
+    /// [`Config::handshake_timeout`](crate::Config::handshake_timeout) (sent once the
+    /// connection can carry it: by a server, or by a client in its 0-RTT phase).
+    pub const HANDSHAKE_TIMEOUT: u32 = 0x05;
     /// Stream refused: the application is not registered on the receiving node.
     pub const STREAM_UNKNOWN_APP: u32 = 0x10;
     /// Stream reset: a message exceeded the receiver's size limit.
@@ -1607,17 +1611,26 @@ impl Inner {
         dialled: Dialled,
     ) -> Result<(quinn::Connection, HandshakeKind, Slot), RejectReason> {
         let Dialled { slot, handshake } = dialled;
+        let limit = self.config.handshake_timeout;
         let (conn, zero_rtt) = match handshake {
             Handshake::Early { conn, accepted } => {
-                let accepted = accepted.await;
+                let Ok(accepted) = tokio::time::timeout(limit, accepted).await else {
+                    conn.close(code(codes::HANDSHAKE_TIMEOUT), b"handshake timeout");
+                    self.withdraw_early(peer, slot.id);
+                    return Err(RejectReason::Timeout);
+                };
                 if let Some(e) = conn.close_reason() {
                     self.withdraw_early(peer, slot.id);
                     return Err(classify(&e));
                 }
                 (conn, accepted)
             }
+            // Dropping a handshake in progress abandons its connection.
             Handshake::Connecting(connecting) => {
-                (connecting.await.map_err(|e| classify(&e))?, false)
+                match tokio::time::timeout(limit, connecting).await {
+                    Ok(connected) => (connected.map_err(|e| classify(&e))?, false),
+                    Err(_) => return Err(RejectReason::Timeout),
+                }
             }
         };
         let full = self.tls.tracker.take_client(peer.as_str());
@@ -1816,6 +1829,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Err(e) => return failed(&e),
     };
     let slot = inner.slot();
+    let limit = inner.config.handshake_timeout;
     // Streams that arrive before the handshake completes (0-RTT data of a resumed
     // session) wait for this decision; see `early_stream`.
     let (outcome, outcome_rx) = watch::channel(Outcome::Pending);
@@ -1838,19 +1852,28 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
                 ));
                 early_node = Some(node);
             }
-            let _ = established.await;
+            let completed = tokio::time::timeout(limit, established).await.is_ok();
+            if !completed {
+                conn.close(code(codes::HANDSHAKE_TIMEOUT), b"handshake timeout");
+            }
             if let Some(e) = conn.close_reason() {
                 outcome.send_replace(Outcome::Failed);
                 if let Some(node) = &early_node {
                     inner.forget_idle_peer(node);
                 }
-                return failed(&e);
+                return failed(if completed {
+                    &e
+                } else {
+                    &ConnectionError::TimedOut
+                });
             }
             conn
         }
-        Err(connecting) => match connecting.await {
-            Ok(conn) => conn,
-            Err(e) => return failed(&e),
+        // Dropping a handshake in progress abandons its connection.
+        Err(connecting) => match tokio::time::timeout(limit, connecting).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return failed(&e),
+            Err(_) => return failed(&ConnectionError::TimedOut),
         },
     };
     let refuse = |node: Option<NodeId>, reason: RejectReason, close: u32| {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use nodosum_proto::{Limits, StreamInit};
 use nodosum_quic::{
-    AppOptions, AppReceiver, Config, Counts, DevCa, Event, HandshakeKind, QuicNode,
+    AppOptions, AppReceiver, Config, Counts, DevCa, Event, HandshakeKind, QuicNode, RejectReason,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -643,6 +643,53 @@ async fn an_answer_on_a_replayed_stream_reaches_the_real_peer() {
     assert_eq!(recv(&mut a_safe).await, (id("b"), seq(2)));
     assert!(a_safe.try_recv().is_err());
     assert_eq!(b.early_data().resent, 1);
+    drop(relay);
+}
+
+/// An accepted handshake that never completes (a replayed flight) is given up after
+/// `handshake_timeout`, long before the idle timeout would end it: the peer, its lane and
+/// the early streams are gone, and the failure is reported as a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_handshake_that_never_completes_times_out() {
+    init_tracing();
+    let ca = ca();
+    let config = Config {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        // Far beyond the test's guard: only the handshake timeout can end it in time.
+        max_idle_timeout: std::time::Duration::from_secs(600),
+        ..Config::development()
+    };
+    let b = node_with(&ca.issue(&id("b")).unwrap(), config);
+    let mut b_safe = safe_app(&b, "safe");
+    let _b_plain = b.register_app(app("plain")).unwrap();
+    let raw = raw_client_with_ticket(&ca, &b, &mut b_safe).await;
+
+    let mut events = b.events();
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let _fake = fake_0rtt_connection(&raw, relay.addr).await;
+    assert_eq!(recv(&mut b_safe).await.1, Bytes::from_static(b"early safe"));
+    b.send(&id("a"), &app("safe"), seq(1)).await.unwrap();
+    let rejected = event(&mut events, "handshake given up", |e| {
+        matches!(e, Event::Rejected { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            rejected,
+            Event::Rejected {
+                reason: RejectReason::Timeout,
+                ..
+            }
+        ),
+        "{rejected:?}"
+    );
+    let b2 = b.clone();
+    wait_until_dbg(
+        "b forgets the replayed peer",
+        move || b2.counts() == Counts::default(),
+        || format!("{:?}", b.counts()),
+    )
+    .await;
     drop(relay);
 }
 
