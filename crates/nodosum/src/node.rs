@@ -248,9 +248,10 @@ impl Node {
     /// [`AppOptions::replay_safe`], the application's messages (not its requests and
     /// responses, which travel on an internal application) travel as 0-RTT data when a
     /// connection to a peer is re-established, and may be delivered before the peer's
-    /// handshake completed: use it only for messages that do no harm when received twice
-    /// (see `nodosum_quic`'s documentation). The peer must register the application as
-    /// replay-safe too, or it holds such messages until the handshake completes.
+    /// handshake completed, the peer's answers leaving at once as 0.5-RTT data: use it
+    /// only for messages that do no harm when received twice (see `nodosum_quic`'s
+    /// documentation). The peer must register the application as replay-safe too, or it
+    /// holds such messages until the handshake completes.
     pub fn application_with(&self, name: &str, options: AppOptions) -> Result<Application, Error> {
         if self.shared.shutting_down.load(Ordering::Acquire) {
             return Err(Error::ShutDown);

@@ -201,23 +201,34 @@ async fn refusals_are_typed_counted_and_the_endpoint_keeps_serving() {
     connect(&good, &server).await;
     assert_eq!(server.counts().connections, 1);
 
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    for reason in [
+    // The server counts a refusal when it processes the dialler's alert, which may be
+    // after the dialler reported it.
+    let encode = || {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    };
+    let reasons = [
         "unknown_ca",
         "alpn",
         "no_client_cert",
         "expired",
         "identity_mismatch",
-    ] {
-        assert!(
+    ];
+    let counted = || {
+        let text = encode();
+        reasons.iter().all(|reason| {
             text.contains(&format!(
                 "nodosum_quic_handshake_failures_total{{reason=\"{reason}\"}}"
-            )),
-            "{reason} not counted in\n{text}"
-        );
-    }
-    assert!(text.contains("nodosum_quic_connections 1"), "{text}");
+            ))
+        })
+    };
+    wait_until_dbg("every refusal counted", counted, &encode).await;
+    assert!(
+        encode().contains("nodosum_quic_connections 1"),
+        "{}",
+        encode()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
