@@ -406,7 +406,7 @@ struct State {
 
 struct Peer {
     desired: Option<SocketAddr>,
-    dialer: Option<JoinHandle<()>>,
+    dialer: Option<Arc<Dialer>>,
     /// Which dial loop is this peer's (`dialer`): an aborted loop may still be in the
     /// middle of a poll, and must neither dial nor register a connection for the peer.
     dial_id: u64,
@@ -920,7 +920,7 @@ impl QuicNode {
         }
         let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
         peer.desired = Some(addr);
-        if peer.dialer.as_ref().is_none_or(JoinHandle::is_finished) {
+        if peer.dialer.as_ref().is_none_or(|d| d.is_finished()) {
             peer.dial_id = self.inner.next_dial_id.fetch_add(1, Ordering::Relaxed);
             // The first attempt starts here rather than in the loop's task: a connection
             // in its 0-RTT phase is then offered before this call returns, so the next
@@ -932,7 +932,10 @@ impl QuicNode {
                 (addr, self.inner.start_dial(peer, &node, addr), dialing)
             });
             let dial = dial_loop(self.inner.clone(), node, peer.dial_id, first);
-            peer.dialer = Some(tokio::spawn(dial));
+            let dialer = Dialer::new();
+            peer.dialer = Some(dialer.clone());
+            drop(st);
+            dialer.start(Box::pin(dial));
         }
     }
 
@@ -2015,6 +2018,94 @@ impl Outcome {
 /// is gone is decided: the connection's task ended).
 fn in_handshake(outcome: &watch::Receiver<Outcome>) -> bool {
     !outcome.borrow().is_decided() && outcome.has_changed().is_ok()
+}
+
+/// A peer's dial loop. `connect` polls it once itself and spawns it as a task only when
+/// it is first woken (its handshake completed, failed or timed out). So `connect` makes
+/// no task runnable but quinn's connection driver, which then runs on the caller's
+/// worker, right after the caller's first `send` wrote its 0-RTT data. A second
+/// runnable task would wake an idle worker to steal one of them: on a small machine that
+/// stalls the caller for up to a millisecond while the other worker runs the handshake,
+/// and the first message then leaves as 1-RTT data.
+struct Dialer {
+    stage: Mutex<DialStage>,
+    runtime: tokio::runtime::Handle,
+}
+
+type DialFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+enum DialStage {
+    /// Polled once, waiting for its waker.
+    Parked(DialFuture),
+    /// Being polled by `connect`; `woken` if its waker fired meanwhile.
+    Polling { woken: bool },
+    /// Running as a task.
+    Task(JoinHandle<()>),
+    /// Finished within its first poll, or aborted before it became a task.
+    Ended,
+}
+
+impl Dialer {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            stage: Mutex::new(DialStage::Polling { woken: false }),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Polls `dial` once (never under the state lock: the loop may take it), then parks
+    /// it until its waker fires, or spawns it at once if the waker fired meanwhile.
+    fn start(self: &Arc<Self>, mut dial: DialFuture) {
+        if matches!(*lock(&self.stage), DialStage::Ended) {
+            return;
+        }
+        let waker = std::task::Waker::from(self.clone());
+        let polled = dial
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker));
+        let mut stage = lock(&self.stage);
+        *stage = match (std::mem::replace(&mut *stage, DialStage::Ended), polled) {
+            (_, std::task::Poll::Ready(())) | (DialStage::Ended, _) => DialStage::Ended,
+            (DialStage::Polling { woken: true }, _) => DialStage::Task(self.runtime.spawn(dial)),
+            _ => DialStage::Parked(dial),
+        };
+    }
+
+    fn abort(&self) {
+        let parked = match std::mem::replace(&mut *lock(&self.stage), DialStage::Ended) {
+            DialStage::Task(task) => {
+                task.abort();
+                None
+            }
+            DialStage::Parked(dial) => Some(dial),
+            DialStage::Polling { .. } | DialStage::Ended => None,
+        };
+        // Dropped outside the lock: it ends the dial (its connection and counting guard).
+        drop(parked);
+    }
+
+    fn is_finished(&self) -> bool {
+        match &*lock(&self.stage) {
+            DialStage::Task(task) => task.is_finished(),
+            DialStage::Ended => true,
+            DialStage::Parked(_) | DialStage::Polling { .. } => false,
+        }
+    }
+}
+
+impl std::task::Wake for Dialer {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut stage = lock(&self.stage);
+        match std::mem::replace(&mut *stage, DialStage::Ended) {
+            DialStage::Parked(dial) => *stage = DialStage::Task(self.runtime.spawn(dial)),
+            DialStage::Polling { .. } => *stage = DialStage::Polling { woken: true },
+            other => *stage = other,
+        }
+    }
 }
 
 /// Counts a dial in progress while it lives: also when the dialler is aborted
