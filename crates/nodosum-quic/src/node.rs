@@ -2021,9 +2021,9 @@ fn in_handshake(outcome: &watch::Receiver<Outcome>) -> bool {
 }
 
 /// A peer's dial loop. `connect` polls it once itself and spawns it as a task only when
-/// it is first woken (its handshake completed, failed or timed out). So `connect` makes
-/// no task runnable but quinn's connection driver, which then runs on the caller's
-/// worker, right after the caller's first `send` wrote its 0-RTT data. A second
+/// it is first woken (by its handshake, its timer, or whatever else it waits on). So
+/// `connect` makes no task runnable but quinn's connection driver, which then runs on the
+/// caller's worker, right after the caller's first `send` wrote its 0-RTT data. A second
 /// runnable task would wake an idle worker to steal one of them: on a small machine that
 /// stalls the caller for up to a millisecond while the other worker runs the handshake,
 /// and the first message then leaves as 1-RTT data.
@@ -2039,9 +2039,12 @@ enum DialStage {
     Parked(DialFuture),
     /// Being polled by `connect`; `woken` if its waker fired meanwhile.
     Polling { woken: bool },
+    /// Being spawned (never under this lock: a runtime that is shutting down drops the
+    /// future inside `spawn`, which can wake it again).
+    Spawning,
     /// Running as a task.
     Task(JoinHandle<()>),
-    /// Finished within its first poll, or aborted before it became a task.
+    /// Finished (or panicked) within its first poll, or aborted before it became a task.
     Ended,
 }
 
@@ -2054,21 +2057,47 @@ impl Dialer {
     }
 
     /// Polls `dial` once (never under the state lock: the loop may take it), then parks
-    /// it until its waker fires, or spawns it at once if the waker fired meanwhile.
+    /// it until its waker fires, or spawns it at once if the waker fired meanwhile. A
+    /// panic stays here, as it would in a task: the dialer ends, and the next `connect`
+    /// starts a new loop.
     fn start(self: &Arc<Self>, mut dial: DialFuture) {
         if matches!(*lock(&self.stage), DialStage::Ended) {
             return;
         }
         let waker = std::task::Waker::from(self.clone());
-        let polled = dial
-            .as_mut()
-            .poll(&mut std::task::Context::from_waker(&waker));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            dial.as_mut()
+                .poll(&mut std::task::Context::from_waker(&waker))
+        }));
         let mut stage = lock(&self.stage);
-        *stage = match (std::mem::replace(&mut *stage, DialStage::Ended), polled) {
-            (_, std::task::Poll::Ready(())) | (DialStage::Ended, _) => DialStage::Ended,
-            (DialStage::Polling { woken: true }, _) => DialStage::Task(self.runtime.spawn(dial)),
-            _ => DialStage::Parked(dial),
-        };
+        match (std::mem::replace(&mut *stage, DialStage::Ended), polled) {
+            (DialStage::Polling { woken: false }, Ok(std::task::Poll::Pending)) => {
+                *stage = DialStage::Parked(dial);
+                return;
+            }
+            (DialStage::Polling { woken: true }, Ok(std::task::Poll::Pending)) => {
+                *stage = DialStage::Spawning;
+            }
+            (_, Err(_)) => {
+                warn!("dial loop panicked");
+                return;
+            }
+            // Finished, or aborted meanwhile: `dial` is dropped after the lock.
+            _ => return,
+        }
+        drop(stage);
+        self.spawn(dial);
+    }
+
+    /// Spawns `dial` (the stage is `Spawning`), unless the dialer was aborted meanwhile.
+    fn spawn(&self, dial: DialFuture) {
+        let task = self.runtime.spawn(dial);
+        let mut stage = lock(&self.stage);
+        if matches!(*stage, DialStage::Spawning) {
+            *stage = DialStage::Task(task);
+        } else {
+            task.abort();
+        }
     }
 
     fn abort(&self) {
@@ -2078,9 +2107,10 @@ impl Dialer {
                 None
             }
             DialStage::Parked(dial) => Some(dial),
-            DialStage::Polling { .. } | DialStage::Ended => None,
+            DialStage::Polling { .. } | DialStage::Spawning | DialStage::Ended => None,
         };
-        // Dropped outside the lock: it ends the dial (its connection and counting guard).
+        // Dropped outside the stage lock: it ends the dial (its connection and counting
+        // guard), which may wake it.
         drop(parked);
     }
 
@@ -2088,7 +2118,7 @@ impl Dialer {
         match &*lock(&self.stage) {
             DialStage::Task(task) => task.is_finished(),
             DialStage::Ended => true,
-            DialStage::Parked(_) | DialStage::Polling { .. } => false,
+            DialStage::Parked(_) | DialStage::Polling { .. } | DialStage::Spawning => false,
         }
     }
 }
@@ -2099,12 +2129,24 @@ impl std::task::Wake for Dialer {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let mut stage = lock(&self.stage);
-        match std::mem::replace(&mut *stage, DialStage::Ended) {
-            DialStage::Parked(dial) => *stage = DialStage::Task(self.runtime.spawn(dial)),
-            DialStage::Polling { .. } => *stage = DialStage::Polling { woken: true },
-            other => *stage = other,
-        }
+        let dial = {
+            let mut stage = lock(&self.stage);
+            match std::mem::replace(&mut *stage, DialStage::Ended) {
+                DialStage::Parked(dial) => {
+                    *stage = DialStage::Spawning;
+                    dial
+                }
+                DialStage::Polling { .. } => {
+                    *stage = DialStage::Polling { woken: true };
+                    return;
+                }
+                other => {
+                    *stage = other;
+                    return;
+                }
+            }
+        };
+        self.spawn(dial);
     }
 }
 
@@ -3630,6 +3672,37 @@ mod tests {
             frame_type: None,
             reason: Bytes::copy_from_slice(reason.as_bytes()),
         })
+    }
+
+    #[tokio::test]
+    async fn a_dialer_runs_as_a_task_only_once_woken_and_abort_drops_it() {
+        // Parked after its first poll; the first wake-up spawns it.
+        let (wake, woken) = oneshot::channel::<()>();
+        let (done, finished) = oneshot::channel();
+        let dialer = Dialer::new();
+        dialer.start(Box::pin(async move {
+            let _ = woken.await;
+            let _ = done.send(());
+        }));
+        assert!(matches!(*lock(&dialer.stage), DialStage::Parked(_)));
+        wake.send(()).unwrap();
+        finished.await.unwrap();
+        assert!(matches!(*lock(&dialer.stage), DialStage::Task(_)));
+
+        // Aborted while parked: the loop is dropped, never run.
+        let (wake, woken) = oneshot::channel::<()>();
+        let dialer = Dialer::new();
+        dialer.start(Box::pin(async move {
+            let _ = woken.await;
+        }));
+        assert!(!dialer.is_finished());
+        dialer.abort();
+        assert!(dialer.is_finished() && wake.is_closed());
+
+        // A panic in the first poll stays inside, as in a task, and ends the dialer.
+        let dialer = Dialer::new();
+        dialer.start(Box::pin(async { panic!("dial loop bug") }));
+        assert!(dialer.is_finished());
     }
 
     #[test]
