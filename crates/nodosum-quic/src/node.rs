@@ -2022,11 +2022,11 @@ fn in_handshake(outcome: &watch::Receiver<Outcome>) -> bool {
 
 /// A peer's dial loop. `connect` polls it once itself and spawns it as a task only when
 /// it is first woken (by its handshake, its timer, or whatever else it waits on). So
-/// `connect` makes no task runnable but quinn's connection driver, which then runs on the
-/// caller's worker, right after the caller's first `send` wrote its 0-RTT data. A second
-/// runnable task would wake an idle worker to steal one of them: on a small machine that
-/// stalls the caller for up to a millisecond while the other worker runs the handshake,
-/// and the first message then leaves as 1-RTT data.
+/// `connect` makes no task runnable but quinn's connection driver, and nothing wakes an
+/// idle worker before the caller's first `send` has written its 0-RTT data. A second
+/// runnable task would wake one to steal the driver: on a small machine that stalls the
+/// caller for up to a millisecond while the other worker runs the handshake, and the
+/// first message then leaves as 1-RTT data.
 struct Dialer {
     stage: Mutex<DialStage>,
     runtime: tokio::runtime::Handle,
