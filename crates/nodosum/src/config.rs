@@ -149,6 +149,10 @@ pub struct QuicConfig {
     /// Keep-alive ping interval on idle connections; below `max_idle_timeout`. Default 10 s.
     #[serde(with = "human")]
     pub keep_alive_interval: Duration,
+    /// A handshake, dialled or accepted, that has not completed after this long is given
+    /// up (a replayed 0-RTT flight never completes one). Default 10 s.
+    #[serde(with = "human")]
+    pub handshake_timeout: Duration,
     /// Streams (applications) a peer may have open at once. Default 1000.
     pub max_concurrent_bidi_streams: u32,
     /// UDP socket send and receive buffer size in bytes. Default 4 MiB: the kernel's
@@ -166,6 +170,7 @@ impl Default for QuicConfig {
             alpn: DEFAULT_ALPN.to_owned(),
             max_idle_timeout: Duration::from_secs(30),
             keep_alive_interval: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
             max_concurrent_bidi_streams: 1000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             send_queue_len: 1024,
@@ -501,6 +506,9 @@ impl Config {
         if q.keep_alive_interval.is_zero() {
             v.push("quic.keep_alive_interval", "must be greater than zero");
         }
+        if q.handshake_timeout.is_zero() {
+            v.push("quic.handshake_timeout", "must be greater than zero");
+        }
         if q.max_concurrent_bidi_streams == 0 {
             v.push("quic.max_concurrent_bidi_streams", "must be at least 1");
         }
@@ -666,6 +674,7 @@ mod tests {
         assert_eq!(c.quic.bind, "0.0.0.0:6970".parse().unwrap());
         assert_eq!(c.quic.max_idle_timeout, Duration::from_secs(30));
         assert_eq!(c.quic.keep_alive_interval, Duration::from_secs(10));
+        assert_eq!(c.quic.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.quic.max_concurrent_bidi_streams, 1000);
         assert_eq!(c.quic.alpn, "mycorrizal-quic");
         c.validate().unwrap();
@@ -701,6 +710,7 @@ mod tests {
         c.gossip.probe_timeout = Some(Duration::from_millis(100));
         c.quic.bind = "127.0.0.1:7000".parse().unwrap();
         c.quic.keep_alive_interval = Duration::from_secs(30);
+        c.quic.handshake_timeout = Duration::ZERO;
         c.limits.max_app_id_len = 70_000;
         let err = c.validate().unwrap_err();
         let text = err.to_string();
@@ -713,6 +723,7 @@ mod tests {
                 "gossip.keys[1]",
                 "quic.bind",
                 "quic.max_idle_timeout",
+                "quic.handshake_timeout",
                 "tls.ca",
                 "tls.cert",
                 "tls.key",

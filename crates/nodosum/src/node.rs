@@ -630,6 +630,7 @@ fn quic_config(config: &Config) -> nodosum_quic::Config {
         udp_recv_buffer: q.udp_buffer_bytes,
         max_idle_timeout: q.max_idle_timeout,
         keep_alive_interval: q.keep_alive_interval,
+        handshake_timeout: q.handshake_timeout,
         max_concurrent_bidi_streams: q.max_concurrent_bidi_streams,
         limits: config.limits.into(),
         send_queue_len: q.send_queue_len,
