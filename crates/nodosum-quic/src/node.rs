@@ -1518,8 +1518,9 @@ impl Inner {
     /// has no connection and no stream of `app` here (so nothing the peer sent earlier
     /// can still be waiting to be delivered, and a replayed flight cannot interleave with
     /// a live connection's messages). If so, `node` becomes a known peer, so that the
-    /// application can answer at once (the answer waits in its lane for the connection);
-    /// [`forget_idle_peer`](Self::forget_idle_peer) undoes that if the handshake fails.
+    /// stream can become its lane's stream and the application's answers leave on it at
+    /// once (0.5-RTT); [`forget_idle_peer`](Self::forget_idle_peer) undoes that if the
+    /// handshake fails.
     ///
     /// Only while the handshake (`outcome`) is in progress, checked under the state lock:
     /// a failed handshake is decided before its peer is forgotten under that lock, so a
@@ -1618,7 +1619,7 @@ impl Inner {
         let (conn, zero_rtt) = match handshake {
             Handshake::Early { conn, accepted } => {
                 let Ok(accepted) = tokio::time::timeout(limit, accepted).await else {
-                    conn.close(code(codes::HANDSHAKE_TIMEOUT), b"handshake timeout");
+                    close_timed_out(&conn);
                     self.withdraw_early(peer, slot.id);
                     return Err(RejectReason::Timeout);
                 };
@@ -1857,7 +1858,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
             }
             let completed = tokio::time::timeout(limit, established).await.is_ok();
             if !completed {
-                conn.close(code(codes::HANDSHAKE_TIMEOUT), b"handshake timeout");
+                close_timed_out(&conn);
             }
             if let Some(e) = conn.close_reason() {
                 outcome.send_replace(Outcome::Failed);
@@ -2012,6 +2013,11 @@ impl Outcome {
     fn is_decided(&self) -> bool {
         !matches!(self, Self::Pending)
     }
+}
+
+/// Gives up a connection whose handshake outlived `Config::handshake_timeout`.
+fn close_timed_out(conn: &quinn::Connection) {
+    conn.close(code(codes::HANDSHAKE_TIMEOUT), b"handshake timeout");
 }
 
 /// Whether the handshake `outcome` watches is still in progress (an outcome whose sender
@@ -3117,11 +3123,13 @@ impl Writer {
             self.drop_early();
             return Ok(());
         }
-        let app_closed = u64::from(codes::STREAM_APP_CLOSED);
-        if cur.early
-            && !matches!(end, ReadEnd::Stopped(codes::STREAM_APP_CLOSED))
-            && end != ReadEnd::Reset(app_closed)
-        {
+        let app_closed = end == ReadEnd::Stopped(codes::STREAM_APP_CLOSED)
+            || end == ReadEnd::Reset(u64::from(codes::STREAM_APP_CLOSED));
+        if app_closed {
+            self.cur = Some(cur);
+            return Err(Exit::AppClosed);
+        }
+        if cur.early {
             // Ended by the peer before the handshake confirmed what was written on it.
             self.resend_kept();
         }
@@ -3133,15 +3141,7 @@ impl Writer {
                     tokio::spawn(finish_acked(send, guard));
                 }
             }
-            ReadEnd::Stopped(codes::STREAM_APP_CLOSED) => {
-                self.cur = Some(cur);
-                return Err(Exit::AppClosed);
-            }
             ReadEnd::Stopped(c) => cur.reset(c),
-            ReadEnd::Reset(c) if c == app_closed => {
-                self.cur = Some(cur);
-                return Err(Exit::AppClosed);
-            }
             ReadEnd::Reset(c) => {
                 cur.reset(codes::STREAM_CLOSED);
                 if c == u64::from(codes::STREAM_UNKNOWN_APP) {
@@ -3629,14 +3629,17 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                let stopped = match e {
-                    WriteError::Stopped(c) => Some(c),
+                // The peer's application is unknown or closed: the lane ends, early or not.
+                let refused = match e {
+                    WriteError::Stopped(c)
+                        if c == code(codes::STREAM_UNKNOWN_APP)
+                            || c == code(codes::STREAM_APP_CLOSED) =>
+                    {
+                        Some(c)
+                    }
                     _ => None,
                 };
-                let refused = stopped.is_some_and(|c| {
-                    c == code(codes::STREAM_UNKNOWN_APP) || c == code(codes::STREAM_APP_CLOSED)
-                });
-                if !refused && self.cur.as_ref().is_some_and(|c| c.early) {
+                if refused.is_none() && self.cur.as_ref().is_some_and(|c| c.early) {
                     // Kept: written again once the handshake is decided.
                     self.drop_early();
                     return Ok(());
@@ -3645,15 +3648,12 @@ impl Writer {
                 self.inner
                     .metrics
                     .send_error(self.app.as_str(), "stream_lost", count);
-                if let Some(c) = stopped
-                    && c == code(codes::STREAM_UNKNOWN_APP)
-                {
-                    return Err(self.refused(c.into_inner()));
-                }
-                if let Some(c) = stopped
-                    && c == code(codes::STREAM_APP_CLOSED)
-                {
-                    return Err(Exit::AppClosed);
+                match refused {
+                    Some(c) if c == code(codes::STREAM_UNKNOWN_APP) => {
+                        return Err(self.refused(c.into_inner()));
+                    }
+                    Some(_) => return Err(Exit::AppClosed),
+                    None => {}
                 }
                 debug!(peer = %self.peer, app = %self.app, error = %e, "stream write failed");
                 Ok(())
