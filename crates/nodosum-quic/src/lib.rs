@@ -78,17 +78,24 @@
 //! messages after a reconnect once more, to a node that has no connection to that peer,
 //! on a connection that then dies (at the latest after [`Config::handshake_timeout`]).
 //! Until it dies, that application's lane to the peer answers on the replayed stream; if
-//! the real peer connects meanwhile, the lane moves to the real connection only once the
-//! replayed one is gone (it cannot tell which of the two is the replay), so that
-//! application's messages to and from that peer wait until then. What it wrote on the
+//! the real peer connects meanwhile, the lane answers on the real connection once the
+//! real peer opened its own stream of that application there, or once the replayed
+//! connection is gone (it cannot tell which of the two is the replay); the real peer's
+//! messages on that application may wait until the replayed connection is gone, behind
+//! the replayed stream's. What it wrote on the
 //! replayed stream is written again on the next stream (or dropped with the lane if this
 //! node forgets the peer, like anything queued for a peer it forgets). What a replay
 //! cannot do: touch the peer's other applications or its real connection, deliver
 //! anything of an application that is not replay-safe, or anything at all from a peer the
 //! acceptance policy refuses.
-//! A replay-safe application's messages may also arrive twice without an attacker, when
-//! a connection failed after the server accepted its 0-RTT data but before the client
-//! knew. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted
+//! A replay-safe application's messages may also arrive twice without an attacker:
+//! whatever a lane wrote on an early stream (0-RTT data, or 0.5-RTT answers) is written
+//! again on its next stream if that stream ends or is given up before its handshake
+//! confirmed it, although the peer may have read it. That happens when a connection
+//! fails after the server accepted its 0-RTT data but before the client knew, and when
+//! the two nodes' connections to each other meet and the early stream's connection
+//! loses. An accepting node takes the early streams of one connection per peer at a
+//! time; another connection's are held until its handshake completes. The dialling side reports [`HandshakeKind::ZeroRtt`] when the server accepted
 //! 0-RTT; the accepting side reports [`HandshakeKind::Resumed`] for every resumed
 //! handshake. [`QuicNode::early_data`] counts what was sent (as 0-RTT and as 0.5-RTT
 //! data), resent, delivered and held.

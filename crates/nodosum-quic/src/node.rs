@@ -416,6 +416,9 @@ struct Peer {
     /// replay-safe applications may write on it before it becomes `current`.
     early: watch::Sender<Option<EarlyRef>>,
     lanes: HashMap<AppId, Lane>,
+    /// The accepted connection, still in its handshake, whose early streams were handed
+    /// to this peer's lanes (see [`Inner::admit_early`]): one at a time.
+    admitted: Option<u64>,
 }
 
 impl Peer {
@@ -428,6 +431,7 @@ impl Peer {
             current: watch::Sender::new(None),
             early: watch::Sender::new(None),
             lanes: HashMap::new(),
+            admitted: None,
         }
     }
 }
@@ -1519,13 +1523,23 @@ impl Inner {
     /// can still be waiting to be delivered, and a replayed flight cannot interleave with
     /// a live connection's messages). If so, `node` becomes a known peer, so that the
     /// stream can become its lane's stream and the application's answers leave on it at
-    /// once (0.5-RTT); [`forget_idle_peer`](Self::forget_idle_peer) undoes that if the
+    /// once (0.5-RTT); [`early_decided`](Self::early_decided) undoes that if the
     /// handshake fails.
     ///
     /// Only while the handshake (`outcome`) is in progress, checked under the state lock:
     /// a failed handshake is decided before its peer is forgotten under that lock, so a
     /// late admission cannot leave behind a peer that nothing forgets.
-    fn admit_early(&self, node: &NodeId, app: &AppId, outcome: &watch::Receiver<Outcome>) -> bool {
+    ///
+    /// Only for one such connection (`conn`) of a peer at a time: another one's early
+    /// streams are held until its handshake completes. So when one fails, the peer it is
+    /// forgotten with has no other connection's early streams in its lanes.
+    fn admit_early(
+        &self,
+        node: &NodeId,
+        app: &AppId,
+        conn: u64,
+        outcome: &watch::Receiver<Outcome>,
+    ) -> bool {
         let mut st = lock(&self.state);
         if !self.app_replay_safe(app)
             || self.closing.load(Ordering::Acquire)
@@ -1534,22 +1548,32 @@ impl Inner {
             return false;
         }
         let admitted = st.peers.get(node).is_none_or(|p| {
-            p.conns.is_empty() && p.lanes.get(app).is_none_or(|l| l.shared.gate.is_empty())
+            p.conns.is_empty()
+                && p.admitted.is_none_or(|c| c == conn)
+                && p.lanes.get(app).is_none_or(|l| l.shared.gate.is_empty())
         });
         if admitted {
-            st.peers.entry(node.clone()).or_insert_with(Peer::new);
+            st.peers
+                .entry(node.clone())
+                .or_insert_with(Peer::new)
+                .admitted = Some(conn);
         }
         admitted
     }
 
-    /// Removes `node` if it has no connection and is not to be connected (as when its
-    /// last connection closes): after an early connection's handshake failed.
-    fn forget_idle_peer(&self, node: &NodeId) {
+    /// The handshake of accepted connection `conn` from `node` is decided (it `failed`,
+    /// or the connection is registered). A failure removes `node` if it has no
+    /// connection, is not to be connected (as when its last connection closes) and has
+    /// no other connection's early streams (see [`admit_early`](Self::admit_early)).
+    fn early_decided(&self, node: &NodeId, conn: u64, failed: bool) {
         let mut st = lock(&self.state);
-        let idle = st
-            .peers
-            .get(node)
-            .is_some_and(|p| p.conns.is_empty() && p.desired.is_none());
+        let Some(p) = st.peers.get_mut(node) else {
+            return;
+        };
+        if p.admitted == Some(conn) {
+            p.admitted = None;
+        }
+        let idle = failed && p.conns.is_empty() && p.desired.is_none() && p.admitted.is_none();
         let peer = if idle { st.peers.remove(node) } else { None };
         drop(st);
         if let Some(peer) = peer {
@@ -1780,6 +1804,8 @@ fn classify(e: &ConnectionError) -> RejectReason {
             return match u32::try_from(a.error_code.into_inner()) {
                 Ok(codes::REJECTED) => RejectReason::RejectedByPeer,
                 Ok(codes::IDENTITY_MISMATCH) => RejectReason::IdentityMismatch,
+                // The peer gave up waiting for our side of the handshake.
+                Ok(codes::HANDSHAKE_TIMEOUT) => RejectReason::Timeout,
                 _ => RejectReason::Other(a.to_string()),
             };
         }
@@ -1833,6 +1859,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         Err(e) => return failed(&e),
     };
     let slot = inner.slot();
+    let conn_id = slot.id;
     let limit = inner.config.handshake_timeout;
     // Streams that arrive before the handshake completes (0-RTT data of a resumed
     // session) wait for this decision; see `early_stream`.
@@ -1863,7 +1890,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
             if let Some(e) = conn.close_reason() {
                 outcome.send_replace(Outcome::Failed);
                 if let Some(node) = &early_node {
-                    inner.forget_idle_peer(node);
+                    inner.early_decided(node, conn_id, true);
                 }
                 return failed(if completed {
                     &e
@@ -1884,7 +1911,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         warn!(%addr, ?node, ?reason, "incoming connection refused");
         outcome.send_replace(Outcome::Failed);
         if let Some(node) = &early_node {
-            inner.forget_idle_peer(node);
+            inner.early_decided(node, conn_id, true);
         }
         conn.close(code(close), reason.label().as_bytes());
         inner
@@ -1906,7 +1933,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     if let Some(early) = early_node.as_ref().filter(|n| **n != node) {
         // Cannot happen with one session; never hand a stream to another peer's lane.
         outcome.send_replace(Outcome::Failed);
-        inner.forget_idle_peer(early);
+        inner.early_decided(early, conn_id, true);
     }
     let kind = if inner.tls.tracker.take_server(node.as_str()) {
         HandshakeKind::Full
@@ -1916,16 +1943,18 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     let registered = inner.register(node.clone(), conn, None, kind, slot);
     if registered.is_none() {
         outcome.send_replace(Outcome::Failed);
-        inner.forget_idle_peer(&node);
     }
-    if let Some(cref) = registered {
+    if let Some(cref) = &registered {
         outcome.send_if_modified(|o| {
             let pending = matches!(o, Outcome::Pending);
             if pending {
-                *o = Outcome::Ready(cref);
+                *o = Outcome::Ready(cref.clone());
             }
             pending
         });
+    }
+    if early_node.is_some() || registered.is_none() {
+        inner.early_decided(&node, conn_id, registered.is_none());
     }
 }
 
@@ -1979,7 +2008,7 @@ async fn early_stream(
         return;
     };
     let decided = outcome.borrow().is_decided();
-    let (cref, handshake) = if !decided && inner.admit_early(&node, &app, &outcome) {
+    let (cref, handshake) = if !decided && inner.admit_early(&node, &app, slot.id, &outcome) {
         // The identity the connection will have once registered.
         let cref = ConnRef {
             id: slot.id,
@@ -2033,8 +2062,18 @@ fn in_handshake(outcome: &watch::Receiver<Outcome>) -> bool {
 /// runnable task would wake one to steal the driver: on a small machine that stalls the
 /// caller for up to a millisecond while the other worker runs the handshake, and the
 /// first message then leaves as 1-RTT data.
+///
+/// The loop is never dropped inside a wake-up. quinn wakes it while holding its
+/// connection's lock, and a runtime that is shutting down drops a task it is asked to
+/// spawn at once: had that task owned the loop, dropping the loop's connection handle
+/// would take the same lock again. So the task spawned on the first wake-up owns only
+/// the dialer, and takes the loop out of `handoff` when it first runs; a loop it never
+/// took is dropped by [`abort`](Self::abort) (every peer that gives up its dialer
+/// aborts it) or with the dialer.
 struct Dialer {
     stage: Mutex<DialStage>,
+    /// The loop between its first wake-up and its task's first poll.
+    handoff: Mutex<Option<DialFuture>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -2045,8 +2084,7 @@ enum DialStage {
     Parked(DialFuture),
     /// Being polled by `connect`; `woken` if its waker fired meanwhile.
     Polling { woken: bool },
-    /// Being spawned (never under this lock: a runtime that is shutting down drops the
-    /// future inside `spawn`, which can wake it again).
+    /// In `handoff`, its task being spawned (never under this lock).
     Spawning,
     /// Running as a task.
     Task(JoinHandle<()>),
@@ -2058,6 +2096,7 @@ impl Dialer {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             stage: Mutex::new(DialStage::Polling { woken: false }),
+            handoff: Mutex::new(None),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -2095,9 +2134,18 @@ impl Dialer {
         self.spawn(dial);
     }
 
-    /// Spawns `dial` (the stage is `Spawning`), unless the dialer was aborted meanwhile.
-    fn spawn(&self, dial: DialFuture) {
-        let task = self.runtime.spawn(dial);
+    /// Hands `dial` (the stage is `Spawning`) to a new task, unless the dialer was
+    /// aborted meanwhile.
+    fn spawn(self: &Arc<Self>, dial: DialFuture) {
+        *lock(&self.handoff) = Some(dial);
+        let this = self.clone();
+        let task = self.runtime.spawn(async move {
+            let dial = lock(&this.handoff).take();
+            drop(this);
+            if let Some(dial) = dial {
+                dial.await;
+            }
+        });
         let mut stage = lock(&self.stage);
         if matches!(*stage, DialStage::Spawning) {
             *stage = DialStage::Task(task);
@@ -2115,9 +2163,10 @@ impl Dialer {
             DialStage::Parked(dial) => Some(dial),
             DialStage::Polling { .. } | DialStage::Spawning | DialStage::Ended => None,
         };
-        // Dropped outside the stage lock: it ends the dial (its connection and counting
+        let handed = lock(&self.handoff).take();
+        // Dropped outside the locks: it ends the dial (its connection and counting
         // guard), which may wake it.
-        drop(parked);
+        drop((parked, handed));
     }
 
     fn is_finished(&self) -> bool {
@@ -3288,10 +3337,11 @@ impl Writer {
     }
 
     async fn on_attach(&mut self, a: Attached) {
-        // An early stream is settled (ordinary or dropped) before the rules look at it.
-        if self.cur.as_ref().is_some_and(|c| c.early) {
-            self.follow_current();
-        }
+        // The current stream is settled before the rules look at it: an early one becomes
+        // ordinary or is dropped, one whose connection is no longer current is given up
+        // (its end may not have been handled yet: control messages come first). Otherwise
+        // a stale stream would have an early stream admitted meanwhile rejected.
+        self.follow_current();
         // A replay-safe stream that arrived on a connection still in its handshake here,
         // while the peer has no connection and the lane no stream: used at once, so that
         // answers leave as 0.5-RTT data. Otherwise the rules below decide, as for any
@@ -3705,6 +3755,43 @@ mod tests {
         assert!(dialer.is_finished());
     }
 
+    /// A wake-up on a runtime that is shutting down (which drops the task it is asked to
+    /// spawn at once) leaves the loop with the dialer instead of dropping it inside the
+    /// wake-up, where quinn may hold the lock its connection handle takes when dropped;
+    /// `abort` drops it.
+    #[test]
+    fn a_dialer_woken_while_its_runtime_shuts_down_keeps_its_loop_until_aborted() {
+        struct Dropped(Arc<AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = oneshot::channel::<()>();
+        let dialer = {
+            let _runtime = rt.enter();
+            Dialer::new()
+        };
+        let guard = Dropped(dropped.clone());
+        dialer.start(Box::pin(async move {
+            let _guard = guard;
+            let _ = woken.await;
+        }));
+        assert!(matches!(*lock(&dialer.stage), DialStage::Parked(_)));
+        drop(rt);
+        wake.send(()).unwrap();
+        assert!(
+            !dropped.load(Ordering::Acquire),
+            "dropped inside the wake-up"
+        );
+        dialer.abort();
+        assert!(dropped.load(Ordering::Acquire) && dialer.is_finished());
+    }
+
     #[test]
     fn tls_alerts_map_to_reasons() {
         assert_eq!(classify(&alert(48, "")), RejectReason::UnknownCa);
@@ -3735,6 +3822,10 @@ mod tests {
         assert_eq!(
             classify(&close(codes::REJECTED)),
             RejectReason::RejectedByPeer
+        );
+        assert_eq!(
+            classify(&close(codes::HANDSHAKE_TIMEOUT)),
+            RejectReason::Timeout
         );
         assert_eq!(
             classify(&close(codes::IDENTITY_MISMATCH)),

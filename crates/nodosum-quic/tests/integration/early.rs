@@ -693,14 +693,82 @@ async fn an_accepted_handshake_that_never_completes_times_out() {
     drop(relay);
 }
 
+/// An accepting node takes the early streams of one connection per peer at a time:
+/// while one connection's are in the lanes, another's are held until its handshake
+/// completes. So when the first fails and the peer is forgotten, nothing of the second
+/// goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_streams_are_taken_from_one_connection_per_peer_at_a_time() {
+    init_tracing();
+    let ca = ca();
+    let b = safe_node(&ca, "b");
+    let mut b_safe = safe_app(&b, "safe");
+    let mut b_other = safe_app(&b, "other");
+    let raw = raw_client_with_ticket(&ca, &b, &mut b_safe).await;
+
+    // Neither handshake completes: the relay holds the server's datagrams.
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let first = fake_0rtt_connection_with(&raw, relay.addr, &[("safe", b"first")]).await;
+    assert_eq!(
+        recv(&mut b_safe).await,
+        (id("a"), Bytes::from_static(b"first"))
+    );
+    let second = fake_0rtt_connection_with(&raw, relay.addr, &[("other", b"second")]).await;
+    let b2 = b.clone();
+    wait_until_dbg(
+        "the second connection's stream held",
+        move || b2.early_data().held == 1,
+        || format!("{:?}", b.early_data()),
+    )
+    .await;
+    assert!(b_other.try_recv().is_err());
+
+    // The first fails: the peer is forgotten, the second's stream still waits for its
+    // handshake (and ends with it).
+    first.close(0u32.into(), b"gone");
+    let b2 = b.clone();
+    wait_until_dbg(
+        "b forgets the first connection's peer",
+        move || b2.counts().peers == 0,
+        || format!("{:?}", b.counts()),
+    )
+    .await;
+    assert!(b_other.try_recv().is_err());
+    second.close(0u32.into(), b"gone");
+    let b2 = b.clone();
+    wait_until_dbg(
+        "b forgets everything",
+        move || b2.counts() == Counts::default(),
+        || format!("{:?}", b.counts()),
+    )
+    .await;
+    assert!(b_other.try_recv().is_err());
+    drop(relay);
+}
+
 /// Dials `addr` with a 0-RTT ticket and writes, as 0-RTT data, one message each for
 /// `plain` and `safe` on their own streams.
 async fn fake_0rtt_connection(raw: &quinn::Endpoint, addr: SocketAddr) -> quinn::Connection {
+    fake_0rtt_connection_with(
+        raw,
+        addr,
+        &[("plain", &b"early plain"[..]), ("safe", b"early safe")],
+    )
+    .await
+}
+
+/// Dials `addr` with a 0-RTT ticket and writes, as 0-RTT data, each `(application,
+/// message)` on a stream of its own.
+async fn fake_0rtt_connection_with(
+    raw: &quinn::Endpoint,
+    addr: SocketAddr,
+    messages: &[(&str, &[u8])],
+) -> quinn::Connection {
     let connecting = raw.connect(addr, "b").unwrap();
     let Ok((fake, _accepted)) = connecting.into_0rtt() else {
         panic!("the raw client has no 0-RTT ticket");
     };
-    for (app_name, msg) in [("plain", &b"early plain"[..]), ("safe", b"early safe")] {
+    for &(app_name, msg) in messages {
         let (mut send, recv) = fake.open_bi().await.unwrap();
         send.write_all(&init_and_message(app_name, msg))
             .await
