@@ -693,6 +693,55 @@ async fn an_accepted_handshake_that_never_completes_times_out() {
     drop(relay);
 }
 
+/// A dialled handshake that never completes (the server's answers never arrive) is given
+/// up after `handshake_timeout`, reported as a timeout, and dialled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_handshake_that_never_completes_times_out() {
+    init_tracing();
+    let ca = ca();
+    let config = Config {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        // Far beyond the test's guard: only the handshake timeout can end it in time.
+        max_idle_timeout: std::time::Duration::from_secs(600),
+        ..Config::development()
+    };
+    let a = node_with(&ca.issue(&id("a")).unwrap(), config);
+    let b = safe_node(&ca, "b");
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let mut events = a.events();
+    a.connect(b.node_id().clone(), relay.addr);
+    let rejected = event(&mut events, "handshake given up", |e| {
+        matches!(e, Event::Rejected { .. })
+    })
+    .await;
+    assert!(
+        matches!(
+            &rejected,
+            Event::Rejected {
+                node: Some(n),
+                reason: RejectReason::Timeout,
+                ..
+            } if n == b.node_id()
+        ),
+        "{rejected:?}"
+    );
+    assert!(a.connection_info(b.node_id()).is_none());
+    // Still to be connected: the dial loop tries again (and times out again).
+    event(&mut events, "second attempt given up", |e| {
+        matches!(e, Event::Rejected { .. })
+    })
+    .await;
+    a.disconnect(b.node_id());
+    let a2 = a.clone();
+    wait_until_dbg(
+        "a forgets b",
+        move || a2.counts() == Counts::default(),
+        || format!("{:?}", a.counts()),
+    )
+    .await;
+    drop(relay);
+}
+
 /// An accepting node takes the early streams of one connection per peer at a time:
 /// while one connection's are in the lanes, another's are held until its handshake
 /// completes. So when the first fails and the peer is forgotten, nothing of the second
