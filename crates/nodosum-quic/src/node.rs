@@ -208,6 +208,9 @@ pub enum Error {
     /// The application already has a live receiver.
     #[error("application {0} is already registered")]
     AppRegistered(AppId),
+    /// The node was closed (or its last handle dropped).
+    #[error("the node is closed")]
+    Closed,
 }
 
 /// A message could not be queued or was not delivered.
@@ -851,6 +854,11 @@ impl QuicNode {
         let stale = {
             let mut st = lock(&self.inner.state);
             let mut apps = self.inner.write_apps();
+            // Checked under the apps lock that `shut` clears them under: a registration
+            // is either cleared with the others or refused.
+            if self.inner.closing.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
             if apps.get(&app).is_some_and(|e| !e.tx.is_closed()) {
                 return Err(Error::AppRegistered(app));
             }
@@ -1060,6 +1068,13 @@ impl QuicNode {
     pub fn rebind(&self, addr: SocketAddr) -> io::Result<()> {
         let socket = udp_socket(&self.inner.config, addr)?;
         self.inner.endpoint.rebind(socket)
+    }
+
+    /// Closes every connection and the endpoint at once, without draining (what dropping
+    /// the last handle does): queued messages are dropped, and application receivers end
+    /// once they have received what was delivered.
+    pub fn close_now(&self) {
+        self.inner.shut(codes::SHUTDOWN);
     }
 
     /// Graceful shutdown: stops accepting sends, lets every stream writer flush its queue
@@ -1329,7 +1344,9 @@ impl Inner {
         self.local_id < *peer
     }
 
-    /// Closes everything now (used by `close` after draining and by the drop guard).
+    /// Closes everything now (used by `close` after draining and by the drop guard). The
+    /// applications' registrations end too, so their receivers return `None` once they
+    /// have received what was delivered.
     fn shut(&self, close_code: u32) {
         self.closing.store(true, Ordering::Release);
         let peers: Vec<(NodeId, Peer)> = lock(&self.state).peers.drain().collect();
@@ -1337,6 +1354,8 @@ impl Inner {
             self.drop_peer(&node, peer, close_code);
         }
         self.endpoint.close(code(close_code), b"shutdown");
+        let apps = std::mem::take(&mut *self.write_apps());
+        drop(apps);
     }
 
     // Takes the peer by value: dropping its parts is what ends its lanes.

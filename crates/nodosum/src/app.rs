@@ -41,7 +41,7 @@ pub(crate) const RESERVED_PREFIX: &str = "_nodosum/";
 pub enum Targets {
     /// One node.
     Node(NodeId),
-    /// Several nodes.
+    /// Several nodes (each once, however often it is listed).
     Nodes(Vec<NodeId>),
     /// Every alive member except this node.
     All,
@@ -317,7 +317,10 @@ impl AppSender {
         combine(single, failed)
     }
 
-    /// Sends a request to `node` and waits for its response, at most `timeout`.
+    /// Sends a request to `node` and waits for its response, at most `timeout` in all
+    /// (waiting for room in a full queue included). Cancel-safe: a request given up
+    /// (timed out, or its future dropped) leaves nothing behind, and a late response
+    /// to it is dropped.
     pub async fn request(
         &self,
         node: &NodeId,
@@ -327,22 +330,20 @@ impl AppSender {
         let started = Instant::now();
         let pending = &self.shared.node.pending;
         let (id, response) = pending.add(node);
+        let _forget = ForgetOnDrop { pending, id };
         let frame = encode(KIND_REQUEST, Some(id), &body.into());
-        if let Err(e) = self.shared.send_raw(node, &self.shared.app, frame).await {
-            pending.remove(id);
-            return Err(e.into());
-        }
-        let result = match tokio::time::timeout(timeout, response).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(RequestError::ShutDown),
-            Err(_) => {
-                pending.remove(id);
+        let exchange = async {
+            self.shared.send_raw(node, &self.shared.app, frame).await?;
+            response.await.unwrap_or(Err(RequestError::ShutDown))
+        };
+        let result = tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
                 Err(RequestError::Timeout {
                     node: node.clone(),
                     timeout,
                 })
-            }
-        };
+            });
         self.shared
             .node
             .metrics
@@ -396,6 +397,19 @@ fn combine(single: bool, mut failed: Vec<(NodeId, SendError)>) -> Result<(), Sen
             failed.push(last);
             Err(SendError::Partial { failed })
         }
+    }
+}
+
+/// Removes a request's entry when the request is done or given up (a completed one was
+/// removed already).
+struct ForgetOnDrop<'a> {
+    pending: &'a PendingRequests,
+    id: u64,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.pending.remove(self.id);
     }
 }
 
@@ -523,6 +537,28 @@ fn split_id(mut frame: Bytes) -> Option<(u64, Bytes)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `request` does with its entry: a request whose future is dropped before its
+    /// response (an outer timeout, a `select!`) leaves nothing behind.
+    #[tokio::test]
+    async fn a_request_given_up_leaves_no_pending_entry() {
+        let pending = PendingRequests::default();
+        let node = NodeId::new("n").expect("id");
+        let request = async {
+            let (id, response) = pending.add(&node);
+            let _forget = ForgetOnDrop {
+                pending: &pending,
+                id,
+            };
+            response.await
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), request)
+                .await
+                .is_err()
+        );
+        assert!(pending.lock().is_empty());
+    }
 
     #[test]
     fn frames_have_the_documented_layout() {

@@ -266,6 +266,7 @@ impl Node {
             .register_app_with(app.clone(), options)
             .map_err(|e| match e {
                 nodosum_quic::Error::AppRegistered(app) => Error::AppExists(app),
+                nodosum_quic::Error::Closed => Error::ShutDown,
                 other => Error::Quic {
                     addr: self.quic_addr,
                     source: other,
@@ -355,8 +356,11 @@ impl Node {
         out
     }
 
-    /// Leaves gracefully: announces the leave over gossip, deregisters from Consul, lets
-    /// outgoing streams drain for at most `drain`, then closes connections and sockets.
+    /// Leaves gracefully: deregisters from Consul, stops following membership, lets
+    /// outgoing streams drain for at most `drain` (until each peer has read everything
+    /// sent to it), closes the connections, and then announces the leave over gossip.
+    /// Draining comes first because a peer that learns of the leave disconnects at once,
+    /// which would drop what it had not read yet.
     pub async fn shutdown(mut self, drain: Duration) {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.pending.fail_all();
@@ -372,6 +376,7 @@ impl Node {
             task.abort();
             let _ = task.await;
         }
+        self.shared.quic.close(drain).await;
         if let Some(gossip) = self.gossip.take() {
             match Arc::try_unwrap(gossip) {
                 Ok(gossip) => {
@@ -382,7 +387,6 @@ impl Node {
                 Err(_) => tracing::warn!("gossip still in use; stopped without a leave"),
             }
         }
-        self.shared.quic.close(drain).await;
         tracing::info!(id = %self.shared.id, "node shut down");
     }
 }
@@ -394,6 +398,9 @@ impl Drop for Node {
         for task in &self.tasks {
             task.abort();
         }
+        // Applications and senders still held elsewhere keep the transport alive;
+        // nothing follows membership any more, so it closes now.
+        self.shared.quic.close_now();
     }
 }
 
@@ -436,7 +443,11 @@ impl Shared {
     pub(crate) fn resolve(&self, targets: Targets) -> Vec<NodeId> {
         match targets {
             Targets::Node(n) => vec![n],
-            Targets::Nodes(n) => n,
+            Targets::Nodes(mut n) => {
+                let mut seen = std::collections::HashSet::with_capacity(n.len());
+                n.retain(|node| seen.insert(node.clone()));
+                n
+            }
             Targets::All => self.alive_peers(),
         }
     }

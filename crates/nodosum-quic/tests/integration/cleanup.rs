@@ -240,3 +240,31 @@ async fn a_dial_cancelled_before_its_task_ran_is_not_counted() {
     })
     .await;
 }
+
+/// Closing a node ends its applications' receivers once they have received what was
+/// delivered (also with a peer still connected), and refuses new registrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_node_ends_its_receivers() {
+    init_tracing();
+    let ca = ca();
+    let (a, b) = (node(&ca, "a"), node(&ca, "b"));
+    let mut a_rx = a.register_app(app("chat")).unwrap();
+    let mut b_rx = b.register_app(app("chat")).unwrap();
+    connect(&a, &b).await;
+    b.send(a.node_id(), &app("chat"), seq(1)).await.unwrap();
+    assert_eq!(recv(&mut a_rx).await, (id("b"), seq(1)));
+    a.send(b.node_id(), &app("chat"), seq(2)).await.unwrap();
+    a.close(std::time::Duration::from_secs(5)).await;
+    assert_eq!(recv(&mut b_rx).await, (id("a"), seq(2)));
+    assert!(guarded("a's receiver ends", a_rx.recv()).await.is_none());
+    assert!(matches!(
+        a.register_app(app("late")),
+        Err(nodosum_quic::Error::Closed)
+    ));
+    // A node dropped without `close` does the same.
+    let mut c_rx = {
+        let c = node(&ca, "c");
+        c.register_app(app("chat")).unwrap()
+    };
+    assert!(guarded("c's receiver ends", c_rx.recv()).await.is_none());
+}

@@ -79,6 +79,49 @@ async fn graceful_leave_is_seen_as_left() {
     ));
 }
 
+/// A graceful leave delivers everything sent before it (the peer reads it all before it
+/// learns of the leave, which makes it disconnect), and ends the leaving node's
+/// receivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_delivers_what_was_sent_and_ends_receivers() {
+    // Within one stream's flow-control window (1 MiB), so that queueing them never waits.
+    const MESSAGES: u32 = 3_000;
+    let (_ca, mut nodes) = cluster(2).await;
+    let leaving = nodes.pop().expect("two nodes");
+    let mut inbox = nodes[0].application("bulk").expect("register");
+    let mut leaving_inbox = leaving.application("bulk").expect("register");
+    let sender = leaving_inbox.sender();
+    let target = Targets::Node(nodes[0].id().clone());
+    for i in 0..MESSAGES {
+        let mut payload = vec![0u8; 256];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        sender.send(payload, target.clone()).await.expect("queued");
+    }
+    drop(sender);
+    // The peer reads while the node leaves, as an application would.
+    let reader = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            let Some(Incoming::Message { payload, .. }) = inbox.receive().await else {
+                return Err(i);
+            };
+            assert_eq!(payload[..4], i.to_le_bytes());
+        }
+        Ok(inbox)
+    });
+    within("shutdown", leaving.shutdown(Duration::from_secs(20))).await;
+    let read = within("every message read", reader).await.expect("reader");
+    assert!(
+        read.is_ok(),
+        "the peer's receiver ended at message {:?}",
+        read.err()
+    );
+    assert!(
+        within("receiver ends", leaving_inbox.receive())
+            .await
+            .is_none()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_discovery_finds_the_seed_without_an_explicit_join() {
     let ca = tempfile::tempdir().expect("tempdir");

@@ -43,6 +43,21 @@ async fn every_node_reaches_every_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_listed_twice_gets_a_message_once() {
+    let (_ca, nodes) = cluster(2).await;
+    let sender = nodes[0].application("chat").expect("register");
+    let mut receiver = nodes[1].application("chat").expect("register");
+    let twice = Targets::Nodes(vec![nodes[1].id().clone(), nodes[1].id().clone()]);
+    sender.send("once", twice).await.expect("send");
+    sender
+        .send("next", Targets::Node(nodes[1].id().clone()))
+        .await
+        .expect("send");
+    assert_eq!(next_message(&mut receiver).await.1, Bytes::from("once"));
+    assert_eq!(next_message(&mut receiver).await.1, Bytes::from("next"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_apps_times_100_messages_arrive_in_order_per_sender() {
     let (_ca, nodes) = cluster(3).await;
     let names = ["a", "b", "c"];
