@@ -36,6 +36,9 @@ const ID_LEN: usize = 8;
 /// Prefix of the node's internal application names; users cannot register them.
 pub(crate) const RESERVED_PREFIX: &str = "_nodosum/";
 
+/// The node's own channel for responses (under [`RESERVED_PREFIX`]).
+pub(crate) const REPLY_APP: &str = "_nodosum/reply";
+
 /// The nodes a message goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Targets {

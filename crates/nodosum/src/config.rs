@@ -13,6 +13,8 @@ use nodosum_discovery::duration as human;
 use nodosum_proto::{DEFAULT_MAX_APP_ID_LEN, DEFAULT_MAX_MESSAGE_SIZE, Key, NodeId};
 use serde::{Deserialize, Serialize};
 
+use crate::app::REPLY_APP;
+
 /// Default UDP port of the gossip socket (seed value).
 pub const DEFAULT_GOSSIP_PORT: u16 = 6969;
 /// Default UDP port of the QUIC endpoint (seed value).
@@ -88,6 +90,17 @@ pub enum Profile {
     Wan,
     /// One machine or a fast test network: fast probes, quick detection.
     Local,
+}
+
+impl Profile {
+    /// The gossip timings of this preset.
+    pub(crate) fn preset(self, id: NodeId) -> nodosum_gossip::Config {
+        match self {
+            Self::Lan => nodosum_gossip::Config::lan(id),
+            Self::Wan => nodosum_gossip::Config::wan(id),
+            Self::Local => nodosum_gossip::Config::local(id),
+        }
+    }
 }
 
 /// The `[gossip]` section.
@@ -455,12 +468,19 @@ impl Config {
                 v.push("gossip.advertise", "port must not be 0");
             }
         }
-        if let (Some(interval), Some(timeout)) = (g.probe_interval, g.probe_timeout)
-            && timeout >= interval
-        {
+        // The effective timings: an override checked against the preset's other one.
+        let preset = g.profile.preset(self.node_id.clone());
+        let interval = g.probe_interval.unwrap_or(preset.probe_interval);
+        let timeout = g.probe_timeout.unwrap_or(preset.probe_timeout);
+        if timeout >= interval && !interval.is_zero() {
             v.push(
                 "gossip.probe_timeout",
-                "must be below gossip.probe_interval",
+                format!(
+                    "{} must be below the probe interval {} (gossip.probe_interval, or the {:?} profile's)",
+                    human::format(timeout),
+                    human::format(interval),
+                    g.profile
+                ),
             );
         }
         if g.probe_interval.is_some_and(|d| d.is_zero()) {
@@ -550,8 +570,15 @@ impl Config {
         if l.max_message_size == 0 || u32::try_from(l.max_message_size).is_err() {
             v.push("limits.max_message_size", "must be 1 byte to 4 GiB - 1");
         }
-        if l.max_app_id_len == 0 || u16::try_from(l.max_app_id_len).is_err() {
-            v.push("limits.max_app_id_len", "must be 1 to 65535 bytes");
+        if l.max_app_id_len < REPLY_APP.len() || u16::try_from(l.max_app_id_len).is_err() {
+            v.push(
+                "limits.max_app_id_len",
+                format!(
+                    "must be {} to 65535 bytes (the node's own `{REPLY_APP}` channel needs {})",
+                    REPLY_APP.len(),
+                    REPLY_APP.len()
+                ),
+            );
         }
     }
 
@@ -741,6 +768,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("missing-ca.pem"), "{text}");
+    }
+
+    /// One probe timing overridden is checked against the preset's other one, and the
+    /// application name limit leaves room for the node's own reply channel.
+    #[test]
+    fn effective_timings_and_the_reply_channel_are_checked() {
+        let mut c = Config::development(id("n1"));
+        c.gossip.profile = Profile::Lan;
+        c.gossip.probe_interval = Some(Duration::from_millis(400));
+        c.limits.max_app_id_len = 13;
+        let err = c.validate().unwrap_err();
+        let text = err.to_string();
+        assert_eq!(
+            fields(err),
+            ["gossip.probe_timeout", "limits.max_app_id_len"]
+        );
+        assert!(
+            text.contains("500ms must be below the probe interval 400ms"),
+            "{text}"
+        );
+        assert!(text.contains("must be 14 to 65535 bytes"), "{text}");
+        c.gossip.probe_timeout = Some(Duration::from_millis(200));
+        c.limits.max_app_id_len = 14;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -8,15 +8,17 @@ use std::time::Duration;
 
 use nodosum_discovery::{Candidate, DiscovererHandle, RegistrationHandle};
 use nodosum_gossip::{Gossip, MemberState, MembershipEvent};
-use nodosum_proto::{AppId, Keyring, Member, Metadata, NodeId};
+use nodosum_proto::{AppId, IdError, Keyring, Member, Metadata, NodeId};
 use nodosum_quic::{AppOptions, QuicNode, TlsIdentity};
 use prometheus_client::registry::Registry;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
-use crate::app::{AppShared, Application, PendingRequests, RESERVED_PREFIX, Targets, read_replies};
-use crate::config::{Config, Profile};
+use crate::app::{
+    AppShared, Application, PendingRequests, REPLY_APP, RESERVED_PREFIX, Targets, read_replies,
+};
+use crate::config::Config;
 use crate::dev_ca;
 use crate::error::{Error, SendError};
 use crate::metrics::Metrics;
@@ -60,6 +62,8 @@ pub struct Node {
     registration: Option<RegistrationHandle>,
     gossip_addr: SocketAddr,
     quic_addr: SocketAddr,
+    /// `limits.max_app_id_len`: the longest application name streams can carry.
+    max_app_id_len: usize,
 }
 
 /// What applications share with the node.
@@ -102,6 +106,9 @@ impl Node {
             });
         }
         let keyring = keyring(&config, dev_key)?;
+        // Built (which checks every backend's settings, sending nothing) before anything
+        // binds: a bad discovery setting fails the start with nothing left running.
+        let backends = config.discovery.build()?;
 
         // Every crate names its own metrics (`nodosum_gossip_*`, `nodosum_quic_*`,
         // `nodosum_app_*`, `nodosum_discovery_*`); applications add theirs (`mycel_*`).
@@ -125,7 +132,7 @@ impl Node {
         let gossip = Arc::new(gossip);
         let gossip_addr = gossip.local_member().gossip_addr;
 
-        let reply_app = AppId::new(format!("{RESERVED_PREFIX}reply")).expect("valid app id");
+        let reply_app = AppId::new(REPLY_APP).expect("valid app id");
         let replies = quic
             .register_app(reply_app.clone())
             .map_err(|source| Error::Quic {
@@ -167,7 +174,6 @@ impl Node {
             tokio::spawn(read_replies(Arc::downgrade(&shared), replies).instrument(span.clone())),
         ];
 
-        let backends = config.discovery.build()?;
         let registration = match &backends.consul {
             Some(consul)
                 if config
@@ -176,7 +182,17 @@ impl Node {
                     .as_ref()
                     .is_some_and(|c| c.register.is_some()) =>
             {
-                Some(consul.spawn_registration()?)
+                match consul.spawn_registration() {
+                    Ok(registration) => Some(registration),
+                    Err(e) => {
+                        // Nothing started here outlives the failed start.
+                        for task in &tasks {
+                            task.abort();
+                        }
+                        shared.quic.close_now();
+                        return Err(e.into());
+                    }
+                }
             }
             _ => None,
         };
@@ -214,6 +230,7 @@ impl Node {
             registration,
             gossip_addr,
             quic_addr: SocketAddr::new(gossip_addr.ip(), quic_port),
+            max_app_id_len: config.limits.max_app_id_len,
         })
     }
 
@@ -258,6 +275,12 @@ impl Node {
         }
         if name.starts_with(RESERVED_PREFIX) {
             return Err(Error::ReservedAppName(name.to_owned()));
+        }
+        if name.len() > self.max_app_id_len {
+            return Err(Error::InvalidAppName(IdError::TooLong {
+                len: name.len(),
+                max: self.max_app_id_len,
+            }));
         }
         let app = AppId::new(name).map_err(Error::InvalidAppName)?;
         let data = self
@@ -652,11 +675,7 @@ fn quic_config(config: &Config) -> nodosum_quic::Config {
 fn gossip_config(config: &Config, quic_port: u16) -> nodosum_gossip::Config {
     let g = &config.gossip;
     let id = config.node_id.clone();
-    let mut c = match g.profile {
-        Profile::Lan => nodosum_gossip::Config::lan(id),
-        Profile::Wan => nodosum_gossip::Config::wan(id),
-        Profile::Local => nodosum_gossip::Config::local(id),
-    };
+    let mut c = g.profile.preset(id);
     c.cluster_name.clone_from(&config.cluster);
     c.bind_addr = g.bind;
     c.advertise_addr = g.advertise;

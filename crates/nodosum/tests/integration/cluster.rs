@@ -122,6 +122,30 @@ async fn graceful_leave_delivers_what_was_sent_and_ends_receivers() {
     );
 }
 
+/// A discovery setting that cannot work fails the start before anything binds, and
+/// leaves nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_discovery_setting_fails_the_start_before_anything_binds() {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::util::dev_config(&ca, "node-1");
+    let free = || {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.local_addr().expect("address")
+    };
+    config.gossip.bind = free();
+    config.quic.bind = free();
+    config.discovery.static_seeds = Some(nodosum_discovery::StaticConfig {
+        seeds: vec!["no port here".to_owned()],
+        ..Default::default()
+    });
+    let err = nodosum::Node::start(config.clone())
+        .await
+        .expect_err("a seed without a port");
+    assert!(matches!(err, nodosum::Error::Discovery(_)), "{err}");
+    std::net::UdpSocket::bind(config.gossip.bind).expect("the gossip port is free");
+    std::net::UdpSocket::bind(config.quic.bind).expect("the QUIC port is free");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_discovery_finds_the_seed_without_an_explicit_join() {
     let ca = tempfile::tempdir().expect("tempdir");

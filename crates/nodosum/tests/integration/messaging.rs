@@ -42,6 +42,24 @@ async fn every_node_reaches_every_other() {
     }
 }
 
+/// Application names are checked against the configured limit when registered, not
+/// when their first stream cannot carry them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_over_the_configured_limit_is_refused() {
+    let ca = tempfile::tempdir().expect("tempdir");
+    let mut config = crate::util::dev_config(&ca, "node-1");
+    config.limits.max_app_id_len = 20;
+    let node = nodosum::Node::start(config).await.expect("start");
+    node.application(&"a".repeat(20)).expect("at the limit");
+    assert!(matches!(
+        node.application(&"a".repeat(21)),
+        Err(Error::InvalidAppName(nodosum_proto::IdError::TooLong {
+            len: 21,
+            max: 20
+        }))
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_listed_twice_gets_a_message_once() {
     let (_ca, nodes) = cluster(2).await;
