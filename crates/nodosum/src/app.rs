@@ -277,7 +277,10 @@ impl AppSender {
         &self.shared.app
     }
 
-    /// Sends a one-way message; waits while a target's queue is full.
+    /// Sends a one-way message; waits while a target's queue is full. With several
+    /// targets, the message is queued for every target with room first, and the full
+    /// ones are waited for together, so one slow peer does not hold up the others.
+    /// Cancelled while waiting, the message is queued for the targets that had room.
     pub async fn send(
         &self,
         payload: impl Into<Bytes>,
@@ -285,18 +288,33 @@ impl AppSender {
     ) -> Result<(), SendError> {
         let frame = encode(KIND_MESSAGE, None, &payload.into());
         let targets = self.shared.node.resolve(to.into());
-        let single = targets.len() == 1;
+        if let [node] = &targets[..] {
+            return self.shared.send_raw(node, &self.shared.app, frame).await;
+        }
         let mut failed = Vec::new();
+        let mut waiting = tokio::task::JoinSet::new();
         for node in targets {
-            let sent = self
-                .shared
-                .send_raw(&node, &self.shared.app, frame.clone())
-                .await;
-            if let Err(e) = sent {
-                failed.push((node, e));
+            match self.shared.try_send_raw(&node, frame.clone()) {
+                Ok(()) => {}
+                Err(SendError::QueueFull { .. }) => {
+                    let (shared, frame) = (Arc::clone(&self.shared), frame.clone());
+                    waiting.spawn(async move {
+                        let sent = shared.send_raw(&node, &shared.app, frame).await;
+                        sent.map_err(|e| (node, e))
+                    });
+                }
+                Err(e) => failed.push((node, e)),
             }
         }
-        combine(single, failed)
+        while let Some(done) = waiting.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(f)) => failed.push(f),
+                // The tasks neither panic nor get aborted while the set is alive.
+                Err(e) => tracing::error!(error = %e, "a send task failed"),
+            }
+        }
+        combine(false, failed)
     }
 
     /// Sends a one-way message without waiting; a full queue is [`SendError::QueueFull`].

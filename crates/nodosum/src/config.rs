@@ -213,7 +213,10 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Largest message payload in bytes. Default 4 MiB.
+    /// Largest message on a stream in bytes, the facade's frame header included (1 byte
+    /// for a message, 9 for a request or response): the largest payload is that much
+    /// smaller, and [`SendError::MessageTooLarge`](crate::SendError::MessageTooLarge)
+    /// reports lengths with the header. Default 4 MiB.
     pub max_message_size: usize,
     /// Longest application name in bytes. Default 255.
     pub max_app_id_len: usize,

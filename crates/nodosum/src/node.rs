@@ -529,14 +529,25 @@ impl Shared {
         self.pending.fail_node(&member.id);
     }
 
-    /// Rebuilds the member view from gossip's (after missing events).
+    /// Rebuilds the member view from gossip's (after missing events): members gossip no
+    /// longer lists are down too.
     fn resync(&self, gossip: &Gossip) {
-        for (member, state) in gossip.members() {
+        let listed = gossip.members();
+        for (member, state) in &listed {
             if state.is_active() {
-                self.member_up(&member);
+                self.member_up(member);
             } else {
-                self.member_down(&member);
+                self.member_down(member);
             }
+        }
+        let gone: Vec<Member> = self
+            .read_members()
+            .values()
+            .filter(|m| !listed.iter().any(|(l, _)| l.id == m.id))
+            .cloned()
+            .collect();
+        for member in &gone {
+            self.member_down(member);
         }
     }
 }
@@ -575,6 +586,9 @@ async fn follow_membership(
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(missed = n, "membership events lagged; resynchronising");
+                // The events still queued are older than the snapshot below: skipped, so
+                // that none of them undoes it.
+                rx = rx.resubscribe();
                 match gossip.upgrade() {
                     Some(g) => shared.resync(&g),
                     None => break,
@@ -594,7 +608,12 @@ async fn forward_connections(
             Ok(event) => {
                 let _ = events.send(NodeEvent::Connection(event));
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "connection events lagged; some were not forwarded"
+                );
+            }
             Err(broadcast::error::RecvError::Closed) => break,
         }
     }

@@ -60,6 +60,47 @@ async fn a_name_over_the_configured_limit_is_refused() {
     ));
 }
 
+/// A send to several nodes queues the message for those with room at once and waits
+/// for the full ones together: a peer whose application stopped reading holds up only
+/// its own copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_target_does_not_hold_up_the_others() {
+    let (_ca, nodes) = crate::util::cluster_with(3, |c| c.quic.send_queue_len = 2).await;
+    let sender = nodes[0].application("fanout").expect("register");
+    let mut reading = nodes[1].application("fanout").expect("register");
+    let _stalled = nodes[2].application("fanout").expect("register");
+    let (fast, slow) = (nodes[1].id().clone(), nodes[2].id().clone());
+    // Fill the stalled node's receiver (1024 messages), its stream window (1 MiB) and
+    // then the queue: once nothing drains, the queue stays full.
+    let kib = Bytes::from(vec![0u8; 1024]);
+    let stall_guard = std::time::Instant::now();
+    loop {
+        assert!(
+            stall_guard.elapsed() < Duration::from_secs(30),
+            "never stalled"
+        );
+        let send = sender.send(kib.clone(), Targets::Node(slow.clone()));
+        match tokio::time::timeout(Duration::from_millis(200), send).await {
+            Ok(sent) => sent.expect("queued"),
+            Err(_) => break,
+        }
+    }
+    let both = {
+        let sender = sender.sender();
+        tokio::spawn(async move {
+            sender
+                .send("to both", Targets::Nodes(vec![slow, fast]))
+                .await
+        })
+    };
+    let (from, payload) = next_message(&mut reading).await;
+    assert_eq!(
+        (from, &payload[..]),
+        (nodes[0].id().clone(), &b"to both"[..])
+    );
+    both.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_listed_twice_gets_a_message_once() {
     let (_ca, nodes) = cluster(2).await;

@@ -25,9 +25,11 @@ pub(crate) fn dev_config(ca: &TempDir, name: &str) -> Config {
 }
 
 pub(crate) async fn start(ca: &TempDir, name: &str, seeds: &[&Node]) -> Node {
-    let node = Node::start(dev_config(ca, name))
-        .await
-        .expect("node starts");
+    start_with(dev_config(ca, name), seeds).await
+}
+
+async fn start_with(config: Config, seeds: &[&Node]) -> Node {
+    let node = Node::start(config).await.expect("node starts");
     node.join(seeds.iter().map(|n| n.gossip_addr()).collect());
     node
 }
@@ -35,11 +37,18 @@ pub(crate) async fn start(ca: &TempDir, name: &str, seeds: &[&Node]) -> Node {
 /// Starts `n` nodes (`node-1`..) joined through the first and waits until every node sees
 /// every other as an alive, connected peer.
 pub(crate) async fn cluster(n: usize) -> (TempDir, Vec<Node>) {
+    cluster_with(n, |_| {}).await
+}
+
+/// [`cluster`], each node's configuration changed by `tweak` first.
+pub(crate) async fn cluster_with(n: usize, tweak: fn(&mut Config)) -> (TempDir, Vec<Node>) {
     let ca = tempfile::tempdir().expect("tempdir");
-    let first = start(&ca, "node-1", &[]).await;
-    let mut nodes = vec![first];
-    for i in 2..=n {
-        let node = start(&ca, &format!("node-{i}"), &[&nodes[0]]).await;
+    let mut nodes: Vec<Node> = Vec::with_capacity(n);
+    for i in 1..=n {
+        let mut config = dev_config(&ca, &format!("node-{i}"));
+        tweak(&mut config);
+        let seeds: Vec<&Node> = nodes.first().into_iter().collect();
+        let node = start_with(config, &seeds).await;
         nodes.push(node);
     }
     wait_formed(&nodes).await;
