@@ -43,6 +43,9 @@ pub mod codes {
     /// [`Config::handshake_timeout`](crate::Config::handshake_timeout) (sent once the
     /// connection can carry it: by a server, or by a client in its 0-RTT phase).
     pub const HANDSHAKE_TIMEOUT: u32 = 0x05;
+    /// Connection closed because the peer connected again while it was established (the
+    /// peer restarted, or lost it without this node hearing): the new one replaces it.
+    pub const SUPERSEDED: u32 = 0x06;
     /// Stream refused: the application is not registered on the receiving node.
     pub const STREAM_UNKNOWN_APP: u32 = 0x10;
     /// Stream reset: a message exceeded the receiver's size limit.
@@ -487,6 +490,8 @@ enum Outcome {
 struct ConnEntry {
     cref: ConnRef,
     loser: bool,
+    /// When the connection was established.
+    since: std::time::Instant,
 }
 
 #[derive(Clone)]
@@ -1715,6 +1720,7 @@ impl Inner {
             live: slot.live,
         };
         let local_is_smaller = self.local_is_smaller(&node);
+        let mut superseded = Vec::new();
         let losers = {
             let mut st = lock(&self.state);
             if self.closing.load(Ordering::Acquire) {
@@ -1736,9 +1742,27 @@ impl Inner {
             }
             let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
             let was_down = peer.current.borrow().is_none();
+            // A peer dials only while it has no connection to this node, or in a
+            // simultaneous dial, which completes within `handshake_timeout` of the first
+            // connection. So its connections established longer ago than that are ones it
+            // has lost (it restarted, or closed them and the close never arrived): they are
+            // replaced now, instead of being preferred until their idle timeout, with
+            // every message sent into them lost.
+            if !initiated_by_us {
+                let limit = self.config.handshake_timeout;
+                for c in peer
+                    .conns
+                    .iter_mut()
+                    .filter(|c| !c.loser && c.since.elapsed() > limit)
+                {
+                    c.loser = true;
+                    superseded.push(c.cref.clone());
+                }
+            }
             peer.conns.push(ConnEntry {
                 cref: cref.clone(),
                 loser: false,
+                since: std::time::Instant::now(),
             });
             self.connections.fetch_add(1, Ordering::AcqRel);
             self.metrics.connections.inc();
@@ -1764,6 +1788,10 @@ impl Inner {
             .get_or_create(&KindLabel { kind: kind.label() })
             .inc();
         debug!(peer = %node, id = cref.id, initiated_by_us, ?kind, "connection established");
+        for old in superseded {
+            info!(peer = %node, id = old.id, "peer connected again; its older connection is closed");
+            old.conn.close(code(codes::SUPERSEDED), b"superseded");
+        }
         for loser in losers {
             tokio::spawn(drain_duplicate(self.clone(), node.clone(), loser));
         }

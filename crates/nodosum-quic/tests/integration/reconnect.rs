@@ -188,3 +188,53 @@ async fn a_lane_sender_survives_reconnects_and_application_restarts() {
         Err(SendError::UnknownPeer { .. })
     ));
 }
+
+/// A peer that crashed (its connection silent, never closed) and connects again from a
+/// new process replaces its old connection at once: messages to it are not sent into the
+/// dead connection until its idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_replaces_its_silent_connection() {
+    init_tracing();
+    let ca = ca();
+    let config = nodosum_quic::Config {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        // Far beyond the test's guard: only the replacement can deliver in time.
+        max_idle_timeout: std::time::Duration::from_secs(600),
+        ..nodosum_quic::Config::development()
+    };
+    let a = node_with(&ca.issue(&id("a")).unwrap(), config);
+    let _a_rx = a.register_app(app("chat")).unwrap();
+
+    // The first life of "b" runs on a runtime of its own, which the crash drops: its
+    // tasks and socket go away without a word to "a".
+    let crashing = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (b1, mut b1_rx) = {
+        let _runtime = crashing.enter();
+        let b1 = node(&ca, "b");
+        let rx = b1.register_app(app("chat")).unwrap();
+        (b1, rx)
+    };
+    connect(&a, &b1).await;
+    a.send(b1.node_id(), &app("chat"), seq(1)).await.unwrap();
+    assert_eq!(recv(&mut b1_rx).await, (id("a"), seq(1)));
+    std::mem::forget((b1, b1_rx));
+    crashing.shutdown_background();
+
+    // Older than a simultaneous dial could be.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let b2 = node(&ca, "b");
+    let mut b2_rx = b2.register_app(app("chat")).unwrap();
+    b2.connect(a.node_id().clone(), a.local_addr().unwrap());
+    let (a2, b2_addr) = (a.clone(), b2.local_addr().unwrap());
+    wait_until("a uses b's new connection", move || {
+        a2.connection_info(&id("b"))
+            .is_some_and(|c| c.remote_addr == b2_addr)
+    })
+    .await;
+    a.send(&id("b"), &app("chat"), seq(2)).await.unwrap();
+    assert_eq!(recv(&mut b2_rx).await, (id("a"), seq(2)));
+}
