@@ -653,13 +653,7 @@ async fn an_answer_on_a_replayed_stream_reaches_the_real_peer() {
 async fn an_accepted_handshake_that_never_completes_times_out() {
     init_tracing();
     let ca = ca();
-    let config = Config {
-        handshake_timeout: std::time::Duration::from_millis(300),
-        // Far beyond the test's guard: only the handshake timeout can end it in time.
-        max_idle_timeout: std::time::Duration::from_secs(600),
-        ..Config::development()
-    };
-    let b = node_with(&ca.issue(&id("b")).unwrap(), config);
+    let b = impatient_node(&ca, "b");
     let mut b_safe = safe_app(&b, "safe");
     let _b_plain = b.register_app(app("plain")).unwrap();
     let raw = raw_client_with_ticket(&ca, &b, &mut b_safe).await;
@@ -669,7 +663,49 @@ async fn an_accepted_handshake_that_never_completes_times_out() {
     let _fake = fake_0rtt_connection(&raw, relay.addr).await;
     assert_eq!(recv(&mut b_safe).await.1, Bytes::from_static(b"early safe"));
     b.send(&id("a"), &app("safe"), seq(1)).await.unwrap();
-    let rejected = event(&mut events, "handshake given up", |e| {
+    timed_out(&mut events).await;
+    forgets_everything(&b).await;
+    drop(relay);
+}
+
+/// A dialled handshake that never completes (the server's answers never arrive) is given
+/// up after `handshake_timeout`, reported as a timeout, and dialled again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialled_handshake_that_never_completes_times_out() {
+    init_tracing();
+    let ca = ca();
+    let a = impatient_node(&ca, "a");
+    let b = safe_node(&ca, "b");
+    let relay = Relay::start(b.local_addr().unwrap()).await;
+    let mut events = a.events();
+    a.connect(b.node_id().clone(), relay.addr);
+    let rejected = timed_out(&mut events).await;
+    assert!(
+        matches!(&rejected, Event::Rejected { node: Some(n), .. } if n == b.node_id()),
+        "{rejected:?}"
+    );
+    assert!(a.connection_info(b.node_id()).is_none());
+    // Still to be connected: the dial loop tries again (and times out again).
+    timed_out(&mut events).await;
+    a.disconnect(b.node_id());
+    forgets_everything(&a).await;
+    drop(relay);
+}
+
+/// A node that gives up a handshake after 300 ms, and a connection only after far longer
+/// than the tests' guard: only the handshake timeout can end a handshake in time.
+fn impatient_node(ca: &DevCa, name: &str) -> QuicNode {
+    let config = Config {
+        handshake_timeout: std::time::Duration::from_millis(300),
+        max_idle_timeout: std::time::Duration::from_secs(600),
+        ..Config::development()
+    };
+    node_with(&ca.issue(&id(name)).unwrap(), config)
+}
+
+/// The next rejection, which must be a handshake timeout.
+async fn timed_out(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Event {
+    let rejected = event(events, "handshake given up", |e| {
         matches!(e, Event::Rejected { .. })
     })
     .await;
@@ -683,63 +719,18 @@ async fn an_accepted_handshake_that_never_completes_times_out() {
         ),
         "{rejected:?}"
     );
-    let b2 = b.clone();
-    wait_until_dbg(
-        "b forgets the replayed peer",
-        move || b2.counts() == Counts::default(),
-        || format!("{:?}", b.counts()),
-    )
-    .await;
-    drop(relay);
+    rejected
 }
 
-/// A dialled handshake that never completes (the server's answers never arrive) is given
-/// up after `handshake_timeout`, reported as a timeout, and dialled again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dialled_handshake_that_never_completes_times_out() {
-    init_tracing();
-    let ca = ca();
-    let config = Config {
-        handshake_timeout: std::time::Duration::from_millis(300),
-        // Far beyond the test's guard: only the handshake timeout can end it in time.
-        max_idle_timeout: std::time::Duration::from_secs(600),
-        ..Config::development()
-    };
-    let a = node_with(&ca.issue(&id("a")).unwrap(), config);
-    let b = safe_node(&ca, "b");
-    let relay = Relay::start(b.local_addr().unwrap()).await;
-    let mut events = a.events();
-    a.connect(b.node_id().clone(), relay.addr);
-    let rejected = event(&mut events, "handshake given up", |e| {
-        matches!(e, Event::Rejected { .. })
-    })
-    .await;
-    assert!(
-        matches!(
-            &rejected,
-            Event::Rejected {
-                node: Some(n),
-                reason: RejectReason::Timeout,
-                ..
-            } if n == b.node_id()
-        ),
-        "{rejected:?}"
-    );
-    assert!(a.connection_info(b.node_id()).is_none());
-    // Still to be connected: the dial loop tries again (and times out again).
-    event(&mut events, "second attempt given up", |e| {
-        matches!(e, Event::Rejected { .. })
-    })
-    .await;
-    a.disconnect(b.node_id());
-    let a2 = a.clone();
+/// Waits until `node` has no peer, connection, stream or lane left.
+async fn forgets_everything(node: &QuicNode) {
+    let (n2, n3) = (node.clone(), node.clone());
     wait_until_dbg(
-        "a forgets b",
-        move || a2.counts() == Counts::default(),
-        || format!("{:?}", a.counts()),
+        "everything forgotten",
+        move || n2.counts() == Counts::default(),
+        move || format!("{:?}", n3.counts()),
     )
     .await;
-    drop(relay);
 }
 
 /// An accepting node takes the early streams of one connection per peer at a time:
@@ -784,13 +775,7 @@ async fn early_streams_are_taken_from_one_connection_per_peer_at_a_time() {
     .await;
     assert!(b_other.try_recv().is_err());
     second.close(0u32.into(), b"gone");
-    let b2 = b.clone();
-    wait_until_dbg(
-        "b forgets everything",
-        move || b2.counts() == Counts::default(),
-        || format!("{:?}", b.counts()),
-    )
-    .await;
+    forgets_everything(&b).await;
     assert!(b_other.try_recv().is_err());
     drop(relay);
 }
