@@ -28,11 +28,14 @@
 //! over to the winner without losing or reordering messages) and closed with
 //! [`codes::DUPLICATE`] by the node with the larger ID (its dialler) once no stream is
 //! left on it. A peer dials only while it has no connection, or in such a simultaneous
-//! dial (which completes within [`Config::handshake_timeout`]); so when it connects while
-//! an older connection of it is established here, it has lost that one (it restarted, or
-//! its close never arrived). The older one is then closed at once with
-//! [`codes::SUPERSEDED`], instead of being kept until its idle timeout while messages sent
-//! into it are lost. A peer that should be connected is redialled with exponential backoff. A
+//! dial, which it starts at most [`Config::handshake_timeout`] after the first connection
+//! was established here (its side of that handshake is bounded by it). So when the first
+//! packet of a peer's new connection arrives later than that after an older connection of
+//! it was established, the peer has lost that one (it restarted, or its close never
+//! arrived): the older one is closed at once with [`codes::SUPERSEDED`], instead of being
+//! kept until its idle timeout while messages sent into it are lost. This assumes the
+//! nodes share the handshake timeout. A peer that should be connected is redialled with
+//! exponential backoff. A
 //! handshake, dialled or accepted, that has not completed after
 //! [`Config::handshake_timeout`] is given up and reported as [`RejectReason::Timeout`].
 //!

@@ -1710,6 +1710,7 @@ impl Inner {
         dialled: Option<u64>,
         kind: HandshakeKind,
         slot: Slot,
+        arrived: Option<std::time::Instant>,
     ) -> Option<ConnRef> {
         let initiated_by_us = dialled.is_some();
         let cref = ConnRef {
@@ -1743,17 +1744,20 @@ impl Inner {
             let peer = st.peers.entry(node.clone()).or_insert_with(Peer::new);
             let was_down = peer.current.borrow().is_none();
             // A peer dials only while it has no connection to this node, or in a
-            // simultaneous dial, which completes within `handshake_timeout` of the first
-            // connection. So its connections established longer ago than that are ones it
-            // has lost (it restarted, or closed them and the close never arrived): they are
-            // replaced now, instead of being preferred until their idle timeout, with
-            // every message sent into them lost.
-            if !initiated_by_us {
+            // simultaneous dial: one it started before it had completed its side of our
+            // connection's handshake, which takes it at most `handshake_timeout` after
+            // ours completed. So a connection of the peer's whose first packet (`arrived`)
+            // came later than that after an established one means the peer has lost that
+            // one (it restarted, or closed it and the close never arrived): it is replaced
+            // now, instead of being preferred until its idle timeout, with every message
+            // sent into it lost. (This assumes the peer's `handshake_timeout` is not
+            // longer than this node's.)
+            if let Some(arrived) = arrived {
                 let limit = self.config.handshake_timeout;
                 for c in peer
                     .conns
                     .iter_mut()
-                    .filter(|c| !c.loser && c.since.elapsed() > limit)
+                    .filter(|c| !c.loser && arrived.saturating_duration_since(c.since) > limit)
                 {
                     c.loser = true;
                     superseded.push(c.cref.clone());
@@ -1895,6 +1899,7 @@ async fn accept_loop(inner: Arc<Inner>) {
 }
 
 async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
+    let arrived = std::time::Instant::now();
     let addr = incoming.remote_address();
     let failed = |e: &ConnectionError| {
         let reason = classify(e);
@@ -1987,7 +1992,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
     } else {
         HandshakeKind::Resumed
     };
-    let registered = inner.register(node.clone(), conn, None, kind, slot);
+    let registered = inner.register(node.clone(), conn, None, kind, slot, Some(arrived));
     if registered.is_none() {
         outcome.send_replace(Outcome::Failed);
     }
@@ -2181,23 +2186,25 @@ impl Dialer {
         self.spawn(dial);
     }
 
-    /// Hands `dial` (the stage is `Spawning`) to a new task, unless the dialer was
-    /// aborted meanwhile.
+    /// Hands `dial` (the stage is `Spawning`) to a new task. If the dialer was aborted
+    /// meanwhile (possibly before `dial` was in `handoff` for `abort` to take), the task
+    /// takes it and drops it instead of running it.
     fn spawn(self: &Arc<Self>, dial: DialFuture) {
         *lock(&self.handoff) = Some(dial);
         let this = self.clone();
         let task = self.runtime.spawn(async move {
             let dial = lock(&this.handoff).take();
+            let aborted = matches!(*lock(&this.stage), DialStage::Ended);
             drop(this);
-            if let Some(dial) = dial {
+            if let Some(dial) = dial
+                && !aborted
+            {
                 dial.await;
             }
         });
         let mut stage = lock(&self.stage);
         if matches!(*stage, DialStage::Spawning) {
             *stage = DialStage::Task(task);
-        } else {
-            task.abort();
         }
     }
 
@@ -2328,7 +2335,7 @@ async fn dial_loop(
         match result {
             Ok((conn, kind, slot)) => {
                 backoff = inner.config.reconnect_initial_backoff;
-                let registered = inner.register(node.clone(), conn, Some(dial), kind, slot);
+                let registered = inner.register(node.clone(), conn, Some(dial), kind, slot, None);
                 drop(dialing);
                 if registered.is_none() {
                     return;

@@ -278,9 +278,10 @@ impl AppSender {
     }
 
     /// Sends a one-way message; waits while a target's queue is full. With several
-    /// targets, the message is queued for every target with room first, and the full
-    /// ones are waited for together, so one slow peer does not hold up the others.
-    /// Cancelled while waiting, the message is queued for the targets that had room.
+    /// targets, the sends to all of them go on together in this call: the message is
+    /// queued at once for every target with room, and a peer whose application stopped
+    /// reading holds up only its own copy. Cancelled while waiting, the message is queued
+    /// for exactly the targets that had room by then.
     pub async fn send(
         &self,
         payload: impl Into<Bytes>,
@@ -291,29 +292,37 @@ impl AppSender {
         if let [node] = &targets[..] {
             return self.shared.send_raw(node, &self.shared.app, frame).await;
         }
+        type Sending<'a> =
+            std::pin::Pin<Box<dyn Future<Output = (NodeId, Result<(), SendError>)> + Send + 'a>>;
+        let mut sending: Vec<Sending<'_>> = targets
+            .into_iter()
+            .map(|node| {
+                let frame = frame.clone();
+                Box::pin(async move {
+                    let sent = self.shared.send_raw(&node, &self.shared.app, frame).await;
+                    (node, sent)
+                }) as Sending<'_>
+            })
+            .collect();
         let mut failed = Vec::new();
-        let mut waiting = tokio::task::JoinSet::new();
-        for node in targets {
-            match self.shared.try_send_raw(&node, frame.clone()) {
-                Ok(()) => {}
-                Err(SendError::QueueFull { .. }) => {
-                    let (shared, frame) = (Arc::clone(&self.shared), frame.clone());
-                    waiting.spawn(async move {
-                        let sent = shared.send_raw(&node, &shared.app, frame).await;
-                        sent.map_err(|e| (node, e))
-                    });
+        // Polled here rather than spawned, so that dropping this call drops them all.
+        std::future::poll_fn(|cx| {
+            sending.retain_mut(|send| match send.as_mut().poll(cx) {
+                std::task::Poll::Ready((node, sent)) => {
+                    if let Err(e) = sent {
+                        failed.push((node, e));
+                    }
+                    false
                 }
-                Err(e) => failed.push((node, e)),
+                std::task::Poll::Pending => true,
+            });
+            if sending.is_empty() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
             }
-        }
-        while let Some(done) = waiting.join_next().await {
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(f)) => failed.push(f),
-                // The tasks neither panic nor get aborted while the set is alive.
-                Err(e) => tracing::error!(error = %e, "a send task failed"),
-            }
-        }
+        })
+        .await;
         combine(false, failed)
     }
 
@@ -349,22 +358,16 @@ impl AppSender {
         timeout: Duration,
     ) -> Result<Bytes, RequestError> {
         let started = Instant::now();
-        let pending = &self.shared.node.pending;
-        let (id, response) = pending.add(node);
-        let _forget = ForgetOnDrop { pending, id };
-        let frame = encode(KIND_REQUEST, Some(id), &body.into());
-        let exchange = async {
-            self.shared.send_raw(node, &self.shared.app, frame).await?;
-            response.await.unwrap_or(Err(RequestError::ShutDown))
-        };
-        let result = tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(RequestError::Timeout {
-                    node: node.clone(),
-                    timeout,
-                })
-            });
+        let body = body.into();
+        let result = self
+            .shared
+            .node
+            .pending
+            .exchange(node, timeout, |id| {
+                let frame = encode(KIND_REQUEST, Some(id), &body);
+                self.shared.send_raw(node, &self.shared.app, frame)
+            })
+            .await;
         self.shared
             .node
             .metrics
@@ -435,6 +438,34 @@ impl Drop for ForgetOnDrop<'_> {
 }
 
 impl PendingRequests {
+    /// One request to `node`: registers it, sends it with `send` (given its ID), and waits
+    /// for its response, all within `timeout`. Its entry is gone however this ends (also
+    /// when the future is dropped).
+    async fn exchange<F>(
+        &self,
+        node: &NodeId,
+        timeout: Duration,
+        send: impl FnOnce(u64) -> F,
+    ) -> Result<Bytes, RequestError>
+    where
+        F: Future<Output = Result<(), SendError>>,
+    {
+        let (id, response) = self.add(node);
+        let _forget = ForgetOnDrop { pending: self, id };
+        let exchange = async {
+            send(id).await?;
+            response.await.unwrap_or(Err(RequestError::ShutDown))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError::Timeout {
+                    node: node.clone(),
+                    timeout,
+                })
+            })
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -559,25 +590,33 @@ fn split_id(mut frame: Bytes) -> Option<(u64, Bytes)> {
 mod tests {
     use super::*;
 
-    /// What `request` does with its entry: a request whose future is dropped before its
-    /// response (an outer timeout, a `select!`) leaves nothing behind.
+    /// A request's entry is gone however it ends: answered, timed out while its send
+    /// waits for queue room, or dropped (an outer timeout, a `select!`).
     #[tokio::test]
-    async fn a_request_given_up_leaves_no_pending_entry() {
+    async fn a_request_leaves_no_pending_entry_however_it_ends() {
         let pending = PendingRequests::default();
         let node = NodeId::new("n").expect("id");
-        let request = async {
-            let (id, response) = pending.add(&node);
-            let _forget = ForgetOnDrop {
-                pending: &pending,
-                id,
-            };
-            response.await
-        };
-        assert!(
-            tokio::time::timeout(Duration::from_millis(10), request)
-                .await
-                .is_err()
-        );
+        let short = Duration::from_millis(10);
+
+        let waits_for_room = pending.exchange(&node, short, |_| std::future::pending());
+        assert!(matches!(
+            waits_for_room.await,
+            Err(RequestError::Timeout { .. })
+        ));
+        assert!(pending.lock().is_empty());
+
+        let unanswered = pending.exchange(&node, Duration::from_secs(60), |_| async { Ok(()) });
+        assert!(tokio::time::timeout(short, unanswered).await.is_err());
+        assert!(pending.lock().is_empty());
+
+        let answered = pending.exchange(&node, Duration::from_secs(60), |id| {
+            let done = pending.complete(id, &node, Ok(Bytes::from_static(b"yes")));
+            async move {
+                assert!(done);
+                Ok(())
+            }
+        });
+        assert_eq!(answered.await, Ok(Bytes::from_static(b"yes")));
         assert!(pending.lock().is_empty());
     }
 

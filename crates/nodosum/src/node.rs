@@ -333,7 +333,10 @@ impl Node {
             })
     }
 
-    /// Membership and connection events from now on.
+    /// Membership and connection events from now on. Events are a notification, not a
+    /// log: a slow subscriber can lag (its receiver says how many it missed), and when the
+    /// node itself misses gossip events it resynchronises its members without replaying
+    /// them. [`members`](Self::members) is the current state.
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
     }
@@ -383,7 +386,11 @@ impl Node {
     /// outgoing streams drain for at most `drain` (until each peer has read everything
     /// sent to it), closes the connections, and then announces the leave over gossip.
     /// Draining comes first because a peer that learns of the leave disconnects at once,
-    /// which would drop what it had not read yet.
+    /// which would drop what it had not read yet. Meanwhile (up to twice `drain`: the
+    /// drain, then waiting for the closes to be acknowledged) peers still count this node
+    /// alive: sends to it fail or are lost, requests to it time out, and they may redial
+    /// it. Dropped before it completes, the shutdown announces nothing, and peers detect
+    /// the node as failed.
     pub async fn shutdown(mut self, drain: Duration) {
         self.shared.shutting_down.store(true, Ordering::Release);
         self.shared.pending.fail_all();
