@@ -203,6 +203,8 @@ pub(crate) struct Core {
     probing: Option<(GossipId, u8)>,
     swim_inc: u16,
     join: Option<Join>,
+    /// The seeds of the last `join`, for joining again when every member is gone.
+    seeds: Vec<SocketAddr>,
     left: bool,
     /// `(members, health)` the foca config was last computed for.
     sized_for: (usize, u32),
@@ -257,6 +259,7 @@ impl Core {
             probing: None,
             swim_inc: 0,
             join: None,
+            seeds: Vec::new(),
             left: false,
             sized_for: (1, 0),
             last_warn: HashMap::new(),
@@ -287,6 +290,7 @@ impl Core {
             return;
         }
         let restart = self.join.is_none();
+        self.seeds.clone_from(&seeds);
         self.join = Some(Join {
             seeds,
             delay: self.config.join_retry_initial,
@@ -815,7 +819,24 @@ impl Core {
                     }
                 }
                 OwnedNotification::Idle => {
-                    tracing::debug!("no active members left");
+                    // foca sends nothing while it knows no active member: a node cut off
+                    // from every other until it declared them all failed would never merge
+                    // again. It joins again through them and its seeds until one answers
+                    // (members that left are not asked).
+                    let mut again: Vec<SocketAddr> = self
+                        .table
+                        .members()
+                        .filter(|(_, state)| *state == MemberState::Failed)
+                        .map(|(m, _)| m.gossip_addr)
+                        .chain(self.seeds.iter().copied())
+                        .collect();
+                    again.sort_unstable();
+                    again.dedup();
+                    tracing::info!(
+                        addresses = again.len(),
+                        "no active members left; joining again through failed members and seeds"
+                    );
+                    self.join(now, again);
                 }
                 OwnedNotification::Defunct => {
                     if !self.left {

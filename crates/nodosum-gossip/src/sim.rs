@@ -531,6 +531,27 @@ mod tests {
         assert!(ok, "views did not reconverge after the partition healed");
     }
 
+    /// Nodes cut off from every other until they declared them all failed (here both
+    /// members of a pair) still find each other once the network heals: with no active
+    /// member, a node joins again through the failed ones.
+    #[test]
+    fn nodes_left_alone_by_a_partition_merge_again() {
+        let mut sim = converged_cluster(3, 2, lan);
+        sim.partition(|i| u32::from(i >= 1));
+        sim.run_for(Duration::from_secs(60));
+        for i in 0..2 {
+            let c = sim.core(i).unwrap();
+            assert_eq!(c.member_state(&node_id(1 - i)), Some(MemberState::Failed));
+        }
+        sim.heal();
+        let ok = sim.run_until(
+            Duration::from_secs(120),
+            Duration::from_secs(1),
+            Sim::converged,
+        );
+        assert!(ok, "the pair did not merge after the partition healed");
+    }
+
     #[test]
     fn a_restarted_member_is_the_same_node_coming_back() {
         let mut sim = converged_cluster(5, 8, lan);
