@@ -347,10 +347,20 @@ impl Discoverer {
                 skipped,
             }) => {
                 let found = candidates.len();
-                let fresh: Vec<Candidate> = candidates
-                    .into_iter()
-                    .filter(|c| !self.is_self(c) && !self.known.as_ref().is_some_and(|k| k(c)))
-                    .collect();
+                let wanted =
+                    |c: &Candidate| !self.is_self(c) && !self.known.as_ref().is_some_and(|k| k(c));
+                let mut fresh: Vec<Candidate> = candidates.into_iter().filter(wanted).collect();
+                if !skipped.is_empty() {
+                    // Part of the round failed (a backend of a combination, or entries that
+                    // did not resolve): what it could not see may still be there, so the
+                    // seeds already published stay, with what it found added.
+                    let published = self.tx.borrow().clone();
+                    for c in published.iter().filter(|c| wanted(c)) {
+                        if !fresh.contains(c) {
+                            fresh.push(c.clone());
+                        }
+                    }
+                }
                 let new = fresh.len();
                 for s in &skipped {
                     match s {

@@ -91,6 +91,39 @@ fn metric_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
     text.lines().find(|l| l.starts_with(prefix))
 }
 
+/// A round in which part failed (here a backend of a combination: the round itself
+/// succeeds) keeps the seeds already published, with what it found added; the next
+/// complete round replaces them.
+#[tokio::test(start_paused = true)]
+async fn a_partly_failed_round_keeps_the_published_seeds() {
+    let backend = Scripted::new(vec![
+        ok(vec![cand("127.0.0.3:6969", Some("node-3"))], Vec::new()),
+        ok(Vec::new(), vec![server_error()]),
+        ok(
+            vec![cand("127.0.0.4:6969", Some("node-4"))],
+            vec![server_error()],
+        ),
+        ok(vec![cand("127.0.0.5:6969", Some("node-5"))], Vec::new()),
+    ]);
+    let mut registry = Registry::default();
+    let mut discoverer = Discoverer::new(backend, &DiscovererConfig::default(), &mut registry);
+    let seeds = discoverer.subscribe();
+    let mut published = Vec::new();
+    for _ in 0..4 {
+        assert!(discoverer.round().await.outcome.is_ok());
+        published.push(seeds.borrow().to_vec());
+    }
+    let (n3, n4, n5) = (
+        cand("127.0.0.3:6969", Some("node-3")),
+        cand("127.0.0.4:6969", Some("node-4")),
+        cand("127.0.0.5:6969", Some("node-5")),
+    );
+    assert_eq!(
+        published,
+        [vec![n3.clone()], vec![n3.clone()], vec![n4, n3], vec![n5],]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn publishes_new_candidates_and_keeps_them_when_a_round_fails() {
     let self_id = NodeId::new("node-self").expect("valid");
