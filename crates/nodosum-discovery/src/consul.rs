@@ -452,7 +452,10 @@ impl ConsulDiscovery {
             Some(i) => {
                 query.push(("index", i.to_string()));
                 query.push(("wait", crate::duration::format(self.wait)));
-                self.wait + self.wait / 16 + self.request_timeout
+                // Saturating: durations come from configuration, unbounded.
+                self.wait
+                    .saturating_add(self.wait / 16)
+                    .saturating_add(self.request_timeout)
             }
             None => self.request_timeout,
         };

@@ -210,6 +210,10 @@ impl Config {
         ] {
             if d.is_zero() {
                 bad(field, "must not be zero".to_owned());
+            } else if d > MAX_DURATION {
+                // Timers add these to the current instant (and multiply some): bounded, so
+                // that no configuration can overflow them.
+                bad(field, "must be at most 365 days".to_owned());
             }
         }
         if self.probe_timeout >= self.probe_interval {
@@ -316,6 +320,9 @@ impl Config {
 /// Largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
+/// The longest any timing may be: timers add them to the current instant.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// One problem found by [`Config::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -359,6 +366,7 @@ mod tests {
         c.suspicion_mult = 0;
         c.max_datagram_size = 10;
         c.cluster_name.clear();
+        c.sync_interval = Duration::MAX;
         let err = c.validate().unwrap_err();
         let fields: Vec<_> = err.problems.iter().map(|p| p.field).collect();
         assert_eq!(
@@ -366,6 +374,7 @@ mod tests {
             [
                 "cluster_name",
                 "advertise_addr",
+                "sync_interval",
                 "probe_timeout",
                 "suspicion_mult",
                 "max_datagram_size"

@@ -489,6 +489,14 @@ impl Config {
         if g.probe_interval.is_some_and(|d| d.is_zero()) {
             v.push("gossip.probe_interval", "must be greater than zero");
         }
+        for (field, d) in [
+            ("gossip.probe_interval", g.probe_interval),
+            ("gossip.probe_timeout", g.probe_timeout),
+        ] {
+            if d.is_some_and(|d| d > Duration::from_secs(365 * 24 * 3600)) {
+                v.push(field, "must be at most 365 days");
+            }
+        }
         if g.indirect_checks == Some(0) {
             v.push("gossip.indirect_checks", "must be at least 1");
         }
