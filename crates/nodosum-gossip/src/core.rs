@@ -832,11 +832,15 @@ impl Core {
                         .collect();
                     again.sort_unstable();
                     again.dedup();
-                    tracing::info!(
-                        addresses = again.len(),
-                        "no active members left; joining again through failed members and seeds"
-                    );
-                    self.join(now, again);
+                    if again.is_empty() {
+                        tracing::debug!("no active members left");
+                    } else {
+                        tracing::info!(
+                            addresses = again.len(),
+                            "no active members left; joining again through failed members and seeds"
+                        );
+                        self.join(now, again);
+                    }
                 }
                 OwnedNotification::Defunct => {
                     if !self.left {
