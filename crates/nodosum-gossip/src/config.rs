@@ -210,7 +210,7 @@ impl Config {
         ] {
             if d.is_zero() {
                 bad(field, "must not be zero".to_owned());
-            } else if d > MAX_DURATION {
+            } else if d > MAX_TIMING {
                 // Timers add these to the current instant (and multiply some): bounded, so
                 // that no configuration can overflow them.
                 bad(field, "must be at most 365 days".to_owned());
@@ -320,8 +320,8 @@ impl Config {
 /// Largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 
-/// The longest any timing may be: timers add them to the current instant.
-const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest any timing may be (365 days): timers add them to the current instant.
+pub const MAX_TIMING: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// One problem found by [`Config::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -58,7 +58,9 @@ mod metrics;
 mod sim;
 mod table;
 
-pub use config::{Config, ConfigError, ConfigProblem, DEFAULT_GOSSIP_PORT, DEFAULT_QUIC_PORT};
+pub use config::{
+    Config, ConfigError, ConfigProblem, DEFAULT_GOSSIP_PORT, DEFAULT_QUIC_PORT, MAX_TIMING,
+};
 pub use error::Error;
 pub use gossip::Gossip;
 pub use table::{MemberState, MembershipEvent};

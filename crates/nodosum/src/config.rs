@@ -92,14 +92,25 @@ pub enum Profile {
     Local,
 }
 
-impl Profile {
-    /// The gossip timings of this preset.
-    pub(crate) fn preset(self, id: NodeId) -> nodosum_gossip::Config {
-        match self {
-            Self::Lan => nodosum_gossip::Config::lan(id),
-            Self::Wan => nodosum_gossip::Config::wan(id),
-            Self::Local => nodosum_gossip::Config::local(id),
+impl GossipConfig {
+    /// The gossip configuration of the preset with this section's overrides applied (the
+    /// addresses, cluster name and QUIC port are the caller's to set).
+    pub(crate) fn timings(&self, id: NodeId) -> nodosum_gossip::Config {
+        let mut c = match self.profile {
+            Profile::Lan => nodosum_gossip::Config::lan(id),
+            Profile::Wan => nodosum_gossip::Config::wan(id),
+            Profile::Local => nodosum_gossip::Config::local(id),
+        };
+        if let Some(d) = self.probe_interval {
+            c.probe_interval = d;
         }
+        if let Some(d) = self.probe_timeout {
+            c.probe_timeout = d;
+        }
+        if let Some(k) = self.indirect_checks.and_then(std::num::NonZeroUsize::new) {
+            c.indirect_checks = k;
+        }
+        c
     }
 }
 
@@ -472,9 +483,8 @@ impl Config {
             }
         }
         // The effective timings: an override checked against the preset's other one.
-        let preset = g.profile.preset(self.node_id.clone());
-        let interval = g.probe_interval.unwrap_or(preset.probe_interval);
-        let timeout = g.probe_timeout.unwrap_or(preset.probe_timeout);
+        let effective = g.timings(self.node_id.clone());
+        let (interval, timeout) = (effective.probe_interval, effective.probe_timeout);
         if timeout >= interval && !interval.is_zero() {
             v.push(
                 "gossip.probe_timeout",
@@ -493,7 +503,7 @@ impl Config {
             ("gossip.probe_interval", g.probe_interval),
             ("gossip.probe_timeout", g.probe_timeout),
         ] {
-            if d.is_some_and(|d| d > Duration::from_secs(365 * 24 * 3600)) {
+            if d.is_some_and(|d| d > nodosum_gossip::MAX_TIMING) {
                 v.push(field, "must be at most 365 days");
             }
         }

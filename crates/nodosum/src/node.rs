@@ -700,20 +700,10 @@ fn quic_config(config: &Config) -> nodosum_quic::Config {
 
 fn gossip_config(config: &Config, quic_port: u16) -> nodosum_gossip::Config {
     let g = &config.gossip;
-    let id = config.node_id.clone();
-    let mut c = g.profile.preset(id);
+    let mut c = g.timings(config.node_id.clone());
     c.cluster_name.clone_from(&config.cluster);
     c.bind_addr = g.bind;
     c.advertise_addr = g.advertise;
     c.quic_port = quic_port;
-    if let Some(d) = g.probe_interval {
-        c.probe_interval = d;
-    }
-    if let Some(d) = g.probe_timeout {
-        c.probe_timeout = d;
-    }
-    if let Some(k) = g.indirect_checks.and_then(std::num::NonZeroUsize::new) {
-        c.indirect_checks = k;
-    }
     c
 }
