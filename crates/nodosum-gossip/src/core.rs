@@ -279,8 +279,14 @@ impl Core {
         self.foca.identity().member()
     }
 
-    /// Starts joining through `seeds`, retrying with backoff until one answers.
+    /// Starts joining through `seeds`, retrying with backoff until one answers; they are
+    /// also asked again whenever every member is gone.
     pub(crate) fn join(&mut self, now: Instant, seeds: Vec<SocketAddr>) {
+        self.seeds.clone_from(&seeds);
+        self.join_through(now, seeds);
+    }
+
+    fn join_through(&mut self, now: Instant, seeds: Vec<SocketAddr>) {
         if self.left {
             return;
         }
@@ -290,7 +296,6 @@ impl Core {
             return;
         }
         let restart = self.join.is_none();
-        self.seeds.clone_from(&seeds);
         self.join = Some(Join {
             seeds,
             delay: self.config.join_retry_initial,
@@ -839,7 +844,7 @@ impl Core {
                             addresses = again.len(),
                             "no active members left; joining again through failed members and seeds"
                         );
-                        self.join(now, again);
+                        self.join_through(now, again);
                     }
                 }
                 OwnedNotification::Defunct => {
