@@ -462,17 +462,18 @@ impl ConsulDiscovery {
         req = req.query(&query);
         let (headers, body) = self.send(&url, req, timeout).await?;
 
-        let new_index = headers
-            .get("X-Consul-Index")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        self.update_index(index, new_index);
-
         let entries: Vec<HealthEntry> =
             serde_json::from_slice(&body).map_err(|source| Error::ConsulDecode {
                 url: url.clone(),
                 source,
             })?;
+        // Only an answer that decoded moves the index on: blocking on the index of a body
+        // that could not be read would wait for the next change and miss this one.
+        let new_index = headers
+            .get("X-Consul-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        self.update_index(index, new_index);
         let mut out = Discovered::default();
         for entry in entries {
             match self.candidate(entry, &mut out).await {

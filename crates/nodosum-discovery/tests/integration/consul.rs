@@ -220,6 +220,39 @@ async fn blocking_query_delivers_a_change_promptly_and_resets_on_a_backwards_ind
 }
 
 #[tokio::test]
+async fn an_answer_that_does_not_decode_leaves_the_index_alone() {
+    let server = StandIn::start(vec![Instance::new("a", "127.0.0.2", 7001)]).await;
+    let backend = ConsulDiscovery::new(&ConsulConfig {
+        wait: Duration::from_secs(300),
+        ..config(&server)
+    })
+    .expect("config");
+    discover(&backend).await.expect("round");
+    let index = backend.blocking_index().expect("index learned");
+
+    // The catalog changes, but the answer that carries the change does not decode.
+    server.change(|c| {
+        c.instances.push(Instance::new("b", "127.0.0.3", 7002));
+        c.garbage_body = true;
+    });
+    assert!(matches!(
+        discover(&backend).await,
+        Err(Error::ConsulDecode { .. })
+    ));
+    assert_eq!(backend.blocking_index(), Some(index));
+
+    // So the next round asks with the old index and gets the change at once, instead of
+    // blocking until a later one (`wait` is 5 minutes; `discover` gives up long before).
+    server.with(|c| c.garbage_body = false);
+    let found = discover(&backend).await.expect("round");
+    assert_eq!(
+        addrs(&found),
+        vec![addr("127.0.0.2:7001"), addr("127.0.0.3:7002")]
+    );
+    assert_eq!(backend.blocking_index(), Some(index + 1));
+}
+
+#[tokio::test]
 async fn blocking_query_returns_the_same_answer_when_wait_elapses() {
     let server = StandIn::start(vec![Instance::new("a", "127.0.0.2", 7001)]).await;
     let backend = ConsulDiscovery::new(&ConsulConfig {
