@@ -23,13 +23,22 @@ use crate::table::{MemberState, MembershipEvent, Table};
 
 /// Payload kinds inside the envelope.
 const KIND_FOCA: u8 = 0;
-/// "Who are you?": asked of seed addresses, whose node IDs a joiner does not know.
+/// "Who are you?": asked of seed addresses, whose node IDs a joiner does not know. The body
+/// is the asker's gossip address (postcard): the answer goes there.
 const KIND_JOIN_REQUEST: u8 = 1;
 /// The answer: the seed's identity, which the joiner then announces itself to.
 const KIND_JOIN_REPLY: u8 = 2;
 
 /// "Send me your member list": asked of a seed after joining and of a random member
-/// every `sync_interval` (memberlist's push-pull, pull half).
+/// every `sync_interval` (memberlist's push-pull, pull half). The body is the asker's
+/// gossip address (postcard): the list goes there.
+///
+/// Requests name their reply address inside the sealed payload because a datagram's
+/// source can be forged: a captured request sent again from a forged source must not turn
+/// a member into a reflector that sends its member list (many datagrams for one) to a
+/// third party. Replies to one address are also limited in rate ([`Answered`]), so even
+/// the original asker gets at most one list per probe interval however often a request
+/// is replayed.
 const KIND_SYNC_REQUEST: u8 = 3;
 /// One datagram of the sender's member list: `[u16 BE count][count foca members]`.
 const KIND_SYNC_STATE: u8 = 4;
@@ -54,6 +63,9 @@ pub(crate) enum DropReason {
     Unauthentic,
     Malformed,
     Refused,
+    /// A request whose reply address was answered less than a gap ago (a replay, or a
+    /// retry that crossed the answer).
+    RateLimited,
 }
 
 impl DropReason {
@@ -66,6 +78,7 @@ impl DropReason {
             Self::Unauthentic => "unauthentic",
             Self::Malformed => "malformed",
             Self::Refused => "refused",
+            Self::RateLimited => "rate_limited",
         }
     }
 
@@ -186,6 +199,32 @@ struct Join {
     delay: Duration,
 }
 
+/// When each address was last answered a request of one kind: a request is answered at
+/// most once per `gap` per address.
+#[derive(Debug, Default)]
+struct Answered(HashMap<SocketAddr, Instant>);
+
+impl Answered {
+    /// Entries kept before the expired ones are swept. Reply addresses come from sealed
+    /// requests, so only members (and would-be members) ever get an entry.
+    const SWEEP_ABOVE: usize = 1024;
+
+    /// Whether `to` may be answered now, recording it if so.
+    fn allow(&mut self, now: Instant, to: SocketAddr, gap: Duration) -> bool {
+        if self.0.len() > Self::SWEEP_ABOVE {
+            self.0
+                .retain(|_, at| now.saturating_duration_since(*at) < gap);
+        }
+        match self.0.get(&to) {
+            Some(at) if now.saturating_duration_since(*at) < gap => false,
+            _ => {
+                self.0.insert(to, now);
+                true
+            }
+        }
+    }
+}
+
 /// One node's membership state machine.
 pub(crate) struct Core {
     config: Config,
@@ -210,6 +249,10 @@ pub(crate) struct Core {
     sized_for: (usize, u32),
     last_warn: HashMap<DropReason, Instant>,
     scratch: Vec<MembershipEvent>,
+    /// Join requests answered, by reply address.
+    joins_answered: Answered,
+    /// Sync requests answered, by reply address.
+    syncs_answered: Answered,
 }
 
 impl std::fmt::Debug for Core {
@@ -264,6 +307,8 @@ impl Core {
             sized_for: (1, 0),
             last_warn: HashMap::new(),
             scratch: Vec::new(),
+            joins_answered: Answered::default(),
+            syncs_answered: Answered::default(),
             config,
         };
         let every = core.config.probe_interval * RECONCILE_EVERY;
@@ -310,8 +355,9 @@ impl Core {
         let seeds = join.seeds.clone();
         let delay = join.delay;
         join.delay = (join.delay * 2).min(self.config.join_retry_max);
+        let reply_to = self.reply_to();
         for s in seeds {
-            self.send_sealed(s, KIND_JOIN_REQUEST, &[]);
+            self.send_sealed(s, KIND_JOIN_REQUEST, &reply_to);
         }
         // Jitter keeps nodes started together from retrying in lockstep.
         let jitter = rand::RngExt::random_range(&mut self.rng, 0..=delay.as_millis() / 4);
@@ -417,7 +463,17 @@ impl Core {
         };
         match kind {
             KIND_FOCA => self.handle_foca(now, from, body),
-            KIND_JOIN_REQUEST if body.is_empty() => {
+            KIND_JOIN_REQUEST => {
+                let Ok(to) = postcard::from_bytes::<SocketAddr>(body) else {
+                    return self.dropped(now, from, DropReason::Malformed, "bad join request");
+                };
+                if !self
+                    .joins_answered
+                    .allow(now, to, self.config.join_retry_initial / 2)
+                {
+                    let what = "join request for an address answered recently";
+                    return self.dropped(now, from, DropReason::RateLimited, what);
+                }
                 let me = match postcard::to_allocvec(self.foca.identity()) {
                     Ok(b) => b,
                     Err(e) => {
@@ -425,7 +481,7 @@ impl Core {
                         return;
                     }
                 };
-                self.send_sealed(from, KIND_JOIN_REPLY, &me);
+                self.send_sealed(to, KIND_JOIN_REPLY, &me);
             }
             KIND_JOIN_REPLY => {
                 let Ok(id) = postcard::from_bytes::<GossipId>(body) else {
@@ -434,6 +490,7 @@ impl Core {
                 if self.join.is_none() || id.id() == self.foca.identity().id() {
                     return;
                 }
+                let seed = id.member().gossip_addr;
                 let mut out = Outbox::default();
                 if let Err(e) = self.foca.announce(id, &mut out) {
                     tracing::debug!(error = %e, "announce failed");
@@ -441,9 +498,22 @@ impl Core {
                 self.absorb(now, out, Source::Local);
                 // The announce's reply holds a few dozen members; the full list comes
                 // from a sync.
-                self.send_sealed(from, KIND_SYNC_REQUEST, &[]);
+                let reply_to = self.reply_to();
+                self.send_sealed(seed, KIND_SYNC_REQUEST, &reply_to);
             }
-            KIND_SYNC_REQUEST if body.is_empty() => self.send_state(from),
+            KIND_SYNC_REQUEST => {
+                let Ok(to) = postcard::from_bytes::<SocketAddr>(body) else {
+                    return self.dropped(now, from, DropReason::Malformed, "bad sync request");
+                };
+                if !self
+                    .syncs_answered
+                    .allow(now, to, self.config.probe_interval)
+                {
+                    let what = "sync request for an address answered recently";
+                    return self.dropped(now, from, DropReason::RateLimited, what);
+                }
+                self.send_state(to);
+            }
             KIND_SYNC_STATE => self.handle_state(now, from, body),
             _ => self.dropped(now, from, DropReason::Malformed, "unknown payload kind"),
         }
@@ -573,8 +643,15 @@ impl Core {
             .nth(pick)
             .map(|(m, _)| m.gossip_addr);
         if let Some(addr) = target {
-            self.send_sealed(addr, KIND_SYNC_REQUEST, &[]);
+            let reply_to = self.reply_to();
+            self.send_sealed(addr, KIND_SYNC_REQUEST, &reply_to);
         }
+    }
+
+    /// The body of a request: this node's gossip address, where the answer goes.
+    fn reply_to(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.local_member().gossip_addr)
+            .expect("invariant: a socket address always encodes")
     }
 
     /// The earliest moment [`handle_timeout`](Self::handle_timeout) has work.
@@ -1092,6 +1169,55 @@ mod tests {
         assert_eq!(a.metrics().drop_count("too_large"), 1);
         assert_eq!(a.num_members(), 2);
         assert_eq!(a.reconcile(), 0);
+    }
+
+    fn drain(c: &mut Core) -> Vec<Transmit> {
+        std::iter::from_fn(|| c.poll_transmit()).collect()
+    }
+
+    #[test]
+    fn a_replayed_request_is_answered_only_at_its_sealed_address_and_not_too_often() {
+        let now = Instant::now();
+        let mut a = core("a", 1, 1, "c");
+        let mut b = core("b", 2, 1, "c");
+        b.join(now, vec![a.local_member().gossip_addr]);
+        pump(now, &mut [&mut a, &mut b]);
+        let (a_addr, b_addr) = (a.local_member().gossip_addr, b.local_member().gossip_addr);
+        let forged: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let gap = a.config.probe_interval;
+
+        // A sync request of b's, captured and sent again from a forged source.
+        b.sync_with_random_member();
+        let request = b.poll_transmit().expect("b asks a for its list");
+        assert_eq!(request.dst, a_addr);
+        let later = now + gap;
+        a.handle_datagram(later, forged, &request.bytes);
+        let answers = drain(&mut a);
+        assert!(!answers.is_empty(), "the list is sent");
+        assert!(answers.iter().all(|t| t.dst == b_addr), "{answers:?}");
+        // Again at once: nothing at all, and the drop is counted.
+        a.handle_datagram(later, forged, &request.bytes);
+        a.handle_datagram(later + gap / 2, forged, &request.bytes);
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(a.metrics().drop_count("rate_limited"), 2);
+        // A probe interval later b may ask again.
+        a.handle_datagram(later + gap, forged, &request.bytes);
+        let answers = drain(&mut a);
+        assert!(!answers.is_empty() && answers.iter().all(|t| t.dst == b_addr));
+
+        // A join request likewise: the identity goes to the joiner, once.
+        let mut c = core("joiner", 3, 1, "c");
+        c.join(now, vec![a_addr]);
+        let request = c.poll_transmit().expect("c asks a who it is");
+        a.handle_datagram(later, forged, &request.bytes);
+        let answers = drain(&mut a);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].dst, c.local_member().gossip_addr);
+        a.handle_datagram(later, forged, &request.bytes);
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(a.metrics().drop_count("rate_limited"), 3);
+        // Whatever was answered, membership is unchanged.
+        assert_eq!(a.num_members(), 2);
     }
 
     #[test]

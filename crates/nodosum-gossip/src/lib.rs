@@ -36,7 +36,14 @@
 //!
 //! Dropped datagrams are counted in `nodosum_gossip_dropped_total{reason}`: `too_large`,
 //! `too_short`, `unsupported_version`, `unknown_key` (sealed with a key not installed),
-//! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused`.
+//! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused`,
+//! `rate_limited` (a join or sync request for an address answered moments ago).
+//!
+//! Replies never go to a datagram's source address, which can be forged: requests carry
+//! their reply address inside the sealed payload, and answers to one address are limited
+//! in rate. So a captured datagram sent again from a forged source never makes a member
+//! send anything to a third party, and at most one member list per probe interval to the
+//! original sender.
 //!
 //! Scale: foca keeps members in a vector and looks them up linearly, so each update costs
 //! O(n). Clusters of a few thousand members are fine; the simulation converges 1,000 in
