@@ -260,23 +260,37 @@ fn http_client(config: &ConsulConfig) -> Result<reqwest::Client, Error> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("nodosum-discovery/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(config.request_timeout);
+    // Problems with the TLS files name their setting (and file).
     let ca = match (&config.ca_pem, &config.ca_file) {
-        (Some(pem), _) => Some(pem.as_bytes().to_vec()),
-        (None, Some(path)) => Some(read_file(path)?),
+        (Some(pem), _) => Some(("consul.ca_pem", String::new(), pem.as_bytes().to_vec())),
+        (None, Some(path)) => Some((
+            "consul.ca_file",
+            format!("{}: ", path.display()),
+            read_file(path)?,
+        )),
         (None, None) => None,
     };
-    if let Some(pem) = ca {
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|source| Error::HttpClient { source })?;
+    if let Some((field, file, pem)) = ca {
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Config {
+            field,
+            problem: format!("{file}not a PEM certificate bundle: {e}"),
+        })?;
         if certs.is_empty() {
-            return Err(Error::NoCaCertificate { rejected: 0 });
+            return Err(Error::Config {
+                field,
+                problem: format!("{file}holds no PEM certificate"),
+            });
         }
         builder = builder.tls_certs_only(certs);
     }
     if let Some(path) = &config.client_identity_file {
         let pem = read_file(path)?;
-        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::ClientIdentity {
-            problem: e.to_string(),
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| Error::Config {
+            field: "consul.client_identity_file",
+            problem: format!(
+                "{}: not a PEM certificate chain and private key: {e}",
+                path.display()
+            ),
         })?;
         builder = builder.identity(identity);
     }

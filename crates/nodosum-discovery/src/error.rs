@@ -192,18 +192,6 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// The configured CA PEM holds no usable certificate.
-    #[error("CA PEM holds no usable certificate ({rejected} rejected)")]
-    NoCaCertificate {
-        /// Certificates that were found but refused by the TLS library.
-        rejected: usize,
-    },
-    /// The configured client certificate or key could not be used.
-    #[error("client certificate or key unusable: {problem}")]
-    ClientIdentity {
-        /// What is wrong.
-        problem: String,
-    },
     /// Building the HTTP client failed.
     #[error("building the HTTP client failed: {source}")]
     HttpClient {
@@ -254,8 +242,6 @@ impl Error {
             Self::ConsulDecode { .. } => "consul_decode",
             Self::ConsulEntry { .. } => "consul_entry",
             Self::ReadFile { .. } => "read_file",
-            Self::NoCaCertificate { .. } => "no_ca_certificate",
-            Self::ClientIdentity { .. } => "client_identity",
             Self::HttpClient { .. } => "http_client",
             Self::Backend { .. } => "backend",
             Self::AllBackendsFailed { .. } => "all_backends_failed",

@@ -409,14 +409,37 @@ async fn tls_to_the_agent_with_a_configured_ca() {
         Err(Error::ConsulRequest { .. })
     ));
 
-    // A CA file without a certificate is refused at construction.
+    // A CA without a certificate is refused at construction, naming its setting and file.
     assert!(matches!(
         ConsulDiscovery::new(&ConsulConfig {
             ca_pem: Some("not a pem".into()),
             ..config(&server)
         }),
-        Err(Error::NoCaCertificate { .. })
+        Err(Error::Config {
+            field: "consul.ca_pem",
+            ..
+        })
     ));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, "not a pem").expect("write");
+    match ConsulDiscovery::new(&ConsulConfig {
+        ca_file: Some(ca_file.clone()),
+        ..config(&server)
+    }) {
+        Err(
+            e @ Error::Config {
+                field: "consul.ca_file",
+                ..
+            },
+        ) => {
+            assert!(
+                e.to_string().contains(&ca_file.display().to_string()),
+                "{e}"
+            );
+        }
+        other => panic!("expected a consul.ca_file problem, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -435,6 +458,19 @@ async fn client_certificate_for_an_agent_that_verifies_incoming() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let identity_file = dir.path().join("client.pem");
+    // A file without a key is refused at construction, naming its setting.
+    std::fs::write(&identity_file, &ca_pem).expect("write");
+    assert!(matches!(
+        ConsulDiscovery::new(&ConsulConfig {
+            ca_pem: Some(ca_pem.clone()),
+            client_identity_file: Some(identity_file.clone()),
+            ..config(&server)
+        }),
+        Err(Error::Config {
+            field: "consul.client_identity_file",
+            ..
+        })
+    ));
     std::fs::write(&identity_file, identity).expect("write identity");
     let with = ConsulDiscovery::new(&ConsulConfig {
         ca_pem: Some(ca_pem),
