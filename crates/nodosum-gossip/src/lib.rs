@@ -15,7 +15,9 @@
 //!
 //! Identity: a member is its node ID. A restarted node comes back with a higher
 //! incarnation (by default the start time in milliseconds) and replaces its previous
-//! life; a metadata change is a new incarnation too, seen by others as `Updated`.
+//! life; a metadata change is a new incarnation too, seen by others as `Updated`. So is a
+//! restart that was quicker than failure detection: only a restart after the member was
+//! declared failed is seen as `Failed` then `Joined`.
 //!
 //! Failure detection and Lifeguard. Probes every `probe_interval`, indirect probes
 //! through `indirect_checks` members, then suspicion. foca's suspicion timeout is fixed

@@ -46,8 +46,14 @@ impl MemberState {
 /// A change in this node's view of the cluster.
 ///
 /// Per member, events follow `Joined (Updated | Suspect | Alive)* (Failed | Left)`, and a
-/// member that comes back (restart, or refuting a false failure with a new life) starts
-/// again with `Joined`. `Alive` is only sent after `Suspect`.
+/// member that comes back after it was declared failed or left (a restart, or refuting a
+/// false failure with a new life) starts again with `Joined`. `Alive` is only sent after
+/// `Suspect`.
+///
+/// A member that restarts before this node declared it failed is seen as `Updated` with a
+/// higher incarnation, like a metadata change: gossip cannot tell the two apart, so a
+/// consumer that keeps per-peer state must not assume an `Updated` peer kept it (the QUIC
+/// transport replaces such a peer's old connection by itself).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipEvent {
     /// A member became known as alive (first seen, or back after failing or leaving).
