@@ -46,7 +46,8 @@ pub enum Targets {
     Node(NodeId),
     /// Several nodes (each once, however often it is listed).
     Nodes(Vec<NodeId>),
-    /// Every alive member except this node.
+    /// Every alive member except this node (none while it is alone: the send succeeds
+    /// without sending anything).
     All,
 }
 
@@ -288,7 +289,7 @@ impl AppSender {
         to: impl Into<Targets>,
     ) -> Result<(), SendError> {
         let frame = encode(KIND_MESSAGE, None, &payload.into());
-        let targets = self.shared.node.resolve(to.into());
+        let targets = self.shared.node.resolve(to.into())?;
         if let [node] = &targets[..] {
             return self.shared.send_raw(node, &self.shared.app, frame).await;
         }
@@ -333,7 +334,7 @@ impl AppSender {
         to: impl Into<Targets>,
     ) -> Result<(), SendError> {
         let frame = encode(KIND_MESSAGE, None, &payload.into());
-        let targets = self.shared.node.resolve(to.into());
+        let targets = self.shared.node.resolve(to.into())?;
         let single = targets.len() == 1;
         let failed = targets
             .into_iter()

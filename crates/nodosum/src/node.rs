@@ -470,8 +470,13 @@ impl Shared {
         peers
     }
 
-    pub(crate) fn resolve(&self, targets: Targets) -> Vec<NodeId> {
-        match targets {
+    /// The nodes `targets` names now (maybe none: `All` without other members). A node
+    /// shutting down refuses whatever the targets, even none.
+    pub(crate) fn resolve(&self, targets: Targets) -> Result<Vec<NodeId>, SendError> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(SendError::ShutDown);
+        }
+        Ok(match targets {
             Targets::Node(n) => vec![n],
             Targets::Nodes(mut n) => {
                 let mut seen = std::collections::HashSet::with_capacity(n.len());
@@ -479,7 +484,7 @@ impl Shared {
                 n
             }
             Targets::All => self.alive_peers(),
-        }
+        })
     }
 
     /// Whether `node` can be sent to now.

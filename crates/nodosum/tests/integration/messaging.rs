@@ -237,6 +237,29 @@ async fn errors_are_typed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_sends_to_nobody_until_it_shuts_down() {
+    let (_ca, mut nodes) = cluster(1).await;
+    let node = nodes.pop().expect("one node");
+    let app = node.application("solo").expect("register");
+    // No other member: a send to all sends nothing, and succeeds.
+    app.send("x", Targets::All)
+        .await
+        .expect("nobody to send to");
+    app.try_send("x", Targets::Nodes(Vec::new()))
+        .expect("nobody to send to");
+    within("shutdown", node.shutdown(Duration::from_secs(1))).await;
+    // Shut down, the node refuses every send, even one to nobody.
+    assert!(matches!(
+        app.send("x", Targets::All).await,
+        Err(SendError::ShutDown)
+    ));
+    assert!(matches!(
+        app.try_send("x", Targets::All),
+        Err(SendError::ShutDown)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_safe_application_sends_and_answers_like_any_other() {
     let (_ca, nodes) = cluster(2).await;
     let mut inbox = nodes[0]
