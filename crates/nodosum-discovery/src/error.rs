@@ -8,7 +8,8 @@ use nodosum_proto::IdError;
 
 /// Everything that can go wrong in discovery.
 ///
-/// Construction errors (`Config`, `InvalidSeed`, TLS and file errors) are returned by the
+/// Construction errors (`Config`, which also covers unusable TLS files, `InvalidSeed`,
+/// `ReadFile`, `HttpClient`) are returned by the
 /// backends' `new`; nothing was started. Round errors are returned by
 /// [`Discovery::discover`](crate::Discovery::discover) (the backend could not answer; nothing
 /// the caller knew is lost) or carried in [`Discovered::skipped`](crate::Discovered::skipped)

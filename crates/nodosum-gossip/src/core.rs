@@ -21,25 +21,28 @@ use crate::identity::GossipId;
 use crate::metrics::Metrics;
 use crate::table::{MemberState, MembershipEvent, Table};
 
-/// Payload kinds inside the envelope.
+/// Payload kinds inside the envelope. Kinds 1 and 3, requests answered at the datagram's
+/// source address, are retired: a node receiving one drops it as malformed.
 const KIND_FOCA: u8 = 0;
+/// The answer to a join request: the seed's identity, which the joiner then announces
+/// itself to.
+const KIND_JOIN_REPLY: u8 = 2;
 /// "Who are you?": asked of seed addresses, whose node IDs a joiner does not know. The body
 /// is the asker's gossip address (postcard): the answer goes there.
-const KIND_JOIN_REQUEST: u8 = 1;
-/// The answer: the seed's identity, which the joiner then announces itself to.
-const KIND_JOIN_REPLY: u8 = 2;
-
-/// "Send me your member list": asked of a seed after joining and of a random member
-/// every `sync_interval` (memberlist's push-pull, pull half). The body is the asker's
-/// gossip address (postcard): the list goes there.
+const KIND_JOIN_REQUEST: u8 = 5;
+/// "Send me your member list": asked of a seed after joining and of a random member every
+/// `sync_interval` (memberlist's push-pull, pull half). The body is a [`SyncRequest`]
+/// (postcard) naming the asker and the member asked; the list goes to the asker's gossip
+/// address as this node's table knows it.
 ///
-/// Requests name their reply address inside the sealed payload because a datagram's
-/// source can be forged: a captured request sent again from a forged source must not turn
-/// a member into a reflector that sends its member list (many datagrams for one) to a
-/// third party. Replies to one address are also limited in rate ([`Answered`]), so even
-/// the original asker gets at most one list per probe interval however often a request
-/// is replayed.
-const KIND_SYNC_REQUEST: u8 = 3;
+/// A datagram's source address can be forged and a sealed datagram can be captured and
+/// sent again, so requests are never answered at the source. A member list (many
+/// datagrams for one) goes only to an active member, only if the request was meant for
+/// this node, and at most once per half probe interval per address ([`Answered`]): a
+/// replayed request makes the member it was meant for send the asker what it would get
+/// anyway, no faster than that. A join reply (one datagram) goes to the address sealed in
+/// the request, with the same kind of limit.
+const KIND_SYNC_REQUEST: u8 = 6;
 /// One datagram of the sender's member list: `[u16 BE count][count foca members]`.
 const KIND_SYNC_STATE: u8 = 4;
 
@@ -199,10 +202,23 @@ struct Join {
     delay: Duration,
 }
 
+/// The body of a [`KIND_SYNC_REQUEST`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SyncRequest<'a> {
+    /// The asking node's ID.
+    asker: &'a str,
+    /// The ID of the node asked.
+    answerer: &'a str,
+}
+
 /// When each address was last answered a request of one kind: a request is answered at
 /// most once per `gap` per address.
 #[derive(Debug, Default)]
-struct Answered(HashMap<SocketAddr, Instant>);
+struct Answered {
+    at: HashMap<SocketAddr, Instant>,
+    /// When expired entries were last swept.
+    swept: Option<Instant>,
+}
 
 impl Answered {
     /// Entries kept before the expired ones are swept. Reply addresses come from sealed
@@ -211,14 +227,20 @@ impl Answered {
 
     /// Whether `to` may be answered now, recording it if so.
     fn allow(&mut self, now: Instant, to: SocketAddr, gap: Duration) -> bool {
-        if self.0.len() > Self::SWEEP_ABOVE {
-            self.0
+        // At most one sweep per gap: entries expire only that often.
+        if self.at.len() > Self::SWEEP_ABOVE
+            && self
+                .swept
+                .is_none_or(|t| now.saturating_duration_since(t) >= gap)
+        {
+            self.at
                 .retain(|_, at| now.saturating_duration_since(*at) < gap);
+            self.swept = Some(now);
         }
-        match self.0.get(&to) {
+        match self.at.get(&to) {
             Some(at) if now.saturating_duration_since(*at) < gap => false,
             _ => {
-                self.0.insert(to, now);
+                self.at.insert(to, now);
                 true
             }
         }
@@ -355,7 +377,8 @@ impl Core {
         let seeds = join.seeds.clone();
         let delay = join.delay;
         join.delay = (join.delay * 2).min(self.config.join_retry_max);
-        let reply_to = self.reply_to();
+        let reply_to = postcard::to_allocvec(&self.local_member().gossip_addr)
+            .expect("invariant: a socket address always encodes");
         for s in seeds {
             self.send_sealed(s, KIND_JOIN_REQUEST, &reply_to);
         }
@@ -471,7 +494,7 @@ impl Core {
                     .joins_answered
                     .allow(now, to, self.config.join_retry_initial / 2)
                 {
-                    let what = "join request for an address answered recently";
+                    let what = "join request for an address answered moments ago";
                     return self.dropped(now, from, DropReason::RateLimited, what);
                 }
                 let me = match postcard::to_allocvec(self.foca.identity()) {
@@ -490,7 +513,7 @@ impl Core {
                 if self.join.is_none() || id.id() == self.foca.identity().id() {
                     return;
                 }
-                let seed = id.member().gossip_addr;
+                let (seed_id, seed) = (id.id().clone(), id.member().gossip_addr);
                 let mut out = Outbox::default();
                 if let Err(e) = self.foca.announce(id, &mut out) {
                     tracing::debug!(error = %e, "announce failed");
@@ -498,22 +521,9 @@ impl Core {
                 self.absorb(now, out, Source::Local);
                 // The announce's reply holds a few dozen members; the full list comes
                 // from a sync.
-                let reply_to = self.reply_to();
-                self.send_sealed(seed, KIND_SYNC_REQUEST, &reply_to);
+                self.ask_for_list(seed_id.as_str(), seed);
             }
-            KIND_SYNC_REQUEST => {
-                let Ok(to) = postcard::from_bytes::<SocketAddr>(body) else {
-                    return self.dropped(now, from, DropReason::Malformed, "bad sync request");
-                };
-                if !self
-                    .syncs_answered
-                    .allow(now, to, self.config.probe_interval)
-                {
-                    let what = "sync request for an address answered recently";
-                    return self.dropped(now, from, DropReason::RateLimited, what);
-                }
-                self.send_state(to);
-            }
+            KIND_SYNC_REQUEST => self.handle_sync_request(now, from, body),
             KIND_SYNC_STATE => self.handle_state(now, from, body),
             _ => self.dropped(now, from, DropReason::Malformed, "unknown payload kind"),
         }
@@ -641,17 +651,50 @@ impl Core {
             .members()
             .filter(|(_, s)| s.is_active())
             .nth(pick)
-            .map(|(m, _)| m.gossip_addr);
-        if let Some(addr) = target {
-            let reply_to = self.reply_to();
-            self.send_sealed(addr, KIND_SYNC_REQUEST, &reply_to);
+            .map(|(m, _)| (m.id.clone(), m.gossip_addr));
+        if let Some((id, addr)) = target {
+            self.ask_for_list(id.as_str(), addr);
         }
     }
 
-    /// The body of a request: this node's gossip address, where the answer goes.
-    fn reply_to(&self) -> Vec<u8> {
-        postcard::to_allocvec(&self.local_member().gossip_addr)
-            .expect("invariant: a socket address always encodes")
+    /// Sends a sync request to the member `answerer` at `addr`.
+    fn ask_for_list(&mut self, answerer: &str, addr: SocketAddr) {
+        let request = SyncRequest {
+            asker: self.foca.identity().id().as_str(),
+            answerer,
+        };
+        let body = postcard::to_allocvec(&request).expect("invariant: two strings always encode");
+        self.send_sealed(addr, KIND_SYNC_REQUEST, &body);
+    }
+
+    /// Answers a sync request with the member list, if it is meant for this node and
+    /// comes from an active member not answered moments ago (see [`KIND_SYNC_REQUEST`]).
+    fn handle_sync_request(&mut self, now: Instant, from: SocketAddr, body: &[u8]) {
+        let Ok(request) = postcard::from_bytes::<SyncRequest<'_>>(body) else {
+            return self.dropped(now, from, DropReason::Malformed, "bad sync request");
+        };
+        if request.answerer != self.foca.identity().id().as_str() {
+            let what = "sync request meant for another node";
+            return self.dropped(now, from, DropReason::Refused, what);
+        }
+        let asker = nodosum_proto::NodeId::new(request.asker).ok();
+        let to = asker
+            .as_ref()
+            .filter(|id| self.table.state(id).is_some_and(MemberState::is_active))
+            .and_then(|id| self.table.identity(id))
+            .map(|id| id.member().gossip_addr);
+        let Some(to) = to else {
+            let what = "sync request from a node that is not an active member";
+            return self.dropped(now, from, DropReason::Refused, what);
+        };
+        if !self
+            .syncs_answered
+            .allow(now, to, self.config.probe_interval / 2)
+        {
+            let what = "sync request for a member answered moments ago";
+            return self.dropped(now, from, DropReason::RateLimited, what);
+        }
+        self.send_state(to);
     }
 
     /// The earliest moment [`handle_timeout`](Self::handle_timeout) has work.
@@ -793,10 +836,13 @@ impl Core {
             .dropped
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
-        let warn = self
-            .last_warn
-            .get(&reason)
-            .is_none_or(|t| now.saturating_duration_since(*t) >= self.config.drop_log_interval);
+        // A rate-limited request is mostly a retry that crossed its answer: counted, but
+        // not worth a warning.
+        let warn = reason != DropReason::RateLimited
+            && self
+                .last_warn
+                .get(&reason)
+                .is_none_or(|t| now.saturating_duration_since(*t) >= self.config.drop_log_interval);
         if warn {
             self.last_warn.insert(reason, now);
             tracing::warn!(%from, reason = reason.as_str(), detail = what, "dropped gossip datagram (further drops for this reason are logged at debug for a while)");
@@ -1176,48 +1222,103 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_request_is_answered_only_at_its_sealed_address_and_not_too_often() {
+    fn a_join_is_answered_at_sealed_and_advertised_addresses_only() {
         let now = Instant::now();
         let mut a = core("a", 1, 1, "c");
         let mut b = core("b", 2, 1, "c");
-        b.join(now, vec![a.local_member().gossip_addr]);
-        pump(now, &mut [&mut a, &mut b]);
         let (a_addr, b_addr) = (a.local_member().gossip_addr, b.local_member().gossip_addr);
         let forged: SocketAddr = "127.0.0.1:9".parse().unwrap();
-        let gap = a.config.probe_interval;
+        // Every datagram arrives from a forged source: answers go where the sealed
+        // contents and the identities say, never back to the source.
+        b.join(now, vec![a_addr]);
+        let ask = b.poll_transmit().expect("b asks a who it is");
+        a.handle_datagram(now, forged, &ask.bytes);
+        let reply = drain(&mut a);
+        assert_eq!(reply.len(), 1);
+        assert_eq!(reply[0].dst, b_addr);
+        // Again at once: a retry that crossed the answer, or a replay; counted, not answered.
+        a.handle_datagram(now, forged, &ask.bytes);
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(a.metrics().drop_count("rate_limited"), 1);
+        // b announces itself and asks for the member list, both at a's advertised address;
+        // a knows b from the announce by the time the request arrives, and answers it.
+        b.handle_datagram(now, forged, &reply[0].bytes);
+        let out = drain(&mut b);
+        assert!(out.len() >= 2, "{out:?}");
+        assert!(out.iter().all(|t| t.dst == a_addr), "{out:?}");
+        let (list_request, announce) = out.split_last().unwrap();
+        for t in announce {
+            a.handle_datagram(now, forged, &t.bytes);
+        }
+        drain(&mut a);
+        a.handle_datagram(now, forged, &list_request.bytes);
+        let list = drain(&mut a);
+        assert!(
+            !list.is_empty() && list.iter().all(|t| t.dst == b_addr),
+            "{list:?}"
+        );
+        assert_eq!(a.num_members(), 2);
+    }
 
-        // A sync request of b's, captured and sent again from a forged source.
-        b.sync_with_random_member();
+    #[test]
+    fn a_replayed_sync_request_reaches_only_its_member_and_not_too_often() {
+        let now = Instant::now();
+        let mut a = core("a", 1, 1, "c");
+        let mut b = core("b", 2, 1, "c");
+        let mut c = core("c", 3, 1, "c");
+        b.join(now, vec![a.local_member().gossip_addr]);
+        c.join(now, vec![a.local_member().gossip_addr]);
+        pump(now, &mut [&mut a, &mut b, &mut c]);
+        assert_eq!(a.num_members(), 3);
+        let b_addr = b.local_member().gossip_addr;
+        let forged: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let gap = a.config.probe_interval / 2;
+        let later = now + a.config.probe_interval;
+
+        // A sync request of b's meant for a, captured and sent again from a forged source.
+        b.ask_for_list("a", a.local_member().gossip_addr);
         let request = b.poll_transmit().expect("b asks a for its list");
-        assert_eq!(request.dst, a_addr);
-        let later = now + gap;
         a.handle_datagram(later, forged, &request.bytes);
         let answers = drain(&mut a);
         assert!(!answers.is_empty(), "the list is sent");
         assert!(answers.iter().all(|t| t.dst == b_addr), "{answers:?}");
-        // Again at once: nothing at all, and the drop is counted.
+        // Again within the gap: nothing at all, and the drop is counted.
         a.handle_datagram(later, forged, &request.bytes);
         a.handle_datagram(later + gap / 2, forged, &request.bytes);
         assert!(drain(&mut a).is_empty());
         assert_eq!(a.metrics().drop_count("rate_limited"), 2);
-        // A probe interval later b may ask again.
+        // After the gap b may be answered again.
         a.handle_datagram(later + gap, forged, &request.bytes);
         let answers = drain(&mut a);
         assert!(!answers.is_empty() && answers.iter().all(|t| t.dst == b_addr));
 
-        // A join request likewise: the identity goes to the joiner, once.
-        let mut c = core("joiner", 3, 1, "c");
-        c.join(now, vec![a_addr]);
-        let request = c.poll_transmit().expect("c asks a who it is");
-        a.handle_datagram(later, forged, &request.bytes);
-        let answers = drain(&mut a);
-        assert_eq!(answers.len(), 1);
-        assert_eq!(answers[0].dst, c.local_member().gossip_addr);
+        // The same request replayed to another member is not for it.
+        c.handle_datagram(later, forged, &request.bytes);
+        assert!(drain(&mut c).is_empty());
+        assert_eq!(c.metrics().drop_count("refused"), 1);
+
+        // A node that is not a member (same key) gets nothing.
+        let mut stranger = core("stranger", 4, 1, "c");
+        stranger.ask_for_list("a", a.local_member().gossip_addr);
+        let request = stranger.poll_transmit().expect("request");
         a.handle_datagram(later, forged, &request.bytes);
         assert!(drain(&mut a).is_empty());
-        assert_eq!(a.metrics().drop_count("rate_limited"), 3);
-        // Whatever was answered, membership is unchanged.
-        assert_eq!(a.num_members(), 2);
+        assert_eq!(a.metrics().drop_count("refused"), 1);
+
+        // Requests of the retired kinds (answered at the source) and bodies that do not
+        // decode are malformed.
+        for (kind, body) in [
+            (1u8, &[][..]),
+            (3, &[][..]),
+            (KIND_SYNC_REQUEST, &[0xff][..]),
+        ] {
+            b.send_sealed(a.local_member().gossip_addr, kind, body);
+            let t = b.poll_transmit().expect("sealed");
+            a.handle_datagram(later, forged, &t.bytes);
+        }
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(a.metrics().drop_count("malformed"), 3);
+        assert_eq!(a.num_members(), 3);
     }
 
     #[test]

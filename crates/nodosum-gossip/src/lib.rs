@@ -38,15 +38,20 @@
 //!
 //! Dropped datagrams are counted in `nodosum_gossip_dropped_total{reason}`: `too_large`,
 //! `too_short`, `unsupported_version`, `unknown_key` (sealed with a key not installed),
-//! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused`,
-//! `rate_limited` (a join or sync request for an address answered moments ago).
+//! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused` (also a
+//! sync request meant for another node or from a non-member), `rate_limited` (a join or
+//! sync request for an address answered moments ago; logged at debug only).
 //!
-//! Replies never go to a datagram's source address, which can be forged: requests carry
-//! their reply address inside the sealed payload, and answers to one address are limited
-//! in rate. So a captured datagram sent again from a forged source never makes a member
-//! send anything to a third party, and at most one member list per probe interval to the
-//! original sender.
-//!
+//! Requests are never answered at a datagram's source address, which can be forged. A
+//! join request carries the joiner's gossip address inside the sealed payload, and its
+//! answer (one datagram) goes there. A sync request names the asker and the member asked;
+//! only that member answers, only if the asker is an active member, and at the asker's
+//! gossip address as its table knows it. Answers to one address are limited to one per
+//! half probe interval (sync) or half `join_retry_initial` (join). So a captured request
+//! sent again, from any source and to any member, makes at most the member it was meant
+//! for send the asker what it would get anyway, and no faster than that. (foca's own
+//! messages name their destination, and foca refuses any meant for another node.)
+
 //! Scale: foca keeps members in a vector and looks them up linearly, so each update costs
 //! O(n). Clusters of a few thousand members are fine; the simulation converges 1,000 in
 //! about 20 s of CPU time, and 10,000 is out of reach in a test.
