@@ -21,8 +21,8 @@ use crate::identity::GossipId;
 use crate::metrics::Metrics;
 use crate::table::{MemberState, MembershipEvent, Table};
 
-/// Payload kinds inside the envelope. Kinds 1 and 3, requests answered at the datagram's
-/// source address, are retired: a node receiving one drops it as malformed.
+/// Payload kinds inside the envelope. Kinds 1 and 3, the earlier join and sync request
+/// formats, are retired: a node receiving one drops it as malformed.
 const KIND_FOCA: u8 = 0;
 /// The answer to a join request: the seed's identity, which the joiner then announces
 /// itself to.
@@ -66,6 +66,9 @@ pub(crate) enum DropReason {
     Unauthentic,
     Malformed,
     Refused,
+    /// A sync request from a node that is not an active member here (yet: its announce
+    /// may still be on its way).
+    NotMember,
     /// A request whose reply address was answered less than a gap ago (a replay, or a
     /// retry that crossed the answer).
     RateLimited,
@@ -81,6 +84,7 @@ impl DropReason {
             Self::Unauthentic => "unauthentic",
             Self::Malformed => "malformed",
             Self::Refused => "refused",
+            Self::NotMember => "not_member",
             Self::RateLimited => "rate_limited",
         }
     }
@@ -275,6 +279,8 @@ pub(crate) struct Core {
     joins_answered: Answered,
     /// Sync requests answered, by reply address.
     syncs_answered: Answered,
+    /// The seed asked for its member list after joining, until a list arrives.
+    list_from: Option<(nodosum_proto::NodeId, SocketAddr)>,
 }
 
 impl std::fmt::Debug for Core {
@@ -331,6 +337,7 @@ impl Core {
             scratch: Vec::new(),
             joins_answered: Answered::default(),
             syncs_answered: Answered::default(),
+            list_from: None,
             config,
         };
         let every = core.config.probe_interval * RECONCILE_EVERY;
@@ -520,8 +527,10 @@ impl Core {
                 }
                 self.absorb(now, out, Source::Local);
                 // The announce's reply holds a few dozen members; the full list comes
-                // from a sync.
+                // from a sync. Asked again with the next sync if none has arrived by then
+                // (the request may have overtaken the announce and been refused).
                 self.ask_for_list(seed_id.as_str(), seed);
+                self.list_from = Some((seed_id, seed));
             }
             KIND_SYNC_REQUEST => self.handle_sync_request(now, from, body),
             KIND_SYNC_STATE => self.handle_state(now, from, body),
@@ -637,6 +646,7 @@ impl Core {
         if let Err(e) = self.foca.apply_many(members.into_iter(), false, &mut out) {
             tracing::debug!(error = %e, "applying a member list failed");
         }
+        self.list_from = None;
         self.absorb(now, out, Source::Sync(&hints));
     }
 
@@ -685,7 +695,7 @@ impl Core {
             .map(|id| id.member().gossip_addr);
         let Some(to) = to else {
             let what = "sync request from a node that is not an active member";
-            return self.dropped(now, from, DropReason::Refused, what);
+            return self.dropped(now, from, DropReason::NotMember, what);
         };
         if !self
             .syncs_answered
@@ -728,7 +738,12 @@ impl Core {
                         self.join = None;
                     }
                 }
-                CoreTimer::SyncOnce => self.sync_with_random_member(),
+                CoreTimer::SyncOnce => {
+                    if let Some((id, addr)) = self.list_from.take() {
+                        self.ask_for_list(id.as_str(), addr);
+                    }
+                    self.sync_with_random_member();
+                }
                 CoreTimer::Sync => {
                     self.sync_with_random_member();
                     let every = self.config.sync_interval;
@@ -836,9 +851,10 @@ impl Core {
             .dropped
             .get_or_create(&[("reason", reason.as_str())])
             .inc();
-        // A rate-limited request is mostly a retry that crossed its answer: counted, but
-        // not worth a warning.
-        let warn = reason != DropReason::RateLimited
+        // A rate-limited request is mostly a retry that crossed its answer, and a
+        // non-member's sync request one that overtook its announce: counted, but not worth
+        // a warning.
+        let warn = !matches!(reason, DropReason::RateLimited | DropReason::NotMember)
             && self
                 .last_warn
                 .get(&reason)
@@ -1217,6 +1233,13 @@ mod tests {
         assert_eq!(a.reconcile(), 0);
     }
 
+    /// The payload kind of `t`, opened with `c`'s keys.
+    fn kind_of(c: &Core, t: &Transmit) -> u8 {
+        c.keyring
+            .open(&c.config.cluster_name, &t.bytes)
+            .expect("opens")[0]
+    }
+
     fn drain(c: &mut Core) -> Vec<Transmit> {
         std::iter::from_fn(|| c.poll_transmit()).collect()
     }
@@ -1258,6 +1281,49 @@ mod tests {
             "{list:?}"
         );
         assert_eq!(a.num_members(), 2);
+    }
+
+    #[test]
+    fn a_list_request_that_overtakes_its_announce_is_asked_again() {
+        let now = Instant::now();
+        let mut a = core("a", 1, 1, "c");
+        let mut b = core("b", 2, 1, "c");
+        let (a_addr, b_addr) = (a.local_member().gossip_addr, b.local_member().gossip_addr);
+        b.join(now, vec![a_addr]);
+        let ask = b.poll_transmit().expect("b asks a who it is");
+        a.handle_datagram(now, b_addr, &ask.bytes);
+        let reply = a.poll_transmit().expect("a answers");
+        b.handle_datagram(now, a_addr, &reply.bytes);
+        let out = drain(&mut b);
+        let (list_request, announce) = out.split_last().unwrap();
+        // The list request arrives first: b is no member of a's yet.
+        a.handle_datagram(now, b_addr, &list_request.bytes);
+        assert!(drain(&mut a).is_empty());
+        assert_eq!(a.metrics().drop_count("not_member"), 1);
+        // Then the announce, and a's answer to it: b is in.
+        for t in announce {
+            a.handle_datagram(now, b_addr, &t.bytes);
+        }
+        for t in drain(&mut a) {
+            b.handle_datagram(now, a_addr, &t.bytes);
+        }
+        assert_eq!(a.num_members(), 2);
+        assert!(!a.syncs_answered.at.contains_key(&b_addr));
+        // b's follow-up sync asks the seed again besides a random member (here a too),
+        // and this time gets the list.
+        let later = now + b.config.probe_interval * 3;
+        b.handle_timeout(later);
+        let out = drain(&mut b);
+        let asked = out
+            .iter()
+            .filter(|t| t.dst == a_addr && kind_of(&a, t) == KIND_SYNC_REQUEST)
+            .count();
+        assert_eq!(asked, 2);
+        for t in out {
+            a.handle_datagram(later, b_addr, &t.bytes);
+        }
+        assert!(a.syncs_answered.at.contains_key(&b_addr));
+        assert!(drain(&mut a).iter().any(|t| t.dst == b_addr));
     }
 
     #[test]
@@ -1303,9 +1369,9 @@ mod tests {
         let request = stranger.poll_transmit().expect("request");
         a.handle_datagram(later, forged, &request.bytes);
         assert!(drain(&mut a).is_empty());
-        assert_eq!(a.metrics().drop_count("refused"), 1);
+        assert_eq!(a.metrics().drop_count("not_member"), 1);
 
-        // Requests of the retired kinds (answered at the source) and bodies that do not
+        // Requests of the retired kinds (the earlier formats) and bodies that do not
         // decode are malformed.
         for (kind, body) in [
             (1u8, &[][..]),

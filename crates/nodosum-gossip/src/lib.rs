@@ -39,8 +39,10 @@
 //! Dropped datagrams are counted in `nodosum_gossip_dropped_total{reason}`: `too_large`,
 //! `too_short`, `unsupported_version`, `unknown_key` (sealed with a key not installed),
 //! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused` (also a
-//! sync request meant for another node or from a non-member), `rate_limited` (a join or
-//! sync request for an address answered moments ago; logged at debug only).
+//! sync request meant for another node), `not_member` (a sync request from a node that is
+//! not an active member, e.g. one that overtook its announce) and `rate_limited` (a join
+//! or sync request for an address answered moments ago); the last two are logged at debug
+//! only.
 //!
 //! Requests are never answered at a datagram's source address, which can be forged. A
 //! join request carries the joiner's gossip address inside the sealed payload, and its
