@@ -37,8 +37,9 @@ const KIND_JOIN_REQUEST: u8 = 5;
 ///
 /// A datagram's source address can be forged and a sealed datagram can be captured and
 /// sent again, so requests are never answered at the source. A member list (many
-/// datagrams for one) goes only to an active member, only if the request was meant for
-/// this node, and at most once per half probe interval per address ([`Answered`]): a
+/// datagrams for one) goes only to a member this node knows (alive, suspect or failed,
+/// not left), only if the request was meant for this node, and at most once per half
+/// probe interval per address ([`Answered`]): a
 /// replayed request makes the member it was meant for send the asker what it would get
 /// anyway, no faster than that. A join reply (one datagram) goes to the address sealed in
 /// the request, with the same kind of limit.
@@ -66,8 +67,8 @@ pub(crate) enum DropReason {
     Unauthentic,
     Malformed,
     Refused,
-    /// A sync request from a node that is not an active member here (yet: its announce
-    /// may still be on its way).
+    /// A sync request from a node that is not a member here (yet: its announce may still
+    /// be on its way), or that left.
     NotMember,
     /// A request whose reply address was answered less than a gap ago (a replay, or a
     /// retry that crossed the answer).
@@ -678,7 +679,8 @@ impl Core {
     }
 
     /// Answers a sync request with the member list, if it is meant for this node and
-    /// comes from an active member not answered moments ago (see [`KIND_SYNC_REQUEST`]).
+    /// comes from a member (alive, suspect or failed; not one that left) not answered
+    /// moments ago (see [`KIND_SYNC_REQUEST`]).
     fn handle_sync_request(&mut self, now: Instant, from: SocketAddr, body: &[u8]) {
         let Ok(request) = postcard::from_bytes::<SyncRequest<'_>>(body) else {
             return self.dropped(now, from, DropReason::Malformed, "bad sync request");
@@ -687,14 +689,16 @@ impl Core {
             let what = "sync request meant for another node";
             return self.dropped(now, from, DropReason::Refused, what);
         }
+        // A failed member is answered too: a node cut off by a partition learns from the
+        // list that it was declared failed, and renews its identity to come back.
         let asker = nodosum_proto::NodeId::new(request.asker).ok();
         let to = asker
             .as_ref()
-            .filter(|id| self.table.state(id).is_some_and(MemberState::is_active))
+            .filter(|id| self.table.state(id).is_some_and(|s| s != MemberState::Left))
             .and_then(|id| self.table.identity(id))
             .map(|id| id.member().gossip_addr);
         let Some(to) = to else {
-            let what = "sync request from a node that is not an active member";
+            let what = "sync request from a node that is not a member";
             return self.dropped(now, from, DropReason::NotMember, what);
         };
         if !self

@@ -40,15 +40,16 @@
 //! `too_short`, `unsupported_version`, `unknown_key` (sealed with a key not installed),
 //! `unauthentic` (tampered, or another cluster's name), `malformed`, `refused` (also a
 //! sync request meant for another node), `not_member` (a sync request from a node that is
-//! not an active member, e.g. one that overtook its announce) and `rate_limited` (a join
+//! not a member or left, e.g. one that overtook its announce) and `rate_limited` (a join
 //! or sync request for an address answered moments ago); the last two are logged at debug
 //! only.
 //!
 //! Requests are never answered at a datagram's source address, which can be forged. A
 //! join request carries the joiner's gossip address inside the sealed payload, and its
 //! answer (one datagram) goes there. A sync request names the asker and the member asked;
-//! only that member answers, only if the asker is an active member, and at the asker's
-//! gossip address as its table knows it. Answers to one address are limited to one per
+//! only that member answers, only if the asker is a member it knows (alive, suspect or
+//! failed: a node cut off by a partition learns from the list that it was declared
+//! failed), and at the asker's gossip address as its table knows it. Answers to one address are limited to one per
 //! half probe interval (sync) or half `join_retry_initial` (join). So a captured request
 //! sent again, from any source and to any member, makes at most the member it was meant
 //! for send the asker what it would get anyway, and no faster than that. (foca's own
