@@ -39,10 +39,9 @@ const KIND_JOIN_REQUEST: u8 = 5;
 /// sent again, so requests are never answered at the source. A member list (many
 /// datagrams for one) goes only to a member this node knows (alive, suspect or failed,
 /// not left), only if the request was meant for this node, and at most once per half
-/// probe interval per address ([`Answered`]): a
-/// replayed request makes the member it was meant for send the asker what it would get
-/// anyway, no faster than that. A join reply (one datagram) goes to the address sealed in
-/// the request, with the same kind of limit.
+/// probe interval per address ([`Answered`]): a replayed request makes the member it was
+/// meant for send the asker what it would get anyway, no faster than that. A join reply
+/// (one datagram) goes to the address sealed in the request, with the same kind of limit.
 const KIND_SYNC_REQUEST: u8 = 6;
 /// One datagram of the sender's member list: `[u16 BE count][count foca members]`.
 const KIND_SYNC_STATE: u8 = 4;
