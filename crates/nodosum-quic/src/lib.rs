@@ -35,8 +35,7 @@
 //! arrived): the older one is closed at once with [`codes::SUPERSEDED`], instead of being
 //! kept until its idle timeout while messages sent into it are lost. This assumes the
 //! nodes share the handshake timeout. A peer that should be connected is redialled with
-//! exponential backoff. A
-//! handshake, dialled or accepted, that has not completed after
+//! exponential backoff. A handshake, dialled or accepted, that has not completed after
 //! [`Config::handshake_timeout`] is given up and reported as [`RejectReason::Timeout`].
 //!
 //! Reconnects use TLS session resumption and, when the server offers it, 0-RTT. Resumed
