@@ -242,9 +242,12 @@ impl Command {
                 } else {
                     Some(n)
                 };
-                let ms = ms.ok_or_else(|| {
-                    Frame::err(format!("invalid expire time in '{name}' command"))
-                })?;
+                // As in Redis: the deadline (now plus the time) must fit in an i64; a
+                // time in the past deletes the key.
+                let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+                let ms = ms
+                    .filter(|ms| ms.checked_add(now).is_some())
+                    .ok_or_else(|| invalid_expire_time(name))?;
                 Self::Expire(key(), ms)
             }
             "ttl" | "pttl" => {
@@ -328,19 +331,42 @@ pub fn int(arg: &[u8]) -> Result<i64, Frame> {
         .ok_or_else(not_an_integer)
 }
 
+fn invalid_expire_time(cmd: &str) -> Frame {
+    Frame::err(format!("invalid expire time in '{cmd}' command"))
+}
+
+/// Milliseconds since the Unix epoch on this node's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The deadline's milliseconds must fit a signed 64-bit Unix time, as in Redis.
+const MAX_DEADLINE_MS: u64 = i64::MAX as u64;
+
+/// Parses the expiry option `kind` (`EX`, `PX`, `EXAT` or `PXAT`) with its argument as
+/// Redis does: a positive integer whose deadline in milliseconds fits in an `i64`.
 fn expiry(kind: &[u8], arg: &[u8], cmd: &str) -> Result<Expiry, Frame> {
     let n = int(arg)?;
-    let invalid = || Frame::err(format!("invalid expire time in '{cmd}' command"));
     let n = u64::try_from(n)
         .ok()
         .filter(|&n| n > 0)
-        .ok_or_else(invalid)?;
-    let ms = |n: u64| n.checked_mul(1000).ok_or_else(invalid);
-    Ok(match kind.to_ascii_lowercase().as_slice() {
-        b"ex" => Expiry::In(ms(n)?),
-        b"px" => Expiry::In(n),
-        b"exat" => Expiry::At(ms(n)?),
-        _ => Expiry::At(n),
+        .ok_or_else(|| invalid_expire_time(cmd))?;
+    let kind = kind.to_ascii_lowercase();
+    let ms = if matches!(kind.as_slice(), b"ex" | b"exat") {
+        n.checked_mul(1000).filter(|&ms| ms <= MAX_DEADLINE_MS)
+    } else {
+        Some(n)
+    };
+    let relative = matches!(kind.as_slice(), b"ex" | b"px");
+    let ms = ms
+        .filter(|&ms| ms <= MAX_DEADLINE_MS.saturating_sub(if relative { now_ms() } else { 0 }))
+        .ok_or_else(|| invalid_expire_time(cmd))?;
+    Ok(if relative {
+        Expiry::In(ms)
+    } else {
+        Expiry::At(ms)
     })
 }
 
@@ -348,6 +374,12 @@ fn is_expiry_kind(arg: &[u8]) -> bool {
     [&b"ex"[..], b"px", b"exat", b"pxat"]
         .iter()
         .any(|k| arg.eq_ignore_ascii_case(k))
+}
+
+/// Whether the expiry option `opt` may follow the expiry option already given, as in
+/// Redis: the same one again (the last one wins), never two different ones.
+fn expiry_compatible(given: Option<&Bytes>, opt: &[u8]) -> bool {
+    given.is_none_or(|g| g.eq_ignore_ascii_case(opt))
 }
 
 fn parse_set(rest: &[Bytes]) -> Result<Set, Frame> {
@@ -359,6 +391,9 @@ fn parse_set(rest: &[Bytes]) -> Result<Set, Frame> {
         keep_ttl: false,
         get: false,
     };
+    // The expiry option and its argument, checked once every option has been read (a
+    // syntax error wins over a bad time, as in Redis).
+    let mut given: Option<(&Bytes, &Bytes)> = None;
     let mut i = 2;
     while i < rest.len() {
         let opt = &rest[i];
@@ -368,27 +403,51 @@ fn parse_set(rest: &[Bytes]) -> Result<Set, Frame> {
             set.condition = SetCondition::IfPresent;
         } else if opt.eq_ignore_ascii_case(b"get") {
             set.get = true;
-        } else if opt.eq_ignore_ascii_case(b"keepttl") && set.expiry.is_none() {
+        } else if opt.eq_ignore_ascii_case(b"keepttl") && given.is_none() {
             set.keep_ttl = true;
-        } else if is_expiry_kind(opt) && set.expiry.is_none() && !set.keep_ttl {
-            let arg = rest.get(i + 1).ok_or_else(syntax_error)?;
-            set.expiry = Some(expiry(opt, arg, "set")?);
+        } else if is_expiry_kind(opt)
+            && !set.keep_ttl
+            && expiry_compatible(given.map(|g| g.0), opt)
+            && let Some(arg) = rest.get(i + 1)
+        {
+            given = Some((opt, arg));
             i += 1;
         } else {
             return Err(syntax_error());
         }
         i += 1;
     }
+    if let Some((kind, arg)) = given {
+        set.expiry = Some(expiry(kind, arg, "set")?);
+    }
     Ok(set)
 }
 
 fn parse_getex(opts: &[Bytes]) -> Result<GetExAction, Frame> {
-    match opts {
-        [] => Ok(GetExAction::Keep),
-        [p] if p.eq_ignore_ascii_case(b"persist") => Ok(GetExAction::Persist),
-        [kind, arg] if is_expiry_kind(kind) => Ok(GetExAction::Expire(expiry(kind, arg, "getex")?)),
-        _ => Err(syntax_error()),
+    let mut persist = false;
+    let mut given: Option<(&Bytes, &Bytes)> = None;
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = &opts[i];
+        if opt.eq_ignore_ascii_case(b"persist") && given.is_none() {
+            persist = true;
+        } else if is_expiry_kind(opt)
+            && !persist
+            && expiry_compatible(given.map(|g| g.0), opt)
+            && let Some(arg) = opts.get(i + 1)
+        {
+            given = Some((opt, arg));
+            i += 1;
+        } else {
+            return Err(syntax_error());
+        }
+        i += 1;
     }
+    Ok(match given {
+        Some((kind, arg)) => GetExAction::Expire(expiry(kind, arg, "getex")?),
+        None if persist => GetExAction::Persist,
+        None => GetExAction::Keep,
+    })
 }
 
 fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
@@ -602,6 +661,58 @@ mod tests {
             parse("SET k v EX 9223372036854775807"),
             err("ERR invalid expire time in 'set' command")
         );
+    }
+
+    #[test]
+    fn set_and_getex_options_follow_redis_rules() {
+        // The same expiry option again: the last one wins.
+        let Command::Set(s) = parse("SET k v EX 10 ex 20").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.expiry, Some(Expiry::In(20_000)));
+        assert_eq!(
+            parse("GETEX k PX 1 PX 2"),
+            Ok(Command::GetEx("k".into(), GetExAction::Expire(Expiry::In(2))))
+        );
+        assert_eq!(
+            parse("GETEX k PERSIST persist"),
+            Ok(Command::GetEx("k".into(), GetExAction::Persist))
+        );
+        assert_eq!(
+            parse("GETEX k"),
+            Ok(Command::GetEx("k".into(), GetExAction::Keep))
+        );
+        assert_eq!(parse("GETEX k PERSIST EX 1"), err("ERR syntax error"));
+        assert_eq!(parse("GETEX k EX 1 PERSIST"), err("ERR syntax error"));
+        assert_eq!(parse("GETEX k EX 1 PX 1"), err("ERR syntax error"));
+        // A syntax error is reported before a bad time.
+        assert_eq!(parse("SET k v EX abc NX XX"), err("ERR syntax error"));
+        assert_eq!(parse("SET k v EX 0 FOO"), err("ERR syntax error"));
+        // The deadline must fit in a signed 64-bit Unix time in milliseconds.
+        for bad in [
+            "SET k v PX 9223372036854775807",
+            "SET k v EX 9223372036854775",
+            "SET k v EX 9223372036854776",
+        ] {
+            assert_eq!(
+                parse(bad),
+                err("ERR invalid expire time in 'set' command"),
+                "{bad}"
+            );
+        }
+        let Command::Set(s) = parse("SET k v PXAT 9223372036854775807").unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.expiry, Some(Expiry::At(9_223_372_036_854_775_807)));
+        assert_eq!(
+            parse("EXPIRE k 9223372036854775"),
+            err("ERR invalid expire time in 'expire' command")
+        );
+        assert_eq!(
+            parse("PEXPIRE k 9223372036854775807"),
+            err("ERR invalid expire time in 'pexpire' command")
+        );
+        assert_eq!(parse("EXPIRE k -5"), Ok(Command::Expire("k".into(), -5000)));
     }
 
     #[test]

@@ -108,7 +108,10 @@ fn cluster_mode_exports_node_metrics_and_refuses_what_it_cannot_do() {
     assert!(!body.contains("mycel_memory_used_bytes"), "{body}");
 
     let info = s.cli(&["INFO"]);
+    assert!(!info.contains("redis_mode:cluster"), "{info}");
     for want in [
+        // Clients that read `redis_mode` must not take Mycel for a Redis Cluster.
+        "redis_mode:standalone",
         "mycel_mode:cluster",
         "mycel_members:1",
         "mycel_ready:1",

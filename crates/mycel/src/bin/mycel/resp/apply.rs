@@ -413,10 +413,10 @@ fn hello(shared: &Shared, session: &mut Session, proto: Option<i64>, name: Optio
             Frame::bulk("id"),
             Frame::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)),
         ),
-        (
-            Frame::bulk("mode"),
-            Frame::bulk(shared.mycel.mode().as_str()),
-        ),
+        // Redis's own modes are standalone, sentinel and cluster (Redis Cluster, whose
+        // clients route keys themselves). A Mycel cluster routes for its clients and
+        // looks like one standalone Redis to them, whatever Mycel's mode.
+        (Frame::bulk("mode"), Frame::bulk("standalone")),
         (Frame::bulk("role"), Frame::bulk("master")),
         (Frame::bulk("modules"), Frame::Array(Vec::new())),
     ])
@@ -544,11 +544,12 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
     let mut s = String::new();
     // Writing into a String cannot fail; `let _` keeps clippy quiet about the Result.
     if want("server") {
+        // `redis_mode` as in `HELLO`: clients see one standalone Redis (Mycel's own mode
+        // is `mycel_mode` in the cluster section).
         let _ = write!(
             s,
-            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nmycel_version:{}\r\nredis_mode:{}\r\nos:{} {}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
+            "# Server\r\nredis_version:{REDIS_COMPAT_VERSION}\r\nmycel_version:{}\r\nredis_mode:standalone\r\nos:{} {}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\n\r\n",
             env!("CARGO_PKG_VERSION"),
-            shared.mycel.mode().as_str(),
             std::env::consts::OS,
             std::env::consts::ARCH,
             std::process::id(),
