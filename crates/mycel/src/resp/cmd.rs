@@ -672,7 +672,10 @@ mod tests {
         assert_eq!(s.expiry, Some(Expiry::In(20_000)));
         assert_eq!(
             parse("GETEX k PX 1 PX 2"),
-            Ok(Command::GetEx("k".into(), GetExAction::Expire(Expiry::In(2))))
+            Ok(Command::GetEx(
+                "k".into(),
+                GetExAction::Expire(Expiry::In(2))
+            ))
         );
         assert_eq!(
             parse("GETEX k PERSIST persist"),

@@ -81,6 +81,11 @@ pub fn parse_request(
 pub struct RequestParser {
     limits: RequestLimits,
     spans: Vec<(usize, usize)>,
+    /// An incomplete array request's argument count and where its next argument starts
+    /// (`spans` holds the complete ones before it), so that the next call goes on from
+    /// there instead of parsing every argument again: a request arriving in many small
+    /// reads costs time linear in its size.
+    resume: Option<(usize, usize)>,
 }
 
 impl RequestParser {
@@ -89,14 +94,16 @@ impl RequestParser {
         Self {
             limits,
             spans: Vec::new(),
+            resume: None,
         }
     }
 
     /// Parses one request from the start of `buf` into `args` (cleared first).
     ///
     /// `Ok(true)` consumed the request; `args` may be empty (an empty line or `*0`), which
-    /// callers skip. `Ok(false)` consumed nothing. After an error the connection must be
-    /// closed; `buf` is unchanged.
+    /// callers skip. `Ok(false)` consumed nothing; the next call must pass the same buffer,
+    /// with more data appended (the parser remembers how far it got). After an error the
+    /// connection must be closed; `buf` is unchanged.
     pub fn parse(
         &mut self,
         buf: &mut BytesMut,
@@ -105,7 +112,9 @@ impl RequestParser {
         args.clear();
         match buf.first() {
             None => Ok(false),
-            Some(b'*') => parse_multibulk(buf, &self.limits, &mut self.spans, args),
+            Some(b'*') => {
+                parse_multibulk(buf, &self.limits, &mut self.spans, &mut self.resume, args)
+            }
             Some(_) => match parse_inline(buf, &self.limits)? {
                 Some(a) => {
                     *args = a;
@@ -121,39 +130,54 @@ fn parse_multibulk(
     buf: &mut BytesMut,
     limits: &RequestLimits,
     spans: &mut Vec<(usize, usize)>,
+    resume: &mut Option<(usize, usize)>,
     args: &mut Vec<Bytes>,
 ) -> Result<bool, ProtocolError> {
-    spans.clear();
-    let Some((count, mut pos)) = header(buf, 0, limits, ProtocolError::InvalidMultibulkLength)?
-    else {
-        return Ok(false);
+    let (count, mut pos) = match resume.take() {
+        Some(progress) => progress,
+        None => {
+            spans.clear();
+            let Some((count, pos)) = header(buf, 0, limits, ProtocolError::InvalidMultibulkLength)?
+            else {
+                return Ok(false);
+            };
+            // Zero or negative counts are an empty request, as in Redis.
+            let count = usize::try_from(count).unwrap_or(0);
+            if count > limits.max_args {
+                return Err(ProtocolError::InvalidMultibulkLength);
+            }
+            (count, pos)
+        }
     };
-    // Zero or negative counts are an empty request, as in Redis.
-    let count = usize::try_from(count).unwrap_or(0);
-    if count > limits.max_args {
-        return Err(ProtocolError::InvalidMultibulkLength);
-    }
-    for _ in 0..count {
-        match buf.get(pos) {
-            None => return Ok(false),
-            Some(b'$') => {}
-            Some(&found) => return Err(ProtocolError::ExpectedBulk { found }),
-        }
-        let Some((len, start)) = header(buf, pos, limits, ProtocolError::InvalidBulkLength)? else {
-            return Ok(false);
+    while spans.len() < count {
+        let incomplete = || Ok(Some((count, pos)));
+        let step = match buf.get(pos) {
+            None => incomplete(),
+            Some(b'$') => match header(buf, pos, limits, ProtocolError::InvalidBulkLength)? {
+                None => incomplete(),
+                Some((len, start)) => {
+                    let len = usize::try_from(len)
+                        .ok()
+                        .filter(|&l| l <= limits.max_bulk_len)
+                        .ok_or(ProtocolError::InvalidBulkLength)?;
+                    let end = start + len;
+                    match buf.get(end..end + 2) {
+                        None => incomplete(),
+                        Some(b"\r\n") => {
+                            spans.push((start, end));
+                            pos = end + 2;
+                            Ok(None)
+                        }
+                        Some(_) => Err(ProtocolError::MissingCrlf),
+                    }
+                }
+            },
+            Some(&found) => Err(ProtocolError::ExpectedBulk { found }),
         };
-        let len = usize::try_from(len)
-            .ok()
-            .filter(|&l| l <= limits.max_bulk_len)
-            .ok_or(ProtocolError::InvalidBulkLength)?;
-        let end = start + len;
-        match buf.get(end..end + 2) {
-            None => return Ok(false),
-            Some(b"\r\n") => {}
-            Some(_) => return Err(ProtocolError::MissingCrlf),
+        if let Some(progress) = step? {
+            *resume = Some(progress);
+            return Ok(false);
         }
-        spans.push((start, end));
-        pos = end + 2;
     }
     let frame = buf.split_to(pos).freeze();
     args.extend(spans.iter().map(|&(s, e)| frame.slice(s..e)));
@@ -190,7 +214,11 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// Strict decimal parse like Redis's `string2ll`: optional `-`, digits, no spaces, no `+`.
 fn parse_i64(s: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(s).ok()?;
-    if text.is_empty() || text.starts_with('+') || (text.len() > 1 && text.starts_with('0')) {
+    if text.is_empty()
+        || text.starts_with('+')
+        || text.starts_with("-0")
+        || (text.len() > 1 && text.starts_with('0'))
+    {
         return None;
     }
     text.parse().ok()
@@ -352,6 +380,27 @@ mod tests {
     }
 
     #[test]
+    fn a_request_arriving_in_pieces_is_parsed_once() {
+        let mut parser = RequestParser::new(RequestLimits::default());
+        let mut args = Vec::new();
+        let mut buf = BytesMut::from(&b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv"[..]);
+        assert_eq!(parser.parse(&mut buf, &mut args), Ok(false));
+        // Two arguments are complete; the next call starts at the third one.
+        assert_eq!(parser.resume, Some((3, 20)));
+        assert_eq!(parser.spans.len(), 2);
+        buf.extend_from_slice(b"v");
+        assert_eq!(parser.parse(&mut buf, &mut args), Ok(false));
+        assert_eq!(parser.resume, Some((3, 20)));
+        buf.extend_from_slice(b"\r\n*1\r\n$4\r\nPING\r\n");
+        assert_eq!(parser.parse(&mut buf, &mut args), Ok(true));
+        assert_eq!(args, super::tests::args(&["SET", "k", "vv"]));
+        assert_eq!(parser.resume, None);
+        assert_eq!(parser.parse(&mut buf, &mut args), Ok(true));
+        assert_eq!(args, super::tests::args(&["PING"]));
+        assert!(buf.is_empty());
+    }
+
+    #[test]
     fn inline_commands() {
         assert_eq!(parse(b"PING\r\n").unwrap(), Some(args(&["PING"])));
         assert_eq!(
@@ -375,6 +424,11 @@ mod tests {
     fn empty_multibulk_is_an_empty_request() {
         assert_eq!(parse(b"*0\r\n").unwrap(), Some(vec![]));
         assert_eq!(parse(b"*-1\r\n").unwrap(), Some(vec![]));
+        // Not a number to Redis either.
+        assert_eq!(
+            parse(b"*-0\r\n"),
+            Err(ProtocolError::InvalidMultibulkLength)
+        );
     }
 
     #[test]
@@ -422,12 +476,16 @@ mod tests {
                     wire.extend_from_slice(b"\r\n");
                 }
             }
+            // One parser for the whole stream, as a connection has: it goes on from
+            // where an incomplete request stopped.
+            let mut parser = RequestParser::new(RequestLimits::default());
+            let mut args = Vec::new();
             let mut buf = BytesMut::new();
             let mut out = Vec::new();
             for piece in wire.chunks(chunk) {
                 buf.extend_from_slice(piece);
-                while let Some(r) = parse_request(&mut buf, &RequestLimits::default()).unwrap() {
-                    out.push(r.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
+                while parser.parse(&mut buf, &mut args).unwrap() {
+                    out.push(args.iter().map(|b| b.to_vec()).collect::<Vec<_>>());
                 }
             }
             prop_assert_eq!(out, reqs);

@@ -195,7 +195,7 @@ pub(crate) async fn execute(
         Command::Command(sub) => Ok(command_reply(sub.as_deref())),
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
         Command::Bucket(arg) => bucket(shared, session, arg).await,
-        Command::Hello { proto, name } => Ok(hello(shared, session, proto, name)),
+        Command::Hello { proto, name } => Ok(hello(session, proto, name)),
     };
     let frame = reply.unwrap_or_else(|e| error_frame(&e));
     (frame, After::Continue)
@@ -391,7 +391,7 @@ async fn bucket(
     Ok(OK)
 }
 
-fn hello(shared: &Shared, session: &mut Session, proto: Option<i64>, name: Option<Bytes>) -> Frame {
+fn hello(session: &mut Session, proto: Option<i64>, name: Option<Bytes>) -> Frame {
     match proto {
         None => {}
         Some(2) => session.proto = Protocol::Resp2,
