@@ -12,8 +12,14 @@ use bytes::{Buf, Bytes, BytesMut};
 /// Bounds on one request, checked before anything is buffered for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestLimits {
-    /// Largest bulk argument, in bytes. Default 512 MiB, Redis's `proto-max-bulk-len`.
+    /// Largest bulk argument buffered, in bytes. Default 512 MiB, Redis's
+    /// `proto-max-bulk-len`.
     pub max_bulk_len: usize,
+    /// Largest bulk argument read at all, in bytes. A request with an argument over
+    /// `max_bulk_len` but within this is read and dropped as it arrives, and answered
+    /// with [`ProtocolError::TooLarge`] (the connection stays usable); a longer one is a
+    /// protocol error. Default 512 MiB, Redis's `proto-max-bulk-len`.
+    pub max_discard_len: usize,
     /// Most arguments in one request. Default 1,048,576, Redis's multibulk limit.
     pub max_args: usize,
     /// Longest inline command line and longest header line, in bytes. Default 64 KiB,
@@ -25,6 +31,7 @@ impl Default for RequestLimits {
     fn default() -> Self {
         Self {
             max_bulk_len: 512 * 1024 * 1024,
+            max_discard_len: 512 * 1024 * 1024,
             max_args: 1024 * 1024,
             max_inline_len: 64 * 1024,
         }
@@ -56,6 +63,23 @@ pub enum ProtocolError {
     /// An inline command with an unterminated quote.
     #[error("Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
+    /// A request with an argument over [`RequestLimits::max_bulk_len`] (within
+    /// [`RequestLimits::max_discard_len`]): it was read and dropped, and only it fails.
+    #[error("argument is {len} bytes, at most {max} allowed")]
+    TooLarge {
+        /// The argument's length.
+        len: usize,
+        /// [`RequestLimits::max_bulk_len`].
+        max: usize,
+    },
+}
+
+impl ProtocolError {
+    /// Whether the connection must be closed: true for every error but
+    /// [`TooLarge`](Self::TooLarge), after which the next request follows.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, Self::TooLarge { .. })
+    }
 }
 
 /// Parses one request from the start of `buf`.
@@ -70,7 +94,11 @@ pub fn parse_request(
     buf: &mut BytesMut,
     limits: &RequestLimits,
 ) -> Result<Option<Vec<Bytes>>, ProtocolError> {
-    let mut parser = RequestParser::new(*limits);
+    // A one-off parser cannot drop a request across calls: too large is a protocol error.
+    let mut parser = RequestParser::new(RequestLimits {
+        max_discard_len: limits.max_bulk_len,
+        ..*limits
+    });
     let mut args = Vec::new();
     Ok(parser.parse(buf, &mut args)?.then_some(args))
 }
@@ -86,6 +114,19 @@ pub struct RequestParser {
     /// there instead of parsing every argument again: a request arriving in many small
     /// reads costs time linear in its size.
     resume: Option<(usize, usize)>,
+    /// A request with a too large argument being dropped.
+    discard: Option<Discard>,
+}
+
+/// Progress through a request being dropped (see [`RequestLimits::max_discard_len`]).
+#[derive(Debug, Clone, Copy)]
+struct Discard {
+    /// Bytes of the current argument, with its CRLF, still to drop.
+    left: usize,
+    /// Arguments after the current one.
+    args_left: usize,
+    /// The length that was too large.
+    len: usize,
 }
 
 impl RequestParser {
@@ -95,25 +136,38 @@ impl RequestParser {
             limits,
             spans: Vec::new(),
             resume: None,
+            discard: None,
         }
     }
 
     /// Parses one request from the start of `buf` into `args` (cleared first).
     ///
     /// `Ok(true)` consumed the request; `args` may be empty (an empty line or `*0`), which
-    /// callers skip. `Ok(false)` consumed nothing; the next call must pass the same buffer,
-    /// with more data appended (the parser remembers how far it got). After an error the
-    /// connection must be closed; `buf` is unchanged.
+    /// callers skip. `Ok(false)` needs more data: the next call must pass the same buffer
+    /// with more appended (the parser remembers how far it got); it consumed nothing,
+    /// unless a request with a too large argument is being dropped. After
+    /// [`TooLarge`](ProtocolError::TooLarge) that request was consumed and the next one
+    /// follows; after any other error the connection must be closed, and `buf` is
+    /// unchanged.
     pub fn parse(
         &mut self,
         buf: &mut BytesMut,
         args: &mut Vec<Bytes>,
     ) -> Result<bool, ProtocolError> {
         args.clear();
+        if self.discard.is_some() {
+            return self.drop_request(buf);
+        }
         match buf.first() {
             None => Ok(false),
             Some(b'*') => {
-                parse_multibulk(buf, &self.limits, &mut self.spans, &mut self.resume, args)
+                match parse_multibulk(buf, &self.limits, &mut self.spans, &mut self.resume, args)? {
+                    Multibulk::Done(done) => Ok(done),
+                    Multibulk::TooLarge(discard) => {
+                        self.discard = Some(discard);
+                        self.drop_request(buf)
+                    }
+                }
             }
             Some(_) => match parse_inline(buf, &self.limits)? {
                 Some(a) => {
@@ -126,20 +180,78 @@ impl RequestParser {
     }
 }
 
+impl RequestParser {
+    /// Drops what arrived of the request being discarded; [`ProtocolError::TooLarge`]
+    /// once all of it has.
+    fn drop_request(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        let result = self.drop_some(buf);
+        if !matches!(result, Ok(false)) {
+            self.discard = None;
+        }
+        result
+    }
+
+    fn drop_some(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        let limits = self.limits;
+        let Some(d) = self.discard.as_mut() else {
+            return Ok(false);
+        };
+        loop {
+            let n = d.left.min(buf.len());
+            buf.advance(n);
+            d.left -= n;
+            if d.left > 0 {
+                return Ok(false);
+            }
+            if d.args_left == 0 {
+                return Err(ProtocolError::TooLarge {
+                    len: d.len,
+                    max: limits.max_bulk_len,
+                });
+            }
+            match buf.first() {
+                None => return Ok(false),
+                Some(b'$') => {}
+                Some(&found) => return Err(ProtocolError::ExpectedBulk { found }),
+            }
+            let Some((len, start)) = header(buf, 0, &limits, ProtocolError::InvalidBulkLength)?
+            else {
+                return Ok(false);
+            };
+            let len = usize::try_from(len)
+                .ok()
+                .filter(|&l| l <= limits.max_discard_len.max(limits.max_bulk_len))
+                .ok_or(ProtocolError::InvalidBulkLength)?;
+            buf.advance(start);
+            d.left = len + 2;
+            d.args_left -= 1;
+        }
+    }
+}
+
+/// The outcome of [`parse_multibulk`].
+enum Multibulk {
+    /// As [`RequestParser::parse`]'s `Ok`.
+    Done(bool),
+    /// An argument is over `max_bulk_len`: the request up to its data was consumed, the
+    /// rest is to be dropped.
+    TooLarge(Discard),
+}
+
 fn parse_multibulk(
     buf: &mut BytesMut,
     limits: &RequestLimits,
     spans: &mut Vec<(usize, usize)>,
     resume: &mut Option<(usize, usize)>,
     args: &mut Vec<Bytes>,
-) -> Result<bool, ProtocolError> {
+) -> Result<Multibulk, ProtocolError> {
     let (count, mut pos) = match resume.take() {
         Some(progress) => progress,
         None => {
             spans.clear();
             let Some((count, pos)) = header(buf, 0, limits, ProtocolError::InvalidMultibulkLength)?
             else {
-                return Ok(false);
+                return Ok(Multibulk::Done(false));
             };
             // Zero or negative counts are an empty request, as in Redis.
             let count = usize::try_from(count).unwrap_or(0);
@@ -158,8 +270,18 @@ fn parse_multibulk(
                 Some((len, start)) => {
                     let len = usize::try_from(len)
                         .ok()
-                        .filter(|&l| l <= limits.max_bulk_len)
+                        .filter(|&l| l <= limits.max_discard_len.max(limits.max_bulk_len))
                         .ok_or(ProtocolError::InvalidBulkLength)?;
+                    if len > limits.max_bulk_len {
+                        buf.advance(start);
+                        let args_left = count - spans.len() - 1;
+                        spans.clear();
+                        return Ok(Multibulk::TooLarge(Discard {
+                            left: len + 2,
+                            args_left,
+                            len,
+                        }));
+                    }
                     let end = start + len;
                     match buf.get(end..end + 2) {
                         None => incomplete(),
@@ -176,12 +298,12 @@ fn parse_multibulk(
         };
         if let Some(progress) = step? {
             *resume = Some(progress);
-            return Ok(false);
+            return Ok(Multibulk::Done(false));
         }
     }
     let frame = buf.split_to(pos).freeze();
     args.extend(spans.iter().map(|&(s, e)| frame.slice(s..e)));
-    Ok(true)
+    Ok(Multibulk::Done(true))
 }
 
 /// Reads a `<kind><integer>\r\n` header line at `at`, returning the integer and the
@@ -393,11 +515,66 @@ mod tests {
         assert_eq!(parser.resume, Some((3, 20)));
         buf.extend_from_slice(b"\r\n*1\r\n$4\r\nPING\r\n");
         assert_eq!(parser.parse(&mut buf, &mut args), Ok(true));
-        assert_eq!(args, super::tests::args(&["SET", "k", "vv"]));
+        assert_eq!(args, self::args(&["SET", "k", "vv"]));
         assert_eq!(parser.resume, None);
         assert_eq!(parser.parse(&mut buf, &mut args), Ok(true));
-        assert_eq!(args, super::tests::args(&["PING"]));
+        assert_eq!(args, self::args(&["PING"]));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_request_with_a_too_large_argument_is_dropped_as_it_arrives() {
+        let limits = RequestLimits {
+            max_bulk_len: 4,
+            max_discard_len: 100,
+            ..RequestLimits::default()
+        };
+        let mut parser = RequestParser::new(limits);
+        let mut args = Vec::new();
+        // The too large value in the middle, an argument after it, then the next request.
+        let wire: &[u8] =
+            b"*4\r\n$3\r\nSET\r\n$50\r\n01234567890123456789012345678901234567890123456789\r\n$1\r\nk\r\n$2\r\nEX\r\n*1\r\n$4\r\nPING\r\n";
+        let mut buf = BytesMut::new();
+        let mut outcomes = Vec::new();
+        for piece in wire.chunks(7) {
+            buf.extend_from_slice(piece);
+            loop {
+                match parser.parse(&mut buf, &mut args) {
+                    Ok(false) => break,
+                    Ok(true) => outcomes.push(Ok(args.clone())),
+                    Err(e) => {
+                        assert!(!e.is_fatal(), "{e}");
+                        outcomes.push(Err(e));
+                    }
+                }
+            }
+            // Nothing of the dropped request is kept beyond a header line.
+            assert!(buf.len() < 16, "{buf:?}");
+        }
+        assert_eq!(
+            outcomes,
+            vec![
+                Err(ProtocolError::TooLarge { len: 50, max: 4 }),
+                Ok(self::args(&["PING"])),
+            ]
+        );
+        assert!(buf.is_empty());
+        assert_eq!(
+            ProtocolError::TooLarge { len: 50, max: 4 }.to_string(),
+            "argument is 50 bytes, at most 4 allowed"
+        );
+        // Beyond the discard limit it is a protocol error, as before.
+        let mut buf = BytesMut::from(&b"*1\r\n$101\r\n"[..]);
+        assert_eq!(
+            parser.parse(&mut buf, &mut args),
+            Err(ProtocolError::InvalidBulkLength)
+        );
+        // A one-off parse cannot drop across calls: too large is a protocol error there.
+        let mut buf = BytesMut::from(&b"*1\r\n$5\r\n"[..]);
+        assert_eq!(
+            parse_request(&mut buf, &limits),
+            Err(ProtocolError::InvalidBulkLength)
+        );
     }
 
     #[test]
@@ -435,6 +612,7 @@ mod tests {
     fn hostile_lengths_are_refused_before_buffering() {
         let l = RequestLimits {
             max_bulk_len: 10,
+            max_discard_len: 10,
             max_args: 3,
             max_inline_len: 16,
         };
@@ -495,7 +673,7 @@ mod tests {
         #[test]
         fn garbage_never_panics_and_errors_consume_nothing(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let mut buf = BytesMut::from(&data[..]);
-            let l = RequestLimits { max_bulk_len: 100, max_args: 10, max_inline_len: 100 };
+            let l = RequestLimits { max_bulk_len: 100, max_discard_len: 100, max_args: 10, max_inline_len: 100 };
             loop {
                 let before = buf.len();
                 match parse_request(&mut buf, &l) {

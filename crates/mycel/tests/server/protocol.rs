@@ -279,3 +279,20 @@ fn large_values_round_trip_and_values_over_the_limit_are_refused() {
     );
     expect_closed(&mut c);
 }
+
+/// A value over the store's limit (16 MiB by default) is not buffered: its request is
+/// dropped as it arrives and answered with an error, and the connection goes on.
+#[test]
+fn a_too_large_value_fails_alone() {
+    let s = Server::start(&[]);
+    let mut c = s.connect();
+    let len = 16 * 1024 * 1024 + 1;
+    let mut batch = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${len}\r\n").into_bytes();
+    batch.resize(batch.len() + len, b'x');
+    batch.extend_from_slice(b"\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\n");
+    roundtrip(
+        &mut c,
+        &batch,
+        b"-ERR argument is 16777217 bytes, at most 16777216 allowed\r\n$-1\r\n+PONG\r\n",
+    );
+}

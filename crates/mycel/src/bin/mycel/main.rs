@@ -167,8 +167,9 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     };
     let store = &settings.mycel.store;
     let limits = RequestLimits {
-        // A value longer than the store accepts is refused by the parser already, before
-        // it is buffered; keys are far shorter.
+        // A value longer than the store accepts is not buffered: the parser drops its
+        // request as it arrives and that request alone gets an error (up to Redis's
+        // `proto-max-bulk-len`, the default `max_discard_len`). Keys are far shorter.
         max_bulk_len: store.max_value_len.max(store.max_key_len).max(64 * 1024),
         ..RequestLimits::default()
     };

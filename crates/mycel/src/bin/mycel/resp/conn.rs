@@ -172,6 +172,8 @@ pub(crate) async fn serve(
                 Ok(false) => break,
                 Ok(true) if args.is_empty() => {}
                 Ok(true) => requests.push(Command::parse(&args)),
+                // A request with a too large argument was dropped; it alone fails.
+                Err(e) if !e.is_fatal() => requests.push(Err(Frame::err(&e))),
                 Err(e) => {
                     protocol_error = Some(e);
                     break;
