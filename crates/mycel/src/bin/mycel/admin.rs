@@ -248,12 +248,25 @@ struct MaintenanceQuery {
 
 async fn maintenance(State(s): State<Arc<Shared>>, Query(q): Query<MaintenanceQuery>) -> Response {
     let freeze = match q.freeze.as_deref() {
-        Some("true" | "on" | "1") => true,
-        Some("false" | "off" | "0") => false,
+        Some(v)
+            if ["true", "on", "1"]
+                .iter()
+                .any(|t| v.eq_ignore_ascii_case(t)) =>
+        {
+            true
+        }
+        Some(v)
+            if ["false", "off", "0"]
+                .iter()
+                .any(|f| v.eq_ignore_ascii_case(f)) =>
+        {
+            false
+        }
         other => {
+            let got = other.map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"));
             return json_response(
                 StatusCode::BAD_REQUEST,
-                &json!({ "error": format!("freeze must be true or false, got {other:?}") }),
+                &json!({ "error": format!("freeze must be true or false (or on/off, 1/0), got {got}") }),
             );
         }
     };

@@ -475,7 +475,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         c.tls.cert = cert;
         c.tls.key = key;
         if let Some(k) = gossip_key {
-            if Path::new(&k).is_file() {
+            if names_a_file(&k) {
                 c.gossip.key_file = Some(PathBuf::from(k));
             } else {
                 c.gossip.keys = vec![k];
@@ -694,6 +694,16 @@ pub(crate) fn dev_node_id(port: u16) -> String {
     format!("{id}-{port}")
 }
 
+/// Whether `--gossip-key`'s value is a file rather than a base64 key: it exists, or it
+/// looks like a path (a `.` or `~`, which base64 never has, or a `/` in something that
+/// is not a 32-byte key's 44 characters), so a mistyped path is reported as a file that
+/// cannot be read, not as bad base64.
+fn names_a_file(value: &str) -> bool {
+    Path::new(value).exists()
+        || value.contains(['.', '~'])
+        || (value.contains('/') && value.len() != 44)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -757,6 +767,39 @@ mod tests {
             let problems = resolve(cli(&["--dev", "--threads", bad])).expect_err("invalid");
             assert_eq!(problems[0].field, "--threads (threads)", "{bad}");
         }
+    }
+
+    #[test]
+    fn a_gossip_key_that_looks_like_a_path_is_read_as_a_file() {
+        for path in [
+            "/etc/mycel/gossip.key",
+            "gossip.key",
+            "~/k",
+            "keys/gossip",
+            "/tmp",
+        ] {
+            assert!(names_a_file(path), "{path}");
+        }
+        // 32 random bytes in base64, `/` and `+` included.
+        for key in [
+            "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA=",
+            "a/b+cd//q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq8M=",
+        ] {
+            assert!(!names_a_file(key), "{key}");
+        }
+        let problems = resolve(cli(&[
+            "--node-id",
+            "n1",
+            "--gossip-key",
+            "/nonexistent/gossip.key",
+        ]))
+        .expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter()
+                .any(|p| p.contains("gossip.key_file") && p.contains("/nonexistent/gossip.key")),
+            "{all:?}"
+        );
     }
 
     #[test]
