@@ -65,6 +65,16 @@ fn health_ready_members_partitions() {
 #[test]
 fn metrics_count_commands_keys_and_memory() {
     let s = Server::standalone(&["--max-memory", "64mb"]);
+    // A standalone node lists itself without the gossip and QUIC addresses it never binds.
+    let (status, body) = s.http("GET", "/members");
+    assert_eq!(status, 200, "{body}");
+    let members: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let me = &members.as_array().expect("array")[0];
+    assert!(
+        me["gossip_addr"].is_null() && me["quic_addr"].is_null(),
+        "{me}"
+    );
+    assert_eq!(me["metadata"]["mode"], "standalone", "{me}");
     assert_eq!(s.cli(&["SET", "k", "v"]), "OK");
     assert_eq!(s.cli(&["GET", "k"]), "\"v\"");
     assert_eq!(

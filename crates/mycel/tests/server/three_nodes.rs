@@ -47,7 +47,10 @@ fn within(guard: Duration, what: &str, mut f: impl FnMut() -> bool) {
 
 fn start_three() -> Vec<Server> {
     let first = Server::start(&["--replicas", "2"]);
-    let seed = first.gossip.to_string();
+    let seed = first
+        .gossip
+        .expect("a cluster node's gossip address")
+        .to_string();
     let second = Server::start(&["--replicas", "2", "--seed", &seed]);
     let third = Server::start(&["--replicas", "2", "--seed", &seed]);
     let nodes = vec![first, second, third];

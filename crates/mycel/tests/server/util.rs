@@ -21,8 +21,9 @@ pub(crate) struct Server {
     pub(crate) resp: SocketAddr,
     pub(crate) admin: SocketAddr,
     pub(crate) node_id: String,
-    /// The gossip address the node bound (what others use as `--seed`).
-    pub(crate) gossip: SocketAddr,
+    /// The gossip address the node bound (what others use as `--seed`); `None` for a
+    /// standalone node, which has none.
+    pub(crate) gossip: Option<SocketAddr>,
 }
 
 impl Server {
@@ -69,7 +70,10 @@ impl Server {
             resp: field("resp").parse().expect("resp address"),
             admin: field("admin").parse().expect("admin address"),
             node_id: field("node_id"),
-            gossip: field("gossip").parse().expect("gossip address"),
+            gossip: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("gossip="))
+                .map(|a| a.parse().expect("gossip address")),
             child,
         }
     }

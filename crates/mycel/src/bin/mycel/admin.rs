@@ -112,8 +112,9 @@ async fn members(State(s): State<Arc<Shared>>) -> Response {
             &json!([{
                 "id": n.id,
                 "state": "alive",
-                "gossip_addr": n.gossip_addr.to_string(),
-                "quic_addr": n.quic_addr.to_string(),
+                // A standalone node binds neither.
+                "gossip_addr": null,
+                "quic_addr": null,
                 "incarnation": 0,
                 "metadata": {
                     "resp": n.resp_addr.to_string(),

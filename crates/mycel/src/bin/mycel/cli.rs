@@ -535,7 +535,8 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
                 format!("{other:?}: expected static, dns or consul"),
             ),
         }
-        if let Err(e) = c.validate() {
+        // A standalone node uses none of it: no keys or certificates to demand.
+        if let (false, Err(e)) = (standalone, c.validate()) {
             for problem in e.problems {
                 p.push(&flag_of(NODOSUM_FLAGS, &problem.field), problem.message);
             }
@@ -903,5 +904,16 @@ mod tests {
         .expect("valid");
         assert_eq!(s.cluster_only, ["--seed", "--replicas"]);
         assert_eq!(s.mycel.replication_factor, 3);
+    }
+
+    #[test]
+    fn a_standalone_server_needs_no_cluster_settings() {
+        let s = resolve(cli(&["--standalone", "--node-id", "s1"])).expect("valid");
+        assert!(s.standalone && !s.dev);
+        // The same without --standalone is a cluster node, which needs keys and
+        // certificates.
+        let problems = resolve(cli(&["--node-id", "s1"])).expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(all.iter().any(|p| p.contains("--gossip-key")), "{all:?}");
     }
 }

@@ -240,12 +240,19 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         "mycel serving"
     );
     // One machine-readable line for scripts and tests that start on port 0.
+    // A standalone node has no gossip or QUIC address to show.
+    let cluster_addrs = if shared.mycel.cluster().is_some() {
+        format!(
+            " gossip={} quic={}",
+            shared.node.gossip_addr, shared.node.quic_addr
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={} gossip={} quic={}",
+        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={}{cluster_addrs}",
         shared.node.id,
         shared.mycel.mode().as_str(),
-        shared.node.gossip_addr,
-        shared.node.quic_addr,
     );
     let _ = std::io::stdout().flush();
 
