@@ -51,6 +51,17 @@ pub struct Backends {
 }
 
 impl DiscoveryConfig {
+    /// The static seed entries [`build`](Self::build) would refuse, with their index in
+    /// the list: every one, found without building anything (no runtime needed), so a
+    /// configuration can be checked before a node starts.
+    pub fn invalid_seeds(&self) -> Vec<(usize, Error)> {
+        self.static_seeds
+            .iter()
+            .flat_map(|c| c.seeds.iter().enumerate())
+            .filter_map(|(i, entry)| crate::static_list::seed_problem(entry).map(|e| (i, e)))
+            .collect()
+    }
+
     /// Builds every configured backend; the first invalid one is returned as an error.
     /// Sends nothing. Must be called inside a tokio runtime (the DNS resolver needs one).
     pub fn build(&self) -> Result<Backends, Error> {

@@ -203,6 +203,11 @@ impl Discovery for StaticDiscovery {
     }
 }
 
+/// Why `entry` is not a valid seed, if it is not (see [`StaticDiscovery::new`]).
+pub(crate) fn seed_problem(entry: &str) -> Option<Error> {
+    parse_seed(entry).err()
+}
+
 fn parse_seed(entry: &str) -> Result<Seed, Error> {
     let invalid = |problem| Error::InvalidSeed {
         entry: entry.to_owned(),

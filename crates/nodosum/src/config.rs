@@ -460,6 +460,9 @@ impl Config {
         if self.cluster.is_empty() || self.cluster.len() > 255 {
             v.push("cluster", "must be 1 to 255 bytes");
         }
+        for (i, e) in self.discovery.invalid_seeds() {
+            v.push(&format!("discovery.static.seeds[{i}]"), e.to_string());
+        }
 
         let g = &self.gossip;
         if g.bind.ip().is_unspecified() && g.advertise.is_none() {
@@ -700,6 +703,26 @@ mod tests {
     #[test]
     fn development_config_is_valid() {
         Config::development(id("dev-1")).validate().unwrap();
+    }
+
+    #[test]
+    fn every_malformed_seed_is_named_before_start() {
+        let mut c = Config::development(id("dev-1"));
+        c.discovery.static_seeds = Some(nodosum_discovery::StaticConfig {
+            seeds: vec![
+                "127.0.0.1:7000".to_owned(),
+                "nope".to_owned(),
+                "seed.example:99999".to_owned(),
+                "node-2@127.0.0.1:7001".to_owned(),
+            ],
+            ..Default::default()
+        });
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            fields(err.clone()),
+            ["discovery.static.seeds[1]", "discovery.static.seeds[2]"]
+        );
+        assert!(err.problems[0].message.contains("missing :port"), "{err:?}");
     }
 
     #[test]

@@ -251,6 +251,7 @@ const NODOSUM_FLAGS: &[(&str, &str)] = &[
     ("tls.ca", "--ca"),
     ("tls.cert", "--cert"),
     ("tls.key", "--key"),
+    ("discovery.static", "--seed"),
     ("discovery", "--discovery"),
 ];
 
@@ -904,6 +905,16 @@ mod tests {
         .expect("valid");
         assert_eq!(s.cluster_only, ["--seed", "--replicas"]);
         assert_eq!(s.mycel.replication_factor, 3);
+    }
+
+    #[test]
+    fn a_malformed_seed_is_named_with_its_flag() {
+        let problems =
+            resolve(cli(&["--dev", "--seed", "nope", "--replicas", "0"])).expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for want in ["--seed (discovery.static.seeds[0])", "--replicas"] {
+            assert!(all.iter().any(|p| p.contains(want)), "{want} in {all:?}");
+        }
     }
 
     #[test]
