@@ -141,7 +141,12 @@ async fn a_bad_discovery_setting_fails_the_start_before_anything_binds() {
     let err = nodosum::Node::start(config.clone())
         .await
         .expect_err("a seed without a port");
-    assert!(matches!(err, nodosum::Error::Discovery(_)), "{err}");
+    // Found by the configuration check, which names the entry.
+    assert!(matches!(err, nodosum::Error::Config(_)), "{err}");
+    assert!(
+        err.to_string().contains("discovery.static.seeds[0]"),
+        "{err}"
+    );
     std::net::UdpSocket::bind(config.gossip.bind).expect("the gossip port is free");
     std::net::UdpSocket::bind(config.quic.bind).expect("the QUIC port is free");
 }
