@@ -138,3 +138,34 @@ fn standalone_warns_that_cluster_settings_are_unused() {
         "{err}"
     );
 }
+
+/// A signal while the node still waits for its first routing table (here: for a seed
+/// that never answers) stops it at once, without announcing it as ready.
+#[test]
+fn a_signal_during_startup_stops_the_node() {
+    // A seed address that is bound, so nothing else answers there, and never replies.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let seed = silent.local_addr().expect("address").to_string();
+    let admin = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let child = mycel()
+        .args(["--dev", "--resp", "127.0.0.1:0", "--gossip", "127.0.0.1:0"])
+        .args(["--quic", "127.0.0.1:0", "--seed", &seed])
+        .args(["--admin", &admin.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    // The admin API answers (not serving yet) once the signal handlers are in place.
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(admin).is_err() {
+        assert!(start.elapsed() < GUARD, "the admin API never came up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    crate::util::signal(child.id(), "INT");
+    let out = crate::util::wait_output(child);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("mycel ready"), "{stdout}");
+}

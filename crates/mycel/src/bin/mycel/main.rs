@@ -215,9 +215,13 @@ async fn run(mut settings: Settings) -> Result<(), String> {
             })
             .into_future(),
     );
-    if let Some(c) = shared.mycel.cluster() {
-        // Announce readiness once the node can route (the first routing table): scripts
-        // and tests that wait for the ready line can send commands at once.
+    // Announce readiness once the node can route (the first routing table): scripts and
+    // tests that wait for the ready line can send commands at once. A signal meanwhile
+    // stops the node without announcing it.
+    let table_wait = async {
+        let Some(c) = shared.mycel.cluster() else {
+            return;
+        };
         let start = tokio::time::Instant::now();
         while c.status().epoch == 0 {
             if start.elapsed() >= TABLE_WAIT {
@@ -229,34 +233,15 @@ async fn run(mut settings: Settings) -> Result<(), String> {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-    shared.serving.store(true, Ordering::Release);
-    tracing::info!(
-        node_id = %shared.node.id,
-        resp = %resp_addr,
-        admin = %admin_addr,
-        mode = shared.mycel.mode().as_str(),
-        dev = shared.node.dev,
-        "mycel serving"
-    );
-    // One machine-readable line for scripts and tests that start on port 0.
-    // A standalone node has no gossip or QUIC address to show.
-    let cluster_addrs = if shared.mycel.cluster().is_some() {
-        format!(
-            " gossip={} quic={}",
-            shared.node.gossip_addr, shared.node.quic_addr
-        )
-    } else {
-        String::new()
     };
-    println!(
-        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={}{cluster_addrs}",
-        shared.node.id,
-        shared.mycel.mode().as_str(),
-    );
-    let _ = std::io::stdout().flush();
-
-    signals.recv().await;
+    let signalled = tokio::select! {
+        () = table_wait => false,
+        () = signals.recv() => true,
+    };
+    if !signalled {
+        announce(&shared, resp_addr, admin_addr);
+        signals.recv().await;
+    }
     tracing::info!(
         "shutting down: no new connections, finishing in-flight replies (a second signal exits at once)"
     );
@@ -290,6 +275,35 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     mycel.shutdown(DRAIN_TIMEOUT).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Marks the node as serving and says so: a log line and one machine-readable line on
+/// stdout for scripts and tests that start on port 0.
+fn announce(shared: &Shared, resp_addr: SocketAddr, admin_addr: SocketAddr) {
+    shared.serving.store(true, Ordering::Release);
+    tracing::info!(
+        node_id = %shared.node.id,
+        resp = %resp_addr,
+        admin = %admin_addr,
+        mode = shared.mycel.mode().as_str(),
+        dev = shared.node.dev,
+        "mycel serving"
+    );
+    // A standalone node has no gossip or QUIC address to show.
+    let cluster_addrs = if shared.mycel.cluster().is_some() {
+        format!(
+            " gossip={} quic={}",
+            shared.node.gossip_addr, shared.node.quic_addr
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={}{cluster_addrs}",
+        shared.node.id,
+        shared.mycel.mode().as_str(),
+    );
+    let _ = std::io::stdout().flush();
 }
 
 /// The standalone backend with the configured buckets.
