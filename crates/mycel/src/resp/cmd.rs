@@ -465,11 +465,7 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
     Ok(match sub.as_str() {
         "setname" => {
             arity(rest.len() == 2)?;
-            if rest[1].iter().any(|b| !(b'!'..=b'~').contains(b)) {
-                return Err(Frame::err(
-                    "Client names cannot contain spaces, newlines or special characters.",
-                ));
-            }
+            check_client_name(&rest[1])?;
             Command::ClientSetName(rest[1].clone())
         }
         "getname" => {
@@ -545,6 +541,16 @@ fn parse_bucket(rest: &[Bytes]) -> Result<Command, Frame> {
     }
 }
 
+/// A client name as Redis accepts it: printable ASCII without spaces.
+fn check_client_name(name: &[u8]) -> Result<(), Frame> {
+    if name.iter().any(|b| !(b'!'..=b'~').contains(b)) {
+        return Err(Frame::err(
+            "Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    Ok(())
+}
+
 fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
     let Some((ver, mut opts)) = rest.split_first() else {
         return Ok(Command::Hello {
@@ -557,8 +563,15 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
     let mut name = None;
     while let Some((opt, tail)) = opts.split_first() {
         if opt.eq_ignore_ascii_case(b"auth") && tail.len() >= 2 {
+            // No passwords: only Redis's passwordless default user exists.
+            if tail[0] != "default" {
+                return Err(Frame::Error(
+                    "WRONGPASS invalid username-password pair or user is disabled.".to_owned(),
+                ));
+            }
             opts = &tail[2..];
         } else if opt.eq_ignore_ascii_case(b"setname") && !tail.is_empty() {
+            check_client_name(&tail[0])?;
             name = Some(tail[0].clone());
             opts = &tail[1..];
         } else {
@@ -804,11 +817,27 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("HELLO 3 AUTH u p SETNAME n"),
+            parse("HELLO 3 AUTH default p SETNAME n"),
             Ok(Command::Hello {
                 proto: Some(3),
                 name: Some("n".into())
             })
+        );
+        // Only the passwordless default user exists; names follow CLIENT SETNAME's rule.
+        assert_eq!(
+            parse("HELLO 3 AUTH bob pw"),
+            Err(Frame::Error(
+                "WRONGPASS invalid username-password pair or user is disabled.".to_owned()
+            ))
+        );
+        let Err(Frame::Error(e)) =
+            Command::parse(&["HELLO".into(), "2".into(), "SETNAME".into(), "a b".into()])
+        else {
+            panic!("a name with a space is refused")
+        };
+        assert!(
+            e.starts_with("ERR Client names cannot contain spaces"),
+            "{e}"
         );
         assert_eq!(
             parse("CONFIG GET save"),
