@@ -32,7 +32,9 @@ use crate::clock::Timestamp;
 use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, SetResult};
 use crate::config::Config;
 use crate::error::Error;
-use crate::store::{BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, SetOptions, Store, Ttl};
+use crate::store::{
+    BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, SetOptions, Store, Ttl,
+};
 
 /// Name of the bucket created by every backend, used by clients that do not pick one.
 pub const DEFAULT_BUCKET: &str = "default";
@@ -518,10 +520,24 @@ impl Mycel {
                 match action {
                     GetEx::Keep => {}
                     GetEx::After(d) => {
-                        store.expire(bucket, key, now.saturating_add(d), now, STANDALONE_EPOCH)?;
+                        store.expire(
+                            bucket,
+                            key,
+                            now.saturating_add(d),
+                            ExpireCondition::Always,
+                            now,
+                            STANDALONE_EPOCH,
+                        )?;
                     }
                     GetEx::At(at) => {
-                        store.expire(bucket, key, at, now, STANDALONE_EPOCH)?;
+                        store.expire(
+                            bucket,
+                            key,
+                            at,
+                            ExpireCondition::Always,
+                            now,
+                            STANDALONE_EPOCH,
+                        )?;
                     }
                     GetEx::Persist => {
                         store.persist(bucket, key, now, STANDALONE_EPOCH)?;
@@ -569,17 +585,30 @@ impl Mycel {
         key: Bytes,
         after: Duration,
     ) -> Result<bool, Error> {
+        self.expire_if(bucket, key, after, ExpireCondition::Always)
+            .await
+    }
+
+    /// [`expire`](Self::expire) if `condition` holds (Redis 7's `NX`, `XX`, `GT`, `LT`);
+    /// whether the key existed and the condition held.
+    pub async fn expire_if(
+        &self,
+        bucket: BucketId,
+        key: Bytes,
+        after: Duration,
+        condition: ExpireCondition,
+    ) -> Result<bool, Error> {
         match &self.inner.backend {
             Backend::Local(l) => {
                 let now = now();
                 let at = now.saturating_add(after);
                 Ok(lock(&l.store)
-                    .expire(bucket, key, at, now, STANDALONE_EPOCH)?
+                    .expire(bucket, key, at, condition, now, STANDALONE_EPOCH)?
                     .is_some())
             }
             Backend::Cluster(c) => c
                 .cluster
-                .expire(c.name(bucket)?, key, after)
+                .expire_if(c.name(bucket)?, key, after, condition)
                 .await
                 .map_err(cluster_error),
         }
@@ -596,7 +625,14 @@ impl Mycel {
     ) -> Result<bool, Error> {
         match &self.inner.backend {
             Backend::Local(l) => Ok(lock(&l.store)
-                .expire(bucket, key, at, now(), STANDALONE_EPOCH)?
+                .expire(
+                    bucket,
+                    key,
+                    at,
+                    ExpireCondition::Always,
+                    now(),
+                    STANDALONE_EPOCH,
+                )?
                 .is_some()),
             Backend::Cluster(_) => self.expire(bucket, key, until(at)).await,
         }
@@ -840,12 +876,17 @@ fn local_op(
         BatchOp::Delete { key } => {
             BatchReply::Bool(store.delete(bucket, key, now, STANDALONE_EPOCH)?.is_some())
         }
-        BatchOp::Expire { key, after } => BatchReply::Bool(
+        BatchOp::Expire {
+            key,
+            after,
+            condition,
+        } => BatchReply::Bool(
             store
                 .expire(
                     bucket,
                     key,
                     now.saturating_add(after),
+                    condition,
                     now,
                     STANDALONE_EPOCH,
                 )?

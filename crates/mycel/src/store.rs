@@ -186,6 +186,40 @@ pub enum Expiry {
     Keep,
 }
 
+/// When an `EXPIRE` applies: Redis 7's `NX`, `XX`, `GT` and `LT`. As in Redis, a key
+/// without an expiry counts as never expiring for `GT` and `LT`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ExpireCondition {
+    /// Always.
+    #[default]
+    Always,
+    /// `NX`: only a key without an expiry.
+    IfNone,
+    /// `XX`: only a key with an expiry.
+    IfSome,
+    /// `GT` (with or without `XX`): only a later expiry than the key's, so never a key
+    /// without one.
+    IfLater,
+    /// `LT`: only an earlier expiry than the key's, so always a key without one.
+    IfEarlier,
+    /// `XX LT`: only a key with an expiry, and only an earlier one.
+    IfSomeEarlier,
+}
+
+impl ExpireCondition {
+    /// Whether the expiry `at` may replace `current` (`None`: the key has none).
+    pub fn allows(self, current: Option<Timestamp>, at: Timestamp) -> bool {
+        match self {
+            Self::Always => true,
+            Self::IfNone => current.is_none(),
+            Self::IfSome => current.is_some(),
+            Self::IfLater => current.is_some_and(|c| at > c),
+            Self::IfEarlier => current.is_none_or(|c| at < c),
+            Self::IfSomeEarlier => current.is_some_and(|c| at < c),
+        }
+    }
+}
+
 /// When a `SET` applies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Condition {
@@ -737,20 +771,28 @@ impl Store {
         Ok(Some(self.local_delete(bucket, key, now, epoch)))
     }
 
-    /// Sets `key`'s expiry to `at` as primary at `epoch` (Redis `EXPIRE`, `PEXPIREAT`); a
-    /// time not after `now` deletes the key. `None` if the key does not exist.
+    /// Sets `key`'s expiry to `at` as primary at `epoch` (Redis `EXPIRE`, `PEXPIREAT`) if
+    /// `condition` allows it; a time not after `now` deletes the key. `None` if the key
+    /// does not exist or the condition does not hold.
     pub fn expire(
         &mut self,
         bucket: BucketId,
         key: Bytes,
         at: Timestamp,
+        condition: ExpireCondition,
         now: Timestamp,
         epoch: u64,
     ) -> Result<Option<Write>, Error> {
         self.bucket_ref(bucket)?;
-        let Some(value) = self.live(bucket, &key, now).and_then(|e| e.value.clone()) else {
+        let Some((value, current)) = self
+            .live(bucket, &key, now)
+            .and_then(|e| Some((e.value.clone()?, e.expiry())))
+        else {
             return Ok(None);
         };
+        if !condition.allows(current, at) {
+            return Ok(None);
+        }
         if at <= now {
             return Ok(Some(self.local_delete(bucket, key, now, epoch)));
         }
@@ -1479,9 +1521,45 @@ mod tests {
         assert_eq!(s.ttl(id, b"k", at(2)), Ttl::Persistent);
         s.check_invariants();
 
+        // EXPIRE's conditions: a key without an expiry never expires for GT and LT.
+        let if_ = |s: &mut Store, c, t: u64| {
+            s.expire(id, b("k"), at(t), c, at(2), 1)
+                .expect("ok")
+                .is_some()
+        };
+        assert!(
+            !if_(&mut s, ExpireCondition::IfSome, 400),
+            "XX: no expiry yet"
+        );
+        assert!(
+            !if_(&mut s, ExpireCondition::IfLater, 400),
+            "GT: none is infinite"
+        );
+        assert!(!if_(&mut s, ExpireCondition::IfSomeEarlier, 400));
+        assert_eq!(s.ttl(id, b"k", at(2)), Ttl::Persistent);
+        assert!(
+            if_(&mut s, ExpireCondition::IfEarlier, 400),
+            "LT: below infinite"
+        );
+        assert!(
+            !if_(&mut s, ExpireCondition::IfNone, 300),
+            "NX: has one now"
+        );
+        assert!(!if_(&mut s, ExpireCondition::IfLater, 400), "GT: not later");
+        assert!(
+            !if_(&mut s, ExpireCondition::IfEarlier, 400),
+            "LT: not earlier"
+        );
+        assert!(if_(&mut s, ExpireCondition::IfLater, 450));
+        assert!(if_(&mut s, ExpireCondition::IfSomeEarlier, 420));
+        assert!(if_(&mut s, ExpireCondition::IfSome, 430));
+        assert!(matches!(s.ttl(id, b"k", at(2)), Ttl::Expires { at: t, .. } if t == at(430)));
+        assert!(s.persist(id, b("k"), at(2), 1).expect("ok").is_some());
+        s.check_invariants();
+
         // EXPIRE, PERSIST, EXPIRE in the past.
         assert!(
-            s.expire(id, b("k"), at(500), at(2), 1)
+            s.expire(id, b("k"), at(500), ExpireCondition::Always, at(2), 1)
                 .expect("ok")
                 .is_some()
         );
@@ -1493,13 +1571,13 @@ mod tests {
         );
         assert_eq!(s.ttl(id, b"k", at(600)), Ttl::Persistent);
         let w = s
-            .expire(id, b("k"), at(600), at(600), 1)
+            .expire(id, b("k"), at(600), ExpireCondition::Always, at(600), 1)
             .expect("ok")
             .expect("existed");
         assert_eq!(w.op, WriteOp::Delete);
         assert!(!s.exists(id, b"k", at(600)));
         assert!(
-            s.expire(id, b("k"), at(900), at(600), 1)
+            s.expire(id, b("k"), at(900), ExpireCondition::Always, at(600), 1)
                 .expect("ok")
                 .is_none()
         );
@@ -2058,7 +2136,7 @@ mod tests {
                     }
                     Op::Expire(k, t) => {
                         let when = now.saturating_add(Duration::from_millis(t.into()));
-                        let w = s.expire(id, key_of(k), when, now, 1).expect("ok");
+                        let w = s.expire(id, key_of(k), when, ExpireCondition::Always, now, 1).expect("ok");
                         prop_assert_eq!(w.is_some(), model.contains_key(&key_of(k)));
                         if t == 0 {
                             model.remove(&key_of(k));

@@ -124,7 +124,7 @@ use crate::error::Error;
 use crate::placement::{DEFAULT_WEIGHT, Member};
 use crate::routing::{RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
-use crate::store::{BucketOptions, SetOptions, Store, Ttl, Write};
+use crate::store::{BucketOptions, ExpireCondition, SetOptions, Store, Ttl, Write};
 
 /// The nodosum application name of the protocol.
 pub const APP_NAME: &str = "mycel/v1";
@@ -377,6 +377,8 @@ pub enum BatchOp {
         key: Bytes,
         /// From now.
         after: Duration,
+        /// When it applies (`NX`, `XX`, `GT`, `LT`).
+        condition: ExpireCondition,
     },
     /// Removes the expiry; whether there was one ([`BatchReply::Bool`]).
     Persist {
@@ -452,10 +454,25 @@ impl BatchOp {
                 bucket,
                 key: WBytes(key),
             },
-            Self::Expire { key, after } => Op::Expire {
+            // The unconditional form as it always traveled, so older nodes understand it.
+            Self::Expire {
+                key,
+                after,
+                condition: ExpireCondition::Always,
+            } => Op::Expire {
                 bucket,
                 key: WBytes(key),
                 after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+            },
+            Self::Expire {
+                key,
+                after,
+                condition,
+            } => Op::ExpireIf {
+                bucket,
+                key: WBytes(key),
+                after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                condition: condition.into(),
             },
             Self::Persist { key } => Op::Persist {
                 bucket,
@@ -476,7 +493,11 @@ fn batch_reply(op: &Op, reply: OpReply) -> Option<BatchReply> {
     Some(match (op, reply) {
         (Op::Get { .. }, OpReply::Value(v)) => BatchReply::Value(v.map(|b| b.0)),
         (
-            Op::Exists { .. } | Op::Delete { .. } | Op::Expire { .. } | Op::Persist { .. },
+            Op::Exists { .. }
+            | Op::Delete { .. }
+            | Op::Expire { .. }
+            | Op::ExpireIf { .. }
+            | Op::Persist { .. },
             OpReply::Bool(b),
         ) => BatchReply::Bool(b),
         (Op::Ttl { .. }, OpReply::Ttl(t)) => BatchReply::Ttl(t.into()),
@@ -842,12 +863,26 @@ impl Cluster {
         key: impl Into<Bytes>,
         after: Duration,
     ) -> Result<bool, ClusterError> {
+        self.expire_if(bucket, key, after, ExpireCondition::Always)
+            .await
+    }
+
+    /// [`expire`](Self::expire) if `condition` holds at the primary; whether the key
+    /// exists and the condition held.
+    pub async fn expire_if(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        after: Duration,
+        condition: ExpireCondition,
+    ) -> Result<bool, ClusterError> {
         let key = key.into();
-        let op = Op::Expire {
-            bucket: bucket.into(),
-            key: WBytes(key.clone()),
-            after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
-        };
+        let op = BatchOp::Expire {
+            key: key.clone(),
+            after,
+            condition,
+        }
+        .into_op(bucket.into());
         self.inner.route_bool(&key, op, true).await
     }
 

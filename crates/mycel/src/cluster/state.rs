@@ -18,7 +18,7 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
 use crate::slot::{Partition, Partitioning};
-use crate::store::{BucketId, Store, Write};
+use crate::store::{BucketId, ExpireCondition, Store, Write};
 
 /// Partitions one transfer covers at most: a source snapshots them in one critical
 /// section, so this bounds both the time it holds its lock and the snapshot's memory.
@@ -823,7 +823,24 @@ impl State {
             } => {
                 let b = bucket_of(store, bucket)?;
                 let at = now.saturating_add(std::time::Duration::from_millis(*after_ms));
-                let w = store.expire(b, key.0.clone(), at, now, e).map_err(err)?;
+                let w = store
+                    .expire(b, key.0.clone(), at, ExpireCondition::Always, now, e)
+                    .map_err(err)?;
+                let done = w.is_some();
+                writes.extend(w);
+                OpReply::Bool(done)
+            }
+            Op::ExpireIf {
+                bucket,
+                key,
+                after_ms,
+                condition,
+            } => {
+                let b = bucket_of(store, bucket)?;
+                let at = now.saturating_add(std::time::Duration::from_millis(*after_ms));
+                let w = store
+                    .expire(b, key.0.clone(), at, (*condition).into(), now, e)
+                    .map_err(err)?;
                 let done = w.is_some();
                 writes.extend(w);
                 OpReply::Bool(done)

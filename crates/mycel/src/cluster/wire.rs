@@ -23,7 +23,7 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::RoutingTable;
 use crate::slot::Partition;
-use crate::store::{Condition, Expiry, SetOptions, Ttl, Version, Write, WriteOp};
+use crate::store::{Condition, ExpireCondition, Expiry, SetOptions, Ttl, Version, Write, WriteOp};
 
 /// The protocol version byte in front of every body.
 pub(crate) const WIRE_VERSION: u8 = 1;
@@ -277,6 +277,14 @@ pub(crate) enum Op {
     Count,
     /// Get, or on a miss run the bucket's loader once at the primary (single-flight).
     GetOrLoad { bucket: WStr, key: WBytes },
+    /// `PEXPIRE` with a condition (`NX`, `XX`, `GT`, `LT`); appended after the original
+    /// variants, so the encodings of those are unchanged.
+    ExpireIf {
+        bucket: WStr,
+        key: WBytes,
+        after_ms: u64,
+        condition: WireExpireCondition,
+    },
 }
 
 /// A response.
@@ -321,6 +329,7 @@ impl Op {
             | Self::Set { key, .. }
             | Self::Delete { key, .. }
             | Self::Expire { key, .. }
+            | Self::ExpireIf { key, .. }
             | Self::Persist { key, .. }
             | Self::IncrBy { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
@@ -337,6 +346,7 @@ impl Op {
             Self::Set { .. }
                 | Self::Delete { .. }
                 | Self::Expire { .. }
+                | Self::ExpireIf { .. }
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
                 | Self::MSet { .. }
@@ -354,6 +364,7 @@ impl Op {
                 | Self::Set { .. }
                 | Self::Delete { .. }
                 | Self::Expire { .. }
+                | Self::ExpireIf { .. }
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
         )
@@ -373,6 +384,7 @@ impl Op {
             | Self::Set { bucket, .. }
             | Self::Delete { bucket, .. }
             | Self::Expire { bucket, .. }
+            | Self::ExpireIf { bucket, .. }
             | Self::Persist { bucket, .. }
             | Self::IncrBy { bucket, .. }
             | Self::MGet { bucket, .. }
@@ -586,6 +598,43 @@ impl From<WireExpiry> for Expiry {
     }
 }
 
+/// [`ExpireCondition`] on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireExpireCondition {
+    Always,
+    IfNone,
+    IfSome,
+    IfLater,
+    IfEarlier,
+    IfSomeEarlier,
+}
+
+impl From<ExpireCondition> for WireExpireCondition {
+    fn from(c: ExpireCondition) -> Self {
+        match c {
+            ExpireCondition::Always => Self::Always,
+            ExpireCondition::IfNone => Self::IfNone,
+            ExpireCondition::IfSome => Self::IfSome,
+            ExpireCondition::IfLater => Self::IfLater,
+            ExpireCondition::IfEarlier => Self::IfEarlier,
+            ExpireCondition::IfSomeEarlier => Self::IfSomeEarlier,
+        }
+    }
+}
+
+impl From<WireExpireCondition> for ExpireCondition {
+    fn from(c: WireExpireCondition) -> Self {
+        match c {
+            WireExpireCondition::Always => Self::Always,
+            WireExpireCondition::IfNone => Self::IfNone,
+            WireExpireCondition::IfSome => Self::IfSome,
+            WireExpireCondition::IfLater => Self::IfLater,
+            WireExpireCondition::IfEarlier => Self::IfEarlier,
+            WireExpireCondition::IfSomeEarlier => Self::IfSomeEarlier,
+        }
+    }
+}
+
 /// [`Condition`] on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum WireCondition {
@@ -777,6 +826,15 @@ mod tests {
                     bucket: "b".into(),
                     entries: vec![(b("x"), b("1")), (b("y"), b(""))],
                 },
+            },
+            Msg::Batch {
+                epoch: 1,
+                ops: vec![Op::ExpireIf {
+                    bucket: "b".into(),
+                    key: b("k"),
+                    after_ms: 5,
+                    condition: WireExpireCondition::IfSomeEarlier,
+                }],
             },
             Msg::Replicate {
                 epoch: 9,

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::frame::Frame;
+use crate::store::ExpireCondition;
 
 /// An expiry given by a command, before it is turned into a deadline on the node's clock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +98,9 @@ pub enum Command {
     MGet(Vec<Bytes>),
     /// `MSET key value [key value ...]`.
     MSet(Vec<(Bytes, Bytes)>),
-    /// `EXPIRE key seconds` / `PEXPIRE key ms`; a non-positive time deletes the key.
-    Expire(Bytes, i64),
+    /// `EXPIRE key seconds [NX|XX|GT|LT]` / `PEXPIRE key ms [...]`; a non-positive time
+    /// deletes the key (if the condition holds).
+    Expire(Bytes, i64, ExpireCondition),
     /// `TTL key` (`millis` false) / `PTTL key` (true).
     Ttl(Bytes, bool),
     /// `PERSIST key`.
@@ -235,7 +237,9 @@ impl Command {
                 )
             }
             "expire" | "pexpire" => {
-                arity(rest.len() == 2)?;
+                arity(rest.len() >= 2)?;
+                // Options first: their errors win over a bad time, as in Redis.
+                let condition = expire_condition(&rest[2..])?;
                 let n = int(&rest[1])?;
                 let ms = if name == "expire" {
                     n.checked_mul(1000)
@@ -248,7 +252,7 @@ impl Command {
                 let ms = ms
                     .filter(|ms| ms.checked_add(now).is_some())
                     .ok_or_else(|| invalid_expire_time(name))?;
-                Self::Expire(key(), ms)
+                Self::Expire(key(), ms, condition)
             }
             "ttl" | "pttl" => {
                 arity(rest.len() == 1)?;
@@ -374,6 +378,45 @@ fn is_expiry_kind(arg: &[u8]) -> bool {
     [&b"ex"[..], b"px", b"exat", b"pxat"]
         .iter()
         .any(|k| arg.eq_ignore_ascii_case(k))
+}
+
+/// `EXPIRE`'s options, as Redis 7 reads them: any of `NX`, `XX`, `GT`, `LT` (repeats
+/// allowed), where `NX` goes with none of the others and `GT` not with `LT`.
+fn expire_condition(opts: &[Bytes]) -> Result<ExpireCondition, Frame> {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in opts {
+        let flag = match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => &mut nx,
+            b"xx" => &mut xx,
+            b"gt" => &mut gt,
+            b"lt" => &mut lt,
+            _ => {
+                return Err(Frame::err(format!(
+                    "Unsupported option {}",
+                    String::from_utf8_lossy(opt)
+                )));
+            }
+        };
+        *flag = true;
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Frame::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
+        ));
+    }
+    if gt && lt {
+        return Err(Frame::err(
+            "GT and LT options at the same time are not compatible",
+        ));
+    }
+    Ok(match (nx, xx, gt, lt) {
+        (true, ..) => ExpireCondition::IfNone,
+        (_, _, true, _) => ExpireCondition::IfLater,
+        (_, true, _, true) => ExpireCondition::IfSomeEarlier,
+        (_, false, _, true) => ExpireCondition::IfEarlier,
+        (_, true, _, _) => ExpireCondition::IfSome,
+        _ => ExpireCondition::Always,
+    })
 }
 
 /// Whether the expiry option `opt` may follow the expiry option already given, as in
@@ -728,7 +771,39 @@ mod tests {
             parse("PEXPIRE k 9223372036854775807"),
             err("ERR invalid expire time in 'pexpire' command")
         );
-        assert_eq!(parse("EXPIRE k -5"), Ok(Command::Expire("k".into(), -5000)));
+        assert_eq!(
+            parse("EXPIRE k -5"),
+            Ok(Command::Expire("k".into(), -5000, ExpireCondition::Always))
+        );
+    }
+
+    #[test]
+    fn expire_options_as_in_redis_7() {
+        let e = |m: &str| Err(Frame::Error(m.to_owned()));
+        let cond = |line: &str| match parse(line) {
+            Ok(Command::Expire(_, _, c)) => Ok(c),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(cond("EXPIRE k 1 nx"), Ok(ExpireCondition::IfNone));
+        assert_eq!(cond("EXPIRE k 1 XX"), Ok(ExpireCondition::IfSome));
+        assert_eq!(cond("PEXPIRE k 1 GT"), Ok(ExpireCondition::IfLater));
+        assert_eq!(cond("EXPIRE k 1 XX GT"), Ok(ExpireCondition::IfLater));
+        assert_eq!(cond("EXPIRE k 1 LT"), Ok(ExpireCondition::IfEarlier));
+        assert_eq!(
+            cond("EXPIRE k 1 LT XX lt"),
+            Ok(ExpireCondition::IfSomeEarlier)
+        );
+        let incompatible = e("ERR NX and XX, GT or LT options at the same time are not compatible");
+        assert_eq!(cond("EXPIRE k 1 NX XX"), incompatible);
+        assert_eq!(cond("EXPIRE k 1 GT NX"), incompatible);
+        assert_eq!(
+            cond("EXPIRE k 1 GT LT"),
+            e("ERR GT and LT options at the same time are not compatible")
+        );
+        assert_eq!(cond("EXPIRE k 10 20"), e("ERR Unsupported option 20"));
+        // Option errors come before a bad time.
+        assert_eq!(cond("EXPIRE k x FOO"), e("ERR Unsupported option FOO"));
     }
 
     #[test]
@@ -778,8 +853,14 @@ mod tests {
 
     #[test]
     fn expire_family() {
-        assert_eq!(parse("EXPIRE k 2"), Ok(Command::Expire("k".into(), 2000)));
-        assert_eq!(parse("PEXPIRE k -1"), Ok(Command::Expire("k".into(), -1)));
+        assert_eq!(
+            parse("EXPIRE k 2"),
+            Ok(Command::Expire("k".into(), 2000, ExpireCondition::Always))
+        );
+        assert_eq!(
+            parse("PEXPIRE k -1"),
+            Ok(Command::Expire("k".into(), -1, ExpireCondition::Always))
+        );
         assert_eq!(parse("PTTL k"), Ok(Command::Ttl("k".into(), true)));
         assert_eq!(
             parse("GETEX k PERSIST"),

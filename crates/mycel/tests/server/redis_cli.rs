@@ -123,6 +123,22 @@ fn expire_ttl_persist() {
     assert_eq!(s.cli(&["PEXPIRE", "k", "100000"]), "(integer) 1");
     assert_eq!(s.cli(&["GETEX", "k", "PERSIST"]), "\"v\"");
     assert_eq!(s.cli(&["TTL", "k"]), "(integer) -1");
+    // Redis 7's conditions; no expiry counts as infinite for GT and LT.
+    for (args, want) in [
+        (&["EXPIRE", "k", "100", "XX"][..], "(integer) 0"),
+        (&["EXPIRE", "k", "100", "GT"], "(integer) 0"),
+        (&["EXPIRE", "k", "100", "NX"], "(integer) 1"),
+        (&["EXPIRE", "k", "200", "NX"], "(integer) 0"),
+        (&["EXPIRE", "k", "50", "GT"], "(integer) 0"),
+        (&["EXPIRE", "k", "50", "LT"], "(integer) 1"),
+        (&["TTL", "k"], "(integer) 50"),
+        (
+            &["EXPIRE", "k", "1", "NX", "LT"],
+            "(error) ERR NX and XX, GT or LT options at the same time are not compatible",
+        ),
+    ] {
+        assert_eq!(s.cli(args), want, "{args:?}");
+    }
     // A non-positive time deletes the key, as in Redis.
     assert_eq!(s.cli(&["EXPIRE", "k", "-1"]), "(integer) 1");
     assert_eq!(s.cli(&["EXISTS", "k"]), "(integer) 0");

@@ -73,6 +73,29 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[0].cli(&["SET", "greeting", "hello"]), "OK");
     assert_eq!(nodes[1].cli(&["GET", "greeting"]), "\"hello\"");
     assert_eq!(nodes[2].cli(&["GET", "greeting"]), "\"hello\"");
+    // A conditional EXPIRE is decided at the primary, whichever node it reaches: every
+    // node answers the same for the same key.
+    for (i, n) in nodes.iter().enumerate() {
+        let key = format!("cond-{i}");
+        assert_eq!(n.cli(&["SET", &key, "v"]), "OK");
+        assert_eq!(n.cli(&["EXPIRE", &key, "100", "XX"]), "(integer) 0");
+        for other in &nodes {
+            assert_eq!(other.cli(&["TTL", &key]), "(integer) -1");
+        }
+        assert_eq!(n.cli(&["EXPIRE", &key, "100", "NX"]), "(integer) 1");
+        assert_eq!(
+            nodes[(i + 1) % 3].cli(&["EXPIRE", &key, "50", "GT"]),
+            "(integer) 0"
+        );
+        assert_eq!(
+            nodes[(i + 2) % 3].cli(&["EXPIRE", &key, "50", "LT"]),
+            "(integer) 1"
+        );
+    }
+    assert_eq!(
+        nodes[0].cli(&["DEL", "cond-0", "cond-1", "cond-2"]),
+        "(integer) 3"
+    );
 
     // INCR through different nodes accumulates at the key's primary.
     assert_eq!(nodes[0].cli(&["INCR", "visits"]), "(integer) 1");

@@ -158,9 +158,9 @@ pub(crate) async fn execute(
             .await
             .map(|vs| Frame::Array(vs.into_iter().map(bulk_or_null).collect())),
         Command::MSet(pairs) => m.mset(b, pairs).await.map(|()| OK),
-        Command::Expire(key, ms) => {
+        Command::Expire(key, ms, condition) => {
             let after = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-            m.expire(b, key, after)
+            m.expire_if(b, key, after, condition)
                 .await
                 .map(|x| Frame::Integer(i64::from(x)))
         }
@@ -312,10 +312,11 @@ pub(crate) fn batchable(cmd: Command) -> Result<(BatchOp, Shape), Command> {
             },
             Shape::Flag,
         ),
-        Command::Expire(key, ms) => (
+        Command::Expire(key, ms, condition) => (
             BatchOp::Expire {
                 key,
                 after: Duration::from_millis(u64::try_from(ms).unwrap_or(0)),
+                condition,
             },
             Shape::Flag,
         ),
