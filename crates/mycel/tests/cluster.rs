@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mycel::{
-    BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, Condition, Config, Error, Expiry,
-    Loader, Mycel, Partitioning, SetOptions, Ttl, checker,
+    BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, Condition, Config, Error,
+    ExpireCondition, Expiry, Loader, Mycel, Partitioning, SetOptions, Ttl, checker,
 };
 use nodosum::{Node, NodeId};
 use tempfile::TempDir;
@@ -761,6 +761,13 @@ fn batch_ops(keys: &[Bytes], len: usize, seed: usize, big: usize) -> Vec<BatchOp
                 7 => BatchOp::Expire {
                     key,
                     after: Duration::from_secs(600),
+                    // The conditions that do not compare times (which differ by how
+                    // long the calls took).
+                    condition: [
+                        ExpireCondition::Always,
+                        ExpireCondition::IfNone,
+                        ExpireCondition::IfSome,
+                    ][i % 3],
                 },
                 8 => BatchOp::Ttl { key },
                 9 => BatchOp::Persist { key },
