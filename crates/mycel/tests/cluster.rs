@@ -411,6 +411,32 @@ async fn graceful_leave_loses_nothing() {
     assert_readable(&survivors, &acked).await;
 }
 
+/// When every member leaves at once (the whole cluster stops), nobody can take the
+/// partitions over: each leave ends as soon as it sees the others leaving too, rather
+/// than waiting out its timeout for a table that cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_leaving_at_once_does_not_wait_for_a_hand_off() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, nodes) = cluster(3).await;
+    write_keys(&nodes.refs(), 30, 0).await;
+    let all = async {
+        tokio::join!(
+            nodes[0].leave(PATIENCE),
+            nodes[1].leave(PATIENCE),
+            nodes[2].leave(PATIENCE)
+        )
+    };
+    let (a, b, c) = tokio::time::timeout(PATIENCE, all)
+        .await
+        .expect("the leaves end");
+    for r in [a, b, c] {
+        r.expect("nobody to hand off to is not an incomplete leave");
+    }
+    for n in nodes {
+        n.shutdown(Duration::from_secs(2)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_refuses_writes() {
     let _serial = SERIAL.lock().await;

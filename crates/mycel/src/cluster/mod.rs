@@ -72,7 +72,8 @@
 //!
 //! **Leave, freeze, readiness.** [`Cluster::leave`] announces `leaving`; the authority
 //! publishes a table without the node, whose partitions are fetched and released by their
-//! new replicas; `leave` returns when nothing awaits release. [`Cluster::set_frozen`]
+//! new replicas; `leave` returns when nothing awaits release, or at once when every other
+//! member is leaving too (the whole cluster stops; nobody could take over). [`Cluster::set_frozen`]
 //! announces `frozen`, which pauses new tables (and so migrations) cluster-wide.
 //! [`Cluster::ready`] says every partition this node replicates is synced.
 //!
@@ -104,7 +105,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -320,9 +321,13 @@ pub enum ClusterError {
     /// The nodosum node refused (registering the application, publishing metadata).
     #[error(transparent)]
     Node(#[from] nodosum::Error),
-    /// [`Cluster::leave`] timed out with partitions not yet released by their new
-    /// replicas (they are still served from here until the node shuts down).
-    #[error("leave incomplete: {awaiting} partitions not yet released")]
+    /// [`Cluster::leave`] timed out before a routing table without this node was in use
+    /// and every partition handed off was released by its new replicas (they are still
+    /// served from here until the node shuts down).
+    #[error(
+        "leave incomplete: the cluster had not taken this node's partitions over \
+         ({awaiting} handed off but not yet released)"
+    )]
     LeaveIncomplete {
         /// Partitions still awaiting release.
         awaiting: usize,
@@ -604,6 +609,9 @@ struct Inner {
     started_at: u64,
     started: Instant,
     leaving: AtomicBool,
+    /// Alive members other than this one that are not leaving, as of the last background
+    /// step (`usize::MAX` before the first): who could take partitions over.
+    successors: AtomicUsize,
     frozen: AtomicBool,
     table_changed: tokio::sync::Notify,
     refreshing: Mutex<HashSet<NodeId>>,
@@ -746,6 +754,7 @@ impl Cluster {
             started_at,
             started: Instant::now(),
             leaving: AtomicBool::new(false),
+            successors: AtomicUsize::new(usize::MAX),
             frozen: AtomicBool::new(false),
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
@@ -1078,6 +1087,14 @@ impl Cluster {
                 let others = st.alive.iter().any(|n| *n != self.inner.me);
                 if !others {
                     tracing::warn!("leaving with no other member to hand off to");
+                    return Ok(());
+                }
+                // The others leave too (the whole cluster stops): nobody can take the
+                // partitions over, so waiting would only delay the stop.
+                if self.inner.successors.load(Ordering::Acquire) == 0 {
+                    tracing::warn!(
+                        "leaving while every other member leaves too: nobody to hand off to"
+                    );
                     return Ok(());
                 }
                 if let Some(t) = st.table()
@@ -2418,6 +2435,10 @@ impl Inner {
             }
         }
         view.sort_by(|a, b| a.id.cmp(&b.id));
+        self.successors.store(
+            view.iter().filter(|m| m.id != self.me).count(),
+            Ordering::Release,
+        );
         let auth = authority(&view).map(|m| m.id.clone());
 
         let mut publish = None;

@@ -603,6 +603,12 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
     };
     let proto =
         int(ver).map_err(|_| Frame::err("Protocol version is not an integer or out of range"))?;
+    // As in Redis, an unsupported version is refused before any option is looked at.
+    if !(2..=3).contains(&proto) {
+        return Err(Frame::Error(
+            "NOPROTO unsupported protocol version".to_owned(),
+        ));
+    }
     let mut name = None;
     while let Some((opt, tail)) = opts.split_first() {
         if opt.eq_ignore_ascii_case(b"auth") && tail.len() >= 2 {
@@ -903,6 +909,13 @@ mod tests {
                 proto: Some(3),
                 name: Some("n".into())
             })
+        );
+        // An unsupported version wins over the options, as in Redis.
+        assert_eq!(
+            parse("HELLO 4 AUTH bob pw"),
+            Err(Frame::Error(
+                "NOPROTO unsupported protocol version".to_owned()
+            ))
         );
         // Only the passwordless default user exists; names follow CLIENT SETNAME's rule.
         assert_eq!(

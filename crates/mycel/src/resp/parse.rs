@@ -39,7 +39,8 @@ impl Default for RequestLimits {
 }
 
 /// A request that breaks the protocol. Redis replies `-ERR Protocol error: ...` and closes
-/// the connection; so does Mycel.
+/// the connection; so does Mycel, except after [`TooLarge`](Self::TooLarge) (see
+/// [`is_fatal`](Self::is_fatal)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     /// Inline command or header line without a line end within the limit.
@@ -82,11 +83,6 @@ impl ProtocolError {
     }
 }
 
-/// Parses one request from the start of `buf`.
-///
-/// `Ok(Some(args))` consumed the request; `args` may be empty (an empty line or `*0`),
-/// which callers skip. `Ok(None)` consumed nothing. After an error the connection must be
-/// closed; `buf` is unchanged.
 /// Parses one request from the start of `buf` with a one-off parser (tests and fuzzing;
 /// connections keep a [`RequestParser`]). `Ok(Some(args))` consumed the request,
 /// `Ok(None)` consumed nothing; after an error `buf` is unchanged.
@@ -147,8 +143,8 @@ impl RequestParser {
     /// with more appended (the parser remembers how far it got); it consumed nothing,
     /// unless a request with a too large argument is being dropped. After
     /// [`TooLarge`](ProtocolError::TooLarge) that request was consumed and the next one
-    /// follows; after any other error the connection must be closed, and `buf` is
-    /// unchanged.
+    /// follows; after any other error the connection must be closed (`buf` is unchanged,
+    /// unless the error came while a request was being dropped).
     pub fn parse(
         &mut self,
         buf: &mut BytesMut,
@@ -223,7 +219,7 @@ impl RequestParser {
                 .filter(|&l| l <= limits.max_discard_len.max(limits.max_bulk_len))
                 .ok_or(ProtocolError::InvalidBulkLength)?;
             buf.advance(start);
-            d.left = len + 2;
+            d.left = len.saturating_add(2);
             d.args_left -= 1;
         }
     }
@@ -277,7 +273,7 @@ fn parse_multibulk(
                         let args_left = count - spans.len() - 1;
                         spans.clear();
                         return Ok(Multibulk::TooLarge(Discard {
-                            left: len + 2,
+                            left: len.saturating_add(2),
                             args_left,
                             len,
                         }));

@@ -134,7 +134,7 @@ fn standalone_warns_that_cluster_settings_are_unused() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("--standalone") && err.contains("--seed") && err.contains("not used"),
+        err.contains("--standalone") && err.contains("--seed") && err.contains("ignored"),
         "{err}"
     );
 }

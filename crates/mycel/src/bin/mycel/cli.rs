@@ -217,7 +217,8 @@ pub(crate) struct Settings {
     pub(crate) resp: SocketAddr,
     /// Admin listen address.
     pub(crate) admin: SocketAddr,
-    /// The nodosum node's configuration (validated; unused with `--standalone`).
+    /// The nodosum node's configuration (validated, unless `--standalone`, which does not
+    /// use it).
     pub(crate) nodosum: nodosum::Config,
     /// Mycel's configuration.
     pub(crate) mycel: mycel::Config,

@@ -148,7 +148,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     if settings.standalone && !settings.cluster_only.is_empty() {
         tracing::warn!(
             settings = %settings.cluster_only.join(", "),
-            "--standalone: cluster settings were validated but are not used"
+            "--standalone: cluster settings are ignored"
         );
     }
     let mut signals = Signals::install()?;
