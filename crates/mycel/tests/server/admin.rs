@@ -110,12 +110,21 @@ fn cluster_mode_exports_node_metrics_and_refuses_what_it_cannot_do() {
         "nodosum_",
         "mycel_table_epoch 1",
         "mycel_partitions_primary ",
+        // This node's store: the one key (a lone node is its primary).
+        "mycel_keys 1",
+        "mycel_memory_max_bytes 67108864",
+        "mycel_memory_used_bytes ",
+        "mycel_evictions_total 0",
     ] {
         assert!(body.contains(want), "{want:?} missing from:\n{body}");
     }
     assert_eq!(body.matches("# EOF").count(), 1, "{body}");
-    // Store figures the cluster layer does not expose are not made up.
-    assert!(!body.contains("mycel_memory_used_bytes"), "{body}");
+    // One HELP per family: the server's and the node's registries do not overlap.
+    let mut helps: Vec<&str> = body.lines().filter(|l| l.starts_with("# HELP ")).collect();
+    let all = helps.len();
+    helps.sort_unstable();
+    helps.dedup();
+    assert_eq!(helps.len(), all, "{body}");
 
     let info = s.cli(&["INFO"]);
     assert!(!info.contains("redis_mode:cluster"), "{info}");

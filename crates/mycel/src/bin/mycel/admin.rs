@@ -165,13 +165,14 @@ async fn members(State(s): State<Arc<Shared>>) -> Response {
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     let text = match s.mycel.cluster() {
         Some(c) => {
-            // Two expositions in one body: drop the first one's end marker.
-            let own = s.metrics.render(None);
+            // This node's store (what it holds as primary and backup), then the node's
+            // own registry; two expositions in one body: drop the first one's end marker.
+            let own = s.metrics.render(&s.mycel.local_stats().await);
             let own = own.trim_end().strip_suffix("# EOF").unwrap_or(&own);
             format!("{own}{}", c.node().metrics_text())
         }
         None => match s.mycel.stats().await {
-            Ok(stats) => s.metrics.render(Some(&stats)),
+            Ok(stats) => s.metrics.render(&stats),
             Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         },
     };

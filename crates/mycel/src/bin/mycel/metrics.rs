@@ -42,10 +42,9 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    /// The server's series; the store's (`keys`, `memory_*`, ...) only with `store`, i.e.
-    /// for the standalone backend (in cluster mode the cluster layer exports its own in the
-    /// node's registry).
-    pub(crate) fn new(store: bool) -> Self {
+    /// The server's series and its store's (`keys`, `memory_*`, ...: in cluster mode what
+    /// this node holds, as primary and as backup).
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("mycel");
         let m = Self {
             commands: Family::default(),
@@ -79,9 +78,6 @@ impl Metrics {
             "Client connections open",
             m.connections.clone(),
         );
-        if !store {
-            return Self { registry, ..m };
-        }
         registry.register("keys", "Live keys held", m.keys.clone());
         registry.register(
             "keys_with_ttl",
@@ -111,11 +107,9 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// The Prometheus text exposition, with store figures from `stats` (standalone).
-    pub(crate) fn render(&self, stats: Option<&Stats>) -> String {
-        if let Some(stats) = stats {
-            self.sample(stats);
-        }
+    /// The Prometheus text exposition, with store figures from `stats`.
+    pub(crate) fn render(&self, stats: &Stats) -> String {
+        self.sample(stats);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);

@@ -58,7 +58,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(mycel: Mycel, node: NodeInfo, limits: RequestLimits) -> Self {
         Self {
-            metrics: Metrics::new(mycel.cluster().is_none()),
+            metrics: Metrics::new(),
             mycel,
             node,
             limits,
