@@ -657,6 +657,8 @@ async fn freeze_pauses_migrations_until_thawed() {
     })
     .await;
     assert_eq!(third.status().replicas, 0);
+    // Not in the table yet: it holds nothing it should, but it is not ready either.
+    assert!(!third.ready(), "{:?}", third.status());
     // It serves through the owners meanwhile.
     settled("write through the new node", || {
         third.set(BUCKET, "during-freeze", "ok", SetOptions::default())
@@ -667,6 +669,10 @@ async fn freeze_pauses_migrations_until_thawed() {
     converged(&nodes.refs()).await;
     assert!(nodes[0].status().epoch > epoch);
     assert!(nodes[2].status().replicas > 0);
+    eventually("the new node is ready once in the table and synced", || {
+        nodes[2].ready()
+    })
+    .await;
     assert_eq!(
         nodes[2]
             .get(BUCKET, "during-freeze")

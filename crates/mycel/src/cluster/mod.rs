@@ -573,7 +573,8 @@ pub struct ClusterStatus {
     pub synced: usize,
     /// Partitions handed off but not yet released.
     pub awaiting_release: usize,
-    /// Whether every partition this node replicates is synced (and a table exists).
+    /// Whether this node is in the installed table and every partition it replicates is
+    /// synced.
     pub ready: bool,
 }
 
@@ -1121,7 +1122,8 @@ impl Cluster {
         self.inner.publish_meta(self.node())
     }
 
-    /// Whether a table is installed and every partition this node replicates is synced.
+    /// Whether a table with this node is installed and every partition this node
+    /// replicates is synced (a joining or leaving node is not ready).
     pub fn ready(&self) -> bool {
         self.status().ready
     }
@@ -1252,7 +1254,9 @@ impl Inner {
             replicas,
             synced,
             awaiting_release: st.awaiting.len(),
-            ready: table.is_some() && replicas == synced,
+            // In the table, too: a joining node replicates nothing yet, which is not the
+            // same as holding what it should.
+            ready: table.is_some_and(|t| t.contains(&self.me)) && replicas == synced,
         }
     }
 
