@@ -576,6 +576,9 @@ pub struct ClusterStatus {
     /// Whether this node is in the installed table and every partition it replicates is
     /// synced.
     pub ready: bool,
+    /// Whether maintenance mode holds: this node or another member is frozen (as last
+    /// seen), so no new tables are published ([`Cluster::set_frozen`]).
+    pub frozen: bool,
 }
 
 /// A Mycel node in a cluster. See the [module docs](self).
@@ -614,6 +617,8 @@ struct Inner {
     /// step (`usize::MAX` before the first): who could take partitions over.
     successors: AtomicUsize,
     frozen: AtomicBool,
+    /// Whether another member was frozen at the last background step.
+    others_frozen: AtomicBool,
     table_changed: tokio::sync::Notify,
     refreshing: Mutex<HashSet<NodeId>>,
     /// When the transfer bandwidth is next free (see [`pace`]).
@@ -757,6 +762,7 @@ impl Cluster {
             leaving: AtomicBool::new(false),
             successors: AtomicUsize::new(usize::MAX),
             frozen: AtomicBool::new(false),
+            others_frozen: AtomicBool::new(false),
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
             fetch_free_at: Mutex::new(Instant::now()),
@@ -1257,6 +1263,8 @@ impl Inner {
             // In the table, too: a joining node replicates nothing yet, which is not the
             // same as holding what it should.
             ready: table.is_some_and(|t| t.contains(&self.me)) && replicas == synced,
+            frozen: self.frozen.load(Ordering::Acquire)
+                || self.others_frozen.load(Ordering::Acquire),
         }
     }
 
@@ -2398,6 +2406,7 @@ impl Inner {
         let now = wall_clock();
         let leaving = self.leaving.load(Ordering::Acquire);
         let mut frozen = self.frozen.load(Ordering::Acquire);
+        let mut others_frozen = false;
         let mut view = Vec::new();
         let mut alive = BTreeSet::new();
         alive.insert(self.me.clone());
@@ -2429,7 +2438,7 @@ impl Inner {
                 continue;
             }
             alive.insert(m.id.clone());
-            frozen |= meta.frozen;
+            others_frozen |= meta.frozen;
             if !meta.leaving {
                 view.push(Member {
                     id: m.id.clone(),
@@ -2439,6 +2448,8 @@ impl Inner {
             }
         }
         view.sort_by(|a, b| a.id.cmp(&b.id));
+        self.others_frozen.store(others_frozen, Ordering::Release);
+        frozen |= others_frozen;
         self.successors.store(
             view.iter().filter(|m| m.id != self.me).count(),
             Ordering::Release,

@@ -92,6 +92,26 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
             "(integer) 1"
         );
     }
+    // Maintenance set on one node holds cluster-wide, and every node says so.
+    let (status, _) = nodes[0].http("POST", "/maintenance?freeze=true");
+    assert_eq!(status, 200);
+    within(GUARD, "every node reports maintenance", || {
+        nodes.iter().all(|n| {
+            n.http("GET", "/maintenance")
+                .1
+                .contains("\"maintenance\":true")
+        })
+    });
+    let (_, body) = nodes[1].http("GET", "/maintenance");
+    assert!(body.contains("\"here\":false"), "{body}");
+    nodes[0].http("POST", "/maintenance?freeze=false");
+    within(GUARD, "maintenance ends everywhere", || {
+        nodes.iter().all(|n| {
+            n.http("GET", "/maintenance")
+                .1
+                .contains("\"maintenance\":false")
+        })
+    });
     assert_eq!(
         nodes[0].cli(&["DEL", "cond-0", "cond-1", "cond-2"]),
         "(integer) 3"

@@ -284,12 +284,17 @@ async fn maintenance(State(s): State<Arc<Shared>>, Query(q): Query<MaintenanceQu
     if was != freeze {
         tracing::info!(freeze, "maintenance mode changed");
     }
-    json_response(StatusCode::OK, &json!({ "maintenance": freeze }))
+    maintenance_state(State(s)).await
 }
 
+/// `maintenance`: whether it holds (here or, in a cluster, set by any member); `here`:
+/// whether this node set it.
 async fn maintenance_state(State(s): State<Arc<Shared>>) -> Response {
     json_response(
         StatusCode::OK,
-        &json!({ "maintenance": s.in_maintenance() }),
+        &json!({
+            "maintenance": s.in_maintenance(),
+            "here": s.maintenance.load(Ordering::Acquire),
+        }),
     )
 }

@@ -80,8 +80,11 @@ impl Shared {
     }
 
     /// Whether maintenance mode is on.
+    /// Whether maintenance mode holds: set here, or (cluster mode) by any member, since
+    /// one frozen member pauses migrations cluster-wide.
     pub(crate) fn in_maintenance(&self) -> bool {
         self.maintenance.load(Ordering::Acquire)
+            || self.mycel.cluster().is_some_and(|c| c.status().frozen)
     }
 
     /// Clients connected now.
