@@ -301,6 +301,13 @@ impl Command {
             "config" => parse_config(rest)?,
             "hello" => parse_hello(rest)?,
             "mycel.bucket" => parse_bucket(rest)?,
+            // Known to clients, and refused with the reason rather than as unknown.
+            "multi" | "exec" | "discard" | "watch" | "unwatch" => {
+                return Err(Frame::err(format!(
+                    "'{name}' is not supported: Mycel has no transactions \
+                     (send the commands as a plain pipeline)"
+                )));
+            }
             _ => return Err(unknown_command(args)),
         })
     }
@@ -674,6 +681,19 @@ mod tests {
             parse("CLIENT GETNAME x"),
             err("ERR wrong number of arguments for 'client|getname' command")
         );
+    }
+
+    #[test]
+    fn transactions_are_refused_with_the_reason() {
+        for cmd in ["MULTI", "exec", "WATCH k"] {
+            let Err(Frame::Error(e)) = parse(cmd) else {
+                panic!("{cmd} is refused")
+            };
+            assert!(
+                e.contains("not supported") && e.contains("transactions"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

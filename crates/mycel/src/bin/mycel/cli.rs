@@ -37,7 +37,8 @@ Examples:
 Any node serves any key: it forwards the command to the key's primary, which replicates
 writes to --replicas - 1 backups before answering. --standalone serves a single node
 without gossip or QUIC (and adds FLUSHDB and MYCEL.BUCKET ... CREATE, which a cluster
-does not offer).
+does not offer). Strings only, and no transactions: MULTI/EXEC are refused (send the
+commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)).
 
 Buckets: plain Redis clients use the bucket \"default\". `MYCEL.BUCKET name` switches the
 connection to another bucket, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a
