@@ -820,26 +820,21 @@ impl State {
                 bucket,
                 key,
                 after_ms,
-            } => {
-                let b = bucket_of(store, bucket)?;
-                let at = now.saturating_add(std::time::Duration::from_millis(*after_ms));
-                let w = store
-                    .expire(b, key.0.clone(), at, ExpireCondition::Always, now, e)
-                    .map_err(err)?;
-                let done = w.is_some();
-                writes.extend(w);
-                OpReply::Bool(done)
             }
-            Op::ExpireIf {
+            | Op::ExpireIf {
                 bucket,
                 key,
                 after_ms,
-                condition,
+                ..
             } => {
+                let condition = match op {
+                    Op::ExpireIf { condition, .. } => (*condition).into(),
+                    _ => ExpireCondition::Always,
+                };
                 let b = bucket_of(store, bucket)?;
                 let at = now.saturating_add(std::time::Duration::from_millis(*after_ms));
                 let w = store
-                    .expire(b, key.0.clone(), at, (*condition).into(), now, e)
+                    .expire(b, key.0.clone(), at, condition, now, e)
                     .map_err(err)?;
                 let done = w.is_some();
                 writes.extend(w);
