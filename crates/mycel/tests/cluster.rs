@@ -437,6 +437,25 @@ async fn a_whole_cluster_leaving_at_once_does_not_wait_for_a_hand_off() {
     }
 }
 
+/// But a member of the table that is not seen (crashed, maybe restarting) might take
+/// over: the others do not take the quick way out, they wait for a hand-off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_does_not_give_up_on_a_missing_member() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    write_keys(&nodes.refs(), 30, 0).await;
+    // Gone without a leave: first suspect, then failed; never leaving.
+    drop(nodes.pop());
+    let patience = Duration::from_secs(5);
+    let (a, b) = tokio::join!(nodes[0].leave(patience), nodes[1].leave(patience));
+    for r in [a, b] {
+        assert!(
+            matches!(r, Err(ClusterError::LeaveIncomplete { .. })),
+            "{r:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minority_refuses_writes() {
     let _serial = SERIAL.lock().await;

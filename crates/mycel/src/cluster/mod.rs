@@ -1088,6 +1088,8 @@ impl Cluster {
         self.inner.leaving.store(true, Ordering::Release);
         self.inner.publish_meta(self.node())?;
         let deadline = Instant::now() + timeout;
+        // Since when nobody could take over (see below).
+        let mut alone_since: Option<Instant> = None;
         loop {
             {
                 let st = self.inner.lock();
@@ -1097,12 +1099,29 @@ impl Cluster {
                     return Ok(());
                 }
                 // The others leave too (the whole cluster stops): nobody can take the
-                // partitions over, so waiting would only delay the stop.
-                if self.inner.successors.load(Ordering::Acquire) == 0 {
-                    tracing::warn!(
-                        "leaving while every other member leaves too: nobody to hand off to"
-                    );
-                    return Ok(());
+                // partitions over, so waiting would only delay the stop. Only when that
+                // holds for a stabilisation window, and every other member of the table
+                // is seen (one missing may be restarting, and would take over).
+                let nobody = self.inner.successors.load(Ordering::Acquire) == 0
+                    && st.table().is_some_and(|t| {
+                        t.members()
+                            .iter()
+                            .all(|m| m.id == self.inner.me || st.alive.contains(&m.id))
+                    });
+                let now = Instant::now();
+                match (nobody, alone_since) {
+                    (false, _) => alone_since = None,
+                    (true, None) => alone_since = Some(now),
+                    (true, Some(since))
+                        if now.duration_since(since)
+                            >= self.inner.config.mycel.stabilization_window =>
+                    {
+                        tracing::warn!(
+                            "leaving while every other member leaves too: nobody to hand off to"
+                        );
+                        return Ok(());
+                    }
+                    (true, Some(_)) => {}
                 }
                 if let Some(t) = st.table()
                     && !t.contains(&self.inner.me)
@@ -2450,8 +2469,11 @@ impl Inner {
         view.sort_by(|a, b| a.id.cmp(&b.id));
         self.others_frozen.store(others_frozen, Ordering::Release);
         frozen |= others_frozen;
+        // Members that could hold partitions (weight 0 never does).
         self.successors.store(
-            view.iter().filter(|m| m.id != self.me).count(),
+            view.iter()
+                .filter(|m| m.id != self.me && m.weight > 0)
+                .count(),
             Ordering::Release,
         );
         let auth = authority(&view).map(|m| m.id.clone());
