@@ -72,8 +72,9 @@
 //!
 //! **Leave, freeze, readiness.** [`Cluster::leave`] announces `leaving`; the authority
 //! publishes a table without the node, whose partitions are fetched and released by their
-//! new replicas; `leave` returns when nothing awaits release, or at once when every other
-//! member is leaving too (the whole cluster stops; nobody could take over). [`Cluster::set_frozen`]
+//! new replicas; `leave` returns when nothing awaits release, or early when, for a
+//! stabilisation window, every other member of the table is seen leaving too (the whole
+//! cluster stops; nobody could take over). [`Cluster::set_frozen`]
 //! announces `frozen`, which pauses new tables (and so migrations) cluster-wide.
 //! [`Cluster::ready`] says every partition this node replicates is synced.
 //!
@@ -613,8 +614,9 @@ struct Inner {
     started_at: u64,
     started: Instant,
     leaving: AtomicBool,
-    /// Alive members other than this one that are not leaving, as of the last background
-    /// step (`usize::MAX` before the first): who could take partitions over.
+    /// Alive members other than this one that are not leaving and have a weight, as of the
+    /// last background step (`usize::MAX` before the first): who could take partitions
+    /// over.
     successors: AtomicUsize,
     frozen: AtomicBool,
     /// Whether another member was frozen at the last background step.
