@@ -152,6 +152,12 @@ impl TlsIdentity {
         })
     }
 
+    /// Checks that a node could use this identity, as starting its endpoint would: the CA
+    /// roots are trust anchors and the key belongs to the certificate.
+    pub fn check(&self) -> Result<(), TlsError> {
+        TlsConfigs::new(self, DEFAULT_ALPN).map(drop)
+    }
+
     /// The node ID in this identity's end-entity certificate.
     pub fn node_id(&self) -> Result<NodeId, TlsError> {
         let cert = self

@@ -442,8 +442,9 @@ impl Config {
         }
     }
 
-    /// Checks the whole configuration, including that the files it names exist, and
-    /// returns every problem at once.
+    /// Checks the whole configuration, including that the files it names exist and that
+    /// the TLS files are usable (certificates parse, the key is the certificate's, the
+    /// certificate names `node_id`), and returns every problem at once.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut v = Validator::default();
         self.check(&mut v);
@@ -585,6 +586,15 @@ impl Config {
                     Some(p) => v.readable_file(field, p),
                 }
             }
+            let readable = |p: &Option<PathBuf>| p.as_deref().is_some_and(Path::is_file);
+            if let (Some(ca), Some(cert), Some(key), true) = (
+                &t.ca,
+                &t.cert,
+                &t.key,
+                readable(&t.ca) && readable(&t.cert) && readable(&t.key),
+            ) {
+                self.check_tls_files(v, ca, cert, key);
+            }
             if t.dev_ca_dir.is_some() {
                 v.push("tls.dev_ca_dir", "only used with tls.development = true");
             }
@@ -669,6 +679,66 @@ fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+}
+
+impl Config {
+    /// What starting the node would refuse in readable TLS files: PEM that does not parse,
+    /// a CA that is no trust anchor, a key that is not the certificate's, a certificate
+    /// naming another node. Each problem names the setting of the file at fault.
+    fn check_tls_files(&self, v: &mut Validator, ca: &Path, cert: &Path, key: &Path) {
+        use nodosum_quic::TlsError;
+        let field_of = |path: &Path| {
+            [("tls.ca", ca), ("tls.cert", cert), ("tls.key", key)]
+                .into_iter()
+                .find(|(_, p)| *p == path)
+                .map_or("tls", |(f, _)| f)
+        };
+        let chain = |e: &dyn std::error::Error| {
+            let mut text = e.to_string();
+            let mut source = e.source();
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        };
+        let identity = match nodosum_quic::TlsIdentity::from_pem_files(ca, cert, key) {
+            Ok(identity) => identity,
+            Err(e) => {
+                let field = match &e {
+                    TlsError::ReadFile { path, .. }
+                    | TlsError::Pem { path, .. }
+                    | TlsError::NoCertificate { path }
+                    | TlsError::InvalidCa { path, .. } => field_of(path),
+                    _ => "tls",
+                };
+                v.push(field, chain(&e));
+                return;
+            }
+        };
+        match identity.node_id() {
+            Ok(id) if id != self.node_id => v.push(
+                "tls.cert",
+                format!(
+                    "{} names node {id}, but node_id is {}",
+                    cert.display(),
+                    self.node_id
+                ),
+            ),
+            Ok(_) => {}
+            Err(e) => v.push("tls.cert", format!("{}: {}", cert.display(), chain(&e))),
+        }
+        if let Err(e) = identity.check() {
+            let field = match &e {
+                TlsError::InvalidCa { .. } => "tls.ca",
+                _ => "tls.key",
+            };
+            v.push(
+                field,
+                format!("{} and {}: {}", cert.display(), key.display(), chain(&e)),
+            );
+        }
+    }
 }
 
 impl Validator {
@@ -841,16 +911,34 @@ mod tests {
     #[test]
     fn production_requires_a_key_and_real_advertise() {
         let dir = tempfile::tempdir().unwrap();
-        let f = |n: &str| {
+        let f = |n: &str, text: String| {
             let p = dir.path().join(n);
-            std::fs::write(&p, "pem").unwrap();
+            std::fs::write(&p, text).unwrap();
             p
         };
+        let pem = |label: &str, der: &[u8]| {
+            let b64 = BASE64.encode(der);
+            let lines: Vec<&str> = b64
+                .as_bytes()
+                .chunks(64)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            format!(
+                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+                lines.join("\n")
+            )
+        };
+        let ca = nodosum_quic::DevCa::generate("test CA").unwrap();
+        let identity = ca.issue(&id("n1")).unwrap();
         let key = Key::from_bytes([1; 32]);
         let mut c = Config::production(
             id("n1"),
             "10.0.0.1:6969".parse().unwrap(),
-            (f("ca.pem"), f("n1.pem"), f("n1-key.pem")),
+            (
+                f("ca.pem", ca.cert_pem()),
+                f("n1.pem", pem("CERTIFICATE", &identity.cert_chain[0])),
+                f("n1-key.pem", pem("PRIVATE KEY", identity.key.secret_der())),
+            ),
             &key,
         );
         c.validate().unwrap();

@@ -80,35 +80,59 @@ fn pem(label: &str, der: &[u8]) -> String {
     )
 }
 
+/// Unusable TLS files are configuration problems, found before anything binds and named
+/// by their setting: a certificate naming another node, a key that is not the
+/// certificate's, a file without a certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_certificate_naming_another_node_is_refused_at_start() {
+async fn unusable_tls_files_are_refused_at_start_naming_the_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = DevCa::generate("test CA").expect("ca");
     let identity = ca.issue(&id("someone-else")).expect("issue");
+    let other = ca.issue(&id("me")).expect("issue");
     let write = |name: &str, text: String| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).expect("write");
         p
     };
-    let files = (
-        write("ca.pem", ca.cert_pem()),
-        write("cert.pem", pem("CERTIFICATE", &identity.cert_chain[0])),
-        write("key.pem", pem("PRIVATE KEY", identity.key.secret_der())),
-    );
-    let mut config = Config::production(
-        id("me"),
-        "127.0.0.1:1".parse().expect("addr"),
-        files,
-        &Key::from_bytes([1; 32]),
-    );
-    config.gossip.bind = "127.0.0.1:0".parse().expect("addr");
-    config.gossip.advertise = None;
-    config.quic.bind = "127.0.0.1:0".parse().expect("addr");
-    match Node::start(config).await {
-        Err(Error::IdentityMismatch { config, cert }) => {
-            assert_eq!((config, cert), (id("me"), id("someone-else")));
+    let ca_pem = write("ca.pem", ca.cert_pem());
+    let cert = write("cert.pem", pem("CERTIFICATE", &identity.cert_chain[0]));
+    let key = write("key.pem", pem("PRIVATE KEY", identity.key.secret_der()));
+    let my_cert = write("my-cert.pem", pem("CERTIFICATE", &other.cert_chain[0]));
+    let garbage = write("garbage.pem", "not a certificate\n".to_owned());
+    let cases = [
+        (
+            (ca_pem.clone(), cert.clone(), key.clone()),
+            "tls.cert",
+            "names node someone-else",
+        ),
+        (
+            (ca_pem.clone(), my_cert, key.clone()),
+            "tls.key",
+            "KeyMismatch",
+        ),
+        ((ca_pem, garbage, key), "tls.cert", "no certificate"),
+    ];
+    for (files, field, says) in cases {
+        let mut config = Config::production(
+            id("me"),
+            "127.0.0.1:1".parse().expect("addr"),
+            files,
+            &Key::from_bytes([1; 32]),
+        );
+        config.gossip.bind = "127.0.0.1:0".parse().expect("addr");
+        config.gossip.advertise = None;
+        config.quic.bind = "127.0.0.1:0".parse().expect("addr");
+        match Node::start(config).await {
+            Err(Error::Config(e)) => {
+                assert!(
+                    e.problems
+                        .iter()
+                        .any(|p| p.field == field && p.message.contains(says)),
+                    "{field}: {says:?} in {e:?}"
+                );
+            }
+            other => panic!("expected a configuration problem, got {other:?}"),
         }
-        other => panic!("expected an identity mismatch, got {other:?}"),
     }
 }
 
