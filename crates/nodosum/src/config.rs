@@ -728,15 +728,15 @@ impl Config {
             Ok(_) => {}
             Err(e) => v.push("tls.cert", format!("{}: {}", cert.display(), chain(&e))),
         }
-        if let Err(e) = identity.check() {
-            let field = match &e {
-                TlsError::InvalidCa { .. } => "tls.ca",
-                _ => "tls.key",
-            };
-            v.push(
-                field,
+        match identity.check() {
+            Ok(()) => {}
+            // rustls refuses the certificate and key together (they do not match).
+            Err(e @ TlsError::Rustls(_)) => v.push(
+                "tls.key",
                 format!("{} and {}: {}", cert.display(), key.display(), chain(&e)),
-            );
+            ),
+            // The roots: no trust anchor, or none to verify clients with.
+            Err(e) => v.push("tls.ca", format!("{}: {}", ca.display(), chain(&e))),
         }
     }
 }
