@@ -289,6 +289,30 @@ impl DevCa {
         node_id: &NodeId,
         validity: DevValidity,
     ) -> Result<TlsIdentity, TlsError> {
+        let (cert, key) = self.sign(node_id, validity)?;
+        Ok(TlsIdentity {
+            ca_roots: vec![self.cert_der()],
+            cert_chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::try_from(key.serialize_der()).map_err(|_| {
+                TlsError::Rustls(rustls::Error::General("rcgen key is not PKCS#8".into()))
+            })?,
+        })
+    }
+
+    /// Issues a long-lived node certificate for `node_id`, as [`issue`](Self::issue), and
+    /// returns it and its private key as PEM (the key PKCS#8): files for
+    /// [`TlsIdentity::from_pem_files`], with [`cert_pem`](Self::cert_pem) as the CA.
+    pub fn issue_pem(&self, node_id: &NodeId) -> Result<(String, String), TlsError> {
+        let (cert, key) = self.sign(node_id, DevValidity::Long)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// A new node key and its certificate for `node_id`, signed by this CA.
+    fn sign(
+        &self,
+        node_id: &NodeId,
+        validity: DevValidity,
+    ) -> Result<(rcgen::Certificate, rcgen::KeyPair), TlsError> {
         let mut params = rcgen::CertificateParams::new(vec![node_id.as_str().to_owned()])?;
         params
             .distinguished_name
@@ -306,13 +330,7 @@ impl DevCa {
         let key = rcgen::KeyPair::generate()?;
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer)?;
-        Ok(TlsIdentity {
-            ca_roots: vec![self.cert_der()],
-            cert_chain: vec![cert.der().clone()],
-            key: PrivateKeyDer::try_from(key.serialize_der()).map_err(|_| {
-                TlsError::Rustls(rustls::Error::General("rcgen key is not PKCS#8".into()))
-            })?,
-        })
+        Ok((cert, key))
     }
 }
 
@@ -762,13 +780,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nodosum-quic-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca = DevCa::generate("file ca").unwrap();
-        let ident = ca.issue(&id("file-node")).unwrap();
+        let (cert_pem, key_pem) = ca.issue_pem(&id("file-node")).unwrap();
         let ca_path = dir.join("ca.pem");
         let cert_path = dir.join("node.pem");
         let key_path = dir.join("node.key");
         std::fs::write(&ca_path, ca.cert_pem()).unwrap();
-        std::fs::write(&cert_path, pem("CERTIFICATE", &ident.cert_chain[0])).unwrap();
-        std::fs::write(&key_path, pem("PRIVATE KEY", ident.key.secret_der())).unwrap();
+        std::fs::write(&cert_path, cert_pem).unwrap();
+        std::fs::write(&key_path, key_pem).unwrap();
         let loaded = TlsIdentity::from_pem_files(&ca_path, &cert_path, &key_path).unwrap();
         assert_eq!(loaded.node_id().unwrap(), id("file-node"));
         assert!(TlsConfigs::new(&loaded, DEFAULT_ALPN).is_ok());
@@ -783,35 +801,5 @@ mod tests {
         let err = TlsIdentity::from_pem_files(&ca_path, &cert_path, &empty).unwrap_err();
         assert!(matches!(&err, TlsError::Pem { path, .. } if path == &empty));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn pem(label: &str, der: &[u8]) -> String {
-        // Minimal base64 for the test; the loader is what is under test.
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in der.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        let body: Vec<&str> = out
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-            body.join("\n")
-        )
     }
 }

@@ -916,28 +916,16 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             p
         };
-        let pem = |label: &str, der: &[u8]| {
-            let b64 = BASE64.encode(der);
-            let lines: Vec<&str> = b64
-                .as_bytes()
-                .chunks(64)
-                .map(|c| std::str::from_utf8(c).unwrap())
-                .collect();
-            format!(
-                "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-                lines.join("\n")
-            )
-        };
         let ca = nodosum_quic::DevCa::generate("test CA").unwrap();
-        let identity = ca.issue(&id("n1")).unwrap();
+        let (cert_pem, key_pem) = ca.issue_pem(&id("n1")).unwrap();
         let key = Key::from_bytes([1; 32]);
         let mut c = Config::production(
             id("n1"),
             "10.0.0.1:6969".parse().unwrap(),
             (
                 f("ca.pem", ca.cert_pem()),
-                f("n1.pem", pem("CERTIFICATE", &identity.cert_chain[0])),
-                f("n1-key.pem", pem("PRIVATE KEY", identity.key.secret_der())),
+                f("n1.pem", cert_pem),
+                f("n1-key.pem", key_pem),
             ),
             &key,
         );

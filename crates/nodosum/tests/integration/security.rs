@@ -67,19 +67,6 @@ async fn a_node_with_a_certificate_from_another_ca_is_never_connected() {
     assert_eq!(a.health().connected_peers, 1, "only node-2 is connected");
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("ascii"))
-        .collect();
-    format!(
-        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
-        lines.join("\n")
-    )
-}
-
 /// Unusable TLS files are configuration problems, found before anything binds and named
 /// by their setting: a certificate naming another node, a key that is not the
 /// certificate's, a file without a certificate.
@@ -87,17 +74,17 @@ fn pem(label: &str, der: &[u8]) -> String {
 async fn unusable_tls_files_are_refused_at_start_naming_the_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ca = DevCa::generate("test CA").expect("ca");
-    let identity = ca.issue(&id("someone-else")).expect("issue");
-    let other = ca.issue(&id("me")).expect("issue");
+    let (cert_pem, key_pem) = ca.issue_pem(&id("someone-else")).expect("issue");
+    let (my_cert_pem, _) = ca.issue_pem(&id("me")).expect("issue");
     let write = |name: &str, text: String| {
         let p = dir.path().join(name);
         std::fs::write(&p, text).expect("write");
         p
     };
     let ca_pem = write("ca.pem", ca.cert_pem());
-    let cert = write("cert.pem", pem("CERTIFICATE", &identity.cert_chain[0]));
-    let key = write("key.pem", pem("PRIVATE KEY", identity.key.secret_der()));
-    let my_cert = write("my-cert.pem", pem("CERTIFICATE", &other.cert_chain[0]));
+    let cert = write("cert.pem", cert_pem);
+    let key = write("key.pem", key_pem);
+    let my_cert = write("my-cert.pem", my_cert_pem);
     let garbage = write("garbage.pem", "not a certificate\n".to_owned());
     let cases = [
         (
