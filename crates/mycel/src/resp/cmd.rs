@@ -53,6 +53,37 @@ pub enum GetExAction {
     Expire(Expiry),
     /// Remove the TTL.
     Persist,
+    /// The expiry time was refused. As in Redis, a missing key still answers a null: the
+    /// key is looked up before the time is checked.
+    BadTime(BadTime),
+}
+
+/// Why an expiry time argument was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadTime {
+    /// Not a 64-bit integer.
+    NotAnInteger,
+    /// Not positive, or its deadline does not fit in a signed 64-bit millisecond time.
+    OutOfRange,
+}
+
+impl BadTime {
+    /// The error reply, in Redis's words, for the command `cmd` (lowercase).
+    pub fn frame(self, cmd: &str) -> Frame {
+        match self {
+            Self::NotAnInteger => not_an_integer(),
+            Self::OutOfRange => invalid_expire_time(cmd),
+        }
+    }
+}
+
+/// The attribute `CLIENT SETINFO` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAttr {
+    /// `LIB-NAME`: the client library's name.
+    LibName,
+    /// `LIB-VER`: its version.
+    LibVer,
 }
 
 /// The argument of `MYCEL.BUCKET`.
@@ -103,6 +134,13 @@ pub enum Command {
     Expire(Bytes, i64, ExpireCondition),
     /// `TTL key` (`millis` false) / `PTTL key` (true).
     Ttl(Bytes, bool),
+    /// `EXPIRETIME key` (`millis` false) / `PEXPIRETIME key` (true): the absolute Unix
+    /// time the key expires at.
+    ExpireTime(Bytes, bool),
+    /// `TYPE key`: `string` or `none` (every Mycel value is a string).
+    Type(Bytes),
+    /// `STRLEN key`: the value's length, 0 for a missing key.
+    StrLen(Bytes),
     /// `PERSIST key`.
     Persist(Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
@@ -121,10 +159,21 @@ pub enum Command {
     ClientGetName,
     /// `CLIENT ID`.
     ClientId,
-    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: accepted and ignored.
-    ClientSetInfo,
-    /// `COMMAND`, `COMMAND DOCS`, `COMMAND COUNT`: minimal answers.
-    Command(Option<Bytes>),
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`: shown by `CLIENT INFO` and `CLIENT LIST`.
+    ClientSetInfo(ClientAttr, Bytes),
+    /// `CLIENT INFO`: this connection, as one line of `CLIENT LIST`.
+    ClientInfo,
+    /// `CLIENT LIST [TYPE type] [ID id...]`: the connections of this node, all of them, or
+    /// those with the IDs given (`Some`); a `TYPE` other than `normal` lists none (`Some`
+    /// of no IDs).
+    ClientList(Option<Vec<u64>>),
+    /// `TIME`: this node's clock, as seconds and microseconds.
+    Time,
+    /// `ROLE`: a primary without Redis replicas, as Redis answers.
+    Role,
+    /// `COMMAND [subcommand [arg...]]`: the command table (`COUNT`, `INFO`, `LIST`; `DOCS`
+    /// answers no documentation).
+    Command(Vec<Bytes>),
     /// `CONFIG GET pattern...`.
     ConfigGet(Vec<Bytes>),
     /// `MYCEL.BUCKET [name [CREATE [PX ms]]]`: show or switch the connection's bucket,
@@ -216,6 +265,17 @@ impl Command {
                 arity(!rest.is_empty())?;
                 Self::GetEx(key(), parse_getex(&rest[1..])?)
             }
+            "getset" => {
+                arity(rest.len() == 2)?;
+                Self::Set(Set {
+                    key: key(),
+                    value: rest[1].clone(),
+                    condition: SetCondition::Always,
+                    expiry: None,
+                    keep_ttl: false,
+                    get: true,
+                })
+            }
             "del" | "unlink" => {
                 arity(!rest.is_empty())?;
                 Self::Del(rest.to_vec())
@@ -262,6 +322,26 @@ impl Command {
                 arity(rest.len() == 1)?;
                 Self::Persist(key())
             }
+            "expiretime" | "pexpiretime" => {
+                arity(rest.len() == 1)?;
+                Self::ExpireTime(key(), name == "pexpiretime")
+            }
+            "type" => {
+                arity(rest.len() == 1)?;
+                Self::Type(key())
+            }
+            "strlen" => {
+                arity(rest.len() == 1)?;
+                Self::StrLen(key())
+            }
+            "time" => {
+                arity(rest.is_empty())?;
+                Self::Time
+            }
+            "role" => {
+                arity(rest.is_empty())?;
+                Self::Role
+            }
             "incr" | "decr" => {
                 arity(rest.len() == 1)?;
                 Self::IncrBy(key(), if name == "incr" { 1 } else { -1 })
@@ -297,7 +377,7 @@ impl Command {
             }
             "info" => Self::Info(rest.to_vec()),
             "client" => parse_client(rest)?,
-            "command" => Self::Command(rest.first().cloned()),
+            "command" => Self::Command(rest.to_vec()),
             "config" => parse_config(rest)?,
             "hello" => parse_hello(rest)?,
             "mycel.bucket" => parse_bucket(rest)?,
@@ -359,11 +439,16 @@ const MAX_DEADLINE_MS: u64 = i64::MAX as u64;
 /// Parses the expiry option `kind` (`EX`, `PX`, `EXAT` or `PXAT`) with its argument as
 /// Redis does: a positive integer whose deadline in milliseconds fits in an `i64`.
 fn expiry(kind: &[u8], arg: &[u8], cmd: &str) -> Result<Expiry, Frame> {
-    let n = int(arg)?;
+    expiry_time(kind, arg).map_err(|bad| bad.frame(cmd))
+}
+
+/// [`expiry`] with the reason for a refusal rather than its reply.
+fn expiry_time(kind: &[u8], arg: &[u8]) -> Result<Expiry, BadTime> {
+    let n = int(arg).map_err(|_| BadTime::NotAnInteger)?;
     let n = u64::try_from(n)
         .ok()
         .filter(|&n| n > 0)
-        .ok_or_else(|| invalid_expire_time(cmd))?;
+        .ok_or(BadTime::OutOfRange)?;
     let kind = kind.to_ascii_lowercase();
     let ms = if matches!(kind.as_slice(), b"ex" | b"exat") {
         n.checked_mul(1000).filter(|&ms| ms <= MAX_DEADLINE_MS)
@@ -373,7 +458,7 @@ fn expiry(kind: &[u8], arg: &[u8], cmd: &str) -> Result<Expiry, Frame> {
     let relative = matches!(kind.as_slice(), b"ex" | b"px");
     let ms = ms
         .filter(|&ms| ms <= MAX_DEADLINE_MS.saturating_sub(if relative { now_ms() } else { 0 }))
-        .ok_or_else(|| invalid_expire_time(cmd))?;
+        .ok_or(BadTime::OutOfRange)?;
     Ok(if relative {
         Expiry::In(ms)
     } else {
@@ -494,7 +579,11 @@ fn parse_getex(opts: &[Bytes]) -> Result<GetExAction, Frame> {
         i += 1;
     }
     Ok(match given {
-        Some((kind, arg)) => GetExAction::Expire(expiry(kind, arg, "getex")?),
+        // Checked at execution, after the lookup (see `GetExAction::BadTime`).
+        Some((kind, arg)) => match expiry_time(kind, arg) {
+            Ok(expiry) => GetExAction::Expire(expiry),
+            Err(bad) => GetExAction::BadTime(bad),
+        },
         None if persist => GetExAction::Persist,
         None => GetExAction::Keep,
     })
@@ -528,15 +617,30 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
         }
         "setinfo" => {
             arity(rest.len() == 3)?;
-            let attr = &rest[1];
-            if !attr.eq_ignore_ascii_case(b"lib-name") && !attr.eq_ignore_ascii_case(b"lib-ver") {
+            let given = &rest[1];
+            let attr = if given.eq_ignore_ascii_case(b"lib-name") {
+                ClientAttr::LibName
+            } else if given.eq_ignore_ascii_case(b"lib-ver") {
+                ClientAttr::LibVer
+            } else {
                 return Err(Frame::err(format!(
                     "Unrecognized option '{}'",
-                    String::from_utf8_lossy(attr)
+                    String::from_utf8_lossy(given)
+                )));
+            };
+            if !is_client_attr(&rest[2]) {
+                return Err(Frame::err(format!(
+                    "{} cannot contain spaces, newlines or special characters.",
+                    String::from_utf8_lossy(given)
                 )));
             }
-            Command::ClientSetInfo
+            Command::ClientSetInfo(attr, rest[2].clone())
         }
+        "info" => {
+            arity(rest.len() == 1)?;
+            Command::ClientInfo
+        }
+        "list" => parse_client_list(&rest[1..])?,
         _ => {
             return Err(Frame::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
@@ -544,6 +648,47 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
             )));
         }
     })
+}
+
+/// `CLIENT LIST`'s options: `TYPE type` and `ID id...`, as Redis 7 reads them.
+fn parse_client_list(mut opts: &[Bytes]) -> Result<Command, Frame> {
+    let mut ids: Option<Vec<u64>> = None;
+    while let Some((opt, tail)) = opts.split_first() {
+        if opt.eq_ignore_ascii_case(b"type") && !tail.is_empty() {
+            let kind = tail[0].to_ascii_lowercase();
+            match kind.as_slice() {
+                b"normal" => {}
+                // No replica, primary link or Pub/Sub connections exist.
+                b"master" | b"replica" | b"slave" | b"pubsub" => ids = Some(Vec::new()),
+                _ => {
+                    return Err(Frame::err(format!(
+                        "Unknown client type '{}'",
+                        String::from_utf8_lossy(&tail[0])
+                    )));
+                }
+            }
+            opts = &tail[1..];
+        } else if opt.eq_ignore_ascii_case(b"id") && !tail.is_empty() {
+            let mut list = Vec::with_capacity(tail.len());
+            for id in tail {
+                let id = int(id)
+                    .ok()
+                    .and_then(|n| u64::try_from(n).ok())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| Frame::err("Invalid client ID"))?;
+                list.push(id);
+            }
+            // A TYPE that matches nothing keeps matching nothing.
+            ids = Some(match ids {
+                Some(none) if none.is_empty() => none,
+                _ => list,
+            });
+            opts = &[];
+        } else {
+            return Err(syntax_error());
+        }
+    }
+    Ok(Command::ClientList(ids))
 }
 
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
@@ -554,6 +699,10 @@ fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
             }
             Ok(Command::ConfigGet(patterns.to_vec()))
         }
+        Some((sub, _)) if sub.eq_ignore_ascii_case(b"set") => Err(Frame::err(
+            "CONFIG SET is not supported: Mycel is configured by its flags and config file \
+             (maxmemory is --max-memory), read at start",
+        )),
         Some((sub, _)) => Err(Frame::err(format!(
             "unknown subcommand '{}'. Try CONFIG HELP.",
             String::from_utf8_lossy(sub)
@@ -591,9 +740,15 @@ fn parse_bucket(rest: &[Bytes]) -> Result<Command, Frame> {
     }
 }
 
-/// A client name as Redis accepts it: printable ASCII without spaces.
+/// A client attribute (name, library name or version) as Redis accepts it: printable ASCII
+/// without spaces.
+fn is_client_attr(value: &[u8]) -> bool {
+    value.iter().all(|b| (b'!'..=b'~').contains(b))
+}
+
+/// A client name as Redis accepts it (see [`is_client_attr`]).
 fn check_client_name(name: &[u8]) -> Result<(), Frame> {
-    if name.iter().any(|b| !(b'!'..=b'~').contains(b)) {
+    if !is_client_attr(name) {
         return Err(Frame::err(
             "Client names cannot contain spaces, newlines or special characters.",
         ));
@@ -900,13 +1055,106 @@ mod tests {
             ))
         );
         assert_eq!(parse("GETEX k PERSIST EX 1"), err("ERR syntax error"));
+        // A bad time is checked after the lookup, as in Redis; a syntax error is not.
+        assert_eq!(
+            parse("GETEX k EX -1"),
+            Ok(Command::GetEx(
+                "k".into(),
+                GetExAction::BadTime(BadTime::OutOfRange)
+            ))
+        );
+        assert_eq!(
+            parse("GETEX k PX abc"),
+            Ok(Command::GetEx(
+                "k".into(),
+                GetExAction::BadTime(BadTime::NotAnInteger)
+            ))
+        );
+        assert_eq!(parse("GETEX k EX abc FOO"), err("ERR syntax error"));
+        assert_eq!(
+            BadTime::OutOfRange.frame("getex"),
+            Frame::err("invalid expire time in 'getex' command")
+        );
+        assert_eq!(
+            parse("PEXPIRETIME k"),
+            Ok(Command::ExpireTime("k".into(), true))
+        );
+        assert_eq!(
+            parse("expiretime k"),
+            Ok(Command::ExpireTime("k".into(), false))
+        );
+    }
+
+    #[test]
+    fn string_and_server_commands() {
+        let Command::Set(s) = parse("GETSET k v").unwrap() else {
+            panic!("GETSET is SET with GET")
+        };
+        assert!(s.get && s.expiry.is_none() && !s.keep_ttl);
+        assert_eq!(s.condition, SetCondition::Always);
+        assert_eq!(
+            parse("GETSET k"),
+            err("ERR wrong number of arguments for 'getset' command")
+        );
+        assert_eq!(parse("TYPE k"), Ok(Command::Type("k".into())));
+        assert_eq!(parse("STRLEN k"), Ok(Command::StrLen("k".into())));
+        assert_eq!(parse("TIME"), Ok(Command::Time));
+        assert_eq!(parse("ROLE"), Ok(Command::Role));
+        assert_eq!(
+            parse("TIME now"),
+            err("ERR wrong number of arguments for 'time' command")
+        );
+        let Err(Frame::Error(e)) = parse("CONFIG SET maxmemory 1gb") else {
+            panic!("CONFIG SET is refused")
+        };
+        assert!(e.starts_with("ERR CONFIG SET is not supported"), "{e}");
     }
 
     #[test]
     fn client_and_hello() {
         assert_eq!(
             parse("CLIENT SETINFO LIB-NAME redis-py"),
-            Ok(Command::ClientSetInfo)
+            Ok(Command::ClientSetInfo(
+                ClientAttr::LibName,
+                "redis-py".into()
+            ))
+        );
+        assert_eq!(
+            parse("client setinfo lib-ver 5.0"),
+            Ok(Command::ClientSetInfo(ClientAttr::LibVer, "5.0".into()))
+        );
+        let Err(Frame::Error(e)) = Command::parse(&[
+            "CLIENT".into(),
+            "SETINFO".into(),
+            "LIB-NAME".into(),
+            "my lib".into(),
+        ]) else {
+            panic!("a library name with a space is refused")
+        };
+        assert_eq!(
+            e,
+            "ERR LIB-NAME cannot contain spaces, newlines or special characters."
+        );
+        assert_eq!(parse("CLIENT INFO"), Ok(Command::ClientInfo));
+        assert_eq!(parse("CLIENT LIST"), Ok(Command::ClientList(None)));
+        assert_eq!(
+            parse("CLIENT LIST TYPE normal ID 3 7"),
+            Ok(Command::ClientList(Some(vec![3, 7])))
+        );
+        assert_eq!(
+            parse("CLIENT LIST TYPE pubsub ID 3"),
+            Ok(Command::ClientList(Some(Vec::new())))
+        );
+        assert_eq!(
+            parse("CLIENT LIST TYPE bogus"),
+            err("ERR Unknown client type 'bogus'")
+        );
+        assert_eq!(parse("CLIENT LIST ID 0"), err("ERR Invalid client ID"));
+        assert_eq!(parse("CLIENT LIST ID x"), err("ERR Invalid client ID"));
+        assert_eq!(parse("CLIENT LIST ID"), err("ERR syntax error"));
+        assert_eq!(
+            parse("CLIENT INFO x"),
+            err("ERR wrong number of arguments for 'client|info' command")
         );
         assert_eq!(
             parse("client setname app"),

@@ -320,3 +320,138 @@ fn redis_benchmark_smoke() {
         "redis-benchmark writes key:__rand_int__ without -r"
     );
 }
+
+#[test]
+fn string_commands_beyond_get_and_set() {
+    let s = Server::start(&[]);
+    assert_eq!(s.cli(&["TYPE", "k"]), "none");
+    assert_eq!(s.cli(&["STRLEN", "k"]), "(integer) 0");
+    assert_eq!(s.cli(&["GETSET", "k", "hello"]), "(nil)");
+    assert_eq!(s.cli(&["TYPE", "k"]), "string");
+    assert_eq!(s.cli(&["STRLEN", "k"]), "(integer) 5");
+    // GETSET is SET with GET: the old value back, and the TTL cleared.
+    assert_eq!(s.cli(&["EXPIRE", "k", "100"]), "(integer) 1");
+    assert_eq!(s.cli(&["GETSET", "k", "hi"]), "\"hello\"");
+    assert_eq!(s.cli(&["TTL", "k"]), "(integer) -1");
+    // EXPIRETIME rounds to the nearest second, as TTL does.
+    assert_eq!(s.cli(&["EXPIRETIME", "k"]), "(integer) -1");
+    assert_eq!(s.cli(&["PEXPIRETIME", "missing"]), "(integer) -2");
+    assert_eq!(s.cli(&["SET", "e", "v", "PXAT", "4000000000600"]), "OK");
+    assert_eq!(s.cli(&["EXPIRETIME", "e"]), "(integer) 4000000001");
+    assert_eq!(s.cli(&["PEXPIRETIME", "e"]), "(integer) 4000000000600");
+    // GETEX looks the key up before it checks the time.
+    assert_eq!(s.cli(&["GETEX", "missing", "EX", "-1"]), "(nil)");
+    assert_eq!(
+        s.cli(&["GETEX", "k", "EX", "-1"]),
+        "(error) ERR invalid expire time in 'getex' command"
+    );
+    assert_eq!(
+        s.cli(&["GETEX", "k", "PX", "soon"]),
+        "(error) ERR value is not an integer or out of range"
+    );
+    assert_eq!(s.cli(&["TTL", "k"]), "(integer) -1");
+}
+
+#[test]
+fn server_commands_time_role_info_config() {
+    let s = Server::start(&[]);
+    let time = s.cli(&["TIME"]);
+    let parts: Vec<u64> = time
+        .lines()
+        .map(|l| {
+            l.split_once(") ")
+                .expect("numbered line")
+                .1
+                .trim_matches('"')
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert_eq!(parts.len(), 2, "{time}");
+    assert!(
+        parts[0].abs_diff(now) < 60 && parts[1] < 1_000_000,
+        "{time}"
+    );
+    assert_eq!(
+        s.cli(&["ROLE"]),
+        "1) \"master\"\n2) (integer) 0\n3) (empty array)"
+    );
+    let persistence = redis_cli_raw(&s, &["INFO", "persistence"]);
+    assert!(persistence.contains("loading:0"), "{persistence}");
+    assert!(!persistence.contains("# Server"), "{persistence}");
+    let replication = redis_cli_raw(&s, &["INFO", "replication"]);
+    assert!(replication.contains("role:master"), "{replication}");
+    let set = s.cli(&["CONFIG", "SET", "maxmemory", "1gb"]);
+    assert!(
+        set.starts_with("(error) ERR CONFIG SET is not supported") && set.contains("--max-memory"),
+        "{set}"
+    );
+    assert_eq!(
+        s.cli(&["COMMAND", "INFO", "get", "nosuch"]),
+        "1) 1) \"get\"\n   2) (integer) 2\n   3) 1) readonly\n      2) fast\n   4) (integer) 1\n   5) (integer) 1\n   6) (integer) 1\n2) (nil)"
+    );
+    let list = s.cli(&["COMMAND", "LIST"]);
+    assert!(
+        list.contains("\"getset\"") && list.contains("\"mycel.bucket\""),
+        "{list}"
+    );
+}
+
+/// Sends a command on a raw connection and reads one line of reply.
+fn raw_line(c: &mut std::net::TcpStream, request: &str) -> String {
+    use std::io::{BufRead, Write};
+    c.write_all(request.as_bytes()).expect("write");
+    let mut line = String::new();
+    std::io::BufReader::new(c)
+        .read_line(&mut line)
+        .expect("read");
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn client_list_and_info_show_every_connection() {
+    let s = Server::start(&[]);
+    let mut a = s.connect();
+    let id = raw_line(&mut a, "CLIENT ID\r\n");
+    let id = id.trim_start_matches(':').to_owned();
+    assert_eq!(raw_line(&mut a, "CLIENT SETNAME worker-a\r\n"), "+OK");
+    assert_eq!(raw_line(&mut a, "CLIENT SETINFO LIB-NAME mylib\r\n"), "+OK");
+    assert_eq!(raw_line(&mut a, "CLIENT SETINFO LIB-VER 1.2\r\n"), "+OK");
+    let mine = format!("id={id} ");
+    let list = redis_cli_raw(&s, &["CLIENT", "LIST"]);
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&mine))
+        .unwrap_or_else(|| panic!("client {id} missing:\n{list}"));
+    for want in [
+        "name=worker-a",
+        "lib-name=mylib",
+        "lib-ver=1.2",
+        "resp=2",
+        "db=0",
+    ] {
+        assert!(line.contains(want), "{want} missing: {line}");
+    }
+    assert_eq!(
+        list.lines().count(),
+        2,
+        "redis-cli and the raw client:\n{list}"
+    );
+    // Filters: by ID, and by a type no connection has.
+    let only = redis_cli_raw(&s, &["CLIENT", "LIST", "ID", &id]);
+    assert_eq!(only.lines().count(), 1, "{only}");
+    assert!(only.starts_with(&mine), "{only}");
+    assert_eq!(redis_cli_raw(&s, &["CLIENT", "LIST", "TYPE", "pubsub"]), "");
+    // CLIENT INFO is the caller's own line; HELLO 3 shows as resp=3.
+    let info = s.cli_session("HELLO 3\nCLIENT INFO\n");
+    assert!(info.contains(" resp=3 "), "{info}");
+    // A closed connection leaves the list.
+    drop(a);
+    eventually("the closed connection leaving CLIENT LIST", || {
+        !redis_cli_raw(&s, &["CLIENT", "LIST"]).contains(&mine)
+    });
+}

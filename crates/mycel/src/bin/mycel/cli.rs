@@ -38,7 +38,8 @@ Any node serves any key: it forwards the command to the key's primary, which rep
 writes to --replicas - 1 backups before answering. --standalone serves a single node
 without gossip or QUIC (and adds FLUSHDB and MYCEL.BUCKET ... CREATE, which a cluster
 does not offer). Strings only, and no transactions: MULTI/EXEC are refused (send the
-commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)).
+commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)). COMMAND LIST
+names every command served. Settings are read at start: CONFIG SET is refused.
 
 Buckets: plain Redis clients use the bucket \"default\". `MYCEL.BUCKET name` switches the
 connection to another bucket, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a

@@ -1,10 +1,14 @@
 //! What the RESP front and the admin API share: the [`Mycel`] handle, this node's
 //! identity and addresses, flags and metrics.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use bytes::Bytes;
 use mycel::Mycel;
 
 use crate::metrics::Metrics;
@@ -53,6 +57,100 @@ pub(crate) struct Shared {
     /// `/partitions`.
     pub(crate) maintenance: AtomicBool,
     next_client_id: AtomicU64,
+    /// The connected clients, for `CLIENT LIST`.
+    clients: Arc<Mutex<BTreeMap<u64, Client>>>,
+}
+
+/// A connected client as `CLIENT INFO` and `CLIENT LIST` describe it.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    /// The client's address.
+    pub(crate) addr: SocketAddr,
+    /// The address it connected to.
+    pub(crate) laddr: SocketAddr,
+    /// When it connected.
+    pub(crate) since: Instant,
+    /// `CLIENT SETNAME`.
+    pub(crate) name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-NAME`.
+    pub(crate) lib_name: Option<Bytes>,
+    /// `CLIENT SETINFO LIB-VER`.
+    pub(crate) lib_ver: Option<Bytes>,
+    /// Protocol version: 2, or 3 after `HELLO 3`.
+    pub(crate) resp: u8,
+}
+
+impl Client {
+    /// A new connection's entry.
+    pub(crate) fn new(addr: SocketAddr, laddr: SocketAddr) -> Self {
+        Self {
+            addr,
+            laddr,
+            since: Instant::now(),
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            resp: 2,
+        }
+    }
+
+    /// Its line of `CLIENT LIST`, with Redis's field names (those Mycel has).
+    pub(crate) fn line(&self, id: u64, out: &mut String) {
+        let text = |v: &Option<Bytes>| {
+            v.as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned()
+        };
+        // Writing into a String cannot fail.
+        let _ = writeln!(
+            out,
+            "id={id} addr={} laddr={} name={} age={} flags=N db=0 user=default resp={} lib-name={} lib-ver={}",
+            self.addr,
+            self.laddr,
+            text(&self.name),
+            self.since.elapsed().as_secs(),
+            self.resp,
+            text(&self.lib_name),
+            text(&self.lib_ver),
+        );
+    }
+}
+
+/// A client's entry in the list of connected clients, removed when this is dropped (when
+/// its connection ends).
+#[derive(Debug)]
+pub(crate) struct Registration {
+    id: u64,
+    clients: Arc<Mutex<BTreeMap<u64, Client>>>,
+}
+
+impl Registration {
+    /// The client's ID (`CLIENT ID`).
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Changes the client's entry.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Client)) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = clients.get_mut(&self.id) {
+            f(c);
+        }
+    }
+
+    /// A copy of the client's entry.
+    pub(crate) fn get(&self) -> Option<Client> {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.get(&self.id).cloned()
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.remove(&self.id);
+    }
 }
 
 impl Shared {
@@ -66,12 +164,32 @@ impl Shared {
             serving: AtomicBool::new(false),
             maintenance: AtomicBool::new(false),
             next_client_id: AtomicU64::new(1),
+            clients: Arc::default(),
         }
     }
 
-    /// A fresh client ID (`CLIENT ID`), unique for the process's lifetime.
-    pub(crate) fn next_client_id(&self) -> u64 {
-        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    /// Registers a new connection under a fresh client ID (`CLIENT ID`), unique for the
+    /// process's lifetime; it is listed until the registration is dropped.
+    pub(crate) fn register_client(&self, client: Client) -> Registration {
+        let id = self.next_client_id.fetch_add(1, Ordering::Relaxed);
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.insert(id, client);
+        Registration {
+            id,
+            clients: self.clients.clone(),
+        }
+    }
+
+    /// `CLIENT LIST`: every connected client, or those of `ids`, one line each.
+    pub(crate) fn client_list(&self, ids: Option<&[u64]>) -> String {
+        let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = String::new();
+        for (&id, c) in clients.iter() {
+            if ids.is_none_or(|ids| ids.contains(&id)) {
+                c.line(id, &mut out);
+            }
+        }
+        out
     }
 
     /// Whether the server is serving.

@@ -11,9 +11,9 @@ use mycel::{
     Timestamp, Ttl,
 };
 
-use super::cmd::{self, BucketArg, Command, GetExAction, SetCondition};
+use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
-use crate::state::Shared;
+use crate::state::{Client, Registration, Shared};
 
 /// Protocol version Redis compatibility is claimed at (`INFO`'s `redis_version`, `HELLO`).
 pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -23,8 +23,8 @@ pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
 pub(crate) struct Session {
     /// `CLIENT ID`.
     pub(crate) id: u64,
-    /// `CLIENT SETNAME`.
-    pub(crate) name: Option<Bytes>,
+    /// The client's entry in `CLIENT LIST` (its name, library and protocol).
+    client: Registration,
     /// RESP2 until `HELLO 3`.
     pub(crate) proto: Protocol,
     /// The bucket commands act on (`MYCEL.BUCKET`), the default bucket at first.
@@ -34,14 +34,22 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(shared: &Shared) -> Self {
+    /// A new connection's session, listed by `CLIENT LIST` until it is dropped.
+    pub(crate) fn new(shared: &Shared, client: Client) -> Self {
+        let client = shared.register_client(client);
         Self {
-            id: shared.next_client_id(),
-            name: None,
+            id: client.id(),
+            client,
             proto: Protocol::Resp2,
             bucket: shared.mycel.default_bucket(),
             bucket_name: mycel::DEFAULT_BUCKET.into(),
         }
+    }
+
+    /// `CLIENT SETNAME` and `HELLO`'s `SETNAME`: an empty name removes it.
+    fn set_name(&self, name: Bytes) {
+        self.client
+            .update(|c| c.name = (!name.is_empty()).then_some(name));
     }
 }
 
@@ -73,6 +81,11 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::MSet(_) => "mset",
         Command::Expire(..) => "expire",
         Command::Ttl(..) => "ttl",
+        Command::ExpireTime(..) => "expiretime",
+        Command::Type(_) => "type",
+        Command::StrLen(_) => "strlen",
+        Command::Time => "time",
+        Command::Role => "role",
         Command::Persist(_) => "persist",
         Command::IncrBy(..) => "incrby",
         Command::DbSize => "dbsize",
@@ -82,7 +95,9 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::ClientSetName(_)
         | Command::ClientGetName
         | Command::ClientId
-        | Command::ClientSetInfo => "client",
+        | Command::ClientSetInfo(..)
+        | Command::ClientInfo
+        | Command::ClientList(_) => "client",
         Command::Command(_) => "command",
         Command::ConfigGet(_) => "config",
         Command::Bucket(_) => "mycel.bucket",
@@ -134,6 +149,17 @@ pub(crate) async fn execute(
                 GetExAction::Persist => GetEx::Persist,
                 GetExAction::Expire(cmd::Expiry::In(ms)) => GetEx::After(Duration::from_millis(ms)),
                 GetExAction::Expire(cmd::Expiry::At(ms)) => GetEx::At(Timestamp::from_millis(ms)),
+                // Redis looks the key up first: a missing key is a null whatever the time.
+                GetExAction::BadTime(bad) => {
+                    let reply = m.exists(b, &key).await.map(|exists| {
+                        if exists {
+                            bad.frame("getex")
+                        } else {
+                            Frame::Null
+                        }
+                    });
+                    return (reply.unwrap_or_else(|e| error_frame(&e)), After::Continue);
+                }
             };
             m.get_ex(b, key, action).await.map(bulk_or_null)
         }
@@ -165,6 +191,17 @@ pub(crate) async fn execute(
                 .map(|x| Frame::Integer(i64::from(x)))
         }
         Command::Ttl(key, millis) => m.ttl(b, &key).await.map(|t| ttl_frame(t, millis)),
+        Command::ExpireTime(key, millis) => {
+            m.ttl(b, &key).await.map(|t| expire_time_frame(t, millis))
+        }
+        Command::Type(key) => m.exists(b, &key).await.map(type_frame),
+        Command::StrLen(key) => m.get(b, &key).await.map(|v| strlen_frame(v.as_ref())),
+        Command::Time => Ok(time_frame()),
+        Command::Role => Ok(Frame::Array(vec![
+            Frame::bulk("master"),
+            Frame::Integer(0),
+            Frame::Array(Vec::new()),
+        ])),
         Command::Persist(key) => m
             .persist(b, key)
             .await
@@ -184,15 +221,32 @@ pub(crate) async fn execute(
         Command::Select(_) => Ok(Frame::err("DB index is out of range")),
         Command::Info(sections) => info(shared, &sections).await.map(Frame::Bulk),
         Command::ClientSetName(name) => {
-            session.name = (!name.is_empty()).then_some(name);
+            session.set_name(name);
             Ok(OK)
         }
-        Command::ClientGetName => Ok(session.name.clone().map_or(Frame::Null, Frame::Bulk)),
+        Command::ClientGetName => Ok(session
+            .client
+            .get()
+            .and_then(|c| c.name)
+            .map_or(Frame::Null, Frame::Bulk)),
         Command::ClientId => Ok(Frame::Integer(
             i64::try_from(session.id).unwrap_or(i64::MAX),
         )),
-        Command::ClientSetInfo => Ok(OK),
-        Command::Command(sub) => Ok(command_reply(sub.as_deref())),
+        Command::ClientSetInfo(attr, value) => {
+            let value = (!value.is_empty()).then_some(value);
+            session.client.update(|c| match attr {
+                ClientAttr::LibName => c.lib_name = value,
+                ClientAttr::LibVer => c.lib_ver = value,
+            });
+            Ok(OK)
+        }
+        Command::ClientInfo => Ok(Frame::Bulk(Bytes::from(
+            shared.client_list(Some(&[session.id])),
+        ))),
+        Command::ClientList(ids) => {
+            Ok(Frame::Bulk(Bytes::from(shared.client_list(ids.as_deref()))))
+        }
+        Command::Command(args) => Ok(command_reply(&args)),
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
         Command::Bucket(arg) => bucket(shared, session, arg).await,
         Command::Hello { proto, name } => Ok(hello(session, proto, name)),
@@ -268,6 +322,12 @@ pub(crate) enum Shape {
     Flag,
     /// `TTL` (`millis` false) or `PTTL`.
     Ttl { millis: bool },
+    /// `EXPIRETIME` (`millis` false) or `PEXPIRETIME`.
+    ExpireTime { millis: bool },
+    /// `TYPE`: `string` or `none`.
+    Type,
+    /// `STRLEN`: the value's length.
+    Len,
     /// An integer (`INCRBY` and friends).
     Integer,
 }
@@ -321,6 +381,9 @@ pub(crate) fn batchable(cmd: Command) -> Result<(BatchOp, Shape), Command> {
             Shape::Flag,
         ),
         Command::Ttl(key, millis) => (BatchOp::Ttl { key }, Shape::Ttl { millis }),
+        Command::ExpireTime(key, millis) => (BatchOp::Ttl { key }, Shape::ExpireTime { millis }),
+        Command::Type(key) => (BatchOp::Exists { key }, Shape::Type),
+        Command::StrLen(key) => (BatchOp::Get { key }, Shape::Len),
         Command::Persist(key) => (BatchOp::Persist { key }, Shape::Flag),
         Command::IncrBy(key, delta) => (BatchOp::IncrBy { key, delta }, Shape::Integer),
         cmd => return Err(cmd),
@@ -336,6 +399,9 @@ pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Fr
         (Shape::Flag, Ok(BatchReply::Set(r))) => Frame::Integer(i64::from(r.applied)),
         (Shape::Flag, Ok(BatchReply::Bool(b))) => Frame::Integer(i64::from(b)),
         (Shape::Ttl { millis }, Ok(BatchReply::Ttl(t))) => ttl_frame(t, millis),
+        (Shape::ExpireTime { millis }, Ok(BatchReply::Ttl(t))) => expire_time_frame(t, millis),
+        (Shape::Type, Ok(BatchReply::Bool(b))) => type_frame(b),
+        (Shape::Len, Ok(BatchReply::Value(v))) => strlen_frame(v.as_ref()),
         (Shape::Integer, Ok(BatchReply::Int(v))) => Frame::Integer(v),
         (_, Ok(_)) => Frame::err("internal error: unexpected reply kind"),
     }
@@ -355,6 +421,43 @@ fn ttl_frame(t: Ttl, millis: bool) -> Frame {
             }
         }
     })
+}
+
+/// `EXPIRETIME`/`PEXPIRETIME`: the Unix time of the deadline, rounded to the nearest
+/// second like `TTL`, or -2 (missing) / -1 (no expiry).
+fn expire_time_frame(t: Ttl, millis: bool) -> Frame {
+    Frame::Integer(match t {
+        Ttl::Missing => -2,
+        Ttl::Persistent => -1,
+        Ttl::Expires { at, .. } => {
+            let ms = i64::try_from(at.as_millis()).unwrap_or(i64::MAX);
+            if millis {
+                ms
+            } else {
+                ms.saturating_add(500) / 1000
+            }
+        }
+    })
+}
+
+/// `TYPE`: every Mycel value is a string.
+fn type_frame(exists: bool) -> Frame {
+    Frame::Simple(if exists { "string" } else { "none" })
+}
+
+fn strlen_frame(v: Option<&Bytes>) -> Frame {
+    Frame::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
+}
+
+/// `TIME`: seconds and microseconds since the Unix epoch, as bulk strings.
+fn time_frame() -> Frame {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Frame::Array(vec![
+        Frame::Bulk(Bytes::from(now.as_secs().to_string())),
+        Frame::Bulk(Bytes::from(now.subsec_micros().to_string())),
+    ])
 }
 
 async fn bucket(
@@ -400,16 +503,17 @@ fn hello(session: &mut Session, proto: Option<i64>, name: Option<Bytes>) -> Fram
         Some(_) => return Frame::Error("NOPROTO unsupported protocol version".into()),
     }
     if let Some(name) = name {
-        session.name = (!name.is_empty()).then_some(name);
+        session.set_name(name);
     }
     let proto = match session.proto {
         Protocol::Resp2 => 2,
         Protocol::Resp3 => 3,
     };
+    session.client.update(|c| c.resp = proto);
     Frame::Map(vec![
         (Frame::bulk("server"), Frame::bulk("redis")),
         (Frame::bulk("version"), Frame::bulk(REDIS_COMPAT_VERSION)),
-        (Frame::bulk("proto"), Frame::Integer(proto)),
+        (Frame::bulk("proto"), Frame::Integer(i64::from(proto))),
         (
             Frame::bulk("id"),
             Frame::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)),
@@ -448,6 +552,11 @@ const COMMANDS: &[CommandInfo] = &[
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("persist", 2, &["write", "fast"], 1, 1, 1),
+    ("expiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    ("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
+    ("type", 2, &["readonly", "fast"], 1, 1, 1),
+    ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
@@ -456,6 +565,15 @@ const COMMANDS: &[CommandInfo] = &[
     ("flushdb", -1, &["write"], 0, 0, 0),
     ("flushall", -1, &["write"], 0, 0, 0),
     ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
+    ("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
+    (
+        "role",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
     ("client", -2, &["loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
@@ -464,7 +582,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("mycel.bucket", -1, &["fast"], 0, 0, 0),
 ];
 
-fn command_reply(sub: Option<&[u8]>) -> Frame {
+fn command_reply(args: &[Bytes]) -> Frame {
     let info = |&(name, arity, flags, first, last, step): &CommandInfo| {
         Frame::Array(vec![
             Frame::bulk(name),
@@ -475,19 +593,37 @@ fn command_reply(sub: Option<&[u8]>) -> Frame {
             Frame::Integer(step),
         ])
     };
-    match sub {
-        None => Frame::Array(COMMANDS.iter().map(info).collect()),
-        Some(s) if s.eq_ignore_ascii_case(b"count") => {
+    let Some((sub, rest)) = args.split_first() else {
+        return Frame::Array(COMMANDS.iter().map(info).collect());
+    };
+    let sub = sub.to_ascii_lowercase();
+    match sub.as_slice() {
+        b"count" if rest.is_empty() => {
             Frame::Integer(i64::try_from(COMMANDS.len()).unwrap_or(i64::MAX))
         }
         // Minimal: no documentation, which clients treat as "no hints".
-        Some(s) if s.eq_ignore_ascii_case(b"docs") => Frame::Map(Vec::new()),
-        Some(s) if s.eq_ignore_ascii_case(b"info") || s.eq_ignore_ascii_case(b"list") => {
-            Frame::Array(Vec::new())
+        b"docs" => Frame::Map(Vec::new()),
+        // Every command, or those named (a null for a name Mycel does not know).
+        b"info" if rest.is_empty() => Frame::Array(COMMANDS.iter().map(info).collect()),
+        b"info" => Frame::Array(
+            rest.iter()
+                .map(|name| {
+                    COMMANDS
+                        .iter()
+                        .find(|c| name.eq_ignore_ascii_case(c.0.as_bytes()))
+                        .map_or(Frame::Null, info)
+                })
+                .collect(),
+        ),
+        // Filters (`FILTERBY`) are not supported; a plain list names every command.
+        b"list" if rest.is_empty() => {
+            Frame::Array(COMMANDS.iter().map(|c| Frame::bulk(c.0)).collect())
         }
-        Some(s) => Frame::err(format!(
+        b"list" => Frame::err("COMMAND LIST FILTERBY is not supported"),
+        b"count" => cmd::wrong_arity("command|count"),
+        _ => Frame::err(format!(
             "unknown subcommand '{}'. Try COMMAND HELP.",
-            String::from_utf8_lossy(s)
+            String::from_utf8_lossy(&args[0])
         )),
     }
 }
@@ -583,6 +719,12 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
             human_bytes(max),
         );
     }
+    if want("persistence") {
+        // Nothing is ever loaded from or saved to disk.
+        s.push_str(
+            "# Persistence\r\nloading:0\r\nasync_loading:0\r\nrdb_bgsave_in_progress:0\r\naof_enabled:0\r\naof_rewrite_in_progress:0\r\n\r\n",
+        );
+    }
     if want("stats") {
         let _ = write!(
             s,
@@ -594,6 +736,11 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
             "expired_keys:{}\r\nevicted_keys:{}\r\n\r\n",
             local.expired, local.evicted,
         );
+    }
+    if want("replication") {
+        // Redis replication: none. A cluster's replicas are per partition, inside Mycel
+        // (see the cluster section), and clients never talk to them.
+        s.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
     }
     if want("cluster")
         && let Some(c) = shared.mycel.cluster()

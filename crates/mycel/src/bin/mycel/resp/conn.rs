@@ -1,6 +1,7 @@
 //! One client connection: read, parse every complete request in the buffer, execute them
 //! in order, encode every reply into one reused output buffer, write it once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -16,7 +17,7 @@ use super::cmd::Command;
 use super::frame::Frame;
 use super::parse::RequestParser;
 use crate::metrics::CommandLabel;
-use crate::state::Shared;
+use crate::state::{Client, Shared};
 
 /// Bytes kept free in the input buffer before each read, so reads are large.
 const READ_CHUNK: usize = 16 * 1024;
@@ -139,7 +140,12 @@ pub(crate) async fn serve(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let mut session = Session::new(&shared);
+    let unknown = || SocketAddr::from(([0, 0, 0, 0], 0));
+    let client = Client::new(
+        stream.peer_addr().unwrap_or_else(|_| unknown()),
+        stream.local_addr().unwrap_or_else(|_| unknown()),
+    );
+    let mut session = Session::new(&shared, client);
     let mut parser = RequestParser::new(shared.limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
