@@ -365,14 +365,21 @@ fn parse_inline(
     Ok(Some(args))
 }
 
-/// Splits an inline command line like Redis's `sdssplitargs`: whitespace separates
-/// arguments; `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes; `'...'` supports `\'`.
-/// A closing quote must be followed by whitespace or the end of the line.
+/// Whitespace as C's `isspace` sees it (Rust's ASCII whitespace lacks the vertical tab).
+fn is_space(b: &u8) -> bool {
+    b.is_ascii_whitespace() || *b == 0x0b
+}
+
+/// Splits an inline command line like Redis's `sdssplitargs`: arguments are separated by
+/// any whitespace but end only at a space, tab, CR or LF (a form feed or vertical tab
+/// inside an argument is part of it); `"..."` supports `\n \r \t \b \a \\ \" \xHH` escapes (any other escaped
+/// character stands for itself); `'...'` supports `\'`. A closing quote must be followed by
+/// whitespace or the end of the line.
 fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
     let mut args = Vec::new();
     let mut i = 0;
     loop {
-        while line.get(i).is_some_and(u8::is_ascii_whitespace) {
+        while line.get(i).is_some_and(is_space) {
             i += 1;
         }
         if i >= line.len() {
@@ -386,18 +393,18 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
             if in_dq {
                 match c {
                     None => return Err(ProtocolError::UnbalancedQuotes),
-                    Some(b'\\') if line.get(i + 1) == Some(&b'x') => {
-                        let hex = line.get(i + 2..i + 4).and_then(|h| {
-                            std::str::from_utf8(h)
-                                .ok()
-                                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                        });
-                        if let Some(byte) = hex {
-                            cur.push(byte);
-                            i += 3;
-                        } else {
-                            cur.push(b'\\');
-                        }
+                    Some(b'\\')
+                        if line.get(i + 1) == Some(&b'x')
+                            && line
+                                .get(i + 2..i + 4)
+                                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+                    {
+                        let hex = |d: u8| match d {
+                            b'0'..=b'9' => d - b'0',
+                            _ => (d | 0x20) - b'a' + 10,
+                        };
+                        cur.push(hex(line[i + 2]) << 4 | hex(line[i + 3]));
+                        i += 3;
                     }
                     Some(b'\\') if i + 1 < line.len() => {
                         i += 1;
@@ -411,7 +418,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
                         });
                     }
                     Some(b'"') => {
-                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                        if line.get(i + 1).is_some_and(|b| !is_space(b)) {
                             return Err(ProtocolError::UnbalancedQuotes);
                         }
                         in_dq = false;
@@ -428,7 +435,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
                         cur.push(b'\'');
                     }
                     Some(b'\'') => {
-                        if line.get(i + 1).is_some_and(|b| !b.is_ascii_whitespace()) {
+                        if line.get(i + 1).is_some_and(|b| !is_space(b)) {
                             return Err(ProtocolError::UnbalancedQuotes);
                         }
                         in_sq = false;
@@ -440,7 +447,7 @@ fn split_args(line: &[u8]) -> Result<Vec<Bytes>, ProtocolError> {
             } else {
                 match c {
                     None => break,
-                    Some(b) if b.is_ascii_whitespace() => break,
+                    Some(b' ' | b'\n' | b'\r' | b'\t') => break,
                     Some(b'"') => in_dq = true,
                     Some(b'\'') => in_sq = true,
                     Some(b) => cur.push(b),
@@ -584,6 +591,12 @@ mod tests {
         assert_eq!(
             parse(b"SET k \"a b\\x41\\n\" 'it\\'s'\r\n").unwrap(),
             Some(args(&["SET", "k", "a bA\n", "it's"]))
+        );
+        // As Redis: form feeds and vertical tabs separate arguments but do not end one;
+        // `\x` without two hex digits is an `x`.
+        assert_eq!(
+            parse(b"\x0b\x0cSET k\x0b \"\\x+f\\xG1\\x4a\"\x0c\x0b\r\n").unwrap(),
+            Some(args(&["SET", "k\x0b", "x+fxG1J"]))
         );
         assert_eq!(parse(b"SET \"k\r\n"), Err(ProtocolError::UnbalancedQuotes));
         assert_eq!(
