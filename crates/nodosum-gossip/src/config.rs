@@ -213,7 +213,7 @@ impl Config {
             } else if d > MAX_TIMING {
                 // Timers add these to the current instant (and multiply some): bounded, so
                 // that no configuration can overflow them.
-                bad(field, "must be at most 365 days".to_owned());
+                bad(field, MAX_TIMING_PROBLEM.to_owned());
             }
         }
         if self.probe_timeout >= self.probe_interval {
@@ -322,6 +322,9 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// The longest any timing may be (365 days): timers add them to the current instant.
 pub const MAX_TIMING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The problem reported for a timing over [`MAX_TIMING`].
+pub const MAX_TIMING_PROBLEM: &str = "must be at most 365 days";
 
 /// One problem found by [`Config::validate`].
 #[derive(Debug, Clone, PartialEq, Eq)]

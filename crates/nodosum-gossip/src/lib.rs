@@ -77,6 +77,7 @@ mod table;
 
 pub use config::{
     Config, ConfigError, ConfigProblem, DEFAULT_GOSSIP_PORT, DEFAULT_QUIC_PORT, MAX_TIMING,
+    MAX_TIMING_PROBLEM,
 };
 pub use error::Error;
 pub use gossip::Gossip;

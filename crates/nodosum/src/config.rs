@@ -508,7 +508,7 @@ impl Config {
             ("gossip.probe_timeout", g.probe_timeout),
         ] {
             if d.is_some_and(|d| d > nodosum_gossip::MAX_TIMING) {
-                v.push(field, "must be at most 365 days");
+                v.push(field, nodosum_gossip::MAX_TIMING_PROBLEM);
             }
         }
         if g.indirect_checks == Some(0) {
@@ -693,15 +693,6 @@ impl Config {
                 .find(|(_, p)| *p == path)
                 .map_or("tls", |(f, _)| f)
         };
-        let chain = |e: &dyn std::error::Error| {
-            let mut text = e.to_string();
-            let mut source = e.source();
-            while let Some(cause) = source {
-                text.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            text
-        };
         let identity = match nodosum_quic::TlsIdentity::from_pem_files(ca, cert, key) {
             Ok(identity) => identity,
             Err(e) => {
@@ -712,7 +703,7 @@ impl Config {
                     | TlsError::InvalidCa { path, .. } => field_of(path),
                     _ => "tls",
                 };
-                v.push(field, chain(&e));
+                v.push(field, crate::error_chain(&e));
                 return;
             }
         };
@@ -726,17 +717,28 @@ impl Config {
                 ),
             ),
             Ok(_) => {}
-            Err(e) => v.push("tls.cert", format!("{}: {}", cert.display(), chain(&e))),
+            Err(e) => v.push(
+                "tls.cert",
+                format!("{}: {}", cert.display(), crate::error_chain(&e)),
+            ),
         }
         match identity.check() {
             Ok(()) => {}
             // rustls refuses the certificate and key together (they do not match).
             Err(e @ TlsError::Rustls(_)) => v.push(
                 "tls.key",
-                format!("{} and {}: {}", cert.display(), key.display(), chain(&e)),
+                format!(
+                    "{} and {}: {}",
+                    cert.display(),
+                    key.display(),
+                    crate::error_chain(&e)
+                ),
             ),
             // The roots: no trust anchor, or none to verify clients with.
-            Err(e) => v.push("tls.ca", format!("{}: {}", ca.display(), chain(&e))),
+            Err(e) => v.push(
+                "tls.ca",
+                format!("{}: {}", ca.display(), crate::error_chain(&e)),
+            ),
         }
     }
 }

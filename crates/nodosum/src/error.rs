@@ -147,3 +147,19 @@ pub enum RequestError {
     #[error("node is shut down")]
     ShutDown,
 }
+
+/// `e` with its causes, as one line (`e: cause: its cause`); a cause whose text the
+/// message already contains is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
+}

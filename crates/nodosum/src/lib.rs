@@ -53,7 +53,7 @@ pub use config::{
     ENV_VARS, GossipConfig, LimitsConfig, LoadError, Problem, Profile, QuicConfig, TlsConfig,
     parse_key,
 };
-pub use error::{Error, RequestError, SendError};
+pub use error::{Error, RequestError, SendError, error_chain};
 pub use node::{Health, Node, NodeEvent};
 pub use nodosum_gossip::{MemberState, MembershipEvent};
 pub use nodosum_proto::{AppId, Key, Member, Metadata, NodeId};

@@ -122,21 +122,6 @@ fn init_logging(format: LogFormat, verbosity: u8) {
     }
 }
 
-/// `e` with its causes (`e: cause: its cause`), each one not already in the message.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener, String> {
     TcpListener::bind(addr).await.map_err(|e| {
         let what = match e.kind() {
@@ -366,9 +351,11 @@ async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
     let node = nodosum::Node::start(node_config)
         .await
         .map_err(|e| match e {
-            nodosum::Error::Gossip { .. } => format!("--gossip {gossip}: {}", chain(&e)),
-            nodosum::Error::Quic { .. } => format!("--quic {quic}: {}", chain(&e)),
-            e => format!("starting the node: {}", chain(&e)),
+            nodosum::Error::Gossip { .. } => {
+                format!("--gossip {gossip}: {}", nodosum::error_chain(&e))
+            }
+            nodosum::Error::Quic { .. } => format!("--quic {quic}: {}", nodosum::error_chain(&e)),
+            e => format!("starting the node: {}", nodosum::error_chain(&e)),
         })?;
     if !seeds.is_empty() {
         // Static discovery joins them too; joining at once saves its first round.
