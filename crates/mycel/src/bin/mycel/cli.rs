@@ -540,8 +540,22 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             ),
         }
         // A standalone node uses none of it: no keys or certificates to demand.
+        let own_certs = dev && !c.tls.development;
         if let (false, Err(e)) = (standalone, c.validate()) {
-            for problem in e.problems {
+            for mut problem in e.problems {
+                const REQUIRED: &str = "required outside development: ";
+                if own_certs
+                    && problem.field == "gossip.keys"
+                    && problem.message.starts_with(REQUIRED)
+                {
+                    // --dev derives its gossip key from the development CA, which explicit
+                    // certificates replace.
+                    problem.message = format!(
+                        "required with --ca/--cert/--key, even with --dev (its key comes from \
+                         the development CA): {}",
+                        problem.message.trim_start_matches(REQUIRED)
+                    );
+                }
                 p.push(&flag_of(NODOSUM_FLAGS, &problem.field), problem.message);
             }
         }
@@ -772,6 +786,29 @@ mod tests {
             let problems = resolve(cli(&["--dev", "--threads", bad])).expect_err("invalid");
             assert_eq!(problems[0].field, "--threads (threads)", "{bad}");
         }
+    }
+
+    #[test]
+    fn dev_with_own_certificates_says_why_it_needs_a_gossip_key() {
+        let problems = resolve(cli(&[
+            "--dev",
+            "--node-id",
+            "n1",
+            "--ca",
+            "/nonexistent/ca.pem",
+            "--cert",
+            "/nonexistent/n1.pem",
+            "--key",
+            "/nonexistent/n1-key.pem",
+        ]))
+        .expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            all.iter().any(|p| p.starts_with(
+                "--gossip-key (gossip.keys): required with --ca/--cert/--key, even with --dev"
+            ) && p.contains("head -c 32 /dev/urandom | base64")),
+            "{all:?}"
+        );
     }
 
     #[test]
