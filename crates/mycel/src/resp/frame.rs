@@ -26,6 +26,9 @@ pub enum Frame {
     Integer(i64),
     /// `$3\r\nfoo`: a binary-safe string.
     Bulk(Bytes),
+    /// Text meant for people (`INFO`, `CLIENT LIST`): a RESP3 verbatim string of format
+    /// `txt` (`=7\r\ntxt:foo`), a bulk string in RESP2.
+    Text(Bytes),
     /// The null reply: `$-1` in RESP2, `_` in RESP3.
     Null,
     /// `*N` followed by N frames.
@@ -51,12 +54,11 @@ impl Frame {
             Self::Simple(s) => line(dst, b'+', s.as_bytes()),
             Self::Error(s) => line(dst, b'-', sanitize(s).as_bytes()),
             Self::Integer(n) => int_line(dst, b':', *n),
-            Self::Bulk(data) => {
-                int_line(dst, b'$', len_i64(data.len()));
-                dst.reserve(data.len() + 2);
-                dst.put_slice(data);
-                dst.put_slice(b"\r\n");
-            }
+            Self::Bulk(data) => bulk(dst, b'$', b"", data),
+            Self::Text(data) => match proto {
+                Protocol::Resp2 => bulk(dst, b'$', b"", data),
+                Protocol::Resp3 => bulk(dst, b'=', b"txt:", data),
+            },
             Self::Null => match proto {
                 Protocol::Resp2 => dst.put_slice(b"$-1\r\n"),
                 Protocol::Resp3 => dst.put_slice(b"_\r\n"),
@@ -84,6 +86,15 @@ impl Frame {
 fn len_i64(len: usize) -> i64 {
     // Lengths of in-memory buffers fit in i64 on every supported platform.
     i64::try_from(len).unwrap_or(i64::MAX)
+}
+
+/// A length-prefixed string: `kind`, the length of `prefix` and `data`, then both.
+fn bulk(dst: &mut BytesMut, kind: u8, prefix: &[u8], data: &[u8]) {
+    int_line(dst, kind, len_i64(prefix.len() + data.len()));
+    dst.reserve(prefix.len() + data.len() + 2);
+    dst.put_slice(prefix);
+    dst.put_slice(data);
+    dst.put_slice(b"\r\n");
 }
 
 fn line(dst: &mut BytesMut, kind: u8, text: &[u8]) {
@@ -145,5 +156,8 @@ mod tests {
         assert_eq!(enc(&m, Protocol::Resp2), b"*2\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(enc(&m, Protocol::Resp3), b"%1\r\n$5\r\nproto\r\n:3\r\n");
         assert_eq!(enc(&Frame::Null, Protocol::Resp3), b"_\r\n");
+        let t = Frame::Text(Bytes::from_static(b"a:1"));
+        assert_eq!(enc(&t, Protocol::Resp2), b"$3\r\na:1\r\n");
+        assert_eq!(enc(&t, Protocol::Resp3), b"=7\r\ntxt:a:1\r\n");
     }
 }

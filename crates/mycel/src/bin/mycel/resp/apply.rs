@@ -219,7 +219,7 @@ pub(crate) async fn execute(
         },
         Command::Select(0) => Ok(OK),
         Command::Select(_) => Ok(Frame::err("DB index is out of range")),
-        Command::Info(sections) => info(shared, &sections).await.map(Frame::Bulk),
+        Command::Info(sections) => info(shared, &sections).await.map(Frame::Text),
         Command::ClientSetName(name) => {
             session.set_name(name);
             Ok(OK)
@@ -240,11 +240,11 @@ pub(crate) async fn execute(
             });
             Ok(OK)
         }
-        Command::ClientInfo => Ok(Frame::Bulk(Bytes::from(
+        Command::ClientInfo => Ok(Frame::Text(Bytes::from(
             shared.client_list(Some(&[session.id])),
         ))),
         Command::ClientList(ids) => {
-            Ok(Frame::Bulk(Bytes::from(shared.client_list(ids.as_deref()))))
+            Ok(Frame::Text(Bytes::from(shared.client_list(ids.as_deref()))))
         }
         Command::Command(args) => Ok(command_reply(&args)),
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
