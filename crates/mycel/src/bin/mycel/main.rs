@@ -79,15 +79,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format, settings.verbosity);
-    let mut builder = if std::env::var_os("MYCEL_CT").is_some() {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if let Some(n) = settings.threads {
-            b.worker_threads(n);
-        }
-        b
-    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.threads {
+        builder.worker_threads(n);
+    }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
