@@ -163,10 +163,10 @@ pub enum Command {
     ClientSetInfo(ClientAttr, Bytes),
     /// `CLIENT INFO`: this connection, as one line of `CLIENT LIST`.
     ClientInfo,
-    /// `CLIENT LIST [TYPE type] [ID id...]`: the connections of this node, all of them, or
-    /// those with the IDs given (`Some`); a `TYPE` other than `normal` lists none (`Some`
-    /// of no IDs).
-    ClientList(Option<Vec<u64>>),
+    /// `CLIENT LIST [TYPE type | ID id...]`: the connections of this node, all of them, or
+    /// those with the IDs given (`Some`), in that order; a `TYPE` other than `normal`
+    /// lists none (`Some` of no IDs).
+    ClientList(Option<Vec<i64>>),
     /// `TIME`: this node's clock, as seconds and microseconds.
     Time,
     /// `ROLE`: a primary without Redis replicas, as Redis answers.
@@ -650,45 +650,31 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
     })
 }
 
-/// `CLIENT LIST`'s options: `TYPE type` and `ID id...`, as Redis 7 reads them.
-fn parse_client_list(mut opts: &[Bytes]) -> Result<Command, Frame> {
-    let mut ids: Option<Vec<u64>> = None;
-    while let Some((opt, tail)) = opts.split_first() {
-        if opt.eq_ignore_ascii_case(b"type") && !tail.is_empty() {
-            let kind = tail[0].to_ascii_lowercase();
-            match kind.as_slice() {
-                b"normal" => {}
+/// `CLIENT LIST`'s options as Redis 7 reads them: none, `TYPE type`, or `ID id...` (any
+/// 64-bit integers; those of no connection list nothing).
+fn parse_client_list(opts: &[Bytes]) -> Result<Command, Frame> {
+    match opts {
+        [] => Ok(Command::ClientList(None)),
+        [opt, kind] if opt.eq_ignore_ascii_case(b"type") => {
+            match kind.to_ascii_lowercase().as_slice() {
+                b"normal" => Ok(Command::ClientList(None)),
                 // No replica, primary link or Pub/Sub connections exist.
-                b"master" | b"replica" | b"slave" | b"pubsub" => ids = Some(Vec::new()),
-                _ => {
-                    return Err(Frame::err(format!(
-                        "Unknown client type '{}'",
-                        String::from_utf8_lossy(&tail[0])
-                    )));
+                b"master" | b"replica" | b"slave" | b"pubsub" => {
+                    Ok(Command::ClientList(Some(Vec::new())))
                 }
+                _ => Err(Frame::err(format!(
+                    "Unknown client type '{}'",
+                    String::from_utf8_lossy(kind)
+                ))),
             }
-            opts = &tail[1..];
-        } else if opt.eq_ignore_ascii_case(b"id") && !tail.is_empty() {
-            let mut list = Vec::with_capacity(tail.len());
-            for id in tail {
-                let id = int(id)
-                    .ok()
-                    .and_then(|n| u64::try_from(n).ok())
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| Frame::err("Invalid client ID"))?;
-                list.push(id);
-            }
-            // A TYPE that matches nothing keeps matching nothing.
-            ids = Some(match ids {
-                Some(none) if none.is_empty() => none,
-                _ => list,
-            });
-            opts = &[];
-        } else {
-            return Err(syntax_error());
         }
+        [opt, ids @ ..] if opt.eq_ignore_ascii_case(b"id") && !ids.is_empty() => ids
+            .iter()
+            .map(|id| int(id).map_err(|_| Frame::err("Invalid client ID")))
+            .collect::<Result<_, _>>()
+            .map(|ids| Command::ClientList(Some(ids))),
+        _ => Err(syntax_error()),
     }
-    Ok(Command::ClientList(ids))
 }
 
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
@@ -698,6 +684,9 @@ fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
                 return Err(wrong_arity("config|get"));
             }
             Ok(Command::ConfigGet(patterns.to_vec()))
+        }
+        Some((sub, args)) if sub.eq_ignore_ascii_case(b"set") && args.len() < 2 => {
+            Err(wrong_arity("config|set"))
         }
         Some((sub, _)) if sub.eq_ignore_ascii_case(b"set") => Err(Frame::err(
             "CONFIG SET is not supported: Mycel is configured by its flags and config file \
@@ -1108,6 +1097,10 @@ mod tests {
             panic!("CONFIG SET is refused")
         };
         assert!(e.starts_with("ERR CONFIG SET is not supported"), "{e}");
+        assert_eq!(
+            parse("CONFIG SET maxmemory"),
+            err("ERR wrong number of arguments for 'config|set' command")
+        );
     }
 
     #[test]
@@ -1137,21 +1130,33 @@ mod tests {
         );
         assert_eq!(parse("CLIENT INFO"), Ok(Command::ClientInfo));
         assert_eq!(parse("CLIENT LIST"), Ok(Command::ClientList(None)));
+        // As Redis: any 64-bit integers, in the order given; one TYPE or one ID list.
         assert_eq!(
-            parse("CLIENT LIST TYPE normal ID 3 7"),
-            Ok(Command::ClientList(Some(vec![3, 7])))
+            parse("CLIENT LIST id 7 3 7 0 -1"),
+            Ok(Command::ClientList(Some(vec![7, 3, 7, 0, -1])))
         );
         assert_eq!(
-            parse("CLIENT LIST TYPE pubsub ID 3"),
+            parse("CLIENT LIST TYPE Normal"),
+            Ok(Command::ClientList(None))
+        );
+        assert_eq!(
+            parse("CLIENT LIST TYPE pubsub"),
             Ok(Command::ClientList(Some(Vec::new())))
         );
         assert_eq!(
             parse("CLIENT LIST TYPE bogus"),
             err("ERR Unknown client type 'bogus'")
         );
-        assert_eq!(parse("CLIENT LIST ID 0"), err("ERR Invalid client ID"));
-        assert_eq!(parse("CLIENT LIST ID x"), err("ERR Invalid client ID"));
-        assert_eq!(parse("CLIENT LIST ID"), err("ERR syntax error"));
+        assert_eq!(parse("CLIENT LIST ID 1 x"), err("ERR Invalid client ID"));
+        for bad in [
+            "CLIENT LIST ID",
+            "CLIENT LIST TYPE normal ID 1",
+            "CLIENT LIST TYPE normal TYPE normal",
+            "CLIENT LIST TYPE",
+            "CLIENT LIST x",
+        ] {
+            assert_eq!(parse(bad), err("ERR syntax error"), "{bad}");
+        }
         assert_eq!(
             parse("CLIENT INFO x"),
             err("ERR wrong number of arguments for 'client|info' command")

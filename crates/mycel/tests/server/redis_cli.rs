@@ -441,10 +441,11 @@ fn client_list_and_info_show_every_connection() {
         2,
         "redis-cli and the raw client:\n{list}"
     );
-    // Filters: by ID, and by a type no connection has.
-    let only = redis_cli_raw(&s, &["CLIENT", "LIST", "ID", &id]);
-    assert_eq!(only.lines().count(), 1, "{only}");
-    assert!(only.starts_with(&mine), "{only}");
+    // Filters: by ID (in the order given, repeats repeated, unknown IDs skipped, as in
+    // Redis), and by a type no connection has.
+    let only = redis_cli_raw(&s, &["CLIENT", "LIST", "ID", &id, "0", "-1", &id]);
+    assert_eq!(only.lines().count(), 2, "{only}");
+    assert!(only.lines().all(|l| l.starts_with(&mine)), "{only}");
     assert_eq!(redis_cli_raw(&s, &["CLIENT", "LIST", "TYPE", "pubsub"]), "");
     // CLIENT INFO is the caller's own line; HELLO 3 shows as resp=3.
     let info = s.cli_session("HELLO 3\nCLIENT INFO\n");

@@ -180,13 +180,23 @@ impl Shared {
         }
     }
 
-    /// `CLIENT LIST`: every connected client, or those of `ids`, one line each.
-    pub(crate) fn client_list(&self, ids: Option<&[u64]>) -> String {
+    /// `CLIENT LIST`: every connected client, or those of `ids` in their order (an ID
+    /// given twice is listed twice, as in Redis), one line each.
+    pub(crate) fn client_list(&self, ids: Option<&[i64]>) -> String {
         let clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         let mut out = String::new();
-        for (&id, c) in clients.iter() {
-            if ids.is_none_or(|ids| ids.contains(&id)) {
-                c.line(id, &mut out);
+        match ids {
+            None => {
+                for (&id, c) in clients.iter() {
+                    c.line(id, &mut out);
+                }
+            }
+            Some(ids) => {
+                for id in ids.iter().filter_map(|&id| u64::try_from(id).ok()) {
+                    if let Some(c) = clients.get(&id) {
+                        c.line(id, &mut out);
+                    }
+                }
             }
         }
         out

@@ -240,9 +240,13 @@ pub(crate) async fn execute(
             });
             Ok(OK)
         }
-        Command::ClientInfo => Ok(Frame::Text(Bytes::from(
-            shared.client_list(Some(&[session.id])),
-        ))),
+        Command::ClientInfo => {
+            let mut line = String::new();
+            if let Some(c) = session.client.get() {
+                c.line(session.id, &mut line);
+            }
+            Ok(Frame::Text(Bytes::from(line)))
+        }
         Command::ClientList(ids) => {
             Ok(Frame::Text(Bytes::from(shared.client_list(ids.as_deref()))))
         }
@@ -619,7 +623,8 @@ fn command_reply(args: &[Bytes]) -> Frame {
         b"list" if rest.is_empty() => {
             Frame::Array(COMMANDS.iter().map(|c| Frame::bulk(c.0)).collect())
         }
-        b"list" => Frame::err("COMMAND LIST FILTERBY is not supported"),
+        // `FILTERBY` is not supported.
+        b"list" => Frame::err("syntax error"),
         b"count" => cmd::wrong_arity("command|count"),
         _ => Frame::err(format!(
             "unknown subcommand '{}'. Try COMMAND HELP.",
