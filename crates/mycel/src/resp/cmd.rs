@@ -790,6 +790,144 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Every command name `Command::parse` knows, and a few it does not.
+    const NAMES: &[&str] = &[
+        "ping",
+        "echo",
+        "quit",
+        "get",
+        "set",
+        "setex",
+        "psetex",
+        "setnx",
+        "getdel",
+        "getex",
+        "getset",
+        "del",
+        "unlink",
+        "exists",
+        "mget",
+        "mset",
+        "expire",
+        "pexpire",
+        "ttl",
+        "pttl",
+        "persist",
+        "expiretime",
+        "pexpiretime",
+        "type",
+        "strlen",
+        "time",
+        "role",
+        "incr",
+        "decr",
+        "incrby",
+        "decrby",
+        "dbsize",
+        "flushdb",
+        "flushall",
+        "select",
+        "info",
+        "client",
+        "command",
+        "config",
+        "hello",
+        "mycel.bucket",
+        "multi",
+        "nosuch",
+        "",
+    ];
+
+    /// Arguments that steer the parsers into their branches: options, subcommands,
+    /// numbers at and past the limits, and bytes that are none of these.
+    const TOKENS: &[&str] = &[
+        "k",
+        "v",
+        "",
+        "0",
+        "1",
+        "-1",
+        "2",
+        "3",
+        "100",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "1.5",
+        "abc",
+        "ex",
+        "px",
+        "exat",
+        "pxat",
+        "nx",
+        "xx",
+        "gt",
+        "lt",
+        "get",
+        "keepttl",
+        "persist",
+        "setname",
+        "getname",
+        "id",
+        "info",
+        "list",
+        "type",
+        "normal",
+        "pubsub",
+        "setinfo",
+        "lib-name",
+        "lib-ver",
+        "auth",
+        "default",
+        "count",
+        "docs",
+        "set",
+        "create",
+        "async",
+        "sync",
+        "a b",
+        "\r\n",
+        "\u{7f}",
+    ];
+
+    /// `Command::parse` of `name` and `args`: a command or an error reply, never a panic.
+    fn parses_or_refuses(name: &str, args: &[&str]) -> bool {
+        let request: Vec<Bytes> = std::iter::once(name)
+            .chain(args.iter().copied())
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        match Command::parse(&request) {
+            Ok(_) => true,
+            Err(reply) => matches!(reply, Frame::Error(_)),
+        }
+    }
+
+    #[test]
+    fn every_name_with_up_to_two_arguments_parses_or_is_refused() {
+        for name in NAMES {
+            assert!(parses_or_refuses(name, &[]), "{name}");
+            for a in TOKENS {
+                assert!(parses_or_refuses(name, &[a]), "{name} {a:?}");
+                for b in TOKENS {
+                    assert!(parses_or_refuses(name, &[a, b]), "{name} {a:?} {b:?}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_arguments_parse_without_panicking(
+            name in proptest::sample::select(NAMES),
+            args in proptest::collection::vec(proptest::sample::select(TOKENS), 0..7),
+            upper in any::<bool>(),
+        ) {
+            let name = if upper { name.to_ascii_uppercase() } else { name.to_owned() };
+            prop_assert!(parses_or_refuses(&name, &args));
+        }
+    }
 
     fn parse(line: &str) -> Result<Command, Frame> {
         let args: Vec<Bytes> = line
