@@ -412,29 +412,28 @@ pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Fr
 }
 
 fn ttl_frame(t: Ttl, millis: bool) -> Frame {
-    Frame::Integer(match t {
-        Ttl::Missing => -2,
-        Ttl::Persistent => -1,
-        Ttl::Expires { remaining, .. } => {
-            let ms = i64::try_from(remaining.as_millis()).unwrap_or(i64::MAX);
-            // Redis rounds TTL to the nearest second.
-            if millis {
-                ms
-            } else {
-                ms.saturating_add(500) / 1000
-            }
-        }
-    })
+    expiry_frame(t, millis, false)
 }
 
-/// `EXPIRETIME`/`PEXPIRETIME`: the Unix time of the deadline, rounded to the nearest
-/// second like `TTL`, or -2 (missing) / -1 (no expiry).
+/// `EXPIRETIME`/`PEXPIRETIME`: the Unix time of the deadline.
 fn expire_time_frame(t: Ttl, millis: bool) -> Frame {
+    expiry_frame(t, millis, true)
+}
+
+/// A key's expiry as the time left (`TTL`) or, `absolute`, as the deadline's Unix time:
+/// milliseconds, or seconds rounded to the nearest as Redis does; -2 for a missing key, -1
+/// for one that does not expire.
+fn expiry_frame(t: Ttl, millis: bool, absolute: bool) -> Frame {
     Frame::Integer(match t {
         Ttl::Missing => -2,
         Ttl::Persistent => -1,
-        Ttl::Expires { at, .. } => {
-            let ms = i64::try_from(at.as_millis()).unwrap_or(i64::MAX);
+        Ttl::Expires { at, remaining } => {
+            let ms = if absolute {
+                u128::from(at.as_millis())
+            } else {
+                remaining.as_millis()
+            };
+            let ms = i64::try_from(ms).unwrap_or(i64::MAX);
             if millis {
                 ms
             } else {
