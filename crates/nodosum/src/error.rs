@@ -163,3 +163,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::error_chain;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("binding --quic")]
+        Bind(#[source] std::io::Error),
+        #[error("reading ca.pem: {0}")]
+        Read(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn causes_are_appended_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::AddrInUse, "address in use");
+        assert_eq!(
+            error_chain(&Outer::Bind(io())),
+            "binding --quic: address in use"
+        );
+        // A message that already shows its cause does not repeat it.
+        assert_eq!(
+            error_chain(&Outer::Read(io())),
+            "reading ca.pem: address in use"
+        );
+    }
+}
