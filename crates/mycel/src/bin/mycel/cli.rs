@@ -539,8 +539,8 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
                 format!("{other:?}: expected static, dns or consul"),
             ),
         }
-        // A standalone node uses none of it: no keys or certificates to demand.
         let own_certs = dev && !c.tls.development;
+        // A standalone node uses none of it: no keys or certificates to demand.
         if let (false, Err(e)) = (standalone, c.validate()) {
             for mut problem in e.problems {
                 const REQUIRED: &str = "required outside development: ";
