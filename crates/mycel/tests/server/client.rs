@@ -63,4 +63,37 @@ fn resp3_connections_work() {
     assert_eq!(v.as_deref(), Some("v"));
     let missing: Option<String> = con.get("nope").expect("get");
     assert_eq!(missing, None);
+    // Verbatim text replies (RESP3 `=`) reach the client as strings.
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query(&mut con)
+        .expect("info");
+    assert!(info.contains("role:master"), "{info}");
+    let me: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query(&mut con)
+        .expect("client info");
+    assert!(me.contains(" resp=3 "), "{me}");
+}
+
+#[test]
+fn string_commands_beyond_get_and_set() {
+    let s = Server::start(&[]);
+    let mut con = connect(&s, "");
+    let old: Option<String> = con.getset("k", "hello").expect("getset");
+    assert_eq!(old, None);
+    let len: usize = con.strlen("k").expect("strlen");
+    assert_eq!(len, 5);
+    let kind: String = con.key_type("k").expect("type");
+    assert_eq!(kind, "string");
+    let kind: String = con.key_type("nope").expect("type");
+    assert_eq!(kind, "none");
+    let () = con.set_ex("k", "v", 100).expect("set_ex");
+    let at: i64 = con.expire_time("k").expect("expiretime");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let now = i64::try_from(now).expect("seconds");
+    assert!((now..=now + 101).contains(&at), "{at} vs {now}");
 }
