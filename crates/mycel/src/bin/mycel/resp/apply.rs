@@ -618,7 +618,7 @@ fn command_reply(args: &[Bytes]) -> Frame {
                 })
                 .collect(),
         ),
-        // Filters (`FILTERBY`) are not supported; a plain list names every command.
+        // A plain list names every command.
         b"list" if rest.is_empty() => {
             Frame::Array(COMMANDS.iter().map(|c| Frame::bulk(c.0)).collect())
         }
