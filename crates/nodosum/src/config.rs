@@ -573,26 +573,24 @@ impl Config {
                 }
             }
         } else {
+            let mut readable = true;
             for (field, path) in [
                 ("tls.ca", &t.ca),
                 ("tls.cert", &t.cert),
                 ("tls.key", &t.key),
             ] {
-                match path {
-                    None => v.push(
-                        field,
-                        "required (a PEM file), or set tls.development = true",
-                    ),
+                readable &= match path {
+                    None => {
+                        v.push(
+                            field,
+                            "required (a PEM file), or set tls.development = true",
+                        );
+                        false
+                    }
                     Some(p) => v.readable_file(field, p),
-                }
+                };
             }
-            let readable = |p: &Option<PathBuf>| p.as_deref().is_some_and(Path::is_file);
-            if let (Some(ca), Some(cert), Some(key), true) = (
-                &t.ca,
-                &t.cert,
-                &t.key,
-                readable(&t.ca) && readable(&t.cert) && readable(&t.key),
-            ) {
+            if readable && let (Some(ca), Some(cert), Some(key)) = (&t.ca, &t.cert, &t.key) {
                 self.check_tls_files(v, ca, cert, key);
             }
             if t.dev_ca_dir.is_some() {
@@ -751,12 +749,14 @@ impl Validator {
         });
     }
 
-    fn readable_file(&mut self, field: &str, path: &Path) {
+    /// Whether `path` is a file; a problem for `field` if not.
+    fn readable_file(&mut self, field: &str, path: &Path) -> bool {
         match std::fs::metadata(path) {
-            Ok(m) if m.is_file() => {}
+            Ok(m) if m.is_file() => return true,
             Ok(_) => self.push(field, format!("{} is not a file", path.display())),
             Err(e) => self.push(field, format!("cannot read {}: {e}", path.display())),
         }
+        false
     }
 }
 
