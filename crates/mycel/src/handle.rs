@@ -517,31 +517,24 @@ impl Mycel {
             let now = now();
             let value = store.get(bucket, &key, now);
             if value.is_some() {
-                match action {
-                    GetEx::Keep => {}
-                    GetEx::After(d) => {
-                        store.expire(
-                            bucket,
-                            key,
-                            now.saturating_add(d),
-                            ExpireCondition::Always,
-                            now,
-                            STANDALONE_EPOCH,
-                        )?;
-                    }
-                    GetEx::At(at) => {
-                        store.expire(
-                            bucket,
-                            key,
-                            at,
-                            ExpireCondition::Always,
-                            now,
-                            STANDALONE_EPOCH,
-                        )?;
-                    }
+                let at = match action {
+                    GetEx::Keep => None,
+                    GetEx::After(d) => Some(now.saturating_add(d)),
+                    GetEx::At(at) => Some(at),
                     GetEx::Persist => {
-                        store.persist(bucket, key, now, STANDALONE_EPOCH)?;
+                        store.persist(bucket, key.clone(), now, STANDALONE_EPOCH)?;
+                        None
                     }
+                };
+                if let Some(at) = at {
+                    store.expire(
+                        bucket,
+                        key,
+                        at,
+                        ExpireCondition::Always,
+                        now,
+                        STANDALONE_EPOCH,
+                    )?;
                 }
             }
             return Ok(value);
