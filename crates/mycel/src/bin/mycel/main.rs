@@ -343,15 +343,14 @@ async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
         config.bootstrap_delay = Duration::ZERO;
     }
     let (gossip, quic) = (node_config.gossip.bind, node_config.quic.bind);
-    let node = nodosum::Node::start(node_config)
-        .await
-        .map_err(|e| match e {
-            nodosum::Error::Gossip { .. } => {
-                format!("--gossip {gossip}: {}", nodosum::error_chain(&e))
-            }
-            nodosum::Error::Quic { .. } => format!("--quic {quic}: {}", nodosum::error_chain(&e)),
-            e => format!("starting the node: {}", nodosum::error_chain(&e)),
-        })?;
+    let node = nodosum::Node::start(node_config).await.map_err(|e| {
+        let what = nodosum::error_chain(&e);
+        match e {
+            nodosum::Error::Gossip { .. } => format!("--gossip {gossip}: {what}"),
+            nodosum::Error::Quic { .. } => format!("--quic {quic}: {what}"),
+            _ => format!("starting the node: {what}"),
+        }
+    })?;
     if !seeds.is_empty() {
         // Static discovery joins them too; joining at once saves its first round.
         node.join(seeds);
