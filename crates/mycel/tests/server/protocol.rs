@@ -278,3 +278,38 @@ fn large_values_round_trip_and_values_over_the_limit_fail_alone() {
         b"-ERR argument is 16777217 bytes, at most 16777216 allowed\r\n$-1\r\n+PONG\r\n",
     );
 }
+
+/// With several connection threads, connections are spread over them and share one
+/// store and one client registry; a connection's entry goes when it closes, and the node
+/// still stops cleanly with connections open on every thread.
+#[test]
+fn connections_on_several_threads_share_one_node() {
+    let s = Server::start(&["--resp-threads", "3"]);
+    #[cfg(target_os = "linux")]
+    {
+        let threads = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+            .expect("task list")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("mycel-resp-"))
+            .count();
+        assert_eq!(threads, 3, "one thread per --resp-threads");
+    }
+    let mut conns: Vec<_> = (0..6).map(|_| s.connect()).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        roundtrip(c, format!("SET k{i} v{i}\r\n").as_bytes(), b"+OK\r\n");
+    }
+    for c in &mut conns {
+        for i in 0..6 {
+            roundtrip(
+                c,
+                format!("GET k{i}\r\n").as_bytes(),
+                format!("$2\r\nv{i}\r\n").as_bytes(),
+            );
+        }
+    }
+    let listed = |s: &Server| s.cli(&["CLIENT", "LIST"]).lines().count();
+    assert_eq!(listed(&s), 7, "six connections and redis-cli's");
+    conns.truncate(3);
+    eventually("closed connections leave the registry", || listed(&s) == 4);
+    assert!(s.terminate().success(), "stops with connections open");
+}

@@ -93,10 +93,16 @@ pub(crate) struct Cli {
     /// redis.conf) [default: 256mb].
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_memory: Option<String>,
-    /// Threads serving requests (the runtime's workers) [default: one per CPU core].
-    /// Several nodes sharing one machine do best with the cores divided between them.
+    /// Threads of the cluster layer (the runtime's workers: transport, replication,
+    /// rebalancing, admin API) [default: one per CPU core]. Several nodes sharing one
+    /// machine do best with the cores divided between them.
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<String>,
+    /// Threads serving client connections, each connection staying on one [default: half
+    /// the CPU cores, at least 1]. A connection's requests are light, so a thread per core
+    /// would spend more on waking threads than it gains unless cores are idle.
+    #[arg(long, value_name = "N")]
+    pub(crate) resp_threads: Option<String>,
     /// CA certificate (PEM) that signs every node's certificate.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
@@ -154,6 +160,7 @@ struct FileConfig {
     replicas: Option<u64>,
     max_memory: Option<Size>,
     threads: Option<u64>,
+    resp_threads: Option<u64>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -228,6 +235,8 @@ pub(crate) struct Settings {
     pub(crate) buckets: Vec<(String, BucketOptions)>,
     /// Runtime worker threads (`--threads`); `None`: one per CPU core.
     pub(crate) threads: Option<usize>,
+    /// Client connection threads (`--resp-threads`); `None`: half the CPU cores.
+    pub(crate) resp_threads: Option<usize>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -239,8 +248,24 @@ pub(crate) struct Settings {
     pub(crate) cluster_only: Vec<&'static str>,
 }
 
-/// The most runtime worker threads `--threads` accepts.
+/// The most threads `--threads` and `--resp-threads` accept.
 const MAX_THREADS: u64 = 1024;
+
+/// A thread count from its flag (as typed) or its config file key; `Ok(None)`: neither.
+fn thread_count(flag: Option<String>, file: Option<u64>) -> Result<Option<usize>, String> {
+    let n = match (flag, file) {
+        (Some(text), _) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_THREADS).contains(n))
+            .ok_or_else(|| format!("{text:?} is not a number from 1 to {MAX_THREADS}"))?,
+        (None, Some(n)) if (1..=MAX_THREADS).contains(&n) => n,
+        (None, Some(n)) => return Err(format!("{n} is not a number from 1 to {MAX_THREADS}")),
+        (None, None) => return Ok(None),
+    };
+    // At most `MAX_THREADS`, so it fits.
+    Ok(usize::try_from(n).ok())
+}
 
 /// The flag name of each `nodosum::Config` field the flags set, for problem reports.
 const NODOSUM_FLAGS: &[(&str, &str)] = &[
@@ -388,24 +413,14 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (None, None) => None,
     };
 
-    let threads = match (cli.threads, file.threads) {
-        (Some(text), _) => text
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_THREADS).contains(n))
-            .ok_or_else(|| format!("{text:?} is not a number from 1 to {MAX_THREADS}")),
-        (None, Some(n)) if (1..=MAX_THREADS).contains(&n) => Ok(n),
-        (None, Some(n)) => Err(format!("{n} is not a number from 1 to {MAX_THREADS}")),
-        (None, None) => Ok(0),
-    };
-    let threads = match threads {
-        Ok(0) => None,
-        Ok(n) => usize::try_from(n).ok(),
-        Err(m) => {
-            p.push("--threads (threads)", m);
-            None
-        }
-    };
+    let threads = thread_count(cli.threads, file.threads)
+        .map_err(|m| p.push("--threads (threads)", m))
+        .ok()
+        .flatten();
+    let resp_threads = thread_count(cli.resp_threads, file.resp_threads)
+        .map_err(|m| p.push("--resp-threads (resp_threads)", m))
+        .ok()
+        .flatten();
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -612,6 +627,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             mycel: m,
             buckets,
             threads,
+            resp_threads,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -755,36 +771,52 @@ mod tests {
         assert!(s.nodosum.node_id.as_str().ends_with("-6379"));
         assert!(s.cluster_only.is_empty());
         assert_eq!(s.threads, None, "one worker per core unless told");
+        assert_eq!(s.resp_threads, None, "half the cores unless told");
     }
 
     #[test]
     fn threads_from_flag_or_file() {
-        assert_eq!(
-            resolve(cli(&["--dev", "--threads", "3"]))
-                .expect("valid")
-                .threads,
-            Some(3)
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("mycel.toml");
-        std::fs::write(&path, "dev = true\nthreads = 2\n").expect("write");
-        let file = path.to_str().expect("utf-8");
-        assert_eq!(
-            resolve(cli(&["--config", file])).expect("valid").threads,
-            Some(2)
-        );
-        assert_eq!(
-            resolve(cli(&["--config", file, "--threads", "1"]))
-                .expect("valid")
-                .threads,
-            Some(1)
-        );
-        std::fs::write(&path, "dev = true\nthreads = 5000\n").expect("write");
-        let problems = resolve(cli(&["--config", file])).expect_err("too many");
-        assert_eq!(problems[0].field, "--threads (threads)");
-        for bad in ["0", "many", "1025", "2.5"] {
-            let problems = resolve(cli(&["--dev", "--threads", bad])).expect_err("invalid");
-            assert_eq!(problems[0].field, "--threads (threads)", "{bad}");
+        for (flag, key, field) in [
+            ("--threads", "threads", "--threads (threads)"),
+            (
+                "--resp-threads",
+                "resp_threads",
+                "--resp-threads (resp_threads)",
+            ),
+        ] {
+            let get = |s: Settings| {
+                if key == "threads" {
+                    (s.threads, s.resp_threads)
+                } else {
+                    (s.resp_threads, s.threads)
+                }
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("mycel.toml");
+            let file = path.to_str().expect("utf-8");
+            assert_eq!(
+                get(resolve(cli(&["--dev", flag, "3"])).expect("valid")),
+                (Some(3), None),
+                "{flag}"
+            );
+            std::fs::write(&path, format!("dev = true\n{key} = 2\n")).expect("write");
+            assert_eq!(
+                get(resolve(cli(&["--config", file])).expect("valid")),
+                (Some(2), None),
+                "{key}"
+            );
+            assert_eq!(
+                get(resolve(cli(&["--config", file, flag, "1"])).expect("valid")),
+                (Some(1), None),
+                "{flag} wins over {key}"
+            );
+            std::fs::write(&path, format!("dev = true\n{key} = 5000\n")).expect("write");
+            let problems = resolve(cli(&["--config", file])).expect_err("too many");
+            assert_eq!(problems[0].field, field);
+            for bad in ["0", "many", "1025", "2.5"] {
+                let problems = resolve(cli(&["--dev", flag, bad])).expect_err("invalid");
+                assert_eq!(problems[0].field, field, "{bad}");
+            }
         }
     }
 

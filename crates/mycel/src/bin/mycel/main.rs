@@ -37,13 +37,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use mycel::{BucketOptions, ClusterConfig, Mycel};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, LogFormat, Settings};
 use crate::resp::parse::RequestLimits;
+use crate::resp::threads::ConnThreads;
 use crate::state::{NodeInfo, Shared};
 
 /// mimalloc rather than glibc malloc: every request allocates and frees small buffers
@@ -137,6 +138,11 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         );
     }
     let mut signals = Signals::install()?;
+    let resp_threads = settings.resp_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    });
+    let threads = ConnThreads::start(resp_threads)
+        .map_err(|e| format!("cannot start {resp_threads} connection threads: {e}"))?;
 
     let resp_listener = bind("--resp", settings.resp).await?;
     let admin_listener = bind("--admin", settings.admin).await?;
@@ -189,6 +195,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
 
     let resp_task = tokio::spawn(accept_loop(
         resp_listener,
+        threads,
         shared.clone(),
         shutdown_rx.clone(),
     ));
@@ -369,6 +376,7 @@ async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
 /// answer what they were executing.
 async fn accept_loop(
     listener: TcpListener,
+    mut threads: ConnThreads,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -378,14 +386,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     tracing::trace!(%peer, "client connected");
-                    shared.metrics.connections_total.inc();
-                    shared.metrics.connections.inc();
-                    let shared = shared.clone();
-                    let rx = shutdown.clone();
-                    conns.spawn(async move {
-                        resp::conn::serve(stream, shared.clone(), rx).await;
-                        shared.metrics.connections.dec();
-                    });
+                    hand_over(stream, &mut conns, &mut threads, &shared, &shutdown);
                 }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
@@ -413,6 +414,37 @@ async fn accept_loop(
         );
         conns.abort_all();
     }
+    let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
+}
+
+/// Serves an accepted connection on the next connection thread: the stream leaves this
+/// runtime's I/O driver and joins that thread's.
+fn hand_over(
+    stream: TcpStream,
+    conns: &mut JoinSet<()>,
+    threads: &mut ConnThreads,
+    shared: &Arc<Shared>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    shared.metrics.connections_total.inc();
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection to its thread");
+            return;
+        }
+    };
+    shared.metrics.connections.inc();
+    let shared = shared.clone();
+    let shutdown = shutdown.clone();
+    let serve = async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => resp::conn::serve(stream, shared.clone(), shutdown).await,
+            Err(e) => tracing::warn!(error = %e, "cannot register a connection on its thread"),
+        }
+        shared.metrics.connections.dec();
+    };
+    conns.spawn_on(serve, threads.next());
 }
 
 /// SIGINT and SIGTERM, listened to from before the server announces it is ready, so that

@@ -4,5 +4,6 @@
 
 pub(crate) mod apply;
 pub(crate) mod conn;
+pub(crate) mod threads;
 
 pub(crate) use mycel::resp::{cmd, frame, parse};
