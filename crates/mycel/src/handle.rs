@@ -32,6 +32,7 @@ use crate::clock::Timestamp;
 use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, SetResult};
 use crate::config::Config;
 use crate::error::Error;
+use crate::slot::Partition;
 use crate::store::{
     BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, SetOptions, Store, Ttl,
 };
@@ -85,6 +86,15 @@ pub enum GetEx {
     At(Timestamp),
     /// Remove the expiry.
     Persist,
+}
+
+/// One step of [`Mycel::scan`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The cursor of the next step; 0 when the scan is complete.
+    pub cursor: u64,
+    /// The keys this step found, in no particular order.
+    pub keys: Vec<Bytes>,
 }
 
 /// Figures of a node's store, for `INFO`, `DBSIZE` and metrics.
@@ -771,6 +781,72 @@ impl Mycel {
         }
     }
 
+    /// One step of a cursor scan over `bucket`'s keys, Redis `SCAN`-style: start with
+    /// cursor 0 and pass each returned [`ScanPage::cursor`] to the next step, until it is
+    /// 0 again.
+    ///
+    /// The cursor is the next partition to read. A step reads whole partitions (cluster:
+    /// each at its primary), `count` of them (at least one), then twice as many and so on
+    /// while fewer than `count` keys matched `pattern` (a [`crate::glob`] pattern; all
+    /// keys when `None`). So a key present from the first step to the last is returned
+    /// exactly once, one added or removed meanwhile at most once, and a step on a sparse
+    /// keyspace still makes progress. A cursor past the last partition ends the scan.
+    pub async fn scan(
+        &self,
+        bucket: BucketId,
+        cursor: u64,
+        count: usize,
+        pattern: Option<&[u8]>,
+    ) -> Result<ScanPage, Error> {
+        let partitions = self.inner.config.store.partitioning.count();
+        let Some(mut start) = u16::try_from(cursor).ok().filter(|&c| c < partitions) else {
+            return Ok(ScanPage {
+                cursor: 0,
+                keys: Vec::new(),
+            });
+        };
+        let pattern = pattern.map(Bytes::copy_from_slice);
+        let mut width = u16::try_from(count).unwrap_or(u16::MAX).max(1);
+        let mut keys = Vec::new();
+        loop {
+            let end = start.saturating_add(width).min(partitions);
+            match &self.inner.backend {
+                Backend::Local(l) => {
+                    let now = now();
+                    let store = lock(&l.store);
+                    for p in start..end {
+                        store.keys(
+                            bucket,
+                            Partition::new(p),
+                            pattern.as_deref(),
+                            now,
+                            &mut keys,
+                        );
+                    }
+                }
+                Backend::Cluster(c) => keys.extend(
+                    c.cluster
+                        .keys(c.name(bucket)?, start..end, pattern.clone())
+                        .await
+                        .map_err(cluster_error)?,
+                ),
+            }
+            start = end;
+            if start == partitions || keys.len() >= count {
+                break;
+            }
+            width = width.saturating_mul(2);
+        }
+        Ok(ScanPage {
+            cursor: if start == partitions {
+                0
+            } else {
+                u64::from(start)
+            },
+            keys,
+        })
+    }
+
     /// Live keys held (all buckets). Cluster: the whole cluster's count (a scan on every
     /// member; approximate while partitions move).
     pub async fn len(&self) -> Result<usize, Error> {
@@ -921,6 +997,8 @@ async fn reap(inner: Weak<Inner>) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use crate::store::{Condition, Expiry};
 
@@ -929,6 +1007,68 @@ mod tests {
             .enable_time()
             .build()
             .expect("runtime")
+    }
+
+    /// A full scan returns every key of the bucket exactly once, whatever the step size;
+    /// a pattern filters; a cursor past the end ends the scan.
+    #[test]
+    fn scan_returns_every_key_once() {
+        rt().block_on(async {
+            let m = Mycel::standalone(Config::default()).await.expect("valid");
+            let b = m.default_bucket();
+            let other = m
+                .create_bucket("other", BucketOptions::default())
+                .await
+                .expect("bucket");
+            let all: BTreeSet<Bytes> = (0..500).map(|i| Bytes::from(format!("k{i}"))).collect();
+            for k in &all {
+                m.set(b, k.clone(), "v".into(), SetOptions::default())
+                    .await
+                    .expect("set");
+            }
+            m.set(other, "elsewhere".into(), "v".into(), SetOptions::default())
+                .await
+                .expect("set");
+            let scan = |count: usize, pattern: Option<&'static [u8]>| {
+                let m = m.clone();
+                async move {
+                    let (mut cursor, mut steps, mut keys) = (0, 0, Vec::new());
+                    loop {
+                        let page = m.scan(b, cursor, count, pattern).await.expect("scan");
+                        keys.extend(page.keys);
+                        steps += 1;
+                        cursor = page.cursor;
+                        if cursor == 0 {
+                            return (keys, steps);
+                        }
+                    }
+                }
+            };
+            for count in [1, 10, 1000, 100_000] {
+                let (mut keys, steps) = scan(count, None).await;
+                keys.sort();
+                assert_eq!(
+                    keys,
+                    all.iter().cloned().collect::<Vec<_>>(),
+                    "COUNT {count}"
+                );
+                assert!(steps <= 4096, "{steps} steps");
+            }
+            // 500 keys over 4,096 partitions: a step of one partition widens until it
+            // finds one, so the scan takes far fewer steps than partitions.
+            assert!(scan(1, None).await.1 < 1000);
+            let (keys, _) = scan(10, Some(b"k1?")).await;
+            assert_eq!(keys.len(), 10, "{keys:?}");
+            assert!(keys.iter().all(|k| k.len() == 3 && k.starts_with(b"k1")));
+            assert!(
+                m.scan(b, 4096, 10, None).await.expect("scan")
+                    == ScanPage {
+                        cursor: 0,
+                        keys: Vec::new(),
+                    }
+            );
+            assert_eq!(m.scan(b, u64::MAX, 10, None).await.expect("scan").cursor, 0);
+        });
     }
 
     #[test]

@@ -45,6 +45,7 @@ mod clock;
 pub mod cluster;
 mod config;
 mod error;
+pub mod glob;
 mod handle;
 pub mod placement;
 pub mod resp;
@@ -62,7 +63,9 @@ pub use cluster::{
 };
 pub use config::{Config, ConfigProblem};
 pub use error::Error;
-pub use handle::{DEFAULT_BUCKET, GetEx, Mode, Mycel, REAP_INTERVAL, SetReply, Stats, now};
+pub use handle::{
+    DEFAULT_BUCKET, GetEx, Mode, Mycel, REAP_INTERVAL, ScanPage, SetReply, Stats, now,
+};
 pub use nodosum_proto::NodeId;
 pub use placement::{DEFAULT_REPLICATION_FACTOR, Member};
 pub use routing::{

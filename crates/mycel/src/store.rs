@@ -960,6 +960,35 @@ impl Store {
         })
     }
 
+    /// Appends the live keys of `bucket` in `partition` that match `pattern` (a
+    /// [`crate::glob`] pattern; every key when `None`) to `out`, in no particular order.
+    /// Not a use for eviction. Backs `SCAN` and `KEYS`, one partition at a time.
+    pub fn keys(
+        &self,
+        bucket: BucketId,
+        partition: Partition,
+        pattern: Option<&[u8]>,
+        now: Timestamp,
+        out: &mut Vec<Bytes>,
+    ) {
+        let Some(part) = self.parts.get(partition.index()) else {
+            return;
+        };
+        for k in &part.keys {
+            if k.bucket() != bucket.0 || pattern.is_some_and(|p| !crate::glob::matches(p, k.key()))
+            {
+                continue;
+            }
+            if self
+                .cache
+                .peek(k)
+                .is_some_and(|e| e.value.is_some() && !e.is_expired(now))
+            {
+                out.push(Bytes::copy_from_slice(k.key()));
+            }
+        }
+    }
+
     /// Entries held in `partition`, tombstones and not-yet-reaped expired entries included.
     pub fn partition_len(&self, partition: Partition) -> usize {
         self.parts
@@ -1809,6 +1838,44 @@ mod tests {
             backup.apply(&foreign, T0),
             Err(Error::BucketUnknown { .. })
         ));
+    }
+
+    /// `keys` lists a partition's live keys of one bucket: not tombstones, expired
+    /// entries, other buckets' keys or other partitions' keys; a pattern filters them.
+    #[test]
+    fn keys_of_a_partition() {
+        let (mut s, id) = store();
+        let other = s
+            .create_bucket("other", BucketOptions::default())
+            .expect("bucket");
+        let p = s.config.partitioning.partition_of(b"{x}");
+        for k in ["{x}a1", "{x}a2", "{x}b1", "{x}gone", "{x}old", "y"] {
+            set(&mut s, id, k, "v", T0);
+        }
+        s.set(other, b("{x}a3"), b("v"), SetOptions::default(), T0, 1)
+            .expect("set");
+        s.delete(id, b("{x}gone"), T0, 1).expect("delete");
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(1)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("{x}old"), b("v"), ex, T0, 1).expect("set");
+        let keys = |pattern: Option<&[u8]>, now| {
+            let mut out = Vec::new();
+            s.keys(id, p, pattern, now, &mut out);
+            out.sort();
+            out
+        };
+        assert_eq!(
+            keys(None, T0),
+            [b("{x}a1"), b("{x}a2"), b("{x}b1"), b("{x}old")]
+        );
+        assert_eq!(keys(None, at(2_000)), [b("{x}a1"), b("{x}a2"), b("{x}b1")]);
+        assert_eq!(keys(Some(b"*a?"), T0), [b("{x}a1"), b("{x}a2")]);
+        assert_eq!(keys(Some(b"nothing*"), T0), Vec::<Bytes>::new());
+        let mut out = Vec::new();
+        s.keys(id, Partition::new(u16::MAX), None, T0, &mut out);
+        assert!(out.is_empty(), "a partition out of range holds nothing");
     }
 
     #[test]

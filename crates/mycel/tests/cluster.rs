@@ -600,6 +600,49 @@ async fn operations_and_ttl_across_nodes() {
     ));
 }
 
+/// `keys` reads each partition at its primary, through any node: every key exactly once,
+/// filtered by a pattern, nothing from partitions past the end; replies larger than a page
+/// are split over several messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_listed_once_through_every_node() {
+    let _serial = SERIAL.lock().await;
+    let ca = tempfile::tempdir().expect("tempdir");
+    let mut small_pages = config();
+    small_pages.page_bytes = 512;
+    let mut nodes = vec![start_with(&ca, "node-1", &[], small_pages.clone()).await];
+    for name in ["node-2", "node-3"] {
+        let c = start_with(&ca, name, &[&nodes[0]], small_pages.clone()).await;
+        nodes.push(c);
+    }
+    converged(&nodes.refs()).await;
+    let acked = write_keys(&nodes.refs(), 300, 0).await;
+    let all: Vec<Bytes> = {
+        let mut all: Vec<Bytes> = acked.keys().map(|&i| key(i)).collect();
+        all.sort();
+        all
+    };
+    for node in &nodes {
+        let mut listed = settled("keys", || node.keys(BUCKET, 0..256, None)).await;
+        listed.sort();
+        assert_eq!(listed, all, "through {}", node.id());
+        // Two halves (the second running past the last partition) make the whole.
+        let mut halves = settled("keys", || node.keys(BUCKET, 0..100, None)).await;
+        halves.extend(settled("keys", || node.keys(BUCKET, 100..u16::MAX, None)).await);
+        halves.sort();
+        assert_eq!(halves, all, "halves through {}", node.id());
+        let mut ones = settled("keys", || node.keys(BUCKET, 0..256, Some("key-1?".into()))).await;
+        ones.sort();
+        let want: Vec<Bytes> = (10..20).map(key).collect();
+        assert_eq!(ones, want, "pattern through {}", node.id());
+        assert!(
+            settled("keys", || node.keys(BUCKET, 256..300, None))
+                .await
+                .is_empty()
+        );
+        assert!(node.keys("no-such-bucket", 0..256, None).await.is_err());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
     let _serial = SERIAL.lock().await;

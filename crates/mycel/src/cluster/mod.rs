@@ -105,6 +105,7 @@ mod wire;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
@@ -1060,6 +1061,38 @@ impl Cluster {
         self.inner.count().await
     }
 
+    /// The live keys of `bucket` in `partitions` (those beyond the partition count
+    /// hold nothing) that match `pattern` (a [`crate::glob`] pattern; all when `None`),
+    /// in partition order. Each partition is read whole at its primary; the partitions of
+    /// one primary travel in one message (paged like [`batch`](Self::batch)).
+    pub async fn keys(
+        &self,
+        bucket: &str,
+        partitions: Range<u16>,
+        pattern: Option<Bytes>,
+    ) -> Result<Vec<Bytes>, ClusterError> {
+        let count = self.inner.config.mycel.store.partitioning.count();
+        let bucket = WStr::from(bucket);
+        let ops: Vec<Op> = (partitions.start..partitions.end.min(count))
+            .map(|partition| Op::Scan {
+                bucket: bucket.clone(),
+                partition,
+                pattern: pattern.clone().map(WBytes),
+            })
+            .collect();
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = Vec::new();
+        for result in self.inner.route_batch(&ops).await {
+            match result? {
+                OpReply::Keys(ks) => keys.extend(ks.into_iter().map(|k| k.0)),
+                _ => return Err(self.inner.protocol()),
+            }
+        }
+        Ok(keys)
+    }
+
     /// Whether [`len`](Self::len) is 0.
     pub async fn is_empty(&self) -> Result<bool, ClusterError> {
         Ok(self.len().await? == 0)
@@ -1749,10 +1782,9 @@ impl Inner {
         results
     }
 
-    /// The partition of `op`'s key (the empty key's for an operation without one).
+    /// The partition whose primary executes `op` ([`Op::partition`]).
     fn partition(&self, op: &Op) -> Partition {
-        let key = op.key().map_or(&[][..], |k| &k[..]);
-        self.config.mycel.store.partitioning.partition_of(key)
+        op.partition(self.config.mycel.store.partitioning)
     }
 
     /// Runs `ops` each at its key's primary and answers each in order (see

@@ -57,11 +57,7 @@ fn op_partitions(op: &Op, partitioning: Partitioning) -> Vec<Partition> {
             .iter()
             .map(|(k, _)| partitioning.partition_of(&k.0))
             .collect(),
-        op => op
-            .key()
-            .map(|k| partitioning.partition_of(k))
-            .into_iter()
-            .collect(),
+        op => vec![op.partition(partitioning)],
     }
 }
 
@@ -748,6 +744,13 @@ impl State {
         match op {
             Op::MGet { keys, .. } => check_all(&mut keys.iter().map(|k| &k.0)),
             Op::MSet { entries, .. } => check_all(&mut entries.iter().map(|(k, _)| &k.0)),
+            Op::Scan { partition, .. } => {
+                let p = Partition::new(*partition);
+                if !partitioning.contains(p) {
+                    return Err(Refusal::BadRequest);
+                }
+                self.check_primary(p, epoch)
+            }
             op => op.key().map_or(Ok(()), |k| {
                 self.check_primary(partitioning.partition_of(k), epoch)
             }),
@@ -877,6 +880,22 @@ impl State {
                     writes.extend(outcome.write);
                 }
                 OpReply::Unit
+            }
+            Op::Scan {
+                bucket,
+                partition,
+                pattern,
+            } => {
+                let b = bucket_of(store, bucket)?;
+                let mut keys = Vec::new();
+                store.keys(
+                    b,
+                    Partition::new(*partition),
+                    pattern.as_ref().map(|p| &p.0[..]),
+                    now,
+                    &mut keys,
+                );
+                OpReply::Keys(keys.into_iter().map(WBytes).collect())
             }
             Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
         };

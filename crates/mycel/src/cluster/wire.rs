@@ -22,7 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::RoutingTable;
-use crate::slot::Partition;
+use crate::slot::{Partition, Partitioning};
 use crate::store::{Condition, ExpireCondition, Expiry, SetOptions, Ttl, Version, Write, WriteOp};
 
 /// The protocol version byte in front of every body.
@@ -285,6 +285,13 @@ pub(crate) enum Op {
         after_ms: u64,
         condition: WireExpireCondition,
     },
+    /// `SCAN`/`KEYS` of one partition: its live keys of `bucket` matching `pattern` (a
+    /// [`crate::glob`] pattern; all when `None`). Appended, as `ExpireIf`.
+    Scan {
+        bucket: WStr,
+        partition: u16,
+        pattern: Option<WBytes>,
+    },
 }
 
 /// A response.
@@ -335,7 +342,17 @@ impl Op {
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } => entries.first().map(|(k, _)| &k.0),
-            Self::Count => None,
+            Self::Count | Self::Scan { .. } => None,
+        }
+    }
+
+    /// The partition whose primary executes the operation: its (first) key's, a scan's
+    /// own, the empty key's for `Count`. A scan's partition may be out of range (it comes
+    /// from a peer); [`Partitioning::contains`] tells.
+    pub(crate) fn partition(&self, partitioning: Partitioning) -> Partition {
+        match self {
+            Self::Scan { partition, .. } => Partition::new(*partition),
+            op => partitioning.partition_of(op.key().map_or(&[][..], |k| &k[..])),
         }
     }
 
@@ -354,7 +371,8 @@ impl Op {
     }
 
     /// Whether the operation may travel in a [`Msg::Batch`]: the single-key operations
-    /// the primary executes at once (not `GetOrLoad`, `Count`, `MGet`, `MSet`).
+    /// and partition scans, which the primary executes at once (not `GetOrLoad`, `Count`,
+    /// `MGet`, `MSet`).
     pub(crate) fn batchable(&self) -> bool {
         matches!(
             self,
@@ -367,6 +385,7 @@ impl Op {
                 | Self::ExpireIf { .. }
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
+                | Self::Scan { .. }
         )
     }
 
@@ -375,6 +394,9 @@ impl Op {
     pub(crate) fn size(&self) -> usize {
         let value = match self {
             Self::Set { value, .. } => value.0.len(),
+            Self::Scan {
+                pattern: Some(p), ..
+            } => p.0.len(),
             _ => 0,
         };
         let bucket = match self {
@@ -389,7 +411,8 @@ impl Op {
             | Self::IncrBy { bucket, .. }
             | Self::MGet { bucket, .. }
             | Self::MSet { bucket, .. }
-            | Self::GetOrLoad { bucket, .. } => bucket.len(),
+            | Self::GetOrLoad { bucket, .. }
+            | Self::Scan { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -403,6 +426,7 @@ impl OpReply {
         16 + match self {
             Self::Value(v) | Self::Set { previous: v, .. } => bytes(v),
             Self::Values(vs) => vs.iter().map(|v| bytes(v) + 4).sum(),
+            Self::Keys(ks) => ks.iter().map(|k| k.0.len() + 4).sum(),
             _ => 0,
         }
     }
@@ -432,6 +456,8 @@ pub(crate) enum OpReply {
     },
     /// Nothing to report.
     Unit,
+    /// A partition's keys (`Op::Scan`). Appended, as `Op::Scan`.
+    Keys(Vec<WBytes>),
 }
 
 /// Why a node refused or failed a request.
@@ -785,7 +811,6 @@ mod tests {
 
     use super::*;
     use crate::placement::Member;
-    use crate::slot::Partitioning;
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).expect("valid id")
@@ -887,6 +912,16 @@ mod tests {
                         key: b("a"),
                         delta: -3,
                     },
+                    Op::Scan {
+                        bucket: "default".into(),
+                        partition: 63,
+                        pattern: Some(b("user:*")),
+                    },
+                    Op::Scan {
+                        bucket: "other".into(),
+                        partition: 0,
+                        pattern: None,
+                    },
                 ],
             },
         ]
@@ -929,6 +964,7 @@ mod tests {
                 Err(Refusal::NotAnInteger),
                 Err(Refusal::Deferred),
                 Ok(OpReply::Value(Some(b("v")))),
+                Ok(OpReply::Keys(vec![b("a"), b("")])),
             ]),
         ];
         for reply in replies {
