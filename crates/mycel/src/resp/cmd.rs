@@ -147,6 +147,11 @@ pub enum Command {
     IncrBy(Bytes, i64),
     /// `DBSIZE`.
     DbSize,
+    /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: one step of a scan of the
+    /// connection's bucket (see `Mycel::scan`).
+    Scan(Scan),
+    /// `KEYS pattern`: every key of the connection's bucket that matches.
+    Keys(Bytes),
     /// `FLUSHDB [ASYNC|SYNC]`.
     FlushDb,
     /// `SELECT index`: only database 0 exists.
@@ -360,6 +365,14 @@ impl Command {
             "dbsize" => {
                 arity(rest.is_empty())?;
                 Self::DbSize
+            }
+            "scan" => {
+                arity(!rest.is_empty())?;
+                Self::Scan(parse_scan(rest)?)
+            }
+            "keys" => {
+                arity(rest.len() == 1)?;
+                Self::Keys(key())
             }
             "flushdb" | "flushall" => {
                 arity(rest.len() <= 1)?;
@@ -677,6 +690,68 @@ fn parse_client_list(opts: &[Bytes]) -> Result<Command, Frame> {
     }
 }
 
+/// A `SCAN` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scan {
+    /// Where to continue (0: from the start).
+    pub cursor: u64,
+    /// `MATCH`: a glob pattern the keys must match; `None` for all keys (also for `*`).
+    pub pattern: Option<Bytes>,
+    /// `COUNT`: how much work a step does (at least 1; Redis's default 10).
+    pub count: usize,
+    /// `TYPE`: false when it names a type other than `string` (no Mycel key has it).
+    pub strings: bool,
+}
+
+/// `SCAN`'s arguments as Redis 7.0 reads them: the cursor as C's `strtoul` with nothing
+/// after it, then option pairs in any order and number, the last of a kind winning.
+fn parse_scan(rest: &[Bytes]) -> Result<Scan, Frame> {
+    let (cursor, mut opts) = rest.split_first().ok_or_else(|| wrong_arity("scan"))?;
+    let mut scan = Scan {
+        cursor: parse_cursor(cursor).ok_or_else(|| Frame::err("invalid cursor"))?,
+        pattern: None,
+        count: 10,
+        strings: true,
+    };
+    while let [opt, value, more @ ..] = opts {
+        if opt.eq_ignore_ascii_case(b"count") {
+            scan.count = usize::try_from(int(value)?)
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or_else(syntax_error)?;
+        } else if opt.eq_ignore_ascii_case(b"match") {
+            scan.pattern = (value[..] != *b"*").then(|| value.clone());
+        } else if opt.eq_ignore_ascii_case(b"type") {
+            scan.strings = value.eq_ignore_ascii_case(b"string");
+        } else {
+            return Err(syntax_error());
+        }
+        opts = more;
+    }
+    if opts.is_empty() {
+        Ok(scan)
+    } else {
+        Err(syntax_error())
+    }
+}
+
+/// A `SCAN` cursor as C's `strtoul` reads it for Redis: an optional sign (a minus wraps,
+/// as in C), decimal digits, nothing else, at most `u64::MAX`; no digits at all is 0
+/// unless a sign is left over. Leading whitespace is refused.
+fn parse_cursor(arg: &[u8]) -> Option<u64> {
+    let (negative, digits) = match arg.split_first() {
+        None => return Some(0),
+        Some((b'-', d)) => (true, d),
+        Some((b'+', d)) => (false, d),
+        Some(_) => (false, arg),
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
+    Some(if negative { n.wrapping_neg() } else { n })
+}
+
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
     match rest.split_first() {
         Some((sub, patterns)) if sub.eq_ignore_ascii_case(b"get") => {
@@ -826,6 +901,8 @@ mod tests {
         "incrby",
         "decrby",
         "dbsize",
+        "scan",
+        "keys",
         "flushdb",
         "flushall",
         "select",
@@ -882,6 +959,8 @@ mod tests {
         "auth",
         "default",
         "count",
+        "match",
+        "*",
         "docs",
         "set",
         "create",
@@ -939,6 +1018,73 @@ mod tests {
 
     fn err(msg: &str) -> Result<Command, Frame> {
         Err(Frame::Error(msg.to_string()))
+    }
+
+    /// `SCAN`'s cursor and options as Redis 7.0 reads them (checked against
+    /// redis-server 7.0.15).
+    #[test]
+    fn scan_options_like_redis() {
+        let scan = |cursor, pattern: Option<&'static str>, count, strings| {
+            Ok(Command::Scan(Scan {
+                cursor,
+                pattern: pattern.map(|p: &str| Bytes::copy_from_slice(p.as_bytes())),
+                count,
+                strings,
+            }))
+        };
+        assert_eq!(parse("SCAN 0"), scan(0, None, 10, true));
+        assert_eq!(
+            parse("scan 17 match u:* COUNT 5"),
+            scan(17, Some("u:*"), 5, true)
+        );
+        assert_eq!(
+            parse("SCAN 0 MATCH *"),
+            scan(0, None, 10, true),
+            "* is everything"
+        );
+        assert_eq!(
+            parse("SCAN 0 COUNT 5 COUNT 6 TYPE String"),
+            scan(0, None, 6, true)
+        );
+        assert_eq!(parse("SCAN 0 TYPE hash"), scan(0, None, 10, false));
+        // C's strtoul: a sign (a minus wraps), nothing else; no digits at all is 0.
+        assert_eq!(parse("SCAN -1"), scan(u64::MAX, None, 10, true));
+        assert_eq!(parse("SCAN +5"), scan(5, None, 10, true));
+        assert_eq!(parse("SCAN "), scan(0, None, 10, true));
+        assert_eq!(
+            parse("SCAN 18446744073709551615"),
+            scan(u64::MAX, None, 10, true)
+        );
+        for bad in ["x", "+", "-", "18446744073709551616", "1x", "\t1", "0x10"] {
+            assert_eq!(
+                parse(&format!("SCAN {bad}")),
+                err("ERR invalid cursor"),
+                "{bad}"
+            );
+        }
+        for bad in ["COUNT 0", "COUNT -1", "MATCH", "FOO 1", "COUNT 5 MATCH"] {
+            assert_eq!(
+                parse(&format!("SCAN 0 {bad}")),
+                err("ERR syntax error"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("SCAN 0 COUNT x"),
+            err("ERR value is not an integer or out of range")
+        );
+        assert_eq!(
+            parse("SCAN"),
+            err("ERR wrong number of arguments for 'scan' command")
+        );
+        assert_eq!(
+            parse("KEYS a*"),
+            Ok(Command::Keys(Bytes::from_static(b"a*")))
+        );
+        assert_eq!(
+            parse("KEYS a b"),
+            err("ERR wrong number of arguments for 'keys' command")
+        );
     }
 
     #[test]

@@ -247,6 +247,59 @@ fn redis_cli_raw(s: &Server, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
+/// `redis-cli --scan` and `KEYS` list the connection's bucket: every key exactly once,
+/// filtered by a pattern, in standalone and cluster mode alike.
+#[test]
+fn scan_and_keys_list_every_key_once() {
+    for (s, standalone) in [(Server::standalone(&[]), true), (Server::start(&[]), false)] {
+        let mut mset = vec!["MSET"];
+        let names: Vec<String> = (0..150)
+            .flat_map(|i| [format!("user:{i}"), format!("order:{i}")])
+            .collect();
+        for k in &names {
+            mset.extend([k.as_str(), "v"]);
+        }
+        assert_eq!(s.cli(&mset), "OK");
+        let listed = |args: &[&str]| {
+            // Raw output: one key per line (an empty array prints an empty line).
+            let mut keys: Vec<String> = redis_cli_raw(&s, args)
+                .lines()
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .collect();
+            keys.sort();
+            keys
+        };
+        let mut all = names.clone();
+        all.sort();
+        assert_eq!(listed(&["--scan"]), all);
+        let users: Vec<String> = all
+            .iter()
+            .filter(|k| k.starts_with("user:"))
+            .cloned()
+            .collect();
+        assert_eq!(listed(&["--scan", "--pattern", "user:*"]), users);
+        assert_eq!(listed(&["KEYS", "*"]), all);
+        let want: Vec<String> = (10..20).map(|i| format!("user:{i}")).collect();
+        assert_eq!(listed(&["KEYS", "user:1?"]), want);
+        assert_eq!(listed(&["KEYS", "[uo]*:14[5-9]"]).len(), 10);
+        // One step: the next cursor, then the keys found.
+        let step = s.cli(&["SCAN", "0", "COUNT", "100000", "TYPE", "hash"]);
+        assert_eq!(step, "1) \"0\"\n2) (empty array)");
+        if standalone {
+            // Another bucket is another keyspace (created at run time standalone only).
+            let other = s.cli_session("MYCEL.BUCKET other CREATE\nSET only-here v\nKEYS *\n");
+            assert_eq!(other, "OK\nOK\n1) \"only-here\"");
+            assert_eq!(listed(&["KEYS", "only-*"]), Vec::<String>::new());
+        }
+        assert_eq!(
+            s.cli(&["SCAN", "0", "COUNT", "0"]),
+            "(error) ERR syntax error"
+        );
+        assert_eq!(s.cli(&["SCAN", "x"]), "(error) ERR invalid cursor");
+    }
+}
+
 #[test]
 fn unknown_command_and_wrong_arity_use_redis_wording() {
     let s = Server::start(&[]);

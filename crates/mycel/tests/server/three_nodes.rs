@@ -148,6 +148,21 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
         assert_eq!(nodes[i % 3].cli(&["SET", k, &value]), "OK");
     }
     assert_eq!(nodes[2].cli(&["DBSIZE"]), "(integer) 42");
+    // Every node lists them all, each once: `KEYS` and a `SCAN` loop read every
+    // partition at its primary.
+    for n in &nodes {
+        let mut listed: Vec<String> = n
+            .cli(&["--scan", "--pattern", "key-*"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        listed.sort();
+        // `--no-raw` quotes each key.
+        let mut want: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        want.sort();
+        assert_eq!(listed, want);
+        assert_eq!(n.cli(&["KEYS", "key-3?"]).lines().count(), 10);
+    }
 
     // /partitions on any node shows the whole table: every member's counts, primaries
     // covering every partition once and each partition backed up once (RF=2).

@@ -9,7 +9,8 @@
 //! connection to bucket `name`, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a
 //! default TTL for keys written without one), `MYCEL.BUCKET` replies with the current
 //! bucket. Buckets may also be declared in the config file (`[[buckets]]`). `DBSIZE`,
-//! `INFO keyspace` and `FLUSHDB` cover every bucket.
+//! `INFO keyspace` and `FLUSHDB` cover every bucket; `SCAN` and `KEYS` list the
+//! connection's bucket.
 //!
 //! Every node is a cluster member: the flags build a `nodosum::Config`, the node starts
 //! (gossip on `--gossip`, QUIC on `--quic`, seeds from `--seed` or discovery, the

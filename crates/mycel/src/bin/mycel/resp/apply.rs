@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mycel::{
-    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, SetOptions,
-    Timestamp, Ttl,
+    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel,
+    SetOptions, Timestamp, Ttl,
 };
 
 use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
@@ -89,6 +89,8 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::Persist(_) => "persist",
         Command::IncrBy(..) => "incrby",
         Command::DbSize => "dbsize",
+        Command::Scan(_) => "scan",
+        Command::Keys(_) => "keys",
         Command::FlushDb => "flushdb",
         Command::Select(_) => "select",
         Command::Info(_) => "info",
@@ -211,6 +213,19 @@ pub(crate) async fn execute(
             .len()
             .await
             .map(|n| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
+        Command::Scan(scan) => m
+            .scan(b, scan.cursor, scan.count, scan.pattern.as_deref())
+            .await
+            .map(|page| {
+                let keys = if scan.strings { page.keys } else { Vec::new() };
+                Frame::Array(vec![
+                    Frame::bulk(page.cursor.to_string()),
+                    Frame::Array(keys.into_iter().map(Frame::Bulk).collect()),
+                ])
+            }),
+        Command::Keys(pattern) => keys(m, b, &pattern)
+            .await
+            .map(|keys| Frame::Array(keys.into_iter().map(Frame::Bulk).collect())),
         Command::FlushDb => match m.flush().await {
             Err(Error::Unsupported { .. }) => Ok(Frame::err(
                 "FLUSHDB is not supported in cluster mode (delete keys one by one)",
@@ -565,6 +580,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
+    ("scan", -2, &["readonly"], 0, 0, 0),
+    ("keys", 2, &["readonly"], 0, 0, 0),
     ("flushdb", -1, &["write"], 0, 0, 0),
     ("flushall", -1, &["write"], 0, 0, 0),
     ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
@@ -632,6 +649,21 @@ fn command_reply(args: &[Bytes]) -> Frame {
     }
 }
 
+/// `KEYS pattern`: a scan over every partition.
+async fn keys(m: &Mycel, b: BucketId, pattern: &[u8]) -> Result<Vec<Bytes>, Error> {
+    let pattern = (pattern != b"*").then_some(pattern);
+    let mut keys = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let page = m.scan(b, cursor, usize::MAX, pattern).await?;
+        keys.extend(page.keys);
+        cursor = page.cursor;
+        if cursor == 0 {
+            return Ok(keys);
+        }
+    }
+}
+
 fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
     let max = shared.mycel.config().store.max_bytes.to_string();
     let params: [(&str, String); 3] = [
@@ -643,22 +675,12 @@ fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
     for (name, value) in params {
         if patterns
             .iter()
-            .any(|p| glob(&p.to_ascii_lowercase(), name.as_bytes()))
+            .any(|p| mycel::glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
         {
             out.push((Frame::bulk(name), Frame::bulk(value)));
         }
     }
     Frame::Map(out)
-}
-
-/// Redis-style glob match with `*` and `?` (what `CONFIG GET` patterns use).
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && glob(rest, &text[1..]),
-    }
 }
 
 async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
@@ -828,15 +850,6 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_matches_like_redis() {
-        assert!(glob(b"save", b"save"));
-        assert!(glob(b"*", b"maxmemory"));
-        assert!(glob(b"max*", b"maxmemory"));
-        assert!(glob(b"s?ve", b"save"));
-        assert!(!glob(b"sav", b"save"));
-    }
 
     #[test]
     fn ttl_rounds_to_seconds_like_redis() {
