@@ -684,6 +684,23 @@ impl Mycel {
         }
     }
 
+    /// Appends `value` to the value of `key` (a missing key is created; an existing one
+    /// keeps its expiry); the new length. Atomic at the owner.
+    pub async fn append(&self, bucket: BucketId, key: Bytes, value: Bytes) -> Result<usize, Error> {
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let (len, _write) =
+                    lock(&l.store).append(bucket, key, &value, now(), STANDALONE_EPOCH)?;
+                Ok(len)
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .append(c.name(bucket)?, key, value)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
     /// The values of `keys`, in order. Standalone: under one lock (one consistent read).
     /// Cluster: one read per primary, consistent per primary, not across primaries.
     pub async fn mget(

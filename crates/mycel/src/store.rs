@@ -862,6 +862,34 @@ impl Store {
         Ok((next, write))
     }
 
+    /// Appends `suffix` to the value of `key` (Redis `APPEND`; a missing key is created
+    /// with the bucket's default TTL, an existing one keeps its expiry); the new length.
+    /// The size limits apply to the result, checked before anything is copied.
+    pub fn append(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        suffix: &[u8],
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<(usize, Write), Error> {
+        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
+        let (old, expires_at) = match self.live(bucket, &key, now) {
+            Some(e) => (e.value.clone(), e.expiry()),
+            None => (None, default_ttl.map(|d| now.saturating_add(d))),
+        };
+        let old = old.as_deref().unwrap_or_default();
+        let len = old.len().saturating_add(suffix.len());
+        self.check_size(bucket, &key, len)?;
+        let mut value = Vec::with_capacity(len);
+        value.extend_from_slice(old);
+        value.extend_from_slice(suffix);
+        let stored: Arc<[u8]> = Arc::from(value);
+        let wire = Bytes::from_owner(Arc::clone(&stored));
+        let write = self.local_put(bucket, key, stored, wire, expires_at, epoch);
+        Ok((len, write))
+    }
+
     /// Applies a replicated (or snapshot) write if it is newer than what the store holds
     /// for that key, tombstones included. Never compares times.
     pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
@@ -1681,6 +1709,50 @@ mod tests {
         s.set(id, b("t"), b("10"), ex, T0, 1).expect("set");
         s.incr_by(id, b("t"), 1, at(1), 1).expect("incr");
         assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+    }
+
+    #[test]
+    fn append_semantics() {
+        let (mut s, id) = store();
+        let (len, w) = s.append(id, b("a"), b"Hello", T0, 1).expect("append");
+        assert_eq!(len, 5);
+        assert_eq!(
+            w.op,
+            WriteOp::Put {
+                value: b("Hello"),
+                expires_at: None
+            },
+            "replicated whole"
+        );
+        assert_eq!(s.append(id, b("a"), b" World", T0, 1).map(|r| r.0), Ok(11));
+        assert_eq!(s.get(id, b"a", T0), Some(b("Hello World")));
+        assert_eq!(s.append(id, b("a"), b"", T0, 1).map(|r| r.0), Ok(11));
+        // An existing TTL is kept.
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("t"), b("x"), ex, T0, 1).expect("set");
+        s.append(id, b("t"), b"y", at(1), 1).expect("append");
+        assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+        // A result over the value limit is refused and changes nothing.
+        let small = s
+            .create_bucket(
+                "small",
+                BucketOptions {
+                    max_value_len: Some(8),
+                    ..BucketOptions::default()
+                },
+            )
+            .expect("bucket");
+        s.append(id, b("k"), b"12345", T0, 1).expect("append");
+        s.append(small, b("k"), b"12345", T0, 1).expect("append");
+        assert!(matches!(
+            s.append(small, b("k"), b"6789", T0, 1),
+            Err(Error::ValueTooLarge { len: 9, .. })
+        ));
+        assert_eq!(s.get(small, b"k", T0), Some(b("12345")));
+        s.check_invariants();
     }
 
     #[test]

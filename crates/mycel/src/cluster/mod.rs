@@ -947,6 +947,26 @@ impl Cluster {
         }
     }
 
+    /// Appends `value` to `key`'s value (creating it), atomically at the primary; the
+    /// new length.
+    pub async fn append(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<usize, ClusterError> {
+        let key = key.into();
+        let op = Op::Append {
+            bucket: bucket.into(),
+            key: WBytes(key.clone()),
+            value: WBytes(value.into()),
+        };
+        match self.inner.route(&key, op, true).await? {
+            OpReply::Int(n) => usize::try_from(n).map_err(|_| self.inner.protocol()),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
     /// The values of `keys`, in order: one request per primary.
     pub async fn mget(
         &self,

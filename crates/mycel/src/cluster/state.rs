@@ -881,6 +881,14 @@ impl State {
                 }
                 OpReply::Unit
             }
+            Op::Append { bucket, key, value } => {
+                let b = bucket_of(store, bucket)?;
+                let (len, w) = store
+                    .append(b, key.0.clone(), &value.0, now, e)
+                    .map_err(err)?;
+                writes.push(w);
+                OpReply::Int(i64::try_from(len).unwrap_or(i64::MAX))
+            }
             Op::Scan {
                 bucket,
                 partition,

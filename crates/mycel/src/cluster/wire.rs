@@ -292,6 +292,12 @@ pub(crate) enum Op {
         partition: u16,
         pattern: Option<WBytes>,
     },
+    /// `APPEND`. Appended, as `ExpireIf`.
+    Append {
+        bucket: WStr,
+        key: WBytes,
+        value: WBytes,
+    },
 }
 
 /// A response.
@@ -339,6 +345,7 @@ impl Op {
             | Self::ExpireIf { key, .. }
             | Self::Persist { key, .. }
             | Self::IncrBy { key, .. }
+            | Self::Append { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } => entries.first().map(|(k, _)| &k.0),
@@ -366,6 +373,7 @@ impl Op {
                 | Self::ExpireIf { .. }
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
+                | Self::Append { .. }
                 | Self::MSet { .. }
         )
     }
@@ -393,7 +401,7 @@ impl Op {
     /// operation carries, and whose length no limit bounds) plus the fixed fields.
     pub(crate) fn size(&self) -> usize {
         let value = match self {
-            Self::Set { value, .. } => value.0.len(),
+            Self::Set { value, .. } | Self::Append { value, .. } => value.0.len(),
             Self::Scan {
                 pattern: Some(p), ..
             } => p.0.len(),
@@ -412,7 +420,8 @@ impl Op {
             | Self::MGet { bucket, .. }
             | Self::MSet { bucket, .. }
             | Self::GetOrLoad { bucket, .. }
-            | Self::Scan { bucket, .. } => bucket.len(),
+            | Self::Scan { bucket, .. }
+            | Self::Append { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -921,6 +930,11 @@ mod tests {
                         bucket: "other".into(),
                         partition: 0,
                         pattern: None,
+                    },
+                    Op::Append {
+                        bucket: "default".into(),
+                        key: b("a"),
+                        value: b("tail"),
                     },
                 ],
             },

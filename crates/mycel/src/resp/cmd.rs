@@ -139,6 +139,8 @@ pub enum Command {
     ExpireTime(Bytes, bool),
     /// `TYPE key`: `string` or `none` (every Mycel value is a string).
     Type(Bytes),
+    /// `APPEND key value`: the new length.
+    Append(Bytes, Bytes),
     /// `STRLEN key`: the value's length, 0 for a missing key.
     StrLen(Bytes),
     /// `PERSIST key`.
@@ -346,6 +348,10 @@ impl Command {
             "role" => {
                 arity(rest.is_empty())?;
                 Self::Role
+            }
+            "append" => {
+                arity(rest.len() == 2)?;
+                Self::Append(key(), rest[1].clone())
             }
             "incr" | "decr" => {
                 arity(rest.len() == 1)?;
@@ -894,6 +900,7 @@ mod tests {
         "pexpiretime",
         "type",
         "strlen",
+        "append",
         "time",
         "role",
         "incr",
@@ -1371,6 +1378,14 @@ mod tests {
         );
         assert_eq!(parse("TYPE k"), Ok(Command::Type("k".into())));
         assert_eq!(parse("STRLEN k"), Ok(Command::StrLen("k".into())));
+        assert_eq!(
+            parse("APPEND k v"),
+            Ok(Command::Append("k".into(), "v".into()))
+        );
+        assert_eq!(
+            parse("APPEND k"),
+            err("ERR wrong number of arguments for 'append' command")
+        );
         assert_eq!(parse("TIME"), Ok(Command::Time));
         assert_eq!(parse("ROLE"), Ok(Command::Role));
         assert_eq!(

@@ -403,6 +403,13 @@ fn string_commands_beyond_get_and_set() {
         "(error) ERR value is not an integer or out of range"
     );
     assert_eq!(s.cli(&["TTL", "k"]), "(integer) -1");
+    // APPEND creates, extends and keeps the TTL.
+    assert_eq!(s.cli(&["APPEND", "log", "Hello"]), "(integer) 5");
+    assert_eq!(s.cli(&["APPEND", "log", " World"]), "(integer) 11");
+    assert_eq!(s.cli(&["GET", "log"]), "\"Hello World\"");
+    assert_eq!(s.cli(&["EXPIRE", "log", "100"]), "(integer) 1");
+    assert_eq!(s.cli(&["APPEND", "log", "!"]), "(integer) 12");
+    assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
 }
 
 #[test]

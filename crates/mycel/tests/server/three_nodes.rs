@@ -122,6 +122,11 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[1].cli(&["INCR", "visits"]), "(integer) 2");
     assert_eq!(nodes[2].cli(&["INCRBY", "visits", "10"]), "(integer) 12");
     assert_eq!(nodes[0].cli(&["GET", "visits"]), "\"12\"");
+    // So does APPEND.
+    assert_eq!(nodes[1].cli(&["APPEND", "trail", "a"]), "(integer) 1");
+    assert_eq!(nodes[2].cli(&["APPEND", "trail", "bc"]), "(integer) 3");
+    assert_eq!(nodes[0].cli(&["GET", "trail"]), "\"abc\"");
+    assert_eq!(nodes[0].cli(&["DEL", "trail"]), "(integer) 1");
 
     // A pipeline through one node over keys of every primary: one batch per primary,
     // replies in request order, each key's commands applied in order.

@@ -84,6 +84,7 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::ExpireTime(..) => "expiretime",
         Command::Type(_) => "type",
         Command::StrLen(_) => "strlen",
+        Command::Append(..) => "append",
         Command::Time => "time",
         Command::Role => "role",
         Command::Persist(_) => "persist",
@@ -198,6 +199,10 @@ pub(crate) async fn execute(
         }
         Command::Type(key) => m.exists(b, &key).await.map(type_frame),
         Command::StrLen(key) => m.get(b, &key).await.map(|v| strlen_frame(v.as_ref())),
+        Command::Append(key, value) => m
+            .append(b, key, value)
+            .await
+            .map(|n| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
         Command::Time => Ok(time_frame()),
         Command::Role => Ok(Frame::Array(vec![
             Frame::bulk("master"),
@@ -574,6 +579,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("pexpiretime", 2, &["readonly", "fast"], 1, 1, 1),
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
+    ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
