@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::slot::Partition;
 use crate::store::{
-    BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, SetOptions, Store, Ttl,
+    BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, Renamed, SetOptions, Store, Ttl,
 };
 
 /// Name of the bucket created by every backend, used by clients that do not pick one.
@@ -679,6 +679,30 @@ impl Mycel {
             Backend::Cluster(c) => c
                 .cluster
                 .incr_by(c.name(bucket)?, key, delta)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
+    /// Moves `from`'s value and expiry to `to`, atomically (Redis `RENAME`; with `replace`
+    /// false `RENAMENX`, which leaves an existing `to` alone). Cluster: both keys must be
+    /// of one partition ([`Error::CrossSlot`]); a hash tag (`{tag}`) keeps keys together.
+    pub async fn rename(
+        &self,
+        bucket: BucketId,
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    ) -> Result<Renamed, Error> {
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let (done, _writes) =
+                    lock(&l.store).rename(bucket, from, to, replace, now(), STANDALONE_EPOCH)?;
+                Ok(done)
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .rename(c.name(bucket)?, from, to, replace)
                 .await
                 .map_err(cluster_error),
         }

@@ -279,6 +279,17 @@ pub enum WriteOp {
     Delete,
 }
 
+/// What [`Store::rename`] did (Redis `RENAME`, `RENAMENX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renamed {
+    /// The value (and its expiry) now lives under the new key.
+    Done,
+    /// The source key does not exist (Redis: `ERR no such key`); nothing changed.
+    Missing,
+    /// Without `replace`, the new key exists (or is the source); nothing changed.
+    TargetExists,
+}
+
 /// What [`Store::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
@@ -860,6 +871,41 @@ impl Store {
             epoch,
         );
         Ok((next, write))
+    }
+
+    /// Moves the value of `from`, with its expiry, to `to` (Redis `RENAME`, or with
+    /// `replace` false `RENAMENX`, which leaves an existing `to` alone). Renaming a key to
+    /// itself changes nothing (`Done` with `replace`, as Redis answers). The writes to
+    /// replicate, in order: the source's delete and the target's put.
+    pub fn rename(
+        &mut self,
+        bucket: BucketId,
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<(Renamed, Vec<Write>), Error> {
+        self.bucket_ref(bucket)?;
+        let Some((value, expires_at)) = self
+            .live(bucket, &from, now)
+            .and_then(|e| Some((e.value.clone()?, e.expiry())))
+        else {
+            return Ok((Renamed::Missing, Vec::new()));
+        };
+        let not_done = if replace {
+            Renamed::Done
+        } else {
+            Renamed::TargetExists
+        };
+        if from == to || (!replace && self.live(bucket, &to, now).is_some()) {
+            return Ok((not_done, Vec::new()));
+        }
+        self.check_size(bucket, &to, value.len())?;
+        let delete = self.local_delete(bucket, from, now, epoch);
+        let wire = Bytes::from_owner(Arc::clone(&value));
+        let put = self.local_put(bucket, to, value, wire, expires_at, epoch);
+        Ok((Renamed::Done, vec![delete, put]))
     }
 
     /// Appends `suffix` to the value of `key` (Redis `APPEND`; a missing key is created
@@ -1752,6 +1798,57 @@ mod tests {
             Err(Error::ValueTooLarge { len: 9, .. })
         ));
         assert_eq!(s.get(small, b"k", T0), Some(b("12345")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn rename_semantics() {
+        let (mut s, id) = store();
+        assert_eq!(
+            s.rename(id, b("a"), b("b"), true, T0, 1),
+            Ok((Renamed::Missing, Vec::new()))
+        );
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("a"), b("1"), ex, T0, 1).expect("set");
+        set(&mut s, id, "c", "3", T0);
+        // RENAMENX onto an existing key, or a key onto itself: nothing changes.
+        assert_eq!(
+            s.rename(id, b("a"), b("c"), false, T0, 1),
+            Ok((Renamed::TargetExists, Vec::new()))
+        );
+        assert_eq!(
+            s.rename(id, b("a"), b("a"), false, T0, 1),
+            Ok((Renamed::TargetExists, Vec::new()))
+        );
+        assert_eq!(
+            s.rename(id, b("a"), b("a"), true, T0, 1),
+            Ok((Renamed::Done, Vec::new()))
+        );
+        // RENAME overwrites and moves the expiry; the delete replicates before the put.
+        let (done, writes) = s.rename(id, b("a"), b("c"), true, T0, 1).expect("rename");
+        assert_eq!(done, Renamed::Done);
+        assert_eq!(writes.len(), 2);
+        assert_eq!((&writes[0].key, &writes[0].op), (&b("a"), &WriteOp::Delete));
+        assert_eq!(
+            (&writes[1].key, &writes[1].op),
+            (
+                &b("c"),
+                &WriteOp::Put {
+                    value: b("1"),
+                    expires_at: Some(at(10_000))
+                }
+            )
+        );
+        assert_eq!(s.get(id, b"a", T0), None);
+        assert_eq!(s.get(id, b"c", T0), Some(b("1")));
+        assert!(matches!(s.ttl(id, b"c", T0), Ttl::Expires { at: t, .. } if t == at(10_000)));
+        assert_eq!(
+            s.rename(id, b("c"), b("d"), false, T0, 1).map(|r| r.0),
+            Ok(Renamed::Done)
+        );
         s.check_invariants();
     }
 

@@ -127,7 +127,7 @@ use crate::error::Error;
 use crate::placement::{DEFAULT_WEIGHT, Member};
 use crate::routing::{RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
-use crate::store::{BucketOptions, ExpireCondition, SetOptions, Store, Ttl, Write};
+use crate::store::{BucketOptions, ExpireCondition, Renamed, SetOptions, Store, Ttl, Write};
 
 /// The nodosum application name of the protocol.
 pub const APP_NAME: &str = "mycel/v1";
@@ -963,6 +963,35 @@ impl Cluster {
         };
         match self.inner.route(&key, op, true).await? {
             OpReply::Int(n) => usize::try_from(n).map_err(|_| self.inner.protocol()),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Moves `from`'s value and expiry to `to` (`replace` false: only if `to` does not
+    /// exist), atomically at their primary: both keys must be of one partition
+    /// ([`Error::CrossSlot`] otherwise; a hash tag keeps keys together).
+    pub async fn rename(
+        &self,
+        bucket: &str,
+        from: impl Into<Bytes>,
+        to: impl Into<Bytes>,
+        replace: bool,
+    ) -> Result<Renamed, ClusterError> {
+        let (from, to) = (from.into(), to.into());
+        let partitioning = self.inner.config.mycel.store.partitioning;
+        if partitioning.partition_of(&from) != partitioning.partition_of(&to) {
+            return Err(Error::CrossSlot.into());
+        }
+        let op = Op::Rename {
+            bucket: bucket.into(),
+            key: WBytes(from.clone()),
+            to: WBytes(to),
+            replace,
+        };
+        match self.inner.route(&from, op, true).await? {
+            OpReply::Int(1) => Ok(Renamed::Done),
+            OpReply::Int(0) => Ok(Renamed::TargetExists),
+            OpReply::Int(-1) => Ok(Renamed::Missing),
             _ => Err(self.inner.protocol()),
         }
     }

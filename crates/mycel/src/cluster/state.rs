@@ -18,7 +18,7 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
 use crate::slot::{Partition, Partitioning};
-use crate::store::{BucketId, ExpireCondition, Store, Write};
+use crate::store::{BucketId, ExpireCondition, Renamed, Store, Write};
 
 /// Partitions one transfer covers at most: a source snapshots them in one critical
 /// section, so this bounds both the time it holds its lock and the snapshot's memory.
@@ -880,6 +880,27 @@ impl State {
                     writes.extend(outcome.write);
                 }
                 OpReply::Unit
+            }
+            Op::Rename {
+                bucket,
+                key,
+                to,
+                replace,
+            } => {
+                let partitioning = store.config().partitioning;
+                if partitioning.partition_of(&key.0) != partitioning.partition_of(&to.0) {
+                    return Err(Refusal::BadRequest);
+                }
+                let b = bucket_of(store, bucket)?;
+                let (done, ws) = store
+                    .rename(b, key.0.clone(), to.0.clone(), *replace, now, e)
+                    .map_err(err)?;
+                writes.extend(ws);
+                OpReply::Int(match done {
+                    Renamed::Done => 1,
+                    Renamed::TargetExists => 0,
+                    Renamed::Missing => -1,
+                })
             }
             Op::Append { bucket, key, value } => {
                 let b = bucket_of(store, bucket)?;

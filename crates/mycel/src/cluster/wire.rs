@@ -298,6 +298,15 @@ pub(crate) enum Op {
         key: WBytes,
         value: WBytes,
     },
+    /// `RENAME` (`replace`) or `RENAMENX` of `key` to `to`, a key of the same partition.
+    /// Answered with `OpReply::Int`: 1 renamed, 0 `to` kept, -1 no `key`. Appended, as
+    /// `ExpireIf`.
+    Rename {
+        bucket: WStr,
+        key: WBytes,
+        to: WBytes,
+        replace: bool,
+    },
 }
 
 /// A response.
@@ -346,6 +355,7 @@ impl Op {
             | Self::Persist { key, .. }
             | Self::IncrBy { key, .. }
             | Self::Append { key, .. }
+            | Self::Rename { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } => entries.first().map(|(k, _)| &k.0),
@@ -374,6 +384,7 @@ impl Op {
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
                 | Self::Append { .. }
+                | Self::Rename { .. }
                 | Self::MSet { .. }
         )
     }
@@ -402,6 +413,7 @@ impl Op {
     pub(crate) fn size(&self) -> usize {
         let value = match self {
             Self::Set { value, .. } | Self::Append { value, .. } => value.0.len(),
+            Self::Rename { to, .. } => to.0.len(),
             Self::Scan {
                 pattern: Some(p), ..
             } => p.0.len(),
@@ -421,7 +433,8 @@ impl Op {
             | Self::MSet { bucket, .. }
             | Self::GetOrLoad { bucket, .. }
             | Self::Scan { bucket, .. }
-            | Self::Append { bucket, .. } => bucket.len(),
+            | Self::Append { bucket, .. }
+            | Self::Rename { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -935,6 +948,12 @@ mod tests {
                         bucket: "default".into(),
                         key: b("a"),
                         value: b("tail"),
+                    },
+                    Op::Rename {
+                        bucket: "default".into(),
+                        key: b("{t}a"),
+                        to: b("{t}b"),
+                        replace: false,
                     },
                 ],
             },

@@ -141,6 +141,15 @@ pub enum Command {
     Type(Bytes),
     /// `APPEND key value`: the new length.
     Append(Bytes, Bytes),
+    /// `RENAME key newkey` (`replace`) and `RENAMENX key newkey`.
+    Rename {
+        /// The key renamed.
+        from: Bytes,
+        /// Its new name.
+        to: Bytes,
+        /// Whether an existing `to` is overwritten (`RENAME`).
+        replace: bool,
+    },
     /// `STRLEN key`: the value's length, 0 for a missing key.
     StrLen(Bytes),
     /// `PERSIST key`.
@@ -348,6 +357,14 @@ impl Command {
             "role" => {
                 arity(rest.is_empty())?;
                 Self::Role
+            }
+            "rename" | "renamenx" => {
+                arity(rest.len() == 2)?;
+                Self::Rename {
+                    from: key(),
+                    to: rest[1].clone(),
+                    replace: name == "rename",
+                }
             }
             "append" => {
                 arity(rest.len() == 2)?;
@@ -901,6 +918,8 @@ mod tests {
         "type",
         "strlen",
         "append",
+        "rename",
+        "renamenx",
         "time",
         "role",
         "incr",
@@ -1385,6 +1404,18 @@ mod tests {
         assert_eq!(
             parse("APPEND k"),
             err("ERR wrong number of arguments for 'append' command")
+        );
+        assert_eq!(
+            parse("renameNX a b"),
+            Ok(Command::Rename {
+                from: "a".into(),
+                to: "b".into(),
+                replace: false
+            })
+        );
+        assert_eq!(
+            parse("RENAME a"),
+            err("ERR wrong number of arguments for 'rename' command")
         );
         assert_eq!(parse("TIME"), Ok(Command::Time));
         assert_eq!(parse("ROLE"), Ok(Command::Role));

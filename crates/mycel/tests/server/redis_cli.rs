@@ -412,6 +412,36 @@ fn string_commands_beyond_get_and_set() {
     assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
 }
 
+/// `RENAME` and `RENAMENX` as Redis answers them; in cluster mode (`--dev`) the two keys
+/// must share a partition (a hash tag), standalone any two keys do.
+#[test]
+fn rename_and_renamenx() {
+    for (s, standalone) in [(Server::standalone(&[]), true), (Server::start(&[]), false)] {
+        assert_eq!(s.cli(&["RENAME", "{u}nope", "{u}b"]), "(error) ERR no such key");
+        assert_eq!(s.cli(&["RENAMENX", "{u}nope", "{u}b"]), "(error) ERR no such key");
+        assert_eq!(s.cli(&["SET", "{u}a", "1", "EX", "100"]), "OK");
+        assert_eq!(s.cli(&["SET", "{u}c", "3"]), "OK");
+        assert_eq!(s.cli(&["RENAMENX", "{u}a", "{u}c"]), "(integer) 0");
+        assert_eq!(s.cli(&["RENAMENX", "{u}a", "{u}a"]), "(integer) 0");
+        assert_eq!(s.cli(&["RENAME", "{u}a", "{u}a"]), "OK");
+        assert_eq!(s.cli(&["RENAME", "{u}a", "{u}c"]), "OK");
+        assert_eq!(s.cli(&["GET", "{u}a"]), "(nil)");
+        assert_eq!(s.cli(&["GET", "{u}c"]), "\"1\"");
+        assert_ne!(s.cli(&["TTL", "{u}c"]), "(integer) -1", "the TTL moves along");
+        assert_eq!(s.cli(&["RENAMENX", "{u}c", "{u}d"]), "(integer) 1");
+        assert_eq!(s.cli(&["SET", "plain", "v"]), "OK");
+        let across = s.cli(&["RENAME", "plain", "elsewhere"]);
+        if standalone {
+            assert_eq!(across, "OK");
+        } else {
+            assert_eq!(
+                across,
+                "(error) CROSSSLOT Keys in request don't hash to the same slot"
+            );
+        }
+    }
+}
+
 #[test]
 fn server_commands_time_role_info_config() {
     let s = Server::start(&[]);

@@ -127,6 +127,12 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[2].cli(&["APPEND", "trail", "bc"]), "(integer) 3");
     assert_eq!(nodes[0].cli(&["GET", "trail"]), "\"abc\"");
     assert_eq!(nodes[0].cli(&["DEL", "trail"]), "(integer) 1");
+    // And RENAME, for keys of one partition.
+    assert_eq!(nodes[2].cli(&["SET", "{r}from", "x"]), "OK");
+    assert_eq!(nodes[1].cli(&["RENAME", "{r}from", "{r}to"]), "OK");
+    assert_eq!(nodes[0].cli(&["GET", "{r}to"]), "\"x\"");
+    assert_eq!(nodes[2].cli(&["EXISTS", "{r}from"]), "(integer) 0");
+    assert_eq!(nodes[0].cli(&["DEL", "{r}to"]), "(integer) 1");
 
     // A pipeline through one node over keys of every primary: one batch per primary,
     // replies in request order, each key's commands applied in order.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mycel::{
-    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel,
+    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel, Renamed,
     SetOptions, Timestamp, Ttl,
 };
 
@@ -85,6 +85,8 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::Type(_) => "type",
         Command::StrLen(_) => "strlen",
         Command::Append(..) => "append",
+        Command::Rename { replace: true, .. } => "rename",
+        Command::Rename { replace: false, .. } => "renamenx",
         Command::Time => "time",
         Command::Role => "role",
         Command::Persist(_) => "persist",
@@ -118,6 +120,9 @@ pub(crate) fn error_frame(e: &Error) -> Frame {
         Error::QuorumLost => Frame::Error(format!("CLUSTERDOWN {e}")),
         Error::TryAgain { .. } => Frame::Error(format!("TRYAGAIN {e}")),
         Error::Cluster { .. } => Frame::Error(format!("CLUSTERDOWN {e}")),
+        Error::CrossSlot => {
+            Frame::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+        }
         _ => Frame::err(e),
     }
 }
@@ -199,6 +204,16 @@ pub(crate) async fn execute(
         }
         Command::Type(key) => m.exists(b, &key).await.map(type_frame),
         Command::StrLen(key) => m.get(b, &key).await.map(|v| strlen_frame(v.as_ref())),
+        Command::Rename { from, to, replace } => {
+            m.rename(b, from, to, replace)
+                .await
+                .map(|done| match (done, replace) {
+                    (Renamed::Missing, _) => Frame::err("no such key"),
+                    (_, true) => OK,
+                    (Renamed::Done, false) => Frame::Integer(1),
+                    (Renamed::TargetExists, false) => Frame::Integer(0),
+                })
+        }
         Command::Append(key, value) => m
             .append(b, key, value)
             .await
@@ -580,6 +595,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("rename", 3, &["write"], 1, 2, 1),
+    ("renamenx", 3, &["write", "fast"], 1, 2, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
