@@ -787,6 +787,26 @@ impl Mycel {
         }
     }
 
+    /// Sets every pair if none of the keys exists (Redis `MSETNX`); whether they were
+    /// set. Atomic: standalone under one lock; cluster at the keys' primary, so all keys
+    /// must be of one partition ([`Error::CrossSlot`]; a hash tag keeps keys together).
+    pub async fn mset_nx(
+        &self,
+        bucket: BucketId,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> Result<bool, Error> {
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store)
+                .set_all_absent(bucket, &pairs, now(), STANDALONE_EPOCH)?
+                .is_some()),
+            Backend::Cluster(c) => c
+                .cluster
+                .mset_nx(c.name(bucket)?, pairs)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
     /// Runs single-key operations on `bucket` and answers each, in order; each succeeds
     /// or fails on its own (a pipeline's worth of commands at once).
     ///

@@ -873,6 +873,40 @@ impl Store {
         Ok((next, write))
     }
 
+    /// Sets every pair if none of the keys exists (Redis `MSETNX`), as plain `SET`s;
+    /// `None` (nothing written) if one does. Sizes are checked first, so a pair too
+    /// large writes nothing either. The writes to replicate, in order.
+    pub fn set_all_absent(
+        &mut self,
+        bucket: BucketId,
+        pairs: &[(Bytes, Bytes)],
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<Option<Vec<Write>>, Error> {
+        for (k, v) in pairs {
+            self.check_size(bucket, k, v.len())?;
+        }
+        if pairs
+            .iter()
+            .any(|(k, _)| self.live(bucket, k, now).is_some())
+        {
+            return Ok(None);
+        }
+        let mut writes = Vec::with_capacity(pairs.len());
+        for (k, v) in pairs {
+            let outcome = self.set(
+                bucket,
+                k.clone(),
+                v.clone(),
+                SetOptions::default(),
+                now,
+                epoch,
+            )?;
+            writes.extend(outcome.write);
+        }
+        Ok(Some(writes))
+    }
+
     /// Moves the value of `from`, with its expiry, to `to` (Redis `RENAME`, or with
     /// `replace` false `RENAMENX`, which leaves an existing `to` alone). Renaming a key to
     /// itself changes nothing (`Done` with `replace`, as Redis answers). The writes to
@@ -1798,6 +1832,28 @@ mod tests {
             Err(Error::ValueTooLarge { len: 9, .. })
         ));
         assert_eq!(s.get(small, b"k", T0), Some(b("12345")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn set_all_absent_writes_all_or_nothing() {
+        let (mut s, id) = store();
+        let pairs = |ks: &[&str]| -> Vec<(Bytes, Bytes)> {
+            ks.iter().map(|k| (b(k), b(&format!("v{k}")))).collect()
+        };
+        let writes = s
+            .set_all_absent(id, &pairs(&["a", "b"]), T0, 1)
+            .expect("valid")
+            .expect("none existed");
+        assert_eq!(writes.len(), 2);
+        assert_eq!(s.get(id, b"b", T0), Some(b("vb")));
+        assert_eq!(s.set_all_absent(id, &pairs(&["c", "a"]), T0, 1), Ok(None));
+        assert_eq!(s.get(id, b"c", T0), None, "nothing written");
+        assert!(
+            s.set_all_absent(id, &[(b("c"), Bytes::from(vec![0u8; 17 << 20]))], T0, 1)
+                .is_err()
+        );
+        assert_eq!(s.get(id, b"c", T0), None);
         s.check_invariants();
     }
 

@@ -967,6 +967,35 @@ impl Cluster {
         }
     }
 
+    /// Sets every pair if none of the keys exists (Redis `MSETNX`), atomically at their
+    /// primary: all keys must be of one partition ([`Error::CrossSlot`] otherwise).
+    /// Whether they were set.
+    pub async fn mset_nx(
+        &self,
+        bucket: &str,
+        pairs: Vec<(Bytes, Bytes)>,
+    ) -> Result<bool, ClusterError> {
+        let partitioning = self.inner.config.mycel.store.partitioning;
+        let Some(first) = pairs.first().map(|(k, _)| k.clone()) else {
+            return Ok(true);
+        };
+        let p = partitioning.partition_of(&first);
+        if pairs.iter().any(|(k, _)| partitioning.partition_of(k) != p) {
+            return Err(Error::CrossSlot.into());
+        }
+        let op = Op::MSetNx {
+            bucket: bucket.into(),
+            entries: pairs
+                .into_iter()
+                .map(|(k, v)| (WBytes(k), WBytes(v)))
+                .collect(),
+        };
+        match self.inner.route(&first, op, true).await? {
+            OpReply::Bool(done) => Ok(done),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
     /// Moves `from`'s value and expiry to `to` (`replace` false: only if `to` does not
     /// exist), atomically at their primary: both keys must be of one partition
     /// ([`Error::CrossSlot`] otherwise; a hash tag keeps keys together).

@@ -53,7 +53,7 @@ fn op_partitions(op: &Op, partitioning: Partitioning) -> Vec<Partition> {
             .iter()
             .map(|k| partitioning.partition_of(&k.0))
             .collect(),
-        Op::MSet { entries, .. } => entries
+        Op::MSet { entries, .. } | Op::MSetNx { entries, .. } => entries
             .iter()
             .map(|(k, _)| partitioning.partition_of(&k.0))
             .collect(),
@@ -743,7 +743,9 @@ impl State {
         };
         match op {
             Op::MGet { keys, .. } => check_all(&mut keys.iter().map(|k| &k.0)),
-            Op::MSet { entries, .. } => check_all(&mut entries.iter().map(|(k, _)| &k.0)),
+            Op::MSet { entries, .. } | Op::MSetNx { entries, .. } => {
+                check_all(&mut entries.iter().map(|(k, _)| &k.0))
+            }
             Op::Scan { partition, .. } => {
                 let p = Partition::new(*partition);
                 if !partitioning.contains(p) {
@@ -880,6 +882,23 @@ impl State {
                     writes.extend(outcome.write);
                 }
                 OpReply::Unit
+            }
+            Op::MSetNx { bucket, entries } => {
+                let partitioning = store.config().partitioning;
+                let mut partitions = entries.iter().map(|(k, _)| partitioning.partition_of(&k.0));
+                let first = partitions.next();
+                if partitions.any(|p| Some(p) != first) {
+                    return Err(Refusal::BadRequest);
+                }
+                let b = bucket_of(store, bucket)?;
+                let pairs: Vec<(Bytes, Bytes)> = entries
+                    .iter()
+                    .map(|(k, v)| (k.0.clone(), v.0.clone()))
+                    .collect();
+                let ws = store.set_all_absent(b, &pairs, now, e).map_err(err)?;
+                let done = ws.is_some();
+                writes.extend(ws.into_iter().flatten());
+                OpReply::Bool(done)
             }
             Op::Rename {
                 bucket,

@@ -307,6 +307,12 @@ pub(crate) enum Op {
         to: WBytes,
         replace: bool,
     },
+    /// `MSETNX` of keys of one partition: all set if none exists (`OpReply::Bool`).
+    /// Appended, as `ExpireIf`.
+    MSetNx {
+        bucket: WStr,
+        entries: Vec<(WBytes, WBytes)>,
+    },
 }
 
 /// A response.
@@ -358,7 +364,9 @@ impl Op {
             | Self::Rename { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
-            Self::MSet { entries, .. } => entries.first().map(|(k, _)| &k.0),
+            Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
+                entries.first().map(|(k, _)| &k.0)
+            }
             Self::Count | Self::Scan { .. } => None,
         }
     }
@@ -386,6 +394,7 @@ impl Op {
                 | Self::Append { .. }
                 | Self::Rename { .. }
                 | Self::MSet { .. }
+                | Self::MSetNx { .. }
         )
     }
 
@@ -414,6 +423,9 @@ impl Op {
         let value = match self {
             Self::Set { value, .. } | Self::Append { value, .. } => value.0.len(),
             Self::Rename { to, .. } => to.0.len(),
+            Self::MSetNx { entries, .. } => {
+                entries.iter().map(|(k, v)| k.0.len() + v.0.len() + 8).sum()
+            }
             Self::Scan {
                 pattern: Some(p), ..
             } => p.0.len(),
@@ -434,7 +446,8 @@ impl Op {
             | Self::GetOrLoad { bucket, .. }
             | Self::Scan { bucket, .. }
             | Self::Append { bucket, .. }
-            | Self::Rename { bucket, .. } => bucket.len(),
+            | Self::Rename { bucket, .. }
+            | Self::MSetNx { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -954,6 +967,10 @@ mod tests {
                         key: b("{t}a"),
                         to: b("{t}b"),
                         replace: false,
+                    },
+                    Op::MSetNx {
+                        bucket: "default".into(),
+                        entries: vec![(b("{t}a"), b("1")), (b("{t}b"), b(""))],
                     },
                 ],
             },

@@ -139,6 +139,8 @@ pub enum Command {
     ExpireTime(Bytes, bool),
     /// `TYPE key`: `string` or `none` (every Mycel value is a string).
     Type(Bytes),
+    /// `MSETNX key value [key value ...]`: all or none, none if a key exists.
+    MSetNx(Vec<(Bytes, Bytes)>),
     /// `APPEND key value`: the new length.
     Append(Bytes, Bytes),
     /// `RENAME key newkey` (`replace`) and `RENAMENX key newkey`.
@@ -304,13 +306,17 @@ impl Command {
                 arity(!rest.is_empty())?;
                 Self::MGet(rest.to_vec())
             }
-            "mset" => {
+            "mset" | "msetnx" => {
                 arity(!rest.is_empty() && rest.len() % 2 == 0)?;
-                Self::MSet(
-                    rest.chunks_exact(2)
-                        .map(|kv| (kv[0].clone(), kv[1].clone()))
-                        .collect(),
-                )
+                let pairs = rest
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].clone(), kv[1].clone()))
+                    .collect();
+                if name == "mset" {
+                    Self::MSet(pairs)
+                } else {
+                    Self::MSetNx(pairs)
+                }
             }
             "expire" | "pexpire" => {
                 arity(rest.len() >= 2)?;
@@ -908,6 +914,7 @@ mod tests {
         "exists",
         "mget",
         "mset",
+        "msetnx",
         "expire",
         "pexpire",
         "ttl",

@@ -412,13 +412,19 @@ fn string_commands_beyond_get_and_set() {
     assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
 }
 
-/// `RENAME` and `RENAMENX` as Redis answers them; in cluster mode (`--dev`) the two keys
-/// must share a partition (a hash tag), standalone any two keys do.
+/// `RENAME`, `RENAMENX` and `MSETNX` as Redis answers them; in cluster mode (`--dev`)
+/// their keys must share a partition (a hash tag), standalone any keys do.
 #[test]
-fn rename_and_renamenx() {
+fn rename_and_msetnx() {
     for (s, standalone) in [(Server::standalone(&[]), true), (Server::start(&[]), false)] {
-        assert_eq!(s.cli(&["RENAME", "{u}nope", "{u}b"]), "(error) ERR no such key");
-        assert_eq!(s.cli(&["RENAMENX", "{u}nope", "{u}b"]), "(error) ERR no such key");
+        assert_eq!(
+            s.cli(&["RENAME", "{u}nope", "{u}b"]),
+            "(error) ERR no such key"
+        );
+        assert_eq!(
+            s.cli(&["RENAMENX", "{u}nope", "{u}b"]),
+            "(error) ERR no such key"
+        );
         assert_eq!(s.cli(&["SET", "{u}a", "1", "EX", "100"]), "OK");
         assert_eq!(s.cli(&["SET", "{u}c", "3"]), "OK");
         assert_eq!(s.cli(&["RENAMENX", "{u}a", "{u}c"]), "(integer) 0");
@@ -427,17 +433,32 @@ fn rename_and_renamenx() {
         assert_eq!(s.cli(&["RENAME", "{u}a", "{u}c"]), "OK");
         assert_eq!(s.cli(&["GET", "{u}a"]), "(nil)");
         assert_eq!(s.cli(&["GET", "{u}c"]), "\"1\"");
-        assert_ne!(s.cli(&["TTL", "{u}c"]), "(integer) -1", "the TTL moves along");
+        assert_ne!(
+            s.cli(&["TTL", "{u}c"]),
+            "(integer) -1",
+            "the TTL moves along"
+        );
         assert_eq!(s.cli(&["RENAMENX", "{u}c", "{u}d"]), "(integer) 1");
-        assert_eq!(s.cli(&["SET", "plain", "v"]), "OK");
-        let across = s.cli(&["RENAME", "plain", "elsewhere"]);
+        assert_eq!(s.cli(&["MSETNX", "{u}x", "1", "{u}y", "2"]), "(integer) 1");
+        assert_eq!(s.cli(&["MSETNX", "{u}y", "3", "{u}z", "4"]), "(integer) 0");
+        assert_eq!(s.cli(&["GET", "{u}y"]), "\"2\"");
+        assert_eq!(s.cli(&["GET", "{u}z"]), "(nil)", "all or nothing");
+        assert_eq!(
+            s.cli(&["MSETNX", "{u}x"]),
+            "(error) ERR wrong number of arguments for 'msetnx' command"
+        );
+        // `{a}` and `{b}` hash to different partitions.
+        assert_eq!(s.cli(&["SET", "{a}k", "v"]), "OK");
+        let across = [
+            s.cli(&["RENAME", "{a}k", "{b}k"]),
+            s.cli(&["MSETNX", "{a}new", "1", "{b}new", "2"]),
+        ];
         if standalone {
-            assert_eq!(across, "OK");
+            assert_eq!(across, ["OK", "(integer) 1"]);
         } else {
-            assert_eq!(
-                across,
-                "(error) CROSSSLOT Keys in request don't hash to the same slot"
-            );
+            let crossslot = "(error) CROSSSLOT Keys in request don't hash to the same slot";
+            assert_eq!(across, [crossslot, crossslot]);
+            assert_eq!(s.cli(&["EXISTS", "{a}new", "{b}new"]), "(integer) 0");
         }
     }
 }

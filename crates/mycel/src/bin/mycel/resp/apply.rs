@@ -79,6 +79,7 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::Exists(_) => "exists",
         Command::MGet(_) => "mget",
         Command::MSet(_) => "mset",
+        Command::MSetNx(_) => "msetnx",
         Command::Expire(..) => "expire",
         Command::Ttl(..) => "ttl",
         Command::ExpireTime(..) => "expiretime",
@@ -192,6 +193,10 @@ pub(crate) async fn execute(
             .await
             .map(|vs| Frame::Array(vs.into_iter().map(bulk_or_null).collect())),
         Command::MSet(pairs) => m.mset(b, pairs).await.map(|()| OK),
+        Command::MSetNx(pairs) => m
+            .mset_nx(b, pairs)
+            .await
+            .map(|x| Frame::Integer(i64::from(x))),
         Command::Expire(key, ms, condition) => {
             let after = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
             m.expire_if(b, key, after, condition)
@@ -585,6 +590,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("exists", -2, &["readonly", "fast"], 1, -1, 1),
     ("mget", -2, &["readonly", "fast"], 1, -1, 1),
     ("mset", -3, &["write", "denyoom"], 1, -1, 2),
+    ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
     ("expire", 3, &["write", "fast"], 1, 1, 1),
     ("pexpire", 3, &["write", "fast"], 1, 1, 1),
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
