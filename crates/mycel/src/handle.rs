@@ -626,18 +626,24 @@ impl Mycel {
         key: Bytes,
         at: Timestamp,
     ) -> Result<bool, Error> {
+        self.expire_at_if(bucket, key, at, ExpireCondition::Always)
+            .await
+    }
+
+    /// [`expire_at`](Self::expire_at) if `condition` holds (Redis 7's `EXPIREAT` options);
+    /// whether the key existed and the condition held.
+    pub async fn expire_at_if(
+        &self,
+        bucket: BucketId,
+        key: Bytes,
+        at: Timestamp,
+        condition: ExpireCondition,
+    ) -> Result<bool, Error> {
         match &self.inner.backend {
             Backend::Local(l) => Ok(lock(&l.store)
-                .expire(
-                    bucket,
-                    key,
-                    at,
-                    ExpireCondition::Always,
-                    now(),
-                    STANDALONE_EPOCH,
-                )?
+                .expire(bucket, key, at, condition, now(), STANDALONE_EPOCH)?
                 .is_some()),
-            Backend::Cluster(_) => self.expire(bucket, key, until(at)).await,
+            Backend::Cluster(_) => self.expire_if(bucket, key, until(at), condition).await,
         }
     }
 

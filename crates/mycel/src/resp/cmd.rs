@@ -132,6 +132,10 @@ pub enum Command {
     /// `EXPIRE key seconds [NX|XX|GT|LT]` / `PEXPIRE key ms [...]`; a non-positive time
     /// deletes the key (if the condition holds).
     Expire(Bytes, i64, ExpireCondition),
+    /// `EXPIREAT key unix-seconds [NX|XX|GT|LT]` / `PEXPIREAT key unix-ms [...]`, as
+    /// Unix milliseconds; a time not in the future deletes the key (if the condition
+    /// holds).
+    ExpireAt(Bytes, i64, ExpireCondition),
     /// `TTL key` (`millis` false) / `PTTL key` (true).
     Ttl(Bytes, bool),
     /// `EXPIRETIME key` (`millis` false) / `PEXPIRETIME key` (true): the absolute Unix
@@ -335,6 +339,21 @@ impl Command {
                     .filter(|ms| ms.checked_add(now).is_some())
                     .ok_or_else(|| invalid_expire_time(name))?;
                 Self::Expire(key(), ms, condition)
+            }
+            "expireat" | "pexpireat" => {
+                arity(rest.len() >= 2)?;
+                let condition = expire_condition(&rest[2..])?;
+                let n = int(&rest[1])?;
+                let ms = if name == "expireat" {
+                    n.checked_mul(1000)
+                } else {
+                    Some(n)
+                };
+                Self::ExpireAt(
+                    key(),
+                    ms.ok_or_else(|| invalid_expire_time(name))?,
+                    condition,
+                )
             }
             "ttl" | "pttl" => {
                 arity(rest.len() == 1)?;
@@ -917,6 +936,8 @@ mod tests {
         "msetnx",
         "expire",
         "pexpire",
+        "expireat",
+        "pexpireat",
         "ttl",
         "pttl",
         "persist",
@@ -1411,6 +1432,14 @@ mod tests {
         assert_eq!(
             parse("APPEND k"),
             err("ERR wrong number of arguments for 'append' command")
+        );
+        assert_eq!(
+            parse("PEXPIREAT k -3 nx"),
+            Ok(Command::ExpireAt("k".into(), -3, ExpireCondition::IfNone))
+        );
+        assert_eq!(
+            parse("EXPIREAT k 9223372036854776"),
+            err("ERR invalid expire time in 'expireat' command")
         );
         assert_eq!(
             parse("renameNX a b"),

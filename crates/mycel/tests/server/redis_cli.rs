@@ -403,6 +403,21 @@ fn string_commands_beyond_get_and_set() {
         "(error) ERR value is not an integer or out of range"
     );
     assert_eq!(s.cli(&["TTL", "k"]), "(integer) -1");
+    // EXPIREAT / PEXPIREAT: an absolute deadline (in cluster mode sent as the time left,
+    // so only the second is compared), conditions as EXPIRE's, the past deletes.
+    assert_eq!(s.cli(&["SET", "at", "v"]), "OK");
+    assert_eq!(s.cli(&["PEXPIREAT", "at", "4000000000000"]), "(integer) 1");
+    assert_eq!(s.cli(&["EXPIRETIME", "at"]), "(integer) 4000000000");
+    assert_eq!(s.cli(&["EXPIREAT", "at", "4000000001", "LT"]), "(integer) 0");
+    assert_eq!(s.cli(&["EXPIREAT", "at", "3000000000", "LT"]), "(integer) 1");
+    assert_eq!(s.cli(&["EXPIRETIME", "at"]), "(integer) 3000000000");
+    assert_eq!(
+        s.cli(&["EXPIREAT", "at", "9223372036854776"]),
+        "(error) ERR invalid expire time in 'expireat' command"
+    );
+    assert_eq!(s.cli(&["EXPIREAT", "at", "-5"]), "(integer) 1");
+    assert_eq!(s.cli(&["EXISTS", "at"]), "(integer) 0");
+    assert_eq!(s.cli(&["EXPIREAT", "at", "1"]), "(integer) 0");
     // APPEND creates, extends and keeps the TTL.
     assert_eq!(s.cli(&["APPEND", "log", "Hello"]), "(integer) 5");
     assert_eq!(s.cli(&["APPEND", "log", " World"]), "(integer) 11");

@@ -81,6 +81,7 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::MSet(_) => "mset",
         Command::MSetNx(_) => "msetnx",
         Command::Expire(..) => "expire",
+        Command::ExpireAt(..) => "expireat",
         Command::Ttl(..) => "ttl",
         Command::ExpireTime(..) => "expiretime",
         Command::Type(_) => "type",
@@ -200,6 +201,12 @@ pub(crate) async fn execute(
         Command::Expire(key, ms, condition) => {
             let after = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
             m.expire_if(b, key, after, condition)
+                .await
+                .map(|x| Frame::Integer(i64::from(x)))
+        }
+        Command::ExpireAt(key, ms, condition) => {
+            let at = Timestamp::from_millis(u64::try_from(ms).unwrap_or(0));
+            m.expire_at_if(b, key, at, condition)
                 .await
                 .map(|x| Frame::Integer(i64::from(x)))
         }
@@ -593,6 +600,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
     ("expire", 3, &["write", "fast"], 1, 1, 1),
     ("pexpire", 3, &["write", "fast"], 1, 1, 1),
+    ("expireat", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("pttl", 2, &["readonly", "fast"], 1, 1, 1),
     ("persist", 2, &["write", "fast"], 1, 1, 1),
