@@ -408,8 +408,14 @@ fn string_commands_beyond_get_and_set() {
     assert_eq!(s.cli(&["SET", "at", "v"]), "OK");
     assert_eq!(s.cli(&["PEXPIREAT", "at", "4000000000000"]), "(integer) 1");
     assert_eq!(s.cli(&["EXPIRETIME", "at"]), "(integer) 4000000000");
-    assert_eq!(s.cli(&["EXPIREAT", "at", "4000000001", "LT"]), "(integer) 0");
-    assert_eq!(s.cli(&["EXPIREAT", "at", "3000000000", "LT"]), "(integer) 1");
+    assert_eq!(
+        s.cli(&["EXPIREAT", "at", "4000000001", "LT"]),
+        "(integer) 0"
+    );
+    assert_eq!(
+        s.cli(&["EXPIREAT", "at", "3000000000", "LT"]),
+        "(integer) 1"
+    );
     assert_eq!(s.cli(&["EXPIRETIME", "at"]), "(integer) 3000000000");
     assert_eq!(
         s.cli(&["EXPIREAT", "at", "9223372036854776"]),
@@ -559,9 +565,15 @@ fn client_list_and_info_show_every_connection() {
         "lib-ver=1.2",
         "resp=2",
         "db=0",
+        "cmd=client",
     ] {
         assert!(line.contains(want), "{want} missing: {line}");
     }
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!(" {name}=")).expect(name) + name.len() + 2;
+        line[at..].split(' ').next().and_then(|v| v.parse().ok()).expect(name)
+    };
+    assert!(field("idle") <= field("age"), "{line}");
     assert_eq!(
         list.lines().count(),
         2,
@@ -576,6 +588,16 @@ fn client_list_and_info_show_every_connection() {
     // CLIENT INFO is the caller's own line; HELLO 3 shows as resp=3.
     let info = s.cli_session("HELLO 3\nCLIENT INFO\n");
     assert!(info.contains(" resp=3 "), "{info}");
+    // A new connection has run nothing yet; one that ran a GET shows it.
+    let mut b = s.connect();
+    // (Its registration may trail the accept when connections run on several threads.)
+    eventually("the new connection in CLIENT LIST, having run nothing", || {
+        redis_cli_raw(&s, &["CLIENT", "LIST"]).matches(" cmd=NULL ").count() == 1
+    });
+    assert_eq!(raw_line(&mut b, "GET nothing\r\n"), "$-1");
+    let after = redis_cli_raw(&s, &["CLIENT", "LIST"]);
+    assert!(after.contains(" cmd=get "), "{after}");
+    drop(b);
     // A closed connection leaves the list.
     drop(a);
     eventually("the closed connection leaving CLIENT LIST", || {

@@ -68,8 +68,8 @@ pub(crate) struct Client {
     pub(crate) addr: SocketAddr,
     /// The address it connected to.
     pub(crate) laddr: SocketAddr,
-    /// When it connected.
-    pub(crate) since: Instant,
+    /// When it connected, and what it did last.
+    pub(crate) activity: Arc<Activity>,
     /// `CLIENT SETNAME`.
     pub(crate) name: Option<Bytes>,
     /// `CLIENT SETINFO LIB-NAME`.
@@ -86,7 +86,11 @@ impl Client {
         Self {
             addr,
             laddr,
-            since: Instant::now(),
+            activity: Arc::new(Activity {
+                since: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                cmd: Mutex::new("NULL"),
+            }),
             name: None,
             lib_name: None,
             lib_ver: None,
@@ -103,17 +107,50 @@ impl Client {
                 .into_owned()
         };
         // Writing into a String cannot fail.
+        let a = &self.activity;
+        let age_ms = a.since.elapsed().as_millis();
+        let idle_ms = age_ms.saturating_sub(u128::from(a.last_ms.load(Ordering::Relaxed)));
+        let cmd = *a.cmd.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = writeln!(
             out,
-            "id={id} addr={} laddr={} name={} age={} flags=N db=0 user=default resp={} lib-name={} lib-ver={}",
+            "id={id} addr={} laddr={} name={} age={} idle={} flags=N db=0 cmd={cmd} user=default resp={} lib-name={} lib-ver={}",
             self.addr,
             self.laddr,
             text(&self.name),
-            self.since.elapsed().as_secs(),
+            age_ms / 1000,
+            idle_ms / 1000,
             self.resp,
             text(&self.lib_name),
             text(&self.lib_ver),
         );
+    }
+}
+
+/// When a connection started and what it did last: written by its task, read by
+/// `CLIENT LIST` (`age`, `idle`, `cmd`).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    since: Instant,
+    /// Milliseconds from `since` to the last read that brought requests.
+    last_ms: AtomicU64,
+    /// The last command's name (`NULL` before the first, as in Redis).
+    cmd: Mutex<&'static str>,
+}
+
+impl Activity {
+    /// The connection read requests now.
+    pub(crate) fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// It runs `cmd` now; `last` is what this connection stored before (the lock is
+    /// taken only when the name changes).
+    pub(crate) fn command(&self, last: &mut &'static str, cmd: &'static str) {
+        if *last != cmd {
+            *last = cmd;
+            *self.cmd.lock().unwrap_or_else(PoisonError::into_inner) = cmd;
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use mycel::{
 
 use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
-use crate::state::{Client, Registration, Shared};
+use crate::state::{Activity, Client, Registration, Shared};
 
 /// Protocol version Redis compatibility is claimed at (`INFO`'s `redis_version`, `HELLO`).
 pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -31,11 +31,15 @@ pub(crate) struct Session {
     pub(crate) bucket: BucketId,
     /// Its name.
     pub(crate) bucket_name: Arc<str>,
+    /// What `CLIENT LIST` shows of its activity, and the command name last stored there.
+    activity: Arc<Activity>,
+    last_cmd: &'static str,
 }
 
 impl Session {
     /// A new connection's session, listed by `CLIENT LIST` until it is dropped.
     pub(crate) fn new(shared: &Shared, client: Client) -> Self {
+        let activity = Arc::clone(&client.activity);
         let client = shared.register_client(client);
         Self {
             id: client.id(),
@@ -43,7 +47,19 @@ impl Session {
             proto: Protocol::Resp2,
             bucket: shared.mycel.default_bucket(),
             bucket_name: mycel::DEFAULT_BUCKET.into(),
+            activity,
+            last_cmd: "NULL",
         }
+    }
+
+    /// The connection read requests now (`CLIENT LIST`'s `idle` restarts).
+    pub(crate) fn touch(&self) {
+        self.activity.touch();
+    }
+
+    /// It runs `cmd` now (`CLIENT LIST`'s `cmd`).
+    pub(crate) fn command(&mut self, cmd: &'static str) {
+        self.activity.command(&mut self.last_cmd, cmd);
     }
 
     /// `CLIENT SETNAME` and `HELLO`'s `SETNAME`: an empty name removes it.

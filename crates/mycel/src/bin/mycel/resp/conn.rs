@@ -81,6 +81,7 @@ async fn run(
             }
         };
         let name = apply::name(&cmd);
+        session.command(name);
         let cmd = match apply::batchable(cmd) {
             Ok((op, shape)) => {
                 batch.ops.push(op);
@@ -169,6 +170,7 @@ pub(crate) async fn serve(
                 break;
             }
         }
+        session.touch();
         // Parse every complete request of this read, then run them in order: runs of
         // single-key commands go to the handle as one batch (one round trip per primary
         // in cluster mode), the others one by one.
