@@ -88,6 +88,10 @@ pub enum GetEx {
     Persist,
 }
 
+/// The most key bytes one standalone [`Mycel::scan`] step takes from one partition
+/// (clusters use [`ClusterConfig::page_bytes`]).
+const SCAN_PAGE_BYTES: usize = 1 << 20;
+
 /// One step of [`Mycel::scan`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanPage {
@@ -852,12 +856,15 @@ impl Mycel {
     /// cursor 0 and pass each returned [`ScanPage::cursor`] to the next step, until it is
     /// 0 again.
     ///
-    /// The cursor is the next partition to read. A step reads whole partitions (cluster:
-    /// each at its primary), `count` of them (at least one), then twice as many and so on
-    /// while fewer than `count` keys matched `pattern` (a [`crate::glob`] pattern; all
-    /// keys when `None`). So a key present from the first step to the last is returned
-    /// exactly once, one added or removed meanwhile at most once, and a step on a sparse
-    /// keyspace still makes progress. A cursor past the last partition ends the scan.
+    /// The cursor is where the next step starts: a partition (its low 16 bits) and a
+    /// position in that partition's [`scan_order`](crate::store::scan_order) (the bits
+    /// above). A step reads partitions (cluster: each at its primary), `count` of them
+    /// (at least one), then twice as many and so on while fewer than `count` keys matched
+    /// `pattern` (a [`crate::glob`] pattern; all keys when `None`), so a step on a sparse
+    /// keyspace still makes progress. A partition with more keys than one page (1 MiB
+    /// standalone, [`ClusterConfig::page_bytes`] in a cluster) ends the step within it.
+    /// A key present from the first step to the last is returned exactly once, one added
+    /// or removed meanwhile at most once. A cursor past the last partition ends the scan.
     pub async fn scan(
         &self,
         bucket: BucketId,
@@ -866,39 +873,59 @@ impl Mycel {
         pattern: Option<&[u8]>,
     ) -> Result<ScanPage, Error> {
         let partitions = self.inner.config.store.partitioning.count();
-        let Some(mut start) = u16::try_from(cursor).ok().filter(|&c| c < partitions) else {
+        let Some(mut start) = u16::try_from(cursor & 0xffff)
+            .ok()
+            .filter(|&p| p < partitions)
+        else {
             return Ok(ScanPage {
                 cursor: 0,
                 keys: Vec::new(),
             });
         };
+        let mut from = cursor >> 16;
         let pattern = pattern.map(Bytes::copy_from_slice);
         let mut width = u16::try_from(count).unwrap_or(u16::MAX).max(1);
         let mut keys = Vec::new();
         loop {
             let end = start.saturating_add(width).min(partitions);
-            match &self.inner.backend {
+            let stopped = match &self.inner.backend {
                 Backend::Local(l) => {
                     let now = now();
                     let store = lock(&l.store);
-                    for p in start..end {
-                        store.keys(
+                    (start..end).find_map(|p| {
+                        let from = if p == start { from } else { 0 };
+                        let pattern = pattern.as_deref();
+                        let (page, next) = store.keys(
                             bucket,
                             Partition::new(p),
-                            pattern.as_deref(),
+                            pattern,
+                            from,
+                            SCAN_PAGE_BYTES,
                             now,
-                            &mut keys,
                         );
-                    }
+                        keys.extend(page);
+                        next.map(|next| (p, next))
+                    })
                 }
-                Backend::Cluster(c) => keys.extend(
-                    c.cluster
-                        .keys(c.name(bucket)?, start..end, pattern.clone())
+                Backend::Cluster(c) => {
+                    let (page, stopped) = c
+                        .cluster
+                        .keys(c.name(bucket)?, start..end, from, pattern.clone())
                         .await
-                        .map_err(cluster_error)?,
-                ),
+                        .map_err(cluster_error)?;
+                    keys.extend(page);
+                    stopped
+                }
+            };
+            if let Some((p, next)) = stopped {
+                // `next` is above a listed key's order, so the cursor is not 0.
+                return Ok(ScanPage {
+                    cursor: (next << 16) | u64::from(p),
+                    keys,
+                });
             }
             start = end;
+            from = 0;
             if start == partitions || keys.len() >= count {
                 break;
             }

@@ -450,6 +450,13 @@ impl Hash for EntryKey {
     }
 }
 
+/// The order in which [`Store::keys`] lists a partition's keys: a 48-bit hash of the
+/// key, fixed (no seed), so that every node of a cluster agrees and a scan resumes on
+/// whichever node holds the partition next.
+pub fn scan_order(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key) >> 16
+}
+
 /// A borrowed key for lookups; hashes exactly like [`EntryKey`].
 struct KeyRef<'a> {
     bucket: u16,
@@ -1068,33 +1075,68 @@ impl Store {
         })
     }
 
-    /// Appends the live keys of `bucket` in `partition` that match `pattern` (a
-    /// [`crate::glob`] pattern; every key when `None`) to `out`, in no particular order.
-    /// Not a use for eviction. Backs `SCAN` and `KEYS`, one partition at a time.
+    /// One page of the live keys of `bucket` in `partition` that match `pattern` (a
+    /// [`crate::glob`] pattern; every key when `None`), in no particular order. Backs
+    /// `SCAN` and `KEYS`. Not a use for eviction.
+    ///
+    /// Keys are listed in the order of [`scan_order`] (a fixed hash, the same on every
+    /// node), from `from` on. When they exceed `max_bytes` (key lengths plus 4 bytes
+    /// each), the page ends between two hash values and the value to resume from is
+    /// returned; `None` when the partition is done. A page always holds the keys of at
+    /// least one hash value, so each page makes progress, and a key present from the
+    /// first page to the last is listed exactly once.
     pub fn keys(
         &self,
         bucket: BucketId,
         partition: Partition,
         pattern: Option<&[u8]>,
+        from: u64,
+        max_bytes: usize,
         now: Timestamp,
-        out: &mut Vec<Bytes>,
-    ) {
+    ) -> (Vec<Bytes>, Option<u64>) {
         let Some(part) = self.parts.get(partition.index()) else {
-            return;
+            return (Vec::new(), None);
         };
+        let mut found: Vec<(u64, &[u8])> = Vec::new();
+        let mut bytes = 0usize;
         for k in &part.keys {
             if k.bucket() != bucket.0 || pattern.is_some_and(|p| !crate::glob::matches(p, k.key()))
             {
                 continue;
             }
-            if self
-                .cache
-                .peek(k)
-                .is_some_and(|e| e.value.is_some() && !e.is_expired(now))
+            let order = scan_order(k.key());
+            if order < from
+                || !self
+                    .cache
+                    .peek(k)
+                    .is_some_and(|e| e.value.is_some() && !e.is_expired(now))
             {
-                out.push(Bytes::copy_from_slice(k.key()));
+                continue;
             }
+            bytes = bytes.saturating_add(k.key().len() + 4);
+            found.push((order, k.key()));
         }
+        let mut next = None;
+        if bytes > max_bytes {
+            found.sort_unstable_by_key(|&(order, _)| order);
+            let mut taken = 0usize;
+            let mut end = found.len();
+            for (i, &(order, key)) in found.iter().enumerate() {
+                let last = i.checked_sub(1).map(|j| found[j].0);
+                if taken > 0 && taken + key.len() + 4 > max_bytes && last != Some(order) {
+                    end = i;
+                    next = Some(order);
+                    break;
+                }
+                taken += key.len() + 4;
+            }
+            found.truncate(end);
+        }
+        let keys = found
+            .into_iter()
+            .map(|(_, k)| Bytes::copy_from_slice(k))
+            .collect();
+        (keys, next)
     }
 
     /// Entries held in `partition`, tombstones and not-yet-reaped expired entries included.
@@ -2086,8 +2128,8 @@ mod tests {
         };
         s.set(id, b("{x}old"), b("v"), ex, T0, 1).expect("set");
         let keys = |pattern: Option<&[u8]>, now| {
-            let mut out = Vec::new();
-            s.keys(id, p, pattern, now, &mut out);
+            let (mut out, next) = s.keys(id, p, pattern, 0, usize::MAX, now);
+            assert_eq!(next, None);
             out.sort();
             out
         };
@@ -2098,9 +2140,55 @@ mod tests {
         assert_eq!(keys(None, at(2_000)), [b("{x}a1"), b("{x}a2"), b("{x}b1")]);
         assert_eq!(keys(Some(b"*a?"), T0), [b("{x}a1"), b("{x}a2")]);
         assert_eq!(keys(Some(b"nothing*"), T0), Vec::<Bytes>::new());
-        let mut out = Vec::new();
-        s.keys(id, Partition::new(u16::MAX), None, T0, &mut out);
-        assert!(out.is_empty(), "a partition out of range holds nothing");
+        let (out, next) = s.keys(id, Partition::new(u16::MAX), None, 0, 0, T0);
+        assert!(
+            next.is_none() && out.is_empty(),
+            "a partition out of range holds nothing"
+        );
+    }
+
+    /// A partition larger than a page is listed page by page in scan order: every key
+    /// present throughout exactly once, while keys come and go between pages.
+    #[test]
+    fn keys_page_through_a_large_partition() {
+        let (mut s, id) = store();
+        let p = s.config.partitioning.partition_of(b"{x}");
+        let name = |i: usize| format!("{{x}}{i}");
+        for i in 0..1000 {
+            set(&mut s, id, &name(i), "v", T0);
+        }
+        let (mut from, mut pages, mut listed) = (0, 0, Vec::new());
+        loop {
+            let (page, next) = s.keys(id, p, None, from, 200, T0);
+            let bytes: usize = page.iter().map(|k| k.len() + 4).sum();
+            assert!(!page.is_empty() && bytes <= 200, "{bytes} bytes");
+            assert!(page.iter().all(|k| scan_order(k) >= from));
+            listed.extend(page);
+            pages += 1;
+            // Between pages: keys 1000.. arrive, keys 0..100 leave.
+            set(&mut s, id, &name(1000 + pages), "v", T0);
+            s.delete(id, b(&name(pages)), T0, 1).expect("delete");
+            match next {
+                Some(n) => {
+                    assert!(n > from);
+                    from = n;
+                }
+                None => break,
+            }
+        }
+        assert!(pages > 10, "{pages} pages");
+        let mut seen = HashMap::new();
+        for k in &listed {
+            *seen.entry(k.clone()).or_insert(0) += 1;
+        }
+        assert!(seen.values().all(|&n| n == 1), "a key listed twice");
+        for i in (pages + 1)..1000 {
+            assert_eq!(
+                seen.get(&b(&name(i))),
+                Some(&1),
+                "key {i} present throughout"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -600,9 +601,24 @@ async fn operations_and_ttl_across_nodes() {
     ));
 }
 
+/// Every key of `range` (a call may stop within a partition: resumed from there), sorted.
+async fn all_keys(node: &Cluster, range: Range<u16>, pattern: Option<&'static str>) -> Vec<Bytes> {
+    let (mut keys, mut at) = (Vec::new(), Some((range.start, 0)));
+    while let Some((start, from)) = at {
+        let (page, stopped) = settled("keys", || {
+            node.keys(BUCKET, start..range.end, from, pattern.map(Bytes::from))
+        })
+        .await;
+        keys.extend(page);
+        at = stopped;
+    }
+    keys.sort();
+    keys
+}
+
 /// `keys` reads each partition at its primary, through any node: every key exactly once,
-/// filtered by a pattern, nothing from partitions past the end; replies larger than a page
-/// are split over several messages.
+/// filtered by a pattern, nothing from partitions past the end; a partition with more
+/// than a page of keys is listed in pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_listed_once_through_every_node() {
     let _serial = SERIAL.lock().await;
@@ -622,24 +638,57 @@ async fn keys_are_listed_once_through_every_node() {
         all
     };
     for node in &nodes {
-        let mut listed = settled("keys", || node.keys(BUCKET, 0..256, None)).await;
-        listed.sort();
-        assert_eq!(listed, all, "through {}", node.id());
+        assert_eq!(
+            all_keys(node, 0..256, None).await,
+            all,
+            "through {}",
+            node.id()
+        );
         // Two halves (the second running past the last partition) make the whole.
-        let mut halves = settled("keys", || node.keys(BUCKET, 0..100, None)).await;
-        halves.extend(settled("keys", || node.keys(BUCKET, 100..u16::MAX, None)).await);
+        let mut halves = all_keys(node, 0..100, None).await;
+        halves.extend(all_keys(node, 100..u16::MAX, None).await);
         halves.sort();
         assert_eq!(halves, all, "halves through {}", node.id());
-        let mut ones = settled("keys", || node.keys(BUCKET, 0..256, Some("key-1?".into()))).await;
-        ones.sort();
         let want: Vec<Bytes> = (10..20).map(key).collect();
-        assert_eq!(ones, want, "pattern through {}", node.id());
-        assert!(
-            settled("keys", || node.keys(BUCKET, 256..300, None))
-                .await
-                .is_empty()
+        assert_eq!(
+            all_keys(node, 0..256, Some("key-1?")).await,
+            want,
+            "pattern through {}",
+            node.id()
         );
-        assert!(node.keys("no-such-bucket", 0..256, None).await.is_err());
+        assert!(all_keys(node, 256..300, None).await.is_empty());
+        assert!(node.keys("no-such-bucket", 0..256, 0, None).await.is_err());
+    }
+    // 300 keys of one partition are more than a 512-byte page: listed in pages, each
+    // ending within the partition, exactly once (the pattern leaves out the other keys
+    // that partition may hold).
+    let tagged: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("{{t}}{i}"))).collect();
+    for k in &tagged {
+        nodes[0]
+            .set(BUCKET, k.clone(), "v", SetOptions::default())
+            .await
+            .expect("set");
+    }
+    for node in &nodes {
+        let p = config().mycel.store.partitioning.partition_of(b"{t}").get();
+        let (mut listed, mut from, mut pages) = (Vec::new(), 0, 0);
+        loop {
+            let (page, stopped) = settled("keys", || node.keys(BUCKET, p..p + 1, from, Some("{t}*".into()))).await;
+            listed.extend(page);
+            pages += 1;
+            match stopped {
+                Some((at, next)) => {
+                    assert_eq!(at, p);
+                    from = next;
+                }
+                None => break,
+            }
+        }
+        assert!(pages > 3, "{pages} pages");
+        listed.sort();
+        let mut want = tagged.clone();
+        want.sort();
+        assert_eq!(listed, want, "through {}", node.id());
     }
 }
 

@@ -1139,36 +1139,53 @@ impl Cluster {
         self.inner.count().await
     }
 
-    /// The live keys of `bucket` in `partitions` (those beyond the partition count
-    /// hold nothing) that match `pattern` (a [`crate::glob`] pattern; all when `None`),
-    /// in partition order. Each partition is read whole at its primary; the partitions of
-    /// one primary travel in one message (paged like [`batch`](Self::batch)).
+    /// A page of the live keys of `bucket` in `partitions` (those beyond the partition
+    /// count hold nothing) that match `pattern` (a [`crate::glob`] pattern; all when
+    /// `None`), from scan order `from` in the first partition on (see
+    /// [`Store::keys`](crate::Store::keys)), in partition order.
+    ///
+    /// Each partition is read at its primary; the partitions of one primary travel in one
+    /// message (paged like [`batch`](Self::batch)). A partition with more than
+    /// [`ClusterConfig::page_bytes`] of keys ends the page: its position is returned
+    /// (partition, scan order), and the partitions after it are left for the next call.
+    /// `None` when every partition was read whole.
     pub async fn keys(
         &self,
         bucket: &str,
         partitions: Range<u16>,
+        from: u64,
         pattern: Option<Bytes>,
-    ) -> Result<Vec<Bytes>, ClusterError> {
+    ) -> Result<(Vec<Bytes>, Option<(u16, u64)>), ClusterError> {
         let count = self.inner.config.mycel.store.partitioning.count();
         let bucket = WStr::from(bucket);
-        let ops: Vec<Op> = (partitions.start..partitions.end.min(count))
+        let max_bytes = u32::try_from(self.inner.config.page_bytes).unwrap_or(u32::MAX);
+        let range = partitions.start..partitions.end.min(count);
+        let ops: Vec<Op> = range
+            .clone()
             .map(|partition| Op::Scan {
                 bucket: bucket.clone(),
                 partition,
                 pattern: pattern.clone().map(WBytes),
+                from: if partition == range.start { from } else { 0 },
+                max_bytes,
             })
             .collect();
-        if ops.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut keys = Vec::new();
-        for result in self.inner.route_batch(&ops).await {
+        if ops.is_empty() {
+            return Ok((keys, None));
+        }
+        for (partition, result) in range.zip(self.inner.route_batch(&ops).await) {
             match result? {
-                OpReply::Keys(ks) => keys.extend(ks.into_iter().map(|k| k.0)),
+                OpReply::Keys { keys: page, next } => {
+                    keys.extend(page.into_iter().map(|k| k.0));
+                    if let Some(next) = next {
+                        return Ok((keys, Some((partition, next))));
+                    }
+                }
                 _ => return Err(self.inner.protocol()),
             }
         }
-        Ok(keys)
+        Ok((keys, None))
     }
 
     /// Whether [`len`](Self::len) is 0.

@@ -933,17 +933,22 @@ impl State {
                 bucket,
                 partition,
                 pattern,
+                from,
+                max_bytes,
             } => {
                 let b = bucket_of(store, bucket)?;
-                let mut keys = Vec::new();
-                store.keys(
+                let (keys, next) = store.keys(
                     b,
                     Partition::new(*partition),
                     pattern.as_ref().map(|p| &p.0[..]),
+                    *from,
+                    usize::try_from(*max_bytes).unwrap_or(usize::MAX),
                     now,
-                    &mut keys,
                 );
-                OpReply::Keys(keys.into_iter().map(WBytes).collect())
+                OpReply::Keys {
+                    keys: keys.into_iter().map(WBytes).collect(),
+                    next,
+                }
             }
             Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
         };

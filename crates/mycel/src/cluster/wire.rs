@@ -285,12 +285,15 @@ pub(crate) enum Op {
         after_ms: u64,
         condition: WireExpireCondition,
     },
-    /// `SCAN`/`KEYS` of one partition: its live keys of `bucket` matching `pattern` (a
-    /// [`crate::glob`] pattern; all when `None`). Appended, as `ExpireIf`.
+    /// `SCAN`/`KEYS` of one partition: a page of its live keys of `bucket` matching
+    /// `pattern` (a [`crate::glob`] pattern; all when `None`), from scan order `from` on,
+    /// of about `max_bytes` (see `Store::keys`). Appended, as `ExpireIf`.
     Scan {
         bucket: WStr,
         partition: u16,
         pattern: Option<WBytes>,
+        from: u64,
+        max_bytes: u32,
     },
     /// `APPEND`. Appended, as `ExpireIf`.
     Append {
@@ -461,7 +464,7 @@ impl OpReply {
         16 + match self {
             Self::Value(v) | Self::Set { previous: v, .. } => bytes(v),
             Self::Values(vs) => vs.iter().map(|v| bytes(v) + 4).sum(),
-            Self::Keys(ks) => ks.iter().map(|k| k.0.len() + 4).sum(),
+            Self::Keys { keys, .. } => keys.iter().map(|k| k.0.len() + 4).sum(),
             _ => 0,
         }
     }
@@ -491,8 +494,12 @@ pub(crate) enum OpReply {
     },
     /// Nothing to report.
     Unit,
-    /// A partition's keys (`Op::Scan`). Appended, as `Op::Scan`.
-    Keys(Vec<WBytes>),
+    /// A page of a partition's keys (`Op::Scan`), and the scan order to resume from if
+    /// the partition has more. Appended, as `Op::Scan`.
+    Keys {
+        keys: Vec<WBytes>,
+        next: Option<u64>,
+    },
 }
 
 /// Why a node refused or failed a request.
@@ -951,11 +958,15 @@ mod tests {
                         bucket: "default".into(),
                         partition: 63,
                         pattern: Some(b("user:*")),
+                        from: 1 << 47,
+                        max_bytes: 1 << 20,
                     },
                     Op::Scan {
                         bucket: "other".into(),
                         partition: 0,
                         pattern: None,
+                        from: 0,
+                        max_bytes: 0,
                     },
                     Op::Append {
                         bucket: "default".into(),
@@ -1014,7 +1025,10 @@ mod tests {
                 Err(Refusal::NotAnInteger),
                 Err(Refusal::Deferred),
                 Ok(OpReply::Value(Some(b("v")))),
-                Ok(OpReply::Keys(vec![b("a"), b("")])),
+                Ok(OpReply::Keys {
+                    keys: vec![b("a"), b("")],
+                    next: Some(7),
+                }),
             ]),
         ];
         for reply in replies {

@@ -571,7 +571,11 @@ fn client_list_and_info_show_every_connection() {
     }
     let field = |name: &str| -> u64 {
         let at = line.find(&format!(" {name}=")).expect(name) + name.len() + 2;
-        line[at..].split(' ').next().and_then(|v| v.parse().ok()).expect(name)
+        line[at..]
+            .split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect(name)
     };
     assert!(field("idle") <= field("age"), "{line}");
     assert_eq!(
@@ -591,9 +595,15 @@ fn client_list_and_info_show_every_connection() {
     // A new connection has run nothing yet; one that ran a GET shows it.
     let mut b = s.connect();
     // (Its registration may trail the accept when connections run on several threads.)
-    eventually("the new connection in CLIENT LIST, having run nothing", || {
-        redis_cli_raw(&s, &["CLIENT", "LIST"]).matches(" cmd=NULL ").count() == 1
-    });
+    eventually(
+        "the new connection in CLIENT LIST, having run nothing",
+        || {
+            redis_cli_raw(&s, &["CLIENT", "LIST"])
+                .matches(" cmd=NULL ")
+                .count()
+                == 1
+        },
+    );
     assert_eq!(raw_line(&mut b, "GET nothing\r\n"), "$-1");
     let after = redis_cli_raw(&s, &["CLIENT", "LIST"]);
     assert!(after.contains(" cmd=get "), "{after}");
