@@ -16,6 +16,17 @@
 
 /// Whether `key` matches `pattern`.
 pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
+    matches_with(pattern, key, false)
+}
+
+/// Whether `key` matches `pattern`, ASCII letters compared without case, as Redis
+/// matches `CONFIG GET` patterns. A range's ends are ordered first and lowercased after,
+/// as in Redis: `[Z-a]` becomes `z`..`a`, which holds no byte.
+pub fn matches_nocase(pattern: &[u8], key: &[u8]) -> bool {
+    matches_with(pattern, key, true)
+}
+
+fn matches_with(pattern: &[u8], key: &[u8], nocase: bool) -> bool {
     if key.is_empty() {
         return pattern.is_empty() || pattern == b"*";
     }
@@ -30,7 +41,7 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
             star = Some((p, k));
             continue;
         }
-        if let Some(next) = element(pattern, p, key[k]) {
+        if let Some(next) = element(pattern, p, key[k], nocase) {
             p = next;
             k += 1;
             continue;
@@ -48,18 +59,20 @@ pub fn matches(pattern: &[u8], key: &[u8]) -> bool {
 
 /// Matches byte `c` against the pattern element at `p` (not a star): the position after
 /// the element, or `None` on a mismatch or at the pattern's end.
-fn element(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+fn element(pattern: &[u8], p: usize, c: u8, nocase: bool) -> Option<usize> {
+    let same = |x: u8| x == c || (nocase && x.eq_ignore_ascii_case(&c));
     match *pattern.get(p)? {
         b'?' => Some(p + 1),
-        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
-        b'[' => class(pattern, p + 1, c),
-        x => (x == c).then_some(p + 1),
+        b'\\' if p + 1 < pattern.len() => same(pattern[p + 1]).then_some(p + 2),
+        b'[' => class(pattern, p + 1, c, nocase),
+        x => same(x).then_some(p + 1),
     }
 }
 
 /// A bracket class starting at `p` (after the `[`): the position after its `]` (or the
 /// pattern's end) if `c` is in it.
-fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
+fn class(pattern: &[u8], mut p: usize, c: u8, nocase: bool) -> Option<usize> {
+    let same = |x: u8| x == c || (nocase && x.eq_ignore_ascii_case(&c));
     let negate = pattern.get(p) == Some(&b'^');
     if negate {
         p += 1;
@@ -70,17 +83,17 @@ fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
             None => break,
             Some(b'\\') if p + 1 < pattern.len() => {
                 p += 1;
-                found |= pattern[p] == c;
+                found |= same(pattern[p]);
             }
             Some(b']') => {
                 p += 1;
                 break;
             }
             Some(&start) if p + 2 < pattern.len() && pattern[p + 1] == b'-' => {
-                found |= in_range(start, pattern[p + 2], c);
+                found |= in_range(start, pattern[p + 2], c, nocase);
                 p += 2;
             }
-            Some(&x) => found |= x == c,
+            Some(&x) => found |= same(x),
         }
         p += 1;
     }
@@ -89,16 +102,23 @@ fn class(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
 
 /// Whether `c` lies between `a` and `b` (either order), the bytes compared as C's `char`
 /// on the platforms Redis is mostly built for (signed: `[a-\xff]` is `[\xff-a]`).
-fn in_range(a: u8, b: u8, c: u8) -> bool {
+fn in_range(a: u8, b: u8, c: u8, nocase: bool) -> bool {
     let [a, b, c] = [a, b, c].map(|x| i8::from_ne_bytes([x]));
-    (a.min(b)..=a.max(b)).contains(&c)
+    let (lo, hi) = (a.min(b), a.max(b));
+    if nocase {
+        // Ordered first, lowercased after, as Redis does.
+        let lower = |x: i8| i8::from_ne_bytes([x.to_ne_bytes()[0].to_ascii_lowercase()]);
+        (lower(lo)..=lower(hi)).contains(&lower(c))
+    } else {
+        (lo..=hi).contains(&c)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
-    use super::matches;
+    use super::{matches, matches_nocase};
 
     /// The reference: Redis's `SCAN`/`KEYS` rule, `*` alone or `stringmatchlen`.
     fn redis(pattern: &[u8], key: &[u8]) -> bool {
@@ -243,6 +263,18 @@ mod tests {
             assert_eq!(matches(b"[a-\xff]", key), want, "{key:?}");
             assert_eq!(redis(b"[a-\xff]", key), want, "reference: {key:?}");
         }
+    }
+
+    #[test]
+    fn without_case_like_config_get() {
+        assert!(matches_nocase(b"MAX*", b"maxmemory"));
+        assert!(matches_nocase(b"[M]axmemory", b"maxmemory"));
+        assert!(matches_nocase(b"\\Maxmemory", b"maxmemory"));
+        assert!(!matches(b"MAX*", b"maxmemory"));
+        // `[Z-a]`: ordered (0x5a..0x61), then lowercased: `z`..`a`, which holds nothing
+        // (checked against redis-server 7.0.15's CONFIG GET).
+        assert!(!matches_nocase(b"[Z-a]axmemory", b"maxmemory"));
+        assert!(matches_nocase(b"[A-Z]axmemory", b"maxmemory"));
     }
 
     #[test]

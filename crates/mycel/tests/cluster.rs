@@ -673,7 +673,10 @@ async fn keys_are_listed_once_through_every_node() {
         let p = config().mycel.store.partitioning.partition_of(b"{t}").get();
         let (mut listed, mut from, mut pages) = (Vec::new(), 0, 0);
         loop {
-            let (page, stopped) = settled("keys", || node.keys(BUCKET, p..p + 1, from, Some("{t}*".into()))).await;
+            let (page, stopped) = settled("keys", || {
+                node.keys(BUCKET, p..p + 1, from, Some("{t}*".into()))
+            })
+            .await;
             listed.extend(page);
             pages += 1;
             match stopped {

@@ -785,8 +785,10 @@ fn parse_scan(rest: &[Bytes]) -> Result<Scan, Frame> {
 
 /// A `SCAN` cursor as C's `strtoul` reads it for Redis: an optional sign (a minus wraps,
 /// as in C), decimal digits, nothing else, at most `u64::MAX`; no digits at all is 0
-/// unless a sign is left over. Leading whitespace is refused.
+/// unless a sign is left over. Leading whitespace is refused. Redis reads the argument as
+/// a C string, so it ends at a NUL byte.
 fn parse_cursor(arg: &[u8]) -> Option<u64> {
+    let arg = arg.split(|&b| b == 0).next().unwrap_or_default();
     let (negative, digits) = match arg.split_first() {
         None => return Some(0),
         Some((b'-', d)) => (true, d),
@@ -1108,6 +1110,11 @@ mod tests {
         assert_eq!(
             parse("SCAN 18446744073709551615"),
             scan(u64::MAX, None, 10, true)
+        );
+        assert_eq!(
+            parse("SCAN 1\0x"),
+            scan(1, None, 10, true),
+            "a C string ends at NUL"
         );
         for bad in ["x", "+", "-", "18446744073709551616", "1x", "\t1", "0x10"] {
             assert_eq!(

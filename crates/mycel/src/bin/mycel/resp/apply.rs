@@ -725,13 +725,27 @@ fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
         ("appendonly", "no".into()),
         ("maxmemory", max),
     ];
+    // As Redis: a name without `[`, `*` or `?` is looked up (without case) and answered
+    // as typed; the others are patterns matched without case. Each setting once.
     let mut out = Vec::new();
-    for (name, value) in params {
-        if patterns
-            .iter()
-            .any(|p| mycel::glob::matches(&p.to_ascii_lowercase(), name.as_bytes()))
-        {
-            out.push((Frame::bulk(name), Frame::bulk(value)));
+    let mut listed = [false; 3];
+    for p in patterns {
+        let pattern = p.iter().any(|b| b"[*?".contains(b));
+        for ((name, value), listed) in params.iter().zip(&mut listed) {
+            let hit = if pattern {
+                mycel::glob::matches_nocase(p, name.as_bytes())
+            } else {
+                p.eq_ignore_ascii_case(name.as_bytes())
+            };
+            if hit && !*listed {
+                *listed = true;
+                let shown = if pattern {
+                    Frame::bulk(*name)
+                } else {
+                    Frame::Bulk(p.clone())
+                };
+                out.push((shown, Frame::bulk(value.clone())));
+            }
         }
     }
     Frame::Map(out)
