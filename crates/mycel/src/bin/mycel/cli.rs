@@ -93,7 +93,7 @@ pub(crate) struct Cli {
     /// redis.conf) [default: 256mb].
     #[arg(long, value_name = "BYTES")]
     pub(crate) max_memory: Option<String>,
-    /// Threads of the cluster layer (the runtime's workers: transport, replication,
+    /// Threads of the cluster layer (the runtime's workers: gossip, transport,
     /// rebalancing, admin API) [default: one per CPU core]. Several nodes sharing one
     /// machine do best with the cores divided between them.
     #[arg(long, value_name = "N")]
