@@ -322,38 +322,28 @@ impl Command {
                     Self::MSetNx(pairs)
                 }
             }
-            "expire" | "pexpire" => {
+            "expire" | "pexpire" | "expireat" | "pexpireat" => {
                 arity(rest.len() >= 2)?;
                 // Options first: their errors win over a bad time, as in Redis.
                 let condition = expire_condition(&rest[2..])?;
                 let n = int(&rest[1])?;
-                let ms = if name == "expire" {
-                    n.checked_mul(1000)
-                } else {
+                let ms = if name.starts_with('p') {
                     Some(n)
-                };
-                // As in Redis: the deadline (now plus the time) must fit in an i64; a
-                // time in the past deletes the key.
-                let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
-                let ms = ms
-                    .filter(|ms| ms.checked_add(now).is_some())
-                    .ok_or_else(|| invalid_expire_time(name))?;
-                Self::Expire(key(), ms, condition)
-            }
-            "expireat" | "pexpireat" => {
-                arity(rest.len() >= 2)?;
-                let condition = expire_condition(&rest[2..])?;
-                let n = int(&rest[1])?;
-                let ms = if name == "expireat" {
-                    n.checked_mul(1000)
                 } else {
-                    Some(n)
+                    n.checked_mul(1000)
                 };
-                Self::ExpireAt(
-                    key(),
-                    ms.ok_or_else(|| invalid_expire_time(name))?,
-                    condition,
-                )
+                if name.ends_with("at") {
+                    let at = ms.ok_or_else(|| invalid_expire_time(name))?;
+                    Self::ExpireAt(key(), at, condition)
+                } else {
+                    // As in Redis: the deadline (now plus the time) must fit in an i64; a
+                    // time in the past deletes the key.
+                    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+                    let ms = ms
+                        .filter(|ms| ms.checked_add(now).is_some())
+                        .ok_or_else(|| invalid_expire_time(name))?;
+                    Self::Expire(key(), ms, condition)
+                }
             }
             "ttl" | "pttl" => {
                 arity(rest.len() == 1)?;
