@@ -694,6 +694,31 @@ impl Mycel {
         }
     }
 
+    /// Copies `from`'s value and expiry to `to` (Redis `COPY`; with `replace` false an
+    /// existing `to` is left alone); whether it was copied (never onto itself). Cluster:
+    /// both keys must be of one partition ([`Error::CrossSlot`]).
+    pub async fn copy(
+        &self,
+        bucket: BucketId,
+        from: Bytes,
+        to: Bytes,
+        replace: bool,
+    ) -> Result<bool, Error> {
+        if from == to {
+            return Ok(false);
+        }
+        match &self.inner.backend {
+            Backend::Local(l) => Ok(lock(&l.store)
+                .copy(bucket, &from, to, replace, now(), STANDALONE_EPOCH)?
+                .is_some()),
+            Backend::Cluster(c) => c
+                .cluster
+                .copy(c.name(bucket)?, from, to, replace)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
     /// Moves `from`'s value and expiry to `to`, atomically (Redis `RENAME`; with `replace`
     /// false `RENAMENX`, which leaves an existing `to` alone). Cluster: both keys must be
     /// of one partition ([`Error::CrossSlot`]); a hash tag (`{tag}`) keeps keys together.

@@ -941,6 +941,35 @@ impl Store {
         Ok(Some(writes))
     }
 
+    /// Copies the value of `from`, with its expiry, to `to` (Redis `COPY`; with `replace`
+    /// false an existing `to` is left alone). The write to replicate, or `None` when
+    /// nothing was copied (no `from`, or `to` kept). `from` and `to` must differ.
+    pub fn copy(
+        &mut self,
+        bucket: BucketId,
+        from: &[u8],
+        to: Bytes,
+        replace: bool,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<Option<Write>, Error> {
+        self.bucket_ref(bucket)?;
+        let Some((value, expires_at)) = self
+            .live(bucket, from, now)
+            .and_then(|e| Some((e.value.clone()?, e.expiry())))
+        else {
+            return Ok(None);
+        };
+        if !replace && self.live(bucket, &to, now).is_some() {
+            return Ok(None);
+        }
+        self.check_size(bucket, &to, value.len())?;
+        let wire = Bytes::from_owner(Arc::clone(&value));
+        Ok(Some(
+            self.local_put(bucket, to, value, wire, expires_at, epoch),
+        ))
+    }
+
     /// Moves the value of `from`, with its expiry, to `to` (Redis `RENAME`, or with
     /// `replace` false `RENAMENX`, which leaves an existing `to` alone). Renaming a key to
     /// itself changes nothing (`Done` with `replace`, as Redis answers). The writes to
@@ -1904,6 +1933,37 @@ mod tests {
             Err(Error::ValueTooLarge { len: 9, .. })
         ));
         assert_eq!(s.get(small, b"k", T0), Some(b("12345")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn copy_semantics() {
+        let (mut s, id) = store();
+        assert_eq!(s.copy(id, b"a", b("b"), true, T0, 1), Ok(None));
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("a"), b("1"), ex, T0, 1).expect("set");
+        set(&mut s, id, "c", "3", T0);
+        assert_eq!(s.copy(id, b"a", b("c"), false, T0, 1), Ok(None));
+        assert_eq!(s.get(id, b"c", T0), Some(b("3")), "kept");
+        let w = s
+            .copy(id, b"a", b("c"), true, T0, 1)
+            .expect("valid")
+            .expect("copied");
+        assert_eq!(
+            (&w.key, &w.op),
+            (
+                &b("c"),
+                &WriteOp::Put {
+                    value: b("1"),
+                    expires_at: Some(at(10_000))
+                }
+            )
+        );
+        assert_eq!(s.get(id, b"a", T0), Some(b("1")), "the source stays");
+        assert_eq!(s.get(id, b"c", T0), Some(b("1")));
         s.check_invariants();
     }
 

@@ -996,6 +996,33 @@ impl Cluster {
         }
     }
 
+    /// Copies `from`'s value and expiry to `to`, a different key (`replace` false: only
+    /// if `to` does not exist), atomically at their primary: both keys must be of one
+    /// partition ([`Error::CrossSlot`] otherwise). Whether it was copied.
+    pub async fn copy(
+        &self,
+        bucket: &str,
+        from: impl Into<Bytes>,
+        to: impl Into<Bytes>,
+        replace: bool,
+    ) -> Result<bool, ClusterError> {
+        let (from, to) = (from.into(), to.into());
+        let partitioning = self.inner.config.mycel.store.partitioning;
+        if partitioning.partition_of(&from) != partitioning.partition_of(&to) {
+            return Err(Error::CrossSlot.into());
+        }
+        let op = Op::Copy {
+            bucket: bucket.into(),
+            key: WBytes(from.clone()),
+            to: WBytes(to),
+            replace,
+        };
+        match self.inner.route(&from, op, true).await? {
+            OpReply::Bool(done) => Ok(done),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
     /// Moves `from`'s value and expiry to `to` (`replace` false: only if `to` does not
     /// exist), atomically at their primary: both keys must be of one partition
     /// ([`Error::CrossSlot`] otherwise; a hash tag keeps keys together).

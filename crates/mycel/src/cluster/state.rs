@@ -900,6 +900,26 @@ impl State {
                 writes.extend(ws.into_iter().flatten());
                 OpReply::Bool(done)
             }
+            Op::Copy {
+                bucket,
+                key,
+                to,
+                replace,
+            } => {
+                let partitioning = store.config().partitioning;
+                if key == to
+                    || partitioning.partition_of(&key.0) != partitioning.partition_of(&to.0)
+                {
+                    return Err(Refusal::BadRequest);
+                }
+                let b = bucket_of(store, bucket)?;
+                let w = store
+                    .copy(b, &key.0, to.0.clone(), *replace, now, e)
+                    .map_err(err)?;
+                let done = w.is_some();
+                writes.extend(w);
+                OpReply::Bool(done)
+            }
             Op::Rename {
                 bucket,
                 key,

@@ -316,6 +316,14 @@ pub(crate) enum Op {
         bucket: WStr,
         entries: Vec<(WBytes, WBytes)>,
     },
+    /// `COPY` of `key` to `to`, a different key of the same partition (`OpReply::Bool`:
+    /// whether it was copied). Appended, as `ExpireIf`.
+    Copy {
+        bucket: WStr,
+        key: WBytes,
+        to: WBytes,
+        replace: bool,
+    },
 }
 
 /// A response.
@@ -365,6 +373,7 @@ impl Op {
             | Self::IncrBy { key, .. }
             | Self::Append { key, .. }
             | Self::Rename { key, .. }
+            | Self::Copy { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
@@ -398,6 +407,7 @@ impl Op {
                 | Self::Rename { .. }
                 | Self::MSet { .. }
                 | Self::MSetNx { .. }
+                | Self::Copy { .. }
         )
     }
 
@@ -425,7 +435,7 @@ impl Op {
     pub(crate) fn size(&self) -> usize {
         let value = match self {
             Self::Set { value, .. } | Self::Append { value, .. } => value.0.len(),
-            Self::Rename { to, .. } => to.0.len(),
+            Self::Rename { to, .. } | Self::Copy { to, .. } => to.0.len(),
             Self::MSetNx { entries, .. } => {
                 entries.iter().map(|(k, v)| k.0.len() + v.0.len() + 8).sum()
             }
@@ -450,7 +460,8 @@ impl Op {
             | Self::Scan { bucket, .. }
             | Self::Append { bucket, .. }
             | Self::Rename { bucket, .. }
-            | Self::MSetNx { bucket, .. } => bucket.len(),
+            | Self::MSetNx { bucket, .. }
+            | Self::Copy { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -982,6 +993,12 @@ mod tests {
                     Op::MSetNx {
                         bucket: "default".into(),
                         entries: vec![(b("{t}a"), b("1")), (b("{t}b"), b(""))],
+                    },
+                    Op::Copy {
+                        bucket: "default".into(),
+                        key: b("{t}a"),
+                        to: b("{t}c"),
+                        replace: true,
                     },
                 ],
             },

@@ -143,6 +143,15 @@ pub enum Command {
     ExpireTime(Bytes, bool),
     /// `TYPE key`: `string` or `none` (every Mycel value is a string).
     Type(Bytes),
+    /// `COPY source destination [DB 0] [REPLACE]`.
+    Copy {
+        /// The key copied.
+        from: Bytes,
+        /// The copy's name (another key).
+        to: Bytes,
+        /// Whether an existing `to` is overwritten.
+        replace: bool,
+    },
     /// `MSETNX key value [key value ...]`: all or none, none if a key exists.
     MSetNx(Vec<(Bytes, Bytes)>),
     /// `APPEND key value`: the new length.
@@ -372,6 +381,10 @@ impl Command {
             "role" => {
                 arity(rest.is_empty())?;
                 Self::Role
+            }
+            "copy" => {
+                arity(rest.len() >= 2)?;
+                parse_copy(rest)?
             }
             "rename" | "renamenx" => {
                 arity(rest.len() == 2)?;
@@ -728,6 +741,34 @@ fn parse_client_list(opts: &[Bytes]) -> Result<Command, Frame> {
     }
 }
 
+/// `COPY`'s options as Redis 7.0 reads them: `REPLACE` and `DB n` in any order and
+/// number (only database 0 exists), then the same-key check.
+fn parse_copy(rest: &[Bytes]) -> Result<Command, Frame> {
+    let mut replace = false;
+    let mut opts = &rest[2..];
+    while let Some((opt, more)) = opts.split_first() {
+        if opt.eq_ignore_ascii_case(b"replace") {
+            replace = true;
+            opts = more;
+        } else if let (true, [db, more @ ..]) = (opt.eq_ignore_ascii_case(b"db"), more) {
+            if int(db)? != 0 {
+                return Err(Frame::err("DB index is out of range"));
+            }
+            opts = more;
+        } else {
+            return Err(syntax_error());
+        }
+    }
+    if rest[0] == rest[1] {
+        return Err(Frame::err("source and destination objects are the same"));
+    }
+    Ok(Command::Copy {
+        from: rest[0].clone(),
+        to: rest[1].clone(),
+        replace,
+    })
+}
+
 /// A `SCAN` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scan {
@@ -940,6 +981,7 @@ mod tests {
         "append",
         "rename",
         "renamenx",
+        "copy",
         "time",
         "role",
         "incr",
@@ -1010,6 +1052,8 @@ mod tests {
         "docs",
         "set",
         "create",
+        "replace",
+        "db",
         "async",
         "sync",
         "a b",
@@ -1437,6 +1481,19 @@ mod tests {
         assert_eq!(
             parse("EXPIREAT k 9223372036854776"),
             err("ERR invalid expire time in 'expireat' command")
+        );
+        assert_eq!(
+            parse("COPY a b db 0 replace"),
+            Ok(Command::Copy {
+                from: "a".into(),
+                to: "b".into(),
+                replace: true
+            })
+        );
+        assert_eq!(parse("COPY a b DB"), err("ERR syntax error"));
+        assert_eq!(
+            parse("COPY a a"),
+            err("ERR source and destination objects are the same")
         );
         assert_eq!(
             parse("renameNX a b"),

@@ -433,10 +433,10 @@ fn string_commands_beyond_get_and_set() {
     assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
 }
 
-/// `RENAME`, `RENAMENX` and `MSETNX` as Redis answers them; in cluster mode (`--dev`)
-/// their keys must share a partition (a hash tag), standalone any keys do.
+/// `RENAME`, `RENAMENX`, `MSETNX` and `COPY` as Redis answers them; in cluster mode
+/// (`--dev`) their keys must share a partition (a hash tag), standalone any keys do.
 #[test]
-fn rename_and_msetnx() {
+fn rename_msetnx_copy() {
     for (s, standalone) in [(Server::standalone(&[]), true), (Server::start(&[]), false)] {
         assert_eq!(
             s.cli(&["RENAME", "{u}nope", "{u}b"]),
@@ -468,18 +468,37 @@ fn rename_and_msetnx() {
             s.cli(&["MSETNX", "{u}x"]),
             "(error) ERR wrong number of arguments for 'msetnx' command"
         );
+        assert_eq!(s.cli(&["COPY", "{u}x", "{u}y"]), "(integer) 0");
+        assert_eq!(
+            s.cli(&["COPY", "{u}x", "{u}y", "REPLACE", "DB", "0"]),
+            "(integer) 1"
+        );
+        assert_eq!(s.cli(&["MGET", "{u}x", "{u}y"]), "1) \"1\"\n2) \"1\"");
+        assert_eq!(s.cli(&["COPY", "{u}nope", "{u}q"]), "(integer) 0");
+        assert_eq!(
+            s.cli(&["COPY", "{u}x", "{u}x"]),
+            "(error) ERR source and destination objects are the same"
+        );
+        assert_eq!(
+            s.cli(&["COPY", "{u}x", "{u}q", "DB", "1"]),
+            "(error) ERR DB index is out of range"
+        );
         // `{a}` and `{b}` hash to different partitions.
         assert_eq!(s.cli(&["SET", "{a}k", "v"]), "OK");
         let across = [
+            s.cli(&["COPY", "{a}k", "{b}c"]),
             s.cli(&["RENAME", "{a}k", "{b}k"]),
             s.cli(&["MSETNX", "{a}new", "1", "{b}new", "2"]),
         ];
         if standalone {
-            assert_eq!(across, ["OK", "(integer) 1"]);
+            assert_eq!(across, ["(integer) 1", "OK", "(integer) 1"]);
         } else {
             let crossslot = "(error) CROSSSLOT Keys in request don't hash to the same slot";
-            assert_eq!(across, [crossslot, crossslot]);
-            assert_eq!(s.cli(&["EXISTS", "{a}new", "{b}new"]), "(integer) 0");
+            assert_eq!(across, [crossslot, crossslot, crossslot]);
+            assert_eq!(
+                s.cli(&["EXISTS", "{a}new", "{b}new", "{b}c"]),
+                "(integer) 0"
+            );
         }
     }
 }

@@ -105,6 +105,7 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::Append(..) => "append",
         Command::Rename { replace: true, .. } => "rename",
         Command::Rename { replace: false, .. } => "renamenx",
+        Command::Copy { .. } => "copy",
         Command::Time => "time",
         Command::Role => "role",
         Command::Persist(_) => "persist",
@@ -242,6 +243,10 @@ pub(crate) async fn execute(
                     (Renamed::TargetExists, false) => Frame::Integer(0),
                 })
         }
+        Command::Copy { from, to, replace } => m
+            .copy(b, from, to, replace)
+            .await
+            .map(|x| Frame::Integer(i64::from(x))),
         Command::Append(key, value) => m
             .append(b, key, value)
             .await
@@ -628,6 +633,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("rename", 3, &["write"], 1, 2, 1),
     ("renamenx", 3, &["write", "fast"], 1, 2, 1),
+    ("copy", -3, &["write", "denyoom"], 1, 2, 1),
     ("getset", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
