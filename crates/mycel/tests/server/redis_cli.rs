@@ -584,7 +584,7 @@ fn client_list_and_info_show_every_connection() {
         "lib-ver=1.2",
         "resp=2",
         "db=0",
-        "cmd=client",
+        "cmd=client|setinfo",
     ] {
         assert!(line.contains(want), "{want} missing: {line}");
     }
@@ -611,6 +611,7 @@ fn client_list_and_info_show_every_connection() {
     // CLIENT INFO is the caller's own line; HELLO 3 shows as resp=3.
     let info = s.cli_session("HELLO 3\nCLIENT INFO\n");
     assert!(info.contains(" resp=3 "), "{info}");
+    assert!(info.contains(" cmd=client|info "), "{info}");
     // A new connection has run nothing yet; one that ran a GET shows it.
     let mut b = s.connect();
     // (Its registration may trail the accept when connections run on several threads.)

@@ -129,6 +129,31 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
     }
 }
 
+/// The command's name as `CLIENT LIST` shows it (`cmd=`): Redis 7's, with a container
+/// command's subcommand (`client|list`).
+pub(crate) fn full_name(cmd: &Command) -> &'static str {
+    match cmd {
+        Command::ClientSetName(_) => "client|setname",
+        Command::ClientGetName => "client|getname",
+        Command::ClientId => "client|id",
+        Command::ClientSetInfo(..) => "client|setinfo",
+        Command::ClientInfo => "client|info",
+        Command::ClientList(_) => "client|list",
+        Command::ConfigGet(_) => "config|get",
+        Command::Command(args) => {
+            let sub = args.first().map(|a| a.to_ascii_lowercase());
+            match sub.as_deref() {
+                Some(b"count") => "command|count",
+                Some(b"info") => "command|info",
+                Some(b"docs") => "command|docs",
+                Some(b"list") => "command|list",
+                _ => "command",
+            }
+        }
+        cmd => name(cmd),
+    }
+}
+
 /// The error reply for a failed operation, in Redis's words where Redis has them.
 pub(crate) fn error_frame(e: &Error) -> Frame {
     match e {

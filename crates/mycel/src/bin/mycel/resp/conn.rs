@@ -81,7 +81,7 @@ async fn run(
             }
         };
         let name = apply::name(&cmd);
-        session.command(name);
+        session.command(apply::full_name(&cmd));
         let cmd = match apply::batchable(cmd) {
             Ok((op, shape)) => {
                 batch.ops.push(op);
