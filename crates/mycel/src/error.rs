@@ -91,8 +91,9 @@ pub enum Error {
         /// What the cluster layer reported.
         reason: String,
     },
-    /// A multi-key operation that is atomic at one primary (`rename`) named keys of
-    /// different partitions; a hash tag (`{user1}.a`, `{user1}.b`) keeps keys together.
+    /// A multi-key operation that is atomic at one primary (`rename`, `mset_nx`, `copy`)
+    /// named keys of different partitions; a hash tag (`{user1}.a`, `{user1}.b`) keeps
+    /// keys together.
     #[error("keys of different partitions in one operation")]
     CrossSlot,
     /// The operation exists only in standalone mode (for example `flush`, creating a

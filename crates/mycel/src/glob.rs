@@ -82,8 +82,9 @@ fn class(pattern: &[u8], mut p: usize, c: u8, nocase: bool) -> Option<usize> {
         match pattern.get(p) {
             None => break,
             Some(b'\\') if p + 1 < pattern.len() => {
+                // Exact case even without case, as in Redis.
                 p += 1;
-                found |= same(pattern[p]);
+                found |= pattern[p] == c;
             }
             Some(b']') => {
                 p += 1;
@@ -275,6 +276,9 @@ mod tests {
         // (checked against redis-server 7.0.15's CONFIG GET).
         assert!(!matches_nocase(b"[Z-a]axmemory", b"maxmemory"));
         assert!(matches_nocase(b"[A-Z]axmemory", b"maxmemory"));
+        // An escaped byte in a class keeps its case (Redis: `CONFIG GET sav[\E]` is empty).
+        assert!(!matches_nocase(b"sav[\\E]", b"save"));
+        assert!(matches_nocase(b"sav[\\e]", b"save"));
     }
 
     #[test]

@@ -909,7 +909,10 @@ impl Mycel {
         };
         let mut from = cursor >> 16;
         let pattern = pattern.map(Bytes::copy_from_slice);
-        let mut width = u16::try_from(count).unwrap_or(u16::MAX).max(1);
+        let requested = u16::try_from(count).unwrap_or(u16::MAX).max(1);
+        // A step that resumes within a partition reads that partition alone first: it is
+        // large, and the partitions after it would be read again after each of its pages.
+        let mut width = if from > 0 { 1 } else { requested };
         let mut keys = Vec::new();
         loop {
             let end = start.saturating_add(width).min(partitions);
@@ -950,11 +953,15 @@ impl Mycel {
                 });
             }
             start = end;
-            from = 0;
             if start == partitions || keys.len() >= count {
                 break;
             }
-            width = width.saturating_mul(2);
+            width = if from > 0 {
+                requested
+            } else {
+                width.saturating_mul(2)
+            };
+            from = 0;
         }
         Ok(ScanPage {
             cursor: if start == partitions {

@@ -165,7 +165,8 @@ pub struct ClusterConfig {
     /// Period of the background step (membership, tables, transfers, expiry). Default
     /// 50 ms.
     pub tick_interval: Duration,
-    /// Largest page of a partition transfer or replication batch, in bytes. Default 1 MiB.
+    /// Largest page of a partition transfer, a replication batch or one partition's keys
+    /// in a `SCAN` step, in bytes. Default 1 MiB.
     pub page_bytes: usize,
     /// The nodosum message size limit (`limits.max_message_size`) this node runs with.
     /// Default 4 MiB, nodosum's default.

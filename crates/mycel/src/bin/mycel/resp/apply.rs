@@ -140,6 +140,8 @@ pub(crate) fn full_name(cmd: &Command) -> &'static str {
         Command::ClientInfo => "client|info",
         Command::ClientList(_) => "client|list",
         Command::ConfigGet(_) => "config|get",
+        Command::Ttl(_, true) => "pttl",
+        Command::ExpireTime(_, true) => "pexpiretime",
         Command::Command(args) => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match sub.as_deref() {
