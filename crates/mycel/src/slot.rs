@@ -105,6 +105,17 @@ impl Partitioning {
         self.partition_of_slot(Slot::of(key))
     }
 
+    /// The partition every key of `keys` is in; `None` if they are in several (or there
+    /// are none). Operations atomic at one primary need one.
+    pub fn common_partition<'k>(
+        self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Option<Partition> {
+        let mut keys = keys.into_iter().map(|k| self.partition_of(k));
+        let first = keys.next()?;
+        keys.all(|p| p == first).then_some(first)
+    }
+
     /// The slots of `partition`.
     pub fn slots(self, partition: Partition) -> Range<u16> {
         let per = self.slots_per_partition();
@@ -266,6 +277,15 @@ mod tests {
         assert_eq!(Slot::of(b"foo{hash_tag}").get(), 2515);
         assert_eq!(Slot::of(b"bar{hash_tag}").get(), 2515);
         assert_eq!(Slot::of(b"").get(), 0);
+    }
+
+    #[test]
+    fn common_partition_of_keys() {
+        let p = Partitioning::default();
+        let tagged: [&[u8]; 3] = [b"{u}a", b"{u}b", b"{u}"];
+        assert_eq!(p.common_partition(tagged), Some(p.partition_of(b"u")));
+        assert_eq!(p.common_partition([&b"{a}k"[..], b"{b}k"]), None);
+        assert_eq!(p.common_partition(std::iter::empty()), None);
     }
 
     #[test]

@@ -976,14 +976,11 @@ impl Cluster {
         bucket: &str,
         pairs: Vec<(Bytes, Bytes)>,
     ) -> Result<bool, ClusterError> {
-        let partitioning = self.inner.config.mycel.store.partitioning;
         let Some(first) = pairs.first().map(|(k, _)| k.clone()) else {
             return Ok(true);
         };
-        let p = partitioning.partition_of(&first);
-        if pairs.iter().any(|(k, _)| partitioning.partition_of(k) != p) {
-            return Err(Error::CrossSlot.into());
-        }
+        self.inner
+            .one_partition(pairs.iter().map(|(k, _)| &k[..]))?;
         let op = Op::MSetNx {
             bucket: bucket.into(),
             entries: pairs
@@ -1008,10 +1005,7 @@ impl Cluster {
         replace: bool,
     ) -> Result<bool, ClusterError> {
         let (from, to) = (from.into(), to.into());
-        let partitioning = self.inner.config.mycel.store.partitioning;
-        if partitioning.partition_of(&from) != partitioning.partition_of(&to) {
-            return Err(Error::CrossSlot.into());
-        }
+        self.inner.one_partition([&from[..], &to[..]])?;
         let op = Op::Copy {
             bucket: bucket.into(),
             key: WBytes(from.clone()),
@@ -1035,10 +1029,7 @@ impl Cluster {
         replace: bool,
     ) -> Result<Renamed, ClusterError> {
         let (from, to) = (from.into(), to.into());
-        let partitioning = self.inner.config.mycel.store.partitioning;
-        if partitioning.partition_of(&from) != partitioning.partition_of(&to) {
-            return Err(Error::CrossSlot.into());
-        }
+        self.inner.one_partition([&from[..], &to[..]])?;
         let op = Op::Rename {
             bucket: bucket.into(),
             key: WBytes(from.clone()),
@@ -1903,6 +1894,18 @@ impl Inner {
             }
         }
         results
+    }
+
+    /// [`Error::CrossSlot`] unless `keys` are all of one partition (an operation atomic
+    /// at one primary).
+    fn one_partition<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Result<(), ClusterError> {
+        match self.config.mycel.store.partitioning.common_partition(keys) {
+            Some(_) => Ok(()),
+            None => Err(Error::CrossSlot.into()),
+        }
     }
 
     /// The partition whose primary executes `op` ([`Op::partition`]).

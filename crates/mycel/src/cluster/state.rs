@@ -884,10 +884,8 @@ impl State {
                 OpReply::Unit
             }
             Op::MSetNx { bucket, entries } => {
-                let partitioning = store.config().partitioning;
-                let mut partitions = entries.iter().map(|(k, _)| partitioning.partition_of(&k.0));
-                let first = partitions.next();
-                if partitions.any(|p| Some(p) != first) {
+                let keys = entries.iter().map(|(k, _)| &k.0[..]);
+                if store.config().partitioning.common_partition(keys).is_none() {
                     return Err(Refusal::BadRequest);
                 }
                 let b = bucket_of(store, bucket)?;
@@ -906,10 +904,8 @@ impl State {
                 to,
                 replace,
             } => {
-                let partitioning = store.config().partitioning;
-                if key == to
-                    || partitioning.partition_of(&key.0) != partitioning.partition_of(&to.0)
-                {
+                let keys = [&key.0[..], &to.0[..]];
+                if key == to || store.config().partitioning.common_partition(keys).is_none() {
                     return Err(Refusal::BadRequest);
                 }
                 let b = bucket_of(store, bucket)?;
@@ -926,8 +922,8 @@ impl State {
                 to,
                 replace,
             } => {
-                let partitioning = store.config().partitioning;
-                if partitioning.partition_of(&key.0) != partitioning.partition_of(&to.0) {
+                let keys = [&key.0[..], &to.0[..]];
+                if store.config().partitioning.common_partition(keys).is_none() {
                     return Err(Refusal::BadRequest);
                 }
                 let b = bucket_of(store, bucket)?;
