@@ -903,39 +903,39 @@ impl State {
                 key,
                 to,
                 replace,
-            } => {
-                let keys = [&key.0[..], &to.0[..]];
-                if key == to || store.config().partitioning.common_partition(keys).is_none() {
-                    return Err(Refusal::BadRequest);
-                }
-                let b = bucket_of(store, bucket)?;
-                let w = store
-                    .copy(b, &key.0, to.0.clone(), *replace, now, e)
-                    .map_err(err)?;
-                let done = w.is_some();
-                writes.extend(w);
-                OpReply::Bool(done)
             }
-            Op::Rename {
+            | Op::Rename {
                 bucket,
                 key,
                 to,
                 replace,
             } => {
+                let copy = matches!(op, Op::Copy { .. });
                 let keys = [&key.0[..], &to.0[..]];
-                if store.config().partitioning.common_partition(keys).is_none() {
+                if (copy && key == to)
+                    || store.config().partitioning.common_partition(keys).is_none()
+                {
                     return Err(Refusal::BadRequest);
                 }
                 let b = bucket_of(store, bucket)?;
-                let (done, ws) = store
-                    .rename(b, key.0.clone(), to.0.clone(), *replace, now, e)
-                    .map_err(err)?;
-                writes.extend(ws);
-                OpReply::Int(match done {
-                    Renamed::Done => 1,
-                    Renamed::TargetExists => 0,
-                    Renamed::Missing => -1,
-                })
+                if copy {
+                    let w = store
+                        .copy(b, &key.0, to.0.clone(), *replace, now, e)
+                        .map_err(err)?;
+                    let done = w.is_some();
+                    writes.extend(w);
+                    OpReply::Bool(done)
+                } else {
+                    let (done, ws) = store
+                        .rename(b, key.0.clone(), to.0.clone(), *replace, now, e)
+                        .map_err(err)?;
+                    writes.extend(ws);
+                    OpReply::Int(match done {
+                        Renamed::Done => 1,
+                        Renamed::TargetExists => 0,
+                        Renamed::Missing => -1,
+                    })
+                }
             }
             Op::Append { bucket, key, value } => {
                 let b = bucket_of(store, bucket)?;
