@@ -829,10 +829,7 @@ impl Store {
         epoch: u64,
     ) -> Result<Option<Write>, Error> {
         self.bucket_ref(bucket)?;
-        let Some((value, current)) = self
-            .live(bucket, &key, now)
-            .and_then(|e| Some((e.value.clone()?, e.expiry())))
-        else {
+        let Some((value, current)) = self.live_value(bucket, &key, now) else {
             return Ok(None);
         };
         if !condition.allows(current, at) {
@@ -954,10 +951,7 @@ impl Store {
         epoch: u64,
     ) -> Result<Option<Write>, Error> {
         self.bucket_ref(bucket)?;
-        let Some((value, expires_at)) = self
-            .live(bucket, from, now)
-            .and_then(|e| Some((e.value.clone()?, e.expiry())))
-        else {
+        let Some((value, expires_at)) = self.live_value(bucket, from, now) else {
             return Ok(None);
         };
         if !replace && self.live(bucket, &to, now).is_some() {
@@ -984,10 +978,7 @@ impl Store {
         epoch: u64,
     ) -> Result<(Renamed, Vec<Write>), Error> {
         self.bucket_ref(bucket)?;
-        let Some((value, expires_at)) = self
-            .live(bucket, &from, now)
-            .and_then(|e| Some((e.value.clone()?, e.expiry())))
-        else {
+        let Some((value, expires_at)) = self.live_value(bucket, &from, now) else {
             return Ok((Renamed::Missing, Vec::new()));
         };
         let not_done = if replace {
@@ -1017,8 +1008,8 @@ impl Store {
         epoch: u64,
     ) -> Result<(usize, Write), Error> {
         let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
-        let (old, expires_at) = match self.live(bucket, &key, now) {
-            Some(e) => (e.value.clone(), e.expiry()),
+        let (old, expires_at) = match self.live_value(bucket, &key, now) {
+            Some((value, expires_at)) => (Some(value), expires_at),
             None => (None, default_ttl.map(|d| now.saturating_add(d))),
         };
         let old = old.as_deref().unwrap_or_default();
@@ -1304,6 +1295,17 @@ impl Store {
     pub fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
         let bucket_max = self.bucket_options(bucket).and_then(|o| o.max_value_len);
         self.config.check_size(bucket_max, key.len(), value_len)
+    }
+
+    /// The value and expiry of `key` if it is live (see [`live`](Self::live)).
+    fn live_value(
+        &mut self,
+        bucket: BucketId,
+        key: &[u8],
+        now: Timestamp,
+    ) -> Option<(Arc<[u8]>, Option<Timestamp>)> {
+        self.live(bucket, key, now)
+            .and_then(|e| Some((e.value.clone()?, e.expiry())))
     }
 
     /// The entry of `key` if it is live; removes it if it has expired.
