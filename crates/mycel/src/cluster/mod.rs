@@ -1004,15 +1004,13 @@ impl Cluster {
         to: impl Into<Bytes>,
         replace: bool,
     ) -> Result<bool, ClusterError> {
-        let (from, to) = (from.into(), to.into());
-        self.inner.one_partition([&from[..], &to[..]])?;
-        let op = Op::Copy {
-            bucket: bucket.into(),
-            key: WBytes(from.clone()),
-            to: WBytes(to),
+        let op = |bucket, key, to| Op::Copy {
+            bucket,
+            key,
+            to,
             replace,
         };
-        match self.inner.route(&from, op, true).await? {
+        match self.route_pair(bucket, from.into(), to.into(), op).await? {
             OpReply::Bool(done) => Ok(done),
             _ => Err(self.inner.protocol()),
         }
@@ -1028,20 +1026,32 @@ impl Cluster {
         to: impl Into<Bytes>,
         replace: bool,
     ) -> Result<Renamed, ClusterError> {
-        let (from, to) = (from.into(), to.into());
-        self.inner.one_partition([&from[..], &to[..]])?;
-        let op = Op::Rename {
-            bucket: bucket.into(),
-            key: WBytes(from.clone()),
-            to: WBytes(to),
+        let op = |bucket, key, to| Op::Rename {
+            bucket,
+            key,
+            to,
             replace,
         };
-        match self.inner.route(&from, op, true).await? {
+        match self.route_pair(bucket, from.into(), to.into(), op).await? {
             OpReply::Int(1) => Ok(Renamed::Done),
             OpReply::Int(0) => Ok(Renamed::TargetExists),
             OpReply::Int(-1) => Ok(Renamed::Missing),
             _ => Err(self.inner.protocol()),
         }
+    }
+
+    /// Runs the write `op` makes of `bucket`, `from` and `to` at their primary: the two
+    /// keys must be of one partition ([`Error::CrossSlot`] otherwise).
+    async fn route_pair(
+        &self,
+        bucket: &str,
+        from: Bytes,
+        to: Bytes,
+        op: impl FnOnce(WStr, WBytes, WBytes) -> Op,
+    ) -> Result<OpReply, ClusterError> {
+        self.inner.one_partition([&from[..], &to[..]])?;
+        let op = op(bucket.into(), WBytes(from.clone()), WBytes(to));
+        self.inner.route(&from, op, true).await
     }
 
     /// The values of `keys`, in order: one request per primary.
