@@ -176,8 +176,9 @@ pub enum Command {
     /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: one step of a scan of the
     /// connection's bucket (see `Mycel::scan`).
     Scan(Scan),
-    /// `KEYS pattern`: every key of the connection's bucket that matches.
-    Keys(Bytes),
+    /// `KEYS pattern`: every key of the connection's bucket that matches (`None` for
+    /// `*`, every key).
+    Keys(Option<Bytes>),
     /// `FLUSHDB [ASYNC|SYNC]`.
     FlushDb,
     /// `SELECT index`: only database 0 exists.
@@ -423,7 +424,7 @@ impl Command {
             }
             "keys" => {
                 arity(rest.len() == 1)?;
-                Self::Keys(key())
+                Self::Keys(key_pattern(&rest[0]))
             }
             "flushdb" | "flushall" => {
                 arity(rest.len() <= 1)?;
@@ -782,6 +783,12 @@ pub struct Scan {
     pub strings: bool,
 }
 
+/// A `KEYS` or `SCAN ... MATCH` pattern: `None` for `*`, which matches every key (and
+/// needs no matching).
+fn key_pattern(pattern: &Bytes) -> Option<Bytes> {
+    (pattern[..] != *b"*").then(|| pattern.clone())
+}
+
 /// `SCAN`'s arguments as Redis 7.0 reads them: the cursor as C's `strtoul` with nothing
 /// after it, then option pairs in any order and number, the last of a kind winning.
 fn parse_scan(rest: &[Bytes]) -> Result<Scan, Frame> {
@@ -799,7 +806,7 @@ fn parse_scan(rest: &[Bytes]) -> Result<Scan, Frame> {
                 .filter(|&n| n >= 1)
                 .ok_or_else(syntax_error)?;
         } else if opt.eq_ignore_ascii_case(b"match") {
-            scan.pattern = (value[..] != *b"*").then(|| value.clone());
+            scan.pattern = key_pattern(value);
         } else if opt.eq_ignore_ascii_case(b"type") {
             scan.strings = value.eq_ignore_ascii_case(b"string");
         } else {
@@ -1174,8 +1181,9 @@ mod tests {
         );
         assert_eq!(
             parse("KEYS a*"),
-            Ok(Command::Keys(Bytes::from_static(b"a*")))
+            Ok(Command::Keys(Some(Bytes::from_static(b"a*"))))
         );
+        assert_eq!(parse("KEYS *"), Ok(Command::Keys(None)));
         assert_eq!(
             parse("KEYS a b"),
             err("ERR wrong number of arguments for 'keys' command")

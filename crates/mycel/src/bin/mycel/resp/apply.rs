@@ -303,7 +303,7 @@ pub(crate) async fn execute(
                     Frame::Array(keys.into_iter().map(Frame::Bulk).collect()),
                 ])
             }),
-        Command::Keys(pattern) => keys(m, b, &pattern)
+        Command::Keys(pattern) => keys(m, b, pattern.as_deref())
             .await
             .map(|keys| Frame::Array(keys.into_iter().map(Frame::Bulk).collect())),
         Command::FlushDb => match m.flush().await {
@@ -737,8 +737,7 @@ fn command_reply(args: &[Bytes]) -> Frame {
 }
 
 /// `KEYS pattern`: a scan over every partition.
-async fn keys(m: &Mycel, b: BucketId, pattern: &[u8]) -> Result<Vec<Bytes>, Error> {
-    let pattern = (pattern != b"*").then_some(pattern);
+async fn keys(m: &Mycel, b: BucketId, pattern: Option<&[u8]>) -> Result<Vec<Bytes>, Error> {
     let mut keys = Vec::new();
     let mut cursor = 0;
     loop {
