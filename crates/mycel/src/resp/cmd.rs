@@ -86,6 +86,26 @@ pub enum ClientAttr {
     LibVer,
 }
 
+/// Which connections `CLIENT KILL` closes: those matching every filter given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KillFilter {
+    /// `ID id`: the connection with this ID.
+    pub id: Option<u64>,
+    /// `ADDR ip:port` (or the old form's address): the client's address, as `CLIENT LIST`
+    /// shows it.
+    pub addr: Option<Bytes>,
+    /// `LADDR ip:port`: the address it connected to.
+    pub laddr: Option<Bytes>,
+    /// `TYPE master|replica|slave|pubsub`: a kind of connection Mycel never has, so
+    /// nothing matches. (`TYPE normal` and `USER default` match every connection.)
+    pub none: bool,
+    /// `SKIPME yes` (the default of the filter form): the calling connection is spared.
+    pub skip_me: bool,
+    /// The old form, `CLIENT KILL ip:port`: answers `+OK` or `No such client` rather than
+    /// a count, and may close the caller.
+    pub old_form: bool,
+}
+
 /// The argument of `MYCEL.BUCKET`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BucketArg {
@@ -199,6 +219,9 @@ pub enum Command {
     /// those with the IDs given (`Some`), in that order; a `TYPE` other than `normal`
     /// lists none (`Some` of no IDs).
     ClientList(Option<Vec<i64>>),
+    /// `CLIENT KILL ip:port` or `CLIENT KILL filter value [filter value...]`: closes the
+    /// matching connections of this node.
+    ClientKill(KillFilter),
     /// `TIME`: this node's clock, as seconds and microseconds.
     Time,
     /// `ROLE`: a primary without Redis replicas, as Redis answers.
@@ -706,6 +729,10 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
             Command::ClientInfo
         }
         "list" => parse_client_list(&rest[1..])?,
+        "kill" => {
+            arity(rest.len() >= 2)?;
+            Command::ClientKill(parse_client_kill(&rest[1..])?)
+        }
         _ => {
             return Err(Frame::err(format!(
                 "unknown subcommand '{}'. Try CLIENT HELP.",
@@ -740,6 +767,64 @@ fn parse_client_list(opts: &[Bytes]) -> Result<Command, Frame> {
             .map(|ids| Command::ClientList(Some(ids))),
         _ => Err(syntax_error()),
     }
+}
+
+/// `CLIENT KILL`'s arguments as Redis 7.0 reads them: one address (the old form), or
+/// filter and value pairs checked in order, the first bad one answering its error.
+fn parse_client_kill(args: &[Bytes]) -> Result<KillFilter, Frame> {
+    if let [addr] = args {
+        return Ok(KillFilter {
+            addr: Some(addr.clone()),
+            old_form: true,
+            ..KillFilter::default()
+        });
+    }
+    let mut filter = KillFilter {
+        skip_me: true,
+        ..KillFilter::default()
+    };
+    for pair in args.chunks(2) {
+        let [option, value] = pair else {
+            return Err(syntax_error());
+        };
+        match option.to_ascii_lowercase().as_slice() {
+            b"id" => {
+                let id = int(value)
+                    .ok()
+                    .and_then(|id| u64::try_from(id).ok())
+                    .filter(|&id| id > 0)
+                    .ok_or_else(|| Frame::err("client-id should be greater than 0"))?;
+                filter.id = Some(id);
+            }
+            b"type" => match value.to_ascii_lowercase().as_slice() {
+                b"normal" => {}
+                b"master" | b"replica" | b"slave" | b"pubsub" => filter.none = true,
+                _ => {
+                    return Err(Frame::err(format!(
+                        "Unknown client type '{}'",
+                        String::from_utf8_lossy(value)
+                    )));
+                }
+            },
+            b"addr" => filter.addr = Some(value.clone()),
+            b"laddr" => filter.laddr = Some(value.clone()),
+            // `default` is the only user, and the user of every connection.
+            b"user" if value.as_ref() == b"default" => {}
+            b"user" => {
+                return Err(Frame::err(format!(
+                    "No such user '{}'",
+                    String::from_utf8_lossy(value)
+                )));
+            }
+            b"skipme" => match value.to_ascii_lowercase().as_slice() {
+                b"yes" => filter.skip_me = true,
+                b"no" => filter.skip_me = false,
+                _ => return Err(syntax_error()),
+            },
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(filter)
 }
 
 /// `COPY`'s options as Redis 7.0 reads them: `REPLACE` and `DB n` in any order and
@@ -1049,6 +1134,9 @@ mod tests {
         "normal",
         "pubsub",
         "setinfo",
+        "kill",
+        "skipme",
+        "addr",
         "lib-name",
         "lib-ver",
         "auth",
@@ -1639,5 +1727,88 @@ mod tests {
             Ok(Command::ConfigGet(vec!["save".into()]))
         );
         assert_eq!(parse("SELECT 0"), Ok(Command::Select(0)));
+    }
+
+    /// `CLIENT KILL`'s two forms and their errors, checked against redis-server 7.0.15.
+    #[test]
+    fn client_kill_as_redis_reads_it() {
+        let kill = |f: KillFilter| Ok(Command::ClientKill(f));
+        // The old form: one address, the caller not spared.
+        assert_eq!(
+            parse("CLIENT KILL 127.0.0.1:5000"),
+            kill(KillFilter {
+                addr: Some("127.0.0.1:5000".into()),
+                old_form: true,
+                ..KillFilter::default()
+            })
+        );
+        // Filters in pairs, any case, the caller spared unless SKIPME no; the last of a
+        // repeated filter wins.
+        assert_eq!(
+            parse("client kill id 9 Id 12 laddr 127.0.0.1:6379 TYPE Normal USER default"),
+            kill(KillFilter {
+                id: Some(12),
+                laddr: Some("127.0.0.1:6379".into()),
+                skip_me: true,
+                ..KillFilter::default()
+            })
+        );
+        assert_eq!(
+            parse("CLIENT KILL ADDR 127.0.0.1:1 SKIPME No"),
+            kill(KillFilter {
+                addr: Some("127.0.0.1:1".into()),
+                skip_me: false,
+                ..KillFilter::default()
+            })
+        );
+        assert_eq!(
+            parse("CLIENT KILL TYPE pubsub"),
+            kill(KillFilter {
+                none: true,
+                skip_me: true,
+                ..KillFilter::default()
+            })
+        );
+        assert_eq!(
+            parse("CLIENT KILL"),
+            err("ERR wrong number of arguments for 'client|kill' command")
+        );
+        for bad in ["0", "-3", "x", "1.5", "99999999999999999999"] {
+            assert_eq!(
+                parse(&format!("CLIENT KILL ID {bad}")),
+                err("ERR client-id should be greater than 0"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("CLIENT KILL TYPE bogus"),
+            err("ERR Unknown client type 'bogus'")
+        );
+        assert_eq!(
+            parse("CLIENT KILL USER alice"),
+            err("ERR No such user 'alice'")
+        );
+        for bad in [
+            "CLIENT KILL ID 1 SKIPME",
+            "CLIENT KILL ID 1 SKIPME maybe",
+            "CLIENT KILL a b",
+            "CLIENT KILL MAXAGE 10",
+            "CLIENT KILL ID 1 TYPE",
+        ] {
+            assert_eq!(parse(bad), err("ERR syntax error"), "{bad}");
+        }
+        // Checked in order: the first bad filter answers.
+        assert_eq!(
+            parse("CLIENT KILL ID 0 TYPE bogus"),
+            err("ERR client-id should be greater than 0")
+        );
+        assert_eq!(
+            parse("CLIENT KILL TYPE bogus ID 0"),
+            err("ERR Unknown client type 'bogus'")
+        );
+        assert_eq!(
+            parse("CLIENT KILL SKIPME maybe USER alice"),
+            err("ERR syntax error")
+        );
     }
 }

@@ -634,3 +634,52 @@ fn client_list_and_info_show_every_connection() {
         !redis_cli_raw(&s, &["CLIENT", "LIST"]).contains(&mine)
     });
 }
+
+/// `CLIENT KILL` closes other connections wherever they are served (two connection
+/// threads here), takes them out of `CLIENT LIST` at once, and answers as Redis 7 does in
+/// both forms.
+#[test]
+fn client_kill_closes_matching_connections() {
+    use crate::util::{expect_closed, roundtrip};
+    let s = Server::start(&["--resp-threads", "2"]);
+    let id_of = |c: &mut std::net::TcpStream| {
+        raw_line(c, "CLIENT ID\r\n")
+            .trim_start_matches(':')
+            .to_owned()
+    };
+    // By ID, from another connection: counted, closed, gone from the list.
+    let mut a = s.connect();
+    let a_id = id_of(&mut a);
+    assert_eq!(s.cli(&["CLIENT", "KILL", "ID", &a_id]), "(integer) 1");
+    expect_closed(&mut a);
+    let list = redis_cli_raw(&s, &["CLIENT", "LIST"]);
+    assert!(!list.contains(&format!("id={a_id} ")), "{list}");
+    assert_eq!(s.cli(&["CLIENT", "KILL", "ID", &a_id]), "(integer) 0");
+    // The old form, by the client's address: +OK, then "No such client".
+    let mut b = s.connect();
+    let b_addr = b.local_addr().expect("address").to_string();
+    roundtrip(&mut b, b"PING\r\n", b"+PONG\r\n");
+    assert_eq!(s.cli(&["CLIENT", "KILL", &b_addr]), "OK");
+    expect_closed(&mut b);
+    assert_eq!(
+        s.cli(&["CLIENT", "KILL", &b_addr]),
+        "(error) ERR No such client"
+    );
+    // Filters spare the caller unless SKIPME no; a type Mycel never has matches nothing.
+    let mut c = s.connect();
+    let c_id = id_of(&mut c);
+    let mut d = s.connect();
+    roundtrip(&mut d, b"PING\r\n", b"+PONG\r\n");
+    roundtrip(&mut c, b"CLIENT KILL TYPE master\r\n", b":0\r\n");
+    let laddr = format!("CLIENT KILL LADDR {} USER default\r\n", s.resp);
+    roundtrip(&mut c, laddr.as_bytes(), b":1\r\n");
+    expect_closed(&mut d);
+    roundtrip(&mut c, b"PING\r\n", b"+PONG\r\n");
+    // Killing itself, the caller gets its reply and is closed after it.
+    let me = format!("CLIENT KILL ID {c_id} SKIPME no\r\n");
+    roundtrip(&mut c, me.as_bytes(), b":1\r\n");
+    expect_closed(&mut c);
+    eventually("every killed connection leaving CLIENT LIST", || {
+        redis_cli_raw(&s, &["CLIENT", "LIST"]).lines().count() == 1
+    });
+}

@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mycel::Mycel;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
+use crate::resp::cmd::KillFilter;
 use crate::resp::parse::RequestLimits;
 
 /// This node as the admin API and `INFO` describe it.
@@ -70,6 +72,8 @@ pub(crate) struct Client {
     pub(crate) laddr: SocketAddr,
     /// When it connected, and what it did last.
     pub(crate) activity: Arc<Activity>,
+    /// Pulled by `CLIENT KILL` from another connection.
+    pub(crate) kill: Arc<KillSwitch>,
     /// `CLIENT SETNAME`.
     pub(crate) name: Option<Bytes>,
     /// `CLIENT SETINFO LIB-NAME`.
@@ -91,6 +95,7 @@ impl Client {
                 last_ms: AtomicU64::new(0),
                 cmd: Mutex::new("NULL"),
             }),
+            kill: Arc::default(),
             name: None,
             lib_name: None,
             lib_ver: None,
@@ -150,6 +155,35 @@ impl Activity {
         if *last != cmd {
             *last = cmd;
             *self.cmd.lock().unwrap_or_else(PoisonError::into_inner) = cmd;
+        }
+    }
+}
+
+/// How `CLIENT KILL` on one connection closes another, whichever thread serves it.
+#[derive(Debug, Default)]
+pub(crate) struct KillSwitch {
+    pulled: AtomicBool,
+    notify: Notify,
+}
+
+impl KillSwitch {
+    /// Closes the connection: it sends nothing more (not even the replies it is
+    /// preparing), as Redis drops a killed client's pending output.
+    fn pull(&self) {
+        self.pulled.store(true, Ordering::Release);
+        // A permit is kept when the connection is not waiting right now.
+        self.notify.notify_one();
+    }
+
+    /// Whether the connection was killed.
+    pub(crate) fn pulled(&self) -> bool {
+        self.pulled.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection was killed.
+    pub(crate) async fn wait(&self) {
+        while !self.pulled() {
+            self.notify.notified().await;
         }
     }
 }
@@ -237,6 +271,38 @@ impl Shared {
             }
         }
         out
+    }
+
+    /// `CLIENT KILL` from connection `me`: closes every other connection that `filter`
+    /// matches and takes it out of the list at once. Returns how many matched, and
+    /// whether `me` matched too (then the caller closes itself after its reply).
+    pub(crate) fn kill_clients(&self, filter: &KillFilter, me: u64) -> (usize, bool) {
+        if filter.none {
+            return (0, false);
+        }
+        let text_is = |want: &Option<Bytes>, addr: &SocketAddr| {
+            want.as_ref()
+                .is_none_or(|w| w.as_ref() == addr.to_string().as_bytes())
+        };
+        let mut killed = 0;
+        let mut myself = false;
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.retain(|&id, c| {
+            let matches = filter.id.is_none_or(|want| want == id)
+                && text_is(&filter.addr, &c.addr)
+                && text_is(&filter.laddr, &c.laddr);
+            if !matches || (id == me && filter.skip_me) {
+                return true;
+            }
+            killed += 1;
+            if id == me {
+                myself = true;
+                return true;
+            }
+            c.kill.pull();
+            false
+        });
+        (killed, myself)
     }
 
     /// Whether the server is serving.

@@ -13,7 +13,7 @@ use mycel::{
 
 use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
-use crate::state::{Activity, Client, Registration, Shared};
+use crate::state::{Activity, Client, KillSwitch, Registration, Shared};
 
 /// Protocol version Redis compatibility is claimed at (`INFO`'s `redis_version`, `HELLO`).
 pub(crate) const REDIS_COMPAT_VERSION: &str = "7.2.0";
@@ -34,12 +34,15 @@ pub(crate) struct Session {
     /// What `CLIENT LIST` shows of its activity, and the command name last stored there.
     activity: Arc<Activity>,
     last_cmd: &'static str,
+    /// Pulled when another connection kills this one (`CLIENT KILL`).
+    pub(crate) kill: Arc<KillSwitch>,
 }
 
 impl Session {
     /// A new connection's session, listed by `CLIENT LIST` until it is dropped.
     pub(crate) fn new(shared: &Shared, client: Client) -> Self {
         let activity = Arc::clone(&client.activity);
+        let kill = Arc::clone(&client.kill);
         let client = shared.register_client(client);
         Self {
             id: client.id(),
@@ -49,6 +52,7 @@ impl Session {
             bucket_name: mycel::DEFAULT_BUCKET.into(),
             activity,
             last_cmd: "NULL",
+            kill,
         }
     }
 
@@ -121,7 +125,8 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         | Command::ClientId
         | Command::ClientSetInfo(..)
         | Command::ClientInfo
-        | Command::ClientList(_) => "client",
+        | Command::ClientList(_)
+        | Command::ClientKill(_) => "client",
         Command::Command(_) => "command",
         Command::ConfigGet(_) => "config",
         Command::Bucket(_) => "mycel.bucket",
@@ -139,6 +144,7 @@ pub(crate) fn full_name(cmd: &Command) -> &'static str {
         Command::ClientSetInfo(..) => "client|setinfo",
         Command::ClientInfo => "client|info",
         Command::ClientList(_) => "client|list",
+        Command::ClientKill(_) => "client|kill",
         Command::ConfigGet(_) => "config|get",
         Command::Ttl(_, true) => "pttl",
         Command::ExpireTime(_, true) => "pexpiretime",
@@ -344,6 +350,23 @@ pub(crate) async fn execute(
         }
         Command::ClientList(ids) => {
             Ok(Frame::Text(Bytes::from(shared.client_list(ids.as_deref()))))
+        }
+        Command::ClientKill(filter) => {
+            let (killed, myself) = shared.kill_clients(&filter, session.id);
+            let frame = match (filter.old_form, killed) {
+                (true, 0) => Frame::err("No such client"),
+                (true, _) => OK,
+                (false, n) => Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX)),
+            };
+            // A connection that killed itself gets its reply, then closes.
+            return (
+                frame,
+                if myself {
+                    After::Close
+                } else {
+                    After::Continue
+                },
+            );
         }
         Command::Command(args) => Ok(command_reply(&args)),
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),

@@ -130,8 +130,9 @@ fn count(counters: &mut Counters, shared: &Shared, name: &'static str, frame: &F
     }
 }
 
-/// Serves `stream` until the client leaves, breaks the protocol, or `shutdown` turns
-/// true (then the batch being executed is answered first).
+/// Serves `stream` until the client leaves, breaks the protocol, another connection
+/// kills it (`CLIENT KILL`), or `shutdown` turns true (then the batch being executed is
+/// answered first).
 pub(crate) async fn serve(
     mut stream: TcpStream,
     shared: Arc<Shared>,
@@ -161,6 +162,7 @@ pub(crate) async fn serve(
         let read = tokio::select! {
             r = stream.read_buf(&mut input) => r,
             _ = shutdown.changed() => break,
+            () = session.kill.wait() => break,
         };
         match read {
             Ok(0) => break,
@@ -205,6 +207,10 @@ pub(crate) async fn serve(
         }
         // The arguments share the input's allocation; drop them so it can be reused.
         args.clear();
+        if session.kill.pulled() {
+            // Killed by another connection while running these: nothing more is sent.
+            break;
+        }
         if !output.is_empty() {
             if let Err(e) = stream.write_all(&output).await {
                 tracing::debug!(client = session.id, error = %e, "write failed");
