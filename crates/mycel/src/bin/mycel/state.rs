@@ -180,11 +180,10 @@ impl KillSwitch {
         self.pulled.load(Ordering::Acquire)
     }
 
-    /// Completes once the connection was killed.
-    pub(crate) async fn wait(&self) {
-        while !self.pulled() {
-            self.notify.notified().await;
-        }
+    /// Completes once the connection was killed. One future serves the whole life of a
+    /// connection: it registers once, not at every read.
+    pub(crate) fn wait(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
     }
 }
 

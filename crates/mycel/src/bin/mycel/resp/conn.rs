@@ -155,14 +155,20 @@ pub(crate) async fn serve(
     let mut counters = Counters::default();
     let mut requests = Vec::new();
     let mut run_buf = Run::default();
+    // Both futures live as long as the connection, so a read registers no waiter; only a
+    // kill pulls the switch, so its first notification means killed.
+    let stop = shutdown.changed();
+    let kill = Arc::clone(&session.kill);
+    let killed = kill.wait();
+    tokio::pin!(stop, killed);
     loop {
         if input.capacity() - input.len() < READ_CHUNK / 4 {
             input.reserve(READ_CHUNK);
         }
         let read = tokio::select! {
             r = stream.read_buf(&mut input) => r,
-            _ = shutdown.changed() => break,
-            () = session.kill.wait() => break,
+            _ = &mut stop => break,
+            () = &mut killed => break,
         };
         match read {
             Ok(0) => break,
@@ -207,7 +213,7 @@ pub(crate) async fn serve(
         }
         // The arguments share the input's allocation; drop them so it can be reused.
         args.clear();
-        if session.kill.pulled() {
+        if kill.pulled() {
             // Killed by another connection while running these: nothing more is sent.
             break;
         }
