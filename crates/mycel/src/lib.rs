@@ -47,6 +47,7 @@ mod config;
 mod error;
 pub mod glob;
 mod handle;
+pub mod ldouble;
 pub mod placement;
 pub mod resp;
 pub mod routing;
