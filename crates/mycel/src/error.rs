@@ -64,6 +64,14 @@ pub enum Error {
     /// would overflow"). The value is unchanged.
     #[error("increment or decrement would overflow")]
     Overflow,
+    /// The stored value or the increment is not a number as Redis's `INCRBYFLOAT` reads
+    /// one (see [`crate::ldouble`]). The value is unchanged.
+    #[error("value is not a valid float")]
+    NotAFloat,
+    /// The sum would be infinite (an infinite increment, or one beyond the largest
+    /// `long double`). The value is unchanged.
+    #[error("increment would produce NaN or Infinity")]
+    NotFinite,
     /// A partition count that does not divide the 16384 key slots.
     #[error("partition count {count} must be between 1 and 16384 and divide 16384")]
     InvalidPartitionCount {

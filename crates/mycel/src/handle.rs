@@ -32,6 +32,7 @@ use crate::clock::Timestamp;
 use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, SetResult};
 use crate::config::Config;
 use crate::error::Error;
+use crate::ldouble::LongDouble;
 use crate::slot::Partition;
 use crate::store::{
     BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, Renamed, SetOptions, Store, Ttl,
@@ -738,6 +739,35 @@ impl Mycel {
             Backend::Cluster(c) => c
                 .cluster
                 .rename(c.name(bucket)?, from, to, replace)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
+    /// Adds `increment` to the number stored in `key` with Redis's `INCRBYFLOAT`
+    /// arithmetic ([`crate::ldouble`]: a missing key counts as 0, an existing one keeps
+    /// its expiry); the new value, as stored. [`Error::NotAFloat`] when the stored value
+    /// is no number, [`Error::NotFinite`] when the sum is infinite. Atomic at the owner.
+    pub async fn incr_by_float(
+        &self,
+        bucket: BucketId,
+        key: Bytes,
+        increment: LongDouble,
+    ) -> Result<Bytes, Error> {
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let (value, _write) = lock(&l.store).incr_by_float(
+                    bucket,
+                    key,
+                    increment,
+                    now(),
+                    STANDALONE_EPOCH,
+                )?;
+                Ok(value)
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .incr_by_float(c.name(bucket)?, key, increment)
                 .await
                 .map_err(cluster_error),
         }

@@ -22,20 +22,16 @@ const MIN_EXP: i64 = -16445;
 /// Exponent of the least significant bit of the largest finite value: (2^64-1) * 2^16320.
 const MAX_EXP: i64 = 16320;
 
-/// A finite `long double`, or infinity.
+/// A `long double`: finite, or an infinity (`strtold` reads `inf`, but no sum with it is
+/// finite, so its sign never matters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LongDouble {
-    /// `(-1)^neg * sig * 2^exp`, with `sig` normalised (its top bit set) unless `exp` is
-    /// [`MIN_EXP`] (a subnormal or zero).
-    Finite {
-        /// The sign (also of a zero).
-        neg: bool,
-        /// The significand.
-        sig: u64,
-        /// The power of two of its last bit.
-        exp: i64,
-    },
-    /// An infinity (of either sign): `strtold` reads `inf`, but no sum with it is finite.
+pub struct LongDouble(Repr);
+
+/// `(-1)^neg * sig * 2^exp`, with `sig` normalised (its top bit set) unless `exp` is
+/// [`MIN_EXP`] (a subnormal or zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repr {
+    Finite { neg: bool, sig: u64, exp: i64 },
     Infinite,
 }
 
@@ -49,11 +45,31 @@ pub struct NotFinite;
 
 impl LongDouble {
     /// Zero.
-    pub const ZERO: Self = Self::Finite {
+    pub const ZERO: Self = Self(Repr::Finite {
         neg: false,
         sig: 0,
         exp: MIN_EXP,
-    };
+    });
+
+    /// An infinity.
+    pub const INFINITY: Self = Self(Repr::Infinite);
+
+    /// The sign, significand and power of two of a finite value (`None` for an
+    /// infinity), as [`Self::from_parts`] takes them: for sending a value elsewhere.
+    pub fn to_parts(self) -> Option<(bool, u64, i64)> {
+        match self.0 {
+            Repr::Finite { neg, sig, exp } => Some((neg, sig, exp)),
+            Repr::Infinite => None,
+        }
+    }
+
+    /// The finite value `(-1)^neg * sig * 2^exp`, if the format holds it exactly as
+    /// given: `sig` with its top bit set and `exp` within the format's range, or `exp`
+    /// the smallest exponent (subnormals and zero).
+    pub fn from_parts(neg: bool, sig: u64, exp: i64) -> Option<Self> {
+        let normal = sig >> 63 == 1 && (MIN_EXP..=MAX_EXP).contains(&exp);
+        (normal || exp == MIN_EXP).then_some(Self(Repr::Finite { neg, sig, exp }))
+    }
 
     /// Reads `text` as Redis's `string2ld` does: `strtold` must use all of it (up to a NUL
     /// byte, where C stops reading), no leading white space, not NaN, and no overflow or
@@ -80,7 +96,7 @@ impl LongDouble {
         };
         let lower = body.to_ascii_lowercase();
         if lower == b"inf" || lower == b"infinity" {
-            return Ok(Self::Infinite);
+            return Ok(Self::INFINITY);
         }
         let exact = if lower.starts_with(b"0x") {
             parse_hex(&body[2..])?
@@ -98,17 +114,17 @@ impl LongDouble {
     /// The sum, rounded to nearest (ties to even).
     pub fn checked_add(self, other: Self) -> Result<Self, NotFinite> {
         let (
-            Self::Finite {
+            Repr::Finite {
                 neg: an,
                 sig: asig,
                 exp: ae,
             },
-            Self::Finite {
+            Repr::Finite {
                 neg: bn,
                 sig: bsig,
                 exp: be,
             },
-        ) = (self, other)
+        ) = (self.0, other.0)
         else {
             return Err(NotFinite);
         };
@@ -138,13 +154,13 @@ impl LongDouble {
     }
 
     fn is_zero(self) -> bool {
-        matches!(self, Self::Finite { sig: 0, .. })
+        matches!(self.0, Repr::Finite { sig: 0, .. })
     }
 
     /// `printf("%.17Lf")` with the trailing zeros (and a bare point) removed, and `-0`
     /// written `0`: Redis's `ld2string` in its human mode. `None` for an infinity.
     pub fn to_redis_string(self) -> Option<String> {
-        let Self::Finite { neg, sig, exp } = self else {
+        let Repr::Finite { neg, sig, exp } = self.0 else {
             return None;
         };
         // The value times 10^17, rounded to an integer (ties to even).
@@ -202,11 +218,11 @@ impl Exact {
         if self.mag.is_zero() {
             // A cut-off remainder with no bits above it is below half the smallest
             // subnormal (the callers keep enough bits): it rounds to zero.
-            return Rounded::Value(LongDouble::Finite {
+            return Rounded::Value(LongDouble(Repr::Finite {
                 neg,
                 sig: 0,
                 exp: MIN_EXP,
-            });
+            }));
         }
         let len = i64::from(self.mag.bit_len());
         let mut exp = (self.exp + len - i64::from(SIG_BITS)).max(MIN_EXP);
@@ -232,7 +248,7 @@ impl Exact {
         if exp > MAX_EXP {
             return Rounded::Overflow;
         }
-        Rounded::Value(LongDouble::Finite { neg, sig, exp })
+        Rounded::Value(LongDouble(Repr::Finite { neg, sig, exp }))
     }
 }
 
@@ -674,11 +690,12 @@ mod tests {
 
     #[test]
     fn largest_value_prints_every_digit() {
-        let max = LongDouble::Finite {
-            neg: false,
-            sig: u64::MAX,
-            exp: MAX_EXP,
-        };
+        let max = LongDouble::from_parts(false, u64::MAX, MAX_EXP).expect("in range");
+        assert_eq!(max.to_parts(), Some((false, u64::MAX, MAX_EXP)));
+        // Only normalised parts in range (or subnormal ones) make a value.
+        assert_eq!(LongDouble::from_parts(false, 1 << 63, MAX_EXP + 1), None);
+        assert_eq!(LongDouble::from_parts(false, 1, 0), None);
+        assert!(LongDouble::from_parts(true, 5, MIN_EXP).is_some());
         let text = max.to_redis_string().expect("finite");
         assert_eq!(text.len(), 4933);
         assert!(text.starts_with("118973149535723176502"), "{text:.30}");
@@ -695,7 +712,7 @@ mod tests {
         /// its 17 printed decimals hold all of it: reading them back gives the value.
         #[test]
         fn print_then_parse(sig in proptest::prelude::any::<u64>(), exp in -3i64..200, neg: bool) {
-            let v = LongDouble::Finite { neg, sig: sig | 1 << 63, exp };
+            let v = LongDouble::from_parts(neg, sig | 1 << 63, exp).expect("normal");
             let text = v.to_redis_string().expect("finite");
             proptest::prop_assert_eq!(LongDouble::parse(text.as_bytes()), Ok(v));
         }

@@ -43,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::error::Error;
+use crate::ldouble::LongDouble;
 use crate::slot::{Partition, Partitioning};
 
 /// Bytes charged per entry on top of its key and value, for the budget: the cache's slot
@@ -996,6 +997,39 @@ impl Store {
         Ok((Renamed::Done, vec![delete, put]))
     }
 
+    /// Adds `increment` to the number in `key` as primary at `epoch`, as Redis's
+    /// `INCRBYFLOAT` computes it ([`crate::ldouble`]); a missing key counts as 0 and gets
+    /// the bucket's default TTL, an existing key keeps its TTL. Returns the new value's
+    /// text (also what is stored) and the write to replicate.
+    pub fn incr_by_float(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        increment: LongDouble,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<(Bytes, Write), Error> {
+        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
+        let (current, expires_at) = match self.live(bucket, &key, now) {
+            Some(e) => (
+                LongDouble::parse(e.value.as_deref().unwrap_or_default())
+                    .map_err(|_| Error::NotAFloat)?,
+                e.expiry(),
+            ),
+            None => (LongDouble::ZERO, default_ttl.map(|d| now.saturating_add(d))),
+        };
+        let text = current
+            .checked_add(increment)
+            .ok()
+            .and_then(LongDouble::to_redis_string)
+            .ok_or(Error::NotFinite)?;
+        self.check_size(bucket, &key, text.len())?;
+        let stored: Arc<[u8]> = Arc::from(text.as_bytes());
+        let wire = Bytes::from_owner(Arc::clone(&stored));
+        let write = self.local_put(bucket, key, stored, wire.clone(), expires_at, epoch);
+        Ok((wire, write))
+    }
+
     /// Appends `suffix` to the value of `key` (Redis `APPEND`; a missing key is created
     /// with the bucket's default TTL, an existing one keeps its expiry); the new length.
     /// The size limits apply to the result, checked before anything is copied.
@@ -1892,6 +1926,49 @@ mod tests {
         s.set(id, b("t"), b("10"), ex, T0, 1).expect("set");
         s.incr_by(id, b("t"), 1, at(1), 1).expect("incr");
         assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+    }
+
+    #[test]
+    fn incr_by_float_semantics() {
+        let (mut s, id) = store();
+        let f = |t: &str| LongDouble::parse(t.as_bytes()).expect("float");
+        let (v, w) = s.incr_by_float(id, b("n"), f("10.5"), T0, 1).expect("incr");
+        assert_eq!(v, b("10.5"), "a missing key counts as 0");
+        assert_eq!(
+            w.op,
+            WriteOp::Put {
+                value: b("10.5"),
+                expires_at: None
+            },
+            "the text is replicated"
+        );
+        assert_eq!(
+            s.incr_by_float(id, b("n"), f("0.1"), T0, 1).map(|r| r.0),
+            Ok(b("10.6"))
+        );
+        assert_eq!(s.get(id, b"n", T0), Some(b("10.6")));
+        // An existing TTL is kept; a value that is no number, or an infinite result, is
+        // refused and changes nothing.
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("t"), b("1"), ex, T0, 1).expect("set");
+        s.incr_by_float(id, b("t"), f("1"), at(1), 1).expect("incr");
+        assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+        s.set(id, b("s"), b("abc"), SetOptions::default(), T0, 1)
+            .expect("set");
+        assert_eq!(
+            s.incr_by_float(id, b("s"), f("1"), T0, 1).map(|r| r.0),
+            Err(Error::NotAFloat)
+        );
+        assert_eq!(
+            s.incr_by_float(id, b("n"), LongDouble::INFINITY, T0, 1)
+                .map(|r| r.0),
+            Err(Error::NotFinite)
+        );
+        assert_eq!(s.get(id, b"n", T0), Some(b("10.6")));
+        s.check_invariants();
     }
 
     #[test]

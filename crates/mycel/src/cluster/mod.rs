@@ -124,6 +124,7 @@ use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
 use crate::error::Error;
+use crate::ldouble::LongDouble;
 use crate::placement::{DEFAULT_WEIGHT, Member};
 use crate::routing::{RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
@@ -944,6 +945,26 @@ impl Cluster {
         };
         match self.inner.route(&key, op, true).await? {
             OpReply::Int(v) => Ok(v),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
+    /// Adds `increment` to the number in `key` as Redis's `INCRBYFLOAT` does (a missing
+    /// key counts as 0), atomically at the primary; the new value's text.
+    pub async fn incr_by_float(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        increment: LongDouble,
+    ) -> Result<Bytes, ClusterError> {
+        let key = key.into();
+        let op = Op::IncrByFloat {
+            bucket: bucket.into(),
+            key: WBytes(key.clone()),
+            increment: increment.to_parts(),
+        };
+        match self.inner.route(&key, op, true).await? {
+            OpReply::Value(Some(v)) => Ok(v.0),
             _ => Err(self.inner.protocol()),
         }
     }
@@ -1797,6 +1818,8 @@ impl Inner {
             Refusal::BucketUnknown { name } => Error::BucketUnknown { name }.into(),
             Refusal::NotAnInteger => Error::NotAnInteger.into(),
             Refusal::Overflow => Error::Overflow.into(),
+            Refusal::NotAFloat => Error::NotAFloat.into(),
+            Refusal::NotFinite => Error::NotFinite.into(),
             Refusal::NoLoader { bucket } => ClusterError::NoLoader { bucket },
             Refusal::Deferred => ClusterError::Unreachable { node: node.clone() },
             Refusal::Behind { .. } | Refusal::UnknownSession | Refusal::BadRequest => {

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WStr, WireWrite, set_options};
 use crate::clock::Timestamp;
 use crate::error::Error;
+use crate::ldouble::LongDouble;
 use crate::routing::{Role, RoutingState, RoutingTable, TableError, TableUpdate};
 use crate::slot::{Partition, Partitioning};
 use crate::store::{BucketId, ExpireCondition, Renamed, Store, Write};
@@ -936,6 +937,24 @@ impl State {
                         Renamed::Missing => -1,
                     })
                 }
+            }
+            Op::IncrByFloat {
+                bucket,
+                key,
+                increment,
+            } => {
+                let b = bucket_of(store, bucket)?;
+                let increment = match *increment {
+                    None => LongDouble::INFINITY,
+                    Some((neg, sig, exp)) => {
+                        LongDouble::from_parts(neg, sig, exp).ok_or(Refusal::BadRequest)?
+                    }
+                };
+                let (value, w) = store
+                    .incr_by_float(b, key.0.clone(), increment, now, e)
+                    .map_err(err)?;
+                writes.push(w);
+                OpReply::Value(Some(WBytes(value)))
             }
             Op::Append { bucket, key, value } => {
                 let b = bucket_of(store, bucket)?;

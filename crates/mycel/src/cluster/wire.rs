@@ -324,6 +324,14 @@ pub(crate) enum Op {
         to: WBytes,
         replace: bool,
     },
+    /// `INCRBYFLOAT`: the increment's parts ([`LongDouble::to_parts`]; `None` for an
+    /// infinity), checked again by the primary. Answered with `OpReply::Value`, the new
+    /// value's text. Appended, as `ExpireIf`.
+    IncrByFloat {
+        bucket: WStr,
+        key: WBytes,
+        increment: Option<(bool, u64, i64)>,
+    },
 }
 
 /// A response.
@@ -374,6 +382,7 @@ impl Op {
             | Self::Append { key, .. }
             | Self::Rename { key, .. }
             | Self::Copy { key, .. }
+            | Self::IncrByFloat { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
@@ -408,6 +417,7 @@ impl Op {
                 | Self::MSet { .. }
                 | Self::MSetNx { .. }
                 | Self::Copy { .. }
+                | Self::IncrByFloat { .. }
         )
     }
 
@@ -461,7 +471,8 @@ impl Op {
             | Self::Append { bucket, .. }
             | Self::Rename { bucket, .. }
             | Self::MSetNx { bucket, .. }
-            | Self::Copy { bucket, .. } => bucket.len(),
+            | Self::Copy { bucket, .. }
+            | Self::IncrByFloat { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -545,6 +556,10 @@ pub(crate) enum Refusal {
     /// Not executed: the batch's reply had reached its size bound before this operation
     /// (every later operation of the batch is deferred too). Nothing changed; send again.
     Deferred,
+    /// Not a number (`INCRBYFLOAT`).
+    NotAFloat,
+    /// The sum is not finite (`INCRBYFLOAT`).
+    NotFinite,
 }
 
 impl Refusal {
@@ -575,6 +590,8 @@ impl Refusal {
             Error::BucketUnknown { name } => Self::BucketUnknown { name: name.clone() },
             Error::NotAnInteger => Self::NotAnInteger,
             Error::Overflow => Self::Overflow,
+            Error::NotAFloat => Self::NotAFloat,
+            Error::NotFinite => Self::NotFinite,
             _ => Self::BadRequest,
         }
     }
@@ -983,6 +1000,16 @@ mod tests {
                         bucket: "default".into(),
                         key: b("a"),
                         value: b("tail"),
+                    },
+                    Op::IncrByFloat {
+                        bucket: "default".into(),
+                        key: b("f"),
+                        increment: Some((true, 1 << 63, -16445)),
+                    },
+                    Op::IncrByFloat {
+                        bucket: "default".into(),
+                        key: b("f"),
+                        increment: None,
                     },
                     Op::Rename {
                         bucket: "default".into(),

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 
 use super::frame::Frame;
+use crate::ldouble::LongDouble;
 use crate::store::ExpireCondition;
 
 /// An expiry given by a command, before it is turned into a deadline on the node's clock.
@@ -176,6 +177,8 @@ pub enum Command {
     MSetNx(Vec<(Bytes, Bytes)>),
     /// `APPEND key value`: the new length.
     Append(Bytes, Bytes),
+    /// `INCRBYFLOAT key increment`: the new value (see [`crate::ldouble`]).
+    IncrByFloat(Bytes, LongDouble),
     /// `RENAME key newkey` (`replace`) and `RENAMENX key newkey`.
     Rename {
         /// The key renamed.
@@ -429,6 +432,13 @@ impl Command {
             "incrby" => {
                 arity(rest.len() == 2)?;
                 Self::IncrBy(key(), int(&rest[1])?)
+            }
+            "incrbyfloat" => {
+                arity(rest.len() == 2)?;
+                // Redis reads the stored value first, but both give the same error.
+                let increment = LongDouble::parse(&rest[1])
+                    .map_err(|_| Frame::err("value is not a valid float"))?;
+                Self::IncrByFloat(key(), increment)
             }
             "decrby" => {
                 arity(rest.len() == 2)?;
@@ -1079,6 +1089,7 @@ mod tests {
         "incr",
         "decr",
         "incrby",
+        "incrbyfloat",
         "decrby",
         "dbsize",
         "scan",

@@ -431,6 +431,21 @@ fn string_commands_beyond_get_and_set() {
     assert_eq!(s.cli(&["EXPIRE", "log", "100"]), "(integer) 1");
     assert_eq!(s.cli(&["APPEND", "log", "!"]), "(integer) 12");
     assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
+    // INCRBYFLOAT answers Redis's digits (f64 would say 0.30000000000000004) and keeps
+    // the TTL.
+    assert_eq!(
+        s.cli(&["INCRBYFLOAT", "log", "1"]),
+        "(error) ERR value is not a valid float"
+    );
+    assert_eq!(s.cli(&["INCRBYFLOAT", "price", "0.1"]), "\"0.1\"");
+    assert_eq!(s.cli(&["INCRBYFLOAT", "price", "0.2"]), "\"0.3\"");
+    assert_eq!(s.cli(&["EXPIRE", "price", "100"]), "(integer) 1");
+    assert_eq!(s.cli(&["INCRBYFLOAT", "price", "-5.0e-1"]), "\"-0.2\"");
+    assert_ne!(s.cli(&["TTL", "price"]), "(integer) -1");
+    assert_eq!(
+        s.cli(&["INCRBYFLOAT", "price", "x"]),
+        "(error) ERR value is not a valid float"
+    );
 }
 
 /// `RENAME`, `RENAMENX`, `MSETNX` and `COPY` as Redis answers them; in cluster mode

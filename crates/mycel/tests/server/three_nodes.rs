@@ -127,6 +127,22 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[2].cli(&["APPEND", "trail", "bc"]), "(integer) 3");
     assert_eq!(nodes[0].cli(&["GET", "trail"]), "\"abc\"");
     assert_eq!(nodes[0].cli(&["DEL", "trail"]), "(integer) 1");
+    // And INCRBYFLOAT, with Redis's long double digits whichever node computes it.
+    let mut total = String::new();
+    for (i, step) in ["0.1", "0.2", "-0.05", "1e3"].iter().enumerate() {
+        total = nodes[i % 3].cli(&["INCRBYFLOAT", "level", step]);
+    }
+    assert_eq!(total, "\"1000.25\"");
+    assert_eq!(nodes[0].cli(&["SET", "word", "abc"]), "OK");
+    assert_eq!(
+        nodes[1].cli(&["INCRBYFLOAT", "word", "1"]),
+        "(error) ERR value is not a valid float"
+    );
+    assert_eq!(
+        nodes[2].cli(&["INCRBYFLOAT", "level", "inf"]),
+        "(error) ERR increment would produce NaN or Infinity"
+    );
+    assert_eq!(nodes[0].cli(&["DEL", "level", "word"]), "(integer) 2");
     // And RENAME, for keys of one partition.
     assert_eq!(nodes[2].cli(&["SET", "{r}from", "x"]), "OK");
     assert_eq!(nodes[1].cli(&["RENAME", "{r}from", "{r}to"]), "OK");

@@ -114,6 +114,7 @@ pub(crate) fn name(cmd: &Command) -> &'static str {
         Command::Role => "role",
         Command::Persist(_) => "persist",
         Command::IncrBy(..) => "incrby",
+        Command::IncrByFloat(..) => "incrbyfloat",
         Command::DbSize => "dbsize",
         Command::Scan(_) => "scan",
         Command::Keys(_) => "keys",
@@ -167,6 +168,8 @@ pub(crate) fn error_frame(e: &Error) -> Frame {
     match e {
         Error::NotAnInteger => cmd::not_an_integer(),
         Error::Overflow => Frame::err("increment or decrement would overflow"),
+        Error::NotAFloat => Frame::err("value is not a valid float"),
+        Error::NotFinite => Frame::err("increment would produce NaN or Infinity"),
         Error::NotOwner { .. } => Frame::Error(format!("TRYAGAIN {e}")),
         Error::Timeout => Frame::Error(format!("TIMEOUT {e}")),
         Error::QuorumLost => Frame::Error(format!("CLUSTERDOWN {e}")),
@@ -280,6 +283,9 @@ pub(crate) async fn execute(
             .copy(b, from, to, replace)
             .await
             .map(|x| Frame::Integer(i64::from(x))),
+        Command::IncrByFloat(key, increment) => {
+            m.incr_by_float(b, key, increment).await.map(Frame::Bulk)
+        }
         Command::Append(key, value) => m
             .append(b, key, value)
             .await
@@ -688,6 +694,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("incr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decr", 2, &["write", "denyoom", "fast"], 1, 1, 1),
     ("incrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("incrbyfloat", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("decrby", 3, &["write", "denyoom", "fast"], 1, 1, 1),
     ("dbsize", 1, &["readonly", "fast"], 0, 0, 0),
     ("scan", -2, &["readonly"], 0, 0, 0),
