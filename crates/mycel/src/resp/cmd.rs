@@ -119,6 +119,79 @@ pub struct BucketArg {
 /// Longest command name looked up (`mycel.bucket` is the longest known one).
 const MAX_NAME_LEN: usize = 16;
 
+/// Every command name [`Command::parse`] knows (those it refuses with a reason, like
+/// `MULTI`, included), sorted.
+pub const NAMES: &[&str] = &[
+    "append",
+    "client",
+    "command",
+    "config",
+    "copy",
+    "dbsize",
+    "decr",
+    "decrby",
+    "del",
+    "discard",
+    "echo",
+    "exec",
+    "exists",
+    "expire",
+    "expireat",
+    "expiretime",
+    "flushall",
+    "flushdb",
+    "get",
+    "getdel",
+    "getex",
+    "getset",
+    "hello",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "info",
+    "keys",
+    "mget",
+    "mset",
+    "msetnx",
+    "multi",
+    "mycel.bucket",
+    "persist",
+    "pexpire",
+    "pexpireat",
+    "pexpiretime",
+    "ping",
+    "psetex",
+    "pttl",
+    "quit",
+    "rename",
+    "renamenx",
+    "role",
+    "scan",
+    "select",
+    "set",
+    "setex",
+    "setnx",
+    "strlen",
+    "time",
+    "ttl",
+    "type",
+    "unlink",
+    "unwatch",
+    "watch",
+];
+
+/// The command named `name` (any case) as [`NAMES`] spells it: what `CLIENT LIST` and
+/// the metrics call it (`incr`, `setex`, `pexpire`; the parsed [`Command`] does not
+/// tell them from `incrby`, `set` or `expire`). `None` for a name no command has.
+pub fn command_name(name: &[u8]) -> Option<&'static str> {
+    let mut lower = [0u8; MAX_NAME_LEN];
+    let slot = lower.get_mut(..name.len())?;
+    slot.copy_from_slice(name);
+    slot.make_ascii_lowercase();
+    let name = std::str::from_utf8(slot).ok()?;
+    NAMES.binary_search(&name).ok().map(|i| NAMES[i])
+}
+
 /// One parsed client command.
 #[allow(
     clippy::enum_variant_names,
@@ -1051,62 +1124,9 @@ mod tests {
     use proptest::prelude::*;
 
     /// Every command name `Command::parse` knows, and a few it does not.
-    const NAMES: &[&str] = &[
-        "ping",
-        "echo",
-        "quit",
-        "get",
-        "set",
-        "setex",
-        "psetex",
-        "setnx",
-        "getdel",
-        "getex",
-        "getset",
-        "del",
-        "unlink",
-        "exists",
-        "mget",
-        "mset",
-        "msetnx",
-        "expire",
-        "pexpire",
-        "expireat",
-        "pexpireat",
-        "ttl",
-        "pttl",
-        "persist",
-        "expiretime",
-        "pexpiretime",
-        "type",
-        "strlen",
-        "append",
-        "rename",
-        "renamenx",
-        "copy",
-        "time",
-        "role",
-        "incr",
-        "decr",
-        "incrby",
-        "incrbyfloat",
-        "decrby",
-        "dbsize",
-        "scan",
-        "keys",
-        "flushdb",
-        "flushall",
-        "select",
-        "info",
-        "client",
-        "command",
-        "config",
-        "hello",
-        "mycel.bucket",
-        "multi",
-        "nosuch",
-        "",
-    ];
+    fn tried_names() -> Vec<&'static str> {
+        NAMES.iter().copied().chain(["nosuch", ""]).collect()
+    }
 
     /// Arguments that steer the parsers into their branches: options, subcommands,
     /// numbers at and past the limits, and bytes that are none of these.
@@ -1179,9 +1199,31 @@ mod tests {
         }
     }
 
+    /// Each of `NAMES` is a command the parser knows, found in any case; names of no
+    /// command are not found.
+    #[test]
+    fn names_are_the_parsers() {
+        assert!(NAMES.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        for name in NAMES {
+            let unknown = |n: &str| {
+                matches!(Command::parse(&[Bytes::copy_from_slice(n.as_bytes())]),
+                    Err(Frame::Error(e)) if e.starts_with("ERR unknown command"))
+            };
+            assert!(!unknown(name), "{name}");
+            assert_eq!(
+                command_name(name.to_ascii_uppercase().as_bytes()),
+                Some(*name)
+            );
+            assert!(name.len() <= MAX_NAME_LEN);
+        }
+        for other in ["nosuch", "", "gets", "incrbyfloats", "mycel.bucketxxxxx"] {
+            assert_eq!(command_name(other.as_bytes()), None, "{other}");
+        }
+    }
+
     #[test]
     fn every_name_with_up_to_two_arguments_parses_or_is_refused() {
-        for name in NAMES {
+        for name in tried_names() {
             assert!(parses_or_refuses(name, &[]), "{name}");
             for a in TOKENS {
                 assert!(parses_or_refuses(name, &[a]), "{name} {a:?}");
@@ -1195,7 +1237,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_arguments_parse_without_panicking(
-            name in proptest::sample::select(NAMES),
+            name in proptest::sample::select(tried_names()),
             args in proptest::collection::vec(proptest::sample::select(TOKENS), 0..7),
             upper in any::<bool>(),
         ) {

@@ -81,13 +81,22 @@ fn metrics_count_commands_keys_and_memory() {
         s.cli(&["GET"]),
         "(error) ERR wrong number of arguments for 'get' command"
     );
+    assert!(
+        s.cli(&["NOSUCH"])
+            .starts_with("(error) ERR unknown command")
+    );
+    // Each command under its own name (INCR is not INCRBY); a refused request counts
+    // as an error of its command, a name no command has as `unknown`.
+    assert_eq!(s.cli(&["INCR", "n"]), "(integer) 1");
     let (status, body) = s.http("GET", "/metrics");
     assert_eq!(status, 200);
     for want in [
         "mycel_commands_total{command=\"set\"} 1",
         "mycel_commands_total{command=\"get\"} 1",
+        "mycel_commands_total{command=\"incr\"} 1",
+        "mycel_command_errors_total{command=\"get\"} 1",
         "mycel_command_errors_total{command=\"unknown\"} 1",
-        "mycel_keys 1",
+        "mycel_keys 2",
         "mycel_memory_max_bytes 67108864",
         "mycel_memory_used_bytes ",
         "mycel_evictions_total 0",

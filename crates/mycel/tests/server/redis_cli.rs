@@ -642,6 +642,18 @@ fn client_list_and_info_show_every_connection() {
     assert_eq!(raw_line(&mut b, "GET nothing\r\n"), "$-1");
     let after = redis_cli_raw(&s, &["CLIENT", "LIST"]);
     assert!(after.contains(" cmd=get "), "{after}");
+    // Each command by its own name, also one refused for its arguments.
+    for (request, shown) in [
+        ("INCR counter\r\n", " cmd=incr "),
+        ("PSETEX k 1000 v\r\n", " cmd=psetex "),
+        ("PEXPIRE k 5000\r\n", " cmd=pexpire "),
+        ("DECR\r\n", " cmd=decr "),
+        ("NOSUCH\r\n", " cmd=NULL "),
+    ] {
+        raw_line(&mut b, request);
+        let list = redis_cli_raw(&s, &["CLIENT", "LIST"]);
+        assert!(list.contains(shown), "{shown} missing:\n{list}");
+    }
     drop(b);
     // A closed connection leaves the list.
     drop(a);

@@ -84,60 +84,9 @@ pub(crate) enum After {
 
 const OK: Frame = Frame::Simple("OK");
 
-/// The command's name for metrics.
-pub(crate) fn name(cmd: &Command) -> &'static str {
-    match cmd {
-        Command::Ping(_) => "ping",
-        Command::Echo(_) => "echo",
-        Command::Quit => "quit",
-        Command::Get(_) => "get",
-        Command::Set(_) => "set",
-        Command::SetNx(..) => "setnx",
-        Command::GetDel(_) => "getdel",
-        Command::GetEx(..) => "getex",
-        Command::Del(_) => "del",
-        Command::Exists(_) => "exists",
-        Command::MGet(_) => "mget",
-        Command::MSet(_) => "mset",
-        Command::MSetNx(_) => "msetnx",
-        Command::Expire(..) => "expire",
-        Command::ExpireAt(..) => "expireat",
-        Command::Ttl(..) => "ttl",
-        Command::ExpireTime(..) => "expiretime",
-        Command::Type(_) => "type",
-        Command::StrLen(_) => "strlen",
-        Command::Append(..) => "append",
-        Command::Rename { replace: true, .. } => "rename",
-        Command::Rename { replace: false, .. } => "renamenx",
-        Command::Copy { .. } => "copy",
-        Command::Time => "time",
-        Command::Role => "role",
-        Command::Persist(_) => "persist",
-        Command::IncrBy(..) => "incrby",
-        Command::IncrByFloat(..) => "incrbyfloat",
-        Command::DbSize => "dbsize",
-        Command::Scan(_) => "scan",
-        Command::Keys(_) => "keys",
-        Command::FlushDb => "flushdb",
-        Command::Select(_) => "select",
-        Command::Info(_) => "info",
-        Command::ClientSetName(_)
-        | Command::ClientGetName
-        | Command::ClientId
-        | Command::ClientSetInfo(..)
-        | Command::ClientInfo
-        | Command::ClientList(_)
-        | Command::ClientKill(_) => "client",
-        Command::Command(_) => "command",
-        Command::ConfigGet(_) => "config",
-        Command::Bucket(_) => "mycel.bucket",
-        Command::Hello { .. } => "hello",
-    }
-}
-
-/// The command's name as `CLIENT LIST` shows it (`cmd=`): Redis 7's, with a container
-/// command's subcommand (`client|list`).
-pub(crate) fn full_name(cmd: &Command) -> &'static str {
+/// The command's name as `CLIENT LIST` shows it (`cmd=`): Redis 7's, `name` (as
+/// [`cmd::command_name`] gives it) with a container command's subcommand (`client|list`).
+pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
     match cmd {
         Command::ClientSetName(_) => "client|setname",
         Command::ClientGetName => "client|getname",
@@ -147,8 +96,6 @@ pub(crate) fn full_name(cmd: &Command) -> &'static str {
         Command::ClientList(_) => "client|list",
         Command::ClientKill(_) => "client|kill",
         Command::ConfigGet(_) => "config|get",
-        Command::Ttl(_, true) => "pttl",
-        Command::ExpireTime(_, true) => "pexpiretime",
         Command::Command(args) => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match sub.as_deref() {
@@ -159,7 +106,7 @@ pub(crate) fn full_name(cmd: &Command) -> &'static str {
                 _ => "command",
             }
         }
-        cmd => name(cmd),
+        _ => name,
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use mycel::BatchOp;
 
 use super::apply::{self, After, Session, Shape};
-use super::cmd::Command;
+use super::cmd::{self, Command};
 use super::frame::Frame;
 use super::parse::RequestParser;
 use crate::metrics::CommandLabel;
@@ -56,10 +56,14 @@ struct Run {
     shapes: Vec<(Shape, &'static str)>,
 }
 
+/// A parsed request: its command's name (`None` for a name no command has, or a request
+/// dropped for its size) and the command or the error reply to send.
+type Request = (Option<&'static str>, Result<Command, Frame>);
+
 /// Executes `requests` (drained) in order, encoding each reply into `output`; true when
 /// the connection is to be closed (`QUIT`: the requests after it are not executed).
 async fn run(
-    requests: &mut Vec<Result<Command, Frame>>,
+    requests: &mut Vec<Request>,
     session: &mut Session,
     shared: &Shared,
     counters: &mut Counters,
@@ -67,21 +71,25 @@ async fn run(
     output: &mut BytesMut,
 ) -> bool {
     let mut close = false;
-    for request in requests.drain(..) {
+    for (name, request) in requests.drain(..) {
         if close {
             continue;
         }
         let cmd = match request {
             Ok(cmd) => cmd,
             Err(frame) => {
+                // Refused before running (arity, syntax): counted as the command's
+                // error and shown as the last command; an unknown one as `NULL`, as
+                // Redis shows it.
                 flush_run(batch, session, shared, counters, output).await;
-                counters.get(shared, "unknown").2.inc();
+                session.command(name.unwrap_or("NULL"));
+                counters.get(shared, name.unwrap_or("unknown")).2.inc();
                 frame.encode(session.proto, output);
                 continue;
             }
         };
-        let name = apply::name(&cmd);
-        session.command(apply::full_name(&cmd));
+        let name = name.unwrap_or("unknown");
+        session.command(apply::full_name(&cmd, name));
         let cmd = match apply::batchable(cmd) {
             Ok((op, shape)) => {
                 batch.ops.push(op);
@@ -187,9 +195,11 @@ pub(crate) async fn serve(
             match parser.parse(&mut input, &mut args) {
                 Ok(false) => break,
                 Ok(true) if args.is_empty() => {}
-                Ok(true) => requests.push(Command::parse(&args)),
+                Ok(true) => {
+                    requests.push((cmd::command_name(&args[0]), Command::parse(&args)));
+                }
                 // A request with a too large argument was dropped; it alone fails.
-                Err(e) if !e.is_fatal() => requests.push(Err(Frame::err(&e))),
+                Err(e) if !e.is_fatal() => requests.push((None, Err(Frame::err(&e)))),
                 Err(e) => {
                     protocol_error = Some(e);
                     break;
