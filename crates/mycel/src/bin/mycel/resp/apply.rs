@@ -658,6 +658,14 @@ const COMMANDS: &[CommandInfo] = &[
         0,
         0,
     ),
+    (
+        "role",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("info", -1, &["loading", "stale"], 0, 0, 0),
     ("client", -2, &["loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
@@ -927,6 +935,20 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `COMMAND` describes every command served (the transaction commands, refused with
+    /// their reason, are not served), and only those.
+    #[test]
+    fn command_table_covers_the_parser() {
+        let refused = ["discard", "exec", "multi", "unwatch", "watch"];
+        for name in cmd::NAMES {
+            let described = COMMANDS.iter().any(|c| c.0 == *name);
+            assert_eq!(described, !refused.contains(name), "{name}");
+        }
+        for c in COMMANDS {
+            assert!(cmd::NAMES.contains(&c.0), "{} is not parsed", c.0);
+        }
+    }
 
     #[test]
     fn ttl_rounds_to_seconds_like_redis() {
