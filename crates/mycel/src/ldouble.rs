@@ -71,23 +71,15 @@ impl LongDouble {
         (normal || exp == MIN_EXP).then_some(Self(Repr::Finite { neg, sig, exp }))
     }
 
-    /// Reads `text` as Redis's `string2ld` does: `strtold` must use all of it (up to a NUL
-    /// byte, where C stops reading), no leading white space, not NaN, and no overflow or
+    /// Reads `text` as Redis's `string2ld` does: `strtold` must use all of it (so a NUL
+    /// byte anywhere refuses it), no leading white space, not NaN, and no overflow or
     /// underflow to zero; empty or [`MAX_LEN`] bytes and longer is refused.
     pub fn parse(text: &[u8]) -> Result<Self, NotAFloat> {
-        if text.is_empty() || text.len() >= MAX_LEN {
+        if text.is_empty() || text.len() >= MAX_LEN || text.contains(&0) {
             return Err(NotAFloat);
         }
-        let text = text.split(|&b| b == 0).next().unwrap_or_default();
-        if text
-            .first()
-            .is_some_and(|&b| matches!(b, b' ' | b'\t'..=b'\r'))
-        {
+        if matches!(text[0], b' ' | b'\t'..=b'\r') {
             return Err(NotAFloat);
-        }
-        // `strtold` of an empty string reads nothing and stops at the NUL: zero.
-        if text.is_empty() {
-            return Ok(Self::ZERO);
         }
         let (neg, body) = match text[0] {
             b'-' => (true, &text[1..]),
@@ -357,22 +349,35 @@ fn parse_hex(body: &[u8]) -> Result<Exact, NotAFloat> {
     let frac_bits = i64::try_from(frac.len())
         .unwrap_or(i64::MAX)
         .saturating_mul(4);
-    let mut mag = Big::default();
-    for &h in int.iter().chain(frac) {
-        let v = char::from(h).to_digit(16).unwrap_or(0);
-        mag = mag.shl(4).add(&Big::from_u64(u64::from(v)));
-    }
     let exp = exp2.saturating_sub(frac_bits);
-    // Far outside the range either way: keep the big integers small.
-    let len = i64::from(mag.bit_len());
-    if !mag.is_zero() && exp + len > MAX_EXP + 128 {
+    let digits: Vec<u8> = int
+        .iter()
+        .chain(frac)
+        .copied()
+        .skip_while(|&d| d == b'0')
+        .collect();
+    let Some(&top) = digits.first() else {
+        return Ok(Exact {
+            mag: Big::default(),
+            exp: 0,
+            sticky: false,
+        });
+    };
+    // The bit length from the digits alone: far outside the range either way, the
+    // number is not built.
+    let top_bits = 4 - i64::from(hex_value(top).leading_zeros() - 28);
+    let len = i64::try_from(digits.len() - 1)
+        .unwrap_or(i64::MAX)
+        .saturating_mul(4)
+        .saturating_add(top_bits);
+    if exp.saturating_add(len) > MAX_EXP + 128 {
         return Ok(Exact {
             mag: Big::from_u64(1),
             exp: MAX_EXP + 128,
             sticky: false,
         });
     }
-    if !mag.is_zero() && exp + len < MIN_EXP - 2 {
+    if exp.saturating_add(len) < MIN_EXP - 2 {
         return Ok(Exact {
             mag: Big::default(),
             exp: MIN_EXP,
@@ -380,10 +385,15 @@ fn parse_hex(body: &[u8]) -> Result<Exact, NotAFloat> {
         });
     }
     Ok(Exact {
-        mag,
+        mag: Big::from_hex(&digits),
         exp,
         sticky: false,
     })
+}
+
+/// The value of an ASCII hexadecimal digit.
+fn hex_value(h: u8) -> u32 {
+    char::from(h).to_digit(16).unwrap_or(0)
 }
 
 /// The parts before and after the one decimal point (if any).
@@ -433,6 +443,16 @@ impl Big {
             v >>= 32;
         }
         Self(limbs)
+    }
+
+    /// From ASCII hexadecimal digits, most significant first: eight to a limb, in
+    /// linear time.
+    fn from_hex(digits: &[u8]) -> Self {
+        let limbs = digits
+            .rchunks(8)
+            .map(|chunk| chunk.iter().fold(0u32, |v, &h| (v << 4) | hex_value(h)))
+            .collect();
+        Self(limbs).trim()
     }
 
     /// From ASCII decimal digits.
@@ -674,9 +694,15 @@ mod tests {
 
     #[test]
     fn text_limits_and_nul() {
-        // C stops at a NUL: what precedes it is the number (nothing is zero).
-        assert_eq!(incrbyfloat(b"1.5\0junk", b"1"), "2.5");
-        assert_eq!(incrbyfloat(b"\0", b"1"), "1");
+        // strtold stops at a NUL, so it has not read the whole text: refused.
+        for nul in [&b"1.5\0junk"[..], b"\0", b"\x001", b"1\0", b"0x1\0"] {
+            assert_eq!(
+                incrbyfloat(nul, b"1"),
+                "-ERR value is not a valid float",
+                "{nul:?}"
+            );
+            assert_eq!(incrbyfloat(b"1", nul), "-ERR value is not a valid float");
+        }
         assert_eq!(incrbyfloat(b"", b"1"), "-ERR value is not a valid float");
         let long = format!("1.{}", "0".repeat(MAX_LEN - 3));
         assert_eq!(long.len(), MAX_LEN - 1);
@@ -684,6 +710,27 @@ mod tests {
         let longer = format!("{long}0");
         assert_eq!(
             incrbyfloat(longer.as_bytes(), b"1"),
+            "-ERR value is not a valid float"
+        );
+    }
+
+    /// Long hexadecimal text is read digit by digit into limbs (linear time) after a
+    /// range check from its length alone.
+    #[test]
+    fn long_hexadecimal_text() {
+        let all_f = format!("0x{}", "f".repeat(MAX_LEN - 3));
+        assert_eq!(
+            incrbyfloat(all_f.as_bytes(), b"1"),
+            "-ERR value is not a valid float"
+        );
+        let zeros = format!("0x{}1p3", "0".repeat(MAX_LEN - 6));
+        assert_eq!(incrbyfloat(zeros.as_bytes(), b"0"), "8");
+        // 2^16000 * 2^-16000, and just below half the smallest subnormal.
+        let one = format!("0x1{}p-16000", "0".repeat(4000));
+        assert_eq!(incrbyfloat(one.as_bytes(), b"0.5"), "1.5");
+        let tiny = format!("0x0.{}1p-16384", "0".repeat(16));
+        assert_eq!(
+            incrbyfloat(tiny.as_bytes(), b"0"),
             "-ERR value is not a valid float"
         );
     }
