@@ -855,9 +855,11 @@ fn parse_client_list(opts: &[Bytes]) -> Result<Command, Frame> {
 /// `CLIENT KILL`'s arguments as Redis 7.0 reads them: one address (the old form), or
 /// filter and value pairs checked in order, the first bad one answering its error.
 fn parse_client_kill(args: &[Bytes]) -> Result<KillFilter, Frame> {
+    // Redis compares and prints these values as C strings: up to a NUL byte.
+    let c_str = |v: &Bytes| v.slice(..v.iter().position(|&b| b == 0).unwrap_or(v.len()));
     if let [addr] = args {
         return Ok(KillFilter {
-            addr: Some(addr.clone()),
+            addr: Some(c_str(addr)),
             old_form: true,
             ..KillFilter::default()
         });
@@ -879,27 +881,27 @@ fn parse_client_kill(args: &[Bytes]) -> Result<KillFilter, Frame> {
                     .ok_or_else(|| Frame::err("client-id should be greater than 0"))?;
                 filter.id = Some(id);
             }
-            b"type" => match value.to_ascii_lowercase().as_slice() {
+            b"type" => match c_str(value).to_ascii_lowercase().as_slice() {
                 b"normal" => {}
                 b"master" | b"replica" | b"slave" | b"pubsub" => filter.none = true,
                 _ => {
                     return Err(Frame::err(format!(
                         "Unknown client type '{}'",
-                        String::from_utf8_lossy(value)
+                        String::from_utf8_lossy(&c_str(value))
                     )));
                 }
             },
-            b"addr" => filter.addr = Some(value.clone()),
-            b"laddr" => filter.laddr = Some(value.clone()),
+            b"addr" => filter.addr = Some(c_str(value)),
+            b"laddr" => filter.laddr = Some(c_str(value)),
             // `default` is the only user, and the user of every connection.
             b"user" if value.as_ref() == b"default" => {}
             b"user" => {
                 return Err(Frame::err(format!(
                     "No such user '{}'",
-                    String::from_utf8_lossy(value)
+                    String::from_utf8_lossy(&c_str(value))
                 )));
             }
-            b"skipme" => match value.to_ascii_lowercase().as_slice() {
+            b"skipme" => match c_str(value).to_ascii_lowercase().as_slice() {
                 b"yes" => filter.skip_me = true,
                 b"no" => filter.skip_me = false,
                 _ => return Err(syntax_error()),
@@ -1862,6 +1864,27 @@ mod tests {
         assert_eq!(
             parse("CLIENT KILL SKIPME maybe USER alice"),
             err("ERR syntax error")
+        );
+        // Values are C strings to Redis: read up to a NUL byte (a user name is not).
+        let kill = |args: &[&[u8]]| {
+            let mut request = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"KILL")];
+            request.extend(args.iter().map(|a| Bytes::copy_from_slice(a)));
+            Command::parse(&request)
+        };
+        assert_eq!(
+            kill(&[b"TYPE", b"x\0y"]),
+            err("ERR Unknown client type 'x'")
+        );
+        assert_eq!(
+            kill(&[b"ADDR", b"127.0.0.1:5\0zz", b"SKIPME", b"no\0"]),
+            Ok(Command::ClientKill(KillFilter {
+                addr: Some("127.0.0.1:5".into()),
+                ..KillFilter::default()
+            }))
+        );
+        assert_eq!(
+            kill(&[b"USER", b"default\0x"]),
+            err("ERR No such user 'default'")
         );
     }
 }

@@ -709,4 +709,28 @@ fn client_kill_closes_matching_connections() {
     eventually("every killed connection leaving CLIENT LIST", || {
         redis_cli_raw(&s, &["CLIENT", "LIST"]).lines().count() == 1
     });
+    // A client that stopped reading its replies: the kill closes it at once, it does
+    // not first receive every reply (20 MiB here, more than the socket buffers hold).
+    let mut a = s.connect();
+    let value = "x".repeat(1 << 20);
+    let set = format!(
+        "*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n{value}\r\n",
+        value.len()
+    );
+    roundtrip(&mut a, set.as_bytes(), b"+OK\r\n");
+    let mut e = s.connect();
+    let e_id = id_of(&mut e);
+    std::io::Write::write_all(&mut e, "GET big\r\n".repeat(20).as_bytes()).expect("write");
+    eventually("the GETs blocking on the full socket", || {
+        redis_cli_raw(&s, &["CLIENT", "LIST"]).contains(" cmd=get ")
+    });
+    assert_eq!(s.cli(&["CLIENT", "KILL", "ID", &e_id]), "(integer) 1");
+    let mut received = Vec::new();
+    // What the socket buffers held arrives, then the end.
+    let _ = std::io::Read::read_to_end(&mut e, &mut received);
+    assert!(
+        received.len() < 20 << 20,
+        "{} bytes: every reply was sent",
+        received.len()
+    );
 }

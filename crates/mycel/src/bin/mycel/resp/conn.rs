@@ -228,7 +228,13 @@ pub(crate) async fn serve(
             break;
         }
         if !output.is_empty() {
-            if let Err(e) = stream.write_all(&output).await {
+            // A client that stopped reading is what `CLIENT KILL` is for: the kill does
+            // not wait for its replies to drain.
+            let written = tokio::select! {
+                r = stream.write_all(&output) => r,
+                () = &mut killed => break,
+            };
+            if let Err(e) = written {
                 tracing::debug!(client = session.id, error = %e, "write failed");
                 break;
             }
