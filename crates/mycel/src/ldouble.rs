@@ -244,55 +244,96 @@ impl Exact {
     }
 }
 
-/// Decimal digits `[digits][.digits][e[+-]digits]`, at least one digit before the
-/// exponent, as `strtold` reads them; the exact value, to be rounded once.
-fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
-    let (mantissa, exponent) = match body.iter().position(|&b| b == b'e' || b == b'E') {
-        Some(at) => (&body[..at], Some(&body[at + 1..])),
-        None => (body, None),
-    };
-    let (int, frac) = split_point(mantissa);
-    if int.is_empty() && frac.is_empty() {
-        return Err(NotAFloat);
+/// A number's text taken apart: its digits without leading zeros (empty for zero), and
+/// the power of the base (10 or 16) of the last digit's place, plus the explicit
+/// exponent (of 10 or of 2).
+struct Digits {
+    digits: Vec<u8>,
+    frac_len: i64,
+    exponent: i64,
+}
+
+impl Digits {
+    /// `[digits][.digits][<mark>[+-]digits]` with at least one digit, as `strtold`
+    /// reads it: decimal with `e`, hexadecimal (after `0x`) with `p`.
+    fn split(body: &[u8], hex: bool) -> Result<Self, NotAFloat> {
+        let mark = if hex { b'p' } else { b'e' };
+        let (mantissa, exponent) = match body.iter().position(|b| b.to_ascii_lowercase() == mark) {
+            Some(at) => (&body[..at], Some(&body[at + 1..])),
+            None => (body, None),
+        };
+        let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+            Some(at) => (&mantissa[..at], &mantissa[at + 1..]),
+            None => (mantissa, &[][..]),
+        };
+        let digit = if hex {
+            u8::is_ascii_hexdigit
+        } else {
+            u8::is_ascii_digit
+        };
+        if (int.is_empty() && frac.is_empty()) || !int.iter().chain(frac).all(digit) {
+            return Err(NotAFloat);
+        }
+        Ok(Self {
+            digits: int
+                .iter()
+                .chain(frac)
+                .copied()
+                .skip_while(|&d| d == b'0')
+                .collect(),
+            frac_len: i64::try_from(frac.len()).unwrap_or(i64::MAX),
+            exponent: exponent.map_or(Ok(0), signed_exponent)?,
+        })
     }
-    if !int.iter().chain(frac).all(u8::is_ascii_digit) {
-        return Err(NotAFloat);
-    }
-    let exp10 = match exponent {
-        Some(e) => signed_exponent(e)?,
-        None => 0,
-    };
-    let digits: Vec<u8> = int
-        .iter()
-        .chain(frac)
-        .copied()
-        .skip_while(|&d| d == b'0')
-        .collect();
-    let frac_len = i64::try_from(frac.len()).unwrap_or(i64::MAX);
-    let exp10 = exp10.saturating_sub(frac_len);
-    if digits.is_empty() {
-        return Ok(Exact {
+}
+
+impl Exact {
+    fn zero() -> Self {
+        Self {
             mag: Big::default(),
             exp: 0,
             sticky: false,
-        });
+        }
+    }
+
+    /// Beyond the largest finite value: rounds to overflow.
+    fn huge() -> Self {
+        Self {
+            mag: Big::from_u64(1),
+            exp: MAX_EXP + 128,
+            sticky: false,
+        }
+    }
+
+    /// Nonzero but below half the smallest subnormal: rounds to zero (an underflow).
+    fn tiny() -> Self {
+        Self {
+            mag: Big::default(),
+            exp: MIN_EXP,
+            sticky: true,
+        }
+    }
+}
+
+/// Decimal text; the exact value, to be rounded once.
+fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
+    let Digits {
+        digits,
+        frac_len,
+        exponent,
+    } = Digits::split(body, false)?;
+    let exp10 = exponent.saturating_sub(frac_len);
+    if digits.is_empty() {
+        return Ok(Exact::zero());
     }
     let n = i64::try_from(digits.len()).unwrap_or(i64::MAX);
     // 10^(n-1+exp10) <= value < 10^(n+exp10). The largest finite value is about
     // 1.19e4932 and half the smallest subnormal about 1.8e-4951.
     if n - 1 + exp10 >= 4933 {
-        return Ok(Exact {
-            mag: Big::from_u64(1),
-            exp: MAX_EXP + 128,
-            sticky: false,
-        });
+        return Ok(Exact::huge());
     }
     if n + exp10 < -4952 {
-        return Ok(Exact {
-            mag: Big::default(),
-            exp: MIN_EXP,
-            sticky: true,
-        });
+        return Ok(Exact::tiny());
     }
     let d = Big::from_decimal(&digits);
     if exp10 >= 0 {
@@ -303,8 +344,7 @@ fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
         });
     }
     // value = d / 10^k: a quotient of 66 to 67 bits and whether a remainder is left is
-    // all the rounding needs.
-    // Scale one side by a power of two so that the quotient has 66 or 67 bits:
+    // all the rounding needs. One side is scaled by a power of two for that quotient:
     // value = (d * 2^t / divisor) * 2^-t, or (d / (divisor * 2^-t)) * 2^-t.
     let divisor = Big::from_u64(1).mul_pow10(shift(-exp10));
     let t = 66 + i64::from(divisor.bit_len()) - i64::from(d.bit_len());
@@ -328,40 +368,17 @@ fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
     })
 }
 
-/// Hexadecimal digits after `0x`: `[hex][.hex][p[+-]digits]`, at least one hex digit.
-/// (Text like `0x` alone or `0xp1` is `0` followed by junk for `strtold`: refused.)
+/// Hexadecimal text after `0x` (text like `0x` alone or `0xp1` is `0` followed by junk
+/// for `strtold`: refused); the exact value.
 fn parse_hex(body: &[u8]) -> Result<Exact, NotAFloat> {
-    let (mantissa, exponent) = match body.iter().position(|&b| b == b'p' || b == b'P') {
-        Some(at) => (&body[..at], Some(&body[at + 1..])),
-        None => (body, None),
-    };
-    let (int, frac) = split_point(mantissa);
-    if int.is_empty() && frac.is_empty() {
-        return Err(NotAFloat);
-    }
-    if !int.iter().chain(frac).all(u8::is_ascii_hexdigit) {
-        return Err(NotAFloat);
-    }
-    let exp2 = match exponent {
-        Some(e) => signed_exponent(e)?,
-        None => 0,
-    };
-    let frac_bits = i64::try_from(frac.len())
-        .unwrap_or(i64::MAX)
-        .saturating_mul(4);
-    let exp = exp2.saturating_sub(frac_bits);
-    let digits: Vec<u8> = int
-        .iter()
-        .chain(frac)
-        .copied()
-        .skip_while(|&d| d == b'0')
-        .collect();
+    let Digits {
+        digits,
+        frac_len,
+        exponent,
+    } = Digits::split(body, true)?;
+    let exp = exponent.saturating_sub(frac_len.saturating_mul(4));
     let Some(&top) = digits.first() else {
-        return Ok(Exact {
-            mag: Big::default(),
-            exp: 0,
-            sticky: false,
-        });
+        return Ok(Exact::zero());
     };
     // The bit length from the digits alone: far outside the range either way, the
     // number is not built.
@@ -371,18 +388,10 @@ fn parse_hex(body: &[u8]) -> Result<Exact, NotAFloat> {
         .saturating_mul(4)
         .saturating_add(top_bits);
     if exp.saturating_add(len) > MAX_EXP + 128 {
-        return Ok(Exact {
-            mag: Big::from_u64(1),
-            exp: MAX_EXP + 128,
-            sticky: false,
-        });
+        return Ok(Exact::huge());
     }
     if exp.saturating_add(len) < MIN_EXP - 2 {
-        return Ok(Exact {
-            mag: Big::default(),
-            exp: MIN_EXP,
-            sticky: true,
-        });
+        return Ok(Exact::tiny());
     }
     Ok(Exact {
         mag: Big::from_hex(&digits),
@@ -394,14 +403,6 @@ fn parse_hex(body: &[u8]) -> Result<Exact, NotAFloat> {
 /// The value of an ASCII hexadecimal digit.
 fn hex_value(h: u8) -> u32 {
     char::from(h).to_digit(16).unwrap_or(0)
-}
-
-/// The parts before and after the one decimal point (if any).
-fn split_point(mantissa: &[u8]) -> (&[u8], &[u8]) {
-    match mantissa.iter().position(|&b| b == b'.') {
-        Some(at) => (&mantissa[..at], &mantissa[at + 1..]),
-        None => (mantissa, &[]),
-    }
 }
 
 /// An exponent's `[+-]digits`, saturated far beyond any finite value's range.
