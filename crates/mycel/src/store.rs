@@ -75,6 +75,9 @@ pub struct Version {
     pub seq: u64,
 }
 
+/// A live value (`None`: a missing key) and the expiry a write of it keeps.
+type ToUpdate = (Option<Arc<[u8]>>, Option<Timestamp>);
+
 /// The local store's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
@@ -881,16 +884,10 @@ impl Store {
         now: Timestamp,
         epoch: u64,
     ) -> Result<(i64, Write), Error> {
-        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
         // The result is at most 20 bytes; only the key's length is checked up front.
         self.check_size(bucket, &key, 0)?;
-        let (current, expires_at) = match self.live(bucket, &key, now) {
-            Some(e) => (
-                parse_i64(e.value.as_deref().unwrap_or_default())?,
-                e.expiry(),
-            ),
-            None => (0, default_ttl.map(|d| now.saturating_add(d))),
-        };
+        let (value, expires_at) = self.value_to_update(bucket, &key, now)?;
+        let current = value.map_or(Ok(0), |v| parse_i64(&v))?;
         let next = current.checked_add(delta).ok_or(Error::Overflow)?;
         let text = next.to_string();
         let wire = Bytes::copy_from_slice(text.as_bytes());
@@ -1009,15 +1006,10 @@ impl Store {
         now: Timestamp,
         epoch: u64,
     ) -> Result<(Bytes, Write), Error> {
-        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
-        let (current, expires_at) = match self.live(bucket, &key, now) {
-            Some(e) => (
-                LongDouble::parse(e.value.as_deref().unwrap_or_default())
-                    .map_err(|_| Error::NotAFloat)?,
-                e.expiry(),
-            ),
-            None => (LongDouble::ZERO, default_ttl.map(|d| now.saturating_add(d))),
-        };
+        let (value, expires_at) = self.value_to_update(bucket, &key, now)?;
+        let current = value.map_or(Ok(LongDouble::ZERO), |v| {
+            LongDouble::parse(&v).map_err(|_| Error::NotAFloat)
+        })?;
         let text = current
             .checked_add(increment)
             .ok()
@@ -1041,11 +1033,7 @@ impl Store {
         now: Timestamp,
         epoch: u64,
     ) -> Result<(usize, Write), Error> {
-        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
-        let (old, expires_at) = match self.live_value(bucket, &key, now) {
-            Some((value, expires_at)) => (Some(value), expires_at),
-            None => (None, default_ttl.map(|d| now.saturating_add(d))),
-        };
+        let (old, expires_at) = self.value_to_update(bucket, &key, now)?;
         let old = old.as_deref().unwrap_or_default();
         let len = old.len().saturating_add(suffix.len());
         self.check_size(bucket, &key, len)?;
@@ -1329,6 +1317,22 @@ impl Store {
     pub fn check_size(&self, bucket: BucketId, key: &[u8], value_len: usize) -> Result<(), Error> {
         let bucket_max = self.bucket_options(bucket).and_then(|o| o.max_value_len);
         self.config.check_size(bucket_max, key.len(), value_len)
+    }
+
+    /// What a read-modify-write of `key` (`INCRBY`, `INCRBYFLOAT`, `APPEND`) starts
+    /// from: the live value (`None` for a missing key) and the expiry the result keeps,
+    /// the key's own or, for a new key, the bucket's default TTL from `now`.
+    fn value_to_update(
+        &mut self,
+        bucket: BucketId,
+        key: &[u8],
+        now: Timestamp,
+    ) -> Result<ToUpdate, Error> {
+        let default_ttl = self.bucket_ref(bucket)?.options.default_ttl;
+        Ok(match self.live_value(bucket, key, now) {
+            Some((value, expires_at)) => (Some(value), expires_at),
+            None => (None, default_ttl.map(|d| now.saturating_add(d))),
+        })
     }
 
     /// The value and expiry of `key` if it is live (see [`live`](Self::live)).
