@@ -11,6 +11,7 @@
 //! stay under a few thousand 32-bit limbs.
 
 use std::cmp::Ordering;
+use std::fmt::Write as _;
 
 /// Redis's `MAX_LONG_DOUBLE_CHARS`: text this long or longer is not a number.
 pub const MAX_LEN: usize = 5 * 1024;
@@ -86,11 +87,10 @@ impl LongDouble {
             b'+' => (false, &text[1..]),
             _ => (false, text),
         };
-        let lower = body.to_ascii_lowercase();
-        if lower == b"inf" || lower == b"infinity" {
+        if body.eq_ignore_ascii_case(b"inf") || body.eq_ignore_ascii_case(b"infinity") {
             return Ok(Self::INFINITY);
         }
-        let exact = if lower.starts_with(b"0x") {
+        let exact = if body.len() >= 2 && body[..2].eq_ignore_ascii_case(b"0x") {
             parse_hex(&body[2..])?
         } else {
             parse_decimal(body)?
@@ -645,7 +645,8 @@ impl Big {
         };
         let mut s = top.to_string();
         for c in rest.iter().rev() {
-            s.push_str(&format!("{c:09}"));
+            // Writing into a String cannot fail.
+            let _ = write!(s, "{c:09}");
         }
         s
     }
