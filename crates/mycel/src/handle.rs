@@ -790,6 +790,36 @@ impl Mycel {
         }
     }
 
+    /// Writes `value` into the value of `key` from byte `offset` on, padding a shorter
+    /// value with zero bytes (Redis `SETRANGE`: a missing key is created unless `value`
+    /// is empty; an existing one keeps its expiry); the new length. Atomic at the owner.
+    pub async fn set_range(
+        &self,
+        bucket: BucketId,
+        key: Bytes,
+        offset: u64,
+        value: Bytes,
+    ) -> Result<usize, Error> {
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                let (len, _write) = lock(&l.store).set_range(
+                    bucket,
+                    key,
+                    offset,
+                    &value,
+                    now(),
+                    STANDALONE_EPOCH,
+                )?;
+                Ok(len)
+            }
+            Backend::Cluster(c) => c
+                .cluster
+                .set_range(c.name(bucket)?, key, offset, value)
+                .await
+                .map_err(cluster_error),
+        }
+    }
+
     /// The values of `keys`, in order. Standalone: under one lock (one consistent read).
     /// Cluster: one read per primary, consistent per primary, not across primaries.
     pub async fn mget(

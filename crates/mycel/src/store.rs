@@ -1046,6 +1046,42 @@ impl Store {
         Ok((len, write))
     }
 
+    /// Overwrites the value of `key` from byte `offset` on with `part` (Redis `SETRANGE`),
+    /// padding with zero bytes when the value is shorter than `offset`; a missing key is
+    /// created with the bucket's default TTL, an existing one keeps its expiry. Returns
+    /// the new length and the write to replicate, which is `None` when `part` is empty
+    /// (nothing changes, and a missing key is not created). The size limits apply to the
+    /// result, checked before anything is allocated.
+    pub fn set_range(
+        &mut self,
+        bucket: BucketId,
+        key: Bytes,
+        offset: u64,
+        part: &[u8],
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<(usize, Option<Write>), Error> {
+        let (old, expires_at) = self.value_to_update(bucket, &key, now)?;
+        let old = old.as_deref().unwrap_or_default();
+        if part.is_empty() {
+            return Ok((old.len(), None));
+        }
+        let offset = usize::try_from(offset).unwrap_or(usize::MAX);
+        let end = offset.saturating_add(part.len());
+        let len = end.max(old.len());
+        self.check_size(bucket, &key, len)?;
+        let mut value = Vec::with_capacity(len);
+        value.extend_from_slice(old);
+        if value.len() < end {
+            value.resize(end, 0);
+        }
+        value[offset..end].copy_from_slice(part);
+        let stored: Arc<[u8]> = Arc::from(value);
+        let wire = Bytes::from_owner(Arc::clone(&stored));
+        let write = self.local_put(bucket, key, stored, wire, expires_at, epoch);
+        Ok((len, Some(write)))
+    }
+
     /// Applies a replicated (or snapshot) write if it is newer than what the store holds
     /// for that key, tombstones included. Never compares times.
     pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
@@ -1319,7 +1355,7 @@ impl Store {
         self.config.check_size(bucket_max, key.len(), value_len)
     }
 
-    /// What a read-modify-write of `key` (`INCRBY`, `INCRBYFLOAT`, `APPEND`) starts
+    /// What a read-modify-write of `key` (`INCRBY`, `INCRBYFLOAT`, `APPEND`, `SETRANGE`) starts
     /// from: the live value (`None` for a missing key) and the expiry the result keeps,
     /// the key's own or, for a new key, the bucket's default TTL from `now`.
     fn value_to_update(
@@ -1972,6 +2008,55 @@ mod tests {
             Err(Error::NotFinite)
         );
         assert_eq!(s.get(id, b"n", T0), Some(b("10.6")));
+        s.check_invariants();
+    }
+
+    #[test]
+    fn set_range_semantics() {
+        let (mut s, id) = store();
+        // A missing key: padded with zero bytes up to the offset.
+        let (len, w) = s.set_range(id, b("k"), 3, b"ab", T0, 1).expect("set_range");
+        assert_eq!(len, 5);
+        assert!(w.is_some());
+        assert_eq!(s.get(id, b"k", T0), Some(Bytes::from_static(b"\0\0\0ab")));
+        // Inside the value, and across its end.
+        assert_eq!(s.set_range(id, b("k"), 1, b"XY", T0, 1).map(|r| r.0), Ok(5));
+        assert_eq!(s.get(id, b"k", T0), Some(Bytes::from_static(b"\0XYab")));
+        assert_eq!(
+            s.set_range(id, b("k"), 4, b"123", T0, 1).map(|r| r.0),
+            Ok(7)
+        );
+        assert_eq!(s.get(id, b"k", T0), Some(Bytes::from_static(b"\0XYa123")));
+        // An empty part changes nothing and creates nothing.
+        assert!(matches!(
+            s.set_range(id, b("k"), 100, b"", T0, 1),
+            Ok((7, None))
+        ));
+        assert!(matches!(
+            s.set_range(id, b("none"), 100, b"", T0, 1),
+            Ok((0, None))
+        ));
+        assert_eq!(s.get(id, b"none", T0), None);
+        // An existing TTL is kept.
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(10)),
+            ..SetOptions::default()
+        };
+        s.set(id, b("t"), b("abc"), ex, T0, 1).expect("set");
+        s.set_range(id, b("t"), 0, b"z", at(1), 1)
+            .expect("set_range");
+        assert_eq!(s.get(id, b"t", at(1)), Some(b("zbc")));
+        assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
+        // An offset past the value limit is refused before anything is allocated.
+        assert!(matches!(
+            s.set_range(id, b("k"), u64::MAX, b"x", T0, 1),
+            Err(Error::ValueTooLarge { .. })
+        ));
+        assert!(matches!(
+            s.set_range(id, b("big"), 1 << 40, b"x", T0, 1),
+            Err(Error::ValueTooLarge { .. })
+        ));
+        assert_eq!(s.get(id, b"big", T0), None);
         s.check_invariants();
     }
 

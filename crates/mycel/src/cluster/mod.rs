@@ -989,6 +989,28 @@ impl Cluster {
         }
     }
 
+    /// Writes `value` into `key`'s value from byte `offset` on (Redis `SETRANGE`; see
+    /// `Store::set_range`), atomically at the primary; the new length.
+    pub async fn set_range(
+        &self,
+        bucket: &str,
+        key: impl Into<Bytes>,
+        offset: u64,
+        value: impl Into<Bytes>,
+    ) -> Result<usize, ClusterError> {
+        let key = key.into();
+        let op = Op::SetRange {
+            bucket: bucket.into(),
+            key: WBytes(key.clone()),
+            offset,
+            value: WBytes(value.into()),
+        };
+        match self.inner.route(&key, op, true).await? {
+            OpReply::Int(n) => usize::try_from(n).map_err(|_| self.inner.protocol()),
+            _ => Err(self.inner.protocol()),
+        }
+    }
+
     /// Sets every pair if none of the keys exists (Redis `MSETNX`), atomically at their
     /// primary: all keys must be of one partition ([`Error::CrossSlot`] otherwise).
     /// Whether they were set.

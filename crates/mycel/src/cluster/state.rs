@@ -956,6 +956,19 @@ impl State {
                 writes.push(w);
                 OpReply::Value(Some(WBytes(value)))
             }
+            Op::SetRange {
+                bucket,
+                key,
+                offset,
+                value,
+            } => {
+                let b = bucket_of(store, bucket)?;
+                let (len, w) = store
+                    .set_range(b, key.0.clone(), *offset, &value.0, now, e)
+                    .map_err(err)?;
+                writes.extend(w);
+                OpReply::Int(i64::try_from(len).unwrap_or(i64::MAX))
+            }
             Op::Append { bucket, key, value } => {
                 let b = bucket_of(store, bucket)?;
                 let (len, w) = store

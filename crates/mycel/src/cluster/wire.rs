@@ -332,6 +332,14 @@ pub(crate) enum Op {
         key: WBytes,
         increment: Option<(bool, u64, i64)>,
     },
+    /// `SETRANGE`: `value` written from byte `offset` on. Answered with `OpReply::Int`,
+    /// the new length. Appended, as `ExpireIf`.
+    SetRange {
+        bucket: WStr,
+        key: WBytes,
+        offset: u64,
+        value: WBytes,
+    },
 }
 
 /// A response.
@@ -383,6 +391,7 @@ impl Op {
             | Self::Rename { key, .. }
             | Self::Copy { key, .. }
             | Self::IncrByFloat { key, .. }
+            | Self::SetRange { key, .. }
             | Self::GetOrLoad { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
@@ -418,6 +427,7 @@ impl Op {
                 | Self::MSetNx { .. }
                 | Self::Copy { .. }
                 | Self::IncrByFloat { .. }
+                | Self::SetRange { .. }
         )
     }
 
@@ -444,7 +454,9 @@ impl Op {
     /// operation carries, and whose length no limit bounds) plus the fixed fields.
     pub(crate) fn size(&self) -> usize {
         let value = match self {
-            Self::Set { value, .. } | Self::Append { value, .. } => value.0.len(),
+            Self::Set { value, .. } | Self::Append { value, .. } | Self::SetRange { value, .. } => {
+                value.0.len()
+            }
             Self::Rename { to, .. } | Self::Copy { to, .. } => to.0.len(),
             Self::MSetNx { entries, .. } => {
                 entries.iter().map(|(k, v)| k.0.len() + v.0.len() + 8).sum()
@@ -472,7 +484,8 @@ impl Op {
             | Self::Rename { bucket, .. }
             | Self::MSetNx { bucket, .. }
             | Self::Copy { bucket, .. }
-            | Self::IncrByFloat { bucket, .. } => bucket.len(),
+            | Self::IncrByFloat { bucket, .. }
+            | Self::SetRange { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -1005,6 +1018,12 @@ mod tests {
                         bucket: "default".into(),
                         key: b("f"),
                         increment: Some((true, 1 << 63, -16445)),
+                    },
+                    Op::SetRange {
+                        bucket: "default".into(),
+                        key: b("r"),
+                        offset: u64::MAX,
+                        value: b("part"),
                     },
                     Op::IncrByFloat {
                         bucket: "default".into(),

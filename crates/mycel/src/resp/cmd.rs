@@ -143,6 +143,7 @@ pub const NAMES: &[&str] = &[
     "get",
     "getdel",
     "getex",
+    "getrange",
     "getset",
     "hello",
     "incr",
@@ -171,8 +172,11 @@ pub const NAMES: &[&str] = &[
     "set",
     "setex",
     "setnx",
+    "setrange",
     "strlen",
+    "substr",
     "time",
+    "touch",
     "ttl",
     "type",
     "unlink",
@@ -263,6 +267,11 @@ pub enum Command {
     },
     /// `STRLEN key`: the value's length, 0 for a missing key.
     StrLen(Bytes),
+    /// `GETRANGE key start end` (and its old name `SUBSTR`): the bytes from `start` to
+    /// `end`, both included; negative indexes count from the end.
+    GetRange(Bytes, i64, i64),
+    /// `SETRANGE key offset value`: `value` written from byte `offset` on; the new length.
+    SetRange(Bytes, u64, Bytes),
     /// `PERSIST key`.
     Persist(Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
@@ -411,7 +420,9 @@ impl Command {
                 arity(!rest.is_empty())?;
                 Self::Del(rest.to_vec())
             }
-            "exists" => {
+            // `TOUCH` counts the keys that exist, as `EXISTS` (there is no access time to
+            // update: eviction follows the cache's own hit tracking).
+            "exists" | "touch" => {
                 arity(!rest.is_empty())?;
                 Self::Exists(rest.to_vec())
             }
@@ -473,6 +484,16 @@ impl Command {
             "strlen" => {
                 arity(rest.len() == 1)?;
                 Self::StrLen(key())
+            }
+            "getrange" | "substr" => {
+                arity(rest.len() == 3)?;
+                Self::GetRange(key(), int(&rest[1])?, int(&rest[2])?)
+            }
+            "setrange" => {
+                arity(rest.len() == 3)?;
+                let offset = u64::try_from(int(&rest[1])?)
+                    .map_err(|_| Frame::err("offset is out of range"))?;
+                Self::SetRange(key(), offset, rest[2].clone())
             }
             "time" => {
                 arity(rest.is_empty())?;

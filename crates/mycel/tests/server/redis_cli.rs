@@ -431,6 +431,29 @@ fn string_commands_beyond_get_and_set() {
     assert_eq!(s.cli(&["EXPIRE", "log", "100"]), "(integer) 1");
     assert_eq!(s.cli(&["APPEND", "log", "!"]), "(integer) 12");
     assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
+    // GETRANGE (and its old name SUBSTR) and SETRANGE, as Redis documents them; SETRANGE
+    // keeps the TTL too, pads with zero bytes, and creates nothing with an empty value.
+    assert_eq!(s.cli(&["GETRANGE", "log", "0", "4"]), "\"Hello\"");
+    assert_eq!(s.cli(&["GETRANGE", "log", "-6", "-2"]), "\"World\"");
+    assert_eq!(s.cli(&["SUBSTR", "log", "6", "100"]), "\"World!\"");
+    assert_eq!(s.cli(&["GETRANGE", "nothing", "0", "-1"]), "\"\"");
+    assert_eq!(s.cli(&["SETRANGE", "log", "6", "Redis"]), "(integer) 12");
+    assert_eq!(s.cli(&["GET", "log"]), "\"Hello Redis!\"");
+    assert_ne!(s.cli(&["TTL", "log"]), "(integer) -1");
+    assert_eq!(s.cli(&["SETRANGE", "pad", "2", "x"]), "(integer) 3");
+    assert_eq!(s.cli(&["GET", "pad"]), "\"\\x00\\x00x\"");
+    assert_eq!(s.cli(&["SETRANGE", "none", "5", ""]), "(integer) 0");
+    assert_eq!(s.cli(&["EXISTS", "none"]), "(integer) 0");
+    assert_eq!(
+        s.cli(&["SETRANGE", "pad", "-1", "x"]),
+        "(error) ERR offset is out of range"
+    );
+    assert_eq!(
+        s.cli(&["GETRANGE", "pad", "0", "x"]),
+        "(error) ERR value is not an integer or out of range"
+    );
+    // TOUCH counts the keys that exist, each time it is named.
+    assert_eq!(s.cli(&["TOUCH", "pad", "none", "pad"]), "(integer) 2");
     // INCRBYFLOAT answers Redis's digits (f64 would say 0.30000000000000004) and keeps
     // the TTL.
     assert_eq!(

@@ -126,6 +126,17 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[1].cli(&["APPEND", "trail", "a"]), "(integer) 1");
     assert_eq!(nodes[2].cli(&["APPEND", "trail", "bc"]), "(integer) 3");
     assert_eq!(nodes[0].cli(&["GET", "trail"]), "\"abc\"");
+    // And SETRANGE, read back in part by GETRANGE on another node.
+    assert_eq!(
+        nodes[2].cli(&["SETRANGE", "trail", "1", "XYZ"]),
+        "(integer) 4"
+    );
+    assert_eq!(nodes[1].cli(&["GETRANGE", "trail", "1", "-2"]), "\"XY\"");
+    assert_eq!(
+        nodes[0].cli(&["SETRANGE", "trail", "6", "!"]),
+        "(integer) 7"
+    );
+    assert_eq!(nodes[1].cli(&["GET", "trail"]), "\"aXYZ\\x00\\x00!\"");
     assert_eq!(nodes[0].cli(&["DEL", "trail"]), "(integer) 1");
     // And INCRBYFLOAT, with Redis's long double digits whichever node computes it.
     let mut total = String::new();

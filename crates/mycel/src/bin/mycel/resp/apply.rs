@@ -216,6 +216,14 @@ pub(crate) async fn execute(
         }
         Command::Type(key) => m.exists(b, &key).await.map(type_frame),
         Command::StrLen(key) => m.get(b, &key).await.map(|v| strlen_frame(v.as_ref())),
+        Command::GetRange(key, start, end) => m
+            .get(b, &key)
+            .await
+            .map(|v| range_frame(v.as_ref(), start, end)),
+        Command::SetRange(key, offset, value) => m
+            .set_range(b, key, offset, value)
+            .await
+            .map(|n| Frame::Integer(i64::try_from(n).unwrap_or(i64::MAX))),
         Command::Rename { from, to, replace } => {
             m.rename(b, from, to, replace)
                 .await
@@ -403,6 +411,8 @@ pub(crate) enum Shape {
     Type,
     /// `STRLEN`: the value's length.
     Len,
+    /// `GETRANGE`: the bytes from `start` to `end` (inclusive; see [`range_frame`]).
+    Range { start: i64, end: i64 },
     /// An integer (`INCRBY` and friends).
     Integer,
 }
@@ -459,6 +469,7 @@ pub(crate) fn batchable(cmd: Command) -> Result<(BatchOp, Shape), Command> {
         Command::ExpireTime(key, millis) => (BatchOp::Ttl { key }, Shape::ExpireTime { millis }),
         Command::Type(key) => (BatchOp::Exists { key }, Shape::Type),
         Command::StrLen(key) => (BatchOp::Get { key }, Shape::Len),
+        Command::GetRange(key, start, end) => (BatchOp::Get { key }, Shape::Range { start, end }),
         Command::Persist(key) => (BatchOp::Persist { key }, Shape::Flag),
         Command::IncrBy(key, delta) => (BatchOp::IncrBy { key, delta }, Shape::Integer),
         cmd => return Err(cmd),
@@ -477,6 +488,9 @@ pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Fr
         (Shape::ExpireTime { millis }, Ok(BatchReply::Ttl(t))) => expire_time_frame(t, millis),
         (Shape::Type, Ok(BatchReply::Bool(b))) => type_frame(b),
         (Shape::Len, Ok(BatchReply::Value(v))) => strlen_frame(v.as_ref()),
+        (Shape::Range { start, end }, Ok(BatchReply::Value(v))) => {
+            range_frame(v.as_ref(), start, end)
+        }
         (Shape::Integer, Ok(BatchReply::Int(v))) => Frame::Integer(v),
         (_, Ok(_)) => Frame::err("internal error: unexpected reply kind"),
     }
@@ -521,6 +535,37 @@ fn type_frame(exists: bool) -> Frame {
 
 fn strlen_frame(v: Option<&Bytes>) -> Frame {
     Frame::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
+}
+
+/// `GETRANGE key start end`: the bytes from `start` to `end`, both included, a negative
+/// index counting from the end (-1 the last byte), clamped to the value as Redis does; an
+/// empty string for a missing key or an empty range.
+fn range_frame(v: Option<&Bytes>, start: i64, end: i64) -> Frame {
+    let empty = || Frame::Bulk(Bytes::new());
+    let Some(v) = v.filter(|v| !v.is_empty()) else {
+        return empty();
+    };
+    if start < 0 && end < 0 && start > end {
+        return empty();
+    }
+    let len = i64::try_from(v.len()).unwrap_or(i64::MAX);
+    let index = |i: i64| {
+        if i < 0 {
+            len.saturating_add(i).max(0)
+        } else {
+            i
+        }
+    };
+    let (start, end) = (index(start), index(end).min(len - 1));
+    if start > end {
+        return empty();
+    }
+    // Both within 0..len here.
+    let (start, end) = (
+        usize::try_from(start).unwrap_or(0),
+        usize::try_from(end).unwrap_or(0),
+    );
+    Frame::Bulk(v.slice(start..=end))
 }
 
 /// `TIME`: seconds and microseconds since the Unix epoch, as bulk strings.
@@ -634,6 +679,10 @@ const COMMANDS: &[CommandInfo] = &[
     ("type", 2, &["readonly", "fast"], 1, 1, 1),
     ("strlen", 2, &["readonly", "fast"], 1, 1, 1),
     ("append", 3, &["write", "denyoom", "fast"], 1, 1, 1),
+    ("getrange", 4, &["readonly"], 1, 1, 1),
+    ("substr", 4, &["readonly"], 1, 1, 1),
+    ("setrange", 4, &["write", "denyoom"], 1, 1, 1),
+    ("touch", -2, &["readonly", "fast"], 1, -1, 1),
     ("rename", 3, &["write"], 1, 2, 1),
     ("renamenx", 3, &["write", "fast"], 1, 2, 1),
     ("copy", -3, &["write", "denyoom"], 1, 2, 1),
@@ -650,14 +699,6 @@ const COMMANDS: &[CommandInfo] = &[
     ("flushall", -1, &["write"], 0, 0, 0),
     ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
     ("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
-    (
-        "role",
-        1,
-        &["noscript", "loading", "stale", "fast"],
-        0,
-        0,
-        0,
-    ),
     (
         "role",
         1,
@@ -945,9 +986,42 @@ mod tests {
             let described = COMMANDS.iter().any(|c| c.0 == *name);
             assert_eq!(described, !refused.contains(name), "{name}");
         }
-        for c in COMMANDS {
+        for (i, c) in COMMANDS.iter().enumerate() {
             assert!(cmd::NAMES.contains(&c.0), "{} is not parsed", c.0);
+            assert!(
+                COMMANDS[..i].iter().all(|d| d.0 != c.0),
+                "{} is described twice",
+                c.0
+            );
         }
+    }
+
+    #[test]
+    fn get_range_clamps_like_redis() {
+        let v = Bytes::from_static(b"This is a string");
+        let r = |start, end| match range_frame(Some(&v), start, end) {
+            Frame::Bulk(b) => b,
+            other => panic!("not a bulk string: {other:?}"),
+        };
+        // The examples of Redis's documentation.
+        assert_eq!(r(0, 3), "This");
+        assert_eq!(r(-3, -1), "ing");
+        assert_eq!(r(0, -1), v);
+        assert_eq!(r(10, 100), "string");
+        // Clamping at both ends, empty ranges.
+        assert_eq!(r(-100, 1), "Th");
+        assert_eq!(r(5, 2), "");
+        assert_eq!(r(-1, -2), "");
+        assert_eq!(r(16, 20), "");
+        assert_eq!(r(-100, -50), "T");
+        assert_eq!(r(i64::MIN, i64::MAX), v);
+        assert_eq!(r(i64::MAX, i64::MAX), "");
+        // A missing or empty value.
+        assert_eq!(range_frame(None, 0, -1), Frame::Bulk(Bytes::new()));
+        assert_eq!(
+            range_frame(Some(&Bytes::new()), 0, -1),
+            Frame::Bulk(Bytes::new())
+        );
     }
 
     #[test]
