@@ -545,7 +545,10 @@ impl Weighter<EntryKey, Entry> for EntryWeighter {
     }
 }
 
-fn entry_weight(key_len: usize, value_len: usize) -> u64 {
+/// What an entry of a `key_len`-byte key and a `value_len`-byte value weighs against the
+/// byte budget ([`StoreConfig::max_bytes`]): both lengths plus [`ENTRY_OVERHEAD`].
+#[must_use]
+pub fn entry_weight(key_len: usize, value_len: usize) -> u64 {
     let len = u64::try_from(key_len.saturating_add(value_len)).unwrap_or(u64::MAX);
     len.saturating_add(ENTRY_OVERHEAD)
 }

@@ -151,6 +151,7 @@ pub const NAMES: &[&str] = &[
     "incrbyfloat",
     "info",
     "keys",
+    "memory",
     "mget",
     "mset",
     "msetnx",
@@ -272,6 +273,10 @@ pub enum Command {
     GetRange(Bytes, i64, i64),
     /// `SETRANGE key offset value`: `value` written from byte `offset` on; the new length.
     SetRange(Bytes, u64, Bytes),
+    /// `MEMORY USAGE key [SAMPLES count]`: the bytes the key weighs against the memory
+    /// budget (`store::entry_weight`), null for a missing key. `SAMPLES` is checked and
+    /// ignored: the figure is exact.
+    MemoryUsage(Bytes),
     /// `PERSIST key`.
     Persist(Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
@@ -571,6 +576,7 @@ impl Command {
             "client" => parse_client(rest)?,
             "command" => Self::Command(rest.to_vec()),
             "config" => parse_config(rest)?,
+            "memory" => parse_memory(rest)?,
             "hello" => parse_hello(rest)?,
             "mycel.bucket" => parse_bucket(rest)?,
             // Known to clients, and refused with the reason rather than as unknown.
@@ -1029,6 +1035,34 @@ fn parse_cursor(arg: &[u8]) -> Option<u64> {
     }
     let n = std::str::from_utf8(digits).ok()?.parse::<u64>().ok()?;
     Some(if negative { n.wrapping_neg() } else { n })
+}
+
+fn parse_memory(rest: &[Bytes]) -> Result<Command, Frame> {
+    let Some((sub, args)) = rest.split_first() else {
+        return Err(wrong_arity("memory"));
+    };
+    if !sub.eq_ignore_ascii_case(b"usage") {
+        return Err(Frame::err(format!(
+            "unknown subcommand '{}'. Try MEMORY HELP.",
+            String::from_utf8_lossy(sub)
+        )));
+    }
+    let Some((key, mut options)) = args.split_first() else {
+        return Err(wrong_arity("memory|usage"));
+    };
+    // As Redis: the options are checked before the key is looked up.
+    while let Some((option, tail)) = options.split_first() {
+        match tail.split_first() {
+            Some((count, tail)) if option.eq_ignore_ascii_case(b"samples") => {
+                if int(count)? < 0 {
+                    return Err(syntax_error());
+                }
+                options = tail;
+            }
+            _ => return Err(syntax_error()),
+        }
+    }
+    Ok(Command::MemoryUsage(key.clone()))
 }
 
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
@@ -1760,6 +1794,52 @@ mod tests {
         assert_eq!(
             parse("CLIENT NOPE"),
             err("ERR unknown subcommand 'NOPE'. Try CLIENT HELP.")
+        );
+        // MEMORY USAGE, with Redis's errors (checked before the key is looked up).
+        assert_eq!(
+            parse("MEMORY usage k"),
+            Ok(Command::MemoryUsage("k".into()))
+        );
+        assert_eq!(
+            parse("memory USAGE k SAMPLES 0 samples 5"),
+            Ok(Command::MemoryUsage("k".into()))
+        );
+        assert_eq!(
+            parse("MEMORY"),
+            err("ERR wrong number of arguments for 'memory' command")
+        );
+        assert_eq!(
+            parse("MEMORY USAGE"),
+            err("ERR wrong number of arguments for 'memory|usage' command")
+        );
+        assert_eq!(
+            parse("MEMORY STATS"),
+            err("ERR unknown subcommand 'STATS'. Try MEMORY HELP.")
+        );
+        for bad in [
+            "MEMORY USAGE k SAMPLES",
+            "MEMORY USAGE k SAMPLES -1",
+            "MEMORY USAGE k x",
+        ] {
+            assert_eq!(parse(bad), err("ERR syntax error"), "{bad}");
+        }
+        assert_eq!(
+            parse("MEMORY USAGE k SAMPLES x"),
+            err("ERR value is not an integer or out of range")
+        );
+        // GETRANGE, SETRANGE, TOUCH.
+        assert_eq!(
+            parse("SUBSTR k -3 -1"),
+            Ok(Command::GetRange("k".into(), -3, -1))
+        );
+        assert_eq!(
+            parse("SETRANGE k 7 v"),
+            Ok(Command::SetRange("k".into(), 7, "v".into()))
+        );
+        assert_eq!(parse("SETRANGE k -1 v"), err("ERR offset is out of range"));
+        assert_eq!(
+            parse("TOUCH a b a"),
+            Ok(Command::Exists(vec!["a".into(), "b".into(), "a".into()]))
         );
         assert_eq!(
             parse("HELLO"),

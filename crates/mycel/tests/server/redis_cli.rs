@@ -454,6 +454,13 @@ fn string_commands_beyond_get_and_set() {
     );
     // TOUCH counts the keys that exist, each time it is named.
     assert_eq!(s.cli(&["TOUCH", "pad", "none", "pad"]), "(integer) 2");
+    // MEMORY USAGE: the entry's weight against the memory budget (3 + 3 + the overhead
+    // of an entry), null for a missing key. redis-cli --memkeys uses it.
+    assert_eq!(
+        s.cli(&["MEMORY", "USAGE", "pad"]),
+        format!("(integer) {}", 6 + mycel::store::ENTRY_OVERHEAD)
+    );
+    assert_eq!(s.cli(&["MEMORY", "USAGE", "none", "SAMPLES", "0"]), "(nil)");
     // INCRBYFLOAT answers Redis's digits (f64 would say 0.30000000000000004) and keeps
     // the TTL.
     assert_eq!(

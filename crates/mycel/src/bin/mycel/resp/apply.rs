@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use mycel::store::entry_weight;
 use mycel::{
     BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel, Renamed,
     SetOptions, Timestamp, Ttl,
@@ -220,6 +221,10 @@ pub(crate) async fn execute(
             .get(b, &key)
             .await
             .map(|v| range_frame(v.as_ref(), start, end)),
+        Command::MemoryUsage(key) => m
+            .get(b, &key)
+            .await
+            .map(|v| weight_frame(key.len(), v.as_ref())),
         Command::SetRange(key, offset, value) => m
             .set_range(b, key, offset, value)
             .await
@@ -413,6 +418,8 @@ pub(crate) enum Shape {
     Len,
     /// `GETRANGE`: the bytes from `start` to `end` (inclusive; see [`range_frame`]).
     Range { start: i64, end: i64 },
+    /// `MEMORY USAGE` of a `key_len`-byte key: its entry's weight, or null.
+    Weight { key_len: usize },
     /// An integer (`INCRBY` and friends).
     Integer,
 }
@@ -470,6 +477,10 @@ pub(crate) fn batchable(cmd: Command) -> Result<(BatchOp, Shape), Command> {
         Command::Type(key) => (BatchOp::Exists { key }, Shape::Type),
         Command::StrLen(key) => (BatchOp::Get { key }, Shape::Len),
         Command::GetRange(key, start, end) => (BatchOp::Get { key }, Shape::Range { start, end }),
+        Command::MemoryUsage(key) => {
+            let key_len = key.len();
+            (BatchOp::Get { key }, Shape::Weight { key_len })
+        }
         Command::Persist(key) => (BatchOp::Persist { key }, Shape::Flag),
         Command::IncrBy(key, delta) => (BatchOp::IncrBy { key, delta }, Shape::Integer),
         cmd => return Err(cmd),
@@ -491,6 +502,7 @@ pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Fr
         (Shape::Range { start, end }, Ok(BatchReply::Value(v))) => {
             range_frame(v.as_ref(), start, end)
         }
+        (Shape::Weight { key_len }, Ok(BatchReply::Value(v))) => weight_frame(key_len, v.as_ref()),
         (Shape::Integer, Ok(BatchReply::Int(v))) => Frame::Integer(v),
         (_, Ok(_)) => Frame::err("internal error: unexpected reply kind"),
     }
@@ -535,6 +547,14 @@ fn type_frame(exists: bool) -> Frame {
 
 fn strlen_frame(v: Option<&Bytes>) -> Frame {
     Frame::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
+}
+
+/// `MEMORY USAGE`: what the key's entry weighs against the memory budget, null for a
+/// missing key.
+fn weight_frame(key_len: usize, v: Option<&Bytes>) -> Frame {
+    v.map_or(Frame::Null, |v| {
+        Frame::Integer(i64::try_from(entry_weight(key_len, v.len())).unwrap_or(i64::MAX))
+    })
 }
 
 /// `GETRANGE key start end`: the bytes from `start` to `end`, both included, a negative
@@ -683,6 +703,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("substr", 4, &["readonly"], 1, 1, 1),
     ("setrange", 4, &["write", "denyoom"], 1, 1, 1),
     ("touch", -2, &["readonly", "fast"], 1, -1, 1),
+    ("memory", -2, &["readonly"], 0, 0, 0),
     ("rename", 3, &["write"], 1, 2, 1),
     ("renamenx", 3, &["write", "fast"], 1, 2, 1),
     ("copy", -3, &["write", "denyoom"], 1, 2, 1),
