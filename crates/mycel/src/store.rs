@@ -1664,7 +1664,7 @@ mod tests {
 
     impl Store {
         /// Every index entry points at a cache entry that points back, and the counts agree.
-        pub(super) fn check_invariants(&self) {
+        pub(crate) fn check_invariants(&self) {
             let mut indexed = 0;
             for (p, part) in self.parts.iter().enumerate() {
                 for (i, k) in part.keys.iter().enumerate() {

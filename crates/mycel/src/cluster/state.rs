@@ -1261,6 +1261,194 @@ mod tests {
         assert!(run(&mut a, set_op("k", "A"), &mut held).is_ok());
     }
 
+    mod hostile {
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::cluster::wire::{WireCondition, WireExpireCondition, WireExpiry};
+
+        fn key() -> impl Strategy<Value = WBytes> {
+            prop_oneof![Just(""), Just("a"), Just("{t}b"), Just("{t}c"), Just("n"),]
+                .prop_map(|k| WBytes(Bytes::from_static(k.as_bytes())))
+        }
+
+        fn value() -> impl Strategy<Value = WBytes> {
+            prop_oneof![
+                Just(Bytes::from_static(b"10")),
+                Just(Bytes::from_static(b"-1.5e3")),
+                Just(Bytes::from_static(b"9223372036854775807")),
+                Just(Bytes::from_static(b"0x1p16383")),
+                proptest::collection::vec(any::<u8>(), 0..40).prop_map(Bytes::from),
+            ]
+            .prop_map(WBytes)
+        }
+
+        fn bucket() -> impl Strategy<Value = WStr> {
+            prop_oneof![4 => Just("default"), 1 => Just("missing")].prop_map(WStr::from)
+        }
+
+        fn int() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                Just(0),
+                Just(1),
+                Just(u64::MAX),
+                Just(1 << 62),
+                0u64..100_000
+            ]
+        }
+
+        fn expiry() -> impl Strategy<Value = WireExpiry> {
+            prop_oneof![
+                Just(WireExpiry::BucketDefault),
+                Just(WireExpiry::Never),
+                Just(WireExpiry::Keep),
+                int().prop_map(WireExpiry::AfterMs),
+                int().prop_map(|ms| WireExpiry::At(Timestamp::from_millis(ms))),
+            ]
+        }
+
+        fn expire_condition() -> impl Strategy<Value = WireExpireCondition> {
+            prop_oneof![
+                Just(WireExpireCondition::Always),
+                Just(WireExpireCondition::IfNone),
+                Just(WireExpireCondition::IfSome),
+                Just(WireExpireCondition::IfLater),
+                Just(WireExpireCondition::IfEarlier),
+                Just(WireExpireCondition::IfSomeEarlier),
+            ]
+        }
+
+        fn condition() -> impl Strategy<Value = WireCondition> {
+            prop_oneof![
+                Just(WireCondition::Always),
+                Just(WireCondition::IfAbsent),
+                Just(WireCondition::IfPresent),
+            ]
+        }
+
+        /// Any operation a peer could send, with extreme numbers and a missing bucket
+        /// among the ordinary ones.
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (bucket(), key()).prop_map(|(bucket, key)| Op::Get { bucket, key }),
+                (bucket(), key()).prop_map(|(bucket, key)| Op::Ttl { bucket, key }),
+                (
+                    bucket(),
+                    key(),
+                    value(),
+                    expiry(),
+                    condition(),
+                    any::<bool>()
+                )
+                    .prop_map(|(bucket, key, value, expiry, condition, get)| {
+                        Op::Set {
+                            bucket,
+                            key,
+                            value,
+                            expiry,
+                            condition,
+                            get,
+                        }
+                    }),
+                (bucket(), key()).prop_map(|(bucket, key)| Op::Delete { bucket, key }),
+                (bucket(), key(), int(), expire_condition()).prop_map(
+                    |(bucket, key, after_ms, condition)| Op::ExpireIf {
+                        bucket,
+                        key,
+                        after_ms,
+                        condition,
+                    }
+                ),
+                (bucket(), key()).prop_map(|(bucket, key)| Op::Persist { bucket, key }),
+                (bucket(), key(), any::<i64>()).prop_map(|(bucket, key, delta)| Op::IncrBy {
+                    bucket,
+                    key,
+                    delta
+                }),
+                (bucket(), key(), any::<bool>(), any::<u64>(), any::<i64>()).prop_map(
+                    |(bucket, key, neg, sig, exp)| Op::IncrByFloat {
+                        bucket,
+                        key,
+                        increment: Some((neg, sig, exp)),
+                    }
+                ),
+                (bucket(), key(), value()).prop_map(|(bucket, key, value)| Op::Append {
+                    bucket,
+                    key,
+                    value
+                }),
+                (bucket(), key(), int(), value()).prop_map(|(bucket, key, offset, value)| {
+                    Op::SetRange {
+                        bucket,
+                        key,
+                        offset,
+                        value,
+                    }
+                }),
+                (bucket(), key(), key(), any::<bool>()).prop_map(|(bucket, key, to, replace)| {
+                    Op::Rename {
+                        bucket,
+                        key,
+                        to,
+                        replace,
+                    }
+                }),
+                (bucket(), key(), key(), any::<bool>()).prop_map(|(bucket, key, to, replace)| {
+                    Op::Copy {
+                        bucket,
+                        key,
+                        to,
+                        replace,
+                    }
+                }),
+                (bucket(), proptest::collection::vec((key(), value()), 0..4))
+                    .prop_map(|(bucket, entries)| Op::MSet { bucket, entries }),
+                (bucket(), proptest::collection::vec((key(), value()), 0..4))
+                    .prop_map(|(bucket, entries)| Op::MSetNx { bucket, entries }),
+                (bucket(), proptest::collection::vec(key(), 0..4))
+                    .prop_map(|(bucket, keys)| Op::MGet { bucket, keys }),
+                (bucket(), any::<u16>(), any::<u64>(), any::<u32>()).prop_map(
+                    |(bucket, partition, from, max_bytes)| Op::Scan {
+                        bucket,
+                        partition,
+                        pattern: None,
+                        from,
+                        max_bytes,
+                    }
+                ),
+            ]
+        }
+
+        proptest! {
+            /// Whatever a peer asks of this node as primary is answered or refused: no
+            /// panic, the store's indexes stay consistent, and every write made is one
+            /// the store applied (a backup replaying it changes nothing here).
+            #[test]
+            fn operations_from_a_peer_never_panic(
+                ops in proptest::collection::vec((op(), 0u64..5_000), 1..40)
+            ) {
+                let mut st = state("a");
+                st.install(table(1, &["a"]), None).expect("valid");
+                st.poll_sync();
+                let mut now = 1_000_000;
+                for (op, step) in ops {
+                    now += step;
+                    let now = Timestamp::from_millis(now);
+                    if let Ok((_, writes)) = st.execute(&op, Some(1), false, now) {
+                        for w in &writes {
+                            let applied = st.store.apply(w, now);
+                            prop_assert!(
+                                !matches!(applied, Ok(crate::store::Applied::Applied)),
+                                "{op:?} made a write the store had not applied: {w:?}"
+                            );
+                        }
+                    }
+                    st.store.check_invariants();
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_lone_first_table_syncs_at_once() {
         let mut s = state("a");
