@@ -201,6 +201,11 @@ fn hello_client_config_command() {
         s.cli(&["CONFIG", "GET", "appendonly"]),
         "1) \"appendonly\"\n2) \"no\""
     );
+    // Only database 0 exists; tools that list databases read this.
+    assert_eq!(
+        s.cli(&["CONFIG", "GET", "databases"]),
+        "1) \"databases\"\n2) \"1\""
+    );
     let count = s.cli(&["COMMAND", "COUNT"]);
     assert!(count.starts_with("(integer) "), "{count}");
 }
@@ -678,6 +683,9 @@ fn client_list_and_info_show_every_connection() {
         ("PSETEX k 1000 v\r\n", " cmd=psetex "),
         ("PEXPIRE k 5000\r\n", " cmd=pexpire "),
         ("DECR\r\n", " cmd=decr "),
+        ("SUBSTR k 0 1\r\n", " cmd=substr "),
+        ("TOUCH k\r\n", " cmd=touch "),
+        ("MEMORY USAGE k\r\n", " cmd=memory|usage "),
         ("NOSUCH\r\n", " cmd=NULL "),
     ] {
         raw_line(&mut b, request);

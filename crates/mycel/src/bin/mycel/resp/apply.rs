@@ -97,6 +97,7 @@ pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
         Command::ClientList(_) => "client|list",
         Command::ClientKill(_) => "client|kill",
         Command::ConfigGet(_) => "config|get",
+        Command::MemoryUsage(_) => "memory|usage",
         Command::Command(args) => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match sub.as_deref() {
@@ -799,15 +800,17 @@ async fn keys(m: &Mycel, b: BucketId, pattern: Option<&[u8]>) -> Result<Vec<Byte
 
 fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
     let max = shared.mycel.config().store.max_bytes.to_string();
-    let params: [(&str, String); 3] = [
+    // `databases`: only database 0 exists (buckets are chosen with `MYCEL.BUCKET`).
+    let params: [(&str, String); 4] = [
         ("save", String::new()),
         ("appendonly", "no".into()),
         ("maxmemory", max),
+        ("databases", "1".into()),
     ];
     // As Redis: a name without `[`, `*` or `?` is looked up (without case) and answered
     // as typed; the others are patterns matched without case. Each setting once.
     let mut out = Vec::new();
-    let mut listed = [false; 3];
+    let mut listed = [false; 4];
     for p in patterns {
         let pattern = p.iter().any(|b| b"[*?".contains(b));
         for ((name, value), listed) in params.iter().zip(&mut listed) {
