@@ -195,6 +195,7 @@ struct Exact {
     sticky: bool,
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Rounded {
     Value(LongDouble),
     Overflow,
@@ -335,17 +336,47 @@ fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
     if n + exp10 < -4952 {
         return Ok(Exact::tiny());
     }
-    let d = Big::from_decimal(&digits);
+    if digits.len() > EXACT_DIGITS {
+        // Long text: the leading digits decide the rounding unless the value lies within
+        // one unit of their last place of a rounding boundary. `head` and `head + 1`
+        // (in that place) bound the value; a rest that is not all zeros puts it strictly
+        // between them, and if both bounds, each nudged up, round alike, so does the value.
+        let (head, rest) = digits.split_at(EXACT_DIGITS);
+        let exp10 = exp10.saturating_add(i64::try_from(rest.len()).unwrap_or(i64::MAX));
+        let low = Big::from_decimal(head);
+        if rest.iter().all(|&d| d == b'0') {
+            return Ok(scaled(low, exp10));
+        }
+        let mut high = low.clone();
+        high.mul_add_small(1, 1);
+        let mut below = scaled(low, exp10);
+        below.sticky = true;
+        let mut above = scaled(high, exp10);
+        above.sticky = true;
+        if below.round(false) == above.round(false) {
+            return Ok(below);
+        }
+    }
+    Ok(scaled(Big::from_decimal(&digits), exp10))
+}
+
+/// Significant decimal digits converted exactly before the rest is only known to be
+/// there (see [`parse_decimal`]): far more than a 64-bit significand needs, so that a
+/// long text takes the exact path only when it is that close to a rounding boundary.
+const EXACT_DIGITS: usize = 60;
+
+/// `d * 10^exp10` exactly: the value itself for `exp10 >= 0`, else a quotient of 66 to 67
+/// bits and whether a remainder is left, which is all the rounding needs.
+fn scaled(d: Big, exp10: i64) -> Exact {
     if exp10 >= 0 {
-        return Ok(Exact {
+        return Exact {
             mag: d.mul_pow10(shift(exp10)),
             exp: 0,
             sticky: false,
-        });
+        };
     }
-    // value = d / 10^k: a quotient of 66 to 67 bits and whether a remainder is left is
-    // all the rounding needs. One side is scaled by a power of two for that quotient:
-    // value = (d * 2^t / divisor) * 2^-t, or (d / (divisor * 2^-t)) * 2^-t.
+    // One side is scaled by a power of two for that quotient: value =
+    // (d * 2^t / divisor) * 2^-t, or (d / (divisor * 2^-t)) * 2^-t.
     let divisor = Big::from_u64(1).mul_pow10(shift(-exp10));
     let t = 66 + i64::from(divisor.bit_len()) - i64::from(d.bit_len());
     let (mut rem, divisor) = if t >= 0 {
@@ -353,19 +384,22 @@ fn parse_decimal(body: &[u8]) -> Result<Exact, NotAFloat> {
     } else {
         (d, divisor.shl(shift(-t)))
     };
+    // Long division, one quotient bit a step, in place (the operands may be thousands of
+    // limbs long).
     let mut q: u128 = 0;
+    let mut step = divisor.shl(67);
     for i in (0..68u32).rev() {
-        let step = divisor.shl(i);
         if rem.cmp(&step) != Ordering::Less {
-            rem = rem.sub(&step);
+            rem.sub_assign(&step);
             q |= 1 << i;
         }
+        step.halve();
     }
-    Ok(Exact {
+    Exact {
         mag: Big::from_u128(q),
         exp: -t,
         sticky: !rem.is_zero(),
-    })
+    }
 }
 
 /// Hexadecimal text after `0x` (text like `0x` alone or `0xp1` is `0` followed by junk
@@ -605,15 +639,36 @@ impl Big {
 
     /// `self - other`, for `self >= other`.
     fn sub(&self, other: &Self) -> Self {
-        let mut out = Vec::with_capacity(self.0.len());
+        let mut out = self.clone();
+        out.sub_assign(other);
+        out
+    }
+
+    /// `self -= other`, for `self >= other`.
+    fn sub_assign(&mut self, other: &Self) {
         let mut borrow = false;
-        for (i, &l) in self.0.iter().enumerate() {
+        for (i, l) in self.0.iter_mut().enumerate() {
             let (v, b1) = l.overflowing_sub(other.0.get(i).copied().unwrap_or(0));
             let (v, b2) = v.overflowing_sub(u32::from(borrow));
             borrow = b1 || b2;
-            out.push(v);
+            *l = v;
         }
-        Self(out).trim()
+        while self.0.last() == Some(&0) {
+            self.0.pop();
+        }
+    }
+
+    /// `self >>= 1`.
+    fn halve(&mut self) {
+        let mut high = 0u32;
+        for l in self.0.iter_mut().rev() {
+            let low = *l & 1;
+            *l = (*l >> 1) | (high << 31);
+            high = low;
+        }
+        if self.0.last() == Some(&0) {
+            self.0.pop();
+        }
     }
 
     fn cmp(&self, other: &Self) -> Ordering {
@@ -734,6 +789,45 @@ mod tests {
         assert_eq!(
             incrbyfloat(tiny.as_bytes(), b"0"),
             "-ERR value is not a valid float"
+        );
+    }
+
+    /// Decimal text longer than [`EXACT_DIGITS`] at, just off and far from a rounding
+    /// boundary: the leading digits alone cannot tell these apart, the exact path must.
+    #[test]
+    fn long_decimal_text_near_a_tie() {
+        let parsed = |text: &str| LongDouble::parse(text.as_bytes()).expect("a number");
+        let value = |sig: u64| LongDouble::from_parts(false, sig, 300).expect("finite");
+        for sig in [
+            (1u64 << 63) | 12_345_678_901_234_567,
+            (1 << 63) | 12_345_678_901_234_568,
+        ] {
+            // Halfway between sig * 2^300 and the next value up: 110 digits.
+            let mid = Big::from_u128(2 * u128::from(sig) + 1).shl(299);
+            let text = mid.to_decimal();
+            assert!(text.len() > EXACT_DIGITS);
+            let even = if sig % 2 == 0 { sig } else { sig + 1 };
+            assert_eq!(
+                parsed(&text),
+                value(even),
+                "a tie goes to the even neighbour"
+            );
+            let above = mid.add(&Big::from_u64(1)).to_decimal();
+            assert_eq!(parsed(&above), value(sig + 1));
+            let below = mid.sub(&Big::from_u64(1)).to_decimal();
+            assert_eq!(parsed(&below), value(sig));
+            let barely = format!("{text}.{}1", "0".repeat(70));
+            assert_eq!(parsed(&barely), value(sig + 1));
+            // Far from the tie, the leading digits decide: a long tail of nines.
+            let low = format!("{}.{}", below, "9".repeat(200));
+            assert_eq!(parsed(&low), value(sig));
+        }
+        // As redis-server 7.0 prints the first tie (rounded down to the even value).
+        let mid = Big::from_u128(2 * ((1 << 63) | 12_345_678_901_234_567) + 1).shl(299);
+        assert_eq!(
+            incrbyfloat(mid.to_decimal().as_bytes(), b"0"),
+            "18813489254264754246764664017804440115987122495605790397708382850565778463394\
+             188888489202078664027615187173376"
         );
     }
 
