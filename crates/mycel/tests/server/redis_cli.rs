@@ -221,6 +221,7 @@ fn info_has_the_documented_sections() {
         "redis_version:",
         "# Clients",
         "connected_clients:",
+        "blocked_clients:0",
         "# Memory",
         "used_memory:",
         "maxmemory:67108864",
@@ -232,6 +233,22 @@ fn info_has_the_documented_sections() {
     ] {
         assert!(out.contains(want), "{want:?} missing from INFO:\n{out}");
     }
+    // What `redis-cli --stat` shows as requests: every command executed (each redis-cli
+    // run also sends commands of its own, so the count grows by at least what was sent).
+    let processed = || -> u64 {
+        redis_cli_raw(&s, &["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("total_commands_processed:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("total_commands_processed in INFO")
+    };
+    let before = processed();
+    assert!(before >= 2, "{before}");
+    for _ in 0..5 {
+        assert_eq!(s.cli(&["GET", "k"]), "\"v\"");
+    }
+    let after = processed();
+    assert!(after >= before + 5, "{before} then {after}");
     let memory = redis_cli_raw(&s, &["INFO", "memory"]);
     assert!(
         memory.contains("# Memory") && !memory.contains("# Server"),

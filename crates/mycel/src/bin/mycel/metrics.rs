@@ -107,6 +107,17 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Commands executed since start, all names together (`INFO`'s
+    /// `total_commands_processed`), without creating a series for names never seen.
+    pub(crate) fn commands_processed(&self) -> u64 {
+        mycel::resp::cmd::NAMES
+            .iter()
+            .chain(&["unknown"])
+            .filter_map(|&command| self.commands.get(&CommandLabel { command }))
+            .map(|calls| calls.get())
+            .sum()
+    }
+
     /// The Prometheus text exposition, with store figures from `stats`.
     pub(crate) fn render(&self, stats: &Stats) -> String {
         self.sample(stats);

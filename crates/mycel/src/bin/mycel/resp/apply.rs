@@ -871,9 +871,10 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
         );
     }
     if want("clients") {
+        // No command blocks (Mycel has no BLPOP and the like).
         let _ = write!(
             s,
-            "# Clients\r\nconnected_clients:{}\r\n\r\n",
+            "# Clients\r\nconnected_clients:{}\r\nblocked_clients:0\r\n\r\n",
             shared.clients()
         );
     }
@@ -904,8 +905,9 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
     if want("stats") {
         let _ = write!(
             s,
-            "# Stats\r\ntotal_connections_received:{}\r\n",
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\n",
             shared.metrics.connections_total.get(),
+            shared.metrics.commands_processed(),
         );
         let _ = write!(
             s,
