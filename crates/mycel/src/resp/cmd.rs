@@ -197,6 +197,91 @@ pub fn command_name(name: &[u8]) -> Option<&'static str> {
     NAMES.binary_search(&name).ok().map(|i| NAMES[i])
 }
 
+/// The subcommands Redis 7 knows of its container commands, as `CLIENT LIST` names
+/// them (`memory|usage`), Mycel's and the ones it refuses alike.
+const SUBCOMMANDS: &[(&str, &[&str])] = &[
+    (
+        "client",
+        &[
+            "client|caching",
+            "client|getname",
+            "client|getredir",
+            "client|help",
+            "client|id",
+            "client|info",
+            "client|kill",
+            "client|list",
+            "client|no-evict",
+            "client|no-touch",
+            "client|pause",
+            "client|reply",
+            "client|setinfo",
+            "client|setname",
+            "client|tracking",
+            "client|trackinginfo",
+            "client|unblock",
+            "client|unpause",
+        ],
+    ),
+    (
+        "command",
+        &[
+            "command|count",
+            "command|docs",
+            "command|getkeys",
+            "command|getkeysandflags",
+            "command|help",
+            "command|info",
+            "command|list",
+        ],
+    ),
+    (
+        "config",
+        &[
+            "config|get",
+            "config|help",
+            "config|resetstat",
+            "config|rewrite",
+            "config|set",
+        ],
+    ),
+    (
+        "memory",
+        &[
+            "memory|doctor",
+            "memory|help",
+            "memory|malloc-stats",
+            "memory|purge",
+            "memory|stats",
+            "memory|usage",
+        ],
+    ),
+];
+
+/// The name `CLIENT LIST` shows for a request [`Command::parse`] refused, as Redis shows
+/// it: the command's, or for a container command its subcommand's (`config|get`); `None`
+/// for a name, or a subcommand, Redis does not know (shown as `NULL`).
+pub fn refused_name(args: &[Bytes]) -> Option<&'static str> {
+    let name = command_name(args.first()?)?;
+    let Some((_, subs)) = SUBCOMMANDS.iter().find(|(c, _)| *c == name) else {
+        return Some(name);
+    };
+    // Without a subcommand, the container's own arity error.
+    let Some(sub) = args.get(1) else {
+        return Some(name);
+    };
+    subs.iter().copied().find(|full| {
+        full.split_once('|')
+            .is_some_and(|(_, s)| sub.eq_ignore_ascii_case(s.as_bytes()))
+    })
+}
+
+/// Whether `frame` is the wrong-number-of-arguments error: Redis refuses such a request
+/// before running it (it is not counted as processed), unlike a bad argument.
+pub fn is_arity_error(frame: &Frame) -> bool {
+    matches!(frame, Frame::Error(e) if e.starts_with("ERR wrong number of arguments"))
+}
+
 /// One parsed client command.
 #[allow(
     clippy::enum_variant_names,
@@ -277,6 +362,8 @@ pub enum Command {
     /// budget (`store::entry_weight`), null for a missing key. `SAMPLES` is checked and
     /// ignored: the figure is exact.
     MemoryUsage(Bytes),
+    /// `MEMORY HELP`: the subcommands Mycel serves.
+    MemoryHelp,
     /// `PERSIST key`.
     Persist(Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
@@ -1041,6 +1128,9 @@ fn parse_memory(rest: &[Bytes]) -> Result<Command, Frame> {
     let Some((sub, args)) = rest.split_first() else {
         return Err(wrong_arity("memory"));
     };
+    if sub.eq_ignore_ascii_case(b"help") && args.is_empty() {
+        return Ok(Command::MemoryHelp);
+    }
     if !sub.eq_ignore_ascii_case(b"usage") {
         return Err(Frame::err(format!(
             "unknown subcommand '{}'. Try MEMORY HELP.",
@@ -1827,6 +1917,24 @@ mod tests {
             parse("MEMORY USAGE k SAMPLES x"),
             err("ERR value is not an integer or out of range")
         );
+        assert_eq!(parse("memory help"), Ok(Command::MemoryHelp));
+        // The names CLIENT LIST shows for refused requests.
+        let args = |line: &str| -> Vec<Bytes> {
+            line.split(' ')
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect()
+        };
+        assert_eq!(refused_name(&args("MEMORY USAGE")), Some("memory|usage"));
+        assert_eq!(refused_name(&args("Config GET")), Some("config|get"));
+        assert_eq!(refused_name(&args("CLIENT pause 1")), Some("client|pause"));
+        assert_eq!(refused_name(&args("MEMORY nope")), None);
+        assert_eq!(refused_name(&args("MEMORY")), Some("memory"));
+        assert_eq!(refused_name(&args("GETRANGE k a b")), Some("getrange"));
+        assert_eq!(refused_name(&args("NOSUCH")), None);
+        assert!(is_arity_error(&parse("GET").expect_err("arity")));
+        assert!(!is_arity_error(
+            &parse("GETRANGE k a b").expect_err("bad int")
+        ));
         // GETRANGE, SETRANGE, TOUCH.
         assert_eq!(
             parse("SUBSTR k -3 -1"),

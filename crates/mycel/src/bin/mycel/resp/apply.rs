@@ -98,6 +98,7 @@ pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
         Command::ClientKill(_) => "client|kill",
         Command::ConfigGet(_) => "config|get",
         Command::MemoryUsage(_) => "memory|usage",
+        Command::MemoryHelp => "memory|help",
         Command::Command(args) => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match sub.as_deref() {
@@ -226,6 +227,12 @@ pub(crate) async fn execute(
             .get(b, &key)
             .await
             .map(|v| weight_frame(key.len(), v.as_ref())),
+        Command::MemoryHelp => Ok(Frame::Array(
+            MEMORY_HELP
+                .iter()
+                .map(|&line| Frame::Simple(line))
+                .collect(),
+        )),
         Command::SetRange(key, offset, value) => m
             .set_range(b, key, offset, value)
             .await
@@ -281,7 +288,7 @@ pub(crate) async fn execute(
             .map(|keys| Frame::Array(keys.into_iter().map(Frame::Bulk).collect())),
         Command::FlushDb => match m.flush().await {
             Err(Error::Unsupported { .. }) => Ok(Frame::err(
-                "FLUSHDB is not supported in cluster mode (delete keys one by one)",
+                "FLUSHDB and FLUSHALL are not supported in cluster mode (delete keys one by one)",
             )),
             r => r.map(|()| OK),
         },
@@ -550,6 +557,16 @@ fn strlen_frame(v: Option<&Bytes>) -> Frame {
     Frame::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
 }
 
+/// `MEMORY HELP`, in Redis's layout, for the one subcommand Mycel serves.
+const MEMORY_HELP: &[&str] = &[
+    "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "USAGE <key> [SAMPLES <count>]",
+    "    Return the bytes <key> weighs against the memory budget (maxmemory): the key,",
+    "    its value and a fixed overhead per entry. SAMPLES is accepted and ignored.",
+    "HELP",
+    "    Print this help.",
+];
+
 /// `MEMORY USAGE`: what the key's entry weighs against the memory budget, null for a
 /// missing key.
 fn weight_frame(key_len: usize, v: Option<&Bytes>) -> Frame {
@@ -704,7 +721,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("substr", 4, &["readonly"], 1, 1, 1),
     ("setrange", 4, &["write", "denyoom"], 1, 1, 1),
     ("touch", -2, &["readonly", "fast"], 1, -1, 1),
-    ("memory", -2, &["readonly"], 0, 0, 0),
+    ("memory", -2, &[], 0, 0, 0),
     ("rename", 3, &["write"], 1, 2, 1),
     ("renamenx", 3, &["write", "fast"], 1, 2, 1),
     ("copy", -3, &["write", "denyoom"], 1, 2, 1),

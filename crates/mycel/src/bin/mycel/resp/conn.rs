@@ -58,7 +58,12 @@ struct Run {
 
 /// A parsed request: its command's name (`None` for a name no command has, or a request
 /// dropped for its size) and the command or the error reply to send.
-type Request = (Option<&'static str>, Result<Command, Frame>);
+/// A refused request carries the name `CLIENT LIST` shows for it (see
+/// [`cmd::refused_name`]).
+type Request = (
+    Option<&'static str>,
+    Result<Command, (Frame, Option<&'static str>)>,
+);
 
 /// Executes `requests` (drained) in order, encoding each reply into `output`; true when
 /// the connection is to be closed (`QUIT`: the requests after it are not executed).
@@ -77,13 +82,19 @@ async fn run(
         }
         let cmd = match request {
             Ok(cmd) => cmd,
-            Err(frame) => {
-                // Refused before running (arity, syntax): counted as the command's
-                // error and shown as the last command; an unknown one as `NULL`, as
-                // Redis shows it.
+            Err((frame, shown)) => {
+                // Refused while its arguments were read: counted as the command's error
+                // and shown as the last command (its subcommand's name for a container
+                // command; an unknown one as `NULL`), as Redis shows it. Like Redis, a
+                // bad argument counts as a call that failed, a wrong number of them as
+                // a call never made.
                 flush_run(batch, session, shared, counters, output).await;
-                session.command(name.unwrap_or("NULL"));
-                counters.get(shared, name.unwrap_or("unknown")).2.inc();
+                session.command(shown.unwrap_or("NULL"));
+                let (_, calls, errors) = counters.get(shared, name.unwrap_or("unknown"));
+                if name.is_some() && !cmd::is_arity_error(&frame) {
+                    calls.inc();
+                }
+                errors.inc();
                 frame.encode(session.proto, output);
                 continue;
             }
@@ -196,10 +207,12 @@ pub(crate) async fn serve(
                 Ok(false) => break,
                 Ok(true) if args.is_empty() => {}
                 Ok(true) => {
-                    requests.push((cmd::command_name(&args[0]), Command::parse(&args)));
+                    let request =
+                        Command::parse(&args).map_err(|frame| (frame, cmd::refused_name(&args)));
+                    requests.push((cmd::command_name(&args[0]), request));
                 }
                 // A request with a too large argument was dropped; it alone fails.
-                Err(e) if !e.is_fatal() => requests.push((None, Err(Frame::err(&e)))),
+                Err(e) if !e.is_fatal() => requests.push((None, Err((Frame::err(&e), None)))),
                 Err(e) => {
                     protocol_error = Some(e);
                     break;
