@@ -144,16 +144,22 @@ pub(crate) async fn execute(
         Command::Ping(None) => Ok(Frame::Simple("PONG")),
         Command::Ping(Some(msg)) | Command::Echo(msg) => Ok(Frame::Bulk(msg)),
         Command::Quit => return (OK, After::Close),
-        Command::Get(key) => m.get(b, &key).await.map(bulk_or_null),
-        Command::Set(set) => set_reply(shared, b, set).await,
-        Command::SetNx(key, value) => {
-            let opts = SetOptions {
-                condition: Condition::IfAbsent,
-                ..SetOptions::default()
-            };
-            m.set(b, key, value, opts)
-                .await
-                .map(|r| Frame::Integer(i64::from(r.written)))
+        // The single-key commands `batchable` takes: a connection runs them in batches,
+        // and one that reaches here runs as a batch of one, so each has one
+        // implementation.
+        cmd @ (Command::Get(_)
+        | Command::Set(_)
+        | Command::SetNx(..)
+        | Command::Expire(..)
+        | Command::Ttl(..)
+        | Command::ExpireTime(..)
+        | Command::Type(_)
+        | Command::StrLen(_)
+        | Command::GetRange(..)
+        | Command::MemoryUsage(_)
+        | Command::Persist(_)
+        | Command::IncrBy(..)) => {
+            return (batch_of_one(cmd, session, shared).await, After::Continue);
         }
         Command::GetDel(key) => m.get_del(b, key).await.map(bulk_or_null),
         Command::GetEx(key, action) => {
@@ -201,32 +207,12 @@ pub(crate) async fn execute(
             .mset_nx(b, pairs)
             .await
             .map(|x| Frame::Integer(i64::from(x))),
-        Command::Expire(key, ms, condition) => {
-            let after = Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-            m.expire_if(b, key, after, condition)
-                .await
-                .map(|x| Frame::Integer(i64::from(x)))
-        }
         Command::ExpireAt(key, ms, condition) => {
             let at = Timestamp::from_millis(u64::try_from(ms).unwrap_or(0));
             m.expire_at_if(b, key, at, condition)
                 .await
                 .map(|x| Frame::Integer(i64::from(x)))
         }
-        Command::Ttl(key, millis) => m.ttl(b, &key).await.map(|t| ttl_frame(t, millis)),
-        Command::ExpireTime(key, millis) => {
-            m.ttl(b, &key).await.map(|t| expire_time_frame(t, millis))
-        }
-        Command::Type(key) => m.exists(b, &key).await.map(type_frame),
-        Command::StrLen(key) => m.get(b, &key).await.map(|v| strlen_frame(v.as_ref())),
-        Command::GetRange(key, start, end) => m
-            .get(b, &key)
-            .await
-            .map(|v| range_frame(v.as_ref(), start, end)),
-        Command::MemoryUsage(key) => m
-            .get(b, &key)
-            .await
-            .map(|v| weight_frame(key.len(), v.as_ref())),
         Command::MemoryHelp => Ok(Frame::Array(
             MEMORY_HELP
                 .iter()
@@ -264,11 +250,6 @@ pub(crate) async fn execute(
             Frame::Integer(0),
             Frame::Array(Vec::new()),
         ])),
-        Command::Persist(key) => m
-            .persist(b, key)
-            .await
-            .map(|x| Frame::Integer(i64::from(x))),
-        Command::IncrBy(key, delta) => m.incr_by(b, key, delta).await.map(Frame::Integer),
         Command::DbSize => m
             .len()
             .await
@@ -401,10 +382,15 @@ fn set_frame(get: bool, written: bool, previous: Option<Bytes>) -> Frame {
     }
 }
 
-async fn set_reply(shared: &Shared, b: BucketId, set: cmd::Set) -> Result<Frame, Error> {
-    let opts = set_options(&set);
-    let r = shared.mycel.set(b, set.key, set.value, opts).await?;
-    Ok(set_frame(set.get, r.written, r.previous))
+/// Runs `cmd`, one of the commands [`batchable`] takes, as a batch of one.
+async fn batch_of_one(cmd: Command, session: &Session, shared: &Shared) -> Frame {
+    match batchable(cmd) {
+        Ok((op, shape)) => match shared.mycel.batch(session.bucket, vec![op]).await.pop() {
+            Some(result) => batch_frame(shape, result),
+            None => Frame::err("internal error: a batch of one answered nothing"),
+        },
+        Err(_) => Frame::err("internal error: not a single-key command"),
+    }
 }
 
 /// How a batched command's reply is rendered from its [`BatchReply`].
