@@ -159,5 +159,6 @@ pub use node::{
     HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
 };
 pub use tls::{
-    DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, node_id_from_cert,
+    DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, crypto_provider,
+    node_id_from_cert,
 };

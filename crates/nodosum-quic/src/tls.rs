@@ -395,10 +395,28 @@ impl HandshakeTracker {
     }
 }
 
+/// The crypto provider of Nodosum's TLS: ring, with `TLS13_AES_128_GCM_SHA256` the
+/// preferred cipher suite (rustls's own order puts `TLS13_AES_256_GCM_SHA384` first).
+///
+/// The suite's hash runs the whole TLS 1.3 key schedule and QUIC's key derivation, and
+/// current x86-64 and ARMv8 CPUs compute SHA-256 in hardware but SHA-384 in software: on
+/// this project's benchmark machine the SHA-384 suite spent about 8 % of a 0-RTT
+/// reconnect in `sha512_block_data_order_nohw`, and the SHA-256 suite set up connections
+/// about 50 µs sooner. AES-128 also encrypts packets with 10 rounds instead of 14. It is the
+/// suite every TLS 1.3 implementation must offer (RFC 8446, section 9.1), and the one QUIC's
+/// Initial packets already use. The other two suites stay offered, after it.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+    Arc::new(provider)
+}
+
 impl TlsConfigs {
     /// Builds the server and client configurations of a node.
     pub(crate) fn new(identity: &TlsIdentity, alpn: &[u8]) -> Result<Self, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crypto_provider();
         let mut roots = RootCertStore::empty();
         for ca in &identity.ca_roots {
             roots
@@ -711,6 +729,25 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn the_sha256_suite_is_preferred_and_the_others_stay_offered() {
+        use rustls::CipherSuite::*;
+        let suites: Vec<_> = crypto_provider()
+            .cipher_suites
+            .iter()
+            .filter(|s| s.tls13().is_some())
+            .map(rustls::SupportedCipherSuite::suite)
+            .collect();
+        assert_eq!(
+            suites,
+            [
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ]
+        );
     }
 
     #[test]
