@@ -174,6 +174,7 @@ pub const NAMES: &[&str] = &[
     "setex",
     "setnx",
     "setrange",
+    "slowlog",
     "strlen",
     "substr",
     "time",
@@ -254,6 +255,15 @@ const SUBCOMMANDS: &[(&str, &[&str])] = &[
             "memory|purge",
             "memory|stats",
             "memory|usage",
+        ],
+    ),
+    (
+        "slowlog",
+        &[
+            "slowlog|get",
+            "slowlog|help",
+            "slowlog|len",
+            "slowlog|reset",
         ],
     ),
 ];
@@ -364,6 +374,15 @@ pub enum Command {
     MemoryUsage(Bytes),
     /// `MEMORY HELP`: the subcommands Mycel serves.
     MemoryHelp,
+    /// `SLOWLOG GET [count]`: the newest `count` entries of the slow log (10 when not
+    /// given; `None` for `-1`, all of them).
+    SlowlogGet(Option<usize>),
+    /// `SLOWLOG LEN`.
+    SlowlogLen,
+    /// `SLOWLOG RESET`.
+    SlowlogReset,
+    /// `SLOWLOG HELP`.
+    SlowlogHelp,
     /// `PERSIST key`.
     Persist(Bytes),
     /// `INCR`, `DECR`, `INCRBY`, `DECRBY`: add the delta.
@@ -664,6 +683,7 @@ impl Command {
             "command" => Self::Command(rest.to_vec()),
             "config" => parse_config(rest)?,
             "memory" => parse_memory(rest)?,
+            "slowlog" => parse_slowlog(rest)?,
             "hello" => parse_hello(rest)?,
             "mycel.bucket" => parse_bucket(rest)?,
             // Known to clients, and refused with the reason rather than as unknown.
@@ -1153,6 +1173,40 @@ fn parse_memory(rest: &[Bytes]) -> Result<Command, Frame> {
         }
     }
     Ok(Command::MemoryUsage(key.clone()))
+}
+
+/// Entries `SLOWLOG GET` lists when no count is given.
+const SLOWLOG_DEFAULT_COUNT: usize = 10;
+
+fn parse_slowlog(rest: &[Bytes]) -> Result<Command, Frame> {
+    let Some((sub, args)) = rest.split_first() else {
+        return Err(wrong_arity("slowlog"));
+    };
+    let lower = sub.to_ascii_lowercase();
+    match (lower.as_slice(), args) {
+        (b"get", []) => Ok(Command::SlowlogGet(Some(SLOWLOG_DEFAULT_COUNT))),
+        (b"get", [count]) => match int(count) {
+            Ok(-1) => Ok(Command::SlowlogGet(None)),
+            Ok(n) if n >= 0 => Ok(Command::SlowlogGet(Some(
+                usize::try_from(n).unwrap_or(usize::MAX),
+            ))),
+            _ => Err(Frame::err("count should be greater than or equal to -1")),
+        },
+        (b"get", _) => Err(Frame::err(format!(
+            "unknown subcommand or wrong number of arguments for '{}'. Try SLOWLOG HELP.",
+            String::from_utf8_lossy(sub)
+        ))),
+        (b"len", []) => Ok(Command::SlowlogLen),
+        (b"len", _) => Err(wrong_arity("slowlog|len")),
+        (b"reset", []) => Ok(Command::SlowlogReset),
+        (b"reset", _) => Err(wrong_arity("slowlog|reset")),
+        (b"help", []) => Ok(Command::SlowlogHelp),
+        (b"help", _) => Err(wrong_arity("slowlog|help")),
+        _ => Err(Frame::err(format!(
+            "unknown subcommand '{}'. Try SLOWLOG HELP.",
+            String::from_utf8_lossy(sub)
+        ))),
+    }
 }
 
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
@@ -1918,6 +1972,49 @@ mod tests {
             err("ERR value is not an integer or out of range")
         );
         assert_eq!(parse("memory help"), Ok(Command::MemoryHelp));
+        // SLOWLOG, with Redis 7's errors.
+        assert_eq!(parse("SLOWLOG get"), Ok(Command::SlowlogGet(Some(10))));
+        assert_eq!(parse("slowlog GET 0"), Ok(Command::SlowlogGet(Some(0))));
+        assert_eq!(parse("slowlog get 3"), Ok(Command::SlowlogGet(Some(3))));
+        assert_eq!(parse("slowlog get -1"), Ok(Command::SlowlogGet(None)));
+        for bad in [
+            "slowlog get -2",
+            "slowlog get x",
+            "slowlog get 99999999999999999999",
+        ] {
+            assert_eq!(
+                parse(bad),
+                err("ERR count should be greater than or equal to -1"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse("SLOWLOG GET 1 2"),
+            err("ERR unknown subcommand or wrong number of arguments for 'GET'. Try SLOWLOG HELP.")
+        );
+        assert_eq!(parse("slowlog LEN"), Ok(Command::SlowlogLen));
+        assert_eq!(parse("slowlog reset"), Ok(Command::SlowlogReset));
+        assert_eq!(parse("slowlog help"), Ok(Command::SlowlogHelp));
+        assert_eq!(
+            parse("SLOWLOG"),
+            err("ERR wrong number of arguments for 'slowlog' command")
+        );
+        assert_eq!(
+            parse("slowlog len 1"),
+            err("ERR wrong number of arguments for 'slowlog|len' command")
+        );
+        assert_eq!(
+            parse("slowlog reset 1"),
+            err("ERR wrong number of arguments for 'slowlog|reset' command")
+        );
+        assert_eq!(
+            parse("slowlog help 1"),
+            err("ERR wrong number of arguments for 'slowlog|help' command")
+        );
+        assert_eq!(
+            parse("SLOWLOG foo"),
+            err("ERR unknown subcommand 'foo'. Try SLOWLOG HELP.")
+        );
         // The names CLIENT LIST shows for refused requests.
         let args = |line: &str| -> Vec<Bytes> {
             line.split(' ')
@@ -1929,6 +2026,7 @@ mod tests {
         assert_eq!(refused_name(&args("CLIENT pause 1")), Some("client|pause"));
         assert_eq!(refused_name(&args("MEMORY nope")), None);
         assert_eq!(refused_name(&args("MEMORY")), Some("memory"));
+        assert_eq!(refused_name(&args("SLOWLOG GET x")), Some("slowlog|get"));
         assert_eq!(refused_name(&args("GETRANGE k a b")), Some("getrange"));
         assert_eq!(refused_name(&args("NOSUCH")), None);
         assert!(is_arity_error(&parse("GET").expect_err("arity")));

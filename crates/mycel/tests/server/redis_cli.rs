@@ -806,3 +806,69 @@ fn client_kill_closes_matching_connections() {
         received.len()
     );
 }
+
+/// `SLOWLOG`: with a threshold of 0 every command is logged, newest first, with its
+/// arguments as sent, the client's address and name, pipelined ones included; the log
+/// keeps `--slowlog-max-len` entries, and `RESET` empties it without reusing IDs.
+#[test]
+fn slowlog_keeps_the_latest_slow_commands() {
+    let s = Server::start(&["--slowlog-log-slower-than", "0", "--slowlog-max-len", "4"]);
+    assert_eq!(
+        s.cli(&["CONFIG", "GET", "slowlog*"]),
+        "1) \"slowlog-log-slower-than\"\n2) \"0\"\n3) \"slowlog-max-len\"\n4) \"4\""
+    );
+    let mut c = s.connect();
+    assert_eq!(raw_line(&mut c, "CLIENT SETNAME sl\r\n"), "+OK");
+    // A pipeline: SET and GET run as one batch, both logged.
+    {
+        use std::io::{BufRead, Write};
+        c.write_all(b"SET pipelined 1\r\nGET pipelined\r\n")
+            .expect("write");
+        let mut reader = std::io::BufReader::new(&mut c);
+        for want in ["+OK", "$1", "1"] {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("read");
+            assert_eq!(line.trim_end(), want);
+        }
+    }
+    let me = c.local_addr().expect("addr").to_string();
+    let got = redis_cli_raw(&s, &["SLOWLOG", "GET", "2"]);
+    // Raw output, a line per field: each entry's id, time, duration, arguments, address
+    // and name (an empty line when it has none). Both ran as one batch: one duration.
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines.len(), 15, "{got}");
+    assert_eq!(
+        &lines[3..7],
+        ["GET", "pipelined", me.as_str(), "sl"],
+        "{got}"
+    );
+    assert_eq!(
+        &lines[10..],
+        ["SET", "pipelined", "1", me.as_str(), "sl"],
+        "{got}"
+    );
+    assert_eq!(lines[2], lines[9], "{got}");
+    let ids: Vec<u64> = [lines[0], lines[7]]
+        .iter()
+        .map(|l| l.parse().expect("an id"))
+        .collect();
+    assert_eq!(ids[0], ids[1] + 1, "{got}");
+    assert_eq!(s.cli(&["SLOWLOG", "LEN"]), "(integer) 4", "at most 4 kept");
+    assert_eq!(s.cli(&["SLOWLOG", "RESET"]), "OK");
+    // The RESET itself is logged after it ran, as Redis does.
+    assert_eq!(s.cli(&["SLOWLOG", "LEN"]), "(integer) 1");
+    let after = redis_cli_raw(&s, &["SLOWLOG", "GET", "-1"]);
+    let first: u64 = after.lines().next().expect("an entry").parse().expect("id");
+    assert!(first > ids[0], "IDs are not reused: {after}");
+    assert_eq!(
+        s.cli(&["SLOWLOG", "GET", "-2"]),
+        "(error) ERR count should be greater than or equal to -1"
+    );
+    assert!(s.cli(&["SLOWLOG", "HELP"]).contains("RESET"));
+
+    // A threshold no command reaches logs nothing.
+    let quiet = Server::start(&["--slowlog-log-slower-than", "60000000"]);
+    quiet.cli(&["SET", "k", "v"]);
+    assert_eq!(quiet.cli(&["SLOWLOG", "LEN"]), "(integer) 0");
+    assert_eq!(quiet.cli(&["SLOWLOG", "GET"]), "(empty array)");
+}

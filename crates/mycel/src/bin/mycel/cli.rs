@@ -12,6 +12,8 @@ use mycel::BucketOptions;
 use nodosum_discovery::{ConsulConfig, DnsConfig, DnsMode, StaticConfig};
 use serde::Deserialize;
 
+use crate::slowlog::{self, SlowLogConfig};
+
 const EXAMPLES: &str = "\
 Examples:
   # A one-node cluster on loopback with built-in defaults, then talk to it:
@@ -103,6 +105,13 @@ pub(crate) struct Cli {
     /// would spend more on waking threads than it gains unless cores are idle.
     #[arg(long, value_name = "N")]
     pub(crate) resp_threads: Option<String>,
+    /// Log commands that take at least this many microseconds in the slow log
+    /// (`SLOWLOG GET`); 0 logs every command, a negative number none [default: 10000].
+    #[arg(long, value_name = "MICROS", allow_hyphen_values = true)]
+    pub(crate) slowlog_log_slower_than: Option<String>,
+    /// Entries the slow log keeps, the oldest dropped first [default: 128].
+    #[arg(long, value_name = "N")]
+    pub(crate) slowlog_max_len: Option<String>,
     /// CA certificate (PEM) that signs every node's certificate.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
@@ -161,6 +170,8 @@ struct FileConfig {
     max_memory: Option<Size>,
     threads: Option<u64>,
     resp_threads: Option<u64>,
+    slowlog_log_slower_than: Option<i64>,
+    slowlog_max_len: Option<u64>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -237,6 +248,8 @@ pub(crate) struct Settings {
     pub(crate) threads: Option<usize>,
     /// Client connection threads (`--resp-threads`); `None`: half the CPU cores.
     pub(crate) resp_threads: Option<usize>,
+    /// The slow log (`--slowlog-log-slower-than`, `--slowlog-max-len`).
+    pub(crate) slowlog: SlowLogConfig,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -265,6 +278,48 @@ fn thread_count(flag: Option<String>, file: Option<u64>) -> Result<Option<usize>
     };
     // At most `MAX_THREADS`, so it fits.
     Ok(usize::try_from(n).ok())
+}
+
+/// The slow log's settings from their flags (as typed) or config file keys; a problem for
+/// each bad one.
+fn slowlog_config(
+    p: &mut Problems,
+    slower_than: (Option<String>, Option<i64>),
+    max_len: (Option<String>, Option<u64>),
+) -> SlowLogConfig {
+    let mut config = SlowLogConfig::default();
+    let field = "--slowlog-log-slower-than (slowlog_log_slower_than)";
+    let micros = match slower_than {
+        (Some(text), _) => text
+            .parse::<i64>()
+            .map_err(|_| {
+                p.push(
+                    field,
+                    format!("{text:?} is not a whole number of microseconds"),
+                );
+            })
+            .ok(),
+        (None, file) => file,
+    };
+    if let Some(micros) = micros {
+        config.slower_than = u64::try_from(micros).ok().map(Duration::from_micros);
+    }
+    let field = "--slowlog-max-len (slowlog_max_len)";
+    let limit = slowlog::MAX_LEN_LIMIT;
+    let len = match max_len {
+        (Some(text), _) => text
+            .parse::<u64>()
+            .map_err(|_| p.push(field, format!("{text:?} is not a number from 0 to {limit}")))
+            .ok(),
+        (None, file) => file,
+    };
+    if let Some(n) = len {
+        match usize::try_from(n) {
+            Ok(n) if n <= limit => config.max_len = n,
+            _ => p.push(field, format!("{n} is not a number from 0 to {limit}")),
+        }
+    }
+    config
 }
 
 /// The flag name of each `nodosum::Config` field the flags set, for problem reports.
@@ -421,6 +476,12 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         .map_err(|m| p.push("--resp-threads (resp_threads)", m))
         .ok()
         .flatten();
+
+    let slowlog = slowlog_config(
+        &mut p,
+        (cli.slowlog_log_slower_than, file.slowlog_log_slower_than),
+        (cli.slowlog_max_len, file.slowlog_max_len),
+    );
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -628,6 +689,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             buckets,
             threads,
             resp_threads,
+            slowlog,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -772,6 +834,56 @@ mod tests {
         assert!(s.cluster_only.is_empty());
         assert_eq!(s.threads, None, "one worker per core unless told");
         assert_eq!(s.resp_threads, None, "half the cores unless told");
+    }
+
+    #[test]
+    fn slowlog_from_flag_or_file() {
+        let s = resolve(cli(&["--dev"])).expect("valid");
+        assert_eq!(s.slowlog, SlowLogConfig::default());
+        let s = resolve(cli(&[
+            "--dev",
+            "--slowlog-log-slower-than",
+            "-1",
+            "--slowlog-max-len",
+            "0",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            s.slowlog,
+            SlowLogConfig {
+                slower_than: None,
+                max_len: 0
+            }
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mycel.toml");
+        let file = path.to_str().expect("utf-8");
+        std::fs::write(
+            &path,
+            "dev = true\nslowlog_log_slower_than = 250\nslowlog_max_len = 7\n",
+        )
+        .expect("write");
+        let s = resolve(cli(&["--config", file, "--slowlog-max-len", "9"])).expect("valid");
+        assert_eq!(
+            s.slowlog,
+            SlowLogConfig {
+                slower_than: Some(Duration::from_micros(250)),
+                max_len: 9
+            },
+            "the flag wins over the file"
+        );
+        std::fs::write(&path, "dev = true\nslowlog_max_len = 100001\n").expect("write");
+        let problems = resolve(cli(&["--config", file, "--slowlog-log-slower-than", "1ms"]))
+            .expect_err("invalid");
+        let fields: Vec<_> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "--slowlog-log-slower-than (slowlog_log_slower_than)",
+                "--slowlog-max-len (slowlog_max_len)"
+            ],
+            "{problems:?}"
+        );
     }
 
     #[test]

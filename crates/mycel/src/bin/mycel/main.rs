@@ -27,6 +27,7 @@ mod admin;
 mod cli;
 mod metrics;
 mod resp;
+mod slowlog;
 mod state;
 
 use std::io::Write as _;
@@ -191,7 +192,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         partitions: u32::from(store.partitioning.count()),
         dev: settings.dev,
     };
-    let shared = Arc::new(Shared::new(mycel.clone(), node, limits));
+    let shared = Arc::new(Shared::new(mycel.clone(), node, limits, settings.slowlog));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let resp_task = tokio::spawn(accept_loop(

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::resp::cmd::KillFilter;
 use crate::resp::parse::RequestLimits;
+use crate::slowlog::{SlowLog, SlowLogConfig};
 
 /// This node as the admin API and `INFO` describe it.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     /// Request size limits for RESP connections.
     pub(crate) limits: RequestLimits,
+    /// The commands that took longest (`SLOWLOG`).
+    pub(crate) slowlog: SlowLog,
     /// When the server started.
     pub(crate) started: Instant,
     /// True once every listener is bound and the server accepts clients; false again
@@ -224,12 +227,18 @@ impl Drop for Registration {
 }
 
 impl Shared {
-    pub(crate) fn new(mycel: Mycel, node: NodeInfo, limits: RequestLimits) -> Self {
+    pub(crate) fn new(
+        mycel: Mycel,
+        node: NodeInfo,
+        limits: RequestLimits,
+        slowlog: SlowLogConfig,
+    ) -> Self {
         Self {
             metrics: Metrics::new(),
             mycel,
             node,
             limits,
+            slowlog: SlowLog::new(slowlog),
             started: Instant::now(),
             serving: AtomicBool::new(false),
             maintenance: AtomicBool::new(false),

@@ -14,6 +14,7 @@ use mycel::{
 
 use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
+use crate::slowlog;
 use crate::state::{Activity, Client, KillSwitch, Registration, Shared};
 
 /// Protocol version Redis compatibility is claimed at (`INFO`'s `redis_version`, `HELLO`).
@@ -67,6 +68,18 @@ impl Session {
         self.activity.command(&mut self.last_cmd, cmd);
     }
 
+    /// Logs a command that took `took` in the slow log if it is slow enough: its
+    /// arguments, and this client's address and name.
+    pub(crate) fn log_if_slow(&self, log: &slowlog::SlowLog, took: Duration, args: &[Bytes]) {
+        if !log.is_slow(took) {
+            return;
+        }
+        // A killed connection's entry is gone; its command is not logged.
+        if let Some(client) = self.client.get() {
+            log.push(took, args, client.addr, client.name.unwrap_or_default());
+        }
+    }
+
     /// `CLIENT SETNAME` and `HELLO`'s `SETNAME`: an empty name removes it.
     fn set_name(&self, name: Bytes) {
         self.client
@@ -99,6 +112,10 @@ pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
         Command::ConfigGet(_) => "config|get",
         Command::MemoryUsage(_) => "memory|usage",
         Command::MemoryHelp => "memory|help",
+        Command::SlowlogGet(_) => "slowlog|get",
+        Command::SlowlogLen => "slowlog|len",
+        Command::SlowlogReset => "slowlog|reset",
+        Command::SlowlogHelp => "slowlog|help",
         Command::Command(args) => {
             let sub = args.first().map(|a| a.to_ascii_lowercase());
             match sub.as_deref() {
@@ -213,12 +230,16 @@ pub(crate) async fn execute(
                 .await
                 .map(|x| Frame::Integer(i64::from(x)))
         }
-        Command::MemoryHelp => Ok(Frame::Array(
-            MEMORY_HELP
-                .iter()
-                .map(|&line| Frame::Simple(line))
-                .collect(),
+        Command::MemoryHelp => Ok(help(MEMORY_HELP)),
+        Command::SlowlogGet(count) => Ok(shared.slowlog.get(count)),
+        Command::SlowlogLen => Ok(Frame::Integer(
+            i64::try_from(shared.slowlog.len()).unwrap_or(i64::MAX),
         )),
+        Command::SlowlogReset => {
+            shared.slowlog.reset();
+            Ok(OK)
+        }
+        Command::SlowlogHelp => Ok(help(slowlog::HELP)),
         Command::SetRange(key, offset, value) => m
             .set_range(b, key, offset, value)
             .await
@@ -543,6 +564,11 @@ fn strlen_frame(v: Option<&Bytes>) -> Frame {
     Frame::Integer(v.map_or(0, |v| i64::try_from(v.len()).unwrap_or(i64::MAX)))
 }
 
+/// A `HELP` subcommand's reply: its lines as simple strings.
+fn help(lines: &'static [&'static str]) -> Frame {
+    Frame::Array(lines.iter().map(|&line| Frame::Simple(line)).collect())
+}
+
 /// `MEMORY HELP`, in Redis's layout, for the one subcommand Mycel serves.
 const MEMORY_HELP: &[&str] = &[
     "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -708,6 +734,7 @@ const COMMANDS: &[CommandInfo] = &[
     ("setrange", 4, &["write", "denyoom"], 1, 1, 1),
     ("touch", -2, &["readonly", "fast"], 1, -1, 1),
     ("memory", -2, &[], 0, 0, 0),
+    ("slowlog", -2, &[], 0, 0, 0),
     ("rename", 3, &["write"], 1, 2, 1),
     ("renamenx", 3, &["write", "fast"], 1, 2, 1),
     ("copy", -3, &["write", "denyoom"], 1, 2, 1),
@@ -803,17 +830,23 @@ async fn keys(m: &Mycel, b: BucketId, pattern: Option<&[u8]>) -> Result<Vec<Byte
 
 fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
     let max = shared.mycel.config().store.max_bytes.to_string();
+    let slowlog = shared.slowlog.config();
     // `databases`: only database 0 exists (buckets are chosen with `MYCEL.BUCKET`).
-    let params: [(&str, String); 4] = [
+    let params = [
         ("save", String::new()),
         ("appendonly", "no".into()),
         ("maxmemory", max),
         ("databases", "1".into()),
+        (
+            "slowlog-log-slower-than",
+            slowlog.slower_than_micros().to_string(),
+        ),
+        ("slowlog-max-len", slowlog.max_len.to_string()),
     ];
     // As Redis: a name without `[`, `*` or `?` is looked up (without case) and answered
     // as typed; the others are patterns matched without case. Each setting once.
     let mut out = Vec::new();
-    let mut listed = [false; 4];
+    let mut listed = vec![false; params.len()];
     for p in patterns {
         let pattern = p.iter().any(|b| b"[*?".contains(b));
         for ((name, value), listed) in params.iter().zip(&mut listed) {

@@ -2,9 +2,11 @@
 //! in order, encode every reply into one reused output buffer, write it once.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,26 +51,32 @@ impl Counters {
     }
 }
 
-/// A run of batchable commands being collected, reused across reads.
+/// A run of batchable commands being collected, reused across reads: the operations,
+/// and for each its reply's shape, its name and where its arguments are (for the slow
+/// log).
 #[derive(Debug, Default)]
 struct Run {
     ops: Vec<BatchOp>,
-    shapes: Vec<(Shape, &'static str)>,
+    shapes: Vec<(Shape, &'static str, Range<usize>)>,
 }
 
 /// A parsed request: its command's name (`None` for a name no command has, or a request
-/// dropped for its size) and the command or the error reply to send.
+/// dropped for its size), the command or the error reply to send, and where its
+/// arguments are among the read's (for the slow log).
 /// A refused request carries the name `CLIENT LIST` shows for it (see
 /// [`cmd::refused_name`]).
 type Request = (
     Option<&'static str>,
     Result<Command, (Frame, Option<&'static str>)>,
+    Range<usize>,
 );
 
-/// Executes `requests` (drained) in order, encoding each reply into `output`; true when
-/// the connection is to be closed (`QUIT`: the requests after it are not executed).
+/// Executes `requests` (drained; their arguments are in `args`) in order, encoding each
+/// reply into `output`; true when the connection is to be closed (`QUIT`: the requests
+/// after it are not executed).
 async fn run(
     requests: &mut Vec<Request>,
+    args: &[Bytes],
     session: &mut Session,
     shared: &Shared,
     counters: &mut Counters,
@@ -76,7 +84,7 @@ async fn run(
     output: &mut BytesMut,
 ) -> bool {
     let mut close = false;
-    for (name, request) in requests.drain(..) {
+    for (name, request, at) in requests.drain(..) {
         if close {
             continue;
         }
@@ -88,7 +96,7 @@ async fn run(
                 // command; an unknown one as `NULL`), as Redis shows it. Like Redis, a
                 // bad argument counts as a call that failed, a wrong number of them as
                 // a call never made.
-                flush_run(batch, session, shared, counters, output).await;
+                flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
                 let (_, calls, errors) = counters.get(shared, name.unwrap_or("unknown"));
                 if name.is_some() && !cmd::is_arity_error(&frame) {
@@ -104,24 +112,27 @@ async fn run(
         let cmd = match apply::batchable(cmd) {
             Ok((op, shape)) => {
                 batch.ops.push(op);
-                batch.shapes.push((shape, name));
+                batch.shapes.push((shape, name, at));
                 continue;
             }
             Err(cmd) => cmd,
         };
-        flush_run(batch, session, shared, counters, output).await;
+        flush_run(batch, args, session, shared, counters, output).await;
+        let start = Instant::now();
         let (frame, after) = apply::execute(cmd, session, shared).await;
+        session.log_if_slow(&shared.slowlog, start.elapsed(), &args[at]);
         count(counters, shared, name, &frame);
         frame.encode(session.proto, output);
         close = after == After::Close;
     }
-    flush_run(batch, session, shared, counters, output).await;
+    flush_run(batch, args, session, shared, counters, output).await;
     close
 }
 
 /// Executes the collected run as one batch and encodes the replies in order.
 async fn flush_run(
     batch: &mut Run,
+    args: &[Bytes],
     session: &mut Session,
     shared: &Shared,
     counters: &mut Counters,
@@ -130,11 +141,14 @@ async fn flush_run(
     if batch.ops.is_empty() {
         return;
     }
+    let start = Instant::now();
     let results = shared
         .mycel
         .batch(session.bucket, std::mem::take(&mut batch.ops))
         .await;
-    for ((shape, name), result) in batch.shapes.drain(..).zip(results) {
+    let took = start.elapsed();
+    for ((shape, name, at), result) in batch.shapes.drain(..).zip(results) {
+        session.log_if_slow(&shared.slowlog, took, &args[at]);
         let frame = apply::batch_frame(shape, result);
         count(counters, shared, name, &frame);
         frame.encode(session.proto, output);
@@ -171,6 +185,8 @@ pub(crate) async fn serve(
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut args = Vec::new();
+    // Every request's arguments of one read, for the slow log.
+    let mut read_args: Vec<Bytes> = Vec::new();
     let mut counters = Counters::default();
     let mut requests = Vec::new();
     let mut run_buf = Run::default();
@@ -209,10 +225,16 @@ pub(crate) async fn serve(
                 Ok(true) => {
                     let request =
                         Command::parse(&args).map_err(|frame| (frame, cmd::refused_name(&args)));
-                    requests.push((cmd::command_name(&args[0]), request));
+                    let name = cmd::command_name(&args[0]);
+                    let start = read_args.len();
+                    read_args.append(&mut args);
+                    requests.push((name, request, start..read_args.len()));
                 }
                 // A request with a too large argument was dropped; it alone fails.
-                Err(e) if !e.is_fatal() => requests.push((None, Err((Frame::err(&e), None)))),
+                Err(e) if !e.is_fatal() => {
+                    let at = read_args.len()..read_args.len();
+                    requests.push((None, Err((Frame::err(&e), None)), at));
+                }
                 Err(e) => {
                     protocol_error = Some(e);
                     break;
@@ -221,6 +243,7 @@ pub(crate) async fn serve(
         }
         let mut close = run(
             &mut requests,
+            &read_args,
             &mut session,
             &shared,
             &mut counters,
@@ -236,6 +259,7 @@ pub(crate) async fn serve(
         }
         // The arguments share the input's allocation; drop them so it can be reused.
         args.clear();
+        read_args.clear();
         if kill.pulled() {
             // Killed by another connection while running these: nothing more is sent.
             break;
