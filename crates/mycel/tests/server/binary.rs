@@ -146,25 +146,36 @@ fn a_signal_during_startup_stops_the_node() {
     // A seed address that is bound, so nothing else answers there, and never replies.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
     let seed = silent.local_addr().expect("address").to_string();
-    let admin = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let child = mycel()
-        .args(["--dev", "--resp", "127.0.0.1:0", "--gossip", "127.0.0.1:0"])
-        .args(["--quic", "127.0.0.1:0", "--seed", &seed])
-        .args(["--admin", &admin.to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("run");
-    // The admin API answers (not serving yet) once the signal handlers are in place.
-    let start = std::time::Instant::now();
-    while std::net::TcpStream::connect(admin).is_err() {
-        assert!(start.elapsed() < GUARD, "the admin API never came up");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    crate::util::signal(child.id(), "INT");
-    let out = crate::util::wait_output(child);
+    // The admin port is picked free and then given to the node, so another process may
+    // take it in between (the node then exits, naming the port): that attempt is retried.
+    let mut attempts = 0;
+    let out = loop {
+        attempts += 1;
+        let admin = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port");
+        let child = mycel()
+            .args(["--dev", "--resp", "127.0.0.1:0", "--gossip", "127.0.0.1:0"])
+            .args(["--quic", "127.0.0.1:0", "--seed", &seed])
+            .args(["--admin", &admin.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run");
+        // The admin API answers (not serving yet) once the signal handlers are in place.
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(admin).is_err() {
+            assert!(start.elapsed() < GUARD, "the admin API never came up");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        crate::util::signal(child.id(), "INT");
+        let out = crate::util::wait_output(child);
+        let stolen = String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("--admin {admin}: address in use"));
+        if !stolen || attempts == 3 {
+            break out;
+        }
+    };
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!stdout.contains("mycel ready"), "{stdout}");
