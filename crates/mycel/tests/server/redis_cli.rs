@@ -260,6 +260,55 @@ fn info_has_the_documented_sections() {
     assert!(raw_line(&mut c, "GET\r\n").starts_with("-ERR wrong number of arguments"));
     assert!(raw_line(&mut c, "NOSUCH\r\n").starts_with("-ERR unknown command"));
     assert_eq!(processed() - second, own + 3);
+    // The same requests in `INFO commandstats` (which only `all`, `everything` or its
+    // name asks for) and `errorstats`: per command its calls, time, requests refused
+    // before running (wrong arity) and calls that failed; per error code its replies.
+    let everything = redis_cli_raw(&s, &["INFO", "everything"]);
+    let stat = |name: &str| -> Vec<(String, String)> {
+        let prefix = format!("cmdstat_{name}:");
+        let line = everything
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{everything}"));
+        line.trim()
+            .split(',')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("key=value");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect()
+    };
+    let field = |stats: &[(String, String)], key: &str| -> String {
+        stats
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {key} in {stats:?}"))
+    };
+    let getrange = stat("getrange");
+    assert_eq!(field(&getrange, "calls"), "1");
+    assert_eq!(field(&getrange, "failed_calls"), "1");
+    assert_eq!(field(&getrange, "rejected_calls"), "0");
+    let get = stat("get");
+    assert_eq!(field(&get, "calls"), "0");
+    assert_eq!(field(&get, "rejected_calls"), "1");
+    let exists = stat("exists");
+    assert_eq!(field(&exists, "calls"), "1");
+    assert_eq!(field(&exists, "failed_calls"), "0");
+    let set = stat("set");
+    assert_eq!(field(&set, "calls"), "2");
+    let usec: u64 = field(&set, "usec").parse().expect("usec");
+    assert!(usec > 0, "{set:?}");
+    // Four error replies: two bad arguments, a wrong arity, an unknown command.
+    assert!(
+        everything.contains("\r\n# Errorstats\r\nerrorstat_ERR:count=4\r\n"),
+        "{everything}"
+    );
+    assert!(
+        everything.contains("total_error_replies:4\r\n"),
+        "{everything}"
+    );
+    assert!(!redis_cli_raw(&s, &["INFO"]).contains("# Commandstats"));
     let memory = redis_cli_raw(&s, &["INFO", "memory"]);
     assert!(
         memory.contains("# Memory") && !memory.contains("# Server"),

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the server, exported by the admin API's `GET /metrics`.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use mycel::Stats;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,6 +17,44 @@ pub(crate) struct CommandLabel {
     pub(crate) command: &'static str,
 }
 
+/// Label of the error-reply series: the error's code, the first word of its message.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ErrorLabel {
+    /// `ERR`, `CROSSSLOT`, ... (one of [`ERROR_CODES`]).
+    pub(crate) code: &'static str,
+}
+
+/// The codes Mycel's error replies start with (`INFO errorstats`'s `errorstat_<code>`).
+/// A message starting with anything else counts as `ERR`.
+pub(crate) const ERROR_CODES: &[&str] = &[
+    "ERR",
+    "CLUSTERDOWN",
+    "CROSSSLOT",
+    "NOPROTO",
+    "TIMEOUT",
+    "TRYAGAIN",
+];
+
+/// The code of an error reply's message (see [`ERROR_CODES`]).
+pub(crate) fn error_code(message: &str) -> &'static str {
+    let first = message.split(' ').next().unwrap_or_default();
+    ERROR_CODES
+        .iter()
+        .copied()
+        .find(|&code| code == first)
+        .unwrap_or("ERR")
+}
+
+/// One command's line of `INFO commandstats`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CommandStat {
+    pub(crate) command: &'static str,
+    pub(crate) calls: u64,
+    pub(crate) usec: u64,
+    pub(crate) rejected: u64,
+    pub(crate) failed: u64,
+}
+
 /// Every series the server exports. Counters are atomics, so connections update them
 /// without locks; store figures are sampled from the handle when scraped.
 #[derive(Debug)]
@@ -25,6 +64,14 @@ pub(crate) struct Metrics {
     pub(crate) commands: Family<CommandLabel, Counter>,
     /// Error replies sent, by command name.
     pub(crate) errors: Family<CommandLabel, Counter>,
+    /// Requests refused before they ran (a wrong number of arguments), by command name;
+    /// also among `errors`.
+    pub(crate) rejected: Family<CommandLabel, Counter>,
+    /// Seconds commands took from execution to reply, by command name (a batch's time
+    /// is shared evenly among its commands).
+    pub(crate) duration: Family<CommandLabel, Counter<f64, AtomicU64>>,
+    /// Error replies sent, by error code.
+    pub(crate) error_replies: Family<ErrorLabel, Counter>,
     /// Connections closed for breaking the protocol.
     pub(crate) protocol_errors: Counter,
     /// Connections accepted since start.
@@ -49,6 +96,9 @@ impl Metrics {
         let m = Self {
             commands: Family::default(),
             errors: Family::default(),
+            rejected: Family::default(),
+            duration: Family::default(),
+            error_replies: Family::default(),
             protocol_errors: Counter::default(),
             connections_total: Counter::default(),
             connections: Gauge::default(),
@@ -63,6 +113,21 @@ impl Metrics {
         };
         registry.register("commands", "Commands executed", m.commands.clone());
         registry.register("command_errors", "Error replies sent", m.errors.clone());
+        registry.register(
+            "command_rejections",
+            "Requests refused before they ran (wrong number of arguments)",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "command_duration_seconds",
+            "Time commands took from execution to reply (a batch's shared among its commands)",
+            m.duration.clone(),
+        );
+        registry.register(
+            "error_replies",
+            "Error replies sent, by error code",
+            m.error_replies.clone(),
+        );
         registry.register(
             "protocol_errors",
             "Connections closed for a protocol error",
@@ -118,6 +183,47 @@ impl Metrics {
             .sum()
     }
 
+    /// `INFO commandstats`: each command with a call or a refusal, by name.
+    pub(crate) fn command_stats(&self) -> Vec<CommandStat> {
+        let count = |family: &Family<CommandLabel, Counter>, command| {
+            family.get(&CommandLabel { command }).map_or(0, |c| c.get())
+        };
+        mycel::resp::cmd::NAMES
+            .iter()
+            .filter_map(|&command| {
+                let calls = count(&self.commands, command);
+                let rejected = count(&self.rejected, command);
+                if calls == 0 && rejected == 0 {
+                    return None;
+                }
+                let seconds = self
+                    .duration
+                    .get(&CommandLabel { command })
+                    .map_or(0.0, |d| d.get());
+                Some(CommandStat {
+                    command,
+                    calls,
+                    // Whole microseconds of a sum of seconds: truncation is intended.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    usec: (seconds * 1e6).round() as u64,
+                    rejected,
+                    failed: count(&self.errors, command).saturating_sub(rejected),
+                })
+            })
+            .collect()
+    }
+
+    /// `INFO errorstats`: error replies by code, for the codes sent at least once.
+    pub(crate) fn error_stats(&self) -> Vec<(&'static str, u64)> {
+        ERROR_CODES
+            .iter()
+            .filter_map(|&code| {
+                let n = self.error_replies.get(&ErrorLabel { code })?.get();
+                (n > 0).then_some((code, n))
+            })
+            .collect()
+    }
+
     /// The Prometheus text exposition, with store figures from `stats`.
     pub(crate) fn render(&self, stats: &Stats) -> String {
         self.sample(stats);
@@ -145,5 +251,51 @@ impl Metrics {
                 .inc_by(stats.expired.saturating_sub(seen.1));
             *seen = (seen.0.max(stats.evicted), seen.1.max(stats.expired));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_counts_under_its_code_or_err() {
+        assert_eq!(error_code("ERR syntax error"), "ERR");
+        assert_eq!(error_code("TRYAGAIN table changed"), "TRYAGAIN");
+        assert_eq!(
+            error_code("CROSSSLOT Keys in request don't hash to the same slot"),
+            "CROSSSLOT"
+        );
+        assert_eq!(error_code("CLUSTERDOWN quorum lost"), "CLUSTERDOWN");
+        // Not a code of Mycel's: counted as ERR, so the series stay bounded.
+        assert_eq!(error_code("WRONGTYPE Operation"), "ERR");
+        assert_eq!(error_code(""), "ERR");
+    }
+
+    #[test]
+    fn command_stats_split_refusals_from_failures() {
+        let m = Metrics::new();
+        let label = CommandLabel { command: "get" };
+        m.commands.get_or_create(&label).inc_by(5);
+        m.errors.get_or_create(&label).inc_by(3);
+        m.rejected.get_or_create(&label).inc_by(2);
+        m.duration.get_or_create(&label).inc_by(0.000_25);
+        // A series created but never counted is not listed.
+        drop(m.commands.get_or_create(&CommandLabel { command: "set" }));
+        assert_eq!(
+            m.command_stats(),
+            [CommandStat {
+                command: "get",
+                calls: 5,
+                usec: 250,
+                rejected: 2,
+                failed: 1,
+            }]
+        );
+        m.error_replies
+            .get_or_create(&ErrorLabel { code: "TIMEOUT" })
+            .inc();
+        drop(m.error_replies.get_or_create(&ErrorLabel { code: "ERR" }));
+        assert_eq!(m.error_stats(), [("TIMEOUT", 1)]);
     }
 }

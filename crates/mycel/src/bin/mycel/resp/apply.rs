@@ -877,17 +877,15 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
         None => Some(local),
         Some(_) => None,
     };
-    let all = sections.is_empty()
-        || sections.iter().any(|s| {
-            [&b"all"[..], b"everything", b"default"]
-                .iter()
-                .any(|a| s.eq_ignore_ascii_case(a))
-        });
-    let want = |name: &str| {
-        all || sections
+    let named = |name: &str| {
+        sections
             .iter()
             .any(|s| s.eq_ignore_ascii_case(name.as_bytes()))
     };
+    // As Redis: `all` and `everything` add `commandstats` to the default sections.
+    let everything = named("all") || named("everything");
+    let all = sections.is_empty() || everything || named("default");
+    let want = |name: &str| all || named(name);
     let node = &shared.node;
     let uptime = shared.started.elapsed().as_secs();
     let mut s = String::new();
@@ -945,9 +943,10 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
             shared.metrics.connections_total.get(),
             shared.metrics.commands_processed(),
         );
+        let errors: u64 = shared.metrics.error_stats().iter().map(|e| e.1).sum();
         let _ = write!(
             s,
-            "expired_keys:{}\r\nevicted_keys:{}\r\n\r\n",
+            "expired_keys:{}\r\nevicted_keys:{}\r\ntotal_error_replies:{errors}\r\n\r\n",
             local.expired, local.evicted,
         );
     }
@@ -955,6 +954,31 @@ async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
         // Redis replication: none. A cluster's replicas are per partition, inside Mycel
         // (see the cluster section), and clients never talk to them.
         s.push_str("# Replication\r\nrole:master\r\nconnected_slaves:0\r\n\r\n");
+    }
+    if everything || named("commandstats") {
+        // Redis's format; a command's subcommands are counted under the command.
+        s.push_str("# Commandstats\r\n");
+        for c in shared.metrics.command_stats() {
+            #[allow(clippy::cast_precision_loss, reason = "a two-decimal average")]
+            let per_call = if c.calls == 0 {
+                0.0
+            } else {
+                c.usec as f64 / c.calls as f64
+            };
+            let _ = write!(
+                s,
+                "cmdstat_{}:calls={},usec={},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+                c.command, c.calls, c.usec, c.rejected, c.failed,
+            );
+        }
+        s.push_str("\r\n");
+    }
+    if want("errorstats") {
+        s.push_str("# Errorstats\r\n");
+        for (code, count) in shared.metrics.error_stats() {
+            let _ = write!(s, "errorstat_{code}:count={count}\r\n");
+        }
+        s.push_str("\r\n");
     }
     if want("cluster")
         && let Some(c) = shared.mycel.cluster()

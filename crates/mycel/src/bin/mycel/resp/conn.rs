@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
@@ -18,7 +19,7 @@ use super::apply::{self, After, Session, Shape};
 use super::cmd::{self, Command};
 use super::frame::Frame;
 use super::parse::RequestParser;
-use crate::metrics::CommandLabel;
+use crate::metrics::{self, CommandLabel, ErrorLabel};
 use crate::state::{Client, Shared};
 
 /// Bytes kept free in the input buffer before each read, so reads are large.
@@ -32,18 +33,33 @@ const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
 /// command's static name, so counting a command takes no lock and no hashing.
 #[derive(Debug, Default)]
 struct Counters {
-    entries: Vec<(&'static str, Counter, Counter)>,
+    entries: Vec<CommandCounters>,
+}
+
+/// One command's counters (see [`Metrics`](crate::metrics::Metrics)).
+#[derive(Debug)]
+struct CommandCounters {
+    command: &'static str,
+    calls: Counter,
+    errors: Counter,
+    rejected: Counter,
+    duration: Counter<f64, AtomicU64>,
 }
 
 impl Counters {
-    fn get(&mut self, shared: &Shared, command: &'static str) -> &(&'static str, Counter, Counter) {
-        let at = match self.entries.iter().position(|e| e.0 == command) {
+    fn get(&mut self, shared: &Shared, command: &'static str) -> &CommandCounters {
+        let at = match self.entries.iter().position(|e| e.command == command) {
             Some(at) => at,
             None => {
                 let label = CommandLabel { command };
-                let calls = shared.metrics.commands.get_or_create(&label).clone();
-                let errors = shared.metrics.errors.get_or_create(&label).clone();
-                self.entries.push((command, calls, errors));
+                let m = &shared.metrics;
+                self.entries.push(CommandCounters {
+                    command,
+                    calls: m.commands.get_or_create(&label).clone(),
+                    errors: m.errors.get_or_create(&label).clone(),
+                    rejected: m.rejected.get_or_create(&label).clone(),
+                    duration: m.duration.get_or_create(&label).clone(),
+                });
                 self.entries.len() - 1
             }
         };
@@ -98,11 +114,16 @@ async fn run(
                 // a call never made.
                 flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
-                let (_, calls, errors) = counters.get(shared, name.unwrap_or("unknown"));
-                if name.is_some() && !cmd::is_arity_error(&frame) {
-                    calls.inc();
+                let c = counters.get(shared, name.unwrap_or("unknown"));
+                if name.is_some() {
+                    if cmd::is_arity_error(&frame) {
+                        c.rejected.inc();
+                    } else {
+                        c.calls.inc();
+                    }
                 }
-                errors.inc();
+                c.errors.inc();
+                count_error(shared, &frame);
                 frame.encode(session.proto, output);
                 continue;
             }
@@ -120,8 +141,9 @@ async fn run(
         flush_run(batch, args, session, shared, counters, output).await;
         let start = Instant::now();
         let (frame, after) = apply::execute(cmd, session, shared).await;
-        session.log_if_slow(&shared.slowlog, start.elapsed(), &args[at]);
-        count(counters, shared, name, &frame);
+        let took = start.elapsed();
+        session.log_if_slow(&shared.slowlog, took, &args[at]);
+        count(counters, shared, name, &frame, took);
         frame.encode(session.proto, output);
         close = after == After::Close;
     }
@@ -147,19 +169,42 @@ async fn flush_run(
         .batch(session.bucket, std::mem::take(&mut batch.ops))
         .await;
     let took = start.elapsed();
+    // Each command's share of the batch's time, for the duration counters.
+    let share = took / u32::try_from(batch.shapes.len()).unwrap_or(u32::MAX).max(1);
     for ((shape, name, at), result) in batch.shapes.drain(..).zip(results) {
         session.log_if_slow(&shared.slowlog, took, &args[at]);
         let frame = apply::batch_frame(shape, result);
-        count(counters, shared, name, &frame);
+        count(counters, shared, name, &frame, share);
         frame.encode(session.proto, output);
     }
 }
 
-fn count(counters: &mut Counters, shared: &Shared, name: &'static str, frame: &Frame) {
-    let (_, calls, errors) = counters.get(shared, name);
-    calls.inc();
+/// Counts an executed command: a call, its time, and its reply if an error.
+fn count(
+    counters: &mut Counters,
+    shared: &Shared,
+    name: &'static str,
+    frame: &Frame,
+    took: Duration,
+) {
+    let c = counters.get(shared, name);
+    c.calls.inc();
+    c.duration.inc_by(took.as_secs_f64());
     if matches!(frame, Frame::Error(_)) {
-        errors.inc();
+        c.errors.inc();
+        count_error(shared, frame);
+    }
+}
+
+/// Counts an error reply by its code (`INFO errorstats`).
+fn count_error(shared: &Shared, frame: &Frame) {
+    if let Frame::Error(message) = frame {
+        let code = metrics::error_code(message);
+        shared
+            .metrics
+            .error_replies
+            .get_or_create(&ErrorLabel { code })
+            .inc();
     }
 }
 
@@ -254,7 +299,9 @@ pub(crate) async fn serve(
         if let (false, Some(e)) = (close, protocol_error) {
             tracing::debug!(client = session.id, error = %e, "protocol error; closing");
             shared.metrics.protocol_errors.inc();
-            Frame::err(&e).encode(session.proto, &mut output);
+            let reply = Frame::err(&e);
+            count_error(&shared, &reply);
+            reply.encode(session.proto, &mut output);
             close = true;
         }
         // The arguments share the input's allocation; drop them so it can be reused.
