@@ -2,6 +2,7 @@
 //! replies, in Redis's formats and words.
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,16 +69,19 @@ impl Session {
         self.activity.command(&mut self.last_cmd, cmd);
     }
 
-    /// Logs a command that took `took` in the slow log if it is slow enough: its
-    /// arguments, and this client's address and name.
-    pub(crate) fn log_if_slow(&self, log: &slowlog::SlowLog, took: Duration, args: &[Bytes]) {
+    /// Who the slow log names for a command that took `took`: this client's address and
+    /// name; `None` when that is not slow enough to log (or the connection was killed:
+    /// its entry is gone).
+    pub(crate) fn slow_client(
+        &self,
+        log: &slowlog::SlowLog,
+        took: Duration,
+    ) -> Option<(SocketAddr, Bytes)> {
         if !log.is_slow(took) {
-            return;
+            return None;
         }
-        // A killed connection's entry is gone; its command is not logged.
-        if let Some(client) = self.client.get() {
-            log.push(took, args, client.addr, client.name.unwrap_or_default());
-        }
+        let client = self.client.get()?;
+        Some((client.addr, client.name.unwrap_or_default()))
     }
 
     /// `CLIENT SETNAME` and `HELLO`'s `SETNAME`: an empty name removes it.

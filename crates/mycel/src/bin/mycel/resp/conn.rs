@@ -142,7 +142,9 @@ async fn run(
         let start = Instant::now();
         let (frame, after) = apply::execute(cmd, session, shared).await;
         let took = start.elapsed();
-        session.log_if_slow(&shared.slowlog, took, &args[at]);
+        if let Some((addr, client_name)) = session.slow_client(&shared.slowlog, took) {
+            shared.slowlog.push(took, &args[at], addr, client_name);
+        }
         count(counters, shared, name, &frame, took);
         frame.encode(session.proto, output);
         close = after == After::Close;
@@ -171,8 +173,13 @@ async fn flush_run(
     let took = start.elapsed();
     // Each command's share of the batch's time, for the duration counters.
     let share = took / u32::try_from(batch.shapes.len()).unwrap_or(u32::MAX).max(1);
+    let slow = session.slow_client(&shared.slowlog, took);
     for ((shape, name, at), result) in batch.shapes.drain(..).zip(results) {
-        session.log_if_slow(&shared.slowlog, took, &args[at]);
+        if let Some((addr, client_name)) = &slow {
+            shared
+                .slowlog
+                .push(took, &args[at], *addr, client_name.clone());
+        }
         let frame = apply::batch_frame(shape, result);
         count(counters, shared, name, &frame, share);
         frame.encode(session.proto, output);
