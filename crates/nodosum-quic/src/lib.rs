@@ -159,6 +159,6 @@ pub use node::{
     HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
 };
 pub use tls::{
-    DEFAULT_ALPN, DevCa, DevValidity, IdentityError, TlsError, TlsIdentity, crypto_provider,
-    node_id_from_cert,
+    DEFAULT_ALPN, DevCa, DevValidity, IdentityError, PemFile, TlsError, TlsIdentity,
+    crypto_provider, node_id_from_cert,
 };

@@ -137,19 +137,43 @@ impl TlsIdentity {
         cert_chain: impl AsRef<Path>,
         key: impl AsRef<Path>,
     ) -> Result<Self, TlsError> {
-        let ca_roots = load_certs(ca.as_ref())?;
-        let cert_chain = load_certs(cert_chain.as_ref())?;
+        Self::from_pem_files_checking_all(ca, cert_chain, key)
+            .map_err(|mut errors| errors.remove(0).1)
+    }
+
+    /// Like [`from_pem_files`](Self::from_pem_files), but reads all three files whatever
+    /// fails, so that a configuration check reports every bad file at once: the errors
+    /// (at least one), each with the file it is about, in the order CA, certificate
+    /// chain, key (the three may be one path).
+    pub fn from_pem_files_checking_all(
+        ca: impl AsRef<Path>,
+        cert_chain: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, Vec<(PemFile, TlsError)>> {
+        let ca_roots = load_certs(ca.as_ref());
+        let cert_chain = load_certs(cert_chain.as_ref());
         let key_path = key.as_ref();
-        let pem = read(key_path)?;
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
-            path: key_path.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            ca_roots,
-            cert_chain,
-            key,
-        })
+        let key = read(key_path).and_then(|pem| {
+            PrivateKeyDer::from_pem_slice(&pem).map_err(|source| TlsError::Pem {
+                path: key_path.to_owned(),
+                source,
+            })
+        });
+        match (ca_roots, cert_chain, key) {
+            (Ok(ca_roots), Ok(cert_chain), Ok(key)) => Ok(Self {
+                ca_roots,
+                cert_chain,
+                key,
+            }),
+            (ca_roots, cert_chain, key) => Err([
+                ca_roots.err().map(|e| (PemFile::Ca, e)),
+                cert_chain.err().map(|e| (PemFile::CertChain, e)),
+                key.err().map(|e| (PemFile::Key, e)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
+        }
     }
 
     /// Checks that a node could use this identity, as starting its endpoint would: the CA
@@ -166,6 +190,17 @@ impl TlsIdentity {
             .ok_or(TlsError::NoIdentity(IdentityError::Missing))?;
         node_id_from_cert(cert).map_err(TlsError::NoIdentity)
     }
+}
+
+/// One of the three PEM files of a [`TlsIdentity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PemFile {
+    /// The CA certificates.
+    Ca,
+    /// The node's certificate chain.
+    CertChain,
+    /// The node's private key.
+    Key,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

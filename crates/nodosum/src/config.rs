@@ -684,24 +684,18 @@ impl Config {
     /// a CA that is no trust anchor, a key that is not the certificate's, a certificate
     /// naming another node. Each problem names the setting of the file at fault.
     fn check_tls_files(&self, v: &mut Validator, ca: &Path, cert: &Path, key: &Path) {
-        use nodosum_quic::TlsError;
-        let field_of = |path: &Path| {
-            [("tls.ca", ca), ("tls.cert", cert), ("tls.key", key)]
-                .into_iter()
-                .find(|(_, p)| *p == path)
-                .map_or("tls", |(f, _)| f)
-        };
-        let identity = match nodosum_quic::TlsIdentity::from_pem_files(ca, cert, key) {
+        use nodosum_quic::{PemFile, TlsError};
+        let identity = match nodosum_quic::TlsIdentity::from_pem_files_checking_all(ca, cert, key) {
             Ok(identity) => identity,
-            Err(e) => {
-                let field = match &e {
-                    TlsError::ReadFile { path, .. }
-                    | TlsError::Pem { path, .. }
-                    | TlsError::NoCertificate { path }
-                    | TlsError::InvalidCa { path, .. } => field_of(path),
-                    _ => "tls",
-                };
-                v.push(field, crate::error_chain(&e));
+            Err(errors) => {
+                for (file, e) in errors {
+                    let field = match file {
+                        PemFile::Ca => "tls.ca",
+                        PemFile::CertChain => "tls.cert",
+                        PemFile::Key => "tls.key",
+                    };
+                    v.push(field, crate::error_chain(&e));
+                }
                 return;
             }
         };
@@ -721,7 +715,8 @@ impl Config {
             ),
         }
         match identity.check() {
-            Ok(()) => {}
+            // Reported above, as the certificate's problem.
+            Ok(()) | Err(TlsError::NoIdentity(_)) => {}
             // rustls refuses the certificate and key together (they do not match).
             Err(e @ TlsError::Rustls(_)) => v.push(
                 "tls.key",

@@ -65,10 +65,10 @@ fn bad_configuration_lists_every_problem_before_binding() {
     for want in [
         "--resp (resp)",
         "--max-memory (max_memory)",
-        "--replicas (replication_factor)",
+        "--replicas (replicas)",
         "--log-format (log_format)",
-        "--ca (tls.ca)",
-        "--gossip-key (gossip.keys)",
+        "--ca (ca)",
+        "--gossip-key (gossip_key)",
     ] {
         assert!(err.contains(want), "{want} missing from:\n{err}");
     }

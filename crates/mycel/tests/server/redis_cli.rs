@@ -259,6 +259,8 @@ fn info_has_the_documented_sections() {
     );
     assert!(raw_line(&mut c, "GET\r\n").starts_with("-ERR wrong number of arguments"));
     assert!(raw_line(&mut c, "NOSUCH\r\n").starts_with("-ERR unknown command"));
+    // Nor does an unknown subcommand.
+    assert!(raw_line(&mut c, "MEMORY NOSUCH\r\n").starts_with("-ERR unknown subcommand"));
     assert_eq!(processed() - second, own + 3);
     // The same requests in `INFO commandstats` (which only `all`, `everything` or its
     // name asks for) and `errorstats`: per command its calls, time, requests refused
@@ -299,13 +301,15 @@ fn info_has_the_documented_sections() {
     assert_eq!(field(&set, "calls"), "2");
     let usec: u64 = field(&set, "usec").parse().expect("usec");
     assert!(usec > 0, "{set:?}");
-    // Four error replies: two bad arguments, a wrong arity, an unknown command.
+    assert!(!everything.contains("cmdstat_memory"), "{everything}");
+    // Five error replies: two bad arguments, a wrong arity, an unknown command and an
+    // unknown subcommand.
     assert!(
-        everything.contains("\r\n# Errorstats\r\nerrorstat_ERR:count=4\r\n"),
+        everything.contains("\r\n# Errorstats\r\nerrorstat_ERR:count=5\r\n"),
         "{everything}"
     );
     assert!(
-        everything.contains("total_error_replies:4\r\n"),
+        everything.contains("total_error_replies:5\r\n"),
         "{everything}"
     );
     assert!(!redis_cli_raw(&s, &["INFO"]).contains("# Commandstats"));

@@ -69,7 +69,7 @@ async fn a_node_with_a_certificate_from_another_ca_is_never_connected() {
 
 /// Unusable TLS files are configuration problems, found before anything binds and named
 /// by their setting: a certificate naming another node, a key that is not the
-/// certificate's, a file without a certificate.
+/// certificate's, a file without a certificate. Every bad file is named at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_tls_files_are_refused_at_start_naming_the_setting() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -97,8 +97,9 @@ async fn unusable_tls_files_are_refused_at_start_naming_the_setting() {
             "tls.key",
             "KeyMismatch",
         ),
-        ((ca_pem, garbage, key), "tls.cert", "no certificate"),
+        ((ca_pem, garbage.clone(), key), "tls.cert", "no certificate"),
     ];
+    let all_bad = (garbage.clone(), garbage.clone(), garbage);
     for (files, field, says) in cases {
         let mut config = Config::production(
             id("me"),
@@ -120,6 +121,22 @@ async fn unusable_tls_files_are_refused_at_start_naming_the_setting() {
             }
             other => panic!("expected a configuration problem, got {other:?}"),
         }
+    }
+    let mut config = Config::production(
+        id("me"),
+        "127.0.0.1:1".parse().expect("addr"),
+        all_bad,
+        &Key::from_bytes([1; 32]),
+    );
+    config.gossip.advertise = None;
+    config.gossip.bind = "127.0.0.1:0".parse().expect("addr");
+    config.quic.bind = "127.0.0.1:0".parse().expect("addr");
+    match Node::start(config).await {
+        Err(Error::Config(e)) => {
+            let fields: Vec<&str> = e.problems.iter().map(|p| p.field.as_str()).collect();
+            assert_eq!(fields, ["tls.ca", "tls.cert", "tls.key"], "{e:?}");
+        }
+        other => panic!("expected a configuration problem, got {other:?}"),
     }
 }
 

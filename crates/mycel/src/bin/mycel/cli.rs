@@ -187,11 +187,35 @@ struct FileConfig {
     buckets: Vec<BucketFile>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+/// `max_memory` in the file: a number of bytes, or text with a unit (`"256mb"`).
+#[derive(Debug)]
 enum Size {
     Bytes(u64),
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of bytes or a size such as \"256mb\"")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Size, E> {
+                u64::try_from(v)
+                    .map(Size::Bytes)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,36 +346,50 @@ fn slowlog_config(
     config
 }
 
-/// The flag name of each `nodosum::Config` field the flags set, for problem reports.
-const NODOSUM_FLAGS: &[(&str, &str)] = &[
-    ("node_id", "--node-id"),
-    ("cluster", "--cluster"),
-    ("gossip.bind", "--gossip"),
-    ("gossip.advertise", "--advertise"),
-    ("gossip.keys", "--gossip-key"),
-    ("gossip.key_file", "--gossip-key"),
-    ("quic.bind", "--quic"),
-    ("tls.ca", "--ca"),
-    ("tls.cert", "--cert"),
-    ("tls.key", "--key"),
-    ("discovery.static", "--seed"),
-    ("discovery", "--discovery"),
+/// The flag and config file key of each `nodosum::Config` field the flags set, for
+/// problem reports: `(field, flag, key)`, the first field that is the problem's or a
+/// prefix of it wins.
+const NODOSUM_FLAGS: &[(&str, &str, &str)] = &[
+    ("node_id", "--node-id", "node_id"),
+    ("cluster", "--cluster", "cluster"),
+    ("gossip.bind", "--gossip", "gossip"),
+    ("gossip.advertise", "--advertise", "advertise"),
+    ("gossip.keys", "--gossip-key", "gossip_key"),
+    ("gossip.key_file", "--gossip-key", "gossip_key"),
+    ("quic.bind", "--quic", "quic"),
+    ("tls.ca", "--ca", "ca"),
+    ("tls.cert", "--cert", "cert"),
+    ("tls.key", "--key", "key"),
+    ("discovery.static.seeds", "--seed", "seeds"),
+    ("discovery.static", "--seed", "seeds"),
+    ("discovery.dns", "--discovery", "discovery"),
+    ("discovery.consul", "--discovery", "discovery"),
+    ("discovery", "--discovery", "discovery"),
 ];
 
-const MYCEL_FLAGS: &[(&str, &str)] = &[
-    ("replication_factor", "--replicas"),
-    ("store.max_bytes", "--max-memory"),
+const MYCEL_FLAGS: &[(&str, &str, &str)] = &[
+    ("replication_factor", "--replicas", "replicas"),
+    ("store.max_bytes", "--max-memory", "max_memory"),
+    // Derived from the budget (at most half of it).
+    ("store.max_value_len", "--max-memory", "max_memory"),
 ];
 
-fn flag_of(table: &[(&str, &str)], field: &str) -> String {
+/// `--flag (file_key)` for a problem in `field` of the configuration the flags build
+/// (`--seed (seeds[1])` for one of a list's items); the field itself if no flag sets it.
+fn flag_of(table: &[(&str, &str, &str)], field: &str) -> String {
     table
         .iter()
-        .find(|(f, _)| {
-            field == *f
-                || field.starts_with(&format!("{f}."))
-                || field.starts_with(&format!("{f}["))
+        .find_map(|&(f, flag, key)| {
+            let rest = field.strip_prefix(f)?;
+            match rest.chars().next() {
+                None | Some('.') => Some(format!("{flag} ({key})")),
+                // An item of a list keeps its index (`seeds` is a list in the file too).
+                Some('[') if key == "seeds" => Some(format!("{flag} ({key}{rest})")),
+                Some('[') => Some(format!("{flag} ({key})")),
+                Some(_) => None,
+            }
         })
-        .map_or_else(|| field.to_owned(), |(_, flag)| format!("{flag} ({field})"))
+        .unwrap_or_else(|| field.to_owned())
 }
 
 struct Problems(Vec<Problem>);
@@ -513,6 +551,40 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         cli.key.or(file.key),
     );
 
+    // Options of a discovery method not chosen would be dropped without a word: a
+    // forgotten `--discovery dns` must not make a node that never finds its peers.
+    for (method, given) in [
+        (
+            "dns",
+            [
+                (dns_name.is_some(), "--dns-name (dns_name)"),
+                (dns_mode.is_some(), "--dns-mode (dns_mode)"),
+                (
+                    dns_nameserver.is_some(),
+                    "--dns-nameserver (dns_nameserver)",
+                ),
+            ]
+            .as_slice(),
+        ),
+        (
+            "consul",
+            [
+                (consul_addr.is_some(), "--consul-addr (consul_addr)"),
+                (
+                    consul_service.is_some(),
+                    "--consul-service (consul_service)",
+                ),
+            ]
+            .as_slice(),
+        ),
+    ] {
+        if discovery_kind.as_deref() != Some(method) {
+            for (_, field) in given.iter().filter(|(g, _)| *g) {
+                p.push(field, format!("only used with --discovery {method}"));
+            }
+        }
+    }
+
     let mut cluster_only = Vec::new();
     for (given, flag) in [
         (!seeds.is_empty(), "--seed"),
@@ -568,13 +640,14 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             });
         }
         match discovery_kind.as_deref() {
-            None => {}
             Some("static") if seeds.is_empty() => {
                 p.push(
                     "--discovery (discovery)",
                     "static discovery needs at least one --seed",
                 );
             }
+            // The seeds were set above.
+            None | Some("static") => {}
             Some("dns") => {
                 let mut dns = DnsConfig::default();
                 match dns_name {
@@ -654,7 +727,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         }
     }
 
-    let mut buckets = Vec::new();
+    let mut buckets: Vec<(String, BucketOptions)> = Vec::new();
     for (i, b) in file.buckets.into_iter().enumerate() {
         if b.name.is_empty() || b.name == mycel::DEFAULT_BUCKET {
             p.push(
@@ -663,11 +736,21 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             );
             continue;
         }
+        if buckets.iter().any(|(name, _)| *name == b.name) {
+            p.push(
+                &format!("buckets[{i}].name"),
+                format!("{:?} is defined twice", b.name),
+            );
+            continue;
+        }
         if b.default_ttl_ms == Some(0) {
             p.push(
                 &format!("buckets[{i}].default_ttl_ms"),
                 "must be at least 1",
             );
+        }
+        if b.max_value_len == Some(0) {
+            p.push(&format!("buckets[{i}].max_value_len"), "must be at least 1");
         }
         buckets.push((
             b.name,
@@ -949,7 +1032,7 @@ mod tests {
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
             all.iter().any(|p| p.starts_with(
-                "--gossip-key (gossip.keys): required with --ca/--cert/--key, even with --dev"
+                "--gossip-key (gossip_key): required with --ca/--cert/--key, even with --dev"
             ) && p.contains("head -c 32 /dev/urandom | base64")),
             "{all:?}"
         );
@@ -982,8 +1065,8 @@ mod tests {
         .expect_err("invalid");
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(
-            all.iter()
-                .any(|p| p.contains("gossip.key_file") && p.contains("/nonexistent/gossip.key")),
+            all.iter().any(|p| p.contains("--gossip-key (gossip_key)")
+                && p.contains("/nonexistent/gossip.key")),
             "{all:?}"
         );
     }
@@ -1028,14 +1111,88 @@ mod tests {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         let all = text.join("\n");
         for want in [
-            "--replicas (replication_factor)",
+            "--replicas (replicas)",
             "--dns-name (dns_name)",
-            "--gossip-key (gossip.keys)",
-            "--ca (tls.ca)",
-            "--advertise (gossip.advertise)",
+            "--gossip-key (gossip_key)",
+            "--ca (ca)",
+            "--advertise (advertise)",
         ] {
             assert!(all.contains(want), "{want} missing from:\n{all}");
         }
+    }
+
+    #[test]
+    fn discovery_settings_are_used_or_refused() {
+        let s = resolve(cli(&[
+            "--dev",
+            "--discovery",
+            "static",
+            "--seed",
+            "127.0.0.1:7001",
+        ]))
+        .expect("static discovery with a seed");
+        assert!(s.nodosum.discovery.static_seeds.is_some());
+        let fields = |args: &[&str]| -> Vec<String> {
+            resolve(cli(args))
+                .expect_err("invalid")
+                .into_iter()
+                .map(|p| p.field)
+                .collect()
+        };
+        assert_eq!(
+            fields(&["--dev", "--discovery", "static"]),
+            ["--discovery (discovery)"]
+        );
+        // A forgotten --discovery: the options of the other methods are not dropped silently.
+        assert_eq!(
+            fields(&[
+                "--dev",
+                "--dns-name",
+                "_mycel._udp.local",
+                "--consul-service",
+                "m"
+            ]),
+            ["--dns-name (dns_name)", "--consul-service (consul_service)"]
+        );
+        assert_eq!(
+            fields(&[
+                "--dev",
+                "--discovery",
+                "consul",
+                "--dns-nameserver",
+                "127.0.0.1:53"
+            ]),
+            ["--dns-nameserver (dns_nameserver)"]
+        );
+    }
+
+    #[test]
+    fn file_problems_name_the_file_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("mycel.toml");
+        let file = path.to_str().expect("utf-8");
+        std::fs::write(
+            &path,
+            "dev = true\n[[buckets]]\nname = \"a\"\n[[buckets]]\nname = \"b\"\nmax_value_len = 0\n[[buckets]]\nname = \"a\"\n",
+        )
+        .expect("write");
+        let problems = resolve(cli(&["--config", file, "--max-memory", "0"])).expect_err("invalid");
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 3, "{text:?}");
+        assert!(
+            text[0].starts_with("--max-memory (max_memory): "),
+            "{text:?}"
+        );
+        assert_eq!(text[1], "buckets[1].max_value_len: must be at least 1");
+        assert_eq!(text[2], "buckets[2].name: \"a\" is defined twice");
+        std::fs::write(&path, "dev = true\nmax_memory = -5\n").expect("write");
+        let problems = resolve(cli(&["--config", file])).expect_err("invalid");
+        assert!(
+            problems[0]
+                .message
+                .contains("expected a number of bytes or a size such as \"256mb\""),
+            "{problems:?}"
+        );
     }
 
     #[test]
@@ -1096,7 +1253,7 @@ mod tests {
         let problems =
             resolve(cli(&["--dev", "--seed", "nope", "--replicas", "0"])).expect_err("invalid");
         let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        for want in ["--seed (discovery.static.seeds[0])", "--replicas"] {
+        for want in ["--seed (seeds[0])", "--replicas"] {
             assert!(all.iter().any(|p| p.contains(want)), "{want} in {all:?}");
         }
     }

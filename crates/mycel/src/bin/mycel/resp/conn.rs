@@ -114,8 +114,12 @@ async fn run(
                 // a call never made.
                 flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
-                let c = counters.get(shared, name.unwrap_or("unknown"));
-                if name.is_some() {
+                // An unknown subcommand is, like an unknown command, no command's: Redis
+                // neither runs nor rejects it (`INFO commandstats` leaves it out), but
+                // counts its error.
+                let known = name.filter(|_| shown.is_some());
+                let c = counters.get(shared, known.unwrap_or("unknown"));
+                if known.is_some() {
                     if cmd::is_arity_error(&frame) {
                         c.rejected.inc();
                     } else {
