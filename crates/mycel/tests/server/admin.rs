@@ -56,6 +56,10 @@ fn health_ready_members_partitions() {
     assert!(body.contains("\"maintenance\":true"), "{body}");
     let (status, _) = s.http("POST", "/maintenance?freeze=maybe");
     assert_eq!(status, 400);
+    // Without the query the error says how to ask.
+    let (status, body) = s.http("POST", "/maintenance");
+    assert_eq!(status, 400);
+    assert!(body.contains("POST /maintenance?freeze=true"), "{body}");
     let (status, _) = s.http("POST", "/maintenance?freeze=false");
     assert_eq!(status, 200);
     let (_, body) = s.http("GET", "/ready");

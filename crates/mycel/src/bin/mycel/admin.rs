@@ -268,7 +268,10 @@ async fn maintenance(State(s): State<Arc<Shared>>, Query(q): Query<MaintenanceQu
             let got = other.map_or_else(|| "nothing".to_owned(), |v| format!("{v:?}"));
             return json_response(
                 StatusCode::BAD_REQUEST,
-                &json!({ "error": format!("freeze must be true or false (or on/off, 1/0), got {got}") }),
+                &json!({ "error": format!(
+                    "the query must say freeze=true or freeze=false (or on/off, 1/0), as in \
+                     POST /maintenance?freeze=true; got {got}"
+                ) }),
             );
         }
     };
