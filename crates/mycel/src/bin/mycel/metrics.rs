@@ -48,10 +48,15 @@ pub(crate) fn error_code(message: &str) -> &'static str {
 /// One command's line of `INFO commandstats`.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CommandStat {
+    /// The command's name.
     pub(crate) command: &'static str,
+    /// Calls: the command ran, or was refused for a bad argument.
     pub(crate) calls: u64,
+    /// Microseconds the calls took.
     pub(crate) usec: u64,
+    /// Requests refused before running (a wrong number of arguments); not calls.
     pub(crate) rejected: u64,
+    /// Calls answered with an error.
     pub(crate) failed: u64,
 }
 
