@@ -290,18 +290,31 @@ const MAX_THREADS: u64 = 1024;
 
 /// A thread count from its flag (as typed) or its config file key; `Ok(None)`: neither.
 fn thread_count(flag: Option<String>, file: Option<u64>) -> Result<Option<usize>, String> {
+    count_in(flag, file, 1, MAX_THREADS)
+}
+
+/// A count from `min` to `max` from its flag (as typed) or its config file key;
+/// `Ok(None)`: neither.
+fn count_in(
+    flag: Option<String>,
+    file: Option<u64>,
+    min: u64,
+    max: u64,
+) -> Result<Option<usize>, String> {
+    let range = min..=max;
     let n = match (flag, file) {
         (Some(text), _) => text
             .parse::<u64>()
             .ok()
-            .filter(|n| (1..=MAX_THREADS).contains(n))
-            .ok_or_else(|| format!("{text:?} is not a number from 1 to {MAX_THREADS}"))?,
-        (None, Some(n)) if (1..=MAX_THREADS).contains(&n) => n,
-        (None, Some(n)) => return Err(format!("{n} is not a number from 1 to {MAX_THREADS}")),
+            .filter(|n| range.contains(n))
+            .ok_or_else(|| format!("{text:?} is not a number from {min} to {max}"))?,
+        (None, Some(n)) if range.contains(&n) => n,
+        (None, Some(n)) => return Err(format!("{n} is not a number from {min} to {max}")),
         (None, None) => return Ok(None),
     };
-    // At most `MAX_THREADS`, so it fits.
-    Ok(usize::try_from(n).ok())
+    usize::try_from(n)
+        .map(Some)
+        .map_err(|_| format!("{n} is too large for this machine"))
 }
 
 /// The slow log's settings from their flags (as typed) or config file keys; a problem for
@@ -328,20 +341,10 @@ fn slowlog_config(
     if let Some(micros) = micros {
         config.slower_than = u64::try_from(micros).ok().map(Duration::from_micros);
     }
-    let field = "--slowlog-max-len (slowlog_max_len)";
-    let limit = slowlog::MAX_LEN_LIMIT;
-    let len = match max_len {
-        (Some(text), _) => text
-            .parse::<u64>()
-            .map_err(|_| p.push(field, format!("{text:?} is not a number from 0 to {limit}")))
-            .ok(),
-        (None, file) => file,
-    };
-    if let Some(n) = len {
-        match usize::try_from(n) {
-            Ok(n) if n <= limit => config.max_len = n,
-            _ => p.push(field, format!("{n} is not a number from 0 to {limit}")),
-        }
+    match count_in(max_len.0, max_len.1, 0, slowlog::MAX_LEN_LIMIT) {
+        Ok(Some(n)) => config.max_len = n,
+        Ok(None) => {}
+        Err(m) => p.push("--slowlog-max-len (slowlog_max_len)", m),
     }
     config
 }

@@ -24,7 +24,7 @@ const MAX_ARG_BYTES: usize = 128;
 
 /// The most entries `--slowlog-max-len` accepts: each keeps at most about 5 KiB
 /// ([`MAX_ARGS`] arguments of [`MAX_ARG_BYTES`]), so the log stays under 500 MiB.
-pub(crate) const MAX_LEN_LIMIT: usize = 100_000;
+pub(crate) const MAX_LEN_LIMIT: u64 = 100_000;
 
 /// How the slow log is configured (`--slowlog-log-slower-than`, `--slowlog-max-len`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
