@@ -374,8 +374,9 @@ fn markdown_loss(md: &mut String, r: &Value) {
         md,
         "{} B messages, all applications' deliveries per second over {} s, across {}. \
          `drop` is the measured share of packets dropped, `pkt` the mean packet size.\n\n\
-         | loss | TCP+TLS msgs/s | raw QUIC msgs/s | Nodosum msgs/s | QUIC/TCP | Nodosum/TCP | Nodosum/QUIC | drop TCP / QUIC / Nodosum | pkt B TCP / QUIC / Nodosum |\n\
-         |---|---|---|---|---|---|---|---|---|",
+         Nodosum (BBR) is Nodosum with `congestion: Bbr`; the others run CUBIC.\n\n\
+         | loss | TCP+TLS msgs/s | raw QUIC msgs/s | Nodosum msgs/s | Nodosum (BBR) msgs/s | QUIC/TCP | Nodosum/TCP | Nodosum (BBR)/TCP | Nodosum/QUIC | drop TCP / QUIC / Nodosum / BBR | pkt B TCP / QUIC / Nodosum / BBR |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|",
         r["message_bytes"].as_u64().unwrap_or(0),
         r["window_s"].as_f64().unwrap_or(0.0),
         r["link"].as_str().unwrap_or("")
@@ -395,15 +396,17 @@ fn markdown_loss(md: &mut String, r: &Value) {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             level["loss_percent"]
                 .as_f64()
                 .map_or_else(|| key.to_owned(), |p| format!("{p} %")),
             fmt(m("tcp_tls"), 1.0, 0),
             fmt(m("quic"), 1.0, 0),
             fmt(m("nodosum"), 1.0, 0),
+            fmt(m("nodosum_bbr"), 1.0, 0),
             ratio(m("quic"), m("tcp_tls")),
             ratio(m("nodosum"), m("tcp_tls")),
+            ratio(m("nodosum_bbr"), m("tcp_tls")),
             ratio(m("nodosum"), m("quic")),
             each("drop_ratio_percent", 1.0, 2),
             each("mean_packet_bytes", 1.0, 0),
@@ -920,7 +923,7 @@ fn packet_loss(ctx: &Ctx) -> Value {
                         runs[l][t].push(run);
                     }
                     Err(e) => {
-                        println!("  loss {:>4.1} % {transport:<8} failed: {e:#}", p * 100.0);
+                        println!("  loss {:>4.1} % {transport:<11} failed: {e:#}", p * 100.0);
                         errors[l][t] = Some(format!("{e:#}"));
                     }
                 }

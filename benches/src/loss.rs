@@ -12,8 +12,9 @@
 //! bench's `main` calls it first. Children also end when the parent dies (their stdin
 //! closes), and [`netns::ChildProc`] kills them if they do not.
 //!
-//! Both sides use the same congestion controller, CUBIC: quinn's default, and set on the
-//! TCP socket explicitly. The system default here is BBR, whose internal pacing sends
+//! The transports use the same congestion controller, CUBIC: quinn's default, and set on
+//! the TCP socket explicitly; `nodosum_bbr` is Nodosum again with
+//! [`Congestion::Bbr`](nodosum_quic::Congestion::Bbr), the choice for such links. The system default here is BBR, whose internal pacing sends
 //! one-segment packets (offloads are off on the lossy link) one timer tick at a time and
 //! holds TCP at about 65 MB/s on this link even without loss (CUBIC: about 530 MB/s).
 
@@ -37,7 +38,17 @@ use crate::{ServerMode, nodosum, quic, tcp};
 pub const APPS: usize = 10;
 
 /// The transports compared, by report name.
-pub const TRANSPORTS: [&str; 3] = ["tcp_tls", "quic", "nodosum"];
+pub const TRANSPORTS: [&str; 4] = ["tcp_tls", "quic", "nodosum", "nodosum_bbr"];
+
+/// Nodosum's endpoint configuration for the transport named `transport`.
+fn nodosum_config(transport: &str, ip: IpAddr) -> nodosum_quic::Config {
+    let mut config = nodosum::stall_config();
+    config.bind_addr = SocketAddr::new(ip, 0);
+    if transport == "nodosum_bbr" {
+        config.congestion = nodosum_quic::Congestion::Bbr;
+    }
+    config
+}
 
 const SERVER_ROLE: &str = "__nqbench-loss-server";
 const CLIENT_ROLE: &str = "__nqbench-loss-client";
@@ -122,9 +133,8 @@ fn run_server(args: &[String]) -> anyhow::Result<()> {
                     Box::new((server, apps)) as Keep,
                 )
             }
-            "nodosum" => {
-                let mut config = nodosum::stall_config();
-                config.bind_addr = SocketAddr::new(ip, 0);
+            "nodosum" | "nodosum_bbr" => {
+                let config = nodosum_config(&transport, ip);
                 let node = QuicNode::bind(config, &nodosum::identity(&pki, &pki.server), None)?;
                 let apps = Arc::new(nodosum::StallApps::register(&node, apps, false)?);
                 let port = node.local_addr()?.port();
@@ -188,9 +198,8 @@ fn run_client(args: &[String]) -> anyhow::Result<()> {
                 stall::spawn_quic_producers(&conn, apps, &mut tasks).await?;
                 Box::new((tasks, conn, endpoint)) as Keep
             }
-            "nodosum" => {
-                let mut config = nodosum::stall_config();
-                config.bind_addr = SocketAddr::new(ip, 0);
+            "nodosum" | "nodosum_bbr" => {
+                let config = nodosum_config(&transport, ip);
                 let node = QuicNode::bind(config, &nodosum::identity(&pki, &pki.client), None)?;
                 let server = nodosum::identity(&pki, &pki.server).node_id()?;
                 nodosum::connect(&node, server.clone(), addr).await?;

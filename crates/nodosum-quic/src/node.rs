@@ -20,7 +20,7 @@ use tokio::sync::{Notify, broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Congestion};
 use crate::gate::{Gate, Role};
 use crate::inbox::{AppReceiver, Inbox, hosted};
 use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel, Traffic};
@@ -287,6 +287,22 @@ pub struct ConnectionInfo {
     pub rtt: Duration,
     /// How its handshake went.
     pub kind: HandshakeKind,
+    /// The congestion controller this side sends with ([`Config::congestion`]).
+    pub congestion: Congestion,
+}
+
+/// The controller a connection runs, read back from quinn (every connection gets one of
+/// the two factories [`Config::transport`] installs).
+fn congestion_of(conn: &quinn::Connection) -> Congestion {
+    if conn
+        .congestion_state()
+        .into_any()
+        .is::<quinn::congestion::Bbr>()
+    {
+        Congestion::Bbr
+    } else {
+        Congestion::Cubic
+    }
 }
 
 /// The acceptance policy: may this (CA-verified) node ID connect?
@@ -1065,6 +1081,7 @@ impl QuicNode {
             initiated_locally: cur.initiated_by_us,
             rtt: cur.conn.rtt(),
             kind: cur.kind,
+            congestion: congestion_of(&cur.conn),
         })
     }
 

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use nodosum_discovery::DiscoveryConfig;
 use nodosum_discovery::duration as human;
 use nodosum_proto::{DEFAULT_MAX_APP_ID_LEN, DEFAULT_MAX_MESSAGE_SIZE, Key, NodeId};
+use nodosum_quic::Congestion;
 use serde::{Deserialize, Serialize};
 
 use crate::app::REPLY_APP;
@@ -184,6 +185,9 @@ pub struct QuicConfig {
     pub udp_buffer_bytes: usize,
     /// Messages queued per (peer, application) before `send` waits. Default 1024.
     pub send_queue_len: usize,
+    /// Congestion controller of this node's connections: `cubic` (default) or `bbr` for
+    /// links that drop packets at random (see [`Congestion`]).
+    pub congestion: Congestion,
 }
 
 impl Default for QuicConfig {
@@ -198,6 +202,7 @@ impl Default for QuicConfig {
             max_concurrent_bidi_streams: 1000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             send_queue_len: 1024,
+            congestion: Congestion::default(),
         }
     }
 }
@@ -815,6 +820,7 @@ mod tests {
         assert_eq!(c.quic.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.quic.max_concurrent_bidi_streams, 1000);
         assert_eq!(c.quic.alpn, "mycorrizal-quic");
+        assert_eq!(c.quic.congestion, Congestion::Cubic);
         c.validate().unwrap();
         let again = Config::from_toml(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
@@ -830,6 +836,23 @@ mod tests {
             err.to_string().contains("node_id") || err.to_string().contains("bad id"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn congestion_is_named_in_lowercase() {
+        let c = Config::from_toml(
+            "node_id = \"n\"\n[quic]\ncongestion = \"bbr\"\n[tls]\ndevelopment = true",
+        )
+        .unwrap();
+        assert_eq!(c.quic.congestion, Congestion::Bbr);
+        assert!(
+            toml::to_string(&c)
+                .unwrap()
+                .contains("congestion = \"bbr\"")
+        );
+        let err = Config::from_toml("node_id = \"n\"\n[quic]\ncongestion = \"reno\"").unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("congestion") && err.contains("cubic"), "{err}");
     }
 
     #[test]

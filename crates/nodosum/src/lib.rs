@@ -57,4 +57,4 @@ pub use error::{Error, RequestError, SendError, error_chain};
 pub use node::{Health, Node, NodeEvent};
 pub use nodosum_gossip::{MemberState, MembershipEvent};
 pub use nodosum_proto::{AppId, Key, Member, Metadata, NodeId};
-pub use nodosum_quic::AppOptions;
+pub use nodosum_quic::{AppOptions, Congestion};

@@ -699,6 +699,7 @@ fn quic_config(config: &Config) -> nodosum_quic::Config {
         max_concurrent_bidi_streams: q.max_concurrent_bidi_streams,
         limits: config.limits.into(),
         send_queue_len: q.send_queue_len,
+        congestion: q.congestion,
         ..nodosum_quic::Config::default()
     }
 }

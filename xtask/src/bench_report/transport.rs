@@ -25,6 +25,9 @@ const TRANSPORTS: [(&str, &str); 3] = [
     ("nodosum", "Nodosum"),
 ];
 
+/// The packet-loss scenario's extra transport: Nodosum with `Congestion::Bbr`.
+const NODOSUM_BBR: (&str, &str) = ("nodosum_bbr", "Nodosum (BBR)");
+
 /// Top-level keys rendered by a dedicated table.
 const KNOWN: [&str; 5] = ["machine", "setup", "latency_64B", "throughput", "stall"];
 
@@ -487,7 +490,11 @@ fn loss_points(
             }
             for (k, child) in map {
                 let key_loss = parse_percent(k);
-                let key_transport = TRANSPORTS.iter().find(|(t, _)| t == k).map(|(t, _)| *t);
+                let key_transport = TRANSPORTS
+                    .iter()
+                    .chain([&NODOSUM_BBR])
+                    .find(|(t, _)| t == k)
+                    .map(|(t, _)| *t);
                 loss_points(
                     child,
                     key_loss.or(here_loss),
@@ -557,8 +564,10 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
         "TCP+TLS msgs/s",
         "raw QUIC msgs/s",
         "Nodosum msgs/s",
+        "Nodosum (BBR) msgs/s",
         "raw QUIC / TCP",
         "Nodosum / TCP",
+        "Nodosum (BBR) / TCP",
     ]);
     for &l in &levels {
         t.row(vec![
@@ -566,8 +575,10 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
             fmt_count(get(l, "tcp_tls")),
             fmt_count(get(l, "quic")),
             fmt_count(get(l, "nodosum")),
+            fmt_count(get(l, NODOSUM_BBR.0)),
             fmt_ratio(ratio(get(l, "quic"), get(l, "tcp_tls"))),
             fmt_ratio(ratio(get(l, "nodosum"), get(l, "tcp_tls"))),
+            fmt_ratio(ratio(get(l, NODOSUM_BBR.0), get(l, "tcp_tls"))),
         ]);
         if l > 0.0 {
             s.goals.push(Goal::new(
@@ -577,6 +588,18 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
                 Cmp::AtLeast,
                 1.5,
             ));
+            if get(l, NODOSUM_BBR.0).is_some() {
+                s.goals.push(Goal::new(
+                    "transport",
+                    format!(
+                        "{l}% packet loss, congestion = bbr: Nodosum (BBR) / TCP+TLS aggregate \
+                         multi-application msgs/s"
+                    ),
+                    ratio(get(l, NODOSUM_BBR.0), get(l, "tcp_tls")),
+                    Cmp::AtLeast,
+                    1.5,
+                ));
+            }
         }
     }
     let _ = writeln!(
@@ -593,6 +616,7 @@ fn loss(key: &str, value: &Value, s: &mut Section) {
     let series = [
         ("quic", "raw QUIC / TCP+TLS"),
         ("nodosum", "Nodosum / TCP+TLS"),
+        (NODOSUM_BBR.0, "Nodosum (BBR) / TCP+TLS"),
     ]
     .iter()
     .map(|&(t, name)| {
@@ -868,7 +892,7 @@ mod tests {
         let s = render(&r);
         assert!(
             s.markdown
-                .contains("| 1% | 100,000 | 150,000 | 160,000 | 1.50x | 1.60x |"),
+                .contains("| 1% | 100,000 | 150,000 | 160,000 | n/a | 1.50x | 1.60x | n/a |"),
             "{}",
             s.markdown
         );
@@ -883,7 +907,7 @@ mod tests {
         let s = render(&r);
         assert!(
             s.markdown
-                .contains("| 1% | 100 | n/a | 200 | n/a | 2.00x |"),
+                .contains("| 1% | 100 | n/a | 200 | n/a | n/a | 2.00x | n/a |"),
             "{}",
             s.markdown
         );
@@ -892,34 +916,39 @@ mod tests {
     #[test]
     fn the_benchmarks_packet_loss_layout_and_a_skipped_one() {
         let mut r = sample();
-        let level = |p: f64, tcp: f64, nodosum: f64| {
+        let level = |p: f64, tcp: f64, nodosum: f64, bbr: f64| {
             json!({
                 "loss_percent": p,
                 "tcp_tls": { "msgs_per_s": tcp, "mb_per_s": 1.0, "drop_ratio_percent": p },
                 "quic": { "error": "timed out" },
                 "nodosum": { "msgs_per_s": nodosum, "mb_per_s": 1.0 },
+                "nodosum_bbr": { "msgs_per_s": bbr, "mb_per_s": 1.0 },
                 "nodosum_vs_tcp": nodosum / tcp,
             })
         };
         r["packet_loss"] = json!({
             "apps": 10, "message_bytes": 1024, "window_s": 2.0, "link": "a veth pair",
-            "loss_0pct": level(0.0, 300_000.0, 200_000.0),
-            "loss_1pct": level(1.0, 20_000.0, 60_000.0),
-            "loss_5pct": level(5.0, 2_000.0, 2_500.0),
+            "loss_0pct": level(0.0, 300_000.0, 200_000.0, 600_000.0),
+            "loss_1pct": level(1.0, 20_000.0, 60_000.0, 100_000.0),
+            "loss_5pct": level(5.0, 2_000.0, 2_500.0, 7_000.0),
         });
         let s = render(&r);
         let md = &s.markdown;
         assert!(md.contains("of 10 applications"), "{md}");
         assert!(
-            md.contains("| 0% | 300,000 | n/a | 200,000 | n/a | 0.67x |"),
+            md.contains("| 0% | 300,000 | n/a | 200,000 | 600,000 | n/a | 0.67x | 2.00x |"),
             "{md}"
         );
         assert!(
-            md.contains("| 5% | 2,000 | n/a | 2,500 | n/a | 1.25x |"),
+            md.contains("| 5% | 2,000 | n/a | 2,500 | 7,000 | n/a | 1.25x | 3.50x |"),
             "{md}"
         );
         assert_eq!(goal(&s, "1% packet loss").met(), Some(true));
         assert_eq!(goal(&s, "5% packet loss").met(), Some(false));
+        assert_eq!(
+            goal(&s, "5% packet loss, congestion = bbr").met(),
+            Some(true)
+        );
         assert!(!s.goals.iter().any(|g| g.what.starts_with("0% packet")));
         assert!(md.contains("timed out"), "{md}");
         assert!(

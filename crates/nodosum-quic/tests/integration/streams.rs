@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nodosum_proto::{Limits, StreamInit};
-use nodosum_quic::{SendError, codes};
+use nodosum_quic::{Config, Congestion, SendError, codes};
 
 use crate::handshake::{raw_client_for, raw_connect};
 use crate::util::*;
@@ -247,10 +247,10 @@ async fn direct_and_queued_writes_keep_order_and_content() {
     let a = node(&ca, "a");
     let b = node_with(
         &ca.issue(&id("b")).unwrap(),
-        nodosum_quic::Config {
+        Config {
             stream_receive_window: 64 * 1024,
             app_receiver_capacity: 4,
-            ..nodosum_quic::Config::development()
+            ..Config::development()
         },
     );
     let mut rx = b.register_app(app("mixed")).unwrap();
@@ -302,4 +302,40 @@ async fn direct_and_queued_writes_keep_order_and_content() {
         .await
         .unwrap();
     assert_eq!(a.counts().streams, 1, "one stream carried every path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_sends_with_its_own_congestion_controller() {
+    init_tracing();
+    let ca = ca();
+    let a = node_with(
+        &ca.issue(&id("a")).unwrap(),
+        Config {
+            congestion: Congestion::Bbr,
+            ..Config::development()
+        },
+    );
+    let b = node(&ca, "b");
+    let mut a_bulk = a.register_app(app("bulk")).unwrap();
+    let mut b_bulk = b.register_app(app("bulk")).unwrap();
+    connect(&a, &b).await;
+
+    // Enough both ways that each controller leaves slow start.
+    let chunk = Bytes::from(vec![7; 64 * 1024]);
+    for _ in 0..64 {
+        a.send(b.node_id(), &app("bulk"), chunk.clone())
+            .await
+            .unwrap();
+        b.send(a.node_id(), &app("bulk"), chunk.clone())
+            .await
+            .unwrap();
+    }
+    for _ in 0..64 {
+        assert_eq!(recv(&mut b_bulk).await, (id("a"), chunk.clone()));
+        assert_eq!(recv(&mut a_bulk).await, (id("b"), chunk.clone()));
+    }
+    let a_info = a.connection_info(b.node_id()).unwrap();
+    let b_info = b.connection_info(a.node_id()).unwrap();
+    assert_eq!(a_info.congestion, Congestion::Bbr);
+    assert_eq!(b_info.congestion, Congestion::Cubic);
 }

@@ -78,6 +78,10 @@ pub(crate) struct Cli {
     /// QUIC (UDP) address for node-to-node data [default port 6970].
     #[arg(long, value_name = "ADDR")]
     pub(crate) quic: Option<String>,
+    /// Congestion controller of node-to-node QUIC: cubic, or bbr for links that drop
+    /// packets at random (quinn's experimental BBR keeps their throughput) [default: cubic].
+    #[arg(long, value_name = "cubic|bbr")]
+    pub(crate) quic_congestion: Option<String>,
     /// RESP (Redis protocol) listen address [default port 6379; loopback with --dev].
     #[arg(long, value_name = "ADDR")]
     pub(crate) resp: Option<String>,
@@ -162,6 +166,7 @@ struct FileConfig {
     gossip: Option<String>,
     advertise: Option<String>,
     quic: Option<String>,
+    quic_congestion: Option<String>,
     resp: Option<String>,
     admin: Option<String>,
     #[serde(default)]
@@ -360,6 +365,7 @@ const NODOSUM_FLAGS: &[(&str, &str, &str)] = &[
     ("gossip.keys", "--gossip-key", "gossip_key"),
     ("gossip.key_file", "--gossip-key", "gossip_key"),
     ("quic.bind", "--quic", "quic"),
+    ("quic.congestion", "--quic-congestion", "quic_congestion"),
     ("tls.ca", "--ca", "ca"),
     ("tls.cert", "--cert", "cert"),
     ("tls.key", "--key", "key"),
@@ -536,6 +542,19 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         }
     };
 
+    let congestion_given = cli.quic_congestion.is_some() || file.quic_congestion.is_some();
+    let congestion = match cli.quic_congestion.or(file.quic_congestion).as_deref() {
+        None | Some("cubic") => nodosum::Congestion::Cubic,
+        Some("bbr") => nodosum::Congestion::Bbr,
+        Some(other) => {
+            p.push(
+                "--quic-congestion (quic_congestion)",
+                format!("{other:?}: expected cubic or bbr"),
+            );
+            nodosum::Congestion::Cubic
+        }
+    };
+
     let mut seeds = cli.seeds;
     if seeds.is_empty() {
         seeds = file.seeds;
@@ -596,6 +615,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (gossip_given, "--gossip"),
         (advertise_given, "--advertise"),
         (quic_given, "--quic"),
+        (congestion_given, "--quic-congestion"),
         (gossip_key.is_some(), "--gossip-key"),
         (
             ca.is_some() || cert.is_some() || key.is_some(),
@@ -614,6 +634,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         c.gossip.bind = gossip;
         c.gossip.advertise = advertise;
         c.quic.bind = quic;
+        c.quic.congestion = congestion;
         if let Some(name) = cluster {
             c.cluster = name;
         }
@@ -1249,6 +1270,28 @@ mod tests {
         .expect("valid");
         assert_eq!(s.cluster_only, ["--seed", "--replicas"]);
         assert_eq!(s.mycel.replication_factor, 3);
+    }
+
+    #[test]
+    fn quic_congestion_from_flag_or_file() {
+        let s = resolve(cli(&["--dev"])).expect("valid");
+        assert_eq!(s.nodosum.quic.congestion, nodosum::Congestion::Cubic);
+        let s = resolve(cli(&["--dev", "--quic-congestion", "bbr"])).expect("valid");
+        assert_eq!(s.nodosum.quic.congestion, nodosum::Congestion::Bbr);
+        assert_eq!(s.cluster_only, ["--quic-congestion"]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("mycel.toml");
+        std::fs::write(&file, "dev = true\nquic_congestion = \"bbr\"\n").unwrap();
+        let s = resolve(cli(&["--config", file.to_str().unwrap()])).expect("valid");
+        assert_eq!(s.nodosum.quic.congestion, nodosum::Congestion::Bbr);
+        let problems = resolve(cli(&["--dev", "--quic-congestion", "reno"])).expect_err("invalid");
+        let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(
+            all[0].contains("--quic-congestion (quic_congestion)")
+                && all[0].contains("cubic or bbr"),
+            "{all:?}"
+        );
     }
 
     #[test]
