@@ -427,6 +427,9 @@ pub enum Command {
     Command(Vec<Bytes>),
     /// `CONFIG GET pattern...`.
     ConfigGet(Vec<Bytes>),
+    /// `CONFIG SET parameter value [parameter value ...]`: the pairs as given (which
+    /// parameters exist and what they accept is the server's to say).
+    ConfigSet(Vec<(Bytes, Bytes)>),
     /// `MYCEL.BUCKET [name [CREATE [PX ms]]]`: show or switch the connection's bucket,
     /// optionally creating it with a default TTL.
     Bucket(Option<BucketArg>),
@@ -1217,13 +1220,20 @@ fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
             }
             Ok(Command::ConfigGet(patterns.to_vec()))
         }
-        Some((sub, args)) if sub.eq_ignore_ascii_case(b"set") && args.len() < 2 => {
-            Err(wrong_arity("config|set"))
+        Some((sub, args)) if sub.eq_ignore_ascii_case(b"set") => {
+            if args.len() < 2 {
+                return Err(wrong_arity("config|set"));
+            }
+            // As Redis: a missing value after the first pair is a syntax error.
+            if args.len() % 2 != 0 {
+                return Err(syntax_error());
+            }
+            Ok(Command::ConfigSet(
+                args.chunks_exact(2)
+                    .map(|pair| (pair[0].clone(), pair[1].clone()))
+                    .collect(),
+            ))
         }
-        Some((sub, _)) if sub.eq_ignore_ascii_case(b"set") => Err(Frame::err(
-            "CONFIG SET is not supported: Mycel is configured by its flags and config file \
-             (maxmemory is --max-memory), read at start",
-        )),
         Some((sub, _)) => Err(Frame::err(format!(
             "unknown subcommand '{}'. Try CONFIG HELP.",
             String::from_utf8_lossy(sub)
@@ -1863,13 +1873,24 @@ mod tests {
             parse("TIME now"),
             err("ERR wrong number of arguments for 'time' command")
         );
-        let Err(Frame::Error(e)) = parse("CONFIG SET maxmemory 1gb") else {
-            panic!("CONFIG SET is refused")
-        };
-        assert!(e.starts_with("ERR CONFIG SET is not supported"), "{e}");
+        let args: Vec<Bytes> = ["config", "set", "slowlog-max-len", "5", "SAVE", ""]
+            .into_iter()
+            .map(Bytes::from)
+            .collect();
+        assert_eq!(
+            Command::parse(&args),
+            Ok(Command::ConfigSet(vec![
+                ("slowlog-max-len".into(), "5".into()),
+                ("SAVE".into(), "".into()),
+            ]))
+        );
         assert_eq!(
             parse("CONFIG SET maxmemory"),
             err("ERR wrong number of arguments for 'config|set' command")
+        );
+        assert_eq!(
+            parse("CONFIG SET slowlog-max-len 5 save"),
+            err("ERR syntax error")
         );
     }
 

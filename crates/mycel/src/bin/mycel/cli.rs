@@ -41,7 +41,8 @@ writes to --replicas - 1 backups before answering. --standalone serves a single 
 without gossip or QUIC (and adds FLUSHDB and MYCEL.BUCKET ... CREATE, which a cluster
 does not offer). Strings only, and no transactions: MULTI/EXEC are refused (send the
 commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)). COMMAND LIST
-names every command served. Settings are read at start: CONFIG SET is refused.
+names every command served. Settings are read at start; CONFIG SET changes only the
+slow log's two (slowlog-log-slower-than, slowlog-max-len).
 
 Buckets: plain Redis clients use the bucket \"default\". `MYCEL.BUCKET name` switches the
 connection to another bucket, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a

@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,11 @@ impl SlowLogConfig {
         self.slower_than
             .map_or(-1, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
     }
+
+    /// The threshold from its `CONFIG` form: microseconds, negative for off.
+    pub(crate) fn slower_than_from_micros(micros: i64) -> Option<Duration> {
+        u64::try_from(micros).ok().map(Duration::from_micros)
+    }
 }
 
 /// One logged command.
@@ -77,9 +83,13 @@ struct Log {
 }
 
 /// The node's slow log, shared by every connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SlowLog {
-    config: SlowLogConfig,
+    /// [`SlowLogConfig::slower_than`] in its `CONFIG` form (microseconds, -1: off), read
+    /// on every batch and changed by `CONFIG SET`.
+    slower_than_micros: AtomicI64,
+    /// [`SlowLogConfig::max_len`].
+    max_len: AtomicUsize,
     log: Mutex<Log>,
 }
 
@@ -87,19 +97,37 @@ impl SlowLog {
     /// An empty log.
     pub(crate) fn new(config: SlowLogConfig) -> Self {
         Self {
-            config,
+            slower_than_micros: AtomicI64::new(config.slower_than_micros()),
+            max_len: AtomicUsize::new(config.max_len),
             log: Mutex::default(),
         }
     }
 
     /// Its configuration.
     pub(crate) fn config(&self) -> SlowLogConfig {
-        self.config
+        SlowLogConfig {
+            slower_than: SlowLogConfig::slower_than_from_micros(
+                self.slower_than_micros.load(Ordering::Relaxed),
+            ),
+            max_len: self.max_len.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Changes the configuration (`CONFIG SET`); a shorter log drops its oldest entries
+    /// at once.
+    pub(crate) fn set_config(&self, config: SlowLogConfig) {
+        let mut log = self.log.lock().unwrap_or_else(PoisonError::into_inner);
+        self.slower_than_micros
+            .store(config.slower_than_micros(), Ordering::Relaxed);
+        self.max_len.store(config.max_len, Ordering::Relaxed);
+        log.entries.truncate(config.max_len);
     }
 
     /// Whether a command that took `took` is to be logged.
     pub(crate) fn is_slow(&self, took: Duration) -> bool {
-        self.config.slower_than.is_some_and(|t| took >= t) && self.config.max_len > 0
+        let micros = self.slower_than_micros.load(Ordering::Relaxed);
+        u64::try_from(micros).is_ok_and(|t| took.as_micros() >= u128::from(t))
+            && self.max_len.load(Ordering::Relaxed) > 0
     }
 
     /// Logs a command that [`is_slow`](Self::is_slow) found slow: its arguments as the
@@ -129,7 +157,8 @@ impl SlowLog {
             client,
             name,
         });
-        log.entries.truncate(self.config.max_len);
+        // Read under the lock, so a concurrent `set_config` cannot leave a longer log.
+        log.entries.truncate(self.max_len.load(Ordering::Relaxed));
     }
 
     /// `SLOWLOG GET`: the newest `count` entries (all of them for `None`), newest first.

@@ -114,6 +114,7 @@ pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
         Command::ClientList(_) => "client|list",
         Command::ClientKill(_) => "client|kill",
         Command::ConfigGet(_) => "config|get",
+        Command::ConfigSet(_) => "config|set",
         Command::MemoryUsage(_) => "memory|usage",
         Command::MemoryHelp => "memory|help",
         Command::SlowlogGet(_) => "slowlog|get",
@@ -350,6 +351,7 @@ pub(crate) async fn execute(
         }
         Command::Command(args) => Ok(command_reply(&args)),
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
+        Command::ConfigSet(pairs) => Ok(config_set(shared, &pairs)),
         Command::Bucket(arg) => bucket(shared, session, arg).await,
         Command::Hello { proto, name } => Ok(hello(session, proto, name)),
     };
@@ -871,6 +873,65 @@ fn config_get(shared: &Shared, patterns: &[Bytes]) -> Frame {
         }
     }
     Frame::Map(out)
+}
+
+/// `CONFIG SET`: the slow log's two settings change at run time; `save ""` and
+/// `appendonly no` are accepted as what Mycel already does; everything else is refused
+/// naming the parameter, in Redis's words. All pairs are checked before any applies.
+fn config_set(shared: &Shared, pairs: &[(Bytes, Bytes)]) -> Frame {
+    let failed = |name: &str, why: &str| {
+        Frame::err(format!(
+            "CONFIG SET failed (possibly related to argument '{name}') - {why}"
+        ))
+    };
+    let integer_in = |name: &str, value: &[u8], min: i64, max: i64| {
+        let n = cmd::int(value)
+            .map_err(|_| failed(name, "argument couldn't be parsed into an integer"))?;
+        if (min..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(failed(
+                name,
+                &format!("argument must be between {min} and {max} inclusive"),
+            ))
+        }
+    };
+    let mut config = shared.slowlog.config();
+    let mut seen: Vec<String> = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        if seen.contains(&name) {
+            return failed(&name, "duplicate parameter");
+        }
+        let outcome = match name.as_str() {
+            "slowlog-log-slower-than" => integer_in(&name, value, -1, i64::MAX).map(|n| {
+                config.slower_than = slowlog::SlowLogConfig::slower_than_from_micros(n);
+            }),
+            "slowlog-max-len" => {
+                let max = i64::try_from(slowlog::MAX_LEN_LIMIT).unwrap_or(i64::MAX);
+                integer_in(&name, value, 0, max).map(|n| {
+                    config.max_len = usize::try_from(n).unwrap_or(usize::MAX);
+                })
+            }
+            "save" if value.is_empty() => Ok(()),
+            "appendonly" if value.eq_ignore_ascii_case(b"no") => Ok(()),
+            "save" | "appendonly" => Err(failed(&name, "Mycel keeps no data on disk")),
+            "maxmemory" => Err(failed(
+                &name,
+                "the memory budget is set at start (--max-memory)",
+            )),
+            "databases" => Err(failed(&name, "can't set immutable config")),
+            _ => Err(Frame::err(format!(
+                "Unknown option or number of arguments for CONFIG SET - '{name}'"
+            ))),
+        };
+        if let Err(e) = outcome {
+            return e;
+        }
+        seen.push(name);
+    }
+    shared.slowlog.set_config(config);
+    OK
 }
 
 async fn info(shared: &Shared, sections: &[Bytes]) -> Result<Bytes, Error> {
