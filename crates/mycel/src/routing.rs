@@ -325,6 +325,22 @@ impl RoutingTable {
         self.replicas(partition).next()
     }
 
+    /// The index in [`members`](Self::members) of `partition`'s primary: compared with
+    /// [`index_of`](Self::index_of) a node, it tells whether the node is the primary
+    /// without comparing IDs (as the request path does for every key).
+    pub fn primary_index(&self, partition: Partition) -> Option<usize> {
+        if self.set_len == 0 {
+            return None;
+        }
+        let start = partition.index() * usize::from(self.set_len);
+        self.replicas.get(start).map(|&i| usize::from(i))
+    }
+
+    /// `id`'s index in [`members`](Self::members), if it is one.
+    pub fn index_of(&self, id: &NodeId) -> Option<usize> {
+        self.member_index(id)
+    }
+
     /// The role of `id` for `partition`.
     pub fn role(&self, id: &NodeId, partition: Partition) -> Role {
         match self.replicas(partition).position(|m| m.id == *id) {
@@ -678,7 +694,13 @@ mod tests {
             assert_eq!(t.replicas(p).count(), 2);
             let primary = t.primary(p).expect("has primary");
             assert_eq!(t.role(&primary.id, p), Role::Primary);
+            assert_eq!(t.primary_index(p), t.index_of(&primary.id));
+            for m in t.members() {
+                let is_primary = t.primary_index(p) == t.index_of(&m.id);
+                assert_eq!(is_primary, m.id == primary.id, "{} for {p}", m.id);
+            }
         }
+        assert_eq!(t.index_of(&id("q")), None);
         assert_eq!(
             RoutingTable::compute(0, id("b"), small(), 2, view3()),
             Err(TableError::ZeroEpoch)

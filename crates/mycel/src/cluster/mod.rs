@@ -1986,11 +1986,11 @@ impl Inner {
         // executed at once, without the rounds' bookkeeping. Only operations refused as
         // retryable (ownership moved meanwhile, partition syncing) go on to the rounds.
         let all_local = self.table.get().is_some_and(|table| {
-            ops.iter().all(|op| {
-                table
-                    .primary(self.partition(op))
-                    .is_some_and(|m| m.id == self.me)
-            })
+            let me = table.index_of(&self.me);
+            me.is_some()
+                && ops
+                    .iter()
+                    .all(|op| table.primary_index(self.partition(op)) == me)
         });
         if all_local {
             let results = self.at_primary_batch(ops.iter(), None, false).await;
@@ -2148,14 +2148,15 @@ impl Inner {
         let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
         let mut quorum: Option<Option<Refusal>> = None;
         let mut local: Vec<usize> = Vec::new();
-        let mut remote: Vec<(NodeId, Vec<usize>, usize)> = Vec::new();
-        let mut held: HashSet<NodeId> = HashSet::new();
+        // Primaries by their index in the table's members (no IDs compared per key).
+        let me = table.index_of(&self.me);
+        let mut remote: Vec<(usize, Vec<usize>, usize)> = Vec::new();
+        let mut held: HashSet<usize> = HashSet::new();
         for &i in pending {
             let primary = table
-                .primary(parts[i])
-                .map(|m| &m.id)
+                .primary_index(parts[i])
                 .expect("invariant: a valid table has a primary for every partition");
-            if *primary == self.me {
+            if Some(primary) == me {
                 local.push(i);
                 continue;
             }
@@ -2166,26 +2167,27 @@ impl Inner {
                 out[i] = Some(Err(self.refusal(r.clone(), &self.me)));
                 continue;
             }
-            if held.contains(primary) {
+            if held.contains(&primary) {
                 continue;
             }
             let size = ops[i].size();
-            match remote.iter_mut().find(|(p, _, _)| p == primary) {
+            match remote.iter_mut().find(|(p, _, _)| *p == primary) {
                 Some((_, group, bytes)) => {
                     if *bytes + size > self.config.page_bytes {
                         // The rest for this primary waits for the next round.
-                        held.insert(primary.clone());
+                        held.insert(primary);
                     } else {
                         group.push(i);
                         *bytes += size;
                     }
                 }
-                None => remote.push((primary.clone(), vec![i], size)),
+                None => remote.push((primary, vec![i], size)),
             }
         }
         let sent: Vec<_> = remote
             .into_iter()
             .map(|(primary, group, _)| {
+                let primary = table.members()[primary].id.clone();
                 let batch = group.iter().map(|&i| ops[i].clone()).collect();
                 let rx = self.enqueue_ops(&primary, table.epoch(), batch);
                 (primary, group, rx)

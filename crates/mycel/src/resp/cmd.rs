@@ -717,17 +717,7 @@ fn unknown_command(args: &[Bytes]) -> Frame {
 
 /// Parses a signed 64-bit integer argument the way Redis does (strict decimal).
 pub fn int(arg: &[u8]) -> Result<i64, Frame> {
-    std::str::from_utf8(arg)
-        .ok()
-        .filter(|s| {
-            let forbidden = s.is_empty()
-                || s.starts_with('+')
-                || s.starts_with("-0")
-                || (s.len() > 1 && s.starts_with('0'));
-            !forbidden
-        })
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(not_an_integer)
+    super::parse::strict_i64(arg).ok_or_else(not_an_integer)
 }
 
 fn invalid_expire_time(cmd: &str) -> Frame {

@@ -321,7 +321,7 @@ fn header(
     if nl < 2 || rest[nl - 1] != b'\r' {
         return Err(invalid);
     }
-    let n = parse_i64(&rest[1..nl - 1]).ok_or(invalid)?;
+    let n = strict_i64(&rest[1..nl - 1]).ok_or(invalid)?;
     Ok(Some((n, at + nl + 1)))
 }
 
@@ -329,17 +329,32 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-/// Strict decimal parse like Redis's `string2ll`: optional `-`, digits, no spaces, no `+`.
-fn parse_i64(s: &[u8]) -> Option<i64> {
-    let text = std::str::from_utf8(s).ok()?;
-    if text.is_empty()
-        || text.starts_with('+')
-        || text.starts_with("-0")
-        || (text.len() > 1 && text.starts_with('0'))
-    {
-        return None;
+/// Strict decimal parse like Redis's `string2ll`: an optional `-`, then `0` alone or
+/// digits without a leading zero; no spaces, no `+`, no `-0`, nothing beyond `i64`. Read
+/// byte by byte: it runs for every length header of every request.
+pub(crate) fn strict_i64(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, s),
+    };
+    match digits {
+        [b'0'] if !negative => return Some(0),
+        [] | [b'0', ..] => return None,
+        _ => {}
     }
-    text.parse().ok()
+    let mut magnitude: u64 = 0;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    if negative {
+        0i64.checked_sub_unsigned(magnitude)
+    } else {
+        i64::try_from(magnitude).ok()
+    }
 }
 
 fn parse_inline(
@@ -648,7 +663,49 @@ mod tests {
         assert!(buf.capacity() < 1024);
     }
 
+    /// Redis's `string2ll` rules, spelled out on text: what [`strict_i64`] must agree with.
+    fn string2ll(s: &[u8]) -> Option<i64> {
+        let text = std::str::from_utf8(s).ok()?;
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        let plain = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && (digits == "0" && digits.len() == text.len() || !digits.starts_with('0'));
+        if plain { text.parse().ok() } else { None }
+    }
+
+    #[test]
+    fn integers_follow_redis_string2ll() {
+        for (text, want) in [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("-7", Some(-7)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("99999999999999999999", None),
+            ("-0", None),
+            ("00", None),
+            ("01", None),
+            ("+1", None),
+            ("", None),
+            ("-", None),
+            (" 1", None),
+            ("1 ", None),
+            ("1a", None),
+            ("\u{663}", None),
+        ] {
+            assert_eq!(strict_i64(text.as_bytes()), want, "{text:?}");
+            assert_eq!(string2ll(text.as_bytes()), want, "{text:?}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn integers_agree_with_the_text_rules(s in "-?[0-9+ a]{0,21}") {
+            prop_assert_eq!(strict_i64(s.as_bytes()), string2ll(s.as_bytes()));
+        }
+
         #[test]
         fn round_trips_any_args_through_any_split(
             reqs in proptest::collection::vec(proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 1..6), 1..8),
