@@ -425,6 +425,10 @@ pub enum Command {
     /// `COMMAND [subcommand [arg...]]`: the command table (`COUNT`, `INFO`, `LIST`; `DOCS`
     /// answers no documentation).
     Command(Vec<Bytes>),
+    /// `CLIENT HELP`.
+    ClientHelp,
+    /// `CONFIG HELP`.
+    ConfigHelp,
     /// `CONFIG GET pattern...`.
     ConfigGet(Vec<Bytes>),
     /// `CONFIG SET parameter value [parameter value ...]`: the pairs as given (which
@@ -668,12 +672,13 @@ impl Command {
                 Self::Keys(key_pattern(&rest[0]))
             }
             "flushdb" | "flushall" => {
-                arity(rest.len() <= 1)?;
-                if let Some(mode) = rest.first()
-                    && !mode.eq_ignore_ascii_case(b"async")
-                    && !mode.eq_ignore_ascii_case(b"sync")
-                {
-                    return Err(syntax_error());
+                // As Redis: anything but one `ASYNC` or `SYNC` is a syntax error.
+                match rest {
+                    [] => {}
+                    [mode]
+                        if mode.eq_ignore_ascii_case(b"async")
+                            || mode.eq_ignore_ascii_case(b"sync") => {}
+                    _ => return Err(syntax_error()),
                 }
                 Self::FlushDb
             }
@@ -701,18 +706,26 @@ impl Command {
     }
 }
 
+/// Redis's reply to an unknown command: its name cut to 128 bytes, then the arguments
+/// while the list is shorter than 128 bytes, each cut to what is left of those.
 fn unknown_command(args: &[Bytes]) -> Frame {
-    let mut msg = format!(
-        "unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&args[0])
-    );
-    for a in args[1..].iter().take(8) {
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&a[..a.len().min(128)])
-        ));
+    const CUT: usize = 128;
+    let name = &args[0][..args[0].len().min(CUT)];
+    let mut listed: Vec<u8> = Vec::new();
+    for a in &args[1..] {
+        if listed.len() >= CUT {
+            break;
+        }
+        let room = CUT - listed.len();
+        listed.push(b'\'');
+        listed.extend_from_slice(&a[..a.len().min(room)]);
+        listed.extend_from_slice(b"' ");
     }
-    Frame::err(msg)
+    Frame::err(format!(
+        "unknown command '{}', with args beginning with: {}",
+        String::from_utf8_lossy(name),
+        String::from_utf8_lossy(&listed)
+    ))
 }
 
 /// Parses a signed 64-bit integer argument the way Redis does (strict decimal).
@@ -939,6 +952,10 @@ fn parse_client(rest: &[Bytes]) -> Result<Command, Frame> {
             Command::ClientInfo
         }
         "list" => parse_client_list(&rest[1..])?,
+        "help" => {
+            arity(rest.len() == 1)?;
+            Command::ClientHelp
+        }
         "kill" => {
             arity(rest.len() >= 2)?;
             Command::ClientKill(parse_client_kill(&rest[1..])?)
@@ -1204,6 +1221,8 @@ fn parse_slowlog(rest: &[Bytes]) -> Result<Command, Frame> {
 
 fn parse_config(rest: &[Bytes]) -> Result<Command, Frame> {
     match rest.split_first() {
+        Some((sub, [])) if sub.eq_ignore_ascii_case(b"help") => Ok(Command::ConfigHelp),
+        Some((sub, _)) if sub.eq_ignore_ascii_case(b"help") => Err(wrong_arity("config|help")),
         Some((sub, patterns)) if sub.eq_ignore_ascii_case(b"get") => {
             if patterns.is_empty() {
                 return Err(wrong_arity("config|get"));
@@ -1574,6 +1593,54 @@ mod tests {
         assert_eq!(
             parse("FOO a b"),
             err("ERR unknown command 'FOO', with args beginning with: 'a' 'b' ")
+        );
+        // As Redis: arguments are listed while the list is under 128 bytes, the last one
+        // cut to what is left of them.
+        let args: Vec<String> = (1..=20).map(|i| format!("arg{i:07}")).collect();
+        let Err(Frame::Error(e)) = parse(&format!("nope {}", args.join(" "))) else {
+            panic!("an error")
+        };
+        let listed: Vec<String> = args[..10].iter().map(|a| format!("'{a}' ")).collect();
+        assert_eq!(
+            e,
+            format!(
+                "ERR unknown command 'nope', with args beginning with: {}",
+                listed.concat()
+            )
+        );
+        let long = "y".repeat(150);
+        let Err(Frame::Error(e)) = parse(&format!("{long} {long} b")) else {
+            panic!("an error")
+        };
+        assert_eq!(
+            e,
+            format!(
+                "ERR unknown command '{}', with args beginning with: '{}' ",
+                &long[..128],
+                &long[..128]
+            )
+        );
+    }
+
+    #[test]
+    fn flush_takes_one_mode_at_most() {
+        assert_eq!(parse("FLUSHDB"), Ok(Command::FlushDb));
+        assert_eq!(parse("flushall sync"), Ok(Command::FlushDb));
+        assert_eq!(parse("FLUSHDB a"), err("ERR syntax error"));
+        assert_eq!(parse("FLUSHDB async sync"), err("ERR syntax error"));
+    }
+
+    #[test]
+    fn help_subcommands() {
+        assert_eq!(parse("client help"), Ok(Command::ClientHelp));
+        assert_eq!(parse("CONFIG HELP"), Ok(Command::ConfigHelp));
+        assert_eq!(
+            parse("CLIENT HELP x"),
+            err("ERR wrong number of arguments for 'client|help' command")
+        );
+        assert_eq!(
+            parse("CONFIG HELP x"),
+            err("ERR wrong number of arguments for 'config|help' command")
         );
     }
 

@@ -684,6 +684,56 @@ fn server_commands_time_role_info_config() {
     );
 }
 
+/// `COMMAND GETKEYS` finds keys from the command table's positions, with Redis's errors;
+/// `CLIENT`, `CONFIG` and `COMMAND` answer `HELP`; `EXPIRE` takes its options.
+#[test]
+fn command_getkeys_and_help() {
+    let s = Server::start(&[]);
+    let keys = |args: &[&str]| {
+        let mut all = vec!["COMMAND", "GETKEYS"];
+        all.extend_from_slice(args);
+        s.cli(&all)
+    };
+    assert_eq!(keys(&["SET", "k", "v", "EX", "10"]), "1) \"k\"");
+    assert_eq!(keys(&["mset", "a", "1", "b", "2"]), "1) \"a\"\n2) \"b\"");
+    assert_eq!(
+        keys(&["DEL", "a", "b", "c"]),
+        "1) \"a\"\n2) \"b\"\n3) \"c\""
+    );
+    assert_eq!(keys(&["RENAME", "a", "b"]), "1) \"a\"\n2) \"b\"");
+    assert_eq!(
+        keys(&["GET"]),
+        "(error) ERR wrong number of arguments for 'command|getkeys' command"
+    );
+    assert_eq!(
+        keys(&["GET", "a", "b"]),
+        "(error) ERR Invalid number of arguments specified for command"
+    );
+    assert_eq!(
+        keys(&["NOSUCH", "a"]),
+        "(error) ERR Invalid command specified"
+    );
+    assert_eq!(
+        keys(&["ECHO", "a"]),
+        "(error) ERR The command has no key arguments"
+    );
+    assert_eq!(keys(&["EXPIRE", "k", "10", "NX"]), "1) \"k\"");
+    assert!(
+        s.cli(&["COMMAND", "INFO", "expire"])
+            .starts_with("1) 1) \"expire\"\n   2) (integer) -3"),
+    );
+    for (cmd, first) in [
+        ("CLIENT", "CLIENT <subcommand>"),
+        ("CONFIG", "CONFIG <subcommand>"),
+        ("COMMAND", "COMMAND <subcommand>"),
+    ] {
+        let help = redis_cli_raw(&s, &[cmd, "HELP"]);
+        assert!(help.starts_with(first), "{help}");
+        assert!(help.contains("HELP\n"), "{help}");
+    }
+    assert_eq!(s.cli(&["FLUSHDB", "a", "b"]), "(error) ERR syntax error");
+}
+
 /// Sends a command on a raw connection and reads one line of reply.
 fn raw_line(c: &mut std::net::TcpStream, request: &str) -> String {
     use std::io::{BufRead, Write};

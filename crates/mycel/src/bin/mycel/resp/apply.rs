@@ -113,6 +113,8 @@ pub(crate) fn full_name(cmd: &Command, name: &'static str) -> &'static str {
         Command::ClientInfo => "client|info",
         Command::ClientList(_) => "client|list",
         Command::ClientKill(_) => "client|kill",
+        Command::ClientHelp => "client|help",
+        Command::ConfigHelp => "config|help",
         Command::ConfigGet(_) => "config|get",
         Command::ConfigSet(_) => "config|set",
         Command::MemoryUsage(_) => "memory|usage",
@@ -236,6 +238,8 @@ pub(crate) async fn execute(
                 .map(|x| Frame::Integer(i64::from(x)))
         }
         Command::MemoryHelp => Ok(help(MEMORY_HELP)),
+        Command::ClientHelp => Ok(help(CLIENT_HELP)),
+        Command::ConfigHelp => Ok(help(CONFIG_HELP)),
         Command::SlowlogGet(count) => Ok(shared.slowlog.get(count)),
         Command::SlowlogLen => Ok(Frame::Integer(
             i64::try_from(shared.slowlog.len()).unwrap_or(i64::MAX),
@@ -585,6 +589,77 @@ const MEMORY_HELP: &[&str] = &[
     "    Print this help.",
 ];
 
+/// `CLIENT HELP`, in Redis's layout, for the subcommands Mycel serves.
+const CLIENT_HELP: &[&str] = &[
+    "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GETNAME",
+    "    Return the name of the current connection.",
+    "ID",
+    "    Return the ID of the current connection.",
+    "INFO",
+    "    Return information about the current client connection.",
+    "KILL <ip:port>",
+    "    Kill connection made from <ip:port>.",
+    "KILL <option> <value> [<option> <value> [...]]",
+    "    Kill connections. Options are:",
+    "    * ID <client-id>",
+    "      Kill connections by client id.",
+    "    * ADDR <ip:port>",
+    "      Kill connections made from the specified address",
+    "    * LADDR <ip:port>",
+    "      Kill connections made to specified local address",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Kill connections by type.",
+    "    * USER <username>",
+    "      Kill connections authenticated by <username>.",
+    "    * SKIPME (YES|NO)",
+    "      Skip killing current connection (default: yes).",
+    "LIST [options ...]",
+    "    Return information about client connections. Options:",
+    "    * TYPE (NORMAL|MASTER|REPLICA|PUBSUB)",
+    "      Return clients of specified type.",
+    "    * ID <client-id> [<client-id> ...]",
+    "      Return clients with the given ids.",
+    "SETINFO <option> <value>",
+    "    Set client meta attributes (LIB-NAME, LIB-VER) of the current connection.",
+    "SETNAME <name>",
+    "    Assign the name <name> to the current connection.",
+    "HELP",
+    "    Print this help.",
+];
+
+/// `CONFIG HELP`, in Redis's layout, for what Mycel's `CONFIG` does.
+const CONFIG_HELP: &[&str] = &[
+    "CONFIG <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "GET <pattern>",
+    "    Return parameters matching the glob-like <pattern> and their values.",
+    "SET <directive> <value>",
+    "    Set the configuration <directive> to <value> (slowlog-log-slower-than and",
+    "    slowlog-max-len; the others are set at start).",
+    "HELP",
+    "    Print this help.",
+];
+
+/// `COMMAND HELP`, in Redis's layout, for the subcommands Mycel serves.
+const COMMAND_HELP: &[&str] = &[
+    "COMMAND <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+    "(no subcommand)",
+    "    Return details about all commands.",
+    "COUNT",
+    "    Return the total number of commands in this server.",
+    "LIST",
+    "    Return a list of all commands in this server.",
+    "INFO [<command-name> ...]",
+    "    Return details about multiple commands.",
+    "    If no command names are given, details for all commands are returned.",
+    "DOCS [<command-name> ...]",
+    "    Return documentation details about multiple commands (none is kept).",
+    "GETKEYS <full-command>",
+    "    Return the keys from a full command.",
+    "HELP",
+    "    Print this help.",
+];
+
 /// `MEMORY USAGE`: what the key's entry weighs against the memory budget, null for a
 /// missing key.
 fn weight_frame(key_len: usize, v: Option<&Bytes>) -> Frame {
@@ -723,8 +798,8 @@ const COMMANDS: &[CommandInfo] = &[
     ("mget", -2, &["readonly", "fast"], 1, -1, 1),
     ("mset", -3, &["write", "denyoom"], 1, -1, 2),
     ("msetnx", -3, &["write", "denyoom"], 1, -1, 2),
-    ("expire", 3, &["write", "fast"], 1, 1, 1),
-    ("pexpire", 3, &["write", "fast"], 1, 1, 1),
+    ("expire", -3, &["write", "fast"], 1, 1, 1),
+    ("pexpire", -3, &["write", "fast"], 1, 1, 1),
     ("expireat", -3, &["write", "fast"], 1, 1, 1),
     ("pexpireat", -3, &["write", "fast"], 1, 1, 1),
     ("ttl", 2, &["readonly", "fast"], 1, 1, 1),
@@ -813,11 +888,48 @@ fn command_reply(args: &[Bytes]) -> Frame {
         // `FILTERBY` is not supported.
         b"list" => Frame::err("syntax error"),
         b"count" => cmd::wrong_arity("command|count"),
+        b"help" if rest.is_empty() => help(COMMAND_HELP),
+        b"help" => cmd::wrong_arity("command|help"),
+        b"getkeys" => command_getkeys(rest),
         _ => Frame::err(format!(
             "unknown subcommand '{}'. Try COMMAND HELP.",
             String::from_utf8_lossy(&args[0])
         )),
     }
+}
+
+/// `COMMAND GETKEYS command arg...`: the keys of a full command, from its key positions
+/// in the command table (first, last, step), with Redis's errors.
+fn command_getkeys(full: &[Bytes]) -> Frame {
+    // As Redis: the command and at least one argument.
+    let [name, _, ..] = full else {
+        return cmd::wrong_arity("command|getkeys");
+    };
+    let Some(&(_, arity, _, first, last, step)) = COMMANDS
+        .iter()
+        .find(|c| name.eq_ignore_ascii_case(c.0.as_bytes()))
+    else {
+        return Frame::err("Invalid command specified");
+    };
+    let argc = i64::try_from(full.len()).unwrap_or(i64::MAX);
+    if (arity > 0 && argc != arity) || argc < -arity {
+        return Frame::err("Invalid number of arguments specified for command");
+    }
+    if first == 0 {
+        return Frame::err("The command has no key arguments");
+    }
+    // A negative last counts from the end (-1: the last argument).
+    let last = if last < 0 {
+        argc + last
+    } else {
+        last.min(argc - 1)
+    };
+    let keys = (first..=last)
+        .step_by(usize::try_from(step.max(1)).unwrap_or(1))
+        .filter_map(|i| usize::try_from(i).ok().and_then(|i| full.get(i)))
+        .map(|k| Frame::Bulk(k.clone()))
+        .collect();
+    Frame::Array(keys)
 }
 
 /// `KEYS pattern`: a scan over every partition.
