@@ -7,7 +7,7 @@
 //! off to and stops at once).
 
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::util::{cargo, exec, project_root};
+use crate::util::{cargo, exec, free_tcp, free_udp, project_root};
 
 /// Options of `cargo xtask cluster`.
 #[derive(Debug, clap::Args)]
@@ -111,14 +111,6 @@ pub(crate) fn build_mycel() -> anyhow::Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| project_root().join("target"), PathBuf::from);
     Ok(target.join("release").join("mycel"))
-}
-
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// The nodes share this machine's cores: each gets its share as runtime workers (at

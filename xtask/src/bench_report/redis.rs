@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -20,6 +20,7 @@ use crate::bench_report::procs::{
 use crate::bench_report::stats::{Cmp, Goal, Table, fmt_count, fmt_num, fmt_ratio, median, ratio};
 use crate::bench_report::{Chart, Section};
 use crate::cluster::{self, http_get};
+use crate::util::{free_tcp, free_udp};
 
 /// The servers compared, in report order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -169,14 +170,6 @@ pub(crate) const PIPELINES: [u32; 2] = [1, 16];
 
 /// Commands compared.
 pub(crate) const COMMANDS: [&str; 2] = ["SET", "GET"];
-
-fn free_tcp() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-fn free_udp() -> anyhow::Result<SocketAddr> {
-    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
-}
 
 /// The running servers; dropping it stops all of them.
 #[derive(Debug, Default)]
