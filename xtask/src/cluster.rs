@@ -114,8 +114,9 @@ pub(crate) fn build_mycel() -> anyhow::Result<PathBuf> {
 }
 
 /// The nodes share this machine's cores: each gets its share as runtime workers (at
-/// least one), and half as many connection threads, rather than every node running a
-/// thread per core and the nodes' threads preempting each other.
+/// least one), and half as many connection threads (none for a node of one thread,
+/// whose runtime serves its connections too), rather than every node running a thread
+/// per core and the nodes' threads preempting each other.
 fn threads_per_node(count: u16) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     (cores / usize::from(count.max(1))).max(1)
@@ -139,7 +140,7 @@ pub(crate) fn start(binary: &PathBuf, count: u16, replicas: u8) -> anyhow::Resul
             .args(["--resp", &resp.to_string(), "--admin", &admin.to_string()])
             .args(["--replicas", &replicas.to_string()])
             .args(["--threads", &threads.to_string()])
-            .args(["--resp-threads", &(threads / 2).max(1).to_string()]);
+            .args(["--resp-threads", &(threads / 2).to_string()]);
         if let Some(seed) = seed {
             cmd.args(["--seed", &SocketAddr::to_string(&seed)]);
         }

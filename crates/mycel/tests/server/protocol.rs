@@ -279,6 +279,36 @@ fn large_values_round_trip_and_values_over_the_limit_fail_alone() {
     );
 }
 
+/// `--threads 1 --resp-threads 0` runs the node on one thread: no runtime workers, no
+/// connection threads; the thread that started the node serves its connections, several
+/// at once, and stops cleanly with some open.
+#[test]
+fn one_thread_serves_the_node_and_its_connections() {
+    let s = Server::start(&["--threads", "1", "--resp-threads", "0"]);
+    #[cfg(target_os = "linux")]
+    {
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
+            .expect("task list")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("mycel-resp-") || n.starts_with("tokio-")),
+            "neither connection threads nor runtime workers: {names:?}"
+        );
+    }
+    let mut conns: Vec<_> = (0..4).map(|_| s.connect()).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        roundtrip(c, format!("SET k{i} v{i}\r\n").as_bytes(), b"+OK\r\n");
+    }
+    for c in &mut conns {
+        roundtrip(c, b"GET k3\r\n", b"$2\r\nv3\r\n");
+    }
+    assert!(s.terminate().success(), "stops with connections open");
+}
+
 /// With several connection threads, connections are spread over them and share one
 /// store and one client registry; a connection's entry goes when it closes, and the node
 /// still stops cleanly with connections open on every thread.

@@ -102,12 +102,15 @@ pub(crate) struct Cli {
     pub(crate) max_memory: Option<String>,
     /// Threads of the cluster layer (the runtime's workers: gossip, transport,
     /// rebalancing, admin API) [default: one per CPU core]. Several nodes sharing one
-    /// machine do best with the cores divided between them.
+    /// machine do best with the cores divided between them. With 1 the node runs on a
+    /// single-threaded runtime, on the thread that started it.
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<String>,
     /// Threads serving client connections, each connection staying on one [default: half
-    /// the CPU cores, at least 1]. A connection's requests are light, so a thread per core
-    /// would spend more on waking threads than it gains unless cores are idle.
+    /// the CPU cores]. A connection's requests are light, so a thread per core would
+    /// spend more on waking threads than it gains unless cores are idle. With 0 the
+    /// runtime's own threads serve them (the default on a single core: `--threads 1
+    /// --resp-threads 0` runs the whole node on one thread).
     #[arg(long, value_name = "N")]
     pub(crate) resp_threads: Option<String>,
     /// Log commands that take at least this many microseconds in the slow log
@@ -276,7 +279,8 @@ pub(crate) struct Settings {
     pub(crate) buckets: Vec<(String, BucketOptions)>,
     /// Runtime worker threads (`--threads`); `None`: one per CPU core.
     pub(crate) threads: Option<usize>,
-    /// Client connection threads (`--resp-threads`); `None`: half the CPU cores.
+    /// Client connection threads (`--resp-threads`); 0: none, the runtime's threads
+    /// serve the connections; `None`: half the CPU cores.
     pub(crate) resp_threads: Option<usize>,
     /// The slow log (`--slowlog-log-slower-than`, `--slowlog-max-len`).
     pub(crate) slowlog: SlowLogConfig,
@@ -294,9 +298,14 @@ pub(crate) struct Settings {
 /// The most threads `--threads` and `--resp-threads` accept.
 const MAX_THREADS: u64 = 1024;
 
-/// A thread count from its flag (as typed) or its config file key; `Ok(None)`: neither.
-fn thread_count(flag: Option<String>, file: Option<u64>) -> Result<Option<usize>, String> {
-    count_in(flag, file, 1, MAX_THREADS)
+/// A thread count from its flag (as typed) or its config file key, at least `min`;
+/// `Ok(None)`: neither.
+fn thread_count(
+    flag: Option<String>,
+    file: Option<u64>,
+    min: u64,
+) -> Result<Option<usize>, String> {
+    count_in(flag, file, min, MAX_THREADS)
 }
 
 /// A count from `min` to `max` from its flag (as typed) or its config file key;
@@ -516,11 +525,11 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (None, None) => None,
     };
 
-    let threads = thread_count(cli.threads, file.threads)
+    let threads = thread_count(cli.threads, file.threads, 1)
         .map_err(|m| p.push("--threads (threads)", m))
         .ok()
         .flatten();
-    let resp_threads = thread_count(cli.resp_threads, file.resp_threads)
+    let resp_threads = thread_count(cli.resp_threads, file.resp_threads, 0)
         .map_err(|m| p.push("--resp-threads (resp_threads)", m))
         .ok()
         .flatten();
@@ -1033,11 +1042,17 @@ mod tests {
             std::fs::write(&path, format!("dev = true\n{key} = 5000\n")).expect("write");
             let problems = resolve(cli(&["--config", file])).expect_err("too many");
             assert_eq!(problems[0].field, field);
-            for bad in ["0", "many", "1025", "2.5"] {
+            for bad in ["many", "1025", "2.5"] {
                 let problems = resolve(cli(&["--dev", flag, bad])).expect_err("invalid");
                 assert_eq!(problems[0].field, field, "{bad}");
             }
         }
+        // No runtime threads is no node; no connection threads leaves the connections
+        // to the runtime's threads.
+        let problems = resolve(cli(&["--dev", "--threads", "0"])).expect_err("invalid");
+        assert_eq!(problems[0].field, "--threads (threads)");
+        let s = resolve(cli(&["--dev", "--resp-threads", "0"])).expect("valid");
+        assert_eq!(s.resp_threads, Some(0));
     }
 
     #[test]

@@ -32,6 +32,7 @@ mod state;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::num::NonZero;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -82,10 +83,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(settings.log_format, settings.verbosity);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = settings.threads {
-        builder.worker_threads(n);
-    }
+    // One thread: a single-threaded runtime on this thread, rather than a worker that
+    // this thread would only wait for (and wake, and be woken by).
+    let workers = settings
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZero::get));
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -140,9 +149,9 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         );
     }
     let mut signals = Signals::install()?;
-    let resp_threads = settings.resp_threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
-    });
+    let resp_threads = settings
+        .resp_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(0, |n| n.get() / 2));
     let threads = ConnThreads::start(resp_threads)
         .map_err(|e| format!("cannot start {resp_threads} connection threads: {e}"))?;
 
@@ -419,8 +428,9 @@ async fn accept_loop(
     let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
 }
 
-/// Serves an accepted connection on the next connection thread: the stream leaves this
-/// runtime's I/O driver and joins that thread's.
+/// Serves an accepted connection on the next connection thread (the stream leaves this
+/// runtime's I/O driver and joins that thread's), or on this runtime when there are no
+/// connection threads.
 fn hand_over(
     stream: TcpStream,
     conns: &mut JoinSet<()>,
@@ -429,6 +439,16 @@ fn hand_over(
     shutdown: &watch::Receiver<bool>,
 ) {
     shared.metrics.connections_total.inc();
+    let Some(thread) = threads.next() else {
+        shared.metrics.connections.inc();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        conns.spawn(async move {
+            resp::conn::serve(stream, shared.clone(), shutdown).await;
+            shared.metrics.connections.dec();
+        });
+        return;
+    };
     let stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -446,7 +466,7 @@ fn hand_over(
         }
         shared.metrics.connections.dec();
     };
-    conns.spawn_on(serve, threads.next());
+    conns.spawn_on(serve, thread);
 }
 
 /// SIGINT and SIGTERM, listened to from before the server announces it is ready, so that

@@ -6,6 +6,9 @@
 //! workers parking and waking each other as single requests arrived. A pinned
 //! connection sleeps and wakes with its thread's `epoll_wait` alone, as a Redis I/O
 //! thread does. Work a command spawns (`tokio::spawn`) runs on the same thread.
+//!
+//! With none (`--resp-threads 0`) the node's runtime serves the connections itself: on a
+//! node given a single thread, a request then never crosses threads at all.
 
 use std::io;
 use std::thread::JoinHandle;
@@ -20,10 +23,10 @@ pub(crate) struct ConnThreads {
 }
 
 impl ConnThreads {
-    /// Starts `n` threads (at least one).
+    /// Starts `n` threads (none for 0).
     pub(crate) fn start(n: usize) -> io::Result<Self> {
-        let mut threads = Vec::with_capacity(n.max(1));
-        for i in 0..n.max(1) {
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -39,11 +42,12 @@ impl ConnThreads {
         Ok(Self { threads, next: 0 })
     }
 
-    /// The runtime of the next connection.
-    pub(crate) fn next(&mut self) -> &Handle {
+    /// The runtime of the next connection; `None` without threads.
+    pub(crate) fn next(&mut self) -> Option<&Handle> {
         let i = self.next;
+        let (handle, _, _) = self.threads.get(i)?;
         self.next = (i + 1) % self.threads.len();
-        &self.threads[i].0
+        Some(handle)
     }
 
     /// Stops every thread, dropping the tasks still on it, and waits for them to end.
