@@ -279,6 +279,16 @@ fn large_values_round_trip_and_values_over_the_limit_fail_alone() {
     );
 }
 
+/// The names of process `pid`'s threads.
+#[cfg(target_os = "linux")]
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("task list")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
 /// `--threads 1 --resp-threads 0` runs the node on one thread: no runtime workers, no
 /// connection threads; the thread that started the node serves its connections, several
 /// at once, and stops cleanly with some open.
@@ -287,11 +297,7 @@ fn one_thread_serves_the_node_and_its_connections() {
     let s = Server::start(&["--threads", "1", "--resp-threads", "0"]);
     #[cfg(target_os = "linux")]
     {
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
-            .expect("task list")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|name| name.trim().to_owned())
-            .collect();
+        let names = thread_names(s.pid());
         assert!(
             !names
                 .iter()
@@ -317,9 +323,8 @@ fn connections_on_several_threads_share_one_node() {
     let s = Server::start(&["--resp-threads", "3"]);
     #[cfg(target_os = "linux")]
     {
-        let threads = std::fs::read_dir(format!("/proc/{}/task", s.pid()))
-            .expect("task list")
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        let threads = thread_names(s.pid())
+            .iter()
             .filter(|name| name.starts_with("mycel-resp-"))
             .count();
         assert_eq!(threads, 3, "one thread per --resp-threads");

@@ -428,9 +428,10 @@ async fn accept_loop(
     let _ = tokio::task::spawn_blocking(move || threads.stop()).await;
 }
 
-/// Serves an accepted connection on the next connection thread (the stream leaves this
-/// runtime's I/O driver and joins that thread's), or on this runtime when there are no
-/// connection threads.
+/// Serves an accepted connection on the next connection thread, or on this runtime when
+/// there are none. The stream leaves this runtime's I/O driver and joins the serving
+/// runtime's (the same one without connection threads: a pair of `epoll_ctl` calls per
+/// accepted connection, not per request).
 fn hand_over(
     stream: TcpStream,
     conns: &mut JoinSet<()>,
@@ -439,16 +440,6 @@ fn hand_over(
     shutdown: &watch::Receiver<bool>,
 ) {
     shared.metrics.connections_total.inc();
-    let Some(thread) = threads.next() else {
-        shared.metrics.connections.inc();
-        let shared = shared.clone();
-        let shutdown = shutdown.clone();
-        conns.spawn(async move {
-            resp::conn::serve(stream, shared.clone(), shutdown).await;
-            shared.metrics.connections.dec();
-        });
-        return;
-    };
     let stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => {
@@ -466,7 +457,10 @@ fn hand_over(
         }
         shared.metrics.connections.dec();
     };
-    conns.spawn_on(serve, thread);
+    match threads.next() {
+        Some(thread) => conns.spawn_on(serve, thread),
+        None => conns.spawn(serve),
+    };
 }
 
 /// SIGINT and SIGTERM, listened to from before the server announces it is ready, so that
