@@ -196,6 +196,36 @@ async fn hard_kill_loses_no_acknowledged_write() {
     assert_eq!(settled("len", || nodes[0].len()).await, 500);
 }
 
+/// A metric's value in a node's Prometheus text (0 when absent).
+fn metric(node: &Cluster, name: &str) -> u64 {
+    node.node()
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_by_their_backup_come_back_in_the_reply() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, mut nodes) = cluster(3).await;
+    // Every write enters through node-2: the primaries hand node-2 the writes of the
+    // partitions it backs up in their reply, and it applies them before acknowledging.
+    let acked = write_keys(&[&nodes[1]], 300, 0).await;
+    let carried = |n: &Cluster| metric(n, "mycel_carried_writes_total");
+    assert!(carried(&nodes[0]) > 0 && carried(&nodes[2]) > 0);
+    assert_eq!(carried(&nodes[1]), 0, "node-2 forwarded nothing to itself");
+    assert!(
+        carried(&nodes[0]) + carried(&nodes[2]) < metric(&nodes[1], "mycel_forwarded_ops_total")
+    );
+    // They are on node-2 when acknowledged: with node-1 gone without a word, its
+    // partitions are served by their backups, node-2 among them.
+    drop(nodes.remove(0));
+    converged(&nodes.refs()).await;
+    assert_readable(&nodes.refs(), &acked).await;
+    assert_eq!(metric(&nodes[0], "mycel_replicate_failures_total"), 0);
+}
+
 /// Per key, every operation with its times and outcome, for [`mycel::checker`].
 type Ops = Arc<Mutex<Vec<Vec<checker::Op<u64>>>>>;
 

@@ -20,6 +20,7 @@ pub(crate) struct Metrics {
     pub(crate) not_owner: Counter,
     pub(crate) replicate_failures: Counter,
     pub(crate) replication_batches: Counter,
+    pub(crate) carried_writes: Counter,
     pub(crate) forward_batches: Counter,
     pub(crate) bad_messages: Counter,
     pub(crate) loads: Counter,
@@ -88,6 +89,11 @@ impl Metrics {
             "replicate_messages",
             "Replicate messages sent to backups (concurrent writes share one)",
             m.replication_batches.clone(),
+        );
+        r.register(
+            "carried_writes",
+            "Writes handed to the forwarding node, their backup, in the reply rather than a Replicate message",
+            m.carried_writes.clone(),
         );
         r.register(
             "forward_batch_messages",

@@ -12,6 +12,9 @@
 //!   to the same primary at the same moment shares one message (a caller's operations are
 //!   never split across messages); a reply over [`ClusterConfig::page_bytes`] answers the
 //!   rest `Deferred`, and the sender sends those again.
+//! - `Carry { epoch, ops }`: a `Batch` from a node that backs up a partition of one of its
+//!   writes; the primary returns those writes in its reply (`Reply::Carried`) rather than
+//!   in a `Replicate`, and the sender applies them before it answers its clients.
 //! - `Replicate { epoch, writes }`: a primary's versioned writes for a backup.
 //! - `TableReq` / `TablePush { table, previous }`: routing-table distribution.
 //! - `FetchStart { table, previous, partitions }` / `FetchNext { session }`: paginated partition
@@ -53,7 +56,8 @@
 //!
 //! **Writes.** The primary applies the write to its store (which gives it a version
 //! `(epoch, seq)`), replicates it to every backup of the partition that is an alive
-//! member, and acknowledges only after every backup applied it. A backup applies only at
+//! member, and acknowledges only after every backup applied it (a backup that forwarded
+//! the write itself applies it from the primary's reply, before acknowledging it). A backup applies only at
 //! the primary's epoch and only for partitions it backs up there (a backup behind gets
 //! the primary's table pushed and the write again). A replication failure after the local
 //! apply is reported as [`Error::Timeout`]: the write may or may not persist.
@@ -120,13 +124,13 @@ use tokio::time::Instant;
 
 use self::metrics::Metrics;
 use self::state::{Held, LoadKey, LoadResult, LoadStep, PublishedTable, Section, State};
-use self::wire::{Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
+use self::wire::{CarriedWrites, Msg, Op, OpReply, Refusal, Reply, WBytes, WStr, WireWrite};
 use crate::clock::Timestamp;
 use crate::config::{Config, ConfigProblem};
 use crate::error::Error;
 use crate::ldouble::LongDouble;
 use crate::placement::{DEFAULT_WEIGHT, Member};
-use crate::routing::{RoutingTable, ViewStabilizer, authority};
+use crate::routing::{Role, RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
 use crate::store::{BucketOptions, ExpireCondition, Renamed, SetOptions, Store, Ttl, Write};
 
@@ -695,6 +699,17 @@ struct Queued {
     writes: Vec<WireWrite>,
     size: usize,
     done: tokio::sync::oneshot::Sender<Result<(), Refusal>>,
+}
+
+/// Writes [`Inner::replicate`] leaves to the sender of a [`Msg::Carry`], a backup of
+/// their partitions, to take in the reply instead of a `Replicate` of their own.
+struct Carrier {
+    /// The sender.
+    to: NodeId,
+    /// Bytes the reply may still grow by.
+    budget: usize,
+    /// The writes taken, each with its index in the `writes` given to `replicate`.
+    taken: Vec<(usize, WireWrite)>,
 }
 
 /// State only the background step touches.
@@ -1768,8 +1783,11 @@ impl Inner {
                 waiters.push((q.ops.len(), q.done));
                 ops.extend(q.ops);
             }
-            // A lone operation travels as `Op`, the batch as `Batch`.
-            let msg = if total == 1 {
+            // Writes to a partition this node backs up come back in the reply (`Carry`);
+            // otherwise a lone operation travels as `Op`, the batch as `Batch`.
+            let msg = if self.backs_up_a_write(epoch, &ops) {
+                Msg::Carry { epoch, ops }
+            } else if total == 1 {
                 let op = ops.pop().expect("invariant: one operation");
                 Msg::Op { epoch, op }
             } else {
@@ -1793,8 +1811,24 @@ impl Inner {
         }
     }
 
-    /// Sends `msg` (an `Op` or a `Batch` of `count` operations) and classifies the
-    /// outcome.
+    /// Whether one of `ops` is a write to a partition this node backs up in its table at
+    /// `epoch`: the primary can hand it the write in its reply ([`Msg::Carry`]).
+    fn backs_up_a_write(&self, epoch: u64, ops: &[Op]) -> bool {
+        let Some(table) = self.table.get().filter(|t| t.epoch() == epoch) else {
+            return false;
+        };
+        let partitioning = table.partitioning();
+        ops.iter().any(|op| {
+            op.is_write()
+                && matches!(
+                    table.role(&self.me, op.partition(partitioning)),
+                    Role::Backup { .. }
+                )
+        })
+    }
+
+    /// Sends `msg` (an `Op`, or a `Batch` or `Carry` of `count` operations) and
+    /// classifies the outcome.
     async fn send_ops(
         &self,
         primary: &NodeId,
@@ -1805,6 +1839,13 @@ impl Inner {
         match self.call(primary, &msg, timeout).await {
             Ok(Reply::Op(r)) if count == 1 => Delivery::Results(vec![Ok(r)]),
             Ok(Reply::Batch(rs)) if rs.len() == count => Delivery::Results(rs),
+            Ok(Reply::Carried {
+                mut results,
+                writes,
+            }) if results.len() == count => {
+                self.apply_carried(primary, &mut results, writes);
+                Delivery::Results(results)
+            }
             Ok(Reply::Err(r)) if count == 1 => Delivery::Results(vec![Err(r)]),
             Ok(Reply::Err(r)) => Delivery::Refused(r),
             Ok(_) | Err(CallError::Decode) => Delivery::Refused(Refusal::BadRequest),
@@ -1817,6 +1858,21 @@ impl Inner {
             }),
             Err(CallError::Transport(RequestError::Send(_))) => Delivery::NotDelivered,
             Err(CallError::Transport(_)) => Delivery::Lost,
+        }
+    }
+
+    /// Applies the writes `primary` carried back for this node (a backup of their
+    /// partitions), as a `Replicate` from it ([`State::apply_carried`]).
+    fn apply_carried(
+        &self,
+        primary: &NodeId,
+        results: &mut [Result<OpReply, Refusal>],
+        carried: Vec<CarriedWrites>,
+    ) {
+        let refused = self.lock().apply_carried(results, carried, wall_clock());
+        for r in refused {
+            tracing::debug!(%primary, refusal = ?r, "carried writes not applied");
+            self.metrics.replicate_failures.inc();
         }
     }
 
@@ -1867,7 +1923,7 @@ impl Inner {
                     (reply, writes, st.table().cloned())
                 };
                 if let (false, Some(table)) = (writes.is_empty(), table) {
-                    self.replicate(&table, &writes).await?;
+                    self.replicate(&table, &writes, None).await?;
                 }
                 Ok(reply)
             }
@@ -1876,6 +1932,10 @@ impl Inner {
 
     /// Executes `ops` in order as the primary (`epoch`: the forwarder's, None when local),
     /// replicates their writes, and answers each.
+    ///
+    /// With `carry` (the sender of a [`Msg::Carry`]), the writes of partitions it backs
+    /// up are not sent to it but returned, grouped by epoch, for the reply; they count
+    /// towards the reply's bound.
     ///
     /// The state lock is taken once per [`LOCK_RUN`] operations. With `bound`, once the
     /// results so far exceed [`ClusterConfig::page_bytes`] the rest are not executed but
@@ -1891,13 +1951,14 @@ impl Inner {
         ops: impl ExactSizeIterator<Item = &'o Op>,
         epoch: Option<u64>,
         bound: bool,
-    ) -> Vec<Result<OpReply, Refusal>> {
+        carry: Option<&NodeId>,
+    ) -> (Vec<Result<OpReply, Refusal>>, Vec<CarriedWrites>) {
         let now = wall_clock();
         let refuse = self.config.mycel.refuse_minority_writes;
         let mut results: Vec<Result<OpReply, Refusal>> = Vec::with_capacity(ops.len());
         let mut reply_bytes = 0usize;
-        // Writes to replicate, grouped by the table they were made under, with the
-        // indexes of the operations that made them.
+        // Writes to replicate, grouped by the table they were made under, each with the
+        // index of the operation that made it.
         let mut groups: Vec<(Arc<RoutingTable>, Vec<Write>, Vec<usize>)> = Vec::new();
         let mut held = Held::default();
         let mut ops = ops;
@@ -1918,9 +1979,7 @@ impl Inner {
                 };
                 if let Ok(reply) = &result {
                     reply_bytes += reply.size();
-                    if writes.len() > before {
-                        wrote.push(results.len());
-                    }
+                    wrote.extend(std::iter::repeat_n(results.len(), writes.len() - before));
                 }
                 results.push(result);
             }
@@ -1939,16 +1998,45 @@ impl Inner {
                 _ => groups.push((table, writes, wrote)),
             }
         }
+        let mut carried = Vec::new();
+        let mut budget = self.config.page_bytes.saturating_sub(reply_bytes);
         for (table, writes, wrote) in groups {
-            if self.replicate(&table, &writes).await.is_err() {
+            let mut carrier = carry.map(|to| Carrier {
+                to: to.clone(),
+                budget,
+                taken: Vec::new(),
+            });
+            if self
+                .replicate(&table, &writes, carrier.as_mut())
+                .await
+                .is_err()
+            {
                 // Applied here, maybe not at every backup: the write may or may not
                 // persist. Never a retryable refusal, or the sender would apply it twice.
-                for i in wrote {
+                for &i in &wrote {
                     results[i] = Err(Refusal::Timeout);
                 }
             }
+            let Some(carrier) = carrier.filter(|c| !c.taken.is_empty()) else {
+                continue;
+            };
+            budget = carrier.budget;
+            let mut ops: Vec<u32> = carrier
+                .taken
+                .iter()
+                .map(|&(w, _)| u32::try_from(wrote[w]).unwrap_or(u32::MAX))
+                .collect();
+            ops.dedup();
+            self.metrics
+                .carried_writes
+                .inc_by(u64::try_from(carrier.taken.len()).unwrap_or(u64::MAX));
+            carried.push(CarriedWrites {
+                epoch: table.epoch(),
+                writes: carrier.taken.into_iter().map(|(_, w)| w).collect(),
+                ops,
+            });
         }
-        results
+        (results, carried)
     }
 
     /// [`Error::CrossSlot`] unless `keys` are all of one partition (an operation atomic
@@ -1993,7 +2081,7 @@ impl Inner {
                     .all(|op| table.primary_index(self.partition(op)) == me)
         });
         if all_local {
-            let results = self.at_primary_batch(ops.iter(), None, false).await;
+            let (results, _) = self.at_primary_batch(ops.iter(), None, false, None).await;
             if !results
                 .iter()
                 .any(|r| r.as_ref().is_err_and(Refusal::is_retryable))
@@ -2196,7 +2284,7 @@ impl Inner {
         let mut attempts: Vec<RoundAttempt> = Vec::with_capacity(pending.len());
         if !local.is_empty() {
             let batch = local.iter().map(|&i| &ops[i]);
-            let results = self.at_primary_batch(batch, None, false).await;
+            let (results, _) = self.at_primary_batch(batch, None, false, None).await;
             for (&i, r) in local.iter().zip(results) {
                 attempts.push((i, None, r.map_err(Attempt::Refused)));
             }
@@ -2217,6 +2305,8 @@ impl Inner {
     }
 
     /// Sends `writes` to every alive backup of their partitions; Ok once all applied.
+    /// Writes for the `carry` node (while its budget lasts) are left in it instead, for
+    /// the caller to hand over in its reply.
     ///
     /// Concurrent operations replicating to the same backup at the same epoch share
     /// messages: each operation queues its writes in the [`Inner::outbox`] and the first
@@ -2229,6 +2319,7 @@ impl Inner {
         self: &Arc<Self>,
         table: &RoutingTable,
         writes: &[Write],
+        mut carry: Option<&mut Carrier>,
     ) -> Result<(), Refusal> {
         if table.members().len() < 2 {
             // A lone member has no backups.
@@ -2238,14 +2329,20 @@ impl Inner {
         let mut per_backup: BTreeMap<NodeId, Vec<WireWrite>> = BTreeMap::new();
         {
             let st = self.lock();
-            for w in writes {
+            for (i, w) in writes.iter().enumerate() {
                 let p = partitioning.partition_of(&w.key);
                 for m in table.replicas(p).skip(1) {
-                    if m.id != self.me && st.alive.contains(&m.id) {
-                        per_backup
-                            .entry(m.id.clone())
-                            .or_default()
-                            .push(WireWrite::from(w));
+                    let carrier = carry.as_deref_mut().filter(|c| c.to == m.id);
+                    if m.id == self.me || (carrier.is_none() && !st.alive.contains(&m.id)) {
+                        continue;
+                    }
+                    let wire = WireWrite::from(w);
+                    match carrier {
+                        Some(c) if wire.size() <= c.budget => {
+                            c.budget -= wire.size();
+                            c.taken.push((i, wire));
+                        }
+                        _ => per_backup.entry(m.id.clone()).or_default().push(wire),
                     }
                 }
             }
@@ -2446,7 +2543,7 @@ impl Inner {
             (waiters, write, previous, st.table().cloned())
         };
         if let (Some(w), Some(table)) = (write, table)
-            && self.replicate(&table, &[w]).await.is_err()
+            && self.replicate(&table, &[w], None).await.is_err()
         {
             tracing::warn!("loaded value not replicated to every backup");
         }
@@ -2504,6 +2601,33 @@ impl Inner {
         Ok(total)
     }
 
+    /// Executes a `Batch` (or with `carry` a `Carry`) of `ops` from `from` at `epoch`.
+    async fn serve_batch(
+        self: &Arc<Self>,
+        from: &NodeId,
+        epoch: u64,
+        ops: &[Op],
+        carry: bool,
+    ) -> (Vec<Result<OpReply, Refusal>>, Vec<CarriedWrites>) {
+        if epoch > self.lock().epoch() {
+            self.spawn_refresh(from.clone());
+        }
+        let carry = carry.then_some(from);
+        let (results, writes) = self
+            .at_primary_batch(ops.iter(), Some(epoch), true, carry)
+            .await;
+        let refused = results
+            .iter()
+            .filter(|r| matches!(r, Err(Refusal::NotOwner { .. })))
+            .count();
+        if refused > 0 {
+            self.metrics
+                .not_owner
+                .inc_by(u64::try_from(refused).unwrap_or(u64::MAX));
+        }
+        (results, writes)
+    }
+
     /// Serves one request from another node.
     async fn serve(self: &Arc<Self>, from: &NodeId, msg: Msg) -> Reply {
         let now = wall_clock();
@@ -2523,20 +2647,12 @@ impl Inner {
                 }
             }
             Msg::Batch { epoch, ops } => {
-                if epoch > self.lock().epoch() {
-                    self.spawn_refresh(from.clone());
-                }
-                let results = self.at_primary_batch(ops.iter(), Some(epoch), true).await;
-                let refused = results
-                    .iter()
-                    .filter(|r| matches!(r, Err(Refusal::NotOwner { .. })))
-                    .count();
-                if refused > 0 {
-                    self.metrics
-                        .not_owner
-                        .inc_by(u64::try_from(refused).unwrap_or(u64::MAX));
-                }
+                let (results, _) = self.serve_batch(from, epoch, &ops, false).await;
                 Reply::Batch(results)
+            }
+            Msg::Carry { epoch, ops } => {
+                let (results, writes) = self.serve_batch(from, epoch, &ops, true).await;
+                Reply::Carried { results, writes }
             }
             Msg::Replicate { epoch, writes } => {
                 let result = self.lock().handle_replicate(epoch, writes, now);

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use nodosum_proto::NodeId;
 use tokio::sync::oneshot;
 
-use super::wire::{Op, OpReply, Refusal, SourceStatus, WBytes, WStr, WireWrite, set_options};
+use super::wire::{
+    CarriedWrites, Op, OpReply, Refusal, SourceStatus, WBytes, WStr, WireWrite, set_options,
+};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::ldouble::LongDouble;
@@ -1135,6 +1137,32 @@ impl State {
         Ok(())
     }
 
+    /// Applies the writes a primary carried back in its reply to this node's `Carry`
+    /// (see [`Self::handle_replicate`]); the operations of a group that did not apply are
+    /// answered [`Refusal::Timeout`] in `results`: they happened at the primary, not at
+    /// every replica. Returns the groups refused, with why.
+    pub(crate) fn apply_carried(
+        &mut self,
+        results: &mut [Result<OpReply, Refusal>],
+        carried: Vec<CarriedWrites>,
+        now: Timestamp,
+    ) -> Vec<Refusal> {
+        let mut refused = Vec::new();
+        for group in carried {
+            if let Err(r) = self.handle_replicate(group.epoch, group.writes, now) {
+                for i in group.ops {
+                    if let Some(result @ Ok(_)) =
+                        usize::try_from(i).ok().and_then(|i| results.get_mut(i))
+                    {
+                        *result = Err(Refusal::Timeout);
+                    }
+                }
+                refused.push(r);
+            }
+        }
+        refused
+    }
+
     /// Partitions this node replicates in its table, and how many of them are synced.
     pub(crate) fn replica_counts(&self) -> (usize, usize, usize) {
         let Some(table) = self.routing.table() else {
@@ -1837,6 +1865,63 @@ mod tests {
             Ok(())
         );
         assert_eq!(b.store.len(), 1);
+    }
+
+    #[test]
+    fn carried_writes_that_do_not_apply_leave_their_operations_unacknowledged() {
+        let mut b = state("b");
+        let t = table(3, &["a", "b"]);
+        b.install(t.clone(), None).expect("valid");
+        let backed: Vec<String> = (0u32..)
+            .map(|i| format!("k{i}"))
+            .filter(|k| {
+                matches!(
+                    t.role(&id("b"), parts().partition_of(k.as_bytes())),
+                    Role::Backup { .. }
+                )
+            })
+            .take(2)
+            .collect();
+        let write = |k: &str, seq| WireWrite {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from(k.to_owned())),
+            version: crate::store::Version { epoch: 3, seq },
+            put: Some((WBytes(Bytes::from_static(b"v")), None)),
+        };
+        let set = || {
+            Ok(OpReply::Set {
+                applied: true,
+                previous: None,
+            })
+        };
+        let mut results = vec![set(), set(), Err(Refusal::NotAnInteger), set()];
+        let carried = vec![
+            // Made at this node's epoch, for partitions it backs up: applied.
+            CarriedWrites {
+                epoch: 3,
+                writes: vec![write(&backed[0], 1)],
+                ops: vec![0],
+            },
+            // Made at another epoch: refused, so operations 1 and 2 are not acknowledged
+            // (2 was refused anyway, and stays so); an index out of range is ignored.
+            CarriedWrites {
+                epoch: 2,
+                writes: vec![write(&backed[1], 2)],
+                ops: vec![1, 2, 99],
+            },
+        ];
+        let refused = b.apply_carried(&mut results, carried, Timestamp::from_millis(1));
+        assert_eq!(refused, vec![Refusal::NotOwner { epoch: 3 }]);
+        assert_eq!(
+            results,
+            vec![
+                set(),
+                Err(Refusal::Timeout),
+                Err(Refusal::NotAnInteger),
+                set()
+            ]
+        );
+        assert_eq!(b.store.len(), 1, "only the applied group is stored");
     }
 
     #[test]

@@ -230,6 +230,15 @@ pub(crate) enum Msg {
         /// The operations, in the order they are to be applied.
         ops: Vec<Op>,
     },
+    /// A [`Msg::Batch`] from a node that takes, in the reply ([`Reply::Carried`]), the
+    /// writes of partitions it backs up rather than in a [`Msg::Replicate`] of their own;
+    /// it applies them before it answers its clients. Appended, as `Batch`.
+    Carry {
+        /// The sender's routing epoch, as in [`Msg::Op`].
+        epoch: u64,
+        /// The operations, in the order they are to be applied.
+        ops: Vec<Op>,
+    },
 }
 
 /// An operation executed at a partition's primary.
@@ -371,6 +380,27 @@ pub(crate) enum Reply {
     },
     /// The results of a [`Msg::Batch`], one per operation, in order.
     Batch(Vec<Result<OpReply, Refusal>>),
+    /// The results of a [`Msg::Carry`], one per operation, in order, and the writes the
+    /// sender backs up, for it to apply as it would a [`Msg::Replicate`]. Appended.
+    Carried {
+        /// One result per operation.
+        results: Vec<Result<OpReply, Refusal>>,
+        /// The writes, grouped by the epoch they were made at.
+        writes: Vec<CarriedWrites>,
+    },
+}
+
+/// Writes a primary made at `epoch` for the sender of a [`Msg::Carry`], a backup of their
+/// partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CarriedWrites {
+    /// The primary's routing epoch when it made them.
+    pub(crate) epoch: u64,
+    /// The writes, in the order they were made.
+    pub(crate) writes: Vec<WireWrite>,
+    /// The operations (indexes into the message's) that made them: their results are only
+    /// acknowledged once the writes are applied.
+    pub(crate) ops: Vec<u32>,
 }
 
 impl Op {
@@ -935,6 +965,13 @@ mod tests {
                     entries: vec![(b("x"), b("1")), (b("y"), b(""))],
                 },
             },
+            Msg::Carry {
+                epoch: 3,
+                ops: vec![Op::Delete {
+                    bucket: "default".into(),
+                    key: b("k"),
+                }],
+            },
             Msg::Batch {
                 epoch: 1,
                 ops: vec![Op::ExpireIf {
@@ -1093,6 +1130,27 @@ mod tests {
                     next: Some(7),
                 }),
             ]),
+            Reply::Carried {
+                results: vec![
+                    Ok(OpReply::Set {
+                        applied: true,
+                        previous: Some(b("old")),
+                    }),
+                    Err(Refusal::Syncing {
+                        partition: Partition::new(2),
+                    }),
+                ],
+                writes: vec![CarriedWrites {
+                    epoch: 3,
+                    writes: vec![WireWrite {
+                        bucket: "default".into(),
+                        key: b("k"),
+                        version: Version { epoch: 3, seq: 1 },
+                        put: None,
+                    }],
+                    ops: vec![0],
+                }],
+            },
         ];
         for reply in replies {
             assert_eq!(decode::<Reply>(&encode(&reply)), Ok(reply));
