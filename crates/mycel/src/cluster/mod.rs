@@ -57,9 +57,9 @@
 //! **Writes.** The primary applies the write to its store (which gives it a version
 //! `(epoch, seq)`), replicates it to every backup of the partition that is an alive
 //! member, and acknowledges only after every backup applied it (a backup that forwarded
-//! the write itself applies it from the primary's reply, before acknowledging it). A backup applies only at
-//! the primary's epoch and only for partitions it backs up there (a backup behind gets
-//! the primary's table pushed and the write again). A replication failure after the local
+//! the write itself applies it from the primary's reply, before acknowledging it). A
+//! backup applies only at the primary's epoch and only for partitions it backs up there
+//! (a backup behind gets the primary's table pushed and the write again). A replication failure after the local
 //! apply is reported as [`Error::Timeout`]: the write may or may not persist.
 //!
 //! **Hand-off.** A node that installs a table in which it replicates a partition it did
