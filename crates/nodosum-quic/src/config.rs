@@ -206,7 +206,10 @@ pub enum Congestion {
     /// network namespaces dropping 1 % of packets it moved about 3x what CUBIC did, at 5 %
     /// about 25x, and on the clean link about 0.9x (the `packet_loss` section of the
     /// transport benchmark measures both). It competes unfairly with loss-based flows on a
-    /// shared bottleneck; choose it for links that lose packets without congestion.
+    /// shared bottleneck; choose it for links that lose packets without congestion. Its
+    /// rate estimate can also get stuck: in this crate's tests a connection under BBR once
+    /// stopped delivering a 4 MiB burst for over 30 s on a busy 2-core machine, which is
+    /// why it is not the default.
     Bbr,
 }
 
