@@ -1828,40 +1828,44 @@ mod tests {
         );
     }
 
+    /// Keys `k0`, `k1`, ... of partitions `node` backs up in `t`.
+    fn backed_up_keys<'t>(t: &'t RoutingTable, node: &'t str) -> impl Iterator<Item = String> + 't {
+        (0u32..).map(|i| format!("k{i}")).filter(move |k| {
+            matches!(
+                t.role(&id(node), parts().partition_of(k.as_bytes())),
+                Role::Backup { .. }
+            )
+        })
+    }
+
+    /// A put of `key` made at epoch 3, the `seq`th write of that epoch.
+    fn put_at_3(key: &str, seq: u64) -> WireWrite {
+        WireWrite {
+            bucket: "default".into(),
+            key: WBytes(Bytes::from(key.to_owned())),
+            version: crate::store::Version { epoch: 3, seq },
+            put: Some((WBytes(Bytes::from_static(b"v")), None)),
+        }
+    }
+
     #[test]
     fn replicate_is_fenced_by_epoch_and_role() {
         let mut b = state("b");
         let t = table(3, &["a", "b"]);
         b.install(t.clone(), None).expect("valid");
-        let w = |k: &'static str| WireWrite {
-            bucket: "default".into(),
-            key: WBytes(Bytes::from_static(k.as_bytes())),
-            version: crate::store::Version { epoch: 3, seq: 1 },
-            put: Some((WBytes(Bytes::from_static(b"v")), None)),
-        };
         assert_eq!(
-            b.handle_replicate(4, vec![w("x")], Timestamp::from_millis(1)),
+            b.handle_replicate(4, vec![put_at_3("x", 1)], Timestamp::from_millis(1)),
             Err(Refusal::Behind { epoch: 3 })
         );
         assert_eq!(
-            b.handle_replicate(2, vec![w("x")], Timestamp::from_millis(1)),
+            b.handle_replicate(2, vec![put_at_3("x", 1)], Timestamp::from_millis(1)),
             Err(Refusal::NotOwner { epoch: 3 })
         );
-        let backed = (0u32..)
-            .map(|i| format!("k{i}"))
-            .find(|k| {
-                matches!(
-                    t.role(&id("b"), parts().partition_of(k.as_bytes())),
-                    Role::Backup { .. }
-                )
-            })
+        let backed = backed_up_keys(&t, "b")
+            .next()
             .expect("b backs something up");
-        let write = WireWrite {
-            key: WBytes(Bytes::from(backed)),
-            ..w("x")
-        };
         assert_eq!(
-            b.handle_replicate(3, vec![write], Timestamp::from_millis(1)),
+            b.handle_replicate(3, vec![put_at_3(&backed, 1)], Timestamp::from_millis(1)),
             Ok(())
         );
         assert_eq!(b.store.len(), 1);
@@ -1872,22 +1876,7 @@ mod tests {
         let mut b = state("b");
         let t = table(3, &["a", "b"]);
         b.install(t.clone(), None).expect("valid");
-        let backed: Vec<String> = (0u32..)
-            .map(|i| format!("k{i}"))
-            .filter(|k| {
-                matches!(
-                    t.role(&id("b"), parts().partition_of(k.as_bytes())),
-                    Role::Backup { .. }
-                )
-            })
-            .take(2)
-            .collect();
-        let write = |k: &str, seq| WireWrite {
-            bucket: "default".into(),
-            key: WBytes(Bytes::from(k.to_owned())),
-            version: crate::store::Version { epoch: 3, seq },
-            put: Some((WBytes(Bytes::from_static(b"v")), None)),
-        };
+        let backed: Vec<String> = backed_up_keys(&t, "b").take(2).collect();
         let set = || {
             Ok(OpReply::Set {
                 applied: true,
@@ -1899,14 +1888,14 @@ mod tests {
             // Made at this node's epoch, for partitions it backs up: applied.
             CarriedWrites {
                 epoch: 3,
-                writes: vec![write(&backed[0], 1)],
+                writes: vec![put_at_3(&backed[0], 1)],
                 ops: vec![0],
             },
             // Made at another epoch: refused, so operations 1 and 2 are not acknowledged
             // (2 was refused anyway, and stays so); an index out of range is ignored.
             CarriedWrites {
                 epoch: 2,
-                writes: vec![write(&backed[1], 2)],
+                writes: vec![put_at_3(&backed[1], 2)],
                 ops: vec![1, 2, 99],
             },
         ];
