@@ -1484,6 +1484,7 @@ impl Inner {
             traffic,
             kept: Replay::default(),
             resend: Replay::default(),
+            scratch: BytesMut::new(),
         };
         let written = init_ok && first.is_some_and(|msg| writer.write_first_early(msg));
         let task = tokio::spawn(writer.run(init_ok));
@@ -2894,6 +2895,12 @@ enum Wake {
 /// Messages up to this size are copied into the writer's batch buffer.
 const COPY_BELOW: usize = 4096;
 
+/// Bytes a message of `len` takes in the writer's batch buffer: its header, and its
+/// payload when that is copied too.
+fn copied_len(len: usize) -> usize {
+    if len <= COPY_BELOW { 4 + len } else { 4 }
+}
+
 /// One message's frame for a write of its own: a small message copied behind its header
 /// (one chunk, the second empty), a large one as its own chunk after the header.
 fn frame_chunks(header: [u8; 4], msg: &Bytes) -> [Bytes; 2] {
@@ -2937,6 +2944,10 @@ struct Writer {
     kept: Replay,
     /// Messages to write (again) before anything queued, on the next stream.
     resend: Replay,
+    /// The batch buffer: each batch is split off its front, so the next one fills the
+    /// rest of the same allocation (about one allocation per `write_batch_bytes`
+    /// written, however few messages each batch holds). Released when the writer parks.
+    scratch: BytesMut,
 }
 
 /// Framed messages (each `[len][payload]`, possibly in several chunks) and their count.
@@ -3191,6 +3202,9 @@ impl Writer {
         if !parkable {
             return false;
         }
+        // An idle lane keeps no batch buffer (its frozen batches free it once quinn
+        // has them acknowledged).
+        self.scratch = BytesMut::new();
         let send = self.cur.as_mut().and_then(|c| c.send.take());
         let mut direct = lock(&self.shared.direct);
         direct.send = send;
@@ -3668,8 +3682,18 @@ impl Writer {
         // Small messages are copied behind their headers into one buffer (a copy is
         // cheaper than a chunk each); large ones go out as their own chunk, uncopied.
         let mut chunks: Vec<Bytes> = Vec::with_capacity(4);
-        let first_len = first.as_ref().map_or(0, Bytes::len);
-        let mut scratch = BytesMut::with_capacity(batch.min(4 + first_len).max(256));
+        // The batch buffer is never grown in place (a reallocation copies what it holds
+        // and, with large buffers, faults in fresh pages): what does not fit starts a new
+        // buffer of a whole batch, and the full one goes out as a chunk of its own.
+        let spare = |b: &BytesMut| b.capacity() - b.len();
+        let first_copied = first.as_ref().map_or(0, |m| copied_len(m.len()));
+        if spare(&self.scratch) < first_copied {
+            self.scratch = if self.rx.is_empty() {
+                BytesMut::with_capacity(first_copied.max(256))
+            } else {
+                BytesMut::with_capacity(batch + 4 + COPY_BELOW)
+            };
+        }
         let mut bytes = 0usize;
         let mut count = 0u64;
         let mut next = first;
@@ -3678,22 +3702,26 @@ impl Writer {
             let header = message_header(msg.len(), &limits).unwrap_or([0; 4]);
             bytes += 4 + msg.len();
             count += 1;
-            scratch.extend_from_slice(&header);
+            self.scratch.extend_from_slice(&header);
             if msg.len() <= COPY_BELOW {
-                scratch.extend_from_slice(&msg);
+                self.scratch.extend_from_slice(&msg);
             } else {
-                chunks.push(scratch.split().freeze());
+                chunks.push(self.scratch.split().freeze());
                 chunks.push(msg);
             }
             if bytes < batch {
                 next = self.rx.try_recv().ok();
-                if next.is_some() && scratch.capacity() - scratch.len() < 4 + COPY_BELOW {
-                    scratch.reserve(batch.saturating_sub(bytes).max(4 + COPY_BELOW));
+                let need = next.as_ref().map_or(0, |m| copied_len(m.len()));
+                if spare(&self.scratch) < need {
+                    if !self.scratch.is_empty() {
+                        chunks.push(self.scratch.split().freeze());
+                    }
+                    self.scratch = BytesMut::with_capacity(batch + 4 + COPY_BELOW);
                 }
             }
         }
-        if !scratch.is_empty() {
-            chunks.push(scratch.freeze());
+        if !self.scratch.is_empty() {
+            chunks.push(self.scratch.split().freeze());
         }
         self.acquire().await?;
         // Taken after `acquire`, which may have dropped an early stream into it.
