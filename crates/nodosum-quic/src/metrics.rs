@@ -47,6 +47,19 @@ pub(crate) struct Metrics {
     pub(crate) send_errors: Family<AppReasonLabel, Counter>,
     pub(crate) stream_errors: Family<ReasonLabel, Counter>,
     pub(crate) rtt: Histogram,
+    pub(crate) sent_packets: Counter,
+    pub(crate) lost_packets: Counter,
+    pub(crate) lost_bytes: Counter,
+    pub(crate) congestion_events: Counter,
+}
+
+/// A connection's path counters as last added to the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PathCounts {
+    sent_packets: u64,
+    lost_packets: u64,
+    lost_bytes: u64,
+    congestion_events: u64,
 }
 
 impl Metrics {
@@ -63,6 +76,10 @@ impl Metrics {
             stream_errors: Family::default(),
             // 50 µs to about 3.3 s.
             rtt: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            sent_packets: Counter::default(),
+            lost_packets: Counter::default(),
+            lost_bytes: Counter::default(),
+            congestion_events: Counter::default(),
         };
         if let Some(registry) = registry {
             let r = registry.sub_registry_with_prefix("nodosum_quic");
@@ -108,8 +125,48 @@ impl Metrics {
                 m.stream_errors.clone(),
             );
             r.register("rtt_seconds", "Sampled round-trip times", m.rtt.clone());
+            r.register(
+                "packets_sent",
+                "Packets sent, over all connections (sampled every 5 s and at close)",
+                m.sent_packets.clone(),
+            );
+            r.register(
+                "packets_lost",
+                "Packets declared lost and sent again, over all connections",
+                m.lost_packets.clone(),
+            );
+            r.register(
+                "lost_bytes",
+                "Bytes in packets declared lost, over all connections",
+                m.lost_bytes.clone(),
+            );
+            r.register(
+                "congestion_events",
+                "Congestion window reductions, over all connections",
+                m.congestion_events.clone(),
+            );
         }
         m
+    }
+
+    /// Adds what a connection's path `stats` counted since `last`; returns the new mark.
+    pub(crate) fn path(&self, last: PathCounts, stats: &quinn::PathStats) -> PathCounts {
+        let now = PathCounts {
+            sent_packets: stats.sent_packets,
+            lost_packets: stats.lost_packets,
+            lost_bytes: stats.lost_bytes,
+            congestion_events: stats.congestion_events,
+        };
+        // quinn's counters only grow; `saturating_sub` keeps a surprise from wrapping.
+        self.sent_packets
+            .inc_by(now.sent_packets.saturating_sub(last.sent_packets));
+        self.lost_packets
+            .inc_by(now.lost_packets.saturating_sub(last.lost_packets));
+        self.lost_bytes
+            .inc_by(now.lost_bytes.saturating_sub(last.lost_bytes));
+        self.congestion_events
+            .inc_by(now.congestion_events.saturating_sub(last.congestion_events));
+        now
     }
 
     pub(crate) fn send_error(&self, app: &str, reason: &'static str, n: u64) {

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 use crate::config::{Config, Congestion};
 use crate::gate::{Gate, Role};
 use crate::inbox::{AppReceiver, Inbox, hosted};
-use crate::metrics::{AppLabel, KindLabel, Metrics, ReasonLabel, Traffic};
+use crate::metrics::{AppLabel, KindLabel, Metrics, PathCounts, ReasonLabel, Traffic};
 use crate::resolve::{self, Attach, StreamSide};
 use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
 
@@ -289,6 +289,14 @@ pub struct ConnectionInfo {
     pub kind: HandshakeKind,
     /// The congestion controller this side sends with ([`Config::congestion`]).
     pub congestion: Congestion,
+    /// Its congestion window, in bytes.
+    pub cwnd: u64,
+    /// Packets sent on it so far.
+    pub sent_packets: u64,
+    /// Of those, packets declared lost (and their data sent again).
+    pub lost_packets: u64,
+    /// Times its congestion controller reduced the window (after loss).
+    pub congestion_events: u64,
 }
 
 /// The controller a connection runs, read back from quinn (every connection gets one of
@@ -1076,12 +1084,17 @@ impl QuicNode {
     pub fn connection_info(&self, node: &NodeId) -> Option<ConnectionInfo> {
         let st = lock(&self.inner.state);
         let cur = st.peers.get(node)?.current.borrow().clone()?;
+        let path = cur.conn.stats().path;
         Some(ConnectionInfo {
             remote_addr: cur.conn.remote_address(),
             initiated_locally: cur.initiated_by_us,
             rtt: cur.conn.rtt(),
             kind: cur.kind,
             congestion: congestion_of(&cur.conn),
+            cwnd: path.cwnd,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            congestion_events: path.congestion_events,
         })
     }
 
@@ -2370,10 +2383,11 @@ async fn dial_loop(
     }
 }
 
-/// Runs an established connection: accepts its streams, samples its RTT and removes it
-/// from its peer when it closes.
+/// Runs an established connection: accepts its streams, samples its RTT and path
+/// counters and removes it from its peer when it closes.
 async fn drive_connection(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
-    let mut rtt_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut counted = PathCounts::default();
     let reason = loop {
         tokio::select! {
             accepted = cref.conn.accept_bi() => match accepted {
@@ -2382,9 +2396,14 @@ async fn drive_connection(inner: Arc<Inner>, node: NodeId, cref: ConnRef) {
                 }
                 Err(e) => break e,
             },
-            _ = rtt_tick.tick() => inner.metrics.rtt.observe(cref.conn.rtt().as_secs_f64()),
+            _ = tick.tick() => {
+                inner.metrics.rtt.observe(cref.conn.rtt().as_secs_f64());
+                counted = inner.metrics.path(counted, &cref.conn.stats().path);
+            }
         }
     };
+    // quinn keeps a closed connection's statistics: the last packets are counted too.
+    inner.metrics.path(counted, &cref.conn.stats().path);
     debug!(peer = %node, id = cref.id, %reason, "connection closed");
     inner.connections.fetch_sub(1, Ordering::AcqRel);
     inner.metrics.connections.dec();

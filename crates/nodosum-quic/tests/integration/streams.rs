@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use nodosum_proto::{Limits, StreamInit};
-use nodosum_quic::{Config, Congestion, SendError, codes};
+use nodosum_quic::{Config, Congestion, QuicNode, SendError, codes};
 
 use crate::handshake::{raw_client_for, raw_connect};
 use crate::util::*;
@@ -338,4 +338,51 @@ async fn each_side_sends_with_its_own_congestion_controller() {
     let b_info = b.connection_info(a.node_id()).unwrap();
     assert_eq!(a_info.congestion, Congestion::Bbr);
     assert_eq!(b_info.congestion, Congestion::Cubic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_counters_are_reported_and_counted_when_the_connection_closes() {
+    init_tracing();
+    let ca = ca();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let a = QuicNode::bind(
+        Config::development(),
+        &ca.issue(&id("a")).unwrap(),
+        Some(&mut registry),
+    )
+    .unwrap();
+    let b = node(&ca, "b");
+    let mut b_bulk = b.register_app(app("bulk")).unwrap();
+    connect(&a, &b).await;
+    let msg = Bytes::from(vec![9; 1024]);
+    for _ in 0..200 {
+        a.send(b.node_id(), &app("bulk"), msg.clone())
+            .await
+            .unwrap();
+    }
+    for _ in 0..200 {
+        assert_eq!(recv(&mut b_bulk).await, (id("a"), msg.clone()));
+    }
+    let info = a.connection_info(b.node_id()).unwrap();
+    // 200 KiB of data do not fit in fewer than ~150 packets.
+    assert!(info.sent_packets >= 150, "{info:?}");
+    assert!(
+        info.lost_packets <= info.sent_packets && info.cwnd > 0,
+        "{info:?}"
+    );
+
+    // The connection's counters are sampled every 5 s and once more when it closes.
+    a.disconnect(b.node_id());
+    wait_until("a's connection closed", || a.counts().connections == 0).await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    };
+    assert!(counter("nodosum_quic_packets_sent_total") >= info.sent_packets);
+    assert!(counter("nodosum_quic_packets_lost_total") >= info.lost_packets);
+    assert!(counter("nodosum_quic_congestion_events_total") >= info.congestion_events);
+    counter("nodosum_quic_lost_bytes_total");
 }
