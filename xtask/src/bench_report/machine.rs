@@ -61,6 +61,47 @@ pub(crate) fn table(items: &[(&'static str, String)]) -> String {
     t.render()
 }
 
+/// The machine's CPU time so far (all cores, clock ticks), from `/proc/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CpuTimes {
+    /// Every state, stolen time included.
+    pub(crate) total: u64,
+    /// Time the hypervisor ran something else while this machine wanted the CPU.
+    pub(crate) steal: u64,
+}
+
+impl CpuTimes {
+    /// Now (`None` where `/proc/stat` is missing or unreadable).
+    pub(crate) fn now() -> Option<Self> {
+        parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?)
+    }
+
+    /// The share of the CPU time since `earlier` that was stolen, 0..=1.
+    pub(crate) fn steal_since(self, earlier: Self) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total).filter(|&t| t > 0)?;
+        let steal = self.steal.saturating_sub(earlier.steal);
+        #[allow(clippy::cast_precision_loss, reason = "tick counts far below 2^52")]
+        Some(steal as f64 / total as f64)
+    }
+}
+
+/// The `cpu` line of `/proc/stat`: user nice system idle iowait irq softirq steal ...
+fn parse_cpu_times(stat: &str) -> Option<CpuTimes> {
+    let fields: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // guest and guest_nice (fields 9 and 10) are already counted in user and nice.
+    Some(CpuTimes {
+        total: fields.iter().take(8).sum(),
+        steal: *fields.get(7)?,
+    })
+}
+
 /// The first `model name` of `/proc/cpuinfo`.
 fn cpu_model(cpuinfo: &str) -> Option<String> {
     cpuinfo
@@ -95,6 +136,29 @@ mod tests {
         let gib = mem_total_gib(mem).unwrap();
         assert!((gib - 23.0).abs() < 1e-9, "{gib}");
         assert_eq!(mem_total_gib("nothing"), None);
+    }
+
+    #[test]
+    fn parses_cpu_times_and_the_stolen_share() {
+        let stat = "cpu  100 5 20 800 10 0 5 60 7 0\ncpu0 50 2 10 400 5 0 2 30 0 0\nintr 1\n";
+        let t0 = parse_cpu_times(stat).unwrap();
+        assert_eq!(
+            t0,
+            CpuTimes {
+                total: 1000,
+                steal: 60
+            }
+        );
+        let t1 = CpuTimes {
+            total: 1200,
+            steal: 110,
+        };
+        let share = t1.steal_since(t0).unwrap();
+        assert!((share - 0.25).abs() < 1e-9, "{share}");
+        assert_eq!(t0.steal_since(t0), None, "no time passed");
+        assert_eq!(parse_cpu_times("cpu  1 2 x\n"), None);
+        assert_eq!(parse_cpu_times("cpu  1 2 3\n"), None, "no steal column");
+        assert!(CpuTimes::now().is_some(), "this machine has /proc/stat");
     }
 
     #[test]

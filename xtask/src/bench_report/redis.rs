@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::bench_report::machine::CpuTimes;
 use crate::bench_report::plot::{Bars, Reference};
 use crate::bench_report::procs::{
     INTERRUPTED, Owned, Registered, check_interrupted, resp_roundtrip, wait_until,
@@ -152,6 +153,8 @@ pub(crate) struct Samples {
     pub(crate) rps: Vec<f64>,
     pub(crate) p50_ms: Vec<f64>,
     pub(crate) p99_ms: Vec<f64>,
+    /// Share of the machine's CPU time stolen by the hypervisor during each run.
+    pub(crate) steal: Vec<f64>,
 }
 
 /// Every sample, keyed by (target, pipeline depth, command).
@@ -301,12 +304,17 @@ pub(crate) fn measure(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result
             let addr = servers.resp[&t];
             for p in PIPELINES {
                 bar.set_message(format!("round {} {} -P {p}", round + 1, t.short()));
+                let before = CpuTimes::now();
                 let rows = bench_once(addr, plan.requests, p).inspect_err(|_| bar.abandon())?;
+                let steal = CpuTimes::now()
+                    .zip(before)
+                    .and_then(|(after, before)| after.steal_since(before));
                 for row in rows {
                     let e = results.entry((t, p, row.test.clone())).or_default();
                     e.rps.push(row.rps);
                     e.p50_ms.push(row.p50_ms);
                     e.p99_ms.push(row.p99_ms);
+                    e.steal.extend(steal);
                 }
                 bar.inc(1);
             }
@@ -330,6 +338,27 @@ fn spread(samples: Option<&Samples>) -> String {
     let lo = s.rps.iter().copied().reduce(f64::min);
     let hi = s.rps.iter().copied().reduce(f64::max);
     format!(" ({}-{})", fmt_count(lo), fmt_count(hi))
+}
+
+/// How much CPU time the hypervisor took during the runs: on a shared virtual machine a
+/// run that lost a large share is slower for reasons outside the servers.
+fn steal_note(r: &Results) -> String {
+    let worst = r
+        .iter()
+        .flat_map(|((t, p, _), s)| s.steal.iter().map(move |&x| (x, *t, *p)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let all: Vec<f64> = r.values().flat_map(|s| s.steal.iter().copied()).collect();
+    match (median(&all), worst) {
+        (Some(mid), Some((max, t, p))) => format!(
+            "CPU time stolen by the hypervisor during the runs: median {:.1} %, worst \
+             {:.1} % ({}, `-P {p}`); runs that lost more than a few percent are slower for \
+             reasons outside the servers.",
+            mid * 100.0,
+            max * 100.0,
+            t.label()
+        ),
+        _ => "CPU time stolen by the hypervisor: not available on this machine.".to_owned(),
+    }
 }
 
 /// The report section: a table per pipeline depth, the goals, a ratio chart.
@@ -386,6 +415,7 @@ pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
             t.render()
         );
     }
+    let _ = writeln!(s.markdown, "{}\n", steal_note(r));
     for &target in &plan.targets {
         let Some(goal) = target.goal() else { continue };
         for p in PIPELINES {
@@ -506,6 +536,15 @@ mod tests {
                     rps: rps.to_vec(),
                     p50_ms: vec![0.5; rps.len()],
                     p99_ms: vec![1.5; rps.len()],
+                    // 1 % stolen, except 12 % in the cluster's -P 16 SET runs.
+                    steal: vec![
+                        if t == Target::MycelCluster && p == 16 && cmd == "SET" {
+                            0.12
+                        } else {
+                            0.01
+                        };
+                        rps.len()
+                    ],
                 },
             );
         };
@@ -552,6 +591,14 @@ mod tests {
             s.markdown
         );
         assert!(s.markdown.contains("| mycel 3 nodes RF=2, via node 1 | 800 (640-960) | 0.500 / 1.500 | 0.50x | n/a | n/a / n/a | n/a |"), "{}", s.markdown);
+        assert!(
+            s.markdown.contains(
+                "stolen by the hypervisor during the runs: median 1.0 %, worst 12.0 % \
+                 (mycel 3 nodes RF=2, via node 1, `-P 16`)"
+            ),
+            "{}",
+            s.markdown
+        );
         let find = |w: &str| s.goals.iter().find(|g| g.what == w).unwrap();
         assert_eq!(
             find("mycel standalone / Redis, SET -P 1 rps").met(),
