@@ -226,64 +226,6 @@ async fn writes_forwarded_by_their_backup_come_back_in_the_reply() {
     assert_eq!(metric(&nodes[0], "mycel_replicate_failures_total"), 0);
 }
 
-/// Polls `futures` together in the calling task, so each runs up to its first wait before
-/// anything else does (the way one task's concurrent callers queue up), and returns their
-/// outputs in order.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, out) in futures.iter_mut().zip(&mut outputs) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs
-        .into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_forwards_leave_in_several_messages_once_they_pile_up() {
-    let _serial = SERIAL.lock().await;
-    let (_ca, nodes) = cluster(2).await;
-    let entry = &nodes[0];
-    // Reads with 1 KiB keys: about half are node-2's, some 32 KiB queued for it in one
-    // go. They leave in messages of about 8 KiB (the primary starts on the first while
-    // later callers still queue), not in one message per round.
-    let long_key = |i: usize| Bytes::from(format!("{i:01024}"));
-    let (batches, forwarded) = (
-        || metric(entry, "mycel_forward_batch_messages_total"),
-        || metric(entry, "mycel_forwarded_ops_total"),
-    );
-    let (batches0, forwarded0) = (batches(), forwarded());
-    let reads = join_all((0..64).map(|i| entry.get(BUCKET, long_key(i))).collect()).await;
-    for r in reads {
-        assert_eq!(r.expect("read"), None);
-    }
-    let (batches, forwarded) = (batches() - batches0, forwarded() - forwarded0);
-    assert!(forwarded >= 16, "{forwarded} of 64 reads forwarded");
-    assert!(
-        batches * 16 >= forwarded && batches < forwarded,
-        "{forwarded} forwarded reads left in {batches} batches"
-    );
-}
-
 /// Per key, every operation with its times and outcome, for [`mycel::checker`].
 type Ops = Arc<Mutex<Vec<Vec<checker::Op<u64>>>>>;
 

@@ -636,20 +636,7 @@ struct Inner {
     outbox: Mutex<HashMap<(NodeId, u64), Vec<Queued>>>,
     /// Forwarded operations waiting to be sent, per primary and epoch (see
     /// [`Inner::enqueue_ops`]).
-    forwards: Mutex<HashMap<(NodeId, u64), ForwardQueue>>,
-}
-
-/// Queued forwards of this many bytes go out at once rather than after the callers
-/// already scheduled (see [`Inner::enqueue_ops`]): the primary starts on them while this
-/// node still reads its other clients' requests, where one message per round would
-/// leave the two idle in turn.
-const FORWARD_EARLY_BYTES: usize = 8 * 1024;
-
-/// What waits in [`Inner::forwards`] for one primary and epoch.
-#[derive(Default)]
-struct ForwardQueue {
-    entries: Vec<QueuedOps>,
-    bytes: usize,
+    forwards: Mutex<HashMap<(NodeId, u64), Vec<QueuedOps>>>,
 }
 
 /// One caller's operations for one primary, waiting in [`Inner::forwards`]; they travel
@@ -1745,8 +1732,6 @@ impl Inner {
     /// and sends everything queued by then, in pages of at most
     /// [`ClusterConfig::page_bytes`] made of whole entries (a caller's operations are
     /// never split, so they reach the primary in one message and are applied in order).
-    /// A queue that reaches [`FORWARD_EARLY_BYTES`] is sent at once, and later callers
-    /// start a new one.
     fn enqueue_ops(
         self: &Arc<Self>,
         primary: &NodeId,
@@ -1756,29 +1741,20 @@ impl Inner {
         let (done, answer) = tokio::sync::oneshot::channel();
         let size = ops.iter().map(Op::size).sum();
         let key = (primary.clone(), epoch);
-        let (first, full) = {
+        let first = {
             let mut queues = self.forwards.lock().unwrap_or_else(PoisonError::into_inner);
             let queue = queues.entry(key.clone()).or_default();
-            queue.entries.push(QueuedOps {
+            queue.push(QueuedOps {
                 ops,
                 size,
                 timeout: self.config.request_timeout,
                 done,
             });
-            queue.bytes += size;
-            let first = queue.entries.len() == 1;
-            let full = queue.bytes >= FORWARD_EARLY_BYTES;
-            (first, full.then(|| queues.remove(&key)).flatten())
+            queue.len() == 1
         };
         if first {
             let inner = Arc::clone(self);
-            let key = key.clone();
             tokio::spawn(async move { inner.flush_ops(key).await });
-        }
-        if let Some(queue) = full {
-            // The flush spawned for this queue finds it gone (or a newer one).
-            let inner = Arc::clone(self);
-            tokio::spawn(async move { inner.send_queued(key, queue.entries).await });
         }
         answer
     }
@@ -1793,12 +1769,6 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key)
             .unwrap_or_default();
-        self.send_queued(key, queued.entries).await;
-    }
-
-    /// Sends `queued` (callers' operations for `key`: primary, epoch) in pages and hands
-    /// each caller its results.
-    async fn send_queued(&self, key: (NodeId, u64), queued: Vec<QueuedOps>) {
         let (primary, epoch) = key;
         for page in chunk_by_size(queued, |q| q.size, self.config.page_bytes) {
             let total: usize = page.iter().map(|q| q.ops.len()).sum();
