@@ -59,8 +59,9 @@
 //! member, and acknowledges only after every backup applied it (a backup that forwarded
 //! the write itself applies it from the primary's reply, before acknowledging it). A
 //! backup applies only at the primary's epoch and only for partitions it backs up there
-//! (a backup behind gets the primary's table pushed and the write again). A replication failure after the local
-//! apply is reported as [`Error::Timeout`]: the write may or may not persist.
+//! (a backup behind gets the primary's table pushed and the write again). A replication
+//! failure after the local apply is reported as [`Error::Timeout`]: the write may or may
+//! not persist.
 //!
 //! **Hand-off.** A node that installs a table in which it replicates a partition it did
 //! not replicate before marks it pending and fetches it from every alive replica of the
