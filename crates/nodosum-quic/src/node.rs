@@ -3705,12 +3705,14 @@ impl Writer {
         // and, with large buffers, faults in fresh pages): what does not fit starts a new
         // buffer of a whole batch, and the full one goes out as a chunk of its own.
         let spare = |b: &BytesMut| b.capacity() - b.len();
+        // A whole batch, and the copied message that crosses its end.
+        let whole = batch + 4 + COPY_BELOW;
         let first_copied = first.as_ref().map_or(0, |m| copied_len(m.len()));
         if spare(&self.scratch) < first_copied {
             self.scratch = if self.rx.is_empty() {
                 BytesMut::with_capacity(first_copied.max(256))
             } else {
-                BytesMut::with_capacity(batch + 4 + COPY_BELOW)
+                BytesMut::with_capacity(whole)
             };
         }
         let mut bytes = 0usize;
@@ -3735,7 +3737,7 @@ impl Writer {
                     if !self.scratch.is_empty() {
                         chunks.push(self.scratch.split().freeze());
                     }
-                    self.scratch = BytesMut::with_capacity(batch + 4 + COPY_BELOW);
+                    self.scratch = BytesMut::with_capacity(whole);
                 }
             }
         }
