@@ -132,7 +132,6 @@ impl Owned {
         Self::spawn(name, cmd)
     }
 
-    #[cfg(test)]
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::bench_report::machine::CpuTimes;
+use crate::bench_report::machine::{CpuTimes, process_cpu};
 use crate::bench_report::plot::{Bars, Reference};
 use crate::bench_report::procs::{
     INTERRUPTED, Owned, Registered, check_interrupted, resp_roundtrip, wait_until,
@@ -155,6 +155,11 @@ pub(crate) struct Samples {
     pub(crate) p99_ms: Vec<f64>,
     /// Share of the machine's CPU time stolen by the hypervisor during each run.
     pub(crate) steal: Vec<f64>,
+    /// Share of the machine's CPU time busy (neither idle nor stolen) during each run.
+    pub(crate) busy: Vec<f64>,
+    /// CPU time (user + system) per request of each server process, in µs, per run;
+    /// the processes in a fixed order (the cluster's node 1, the entry, first).
+    pub(crate) cpu_us: Vec<Vec<f64>>,
 }
 
 /// Every sample, keyed by (target, pipeline depth, command).
@@ -180,6 +185,8 @@ struct Servers {
     owned: Vec<Owned>,
     cluster: Option<(cluster::Cluster, Registered)>,
     resp: BTreeMap<Target, SocketAddr>,
+    /// The server processes of each target, whose CPU time each run reads.
+    pids: BTreeMap<Target, Vec<u32>>,
 }
 
 /// Waits until `addr` answers `SET` with `+OK` (a cluster serves only once it has a
@@ -214,6 +221,7 @@ fn start_servers(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result<Serv
                     .args(["--save", "", "--appendonly", "no"]);
                 let mut o = Owned::server("redis-server", &mut cmd, &log)?;
                 wait_serving("redis-server", resp, Some(&mut o))?;
+                s.pids.insert(t, vec![o.pid()]);
                 s.owned.push(o);
             }
             Target::MycelDev | Target::MycelStandalone => {
@@ -230,11 +238,13 @@ fn start_servers(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result<Serv
                     .args(["--admin", &free_tcp()?.to_string()]);
                 let mut o = Owned::server(t.short(), &mut cmd, &log)?;
                 wait_serving(t.short(), resp, Some(&mut o))?;
+                s.pids.insert(t, vec![o.pid()]);
                 s.owned.push(o);
             }
             Target::MycelCluster => {
                 let mut c = cluster::start(&binary.to_path_buf(), 3, 2)?;
-                let pids = c.nodes.iter().map(cluster::NodeProc::pid).collect();
+                let pids: Vec<u32> = c.nodes.iter().map(cluster::NodeProc::pid).collect();
+                s.pids.insert(t, pids.clone());
                 let registered = Registered::new(pids);
                 cluster::wait_formed(&mut c, Duration::from_secs(60), &INTERRUPTED)?;
                 let first = c.nodes.first().context("a cluster without nodes")?;
@@ -255,11 +265,16 @@ fn start_servers(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result<Serv
     Ok(s)
 }
 
-/// One `redis-benchmark` run against `addr`.
-fn bench_once(addr: SocketAddr, requests: u64, pipeline: u32) -> anyhow::Result<Vec<CsvRow>> {
+/// One `redis-benchmark` run of `test` (`SET` or `GET`) against `addr`.
+fn bench_once(
+    addr: SocketAddr,
+    test: &str,
+    requests: u64,
+    pipeline: u32,
+) -> anyhow::Result<Vec<CsvRow>> {
     let mut cmd = Command::new("redis-benchmark");
     cmd.args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args(["-t", "set,get", "-n", &requests.to_string()])
+        .args(["-t", &test.to_lowercase(), "-n", &requests.to_string()])
         .args(["-c", "50", "-d", "100", "-r", "100000"])
         .args(["-P", &pipeline.to_string(), "--csv"])
         .stdin(Stdio::null())
@@ -284,7 +299,7 @@ pub(crate) fn measure(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result
     eprintln!("starting {} servers on loopback...", plan.targets.len());
     let servers = start_servers(binary, plan, logs)?;
     let runs = u64::from(plan.rounds)
-        * u64::try_from(plan.targets.len() * PIPELINES.len()).unwrap_or(u64::MAX);
+        * u64::try_from(plan.targets.len() * PIPELINES.len() * COMMANDS.len()).unwrap_or(u64::MAX);
     let bar = ProgressBar::new(runs);
     bar.set_style(
         ProgressStyle::with_template(
@@ -302,19 +317,26 @@ pub(crate) fn measure(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result
         for i in 0..n {
             let t = plan.targets[(i + offset) % n];
             let addr = servers.resp[&t];
-            for p in PIPELINES {
-                bar.set_message(format!("round {} {} -P {p}", round + 1, t.short()));
-                let before = CpuTimes::now();
-                let rows = bench_once(addr, plan.requests, p).inspect_err(|_| bar.abandon())?;
-                let steal = CpuTimes::now()
-                    .zip(before)
-                    .and_then(|(after, before)| after.steal_since(before));
+            let pids = servers.pids.get(&t).map_or(&[][..], Vec::as_slice);
+            for (p, test) in PIPELINES
+                .iter()
+                .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
+            {
+                bar.set_message(format!("round {} {} {test} -P {p}", round + 1, t.short()));
+                let before = (CpuTimes::now(), cpu_of(pids));
+                let rows =
+                    bench_once(addr, test, plan.requests, p).inspect_err(|_| bar.abandon())?;
+                let after = (CpuTimes::now(), cpu_of(pids));
+                let machine = after.0.zip(before.0);
+                let per_request = per_request_us(&before.1, &after.1, plan.requests);
                 for row in rows {
                     let e = results.entry((t, p, row.test.clone())).or_default();
                     e.rps.push(row.rps);
                     e.p50_ms.push(row.p50_ms);
                     e.p99_ms.push(row.p99_ms);
-                    e.steal.extend(steal);
+                    e.steal.extend(machine.and_then(|(a, b)| a.steal_since(b)));
+                    e.busy.extend(machine.and_then(|(a, b)| a.busy_since(b)));
+                    e.cpu_us.extend(per_request.clone());
                 }
                 bar.inc(1);
             }
@@ -323,6 +345,35 @@ pub(crate) fn measure(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result
     bar.finish_with_message("done");
     drop(servers);
     Ok(results)
+}
+
+/// The CPU time each of `pids` has used so far (`None` if one is gone or unreadable).
+fn cpu_of(pids: &[u32]) -> Option<Vec<Duration>> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| process_cpu(pid)).collect()
+}
+
+/// Each process's CPU time between the two readings per request, in µs.
+fn per_request_us(
+    before: &Option<Vec<Duration>>,
+    after: &Option<Vec<Duration>>,
+    requests: u64,
+) -> Option<Vec<f64>> {
+    let (before, after) = (before.as_ref()?, after.as_ref()?);
+    if requests == 0 || before.len() != after.len() {
+        return None;
+    }
+    #[allow(clippy::cast_precision_loss, reason = "request counts far below 2^52")]
+    let n = requests as f64;
+    Some(
+        before
+            .iter()
+            .zip(after)
+            .map(|(b, a)| a.saturating_sub(*b).as_secs_f64() * 1e6 / n)
+            .collect(),
+    )
 }
 
 /// The median figure of (target, pipeline, command).
@@ -361,13 +412,72 @@ fn steal_note(r: &Results) -> String {
     }
 }
 
+/// One cell of the CPU table: the servers' CPU time per request (with each process's
+/// share when there are several) and how busy the machine was, medians of the rounds.
+fn cpu_cell(samples: Option<&Samples>) -> String {
+    let Some(s) = samples else {
+        return "n/a".to_owned();
+    };
+    let totals: Vec<f64> = s.cpu_us.iter().map(|run| run.iter().sum()).collect();
+    let Some(total) = median(&totals) else {
+        return "n/a".to_owned();
+    };
+    let mut cell = format!("{total:.1} µs");
+    let procs = s.cpu_us.first().map_or(0, Vec::len);
+    if procs > 1 && s.cpu_us.iter().all(|run| run.len() == procs) {
+        let shares: Vec<String> = (0..procs)
+            .map(|i| {
+                let of_i: Vec<f64> = s.cpu_us.iter().map(|run| run[i]).collect();
+                fmt_num(median(&of_i), 1)
+            })
+            .collect();
+        let _ = write!(cell, " ({})", shares.join(" + "));
+    }
+    if let Some(busy) = median(&s.busy) {
+        let _ = write!(cell, ", {:.0} % busy", busy * 100.0);
+    }
+    cell
+}
+
+/// Where the servers' CPU time goes per request, and whether the cores were the limit.
+fn cpu_table(r: &Results, plan: &Plan) -> String {
+    let categories: Vec<(u32, &str)> = PIPELINES
+        .iter()
+        .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
+        .collect();
+    let mut header = vec!["server".to_owned()];
+    header.extend(categories.iter().map(|(p, c)| format!("{c} -P {p}")));
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&header);
+    for &target in &plan.targets {
+        let mut row = vec![target.label().to_owned()];
+        row.extend(
+            categories
+                .iter()
+                .map(|&(p, c)| cpu_cell(r.get(&(target, p, c.to_owned())))),
+        );
+        t.row(row);
+    }
+    format!(
+        "### CPU per request\n\nUser + system CPU time of the server processes during a \
+         run divided by its requests (the client's own time is not counted), median of \
+         the rounds; for the cluster the sum, with each node's share in brackets (node 1, \
+         the one the client talks to, first). *busy*: the share of the machine's CPU time \
+         that ran something during the run (neither idle nor stolen). Near 100 % the run \
+         was bound by the cores, and fewer µs per request is what makes it faster; well \
+         below, requests spent their time waiting (for another process to be scheduled, \
+         or for a message between them).\n\n{}",
+        t.render()
+    )
+}
+
 /// The report section: a table per pipeline depth, the goals, a ratio chart.
 pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
     let mut s = Section::new("Mycel vs Redis (redis-benchmark)");
     let _ = writeln!(
         s.markdown,
-        "`redis-benchmark -h 127.0.0.1 -p PORT -t set,get -n {} -c 50 -d 100 -r 100000 -P 1|16 --csv` \
-         against each server on loopback, all started before the first run and left \
+        "`redis-benchmark -h 127.0.0.1 -p PORT -t set|get -n {} -c 50 -d 100 -r 100000 -P 1|16 --csv` \
+         (one run per command) against each server on loopback, all started before the first run and left \
          running; {} rounds, each round going through the servers in turn (the starting \
          server rotates), figures are the medians of the rounds, with the range of the \
          rounds' rps in brackets. Redis is Debian's \
@@ -416,6 +526,7 @@ pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
         );
     }
     let _ = writeln!(s.markdown, "{}\n", steal_note(r));
+    let _ = writeln!(s.markdown, "{}", cpu_table(r, plan));
     for &target in &plan.targets {
         let Some(goal) = target.goal() else { continue };
         for p in PIPELINES {
@@ -545,6 +656,19 @@ mod tests {
                         };
                         rps.len()
                     ],
+                    busy: vec![0.9; rps.len()],
+                    // The cluster's three nodes: 30 + 10 + 10 µs in the middle run.
+                    cpu_us: rps
+                        .iter()
+                        .map(|&x| {
+                            let x = x / f64::from(p);
+                            if t == Target::MycelCluster {
+                                vec![x * 0.6, x * 0.2, 10.0]
+                            } else {
+                                vec![x / 10.0]
+                            }
+                        })
+                        .collect(),
                 },
             );
         };
@@ -596,6 +720,21 @@ mod tests {
                 "stolen by the hypervisor during the runs: median 1.0 %, worst 12.0 % \
                  (mycel 3 nodes RF=2, via node 1, `-P 16`)"
             ),
+            "{}",
+            s.markdown
+        );
+        // CPU per request: medians of the rounds' sums (50, 42, 58) and of each node's
+        // share; one process: its own median.
+        assert!(
+            s.markdown.contains(
+                "| mycel 3 nodes RF=2, via node 1 | 50.0 µs (30.0 + 10.0 + 10.0), 90 % busy | n/a | 50.0 µs (30.0 + 10.0 + 10.0), 90 % busy | n/a |"
+            ),
+            "{}",
+            s.markdown
+        );
+        assert!(
+            s.markdown
+                .contains("| mycel --standalone | 10.1 µs, 90 % busy | 8.5 µs, 90 % busy |"),
             "{}",
             s.markdown
         );
