@@ -201,7 +201,7 @@ impl Node {
             let handle = nodosum_discovery::Discoverer::new(
                 backend,
                 &config.discovery.runner,
-                &mut registry,
+                registry.sub_registry_with_prefix("nodosum"),
             )
             .exclude_self(Some(config.node_id.clone()), [gossip_addr])
             .exclude_known(move |c: &Candidate| known.upgrade().is_some_and(|s| s.knows(c)))

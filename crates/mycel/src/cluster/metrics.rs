@@ -97,7 +97,7 @@ impl Metrics {
         );
         r.register(
             "forward_batch_messages",
-            "Batch messages of several forwarded operations sent to primaries",
+            "Messages of several forwarded operations (Batch or Carry) sent to primaries",
             m.forward_batches.clone(),
         );
         r.register(

@@ -1786,13 +1786,15 @@ impl Inner {
             }
             // Writes to a partition this node backs up come back in the reply (`Carry`);
             // otherwise a lone operation travels as `Op`, the batch as `Batch`.
+            if total > 1 {
+                self.metrics.forward_batches.inc();
+            }
             let msg = if self.backs_up_a_write(epoch, &ops) {
                 Msg::Carry { epoch, ops }
             } else if total == 1 {
                 let op = ops.pop().expect("invariant: one operation");
                 Msg::Op { epoch, op }
             } else {
-                self.metrics.forward_batches.inc();
                 Msg::Batch { epoch, ops }
             };
             let delivery = self.send_ops(&primary, msg, total, timeout).await;

@@ -175,4 +175,10 @@ async fn static_discovery_finds_the_seed_without_an_explicit_join() {
         "{discovery:?}"
     );
     assert!(nodes[0].health().discovery.is_none());
+    // Discovery's series sit beside the other crates' under `nodosum_`.
+    let text = nodes[1].metrics_text();
+    assert!(
+        text.contains("nodosum_discovery_rounds_total{backend=\"static\",outcome=\"ok\"}"),
+        "{text}"
+    );
 }
