@@ -22,7 +22,7 @@ use benches::nodosum::{NodosumLink, NodosumSetup};
 use benches::pki::{Pki, Resume};
 use benches::quic::{QuicLink, QuicServer, Setup};
 use benches::stall::{self, StallResult};
-use benches::stats::{Summary, write_report};
+use benches::stats::{Summary, process_cpu, write_report};
 use benches::tcp::{TcpLink, TcpServer};
 use benches::{ServerMode, quic};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -270,8 +270,10 @@ fn markdown(r: &Value) -> String {
     let _ = writeln!(
         md,
         "\n### Throughput, one application (msgs/s, MB/s; medians of alternating rounds)\n\n\
-         | size | TCP+TLS | raw QUIC | Nodosum | QUIC/TCP | Nodosum/QUIC | Nodosum/TCP |\n\
-         |---|---|---|---|---|---|---|"
+         CPU: the process's user + system time per message, both ends (they share the \
+         process), TCP+TLS / raw QUIC / Nodosum.\n\n\
+         | size | TCP+TLS | raw QUIC | Nodosum | QUIC/TCP | Nodosum/QUIC | Nodosum/TCP | CPU µs/msg |\n\
+         |---|---|---|---|---|---|---|---|"
     );
     for (size, _, _) in SIZES {
         let cell = |t: &str| {
@@ -282,15 +284,19 @@ fn markdown(r: &Value) -> String {
             )
         };
         let m = |t: &str| tp(size, t, "msgs_per_s");
+        let c = |t: &str| fmt(tp(size, t, "cpu_us_per_msg"), 1.0, 2);
         let _ = writeln!(
             md,
-            "| {size} | {} | {} | {} | {} | {} | {} |",
+            "| {size} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
             cell("tcp_tls"),
             cell("quic"),
             cell("nodosum"),
             ratio(m("quic"), m("tcp_tls")),
             ratio(m("nodosum"), m("quic")),
             ratio(m("nodosum"), m("tcp_tls")),
+            c("tcp_tls"),
+            c("quic"),
+            c("nodosum"),
         );
     }
 
@@ -754,10 +760,13 @@ fn throughput(c: &mut Criterion, ctx: &Ctx, links: &Links) -> Value {
     );
     for (label, size, count) in SIZES {
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); links.len()];
+        // CPU time of the whole process (both ends) per message, µs.
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); links.len()];
         for round in 0..rounds {
             for k in 0..links.len() {
                 let t = (k + round) % links.len();
                 let link = links[t].1.clone();
+                let cpu0 = process_cpu();
                 let (sent, elapsed) = ctx.run(async move {
                     let mut link = link.lock().await;
                     let payload = vec![3u8; size];
@@ -771,22 +780,35 @@ fn throughput(c: &mut Criterion, ctx: &Ctx, links: &Links) -> Value {
                 });
                 #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
                 rates[t].push(sent as f64 / elapsed.as_secs_f64());
+                if let (Some(before), Some(after)) = (cpu0, process_cpu()) {
+                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                    cpu[t].push(after.saturating_sub(before).as_secs_f64() * 1e6 / sent as f64);
+                }
             }
         }
         let mut row = Map::new();
-        for (&(name, _), mut samples) in links.iter().zip(rates) {
+        for ((&(name, _), mut samples), mut cpu) in links.iter().zip(rates).zip(cpu) {
             samples.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
             let msgs = samples[samples.len() / 2];
+            let cpu_us = cpu.get(cpu.len() / 2).copied();
             #[allow(clippy::cast_precision_loss, reason = "sizes far below 2^52")]
             let mbs = msgs * size as f64 / 1e6;
             println!(
-                "  {label:>6} {name:<8} {msgs:>12.0} msgs/s {mbs:>9.1} MB/s  (rounds {:.0}-{:.0})",
+                "  {label:>6} {name:<8} {msgs:>12.0} msgs/s {mbs:>9.1} MB/s {:>7} µs CPU/msg  (rounds {:.0}-{:.0})",
+                cpu_us.map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
                 samples[0],
                 samples[samples.len() - 1]
             );
             row.insert(
                 name.into(),
-                json!({ "msgs_per_s": msgs, "mb_per_s": mbs, "samples_msgs_per_s": samples }),
+                json!({
+                    "msgs_per_s": msgs,
+                    "mb_per_s": mbs,
+                    "cpu_us_per_msg": cpu_us,
+                    "samples_msgs_per_s": samples,
+                    "samples_cpu_us_per_msg": cpu,
+                }),
             );
         }
         out.insert(label.into(), Value::Object(row));

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use benches::nodosum::NodosumLink;
 use benches::pki::{Pki, Resume};
 use benches::quic::{QuicLink, QuicServer};
+use benches::stats::process_cpu;
 use benches::{ServerMode, quic};
 
 fn main() -> anyhow::Result<()> {
@@ -56,10 +57,13 @@ fn main() -> anyhow::Result<()> {
         }
         anyhow::Ok(n as f64 / start.elapsed().as_secs_f64())
     });
-    let cpu0 = cpu_ticks();
+    let cpu0 = process_cpu().unwrap_or_default();
     let start = Instant::now();
     let rate = rt.block_on(task)??;
-    let cpu = (cpu_ticks() - cpu0) as f64 / 100.0;
+    let cpu = process_cpu()
+        .unwrap_or_default()
+        .saturating_sub(cpu0)
+        .as_secs_f64();
     let msgs = rate * start.elapsed().as_secs_f64();
     println!(
         "{rate:.0} msgs/s, {:.2} µs CPU per message ({:.0} % of one core)",
@@ -67,18 +71,4 @@ fn main() -> anyhow::Result<()> {
         cpu * 100.0 / start.elapsed().as_secs_f64()
     );
     Ok(())
-}
-
-/// User + system CPU time of this process, in clock ticks (1/100 s).
-fn cpu_ticks() -> u64 {
-    std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_owned();
-            // After the command: field 3 (state) is at index 0; utime and stime are fields
-            // 14 and 15.
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
 }

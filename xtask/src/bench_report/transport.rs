@@ -275,6 +275,7 @@ fn throughput(r: &Value, s: &mut Section) {
         "raw QUIC / TCP",
         "Nodosum / raw QUIC",
         "Nodosum / TCP",
+        "CPU µs/msg, TCP / QUIC / Nodosum",
     ]);
     let mut sizes: Vec<&String> = tp.keys().collect();
     sizes.sort_by_key(|k| size_bytes(k));
@@ -296,6 +297,9 @@ fn throughput(r: &Value, s: &mut Section) {
             fmt_ratio(ratio(m("quic"), m("tcp_tls"))),
             fmt_ratio(ratio(m("nodosum"), m("quic"))),
             fmt_ratio(ratio(m("nodosum"), m("tcp_tls"))),
+            ["tcp_tls", "quic", "nodosum"]
+                .map(|t| fmt_num(num(row, &[t, "cpu_us_per_msg"]), 2))
+                .join(" / "),
         ]);
     }
     let _ = writeln!(
@@ -303,7 +307,9 @@ fn throughput(r: &Value, s: &mut Section) {
         "### Throughput, one application, by message size\n\n{}\n\
          Each figure is the median of rounds that go through the transports in turn. \
          On a clean loopback TCP + TLS moves more bytes per core than userspace QUIC; \
-         the QUIC goal is against raw quinn.\n",
+         the QUIC goal is against raw quinn. CPU is the benchmark process's user + system \
+         time per message, sender and receiver together (both ends run in it): unlike the \
+         rates it hardly depends on what else the machine was doing.\n",
         t.render()
     );
     s.goals.push(Goal::new(
@@ -803,7 +809,7 @@ mod tests {
             },
             "throughput": {
                 "64KiB": { "tcp_tls": {"msgs_per_s": 18000.0, "mb_per_s": 1200.0}, "quic": {"msgs_per_s": 12000.0, "mb_per_s": 780.0}, "nodosum": {"msgs_per_s": 12500.0, "mb_per_s": 820.0} },
-                "1KiB": { "tcp_tls": {"msgs_per_s": 1_000_000.0, "mb_per_s": 1024.0}, "quic": {"msgs_per_s": 500_000.0, "mb_per_s": 512.0}, "nodosum": {"msgs_per_s": 460_000.0, "mb_per_s": 471.0} },
+                "1KiB": { "tcp_tls": {"msgs_per_s": 1_000_000.0, "mb_per_s": 1024.0, "cpu_us_per_msg": 1.25}, "quic": {"msgs_per_s": 500_000.0, "mb_per_s": 512.0, "cpu_us_per_msg": 3.5}, "nodosum": {"msgs_per_s": 460_000.0, "mb_per_s": 471.0, "cpu_us_per_msg": 4.25} },
                 "64B": { "tcp_tls": {"msgs_per_s": 7e6, "mb_per_s": 448.0}, "quic": {"msgs_per_s": 8e6, "mb_per_s": 512.0}, "nodosum": {"msgs_per_s": 2e6, "mb_per_s": 128.0} },
             },
             "stall": [
@@ -848,7 +854,8 @@ mod tests {
             md.find("| 64KiB |").unwrap(),
         );
         assert!(a < b && b < c);
-        assert!(md.contains("| 1KiB | 1,000,000 (1024.0) | 500,000 (512.0) | 460,000 (471.0) | 0.50x | 0.92x | 0.46x |"), "{md}");
+        assert!(md.contains("| 1KiB | 1,000,000 (1024.0) | 500,000 (512.0) | 460,000 (471.0) | 0.50x | 0.92x | 0.46x | 1.25 / 3.50 / 4.25 |"), "{md}");
+        assert!(md.contains("| 64B | 7,000,000 (448.0) | 8,000,000 (512.0) | 2,000,000 (128.0) | 1.14x | 0.25x | 0.29x | n/a / n/a / n/a |"), "a run without CPU figures: {md}");
         assert!(md.contains("| 50 | 1,000,000 | 0 | 0.00x | 800,000 | 790,000 | 0.99x | 500,000 | 400,000 | 0.80x |"), "{md}");
         let tp = goal(&s, "1 KiB msgs/s");
         assert!((tp.ratio.unwrap() - 0.92).abs() < 1e-9);
