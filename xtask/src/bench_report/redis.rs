@@ -657,7 +657,7 @@ mod tests {
                         rps.len()
                     ],
                     busy: vec![0.9; rps.len()],
-                    // The cluster's three nodes: 30 + 10 + 10 µs in the middle run.
+                    // The cluster's three nodes: 30 + 10 + 10 µs in the first round (the median).
                     cpu_us: rps
                         .iter()
                         .map(|&x| {
