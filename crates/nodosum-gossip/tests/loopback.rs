@@ -85,6 +85,36 @@ async fn cluster(n: usize, cluster: &str) -> Vec<Node> {
     nodes
 }
 
+/// Receives events until one matches `want` (a member's table entry changes as a datagram
+/// is handled; its event goes out when the node's task next polls its core, a moment
+/// later). Returns every event received, the match last.
+async fn until_event(
+    rx: &mut broadcast::Receiver<MembershipEvent>,
+    what: &str,
+    want: impl Fn(&MembershipEvent) -> bool,
+) -> Vec<MembershipEvent> {
+    let mut seen = Vec::new();
+    let wait = async {
+        loop {
+            match rx.recv().await {
+                Ok(e) => {
+                    let found = want(&e);
+                    seen.push(e);
+                    if found {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event stream ended: {e}"),
+            }
+        }
+    };
+    if tokio::time::timeout(GUARD, wait).await.is_err() {
+        panic!("no event: {what}; saw {seen:?}");
+    }
+    seen
+}
+
 fn drain(rx: &mut broadcast::Receiver<MembershipEvent>) -> Vec<MembershipEvent> {
     let mut out = Vec::new();
     while let Ok(e) = rx.try_recv() {
@@ -128,7 +158,13 @@ async fn five_nodes_converge_then_one_crashes_and_one_leaves() {
     .await;
     assert!(nodes.iter().all(|n| n.gossip.num_members() == 3));
 
-    let seen = drain(&mut events);
+    let mut seen = until_event(
+        &mut events,
+        "Left for node-3",
+        |e| matches!(e, MembershipEvent::Left(m) if m.id.as_str() == "node-3"),
+    )
+    .await;
+    seen.extend(drain(&mut events));
     assert!(
         seen.iter()
             .any(|e| matches!(e, MembershipEvent::Failed(m) if m.id.as_str() == "node-4")),
@@ -243,14 +279,16 @@ async fn metadata_updates_spread_as_updated_events() {
         })
     })
     .await;
-    let seen = drain(&mut events);
-    let updated = seen
-        .iter()
-        .find_map(|e| match e {
-            MembershipEvent::Updated(m) if m.id.as_str() == "node-0" => Some(m.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no Updated event: {seen:?}"));
+    let mut seen = until_event(
+        &mut events,
+        "Updated for node-0",
+        |e| matches!(e, MembershipEvent::Updated(m) if m.id.as_str() == "node-0"),
+    )
+    .await;
+    let Some(MembershipEvent::Updated(updated)) = seen.last().cloned() else {
+        unreachable!("until_event returns the match last");
+    };
+    seen.extend(drain(&mut events));
     assert!(updated.incarnation > before.incarnation);
     assert!(
         !seen.iter().any(|e| matches!(e, MembershipEvent::Failed(_))),
