@@ -11,7 +11,16 @@ fn health_ready_members_partitions() {
     assert_eq!(health["status"], "ok");
     assert_eq!(health["node_id"], s.node_id.as_str());
 
-    let (status, body) = s.http("GET", "/ready");
+    // The ready line follows the first routing table; the partitions are marked synced
+    // a moment after it is installed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (status, body) = loop {
+        let (status, body) = s.http("GET", "/ready");
+        if status == 200 || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(status, 200, "{body}");
 
     let (status, body) = s.http("GET", "/members");

@@ -117,14 +117,17 @@ async fn a_stalled_application_does_not_block_the_others() {
             match a.try_send(b.node_id(), &app("stalled"), payload.clone()) {
                 Ok(()) => queued += 1,
                 Err(SendError::QueueFull { .. }) => {
-                    // Full only counts once the writer is blocked too: try again later.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    if a.try_send(b.node_id(), &app("stalled"), payload.clone())
-                        .is_err()
-                    {
-                        break;
+                    // Full only counts once the writer is blocked too (not just behind
+                    // on a busy machine): a send that still waits after a pause.
+                    let stalled = app("stalled");
+                    let send = a.send(b.node_id(), &stalled, payload.clone());
+                    match tokio::time::timeout(std::time::Duration::from_millis(300), send).await {
+                        Ok(sent) => {
+                            sent.unwrap();
+                            queued += 1;
+                        }
+                        Err(_) => break,
                     }
-                    queued += 1;
                 }
                 Err(e) => panic!("{e}"),
             }

@@ -166,6 +166,14 @@ async fn static_discovery_finds_the_seed_without_an_explicit_join() {
     let second = nodosum::Node::start(config).await.expect("start");
     let nodes = [first, second];
     wait_formed(&nodes).await;
+    // The round publishes its candidates before it records its status.
+    eventually("discovery reports its round", || {
+        nodes[1]
+            .health()
+            .discovery
+            .is_some_and(|d| d.ever_succeeded)
+    })
+    .await;
     let discovery = nodes[1]
         .health()
         .discovery

@@ -64,9 +64,13 @@ pub(crate) async fn wait_formed(nodes: &[Node]) {
     eventually(
         "every node sees every other alive over one connection each",
         || {
-            nodes
-                .iter()
-                .all(|n| n.peers().len() == want && n.transport_counts().connections == want)
+            // The connection count includes duplicates still closing: with it, one
+            // connected peer each means one connection each.
+            nodes.iter().all(|n| {
+                n.peers().len() == want
+                    && n.transport_counts().connections == want
+                    && n.health().connected_peers == want
+            })
         },
     )
     .await;
