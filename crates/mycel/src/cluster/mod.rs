@@ -22,9 +22,11 @@
 //! - `Release { partitions }`: "I have your copy; you may drop it".
 //!
 //! **Membership.** Each node gossips metadata `MYCL`+version+postcard: its start time,
-//! weight, partition count, replication factor and the `leaving`/`frozen` flags. Only
-//! alive (or suspect) members whose metadata decodes, with this node's partition count
-//! and replication factor, take part; leaving members are kept out of the view.
+//! weight, partition count, replication factor, the `leaving`/`frozen` flags and the
+//! messages it serves that came after the original set (`features`: `Carry` goes only
+//! to a primary that announced it). Only alive (or suspect) members whose metadata
+//! decodes, with this node's partition count and replication factor, take part; leaving
+//! members are kept out of the view.
 //!
 //! **Routing.** The view feeds a [`ViewStabilizer`]; once it is stable, the oldest member
 //! of the view (the authority) publishes the next [`RoutingTable`] (epoch + 1) and pushes
@@ -629,6 +631,9 @@ struct Inner {
     frozen: AtomicBool,
     /// Whether another member was frozen at the last background step.
     others_frozen: AtomicBool,
+    /// Members that announced they serve [`Msg::Carry`], as of the last background step
+    /// (a node from before `Carry` would refuse it).
+    carriers: RwLock<HashSet<NodeId>>,
     table_changed: tokio::sync::Notify,
     refreshing: Mutex<HashSet<NodeId>>,
     /// When the transfer bandwidth is next free (see [`pace`]).
@@ -784,6 +789,7 @@ impl Cluster {
             successors: AtomicUsize::new(usize::MAX),
             frozen: AtomicBool::new(false),
             others_frozen: AtomicBool::new(false),
+            carriers: RwLock::new(HashSet::new()),
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
             fetch_free_at: Mutex::new(Instant::now()),
@@ -1474,6 +1480,7 @@ impl Inner {
             replication_factor: self.config.mycel.replication_factor,
             leaving: self.leaving.load(Ordering::Acquire),
             frozen: self.frozen.load(Ordering::Acquire),
+            features: wire::FEATURE_CARRY,
         }
     }
 
@@ -1784,12 +1791,13 @@ impl Inner {
                 waiters.push((q.ops.len(), q.done));
                 ops.extend(q.ops);
             }
-            // Writes to a partition this node backs up come back in the reply (`Carry`);
-            // otherwise a lone operation travels as `Op`, the batch as `Batch`.
+            // Writes to a partition this node backs up come back in the reply (`Carry`,
+            // to a primary that serves it); otherwise a lone operation travels as `Op`,
+            // the batch as `Batch`.
             if total > 1 {
                 self.metrics.forward_batches.inc();
             }
-            let msg = if self.backs_up_a_write(epoch, &ops) {
+            let msg = if self.backs_up_a_write(epoch, &ops) && self.serves_carry(&primary) {
                 Msg::Carry { epoch, ops }
             } else if total == 1 {
                 let op = ops.pop().expect("invariant: one operation");
@@ -1812,6 +1820,14 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Whether `node` announced that it serves [`Msg::Carry`].
+    fn serves_carry(&self, node: &NodeId) -> bool {
+        self.carriers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(node)
     }
 
     /// Whether one of `ops` is a write to a partition this node backs up in its table at
@@ -2774,6 +2790,7 @@ impl Inner {
         }
         let partitions = self.config.mycel.store.partitioning.count();
         let rf = self.config.mycel.replication_factor;
+        let mut carriers = HashSet::new();
         for (m, s) in &members {
             if m.id == self.me || !s.is_active() {
                 continue;
@@ -2794,6 +2811,9 @@ impl Inner {
             }
             alive.insert(m.id.clone());
             others_frozen |= meta.frozen;
+            if meta.features & wire::FEATURE_CARRY != 0 {
+                carriers.insert(m.id.clone());
+            }
             if !meta.leaving {
                 view.push(Member {
                     id: m.id.clone(),
@@ -2804,6 +2824,13 @@ impl Inner {
         }
         view.sort_by(|a, b| a.id.cmp(&b.id));
         self.others_frozen.store(others_frozen, Ordering::Release);
+        let changed = *self.carriers.read().unwrap_or_else(PoisonError::into_inner) != carriers;
+        if changed {
+            *self
+                .carriers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = carriers;
+        }
         frozen |= others_frozen;
         // Members that could hold partitions (weight 0 never does).
         self.successors.store(

@@ -845,6 +845,9 @@ impl From<WireTtl> for Ttl {
     }
 }
 
+/// [`MemberMeta::features`]: the node serves [`Msg::Carry`].
+pub(crate) const FEATURE_CARRY: u32 = 1;
+
 /// What a node announces about itself in its gossip metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberMeta {
@@ -860,6 +863,22 @@ pub(crate) struct MemberMeta {
     pub(crate) leaving: bool,
     /// The node asks the authority not to publish tables (maintenance).
     pub(crate) frozen: bool,
+    /// Messages added after the original set that the node serves (`FEATURE_*` bits):
+    /// a peer sends them only to nodes that announce them, so a cluster can run two
+    /// versions side by side during a rolling upgrade. Appended; a node from before it
+    /// announces none.
+    pub(crate) features: u32,
+}
+
+/// [`MemberMeta`] as nodes from before `features` announce it.
+#[derive(Deserialize)]
+struct MemberMetaBeforeFeatures {
+    started_at: u64,
+    weight: u32,
+    partitions: u16,
+    replication_factor: u8,
+    leaving: bool,
+    frozen: bool,
 }
 
 impl MemberMeta {
@@ -879,7 +898,18 @@ impl MemberMeta {
         if version != WIRE_VERSION {
             return None;
         }
-        postcard::from_bytes(body).ok()
+        postcard::from_bytes(body).ok().or_else(|| {
+            let old: MemberMetaBeforeFeatures = postcard::from_bytes(body).ok()?;
+            Some(Self {
+                started_at: old.started_at,
+                weight: old.weight,
+                partitions: old.partitions,
+                replication_factor: old.replication_factor,
+                leaving: old.leaving,
+                frozen: old.frozen,
+                features: 0,
+            })
+        })
     }
 }
 
@@ -1265,6 +1295,7 @@ mod tests {
             replication_factor: 2,
             leaving: false,
             frozen: true,
+            features: FEATURE_CARRY,
         };
         let bytes = meta.encode();
         assert!(bytes.len() <= 512);
@@ -1274,7 +1305,56 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[4] = 9;
         assert_eq!(MemberMeta::decode(&wrong_version), None);
-        assert_eq!(MemberMeta::decode(&bytes[..bytes.len() - 1]), None);
+        // Without its last field (one byte here) it reads as a node from before
+        // `features`: one that announces none. Shorter still, it does not decode.
+        let before_features = MemberMeta {
+            features: 0,
+            ..meta
+        };
+        assert_eq!(
+            MemberMeta::decode(&bytes[..bytes.len() - 1]),
+            Some(before_features)
+        );
+        assert_eq!(MemberMeta::decode(&bytes[..bytes.len() - 2]), None);
+    }
+
+    #[test]
+    fn metadata_of_a_node_from_before_features_decodes() {
+        // Exactly what such a node encoded: the six fields, nothing after them.
+        #[derive(Serialize)]
+        struct Old {
+            started_at: u64,
+            weight: u32,
+            partitions: u16,
+            replication_factor: u8,
+            leaving: bool,
+            frozen: bool,
+        }
+        let mut bytes = META_MAGIC.to_vec();
+        bytes.push(WIRE_VERSION);
+        bytes.extend(
+            postcard::to_allocvec(&Old {
+                started_at: 5,
+                weight: 100,
+                partitions: 4096,
+                replication_factor: 2,
+                leaving: true,
+                frozen: false,
+            })
+            .unwrap(),
+        );
+        let meta = MemberMeta::decode(&bytes).expect("decodes");
+        assert_eq!(meta.features, 0, "announces no features");
+        assert!(meta.leaving && meta.partitions == 4096 && meta.started_at == 5);
+        // And a node from before reads a new node's metadata: postcard leaves the
+        // trailing field unread.
+        let new = MemberMeta {
+            features: FEATURE_CARRY,
+            ..meta
+        };
+        let encoded = new.encode();
+        let old: MemberMetaBeforeFeatures = postcard::from_bytes(&encoded[5..]).unwrap();
+        assert!(old.leaving && old.started_at == 5);
     }
 
     #[test]
