@@ -1320,29 +1320,12 @@ mod tests {
 
     #[test]
     fn metadata_of_a_node_from_before_features_decodes() {
-        // Exactly what such a node encoded: the six fields, nothing after them.
-        #[derive(Serialize)]
-        struct Old {
-            started_at: u64,
-            weight: u32,
-            partitions: u16,
-            replication_factor: u8,
-            leaving: bool,
-            frozen: bool,
-        }
+        // Exactly what such a node encoded: the six fields, nothing after them (postcard:
+        // varints for started_at 5, weight 100 and partitions 4096, then the u8 and the
+        // two booleans).
         let mut bytes = META_MAGIC.to_vec();
         bytes.push(WIRE_VERSION);
-        bytes.extend(
-            postcard::to_allocvec(&Old {
-                started_at: 5,
-                weight: 100,
-                partitions: 4096,
-                replication_factor: 2,
-                leaving: true,
-                frozen: false,
-            })
-            .unwrap(),
-        );
+        bytes.extend([0x05, 0x64, 0x80, 0x20, 0x02, 0x01, 0x00]);
         let meta = MemberMeta::decode(&bytes).expect("decodes");
         assert_eq!(meta.features, 0, "announces no features");
         assert!(meta.leaving && meta.partitions == 4096 && meta.started_at == 5);
