@@ -179,6 +179,13 @@ pub(crate) const PIPELINES: [u32; 2] = [1, 16];
 /// Commands compared.
 pub(crate) const COMMANDS: [&str; 2] = ["SET", "GET"];
 
+/// Every (pipeline depth, command) measured, in run and report order.
+fn categories() -> impl Iterator<Item = (u32, &'static str)> {
+    PIPELINES
+        .iter()
+        .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
+}
+
 /// The running servers; dropping it stops all of them.
 #[derive(Debug, Default)]
 struct Servers {
@@ -318,10 +325,7 @@ pub(crate) fn measure(binary: &Path, plan: &Plan, logs: &Path) -> anyhow::Result
             let t = plan.targets[(i + offset) % n];
             let addr = servers.resp[&t];
             let pids = servers.pids.get(&t).map_or(&[][..], Vec::as_slice);
-            for (p, test) in PIPELINES
-                .iter()
-                .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
-            {
+            for (p, test) in categories() {
                 bar.set_message(format!("round {} {} {test} -P {p}", round + 1, t.short()));
                 let before = (CpuTimes::now(), cpu_of(pids));
                 let rows =
@@ -441,10 +445,7 @@ fn cpu_cell(samples: Option<&Samples>) -> String {
 
 /// Where the servers' CPU time goes per request, and whether the cores were the limit.
 fn cpu_table(r: &Results, plan: &Plan) -> String {
-    let categories: Vec<(u32, &str)> = PIPELINES
-        .iter()
-        .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
-        .collect();
+    let categories: Vec<(u32, &str)> = categories().collect();
     let mut header = vec!["server".to_owned()];
     header.extend(categories.iter().map(|(p, c)| format!("{c} -P {p}")));
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -544,10 +545,7 @@ pub(crate) fn render(r: &Results, plan: &Plan) -> Section {
             }
         }
     }
-    let categories: Vec<(u32, &str)> = PIPELINES
-        .iter()
-        .flat_map(|&p| COMMANDS.iter().map(move |&c| (p, c)))
-        .collect();
+    let categories: Vec<(u32, &str)> = categories().collect();
     let series = plan
         .targets
         .iter()
