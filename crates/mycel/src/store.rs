@@ -13,7 +13,10 @@
 //!   replicate; a replica applies a [`Write`] only if it is newer than what it holds
 //!   ([`Store::apply`]), so conflicts resolve by version, never by wall clock. Deletes leave
 //!   a tombstone (kept for [`StoreConfig::tombstone_ttl`]) so that an older write arriving
-//!   late cannot resurrect a deleted key.
+//!   late cannot resurrect a deleted key. An entry evicted to respect the budget leaves
+//!   no tombstone; instead its partition remembers the highest version it evicted (its
+//!   *floor*), and a write for a key the store does not hold is applied only if it is
+//!   newer than that floor (see [`Applied::BelowFloor`]).
 //! - TTLs are absolute expiry timestamps beside the value: checked on every read, and
 //!   removed in the background by [`Store::reap`], which samples keys with a TTL like
 //!   Redis's active expiry cycle.
@@ -304,6 +307,16 @@ pub enum Applied {
         /// The version held.
         held: Version,
     },
+    /// The key is not held, and the write is no newer than an entry its partition evicted
+    /// to respect the budget: that entry may have been a newer version of this very key
+    /// (a replicated write and a carried one travel separately, so an older write can
+    /// arrive after a newer one was applied and then evicted), so applying it could bring
+    /// back an older value. Nothing changed; the key reads as evicted here, which is what
+    /// a replica under memory pressure may do with any key.
+    BelowFloor {
+        /// The highest version the partition evicted.
+        floor: Version,
+    },
 }
 
 /// A key's time to live, as Redis `TTL`/`PTTL` report it.
@@ -388,6 +401,9 @@ struct PartIndex {
     keys: Vec<EntryKey>,
     /// Highest version written or applied in this partition.
     high: Version,
+    /// Highest version of an entry of this partition evicted to respect the budget (never
+    /// above `high`): a write for a key not held is applied only if newer.
+    floor: Version,
 }
 
 /// A stored key: the bucket id (2 bytes, big-endian) then the key. Up to
@@ -1086,7 +1102,8 @@ impl Store {
     }
 
     /// Applies a replicated (or snapshot) write if it is newer than what the store holds
-    /// for that key, tombstones included. Never compares times.
+    /// for that key, tombstones included, or, for a key it does not hold, newer than what
+    /// the key's partition evicted ([`Applied::BelowFloor`]). Never compares times.
     pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
         let bucket = self.bucket(&write.bucket)?;
         let k = KeyRef {
@@ -1124,8 +1141,12 @@ impl Store {
                 }
             }
         }
-        let key = EntryKey::new(bucket.0, &write.key);
         let partition = self.config.partitioning.partition_of(&write.key);
+        let floor = self.parts[partition.index()].floor;
+        if write.version <= floor && self.cache.peek(&k).is_none() {
+            return Ok(Applied::BelowFloor { floor });
+        }
+        let key = EntryKey::new(bucket.0, &write.key);
         match &write.op {
             WriteOp::Put { value, expires_at } => {
                 self.check_size(bucket, &write.key, value.len())?;
@@ -1264,7 +1285,10 @@ impl Store {
             return 0;
         };
         let keys = std::mem::take(&mut part.keys);
+        // A partition taken on again later starts from a fresh snapshot: nothing held
+        // before can be newer than what that brings.
         part.high = Version::default();
+        part.floor = Version::default();
         let n = keys.len();
         for k in keys {
             if let Some((k, e)) = self.cache.remove(&k) {
@@ -1519,6 +1543,9 @@ impl Store {
             }
             self.evicted += 1;
             tracing::trace!(bucket = k.bucket(), "evicted to respect the byte budget");
+            let partition = self.config.partitioning.partition_of(k.key()).index();
+            let part = &mut self.parts[partition];
+            part.floor = part.floor.max(e.version);
             self.unindex(&k, &e, true);
         }
     }
@@ -1692,6 +1719,9 @@ mod tests {
             assert_eq!(with_ttl, self.ttl_keys.len());
             assert_eq!(tombstones, self.tombstones);
             assert!(self.cache.weight() <= self.cache.capacity());
+            for part in &self.parts {
+                assert!(part.floor <= part.high, "floor above high");
+            }
         }
     }
 
@@ -2658,6 +2688,59 @@ mod tests {
         let partition = StoreConfig::default().partitioning.partition_of(b"r");
         assert_eq!(s.high_version(partition), newer.version);
         s.check_invariants();
+    }
+
+    #[test]
+    fn an_older_write_arriving_after_the_newer_was_evicted_is_not_applied() {
+        let config = StoreConfig {
+            max_bytes: 64 * 1024,
+            estimated_items: 256,
+            ..StoreConfig::default()
+        };
+        let (mut primary, pid) = store();
+        let mut replica = Store::new(config);
+        let rid = replica
+            .create_bucket("main", BucketOptions::default())
+            .expect("bucket");
+        let fill = |primary: &mut Store, replica: &mut Store, i: usize| {
+            let filler = set(primary, pid, &format!("{{t}}f{i}"), "v", T0);
+            let applied = replica.apply(&filler.write.expect("w"), T0);
+            assert_eq!(applied, Ok(Applied::Applied));
+        };
+        // The replica is full, and evicting, when the key arrives.
+        for i in 0..2_000 {
+            fill(&mut primary, &mut replica, i);
+        }
+        assert!(replica.stats().evicted > 0);
+        let old = set(&mut primary, pid, "{t}x", "old", T0).write.expect("w");
+        let new = set(&mut primary, pid, "{t}x", "new", T0).write.expect("w");
+        assert_eq!(replica.apply(&new, T0), Ok(Applied::Applied));
+        // Other keys of the same partition come in until the replica evicts the key.
+        let mut i = 2_000;
+        while replica.version(rid, b"{t}x").is_some() {
+            assert!(i < 20_000, "the key was never evicted");
+            fill(&mut primary, &mut replica, i);
+            i += 1;
+        }
+        let partition = StoreConfig::default().partitioning.partition_of(b"{t}x");
+        let floor = replica.parts[partition.index()].floor;
+        assert!(floor >= new.version, "{floor:?}");
+        // The older write arrives late (it travelled another way): applying it would
+        // bring the old value back.
+        assert_eq!(replica.apply(&old, T0), Ok(Applied::BelowFloor { floor }));
+        assert_eq!(replica.get(rid, b"{t}x", T0), None);
+        // A newer write for the key is applied as usual.
+        let newest = set(&mut primary, pid, "{t}x", "newest", T0)
+            .write
+            .expect("w");
+        assert_eq!(replica.apply(&newest, T0), Ok(Applied::Applied));
+        assert_eq!(replica.get(rid, b"{t}x", T0), Some(b("newest")));
+        // A partition dropped and taken on again starts afresh: its snapshot applies.
+        replica.drop_partition(partition);
+        assert_eq!(replica.parts[partition.index()].floor, Version::default());
+        assert_eq!(replica.apply(&old, T0), Ok(Applied::Applied));
+        assert_eq!(replica.get(rid, b"{t}x", T0), Some(b("old")));
+        replica.check_invariants();
     }
 
     #[test]
