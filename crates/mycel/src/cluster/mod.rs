@@ -1984,12 +1984,18 @@ impl Inner {
         while ops.len() > 0 {
             let mut st = self.lock();
             let mut section = Section::new(refuse);
+            let run = ops.len().min(LOCK_RUN);
             let mut writes = Vec::new();
             let mut wrote = Vec::new();
             for op in ops.by_ref().take(LOCK_RUN) {
                 if bound && !results.is_empty() && reply_bytes > self.config.page_bytes {
                     results.push(Err(Refusal::Deferred));
                     continue;
+                }
+                if writes.capacity() == 0 && op.is_write() {
+                    // Once for the run, not grown write by write (reads allocate nothing).
+                    writes.reserve(run);
+                    wrote.reserve(run);
                 }
                 let before = writes.len();
                 let result = match op {
@@ -2130,7 +2136,8 @@ impl Inner {
         let mut last: Vec<Retryable> = vec![Retryable::Unsent; n];
         let mut not_owner = 0u32;
         loop {
-            let pending: Vec<usize> = (0..n).filter(|&i| out[i].is_none()).collect();
+            let mut pending: Vec<usize> = Vec::with_capacity(n);
+            pending.extend((0..n).filter(|&i| out[i].is_none()));
             if pending.is_empty() {
                 break;
             }
@@ -2254,7 +2261,7 @@ impl Inner {
         // in `State::execute`, remote ones here (checked at the first one).
         let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
         let mut quorum: Option<Option<Refusal>> = None;
-        let mut local: Vec<usize> = Vec::new();
+        let mut local: Vec<usize> = Vec::with_capacity(pending.len());
         // Primaries by their index in the table's members (no IDs compared per key).
         let me = table.index_of(&self.me);
         let mut remote: Vec<(usize, Vec<usize>, usize)> = Vec::new();
@@ -2288,7 +2295,12 @@ impl Inner {
                         *bytes += size;
                     }
                 }
-                None => remote.push((primary, vec![i], size)),
+                None => {
+                    // Sized for all: a pipeline usually goes to one or two primaries.
+                    let mut group = Vec::with_capacity(pending.len());
+                    group.push(i);
+                    remote.push((primary, group, size));
+                }
             }
         }
         let sent: Vec<_> = remote
@@ -2361,7 +2373,10 @@ impl Inner {
                             c.budget -= wire.size();
                             c.taken.push((i, wire));
                         }
-                        _ => per_backup.entry(m.id.clone()).or_default().push(wire),
+                        _ => per_backup
+                            .entry(m.id.clone())
+                            .or_insert_with(|| Vec::with_capacity(writes.len() - i))
+                            .push(wire),
                     }
                 }
             }

@@ -390,6 +390,58 @@ pub(crate) enum Reply {
     },
 }
 
+/// About how many bytes a message encodes to (at least as many for the operations and
+/// writes it carries, which dominate), to size the encoding buffer.
+pub(crate) trait SizeHint {
+    fn size_hint(&self) -> usize;
+}
+
+impl SizeHint for Msg {
+    fn size_hint(&self) -> usize {
+        16 + match self {
+            Self::Op { op, .. } => op.size(),
+            Self::Replicate { writes, .. } => writes.iter().map(WireWrite::size).sum(),
+            Self::Batch { ops, .. } | Self::Carry { ops, .. } => ops.iter().map(Op::size).sum(),
+            Self::TableReq
+            | Self::TablePush { .. }
+            | Self::FetchStart { .. }
+            | Self::FetchNext { .. }
+            | Self::Release { .. } => 240,
+        }
+    }
+}
+
+impl SizeHint for Reply {
+    fn size_hint(&self) -> usize {
+        let results = |rs: &[Result<OpReply, Refusal>]| -> usize {
+            rs.iter()
+                .map(|r| r.as_ref().map_or(16, OpReply::size))
+                .sum()
+        };
+        16 + match self {
+            Self::Op(r) => r.size(),
+            Self::Batch(rs) => results(rs),
+            Self::Carried {
+                results: rs,
+                writes,
+            } => {
+                results(rs)
+                    + writes
+                        .iter()
+                        .map(|c| {
+                            16 + 4 * c.ops.len()
+                                + c.writes.iter().map(WireWrite::size).sum::<usize>()
+                        })
+                        .sum::<usize>()
+            }
+            Self::Page {
+                writes, statuses, ..
+            } => writes.iter().map(WireWrite::size).sum::<usize>() + 8 * statuses.len(),
+            Self::Err(_) | Self::Ack | Self::Table { .. } => 240,
+        }
+    }
+}
+
 /// Writes a primary made at `epoch` for the sender of a [`Msg::Carry`], a backup of their
 /// partitions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -914,8 +966,9 @@ impl MemberMeta {
 }
 
 /// Encodes `value` with the version byte in front.
-pub(crate) fn encode<T: Serialize>(value: &T) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+pub(crate) fn encode<T: Serialize + SizeHint>(value: &T) -> Bytes {
+    // Sized up front: a batch of writes grown by doubling would be copied several times.
+    let mut out = Vec::with_capacity(value.size_hint().max(64));
     out.push(WIRE_VERSION);
     // Every type here serialises infallibly into a Vec (no maps with non-string keys, no
     // unsupported types).
