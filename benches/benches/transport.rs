@@ -12,7 +12,7 @@
 //! to a smoke test.
 
 // A benchmark reports on its terminal.
-#![allow(clippy::print_stdout)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,6 +45,16 @@ const THROUGHPUT_ROUNDS: usize = 5;
 /// Loss levels of the packet-loss scenario: report key and drop probability.
 const LOSS_LEVELS: [(&str, f64); 3] =
     [("loss_0pct", 0.0), ("loss_1pct", 0.01), ("loss_5pct", 0.05)];
+
+/// The report's sections, as `NQBENCH_ONLY` names them.
+const SECTIONS: [&str; 6] = [
+    "setup",
+    "latency",
+    "throughput",
+    "stall",
+    "packet_loss",
+    "memory",
+];
 
 /// Application counts of the stall scenario.
 const APP_COUNTS: [usize; 5] = [1, 5, 10, 20, 50];
@@ -113,6 +123,17 @@ fn main() {
     // NQBENCH_ONLY=section,... runs only those sections (setup, latency, throughput,
     // stall, packet_loss, memory) and writes `transport-only.{json,md}`, leaving the full report.
     let only = std::env::var("NQBENCH_ONLY").ok();
+    if let Some(o) = &only {
+        let unknown: Vec<&str> = o.split(',').filter(|s| !SECTIONS.contains(s)).collect();
+        if !unknown.is_empty() {
+            eprintln!(
+                "NQBENCH_ONLY: unknown section(s) {}; the sections are {}",
+                unknown.join(", "),
+                SECTIONS.join(", ")
+            );
+            std::process::exit(2);
+        }
+    }
     let want = |section: &str| {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|s| s == section))
