@@ -1778,7 +1778,8 @@ impl Inner {
             .remove(&key)
             .unwrap_or_default();
         let (primary, epoch) = key;
-        for page in chunk_by_size(queued, |q| q.size, self.config.page_bytes) {
+        let pages = pages_for(queued, self.serves_carry(&primary), self.config.page_bytes);
+        for page in pages {
             let total: usize = page.iter().map(|q| q.ops.len()).sum();
             let timeout = page
                 .iter()
@@ -3141,6 +3142,23 @@ fn pace(free_at: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Duratio
 }
 
 /// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
+/// The messages that carry `queued` (each caller's operations whole, in pages of about
+/// `page_bytes`) to a primary. Unless the primary is known to decode every operation
+/// (`knows_all`: it announced [`wire::FEATURE_CARRY`]), a caller with an operation from
+/// after `ExpireIf` gets a message of its own: a node from before then refuses the whole
+/// message (`BadRequest`), and that must not fail the other callers' operations.
+fn pages_for(queued: Vec<QueuedOps>, knows_all: bool, page_bytes: usize) -> Vec<Vec<QueuedOps>> {
+    if knows_all {
+        return chunk_by_size(queued, |q| q.size, page_bytes);
+    }
+    let (alone, shared): (Vec<_>, Vec<_>) = queued
+        .into_iter()
+        .partition(|q| q.ops.iter().any(Op::after_expire_if));
+    let mut pages = chunk_by_size(shared, |q| q.size, page_bytes);
+    pages.extend(alone.into_iter().map(|q| vec![q]));
+    pages
+}
+
 fn chunk_by_size<T>(
     items: impl IntoIterator<Item = T>,
     size: impl Fn(&T) -> usize,
@@ -3254,5 +3272,56 @@ mod tests {
         let big = chunk_by_size([1usize, 2], |_| 500, 100);
         assert_eq!(big, vec![vec![1], vec![2]]);
         assert!(chunk_by_size(Vec::<usize>::new(), |_| 1, 1).is_empty());
+    }
+
+    #[test]
+    fn operations_an_older_primary_cannot_decode_travel_alone() {
+        let bucket = WStr::from("b");
+        let key = |k: &str| WBytes(Bytes::copy_from_slice(k.as_bytes()));
+        let get = |k: &str| Op::Get {
+            bucket: bucket.clone(),
+            key: key(k),
+        };
+        let append = |k: &str| Op::Append {
+            bucket: bucket.clone(),
+            key: key(k),
+            value: key("v"),
+        };
+        let queued = || {
+            [
+                vec![get("a"), get("b")],
+                vec![get("c"), append("c")],
+                vec![get("d")],
+                vec![append("e")],
+            ]
+            .into_iter()
+            .map(|ops| QueuedOps {
+                size: ops.iter().map(Op::size).sum(),
+                ops,
+                timeout: Duration::from_secs(1),
+                done: tokio::sync::oneshot::channel().0,
+            })
+            .collect::<Vec<_>>()
+        };
+        let shape = |pages: Vec<Vec<QueuedOps>>| -> Vec<Vec<usize>> {
+            pages
+                .iter()
+                .map(|p| p.iter().map(|q| q.ops.len()).collect())
+                .collect()
+        };
+        // A primary that announced it knows every operation: one message for all.
+        assert_eq!(
+            shape(pages_for(queued(), true, 1 << 20)),
+            vec![vec![2, 2, 1, 1]]
+        );
+        // Any other: the callers with an `APPEND` each travel alone (a refusal of their
+        // message fails their own operations only), the others together.
+        let pages = pages_for(queued(), false, 1 << 20);
+        let alone: Vec<bool> = pages
+            .iter()
+            .map(|p| p.iter().any(|q| q.ops.iter().any(Op::after_expire_if)))
+            .collect();
+        assert_eq!(shape(pages), vec![vec![2, 1], vec![2], vec![1]]);
+        assert_eq!(alone, [false, true, true]);
     }
 }

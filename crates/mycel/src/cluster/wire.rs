@@ -493,6 +493,22 @@ impl Op {
         }
     }
 
+    /// Whether the operation was appended after `ExpireIf`: a node from before then
+    /// cannot decode it, and refuses the whole message that carries it. Every node that
+    /// announces [`FEATURE_CARRY`] knows it (those operations came before `Carry`).
+    pub(crate) fn after_expire_if(&self) -> bool {
+        matches!(
+            self,
+            Self::Scan { .. }
+                | Self::Append { .. }
+                | Self::Rename { .. }
+                | Self::MSetNx { .. }
+                | Self::Copy { .. }
+                | Self::IncrByFloat { .. }
+                | Self::SetRange { .. }
+        )
+    }
+
     /// Whether the operation changes data.
     pub(crate) fn is_write(&self) -> bool {
         matches!(
@@ -897,7 +913,8 @@ impl From<WireTtl> for Ttl {
     }
 }
 
-/// [`MemberMeta::features`]: the node serves [`Msg::Carry`].
+/// [`MemberMeta::features`]: the node serves [`Msg::Carry`] (and so decodes every
+/// operation up to [`Op::SetRange`], which came before it).
 pub(crate) const FEATURE_CARRY: u32 = 1;
 
 /// What a node announces about itself in its gossip metadata.
