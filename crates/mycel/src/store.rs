@@ -14,9 +14,9 @@
 //!   ([`Store::apply`]), so conflicts resolve by version, never by wall clock. Deletes leave
 //!   a tombstone (kept for [`StoreConfig::tombstone_ttl`]) so that an older write arriving
 //!   late cannot resurrect a deleted key. An entry evicted to respect the budget leaves
-//!   no tombstone; instead its partition remembers the highest version it evicted (its
-//!   *floor*), and a write for a key the store does not hold is applied only if it is
-//!   newer than that floor (see [`Applied::BelowFloor`]).
+//!   no tombstone; instead the store remembers the version it was evicted at in a small
+//!   table of recent evictions, and a write for a key it does not hold is not applied if
+//!   it is no newer than that (see [`Applied::Evicted`]).
 //! - TTLs are absolute expiry timestamps beside the value: checked on every read, and
 //!   removed in the background by [`Store::reap`], which samples keys with a TTL like
 //!   Redis's active expiry cycle.
@@ -35,7 +35,7 @@
 //! task, so moka's concurrency buys nothing here.
 
 use std::collections::HashMap;
-use std::hash::{Hash, RandomState};
+use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -299,6 +299,7 @@ pub enum Renamed {
 
 /// What [`Store::apply`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Applied {
     /// The write was newer and is now held.
     Applied,
@@ -307,15 +308,13 @@ pub enum Applied {
         /// The version held.
         held: Version,
     },
-    /// The key is not held, and the write is no newer than an entry its partition evicted
-    /// to respect the budget: that entry may have been a newer version of this very key
-    /// (a replicated write and a carried one travel separately, so an older write can
-    /// arrive after a newer one was applied and then evicted), so applying it could bring
-    /// back an older value. Nothing changed; the key reads as evicted here, which is what
-    /// a replica under memory pressure may do with any key.
-    BelowFloor {
-        /// The highest version the partition evicted.
-        floor: Version,
+    /// The key is not held: it was evicted (to respect the budget) at this version or a
+    /// newer one. A replicated write and a carried one travel separately, so an older
+    /// write can arrive after a newer one was applied and evicted; applying it would bring
+    /// back an older value. Nothing changed; the key stays evicted.
+    Evicted {
+        /// The version the key was evicted at.
+        at: Version,
     },
 }
 
@@ -378,6 +377,8 @@ pub struct Store {
     ttl_keys: Vec<EntryKey>,
     tombstones: usize,
     evicted: u64,
+    /// Versions of recently evicted keys (see [`Applied::Evicted`]).
+    evicted_versions: EvictedVersions,
     expired: u64,
 }
 
@@ -401,9 +402,81 @@ struct PartIndex {
     keys: Vec<EntryKey>,
     /// Highest version written or applied in this partition.
     high: Version,
-    /// Highest version of an entry of this partition evicted to respect the budget (never
-    /// above `high`): a write for a key not held is applied only if newer.
-    floor: Version,
+    /// Counts the times the partition was dropped: evictions remembered from before a
+    /// drop no longer hold back the writes of a fresh snapshot.
+    generation: u32,
+}
+
+/// The versions recent evictions removed, by key: a direct-mapped table of a fixed size
+/// (a slot is overwritten by the next key that hashes to it), so it costs a bounded amount
+/// of memory however much is evicted, and remembers an eviction for as long as the table
+/// takes to wrap around, far longer than a write in flight takes to arrive.
+struct EvictedVersions {
+    slots: Vec<EvictedSlot>,
+    hasher: SlotHasher,
+}
+
+/// Random keys, so that nobody can aim keys at one slot; fixed in tests, so that which
+/// keys share a slot is the same in every run.
+#[cfg(not(test))]
+type SlotHasher = RandomState;
+#[cfg(test)]
+type SlotHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct EvictedSlot {
+    hash: u64,
+    version: Version,
+    /// The generation of the key's partition when it was evicted.
+    generation: u32,
+}
+
+impl EvictedVersions {
+    /// A slot per 8 KiB of budget, 256 to 32 768 of them (about 1/256 of the budget).
+    fn new(max_bytes: u64) -> Self {
+        let slots = usize::try_from(max_bytes / 8192)
+            .unwrap_or(usize::MAX)
+            .clamp(256, 32_768);
+        Self::with_slots(slots)
+    }
+
+    fn with_slots(slots: usize) -> Self {
+        let slots = slots.next_power_of_two();
+        Self {
+            slots: vec![EvictedSlot::default(); slots],
+            hasher: SlotHasher::default(),
+        }
+    }
+
+    fn hash(&self, bucket: u16, key: &[u8]) -> u64 {
+        self.hasher.hash_one((bucket, key))
+    }
+
+    fn slot(&mut self, hash: u64) -> &mut EvictedSlot {
+        let mask = self.slots.len() - 1;
+        // Truncation intended: the low bits pick the slot.
+        #[allow(clippy::cast_possible_truncation)]
+        &mut self.slots[(hash as usize) & mask]
+    }
+
+    fn record(&mut self, hash: u64, version: Version, generation: u32) {
+        *self.slot(hash) = EvictedSlot {
+            hash,
+            version,
+            generation,
+        };
+    }
+
+    /// The version the key with `hash` was evicted at, if remembered for `generation`.
+    fn get(&mut self, hash: u64, generation: u32) -> Option<Version> {
+        let slot = *self.slot(hash);
+        (slot.hash == hash && slot.generation == generation && slot.version != Version::default())
+            .then_some(slot.version)
+    }
+
+    fn clear(&mut self) {
+        self.slots.fill(EvictedSlot::default());
+    }
 }
 
 /// A stored key: the bucket id (2 bytes, big-endian) then the key. Up to
@@ -608,6 +681,7 @@ impl Store {
             .map(|_| PartIndex::default())
             .collect();
         Self {
+            evicted_versions: EvictedVersions::new(config.max_bytes),
             config,
             buckets: Vec::new(),
             bucket_ids: HashMap::new(),
@@ -1102,8 +1176,9 @@ impl Store {
     }
 
     /// Applies a replicated (or snapshot) write if it is newer than what the store holds
-    /// for that key, tombstones included, or, for a key it does not hold, newer than what
-    /// the key's partition evicted ([`Applied::BelowFloor`]). Never compares times.
+    /// for that key, tombstones included, or, for a key it does not hold, newer than the
+    /// version it evicted the key at, if it remembers one ([`Applied::Evicted`]). Never
+    /// compares times.
     pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
         let bucket = self.bucket(&write.bucket)?;
         let k = KeyRef {
@@ -1142,9 +1217,13 @@ impl Store {
             }
         }
         let partition = self.config.partitioning.partition_of(&write.key);
-        let floor = self.parts[partition.index()].floor;
-        if write.version <= floor && self.cache.peek(&k).is_none() {
-            return Ok(Applied::BelowFloor { floor });
+        let generation = self.parts[partition.index()].generation;
+        let hash = self.evicted_versions.hash(bucket.0, &write.key);
+        if let Some(at) = self.evicted_versions.get(hash, generation)
+            && write.version <= at
+            && self.cache.peek(&k).is_none()
+        {
+            return Ok(Applied::Evicted { at });
         }
         let key = EntryKey::new(bucket.0, &write.key);
         match &write.op {
@@ -1288,7 +1367,7 @@ impl Store {
         // A partition taken on again later starts from a fresh snapshot: nothing held
         // before can be newer than what that brings.
         part.high = Version::default();
-        part.floor = Version::default();
+        part.generation = part.generation.wrapping_add(1);
         let n = keys.len();
         for k in keys {
             if let Some((k, e)) = self.cache.remove(&k) {
@@ -1301,6 +1380,7 @@ impl Store {
     /// Removes every entry (Redis `FLUSHDB` on this node); buckets stay.
     pub fn clear(&mut self) {
         self.cache.clear();
+        self.evicted_versions.clear();
         for p in &mut self.parts {
             *p = PartIndex::default();
         }
@@ -1544,8 +1624,9 @@ impl Store {
             self.evicted += 1;
             tracing::trace!(bucket = k.bucket(), "evicted to respect the byte budget");
             let partition = self.config.partitioning.partition_of(k.key()).index();
-            let part = &mut self.parts[partition];
-            part.floor = part.floor.max(e.version);
+            let hash = self.evicted_versions.hash(k.bucket(), k.key());
+            let generation = self.parts[partition].generation;
+            self.evicted_versions.record(hash, e.version, generation);
             self.unindex(&k, &e, true);
         }
     }
@@ -1719,9 +1800,6 @@ mod tests {
             assert_eq!(with_ttl, self.ttl_keys.len());
             assert_eq!(tombstones, self.tombstones);
             assert!(self.cache.weight() <= self.cache.capacity());
-            for part in &self.parts {
-                assert!(part.floor <= part.high, "floor above high");
-            }
         }
     }
 
@@ -2712,6 +2790,9 @@ mod tests {
             fill(&mut primary, &mut replica, i);
         }
         assert!(replica.stats().evicted > 0);
+        let other = set(&mut primary, pid, "{t}y", "early", T0)
+            .write
+            .expect("w");
         let old = set(&mut primary, pid, "{t}x", "old", T0).write.expect("w");
         let new = set(&mut primary, pid, "{t}x", "new", T0).write.expect("w");
         assert_eq!(replica.apply(&new, T0), Ok(Applied::Applied));
@@ -2722,13 +2803,17 @@ mod tests {
             fill(&mut primary, &mut replica, i);
             i += 1;
         }
-        let partition = StoreConfig::default().partitioning.partition_of(b"{t}x");
-        let floor = replica.parts[partition.index()].floor;
-        assert!(floor >= new.version, "{floor:?}");
         // The older write arrives late (it travelled another way): applying it would
         // bring the old value back.
-        assert_eq!(replica.apply(&old, T0), Ok(Applied::BelowFloor { floor }));
+        assert_eq!(
+            replica.apply(&old, T0),
+            Ok(Applied::Evicted { at: new.version })
+        );
         assert_eq!(replica.get(rid, b"{t}x", T0), None);
+        // A late write of a key that was not evicted is applied, however old.
+        assert!(other.version < new.version);
+        assert_eq!(replica.apply(&other, T0), Ok(Applied::Applied));
+        assert_eq!(replica.get(rid, b"{t}y", T0), Some(b("early")));
         // A newer write for the key is applied as usual.
         let newest = set(&mut primary, pid, "{t}x", "newest", T0)
             .write
@@ -2736,8 +2821,8 @@ mod tests {
         assert_eq!(replica.apply(&newest, T0), Ok(Applied::Applied));
         assert_eq!(replica.get(rid, b"{t}x", T0), Some(b("newest")));
         // A partition dropped and taken on again starts afresh: its snapshot applies.
+        let partition = StoreConfig::default().partitioning.partition_of(b"{t}x");
         replica.drop_partition(partition);
-        assert_eq!(replica.parts[partition.index()].floor, Version::default());
         assert_eq!(replica.apply(&old, T0), Ok(Applied::Applied));
         assert_eq!(replica.get(rid, b"{t}x", T0), Some(b("old")));
         replica.check_invariants();
@@ -2967,6 +3052,13 @@ mod tests {
             let config = StoreConfig { max_bytes: 8 * 1024, estimated_items: 32, ..StoreConfig::default() };
             let mut replica = Store::new(config);
             let rid = replica.create_bucket("main", BucketOptions::default()).expect("bucket");
+            // The table of evictions forgets one when another key takes its slot; here
+            // every key has a slot of its own, so nothing may go back.
+            replica.evicted_versions = EvictedVersions::with_slots(4096);
+            let slots: std::collections::HashSet<u64> = (0..24u8)
+                .map(|k| replica.evicted_versions.hash(rid.0, format!("{{p{}}}{k}", k % 3).as_bytes()) & 4095)
+                .collect();
+            prop_assert_eq!(slots.len(), 24, "the keys share slots");
             let mut made: Vec<Write> = writes
                 .iter()
                 .map(|&(k, len)| {

@@ -2262,7 +2262,7 @@ impl Inner {
         // in `State::execute`, remote ones here (checked at the first one).
         let check_quorum = self.config.mycel.refuse_minority_writes && table.contains(&self.me);
         let mut quorum: Option<Option<Refusal>> = None;
-        let mut local: Vec<usize> = Vec::with_capacity(pending.len());
+        let mut local: Vec<usize> = Vec::new();
         // Primaries by their index in the table's members (no IDs compared per key).
         let me = table.index_of(&self.me);
         let mut remote: Vec<(usize, Vec<usize>, usize)> = Vec::new();
@@ -2297,8 +2297,9 @@ impl Inner {
                     }
                 }
                 None => {
-                    // Sized for all: a pipeline usually goes to one or two primaries.
-                    let mut group = Vec::with_capacity(pending.len());
+                    // Sized for a pipeline's share, not grown op by op (a pipeline
+                    // usually goes to one or two primaries).
+                    let mut group = Vec::with_capacity(pending.len().min(64));
                     group.push(i);
                     remote.push((primary, group, size));
                 }
@@ -3141,7 +3142,6 @@ fn pace(free_at: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Duratio
     free_at.saturating_duration_since(now)
 }
 
-/// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
 /// The messages that carry `queued` (each caller's operations whole, in pages of about
 /// `page_bytes`) to a primary. Unless the primary is known to decode every operation
 /// (`knows_all`: it announced [`wire::FEATURE_CARRY`]), a caller with an operation from
@@ -3159,6 +3159,7 @@ fn pages_for(queued: Vec<QueuedOps>, knows_all: bool, page_bytes: usize) -> Vec<
     pages
 }
 
+/// Splits `items` into runs whose `size` sums stay within `max` (at least one item each).
 fn chunk_by_size<T>(
     items: impl IntoIterator<Item = T>,
     size: impl Fn(&T) -> usize,

@@ -556,9 +556,10 @@ impl Op {
                 value.0.len()
             }
             Self::Rename { to, .. } | Self::Copy { to, .. } => to.0.len(),
-            Self::MSetNx { entries, .. } => {
+            Self::MSetNx { entries, .. } | Self::MSet { entries, .. } => {
                 entries.iter().map(|(k, v)| k.0.len() + v.0.len() + 8).sum()
             }
+            Self::MGet { keys, .. } => keys.iter().map(|k| k.0.len() + 4).sum(),
             Self::Scan {
                 pattern: Some(p), ..
             } => p.0.len(),
