@@ -1195,7 +1195,9 @@ impl Store {
             )),
             WriteOp::Delete => None,
         };
-        if let Some(mut held) = self.cache.peek_mut(&k) {
+        let held_now = self.cache.peek_mut(&k);
+        let absent = held_now.is_none();
+        if let Some(mut held) = held_now {
             if held.version >= write.version {
                 return Ok(Applied::Stale { held: held.version });
             }
@@ -1217,13 +1219,14 @@ impl Store {
             }
         }
         let partition = self.config.partitioning.partition_of(&write.key);
-        let generation = self.parts[partition.index()].generation;
-        let hash = self.evicted_versions.hash(bucket.0, &write.key);
-        if let Some(at) = self.evicted_versions.get(hash, generation)
-            && write.version <= at
-            && self.cache.peek(&k).is_none()
-        {
-            return Ok(Applied::Evicted { at });
+        if absent {
+            let generation = self.parts[partition.index()].generation;
+            let hash = self.evicted_versions.hash(bucket.0, &write.key);
+            if let Some(at) = self.evicted_versions.get(hash, generation)
+                && write.version <= at
+            {
+                return Ok(Applied::Evicted { at });
+            }
         }
         let key = EntryKey::new(bucket.0, &write.key);
         match &write.op {
