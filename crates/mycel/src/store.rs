@@ -15,8 +15,9 @@
 //!   a tombstone (kept for [`StoreConfig::tombstone_ttl`]) so that an older write arriving
 //!   late cannot resurrect a deleted key. An entry evicted to respect the budget leaves
 //!   no tombstone; instead the store remembers the version it was evicted at in a small
-//!   table of recent evictions, and a write for a key it does not hold is not applied if
-//!   it is no newer than that (see [`Applied::Evicted`]).
+//!   table of recent evictions (best effort: a bounded table forgets), and a write for a
+//!   key it does not hold is not applied if it is older than that (see
+//!   [`Applied::Evicted`]).
 //! - TTLs are absolute expiry timestamps beside the value: checked on every read, and
 //!   removed in the background by [`Store::reap`], which samples keys with a TTL like
 //!   Redis's active expiry cycle.
@@ -308,10 +309,10 @@ pub enum Applied {
         /// The version held.
         held: Version,
     },
-    /// The key is not held: it was evicted (to respect the budget) at this version or a
-    /// newer one. A replicated write and a carried one travel separately, so an older
-    /// write can arrive after a newer one was applied and evicted; applying it would bring
-    /// back an older value. Nothing changed; the key stays evicted.
+    /// The key is not held: it was evicted (to respect the budget) at a newer version. A
+    /// replicated write and a carried one travel separately, so an older write can arrive
+    /// after a newer one was applied and evicted; applying it would bring back an older
+    /// value. Nothing changed; the key stays evicted.
     Evicted {
         /// The version the key was evicted at.
         at: Version,
@@ -407,21 +408,47 @@ struct PartIndex {
     generation: u32,
 }
 
-/// The versions recent evictions removed, by key: a direct-mapped table of a fixed size
-/// (a slot is overwritten by the next key that hashes to it), so it costs a bounded amount
-/// of memory however much is evicted, and remembers an eviction for as long as the table
-/// takes to wrap around, far longer than a write in flight takes to arrive.
+/// The versions recent evictions removed, by key: a direct-mapped table of a fixed size,
+/// so it costs a bounded amount of memory however much is evicted. It is best effort: a
+/// key's slot is taken over by the next evicted key that hashes to it, so an eviction is
+/// remembered for about as many further evictions as there are slots (at 100 000
+/// evictions per second and 32 768 slots, a third of a second on average; a late write
+/// takes a round trip), and forgotten sooner by bad luck.
 struct EvictedVersions {
     slots: Vec<EvictedSlot>,
     hasher: SlotHasher,
 }
 
-/// Random keys, so that nobody can aim keys at one slot; fixed in tests, so that which
-/// keys share a slot is the same in every run.
+/// Random keys, so that nobody can aim keys at one slot; in tests FNV-1a, fully specified,
+/// so that which keys share a slot never changes.
 #[cfg(not(test))]
 type SlotHasher = RandomState;
 #[cfg(test)]
-type SlotHasher = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+type SlotHasher = std::hash::BuildHasherDefault<Fnv1a>;
+
+/// 64-bit FNV-1a.
+#[cfg(test)]
+struct Fnv1a(u64);
+
+#[cfg(test)]
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+#[cfg(test)]
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct EvictedSlot {
@@ -452,15 +479,16 @@ impl EvictedVersions {
         self.hasher.hash_one((bucket, key))
     }
 
-    fn slot(&mut self, hash: u64) -> &mut EvictedSlot {
-        let mask = self.slots.len() - 1;
+    fn index(&self, hash: u64) -> usize {
         // Truncation intended: the low bits pick the slot.
         #[allow(clippy::cast_possible_truncation)]
-        &mut self.slots[(hash as usize) & mask]
+        let low = hash as usize;
+        low & (self.slots.len() - 1)
     }
 
     fn record(&mut self, hash: u64, version: Version, generation: u32) {
-        *self.slot(hash) = EvictedSlot {
+        let i = self.index(hash);
+        self.slots[i] = EvictedSlot {
             hash,
             version,
             generation,
@@ -468,8 +496,8 @@ impl EvictedVersions {
     }
 
     /// The version the key with `hash` was evicted at, if remembered for `generation`.
-    fn get(&mut self, hash: u64, generation: u32) -> Option<Version> {
-        let slot = *self.slot(hash);
+    fn get(&self, hash: u64, generation: u32) -> Option<Version> {
+        let slot = self.slots[self.index(hash)];
         (slot.hash == hash && slot.generation == generation && slot.version != Version::default())
             .then_some(slot.version)
     }
@@ -1176,9 +1204,9 @@ impl Store {
     }
 
     /// Applies a replicated (or snapshot) write if it is newer than what the store holds
-    /// for that key, tombstones included, or, for a key it does not hold, newer than the
-    /// version it evicted the key at, if it remembers one ([`Applied::Evicted`]). Never
-    /// compares times.
+    /// for that key, tombstones included, or, for a key it does not hold, not older than
+    /// the version it evicted the key at, if it remembers one ([`Applied::Evicted`]).
+    /// Never compares times.
     pub fn apply(&mut self, write: &Write, now: Timestamp) -> Result<Applied, Error> {
         let bucket = self.bucket(&write.bucket)?;
         let k = KeyRef {
@@ -1223,7 +1251,7 @@ impl Store {
             let generation = self.parts[partition.index()].generation;
             let hash = self.evicted_versions.hash(bucket.0, &write.key);
             if let Some(at) = self.evicted_versions.get(hash, generation)
-                && write.version <= at
+                && write.version < at
             {
                 return Ok(Applied::Evicted { at });
             }
@@ -2813,6 +2841,9 @@ mod tests {
             Ok(Applied::Evicted { at: new.version })
         );
         assert_eq!(replica.get(rid, b"{t}x", T0), None);
+        // The evicted write itself (a re-sync) brings back what was evicted: not older.
+        assert_eq!(replica.apply(&new, T0), Ok(Applied::Applied));
+        assert_eq!(replica.get(rid, b"{t}x", T0), Some(b("new")));
         // A late write of a key that was not evicted is applied, however old.
         assert!(other.version < new.version);
         assert_eq!(replica.apply(&other, T0), Ok(Applied::Applied));
