@@ -661,6 +661,9 @@ enum Delivery {
     Results(Vec<Result<OpReply, Refusal>>),
     /// The primary refused the whole message (or its answer made no sense).
     Refused(Refusal),
+    /// The primary could not decode the message (a `Carry` to a node from before it) and
+    /// applied none of it: safe to send again in another form. Otherwise as `BadRequest`.
+    Undecodable,
     /// Not delivered: safe to send again.
     NotDelivered,
     /// Delivered (maybe) and unanswered.
@@ -677,6 +680,7 @@ impl Delivery {
                 None => Err(Attempt::Refused(Refusal::BadRequest)),
             },
             Self::Refused(r) => Err(Attempt::Refused(r.clone())),
+            Self::Undecodable => Err(Attempt::Refused(Refusal::BadRequest)),
             Self::NotDelivered => Err(Attempt::Unreachable),
             Self::Lost if !write => Err(Attempt::Unreachable),
             Self::Lost => Err(Attempt::Indeterminate),
@@ -1723,7 +1727,7 @@ impl Inner {
                 self.config.request_timeout
             };
             let delivery = self
-                .send_ops(primary, Msg::Op { epoch, op }, 1, timeout)
+                .send_ops(primary, &Msg::Op { epoch, op }, 1, timeout)
                 .await;
             return delivery.attempt(0, write);
         }
@@ -1806,7 +1810,27 @@ impl Inner {
             } else {
                 Msg::Batch { epoch, ops }
             };
-            let delivery = self.send_ops(&primary, msg, total, timeout).await;
+            let mut delivery = self.send_ops(&primary, &msg, total, timeout).await;
+            if let Msg::Carry { epoch, mut ops } = msg
+                && matches!(delivery, Delivery::Undecodable)
+            {
+                // The primary announced `Carry` but cannot decode it: it restarted into an
+                // older version since its metadata was last read. It applied nothing of
+                // the message, so the operations go again, as a `Batch`.
+                tracing::info!(%primary, "primary refused Carry; sending a Batch instead");
+                self.carriers
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&primary);
+                let msg = match ops.pop() {
+                    Some(op) if ops.is_empty() => Msg::Op { epoch, op },
+                    last => {
+                        ops.extend(last);
+                        Msg::Batch { epoch, ops }
+                    }
+                };
+                delivery = self.send_ops(&primary, &msg, total, timeout).await;
+            }
             match delivery {
                 Delivery::Results(rs) => {
                     let mut rs = rs.into_iter();
@@ -1852,11 +1876,11 @@ impl Inner {
     async fn send_ops(
         &self,
         primary: &NodeId,
-        msg: Msg,
+        msg: &Msg,
         count: usize,
         timeout: Duration,
     ) -> Delivery {
-        match self.call(primary, &msg, timeout).await {
+        match self.call(primary, msg, timeout).await {
             Ok(Reply::Op(r)) if count == 1 => Delivery::Results(vec![Ok(r)]),
             Ok(Reply::Batch(rs)) if rs.len() == count => Delivery::Results(rs),
             Ok(Reply::Carried {
@@ -1865,6 +1889,11 @@ impl Inner {
             }) if results.len() == count => {
                 self.apply_carried(primary, &mut results, writes);
                 Delivery::Results(results)
+            }
+            // A primary answers every `Carry` it decodes with `Carried`: a refusal of the
+            // whole message means it could not decode it (and applied none of it).
+            Ok(Reply::Err(Refusal::BadRequest)) if matches!(msg, Msg::Carry { .. }) => {
+                Delivery::Undecodable
             }
             Ok(Reply::Err(r)) if count == 1 => Delivery::Results(vec![Err(r)]),
             Ok(Reply::Err(r)) => Delivery::Refused(r),
