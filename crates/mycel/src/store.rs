@@ -1788,6 +1788,15 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    /// The default configuration with a byte budget (and the item count it is sized for).
+    fn budgeted(max_bytes: u64, estimated_items: usize) -> StoreConfig {
+        StoreConfig {
+            max_bytes,
+            estimated_items,
+            ..StoreConfig::default()
+        }
+    }
+
     fn store() -> (Store, BucketId) {
         let mut s = Store::new(StoreConfig::default());
         let id = s
@@ -2801,11 +2810,7 @@ mod tests {
 
     #[test]
     fn an_older_write_arriving_after_the_newer_was_evicted_is_not_applied() {
-        let config = StoreConfig {
-            max_bytes: 64 * 1024,
-            estimated_items: 256,
-            ..StoreConfig::default()
-        };
+        let config = budgeted(64 * 1024, 256);
         let (mut primary, pid) = store();
         let mut replica = Store::new(config);
         let rid = replica
@@ -2864,11 +2869,7 @@ mod tests {
 
     #[test]
     fn budget_is_enforced_by_eviction() {
-        let config = StoreConfig {
-            max_bytes: 64 * 1024,
-            estimated_items: 256,
-            ..StoreConfig::default()
-        };
+        let config = budgeted(64 * 1024, 256);
         let mut s = Store::new(config);
         let id = s
             .create_bucket("b", BucketOptions::default())
@@ -3058,7 +3059,7 @@ mod tests {
         fn eviction_keeps_indexes_consistent(
             ops in proptest::collection::vec((any::<u16>(), 0usize..400, any::<bool>(), any::<bool>()), 1..300),
         ) {
-            let config = StoreConfig { max_bytes: 8 * 1024, estimated_items: 32, ..StoreConfig::default() };
+            let config = budgeted(8 * 1024, 32);
             let mut s = Store::new(config);
             let id = s.create_bucket("b", BucketOptions::default()).expect("bucket");
             for (k, len, ttl, del) in ops {
@@ -3083,7 +3084,7 @@ mod tests {
             order in any::<u64>(),
         ) {
             let (mut primary, pid) = store();
-            let config = StoreConfig { max_bytes: 8 * 1024, estimated_items: 32, ..StoreConfig::default() };
+            let config = budgeted(8 * 1024, 32);
             let mut replica = Store::new(config);
             let rid = replica.create_bucket("main", BucketOptions::default()).expect("bucket");
             // The table of evictions forgets one when another key takes its slot; here
