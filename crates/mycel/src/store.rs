@@ -1402,7 +1402,7 @@ impl Store {
         let n = keys.len();
         for k in keys {
             if let Some((k, e)) = self.cache.remove(&k) {
-                self.unindex(&k, &e, false);
+                self.unindex(&k, &e, None);
             }
         }
         n
@@ -1537,7 +1537,8 @@ impl Store {
     fn remove_expired<Q: Hash + Equivalent<EntryKey> + ?Sized>(&mut self, k: &Q) {
         if let Some((k, e)) = self.cache.remove(k) {
             self.expired += 1;
-            self.unindex(&k, &e, true);
+            let partition = self.config.partitioning.partition_of(k.key()).index();
+            self.unindex(&k, &e, Some(partition));
         }
     }
 
@@ -1658,17 +1659,17 @@ impl Store {
             let hash = self.evicted_versions.hash(k.bucket(), k.key());
             let generation = self.parts[partition].generation;
             self.evicted_versions.record(hash, e.version, generation);
-            self.unindex(&k, &e, true);
+            self.unindex(&k, &e, Some(partition));
         }
     }
 
-    /// Removes a key that has left the cache from the indexes.
-    fn unindex(&mut self, key: &EntryKey, entry: &Entry, part_too: bool) {
+    /// Removes a key that has left the cache from the indexes: from its partition's list
+    /// when given its partition (`None`: the caller took that whole list).
+    fn unindex(&mut self, key: &EntryKey, entry: &Entry, partition: Option<usize>) {
         if entry.value.is_none() {
             self.tombstones -= 1;
         }
-        if part_too {
-            let partition = self.config.partitioning.partition_of(key.key()).index();
+        if let Some(partition) = partition {
             self.remove_at(Index::Part(partition), key, entry.part_pos);
         }
         if entry.ttl_pos != NO_POS {

@@ -1804,14 +1804,11 @@ impl Inner {
             }
             let msg = if self.backs_up_a_write(epoch, &ops) && self.serves_carry(&primary) {
                 Msg::Carry { epoch, ops }
-            } else if total == 1 {
-                let op = ops.pop().expect("invariant: one operation");
-                Msg::Op { epoch, op }
             } else {
-                Msg::Batch { epoch, ops }
+                plain_ops(epoch, ops)
             };
             let mut delivery = self.send_ops(&primary, &msg, total, timeout).await;
-            if let Msg::Carry { epoch, mut ops } = msg
+            if let Msg::Carry { epoch, ops } = msg
                 && matches!(delivery, Delivery::Undecodable)
             {
                 // The primary announced `Carry` but cannot decode it: it restarted into an
@@ -1822,14 +1819,9 @@ impl Inner {
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&primary);
-                let msg = match ops.pop() {
-                    Some(op) if ops.is_empty() => Msg::Op { epoch, op },
-                    last => {
-                        ops.extend(last);
-                        Msg::Batch { epoch, ops }
-                    }
-                };
-                delivery = self.send_ops(&primary, &msg, total, timeout).await;
+                delivery = self
+                    .send_ops(&primary, &plain_ops(epoch, ops), total, timeout)
+                    .await;
             }
             match delivery {
                 Delivery::Results(rs) => {
@@ -3169,6 +3161,18 @@ fn pace(free_at: &mut Instant, now: Instant, bytes: usize, rate: u64) -> Duratio
     let start = (*free_at).max(now);
     *free_at = start + cost;
     free_at.saturating_duration_since(now)
+}
+
+/// Forwarded operations in a message of the original set (not `Carry`): a lone one as
+/// `Op`, several as `Batch`.
+fn plain_ops(epoch: u64, mut ops: Vec<Op>) -> Msg {
+    match ops.pop() {
+        Some(op) if ops.is_empty() => Msg::Op { epoch, op },
+        last => {
+            ops.extend(last);
+            Msg::Batch { epoch, ops }
+        }
+    }
 }
 
 /// The messages that carry `queued` (each caller's operations whole, in pages of about
