@@ -323,6 +323,13 @@ pub(crate) async fn serve(
             break;
         }
         if !output.is_empty() {
+            // Let the thread's other ready connections read and run their requests first,
+            // then write: as Redis writes its replies once per event loop turn. A client
+            // serving many connections (one thread, like redis-benchmark or a pool) is then
+            // woken once for a turn's replies rather than once per connection's, and on a
+            // VM each wake-up is an IPI the writer pays for. Measured on one node, 50
+            // connections: GET -P 16 +48 %, SET -P 16 +33 %; one connection unchanged.
+            tokio::task::yield_now().await;
             // A client that stopped reading is what `CLIENT KILL` is for: the kill does
             // not wait for its replies to drain.
             let written = tokio::select! {
