@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use tokio::task::AbortHandle;
 
 use crate::clock::Timestamp;
-use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError, SetResult};
+use crate::cluster::{BatchOp, BatchReply, Cluster, ClusterConfig, ClusterError};
 use crate::config::Config;
 use crate::error::Error;
 use crate::ldouble::LongDouble;
@@ -919,7 +919,7 @@ impl Mycel {
                 let now = now();
                 let mut store = lock(&l.store);
                 ops.into_iter()
-                    .map(|op| local_op(&mut store, bucket, op, now))
+                    .map(|op| op.apply(&mut store, bucket, now, STANDALONE_EPOCH))
                     .collect()
             }
             Backend::Cluster(c) => {
@@ -1104,56 +1104,6 @@ pub(crate) fn store_stats(store: &Store) -> Stats {
         evicted: s.evicted,
         expired: s.expired,
     }
-}
-
-/// One [`BatchOp`] on the standalone store, with the single-operation methods' semantics.
-fn local_op(
-    store: &mut Store,
-    bucket: BucketId,
-    op: BatchOp,
-    now: Timestamp,
-) -> Result<BatchReply, Error> {
-    Ok(match op {
-        BatchOp::Get { key } => BatchReply::Value(store.get(bucket, &key, now)),
-        BatchOp::Exists { key } => BatchReply::Bool(store.exists(bucket, &key, now)),
-        BatchOp::Ttl { key } => BatchReply::Ttl(store.ttl(bucket, &key, now)),
-        BatchOp::Set {
-            key,
-            value,
-            options,
-        } => {
-            let outcome = store.set(bucket, key, value, options, now, STANDALONE_EPOCH)?;
-            BatchReply::Set(SetResult {
-                applied: outcome.write.is_some(),
-                previous: outcome.previous,
-            })
-        }
-        BatchOp::Delete { key } => {
-            BatchReply::Bool(store.delete(bucket, key, now, STANDALONE_EPOCH)?.is_some())
-        }
-        BatchOp::Expire {
-            key,
-            after,
-            condition,
-        } => BatchReply::Bool(
-            store
-                .expire(
-                    bucket,
-                    key,
-                    now.saturating_add(after),
-                    condition,
-                    now,
-                    STANDALONE_EPOCH,
-                )?
-                .is_some(),
-        ),
-        BatchOp::Persist { key } => {
-            BatchReply::Bool(store.persist(bucket, key, now, STANDALONE_EPOCH)?.is_some())
-        }
-        BatchOp::IncrBy { key, delta } => {
-            BatchReply::Int(store.incr_by(bucket, key, delta, now, STANDALONE_EPOCH)?.0)
-        }
-    })
 }
 
 /// The background reaper: one sampled expiry step every [`REAP_INTERVAL`], until the last

@@ -1048,6 +1048,47 @@ async fn batches_apply_in_order_per_key_and_fail_per_operation() {
     }
 }
 
+/// A lone node runs a batch on its store directly (no wire operations, no rounds): its
+/// answers, failures included, are a standalone store's, in one batch and in many
+/// concurrent ones; and the versions it writes are its table's, so the node that joins
+/// it afterwards takes over the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_answers_batches_as_a_standalone_store() {
+    let _serial = SERIAL.lock().await;
+    let (ca, nodes) = cluster(1).await;
+    let max_value = config().mycel.store.max_value_len;
+    let mut model_config = Config::default();
+    model_config.store.max_value_len = max_value;
+    let model = Mycel::standalone(model_config).await.expect("model");
+    let keys: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("lone-{i}"))).collect();
+    let big = max_value + 1;
+    let failed = check_batch(&nodes[0], &model, batch_ops(&keys, 300, 0, big)).await;
+    assert!(failed > 20, "the batch had failing operations: {failed}");
+    // A pipeline of one, and one longer than a lock run.
+    check_batch(&nodes[0], &model, batch_ops(&keys, 1, 3, big)).await;
+    check_batch(&nodes[0], &model, batch_ops(&keys, 200, 5, 16)).await;
+
+    let mut nodes = nodes;
+    let joiner = start(&ca, "node-2", &[&nodes[0]]).await;
+    nodes.push(joiner);
+    converged(&nodes.refs()).await;
+    let reads: Vec<BatchOp> = keys
+        .iter()
+        .map(|k| BatchOp::Get { key: k.clone() })
+        .collect();
+    let want = model.batch(model.default_bucket(), reads.clone()).await;
+    for node in &nodes {
+        let got = node.batch(BUCKET, reads.clone()).await;
+        for ((k, g), w) in keys.iter().zip(&got).zip(&want) {
+            assert!(
+                same(g, w),
+                "{k:?} through {}: {g:?}, the model {w:?}",
+                node.id()
+            );
+        }
+    }
+}
+
 /// Batches of writes each followed by a read of the same key, run while a third node
 /// joins two and partitions move: whatever rounds of retries a batch goes through, a read
 /// that follows an acknowledged write of the same batch sees exactly that write, and

@@ -135,7 +135,9 @@ use crate::ldouble::LongDouble;
 use crate::placement::{DEFAULT_WEIGHT, Member};
 use crate::routing::{Role, RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
-use crate::store::{BucketOptions, ExpireCondition, Renamed, SetOptions, Store, Ttl, Write};
+use crate::store::{
+    BucketId, BucketOptions, ExpireCondition, Renamed, SetOptions, Store, Ttl, Write,
+};
 
 /// The nodosum application name of the protocol.
 pub const APP_NAME: &str = "mycel/v1";
@@ -438,6 +440,67 @@ impl BatchOp {
             | Self::Persist { key }
             | Self::IncrBy { key, .. } => key,
         }
+    }
+
+    /// Whether the operation may change the store.
+    fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Self::Get { .. } | Self::Exists { .. } | Self::Ttl { .. }
+        )
+    }
+
+    /// Runs the operation on `store` at `epoch`, with the single-operation methods'
+    /// semantics: a standalone node's store, and a lone member's
+    /// ([`Inner::lone_batch`]).
+    pub(crate) fn apply(
+        self,
+        store: &mut Store,
+        bucket: BucketId,
+        now: Timestamp,
+        epoch: u64,
+    ) -> Result<BatchReply, Error> {
+        Ok(match self {
+            Self::Get { key } => BatchReply::Value(store.get(bucket, &key, now)),
+            Self::Exists { key } => BatchReply::Bool(store.exists(bucket, &key, now)),
+            Self::Ttl { key } => BatchReply::Ttl(store.ttl(bucket, &key, now)),
+            Self::Set {
+                key,
+                value,
+                options,
+            } => {
+                let outcome = store.set(bucket, key, value, options, now, epoch)?;
+                BatchReply::Set(SetResult {
+                    applied: outcome.write.is_some(),
+                    previous: outcome.previous,
+                })
+            }
+            Self::Delete { key } => {
+                BatchReply::Bool(store.delete(bucket, key, now, epoch)?.is_some())
+            }
+            Self::Expire {
+                key,
+                after,
+                condition,
+            } => BatchReply::Bool(
+                store
+                    .expire(
+                        bucket,
+                        key,
+                        now.saturating_add(after),
+                        condition,
+                        now,
+                        epoch,
+                    )?
+                    .is_some(),
+            ),
+            Self::Persist { key } => {
+                BatchReply::Bool(store.persist(bucket, key, now, epoch)?.is_some())
+            }
+            Self::IncrBy { key, delta } => {
+                BatchReply::Int(store.incr_by(bucket, key, delta, now, epoch)?.0)
+            }
+        })
     }
 
     fn into_op(self, bucket: WStr) -> Op {
@@ -1212,23 +1275,23 @@ impl Cluster {
         ops: Vec<BatchOp>,
     ) -> Vec<Result<BatchReply, ClusterError>> {
         let name = WStr::from(bucket);
+        let mut out = Vec::new();
+        let ops = self.inner.lone_batch(&name, ops, &mut out);
+        if ops.is_empty() {
+            return out;
+        }
         let ops: Vec<Op> = ops.into_iter().map(|o| o.into_op(name.clone())).collect();
-        if let [op] = &ops[..] {
+        let results = if let [op] = &ops[..] {
             // A lone operation (a pipeline of one) takes the single-operation path.
             let key = op.key().cloned().unwrap_or_default();
-            let result = self.inner.route(&key, op.clone(), op.is_write()).await;
-            return vec![
-                result
-                    .and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol())),
-            ];
-        }
-        let results = self.inner.route_batch(&ops).await;
-        ops.iter()
-            .zip(results)
-            .map(|(op, r)| {
-                r.and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol()))
-            })
-            .collect()
+            vec![self.inner.route(&key, op.clone(), op.is_write()).await]
+        } else {
+            self.inner.route_batch(&ops).await
+        };
+        out.extend(ops.iter().zip(results).map(|(op, r)| {
+            r.and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol()))
+        }));
+        out
     }
 
     /// Live keys in the cluster: the sum over members of the keys in the partitions each
@@ -2084,6 +2147,54 @@ impl Inner {
             });
         }
         (results, carried)
+    }
+
+    /// [`Cluster::batch`] on the lone member of its table (a single node, or the first
+    /// of a cluster before others join): the operations run here on the store, under the
+    /// state lock held for a run of [`LOCK_RUN`] at a time, without becoming wire
+    /// operations, and their writes go nowhere, since a lone member has no backups (see
+    /// [`replicate`](Self::replicate)). Before each run, under its lock, what the general
+    /// path would refuse is checked: the table has this node alone, the run's partitions
+    /// are served here, the quorum holds for a write, the bucket exists. Answers go to
+    /// `out`; from the first run that fails a check on, the operations are returned,
+    /// unexecuted and in order, for the general path (which answers or refuses them).
+    fn lone_batch(
+        &self,
+        bucket: &WStr,
+        ops: Vec<BatchOp>,
+        out: &mut Vec<Result<BatchReply, ClusterError>>,
+    ) -> Vec<BatchOp> {
+        if self.table.members() != 1 {
+            return ops;
+        }
+        let partitioning = self.config.mycel.store.partitioning;
+        let refuse = self.config.mycel.refuse_minority_writes;
+        let now = wall_clock();
+        let mut ops = std::collections::VecDeque::from(ops);
+        out.reserve(ops.len());
+        while !ops.is_empty() {
+            let run = ops.len().min(LOCK_RUN);
+            let mut st = self.lock();
+            let lone = st
+                .table()
+                .is_some_and(|t| t.members().len() == 1 && t.index_of(&self.me).is_some());
+            let served = lone
+                && ops.range(..run).all(|op| {
+                    st.check_primary(partitioning.partition_of(op.key()), None)
+                        .is_ok()
+                });
+            let writing = ops.range(..run).any(BatchOp::is_write);
+            let bucket_id = match st.store.bucket(bucket) {
+                Ok(b) if served && !(writing && refuse && st.check_quorum().is_err()) => b,
+                _ => break,
+            };
+            let epoch = st.epoch();
+            for op in ops.drain(..run) {
+                let reply = op.apply(&mut st.store, bucket_id, now, epoch);
+                out.push(reply.map_err(|e| self.refusal(Refusal::from_error(&e), &self.me)));
+            }
+        }
+        ops.into()
     }
 
     /// [`Error::CrossSlot`] unless `keys` are all of one partition (an operation atomic

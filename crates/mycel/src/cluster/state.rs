@@ -193,22 +193,40 @@ impl Section {
 /// the same critical section that installs a table, so it never lags the state by more
 /// than that section; the primary checks ownership under the state lock anyway.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct PublishedTable(Arc<std::sync::RwLock<Option<Arc<RoutingTable>>>>);
+pub(crate) struct PublishedTable(Arc<Published>);
+
+#[derive(Debug, Default)]
+struct Published {
+    table: std::sync::RwLock<Option<Arc<RoutingTable>>>,
+    /// The table's member count (0 without a table), for a check that takes no lock.
+    members: std::sync::atomic::AtomicUsize,
+}
 
 impl PublishedTable {
     /// The installed table, if any.
     pub(crate) fn get(&self) -> Option<Arc<RoutingTable>> {
         self.0
+            .table
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
+    /// The installed table's member count (0 without one).
+    pub(crate) fn members(&self) -> usize {
+        self.0.members.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn set(&self, table: Arc<RoutingTable>) {
+        let members = table.members().len();
         *self
             .0
+            .table
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(table);
+        self.0
+            .members
+            .store(members, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
