@@ -1049,8 +1049,8 @@ async fn batches_apply_in_order_per_key_and_fail_per_operation() {
 }
 
 /// A lone node runs a batch on its store directly (no wire operations, no rounds): its
-/// answers, failures included, are a standalone store's, in one batch and in many
-/// concurrent ones; and the versions it writes are its table's, so the node that joins
+/// answers, failures included, are a standalone store's, for a pipeline of one and for
+/// batches of several runs of the state lock; and the versions it writes are its table's, so the node that joins
 /// it afterwards takes over the values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_answers_batches_as_a_standalone_store() {
@@ -1098,8 +1098,9 @@ async fn batches_keep_same_key_order_while_partitions_move() {
     batches_during_a_join(2).await;
 }
 
-/// The same with one node that a second joins: before the join every batch runs at once
-/// as the primary of all its keys, without rounds; from the join on, batches are split
+/// The same with one node that a second joins: before the join every batch runs on the
+/// lone node's store directly, without rounds (a batch the join interrupts between two
+/// runs of it takes the general path for the rest); from the join on, batches are split
 /// between the two primaries.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_of_a_lone_node_keep_order_when_a_second_joins() {
@@ -1117,7 +1118,9 @@ async fn batches_during_a_join(initial: usize) {
     let task = {
         let (nodes, stop, batches) = (nodes.clone(), Arc::clone(&stop), Arc::clone(&batches));
         tokio::spawn(async move {
-            let keys: Vec<Bytes> = (0..16)
+            // 80 operations: a lone node runs them in two holds of its lock, so a join
+            // can land between them.
+            let keys: Vec<Bytes> = (0..40)
                 .map(|i| Bytes::from(format!("moving-{i}")))
                 .collect();
             // Per key: the last acknowledged value and later values of unknown outcome.

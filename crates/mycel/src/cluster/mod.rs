@@ -1268,7 +1268,8 @@ impl Cluster {
     /// primaries run concurrently. Each operation succeeds or fails on its own, with the
     /// errors of the single-operation methods (a write whose replication failed answers
     /// [`Error::Timeout`]). Operations refused as not-owner or syncing are retried, still
-    /// in order, within [`ClusterConfig::op_timeout`].
+    /// in order, within [`ClusterConfig::op_timeout`]. A node that is its table's lone
+    /// member runs them on its store directly, without messages or rounds.
     pub async fn batch(
         &self,
         bucket: &str,
@@ -2155,7 +2156,9 @@ impl Inner {
     /// operations, and their writes go nowhere, since a lone member has no backups (see
     /// [`replicate`](Self::replicate)). Before each run, under its lock, what the general
     /// path would refuse is checked: the table has this node alone, the run's partitions
-    /// are served here, the quorum holds for a write, the bucket exists. Answers go to
+    /// are served here, the bucket exists, and for a write the quorum holds (with
+    /// `refuse_minority_writes`; a table of one is its own majority, but the check is the
+    /// general path's). Answers go to
     /// `out`; from the first run that fails a check on, the operations are returned,
     /// unexecuted and in order, for the general path (which answers or refuses them).
     fn lone_batch(
@@ -2228,7 +2231,8 @@ impl Inner {
     /// take over the ones refused as retryable.
     async fn route_batch(self: &Arc<Self>, ops: &[Op]) -> Vec<Result<OpReply, ClusterError>> {
         let deadline = Instant::now() + self.config.op_timeout;
-        // Every key's primary is this node (a lone node, or a pipeline of local keys):
+        // Every key's primary is this node (a pipeline of local keys, or a lone node's
+        // batch that `lone_batch` handed on):
         // executed at once, without the rounds' bookkeeping. Only operations refused as
         // retryable (ownership moved meanwhile, partition syncing) go on to the rounds.
         let all_local = self.table.get().is_some_and(|table| {
