@@ -2158,9 +2158,9 @@ impl Inner {
     /// path would refuse is checked: the table has this node alone, the run's partitions
     /// are served here, the bucket exists, and for a write the quorum holds (with
     /// `refuse_minority_writes`; a table of one is its own majority, but the check is the
-    /// general path's). Answers go to
-    /// `out`; from the first run that fails a check on, the operations are returned,
-    /// unexecuted and in order, for the general path (which answers or refuses them).
+    /// general path's). Answers go to `out`; from the first run that fails a check on,
+    /// the operations are returned, unexecuted and in order, for the general path (which
+    /// answers or refuses them).
     fn lone_batch(
         &self,
         bucket: &WStr,
