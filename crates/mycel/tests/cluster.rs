@@ -1050,8 +1050,8 @@ async fn batches_apply_in_order_per_key_and_fail_per_operation() {
 
 /// A lone node runs a batch on its store directly (no wire operations, no rounds): its
 /// answers, failures included, are a standalone store's, for a pipeline of one and for
-/// batches of several runs of the state lock; and the versions it writes are its table's, so the node that joins
-/// it afterwards takes over the values.
+/// batches of several runs of the state lock; and the node that joins it afterwards
+/// takes over the values it wrote.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_answers_batches_as_a_standalone_store() {
     let _serial = SERIAL.lock().await;
