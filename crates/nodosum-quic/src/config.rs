@@ -52,7 +52,8 @@ pub struct Config {
     /// Frame size limits of the wire format (message size, app ID length).
     pub limits: Limits,
     /// Messages queued per (peer, application) before `send` waits and `try_send` fails.
-    /// Default 1024.
+    /// Default 1024. The lane's writer takes up to 64 of them at a time out of the queue
+    /// (room for as many new ones), so a lane holds at most this many plus 64 unwritten.
     pub send_queue_len: usize,
     /// Queued bytes the stream writer gathers into one write. Default 64 KiB: large enough
     /// to amortise the per-write cost, small enough that a lone message goes out at once
@@ -60,7 +61,9 @@ pub struct Config {
     pub write_batch_bytes: usize,
     /// Messages buffered per application between the streams and the application's
     /// receiver. When full, the streams of that application stop reading and QUIC flow
-    /// control pushes back on the senders of that application only. Default 1024.
+    /// control pushes back on the senders of that application only. Default 1024. The
+    /// receiver takes up to 32 of them at a time (room for as many new ones), so up to this
+    /// many plus 32 wait for the application.
     pub app_receiver_capacity: usize,
     /// First delay before redialling a peer that should be connected. Default 100 ms,
     /// doubled after each failure up to `reconnect_max_backoff`.

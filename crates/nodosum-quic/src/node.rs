@@ -1482,7 +1482,7 @@ impl Inner {
             inner: self.clone(),
             peer: node.clone(),
             app: app.clone(),
-            rx,
+            rx: LaneQueue::new(rx),
             ctl: ctl_rx,
             current: peer.current.subscribe(),
             early: peer.early.subscribe(),
@@ -2939,7 +2939,7 @@ struct Writer {
     inner: Arc<Inner>,
     peer: NodeId,
     app: AppId,
-    rx: mpsc::Receiver<Bytes>,
+    rx: LaneQueue,
     ctl: mpsc::UnboundedReceiver<LaneCtl>,
     current: watch::Receiver<Option<ConnRef>>,
     /// The peer's dialled connection in its 0-RTT phase, for a replay-safe application.
@@ -2967,6 +2967,75 @@ struct Writer {
     /// rest of the same allocation (about one allocation per `write_batch_bytes`
     /// written, however few messages each batch holds). Released when the writer parks.
     scratch: BytesMut,
+}
+
+/// A lane's send queue as its writer reads it: messages are taken from the channel up to
+/// [`LANE_TAKE`] at a time (their room in the channel is released with one update of its
+/// semaphore instead of one per message) and kept here, in order, until written. The
+/// writer lends its stream to direct writes only while this is empty (see
+/// `Writer::park`), so a direct write never overtakes a message taken here.
+struct LaneQueue {
+    rx: mpsc::Receiver<Bytes>,
+    /// Taken and not written yet, the next one last.
+    taken: Vec<Bytes>,
+}
+
+/// Most messages a writer takes from its lane's channel at once.
+const LANE_TAKE: usize = 64;
+
+impl LaneQueue {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            taken: Vec::new(),
+        }
+    }
+
+    /// The next message if one is queued now, without waiting. The channel's waker is
+    /// left a no-op one: the writer waits on the queue only through [`LaneQueue::recv`],
+    /// which registers its own, and a running writer needs no wake-up per message.
+    fn try_recv(&mut self) -> Option<Bytes> {
+        if self.taken.is_empty() {
+            let _ = self.take(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        }
+        self.taken.pop()
+    }
+
+    /// The next message; `None` once the channel is closed and everything was taken.
+    async fn recv(&mut self) -> Option<Bytes> {
+        if self.taken.is_empty() {
+            std::future::poll_fn(|cx| self.take(cx)).await;
+        }
+        self.taken.pop()
+    }
+
+    /// Takes what the channel holds, up to [`LANE_TAKE`] messages (`taken` is empty).
+    fn take(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.rx
+            .poll_recv_many(cx, &mut self.taken, LANE_TAKE)
+            .map(|_| self.taken.reverse())
+    }
+
+    /// Nothing to write: nothing taken and nothing in the channel.
+    fn is_empty(&self) -> bool {
+        self.taken.is_empty() && self.rx.is_empty()
+    }
+
+    /// Refuses further messages (queued ones can still be taken).
+    fn close(&mut self) {
+        self.rx.close();
+    }
+
+    /// Closes the queue and drops everything in it; how many messages that was.
+    fn close_and_clear(&mut self) -> u64 {
+        self.rx.close();
+        let mut dropped = self.taken.len() as u64;
+        self.taken.clear();
+        while self.rx.try_recv().is_ok() {
+            dropped += 1;
+        }
+        dropped
+    }
 }
 
 /// Framed messages (each `[len][payload]`, possibly in several chunks) and their count.
@@ -3098,11 +3167,7 @@ impl Writer {
                 *failure = Some(err);
             }
         }
-        self.rx.close();
-        let mut dropped = 0;
-        while self.rx.try_recv().is_ok() {
-            dropped += 1;
-        }
+        let dropped = self.rx.close_and_clear();
         if dropped > 0 {
             self.inner
                 .metrics
@@ -3135,7 +3200,7 @@ impl Writer {
             }
             // Fast path while messages are queued: write them without the select below.
             if self.only_queue_pending()
-                && let Ok(first) = self.rx.try_recv()
+                && let Some(first) = self.rx.try_recv()
             {
                 if let Err(exit) = self.write_batch(Some(first)).await {
                     return exit;
@@ -3731,7 +3796,7 @@ impl Writer {
                 chunks.push(msg);
             }
             if bytes < batch {
-                next = self.rx.try_recv().ok();
+                next = self.rx.try_recv();
                 let need = next.as_ref().map_or(0, |m| copied_len(m.len()));
                 if spare(&self.scratch) < need {
                     if !self.scratch.is_empty() {
@@ -3835,6 +3900,38 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn numbered(i: u32) -> Bytes {
+        Bytes::copy_from_slice(&i.to_le_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_lane_queue_hands_out_in_order_and_is_empty_only_with_nothing_taken() {
+        let (tx, rx) = mpsc::channel(200);
+        let mut queue = LaneQueue::new(rx);
+        assert!(queue.is_empty());
+        for i in 0..150 {
+            tx.try_send(numbered(i)).unwrap();
+        }
+        // The first message takes a batch: the room of all of it is free at once.
+        assert_eq!(queue.try_recv(), Some(numbered(0)));
+        assert_eq!(tx.capacity(), 200 - 150 + LANE_TAKE);
+        for i in 1..140 {
+            assert_eq!(queue.try_recv(), Some(numbered(i)), "message {i}");
+        }
+        // The channel is empty, but taken messages are not written yet: a writer that
+        // parked now would let direct writes overtake them.
+        assert_eq!(tx.capacity(), tx.max_capacity());
+        assert!(!queue.is_empty());
+        assert_eq!(queue.recv().await, Some(numbered(140)));
+        tx.try_send(numbered(150)).unwrap();
+        // Nine taken and one in the channel are dropped (and counted) on close.
+        assert_eq!(queue.close_and_clear(), 10);
+        assert!(queue.is_empty());
+        assert_eq!(queue.try_recv(), None);
+        assert_eq!(queue.recv().await, None);
+        assert!(tx.try_send(numbered(151)).is_err());
+    }
 
     fn alert(n: u8, reason: &str) -> ConnectionError {
         ConnectionError::ConnectionClosed(quinn::ConnectionClose {
