@@ -61,9 +61,7 @@ pub struct Config {
     pub write_batch_bytes: usize,
     /// Messages buffered per application between the streams and the application's
     /// receiver. When full, the streams of that application stop reading and QUIC flow
-    /// control pushes back on the senders of that application only. Default 1024. The
-    /// receiver takes up to 32 of them at a time (room for as many new ones), so up to this
-    /// many plus 32 wait for the application.
+    /// control pushes back on the senders of that application only. Default 1024.
     pub app_receiver_capacity: usize,
     /// First delay before redialling a peer that should be connected. Default 100 ms,
     /// doubled after each failure up to `reconnect_max_backoff`.

@@ -45,32 +45,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// closes the application (see there).
 pub struct AppReceiver {
     rx: mpsc::Receiver<(NodeId, Bytes)>,
-    /// Messages taken from the channel together and not returned yet, the next one last.
-    taken: Vec<(NodeId, Bytes)>,
     inbox: Arc<Inbox>,
 }
-
-/// Most messages [`AppReceiver::recv`] takes from the channel at once (never more than
-/// the channel holds). Taking them together releases their room in the channel with one
-/// update of its semaphore instead of one per message; the receiver then holds up to
-/// this many more messages than the channel's capacity.
-const RECV_BATCH: usize = 32;
 
 impl fmt::Debug for AppReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppReceiver")
-            .field("queued", &(self.rx.len() + self.taken.len()))
+            .field("queued", &self.rx.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AppReceiver {
     pub(crate) fn new(rx: mpsc::Receiver<(NodeId, Bytes)>, inbox: Arc<Inbox>) -> Self {
-        Self {
-            taken: Vec::with_capacity(RECV_BATCH.min(rx.max_capacity())),
-            rx,
-            inbox,
-        }
+        Self { rx, inbox }
     }
 
     /// The next message: `(sender, payload)`, in order per sender. `None` once the
@@ -78,22 +66,16 @@ impl AppReceiver {
     ///
     /// Cancel-safe: a message is removed from the queue only when returned.
     pub async fn recv(&mut self) -> Option<(NodeId, Bytes)> {
-        if let Some(msg) = self.taken.pop() {
-            return Some(msg);
-        }
-        let Self { rx, taken, inbox } = self;
+        let Self { rx, inbox } = self;
         // Whatever ends this call (a message, or the future being dropped), readers
         // woken for it and not polled yet go back to their own tasks.
         let _unpark = Unpark(inbox);
-        std::future::poll_fn(|cx| poll_recv(rx, taken, inbox, cx)).await
+        std::future::poll_fn(|cx| poll_recv(rx, inbox, cx)).await
     }
 
     /// The next message if one is queued now, without waiting.
     pub fn try_recv(&mut self) -> Result<(NodeId, Bytes), mpsc::error::TryRecvError> {
-        match self.taken.pop() {
-            Some(msg) => Ok(msg),
-            None => self.rx.try_recv(),
-        }
+        self.rx.try_recv()
     }
 }
 
@@ -103,24 +85,9 @@ impl Drop for AppReceiver {
     }
 }
 
-/// Takes the next messages from the channel into `taken` (empty) and returns the first.
-fn take(
-    rx: &mut mpsc::Receiver<(NodeId, Bytes)>,
-    taken: &mut Vec<(NodeId, Bytes)>,
-    cx: &mut Context<'_>,
-) -> Poll<Option<(NodeId, Bytes)>> {
-    let batch = RECV_BATCH.min(rx.max_capacity());
-    rx.poll_recv_many(cx, taken, batch).map(|_| {
-        // Taken in order; returned from the end.
-        taken.reverse();
-        taken.pop()
-    })
-}
-
 /// Takes the messages of the readers woken for a parked receiver, else parks it.
 fn poll_recv(
     rx: &mut mpsc::Receiver<(NodeId, Bytes)>,
-    taken: &mut Vec<(NodeId, Bytes)>,
     inbox: &Inbox,
     cx: &mut Context<'_>,
 ) -> Poll<Option<(NodeId, Bytes)>> {
@@ -130,7 +97,7 @@ fn poll_recv(
             // The readers deliver into the channel; with a no-op waker registered there
             // first, their deliveries do not wake this (running) task, which would make
             // tokio reschedule it through the run queue.
-            if let Poll::Ready(msg) = take(rx, taken, &mut Context::from_waker(Waker::noop())) {
+            if let Poll::Ready(msg) = rx.poll_recv(&mut Context::from_waker(Waker::noop())) {
                 for cell in ready {
                     cell.wake_shell();
                 }
@@ -140,7 +107,7 @@ fn poll_recv(
                 cell.run();
             }
         }
-        if let Poll::Ready(msg) = take(rx, taken, cx) {
+        if let Poll::Ready(msg) = rx.poll_recv(cx) {
             return Poll::Ready(msg);
         }
         let mut st = lock(&inbox.state);
@@ -400,35 +367,6 @@ mod tests {
         let (tx, rx) = mpsc::channel(4);
         let inbox = Arc::new(Inbox::default());
         (tx, AppReceiver::new(rx, inbox.clone()), inbox)
-    }
-
-    fn numbered(i: u8) -> (NodeId, Bytes) {
-        (NodeId::new("peer").unwrap(), Bytes::copy_from_slice(&[i]))
-    }
-
-    #[tokio::test]
-    async fn the_receiver_takes_what_is_queued_at_once_and_returns_it_in_order() {
-        let (tx, mut rx, _inbox) = pair();
-        for i in 0..4 {
-            tx.try_send(numbered(i)).unwrap();
-        }
-        assert_eq!(rx.recv().await, Some(numbered(0)));
-        // All four were taken together: the channel has room for four more while three
-        // wait in the receiver (capacity plus a batch at most).
-        assert_eq!(tx.capacity(), 4);
-        for i in 4..8 {
-            tx.try_send(numbered(i)).unwrap();
-        }
-        assert!(tx.try_send(numbered(8)).is_err());
-        assert_eq!(rx.try_recv().unwrap(), numbered(1));
-        for i in 2..6 {
-            assert_eq!(rx.recv().await, Some(numbered(i)), "message {i}");
-        }
-        assert_eq!(rx.try_recv().unwrap(), numbered(6));
-        drop(tx);
-        assert_eq!(rx.recv().await, Some(numbered(7)));
-        assert_eq!(rx.recv().await, None);
-        assert!(rx.try_recv().is_err());
     }
 
     /// A reader that says it started, waits for `go`, then delivers one message and records
