@@ -641,10 +641,10 @@ impl LaneShared {
     }
 
     /// Writes `msg` straight into the lane's stream if the writer parked it there and
-    /// nothing is queued before it (a queued message, or one the writer took and has not
-    /// written yet, always holds the stream or a queue slot, so order is kept). Never
-    /// waits: a stream without room (flow control) or busy leaves the message to the
-    /// queue; a write that fit only in part hands its rest to the writer.
+    /// nothing is queued before it (a queued message holds a queue slot, and a writer
+    /// holding messages it took and has not written yet does not park, so order is
+    /// kept). Never waits: a stream without room (flow control) or busy leaves the
+    /// message to the queue; a write that fit only in part hands its rest to the writer.
     fn try_direct(&self, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> DirectWrite {
         let queue_empty = || tx.capacity() == tx.max_capacity();
         if !queue_empty() || self.closed.is_closed() || self.detached.load(Ordering::Acquire) {
