@@ -25,7 +25,9 @@
 //!   and drop it ([`Store::drop_partition`]) without scanning everything.
 //!
 //! Expired entries are removed locally by each replica when it notices them, without a
-//! version: expiry is a function of the replicated expiry time, not a write.
+//! version: expiry is a function of the replicated expiry time, not a write. The version
+//! an expired entry had is remembered like an evicted one's, so a late older write does
+//! not bring back a value that a newer (since expired) write replaced.
 //!
 //! Why `quick_cache` rather than `moka`: with the same 1 M entries (12-byte keys, 100-byte
 //! values, shared slices) on this machine kind, quick_cache 0.6's unsync cache used 242
@@ -309,12 +311,12 @@ pub enum Applied {
         /// The version held.
         held: Version,
     },
-    /// The key is not held: it was evicted (to respect the budget) at a newer version. A
-    /// replicated write and a carried one travel separately, so an older write can arrive
-    /// after a newer one was applied and evicted; applying it would bring back an older
-    /// value. Nothing changed; the key stays evicted.
+    /// The key is not held: it was evicted (to respect the budget) or expired at a newer
+    /// version. A replicated write and a carried one travel separately, so an older write
+    /// can arrive after a newer one was applied and evicted or expired; applying it would
+    /// bring back an older value. Nothing changed; the key stays absent.
     Evicted {
-        /// The version the key was evicted at.
+        /// The version the key was evicted or expired at.
         at: Version,
     },
 }
@@ -378,7 +380,7 @@ pub struct Store {
     ttl_keys: Vec<EntryKey>,
     tombstones: usize,
     evicted: u64,
-    /// Versions of recently evicted keys (see [`Applied::Evicted`]).
+    /// Versions of recently evicted or expired keys (see [`Applied::Evicted`]).
     evicted_versions: EvictedVersions,
     expired: u64,
 }
@@ -408,10 +410,10 @@ struct PartIndex {
     generation: u32,
 }
 
-/// The versions recent evictions removed, by key: a direct-mapped table of a fixed size,
-/// so it costs a bounded amount of memory however much is evicted. It is best effort: a
-/// key's slot is taken over by the next evicted key that hashes to it, so an eviction is
-/// remembered for about as many further evictions as there are slots (at 100 000
+/// The versions recent evictions and expiries removed, by key: a direct-mapped table of a
+/// fixed size, so it costs a bounded amount of memory however much is removed. It is best
+/// effort: a key's slot is taken over by the next removed key that hashes to it, so a
+/// removal is remembered for about as many further removals as there are slots (at 100 000
 /// evictions per second and 32 768 slots, a third of a second on average; a late write
 /// takes a round trip), and forgotten sooner by bad luck.
 struct EvictedVersions {
@@ -1534,12 +1536,22 @@ impl Store {
         self.cache.peek(&k).filter(|e| e.value.is_some())
     }
 
+    /// Removes an expired entry (or tombstone), remembering its version like an
+    /// eviction's, so that an older write arriving late cannot bring the key back.
     fn remove_expired<Q: Hash + Equivalent<EntryKey> + ?Sized>(&mut self, k: &Q) {
         if let Some((k, e)) = self.cache.remove(k) {
             self.expired += 1;
             let partition = self.config.partitioning.partition_of(k.key()).index();
+            self.remember_removed(&k, e.version, partition);
             self.unindex(&k, &e, Some(partition));
         }
+    }
+
+    /// Remembers that `key` left the store at `version` ([`Applied::Evicted`]).
+    fn remember_removed(&mut self, key: &EntryKey, version: Version, partition: usize) {
+        let hash = self.evicted_versions.hash(key.bucket(), key.key());
+        let generation = self.parts[partition].generation;
+        self.evicted_versions.record(hash, version, generation);
     }
 
     fn next_version(&mut self, partition: Partition, epoch: u64) -> Version {
@@ -1656,9 +1668,7 @@ impl Store {
             self.evicted += 1;
             tracing::trace!(bucket = k.bucket(), "evicted to respect the byte budget");
             let partition = self.config.partitioning.partition_of(k.key()).index();
-            let hash = self.evicted_versions.hash(k.bucket(), k.key());
-            let generation = self.parts[partition].generation;
-            self.evicted_versions.record(hash, e.version, generation);
+            self.remember_removed(&k, e.version, partition);
             self.unindex(&k, &e, Some(partition));
         }
     }
@@ -2807,6 +2817,57 @@ mod tests {
         let partition = StoreConfig::default().partitioning.partition_of(b"r");
         assert_eq!(s.high_version(partition), newer.version);
         s.check_invariants();
+    }
+
+    #[test]
+    fn an_older_write_arriving_after_the_newer_expired_is_not_applied() {
+        let (mut primary, pid) = store();
+        let (mut replica, rid) = store();
+        let old = set(&mut primary, pid, "x", "old", T0).write.expect("w");
+        let ex = SetOptions {
+            expiry: Expiry::After(Duration::from_secs(1)),
+            ..SetOptions::default()
+        };
+        let new = primary
+            .set(pid, b("x"), b("new"), ex, T0, 1)
+            .expect("set")
+            .write
+            .expect("w");
+        let other = set(&mut primary, pid, "y", "early", T0).write.expect("w");
+        assert_eq!(replica.apply(&new, T0), Ok(Applied::Applied));
+        // Noticed on a read, the expiry removes the key.
+        assert_eq!(replica.get(rid, b"x", at(1_000)), None);
+        assert_eq!(replica.version(rid, b"x"), None);
+        // The older write arrives late: applying it would bring back the value the newer
+        // write replaced.
+        assert_eq!(
+            replica.apply(&old, at(1_000)),
+            Ok(Applied::Evicted { at: new.version })
+        );
+        assert_eq!(replica.get(rid, b"x", at(1_000)), None);
+        // Removed by the reaper instead: the same.
+        let again = primary
+            .set(pid, b("x"), b("again"), ex, at(1_000), 1)
+            .expect("set")
+            .write
+            .expect("w");
+        assert_eq!(replica.apply(&again, at(1_000)), Ok(Applied::Applied));
+        let mut rng = StdRng::seed_from_u64(7);
+        while replica.version(rid, b"x").is_some() {
+            replica.reap(at(2_000), &mut rng, 20);
+        }
+        assert_eq!(
+            replica.apply(&new, at(2_000)),
+            Ok(Applied::Evicted { at: again.version })
+        );
+        // Other keys, and newer writes of this one, are applied as usual.
+        assert_eq!(replica.apply(&other, at(2_000)), Ok(Applied::Applied));
+        let newest = set(&mut primary, pid, "x", "newest", at(2_000))
+            .write
+            .expect("w");
+        assert_eq!(replica.apply(&newest, at(2_000)), Ok(Applied::Applied));
+        assert_eq!(replica.get(rid, b"x", at(2_000)), Some(b("newest")));
+        replica.check_invariants();
     }
 
     #[test]
