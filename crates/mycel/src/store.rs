@@ -1816,6 +1816,14 @@ mod tests {
         (s, id)
     }
 
+    /// A plain `SET` with `EX`/`PX`: the value expires `ttl` after the write.
+    fn expiring_after(ttl: Duration) -> SetOptions {
+        SetOptions {
+            expiry: Expiry::After(ttl),
+            ..SetOptions::default()
+        }
+    }
+
     fn set(s: &mut Store, id: BucketId, k: &str, v: &str, now: Timestamp) -> SetOutcome {
         s.set(id, b(k), b(v), SetOptions::default(), now, 1)
             .expect("set")
@@ -1967,10 +1975,7 @@ mod tests {
     #[test]
     fn ttl_on_read_and_options() {
         let (mut s, id) = store();
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("k"), b("v"), ex, T0, 1).expect("set");
         assert_eq!(
             s.ttl(id, b"k", at(4_000)),
@@ -2121,10 +2126,7 @@ mod tests {
             "unchanged"
         );
         // INCR keeps an existing TTL.
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("t"), b("10"), ex, T0, 1).expect("set");
         s.incr_by(id, b("t"), 1, at(1), 1).expect("incr");
         assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
@@ -2151,10 +2153,7 @@ mod tests {
         assert_eq!(s.get(id, b"n", T0), Some(b("10.6")));
         // An existing TTL is kept; a value that is no number, or an infinite result, is
         // refused and changes nothing.
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("t"), b("1"), ex, T0, 1).expect("set");
         s.incr_by_float(id, b("t"), f("1"), at(1), 1).expect("incr");
         assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
@@ -2200,10 +2199,7 @@ mod tests {
         ));
         assert_eq!(s.get(id, b"none", T0), None);
         // An existing TTL is kept.
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("t"), b("abc"), ex, T0, 1).expect("set");
         s.set_range(id, b("t"), 0, b"z", at(1), 1)
             .expect("set_range");
@@ -2239,10 +2235,7 @@ mod tests {
         assert_eq!(s.get(id, b"a", T0), Some(b("Hello World")));
         assert_eq!(s.append(id, b("a"), b"", T0, 1).map(|r| r.0), Ok(11));
         // An existing TTL is kept.
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("t"), b("x"), ex, T0, 1).expect("set");
         s.append(id, b("t"), b"y", at(1), 1).expect("append");
         assert!(matches!(s.ttl(id, b"t", at(1)), Ttl::Expires { at: t, .. } if t == at(10_000)));
@@ -2270,10 +2263,7 @@ mod tests {
     fn copy_semantics() {
         let (mut s, id) = store();
         assert_eq!(s.copy(id, b"a", b("b"), true, T0, 1), Ok(None));
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("a"), b("1"), ex, T0, 1).expect("set");
         set(&mut s, id, "c", "3", T0);
         assert_eq!(s.copy(id, b"a", b("c"), false, T0, 1), Ok(None));
@@ -2326,10 +2316,7 @@ mod tests {
             s.rename(id, b("a"), b("b"), true, T0, 1),
             Ok((Renamed::Missing, Vec::new()))
         );
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(10)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(10));
         s.set(id, b("a"), b("1"), ex, T0, 1).expect("set");
         set(&mut s, id, "c", "3", T0);
         // RENAMENX onto an existing key, or a key onto itself: nothing changes.
@@ -2542,10 +2529,7 @@ mod tests {
         s.set(other, b("{x}a3"), b("v"), SetOptions::default(), T0, 1)
             .expect("set");
         s.delete(id, b("{x}gone"), T0, 1).expect("delete");
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(1)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(1));
         s.set(id, b("{x}old"), b("v"), ex, T0, 1).expect("set");
         let keys = |pattern: Option<&[u8]>, now| {
             let (mut out, next) = s.keys(id, p, pattern, 0, usize::MAX, now);
@@ -2620,10 +2604,7 @@ mod tests {
             set(&mut s, id, &format!("other{i}"), "v", T0);
         }
         s.delete(id, b("{x}0"), T0, 1).expect("ok");
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(1)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(1));
         s.set(id, b("{x}1"), b("v"), ex, T0, 1).expect("set");
         let snap: Vec<Write> = s.snapshot(p, at(2_000)).collect();
         // 50 keys: one tombstone, one expired (left out), 48 puts.
@@ -2655,14 +2636,8 @@ mod tests {
     #[test]
     fn reaper_removes_expired_keys_in_bounded_steps() {
         let (mut s, id) = store();
-        let short = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(1)),
-            ..SetOptions::default()
-        };
-        let long = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(3600)),
-            ..SetOptions::default()
-        };
+        let short = expiring_after(Duration::from_secs(1));
+        let long = expiring_after(Duration::from_secs(3600));
         for i in 0..2000 {
             s.set(id, b(&format!("s{i}")), b("v"), short, T0, 1)
                 .expect("set");
@@ -2738,10 +2713,7 @@ mod tests {
         assert_eq!(s.stats().weight, weight - 2);
         assert_eq!(s.get(id, b"k", T0), Some(b("si")));
         // With an expiry, then KEEPTTL in place: the expiry stays.
-        let ttl = |after| SetOptions {
-            expiry: Expiry::After(Duration::from_millis(after)),
-            ..SetOptions::default()
-        };
+        let ttl = |after| expiring_after(Duration::from_millis(after));
         s.set(id, b("k"), b("ab"), ttl(500), T0, 1).expect("set");
         let keep = SetOptions {
             expiry: Expiry::Keep,
@@ -2824,10 +2796,7 @@ mod tests {
         let (mut primary, pid) = store();
         let (mut replica, rid) = store();
         let old = set(&mut primary, pid, "x", "old", T0).write.expect("w");
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(1)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(1));
         let new = primary
             .set(pid, b("x"), b("new"), ex, T0, 1)
             .expect("set")
@@ -2937,10 +2906,7 @@ mod tests {
             .create_bucket("b", BucketOptions::default())
             .expect("bucket");
         let value = Bytes::from(vec![7u8; 100]);
-        let ex = SetOptions {
-            expiry: Expiry::After(Duration::from_secs(60)),
-            ..SetOptions::default()
-        };
+        let ex = expiring_after(Duration::from_secs(60));
         for i in 0..5_000u32 {
             let opts = if i % 3 == 0 {
                 ex
