@@ -2822,8 +2822,11 @@ mod tests {
             .expect("w");
         assert_eq!(replica.apply(&again, at(1_000)), Ok(Applied::Applied));
         let mut rng = StdRng::seed_from_u64(7);
+        let mut rounds = 0;
         while replica.version(rid, b"x").is_some() {
+            assert!(rounds < 100, "the reaper never removed the key");
             replica.reap(at(2_000), &mut rng, 20);
+            rounds += 1;
         }
         assert_eq!(
             replica.apply(&new, at(2_000)),
