@@ -51,9 +51,10 @@ pub fn udp_socket_on(ip: IpAddr) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
-/// Flow-control windows as in `nodosum_quic::Config::default()` (1 MiB per stream, 64 MiB
-/// per connection received, 16 MiB sent; no unidirectional streams), so that the raw
-/// baseline and the stream manager differ only in the stream manager.
+/// Flow-control windows and acknowledgement delay as in `nodosum_quic::Config::default()`
+/// (1 MiB per stream, 64 MiB per connection received, 16 MiB sent; no unidirectional
+/// streams; acknowledgements within 1 ms), so that the raw baseline and the stream manager
+/// differ only in the stream manager.
 pub fn transport() -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
     t.stream_receive_window(VarInt::from_u32(1024 * 1024))
@@ -61,6 +62,10 @@ pub fn transport() -> Arc<TransportConfig> {
         .send_window(16 * 1024 * 1024)
         .max_concurrent_bidi_streams(VarInt::from_u32(1000))
         .max_concurrent_uni_streams(VarInt::from_u32(0));
+    let mut ack = quinn::AckFrequencyConfig::default();
+    ack.max_ack_delay(Some(nodosum_quic::Config::default().max_ack_delay))
+        .reordering_threshold(VarInt::from_u32(1));
+    t.ack_frequency_config(Some(ack));
     Arc::new(t)
 }
 

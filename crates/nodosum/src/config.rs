@@ -188,6 +188,12 @@ pub struct QuicConfig {
     /// Congestion controller of this node's connections: `cubic` (default) or `bbr` for
     /// links that drop packets at random (see [`Congestion`]).
     pub congestion: Congestion,
+    /// Longest time a peer may hold back an acknowledgement; it also bounds how long a
+    /// lost packet at the end of a burst goes unnoticed. `1ms` to `16383ms`, default
+    /// `1ms` (QUIC's own default of 25 ms stalls a sub-millisecond link at such a loss);
+    /// see `nodosum_quic::Config::max_ack_delay`.
+    #[serde(with = "human")]
+    pub max_ack_delay: Duration,
 }
 
 impl Default for QuicConfig {
@@ -203,6 +209,7 @@ impl Default for QuicConfig {
             udp_buffer_bytes: 4 * 1024 * 1024,
             send_queue_len: 1024,
             congestion: Congestion::default(),
+            max_ack_delay: Duration::from_millis(1),
         }
     }
 }
@@ -565,6 +572,9 @@ impl Config {
         if q.send_queue_len == 0 {
             v.push("quic.send_queue_len", "must be at least 1");
         }
+        if !(Duration::from_millis(1)..=Duration::from_millis(16_383)).contains(&q.max_ack_delay) {
+            v.push("quic.max_ack_delay", "must be 1ms to 16383ms");
+        }
 
         let t = &self.tls;
         if t.development {
@@ -821,6 +831,7 @@ mod tests {
         assert_eq!(c.quic.max_concurrent_bidi_streams, 1000);
         assert_eq!(c.quic.alpn, "mycorrizal-quic");
         assert_eq!(c.quic.congestion, Congestion::Cubic);
+        assert_eq!(c.quic.max_ack_delay, Duration::from_millis(1));
         c.validate().unwrap();
         let again = Config::from_toml(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(again, c);
@@ -872,6 +883,7 @@ mod tests {
         c.quic.bind = "127.0.0.1:7000".parse().unwrap();
         c.quic.keep_alive_interval = Duration::from_secs(30);
         c.quic.handshake_timeout = Duration::ZERO;
+        c.quic.max_ack_delay = Duration::from_micros(500);
         c.limits.max_app_id_len = 70_000;
         let err = c.validate().unwrap_err();
         let text = err.to_string();
@@ -885,6 +897,7 @@ mod tests {
                 "quic.bind",
                 "quic.max_idle_timeout",
                 "quic.handshake_timeout",
+                "quic.max_ack_delay",
                 "tls.ca",
                 "tls.cert",
                 "tls.key",

@@ -700,6 +700,7 @@ fn quic_config(config: &Config) -> nodosum_quic::Config {
         limits: config.limits.into(),
         send_queue_len: q.send_queue_len,
         congestion: q.congestion,
+        max_ack_delay: q.max_ack_delay,
         ..nodosum_quic::Config::default()
     }
 }
