@@ -8,10 +8,11 @@ use nodosum_proto::Limits;
 
 use crate::tls::DEFAULT_ALPN;
 
-/// Bounds of [`Config::max_ack_delay`]: QUIC's timer granularity (a peer refuses a smaller
-/// request), and the largest delay its transport parameter can carry (2^14 ms).
-const MIN_ACK_DELAY: Duration = Duration::from_millis(1);
-const MAX_ACK_DELAY: Duration = Duration::from_millis((1 << 14) - 1);
+/// Smallest [`Config::max_ack_delay`]: QUIC's timer granularity (a peer refuses a smaller
+/// request).
+pub const MIN_ACK_DELAY: Duration = Duration::from_millis(1);
+/// Largest [`Config::max_ack_delay`]: what QUIC's transport parameter can carry (2^14 ms).
+pub const MAX_ACK_DELAY: Duration = Duration::from_millis((1 << 14) - 1);
 
 /// Default QUIC port of a node (seed value).
 pub const DEFAULT_PORT: u16 = 6970;
@@ -56,7 +57,8 @@ pub struct Config {
     pub congestion: Congestion,
     /// Longest time the peer may hold back an acknowledgement, requested through QUIC's
     /// ACK frequency extension (both sides are Nodosum, so both speak it). 1 ms to
-    /// 16 383 ms; default 1 ms.
+    /// 16 383 ms; default 1 ms. quinn caps the request at the greater of the round-trip
+    /// time and 25 ms.
     ///
     /// It also sets how soon a lost packet that no later packet reveals (the tail of a
     /// burst) is probed for: after about RTT + 4 x RTT variance + this delay. QUIC's own

@@ -152,7 +152,7 @@ mod node;
 mod resolve;
 mod tls;
 
-pub use config::{Config, Congestion, DEFAULT_PORT};
+pub use config::{Config, Congestion, DEFAULT_PORT, MAX_ACK_DELAY, MIN_ACK_DELAY};
 pub use inbox::AppReceiver;
 pub use node::{
     AcceptPolicy, AppOptions, ConnectionInfo, Counts, DownReason, EarlyData, Error, Event,

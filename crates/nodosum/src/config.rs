@@ -572,7 +572,7 @@ impl Config {
         if q.send_queue_len == 0 {
             v.push("quic.send_queue_len", "must be at least 1");
         }
-        if !(Duration::from_millis(1)..=Duration::from_millis(16_383)).contains(&q.max_ack_delay) {
+        if !(nodosum_quic::MIN_ACK_DELAY..=nodosum_quic::MAX_ACK_DELAY).contains(&q.max_ack_delay) {
             v.push("quic.max_ack_delay", "must be 1ms to 16383ms");
         }
 
