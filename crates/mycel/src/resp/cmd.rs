@@ -125,6 +125,7 @@ const MAX_NAME_LEN: usize = 16;
 /// `MULTI`, included), sorted.
 pub const NAMES: &[&str] = &[
     "append",
+    "auth",
     "client",
     "command",
     "config",
@@ -466,7 +467,27 @@ pub enum Command {
         proto: Option<i64>,
         /// Client name to set.
         name: Option<Bytes>,
+        /// `AUTH user pass`: authenticate first (the server checks them).
+        auth: Option<Credentials>,
     },
+    /// `AUTH [username] password`: authenticate the connection (the server checks them).
+    Auth(Credentials),
+}
+
+/// A user name and password given with `AUTH` or `HELLO ... AUTH`. Its `Debug` shows
+/// neither, so no log can leak them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name; `None` for the one-argument form, which names the default user.
+    pub user: Option<Bytes>,
+    /// The password.
+    pub password: Bytes,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials(redacted)")
+    }
 }
 
 /// The reply to a command with the wrong number of arguments, in Redis's words.
@@ -514,6 +535,18 @@ impl Command {
                 Self::Echo(key())
             }
             "quit" => Self::Quit,
+            "auth" => match rest {
+                [] => return Err(wrong_arity(name)),
+                [password] => Self::Auth(Credentials {
+                    user: None,
+                    password: password.clone(),
+                }),
+                [user, password] => Self::Auth(Credentials {
+                    user: Some(user.clone()),
+                    password: password.clone(),
+                }),
+                _ => return Err(syntax_error()),
+            },
             "get" => {
                 arity(rest.len() == 1)?;
                 Self::Get(key())
@@ -1324,6 +1357,7 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
         return Ok(Command::Hello {
             proto: None,
             name: None,
+            auth: None,
         });
     };
     let proto =
@@ -1334,15 +1368,13 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
             "NOPROTO unsupported protocol version".to_owned(),
         ));
     }
-    let mut name = None;
+    let (mut name, mut auth) = (None, None);
     while let Some((opt, tail)) = opts.split_first() {
         if opt.eq_ignore_ascii_case(b"auth") && tail.len() >= 2 {
-            // No passwords: only Redis's passwordless default user exists.
-            if tail[0] != "default" {
-                return Err(Frame::Error(
-                    "WRONGPASS invalid username-password pair or user is disabled.".to_owned(),
-                ));
-            }
+            auth = Some(Credentials {
+                user: Some(tail[0].clone()),
+                password: tail[1].clone(),
+            });
             opts = &tail[2..];
         } else if opt.eq_ignore_ascii_case(b"setname") && !tail.is_empty() {
             check_client_name(&tail[0])?;
@@ -1358,6 +1390,7 @@ fn parse_hello(rest: &[Bytes]) -> Result<Command, Frame> {
     Ok(Command::Hello {
         proto: Some(proto),
         name,
+        auth,
     })
 }
 
@@ -2160,14 +2193,19 @@ mod tests {
             parse("HELLO"),
             Ok(Command::Hello {
                 proto: None,
-                name: None
+                name: None,
+                auth: None
             })
         );
         assert_eq!(
             parse("HELLO 3 AUTH default p SETNAME n"),
             Ok(Command::Hello {
                 proto: Some(3),
-                name: Some("n".into())
+                name: Some("n".into()),
+                auth: Some(Credentials {
+                    user: Some("default".into()),
+                    password: "p".into()
+                })
             })
         );
         // An unsupported version wins over the options, as in Redis.
@@ -2177,12 +2215,43 @@ mod tests {
                 "NOPROTO unsupported protocol version".to_owned()
             ))
         );
-        // Only the passwordless default user exists; names follow CLIENT SETNAME's rule.
+        // The server judges the credentials; names follow CLIENT SETNAME's rule.
         assert_eq!(
             parse("HELLO 3 AUTH bob pw"),
-            Err(Frame::Error(
-                "WRONGPASS invalid username-password pair or user is disabled.".to_owned()
-            ))
+            Ok(Command::Hello {
+                proto: Some(3),
+                name: None,
+                auth: Some(Credentials {
+                    user: Some("bob".into()),
+                    password: "pw".into()
+                })
+            })
+        );
+        // AUTH takes a password, or a user and a password, as in Redis.
+        assert_eq!(
+            parse("AUTH pw"),
+            Ok(Command::Auth(Credentials {
+                user: None,
+                password: "pw".into()
+            }))
+        );
+        assert_eq!(
+            parse("auth bob pw"),
+            Ok(Command::Auth(Credentials {
+                user: Some("bob".into()),
+                password: "pw".into()
+            }))
+        );
+        assert_eq!(
+            parse("AUTH"),
+            Err(Frame::err("wrong number of arguments for 'auth' command"))
+        );
+        assert_eq!(parse("AUTH a b c"), Err(Frame::err("syntax error")));
+        // Neither the user nor the password reaches a log.
+        let debug = format!("{:?}", parse("AUTH bob hunter2"));
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("bob"),
+            "{debug}"
         );
         let Err(Frame::Error(e)) =
             Command::parse(&["HELLO".into(), "2".into(), "SETNAME".into(), "a b".into()])

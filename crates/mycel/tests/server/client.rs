@@ -97,3 +97,29 @@ fn string_commands_beyond_get_and_set() {
     let now = i64::try_from(now).expect("seconds");
     assert!((now..=now + 101).contains(&at), "{at} vs {now}");
 }
+
+/// A password in the URL: the client authenticates on connecting; without it, or with a
+/// wrong one, commands are refused with the error the library maps to an authentication
+/// failure.
+#[test]
+fn password_in_the_url() {
+    let s = Server::start(&["--requirepass", "s3cret"]);
+    let mut con = redis::Client::open(format!("redis://:s3cret@{}/", s.resp))
+        .expect("url")
+        .get_connection_with_timeout(crate::util::GUARD)
+        .expect("connect with the password");
+    let () = con.set("k", "v").expect("set");
+    let v: Option<String> = con.get("k").expect("get");
+    assert_eq!(v.as_deref(), Some("v"));
+
+    let wrong = redis::Client::open(format!("redis://:nope@{}/", s.resp))
+        .expect("url")
+        .get_connection_with_timeout(crate::util::GUARD);
+    let err = wrong.err().expect("a wrong password is refused");
+    assert_eq!(err.kind(), redis::ErrorKind::AuthenticationFailed, "{err}");
+
+    let mut anonymous = connect(&s, "");
+    let refused: RedisResult<Option<String>> = anonymous.get("k");
+    let err = refused.expect_err("refused before AUTH");
+    assert!(err.to_string().contains("Authentication required"), "{err}");
+}

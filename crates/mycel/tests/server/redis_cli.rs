@@ -1069,3 +1069,119 @@ fn config_set_changes_the_slow_log_settings() {
     s.cli(&["SET", "c", "3"]);
     assert_eq!(s.cli(&["SLOWLOG", "LEN"]), "(integer) 0");
 }
+
+/// With `--requirepass`, a connection runs nothing but `AUTH`, `HELLO ... AUTH` and `QUIT`
+/// until it gives the password (`redis-cli -a` does it first); a wrong one changes
+/// nothing, and neither reaches the slow log.
+#[test]
+fn requirepass_gates_every_command_until_auth() {
+    let s = Server::start(&["--requirepass", "s3cret", "--slowlog-log-slower-than", "0"]);
+    let noauth = "(error) NOAUTH Authentication required.";
+    let wrongpass = "(error) WRONGPASS invalid username-password pair or user is disabled.";
+    assert_eq!(s.cli(&["SET", "a", "1"]), noauth);
+    assert_eq!(s.cli(&["PING"]), noauth);
+    assert_eq!(s.cli(&["CLIENT", "ID"]), noauth);
+    assert_eq!(s.cli(&["MULTI"]), noauth);
+    // As in Redis, an unknown command and a wrong number of arguments come first.
+    assert_eq!(
+        s.cli(&["GET"]),
+        "(error) ERR wrong number of arguments for 'get' command"
+    );
+    assert!(
+        s.cli(&["NOSUCH"])
+            .starts_with("(error) ERR unknown command 'NOSUCH'")
+    );
+    let hello = s.cli(&["HELLO", "3"]);
+    assert!(
+        hello.starts_with(
+            "(error) NOAUTH HELLO must be called with the client already authenticated"
+        ),
+        "{hello}"
+    );
+
+    let authed = |args: &[&str]| s.cli(&[&["-a", "s3cret", "--no-auth-warning"], args].concat());
+    assert_eq!(authed(&["SET", "a", "1"]), "OK");
+    assert_eq!(authed(&["GET", "a"]), "\"1\"");
+    // redis-cli reports the failed AUTH and sends the command anyway.
+    assert_eq!(
+        s.cli(&["-a", "wrong", "--no-auth-warning", "GET", "a"]),
+        noauth
+    );
+    let hello = s.cli(&["-3", "HELLO", "3", "AUTH", "default", "s3cret"]);
+    assert!(hello.contains("\"proto\" => (integer) 3"), "{hello}");
+    assert_eq!(s.cli(&["HELLO", "3", "AUTH", "bob", "s3cret"]), wrongpass);
+
+    // One connection: the wrong password and the wrong user are refused, the right one
+    // (either form) is taken, and a later failure does not log the connection out.
+    let session = s.cli_session(
+        "AUTH wrong\nGET a\nAUTH bob s3cret\nAUTH default s3cret\nGET a\nAUTH wrong\nGET a\n\
+         AUTH a b c\nSLOWLOG GET 20\n",
+    );
+    let lines: Vec<&str> = session.lines().collect();
+    assert_eq!(
+        lines[..8],
+        [
+            wrongpass,
+            noauth,
+            wrongpass,
+            "OK",
+            "\"1\"",
+            wrongpass,
+            "\"1\"",
+            "(error) ERR syntax error"
+        ],
+        "{session}"
+    );
+    assert!(session.contains("\"(redacted)\""), "{session}");
+    assert!(
+        !session.contains("s3cret") && !session.contains("wrong"),
+        "{session}"
+    );
+
+    // Refusals count as Redis counts them.
+    let stats = authed(&["INFO", "errorstats"]);
+    for want in ["errorstat_NOAUTH:count=", "errorstat_WRONGPASS:count="] {
+        assert!(stats.contains(want), "{want} in {stats}");
+    }
+    let stats = authed(&["INFO", "commandstats"]);
+    let set = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_set:"))
+        .unwrap_or_else(|| panic!("cmdstat_set in {stats}"));
+    assert!(
+        set.contains("calls=1,") && set.contains("rejected_calls=1,"),
+        "{set}"
+    );
+
+    // redis-benchmark authenticates each of its connections with -a.
+    let out = crate::util::redis_benchmark()
+        .args(["-h", "127.0.0.1", "-p", &s.resp.port().to_string()])
+        .args(["-a", "s3cret", "-t", "set", "-n", "200", "-c", "2", "-q"])
+        .output()
+        .expect("run redis-benchmark");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("SET:"), "{out:?}");
+    assert!(authed(&["DBSIZE"]).starts_with("(integer) "));
+}
+
+/// Without a password every connection is served, and `AUTH` answers as Redis's
+/// passwordless default user does.
+#[test]
+fn auth_without_a_password_is_redis_default_user() {
+    let s = Server::standalone(&[]);
+    assert_eq!(
+        s.cli(&["AUTH", "x"]),
+        "(error) ERR AUTH <password> called without any password configured for the default \
+         user. Are you sure your configuration is correct?"
+    );
+    assert_eq!(s.cli(&["AUTH", "default", "anything"]), "OK");
+    assert_eq!(
+        s.cli(&["AUTH", "bob", "x"]),
+        "(error) WRONGPASS invalid username-password pair or user is disabled."
+    );
+    assert_eq!(
+        s.cli(&["AUTH"]),
+        "(error) ERR wrong number of arguments for 'auth' command"
+    );
+    assert_eq!(s.cli(&["SET", "a", "1"]), "OK");
+}

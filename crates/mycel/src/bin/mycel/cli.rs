@@ -3,6 +3,7 @@
 //! every problem at once with the flag or field it concerns.
 
 use std::fmt;
+use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use mycel::BucketOptions;
 use nodosum_discovery::{ConsulConfig, DnsConfig, DnsMode, StaticConfig};
 use serde::Deserialize;
 
+use crate::auth::Password;
 use crate::slowlog::{self, SlowLogConfig};
 
 const EXAMPLES: &str = "\
@@ -34,7 +36,8 @@ Examples:
   # A production node (settings may also come from --config mycel.toml; flags win):
   mycel --node-id node-1 --gossip 0.0.0.0:6969 --advertise 10.0.0.1:6969 \\
         --ca ca.pem --cert node-1.pem --key node-1-key.pem --gossip-key /etc/mycel/gossip.key \\
-        --seed 10.0.0.2:6969 --seed 10.0.0.3:6969 --replicas 2
+        --seed 10.0.0.2:6969 --seed 10.0.0.3:6969 --replicas 2 \\
+        --requirepass-file /etc/mycel/password   # clients: redis-cli -a <password>
 
 Any node serves any key: it forwards the command to the key's primary, which replicates
 writes to --replicas - 1 backups before answering. --standalone serves a single node
@@ -120,6 +123,14 @@ pub(crate) struct Cli {
     /// Entries the slow log keeps, the oldest dropped first [default: 128].
     #[arg(long, value_name = "N")]
     pub(crate) slowlog_max_len: Option<String>,
+    /// Password clients must give (`AUTH password`, `redis-cli -a`) before any other
+    /// command, as Redis's requirepass; it shows in the process list, which
+    /// --requirepass-file avoids [default: none, every client is served].
+    #[arg(long, value_name = "PASSWORD")]
+    pub(crate) requirepass: Option<String>,
+    /// File holding the client password (its first line), instead of --requirepass.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) requirepass_file: Option<PathBuf>,
     /// CA certificate (PEM) that signs every node's certificate.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
@@ -181,6 +192,8 @@ struct FileConfig {
     resp_threads: Option<u64>,
     slowlog_log_slower_than: Option<i64>,
     slowlog_max_len: Option<u64>,
+    requirepass: Option<String>,
+    requirepass_file: Option<PathBuf>,
     ca: Option<PathBuf>,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
@@ -284,6 +297,8 @@ pub(crate) struct Settings {
     pub(crate) resp_threads: Option<usize>,
     /// The slow log (`--slowlog-log-slower-than`, `--slowlog-max-len`).
     pub(crate) slowlog: SlowLogConfig,
+    /// The client password (`--requirepass`, `--requirepass-file`).
+    pub(crate) requirepass: Option<Password>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -538,6 +553,12 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         &mut p,
         (cli.slowlog_log_slower_than, file.slowlog_log_slower_than),
         (cli.slowlog_max_len, file.slowlog_max_len),
+    );
+
+    let requirepass = requirepass(
+        &mut p,
+        cli.requirepass.or(file.requirepass),
+        cli.requirepass_file.or(file.requirepass_file),
     );
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
@@ -807,6 +828,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             threads,
             resp_threads,
             slowlog,
+            requirepass,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -814,6 +836,57 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         }),
         _ => Err(p.0),
     }
+}
+
+/// The longest client password accepted.
+const MAX_PASSWORD_LEN: usize = 4096;
+
+/// The client password from its flag or file (either, not both), or a problem.
+fn requirepass(p: &mut Problems, text: Option<String>, path: Option<PathBuf>) -> Option<Password> {
+    const FLAG: &str = "--requirepass (requirepass)";
+    const FILE_FLAG: &str = "--requirepass-file (requirepass_file)";
+    let (field, password) = match (text, path) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            p.push(
+                FLAG,
+                "give either --requirepass or --requirepass-file, not both",
+            );
+            return None;
+        }
+        (Some(text), None) => (FLAG, text.into_bytes()),
+        (None, Some(path)) => {
+            let read = std::fs::File::open(&path).and_then(|f| {
+                let mut bytes = Vec::new();
+                // One byte more than a password may have, to tell a long one.
+                f.take(MAX_PASSWORD_LEN as u64 + 2)
+                    .read_to_end(&mut bytes)?;
+                Ok(bytes)
+            });
+            match read {
+                Ok(bytes) => {
+                    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+                    (FILE_FLAG, line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+                }
+                Err(e) => {
+                    p.push(FILE_FLAG, format!("cannot read {}: {e}", path.display()));
+                    return None;
+                }
+            }
+        }
+    };
+    if password.is_empty() {
+        p.push(field, "the password is empty");
+        return None;
+    }
+    if password.len() > MAX_PASSWORD_LEN {
+        p.push(
+            field,
+            format!("the password is longer than {MAX_PASSWORD_LEN} bytes"),
+        );
+        return None;
+    }
+    Some(Password::new(&password))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -1001,6 +1074,77 @@ mod tests {
             ],
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn requirepass_from_flag_file_or_config() {
+        let accepts = |s: &Settings, password: &'static str| {
+            let given = crate::resp::cmd::Credentials {
+                user: None,
+                password: bytes::Bytes::from_static(password.as_bytes()),
+            };
+            crate::auth::check(s.requirepass.as_ref(), &given).is_ok()
+        };
+        let s = resolve(cli(&["--dev"])).expect("valid");
+        assert!(s.requirepass.is_none(), "no password unless told");
+        let s = resolve(cli(&["--dev", "--requirepass", "s3cret"])).expect("valid");
+        assert!(accepts(&s, "s3cret") && !accepts(&s, "s3cre"));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("password");
+        // The first line, without its line ending.
+        std::fs::write(&secret, "from file\r\nsecond line\n").expect("write");
+        let secret_arg = secret.to_str().expect("utf-8");
+        let s = resolve(cli(&["--dev", "--requirepass-file", secret_arg])).expect("valid");
+        assert!(accepts(&s, "from file") && !accepts(&s, "from file\r"));
+        let config = dir.path().join("mycel.toml");
+        std::fs::write(&config, "dev = true\nrequirepass = \"in config\"\n").expect("write");
+        let config_arg = config.to_str().expect("utf-8");
+        let s = resolve(cli(&["--config", config_arg])).expect("valid");
+        assert!(accepts(&s, "in config"));
+
+        let field = |args: &[&str]| {
+            let problems = resolve(cli(args)).expect_err("invalid");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            (problems[0].field.clone(), problems[0].message.clone())
+        };
+        let both = field(&[
+            "--dev",
+            "--requirepass",
+            "a",
+            "--requirepass-file",
+            secret_arg,
+        ]);
+        assert_eq!(both.0, "--requirepass (requirepass)");
+        assert_eq!(
+            field(&["--dev", "--requirepass", ""]),
+            (
+                "--requirepass (requirepass)".to_owned(),
+                "the password is empty".to_owned()
+            )
+        );
+        let missing = dir.path().join("missing");
+        let (f, m) = field(&[
+            "--dev",
+            "--requirepass-file",
+            missing.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(f, "--requirepass-file (requirepass_file)");
+        assert!(m.contains("cannot read") && m.contains("missing"), "{m}");
+        std::fs::write(&secret, "\nsecond line\n").expect("write");
+        let (f, m) = field(&["--dev", "--requirepass-file", secret_arg]);
+        assert_eq!(
+            (f.as_str(), m.as_str()),
+            (
+                "--requirepass-file (requirepass_file)",
+                "the password is empty"
+            )
+        );
+        std::fs::write(&secret, "x".repeat(MAX_PASSWORD_LEN + 1)).expect("write");
+        let (_, m) = field(&["--dev", "--requirepass-file", secret_arg]);
+        assert!(m.contains("longer than 4096 bytes"), "{m}");
+        std::fs::write(&secret, "x".repeat(MAX_PASSWORD_LEN) + "\n").expect("write");
+        assert!(resolve(cli(&["--dev", "--requirepass-file", secret_arg])).is_ok());
     }
 
     #[test]

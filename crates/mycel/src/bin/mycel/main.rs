@@ -2,6 +2,7 @@
 //!
 //! - RESP2/RESP3 on `--resp` (default port 6379): pipelining, inline commands, Redis's
 //!   error wording; `redis-cli`, `redis-benchmark` and client libraries work unchanged.
+//!   With `--requirepass` clients authenticate first, as with Redis's `requirepass`.
 //! - HTTP admin on `--admin` (default port 9090): `/health`, `/ready`, `/members`,
 //!   `/metrics`, `/partitions`, `POST /maintenance?freeze=true|false`.
 //!
@@ -24,6 +25,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr, reason = "binary output")]
 
 mod admin;
+mod auth;
 mod cli;
 mod metrics;
 mod resp;
@@ -201,7 +203,13 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         partitions: u32::from(store.partitioning.count()),
         dev: settings.dev,
     };
-    let shared = Arc::new(Shared::new(mycel.clone(), node, limits, settings.slowlog));
+    let shared = Arc::new(Shared::new(
+        mycel.clone(),
+        node,
+        limits,
+        settings.slowlog,
+        settings.requirepass,
+    ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let resp_task = tokio::spawn(accept_loop(

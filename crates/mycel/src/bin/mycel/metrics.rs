@@ -30,9 +30,11 @@ pub(crate) const ERROR_CODES: &[&str] = &[
     "ERR",
     "CLUSTERDOWN",
     "CROSSSLOT",
+    "NOAUTH",
     "NOPROTO",
     "TIMEOUT",
     "TRYAGAIN",
+    "WRONGPASS",
 ];
 
 /// The code of an error reply's message (see [`ERROR_CODES`]).

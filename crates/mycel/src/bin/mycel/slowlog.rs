@@ -133,6 +133,8 @@ impl SlowLog {
     /// Logs a command that [`is_slow`](Self::is_slow) found slow: its arguments as the
     /// client sent them, who sent it and its name (`CLIENT SETNAME`) now.
     pub(crate) fn push(&self, took: Duration, args: &[Bytes], client: SocketAddr, name: Bytes) {
+        let redacted = redact(args);
+        let args = redacted.as_deref().unwrap_or(args);
         let kept = if args.len() > MAX_ARGS {
             let mut kept: Vec<Bytes> = args[..MAX_ARGS - 1].iter().map(cut).collect();
             kept.push(Bytes::from(format!(
@@ -231,12 +233,91 @@ pub(crate) const HELP: &[&str] = &[
     "    Prints this help.",
 ];
 
+/// What Redis shows of an argument that is a secret.
+const REDACTED: &[u8] = b"(redacted)";
+
+/// `args` with their secrets replaced, as Redis logs them: every argument of `AUTH`, the
+/// user and password after `HELLO`'s `AUTH`; `None` when there is nothing to hide.
+fn redact(args: &[Bytes]) -> Option<Vec<Bytes>> {
+    let (cmd, rest) = args.split_first()?;
+    let hidden = Bytes::from_static(REDACTED);
+    let mut out = args.to_vec();
+    if cmd.eq_ignore_ascii_case(b"auth") {
+        out[1..].fill(hidden);
+        return Some(out);
+    }
+    if !cmd.eq_ignore_ascii_case(b"hello") {
+        return None;
+    }
+    // Options after the protocol version, walked as `HELLO` reads them (so that a client
+    // named `auth` hides nothing else).
+    let mut i = 2;
+    let mut any = false;
+    while let Some(opt) = rest.get(i - 1) {
+        if opt.eq_ignore_ascii_case(b"auth") {
+            for arg in out.iter_mut().skip(i + 1).take(2) {
+                *arg = hidden.clone();
+                any = true;
+            }
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"setname") {
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    any.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn addr() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 4000))
+    }
+
+    fn words(line: &str) -> Vec<Bytes> {
+        line.split(' ').map(|w| Bytes::from(w.to_owned())).collect()
+    }
+
+    #[test]
+    fn secrets_are_redacted_as_redis_logs_them() {
+        let shown = |line: &str| {
+            let args = words(line);
+            let out = redact(&args).unwrap_or(args);
+            out.iter()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(shown("AUTH hunter2"), "AUTH (redacted)");
+        assert_eq!(shown("auth bob hunter2"), "auth (redacted) (redacted)");
+        assert_eq!(
+            shown("HELLO 3 AUTH bob hunter2 SETNAME x"),
+            "HELLO 3 AUTH (redacted) (redacted) SETNAME x"
+        );
+        assert_eq!(
+            shown("HELLO 3 SETNAME auth AUTH bob hunter2"),
+            "HELLO 3 SETNAME auth AUTH (redacted) (redacted)"
+        );
+        assert_eq!(shown("HELLO 3 SETNAME x"), "HELLO 3 SETNAME x");
+        assert_eq!(shown("HELLO 3 AUTH bob"), "HELLO 3 AUTH (redacted)");
+        assert_eq!(shown("GET auth"), "GET auth");
+        // Through the log itself.
+        let log = SlowLog::new(SlowLogConfig {
+            slower_than: Some(Duration::ZERO),
+            max_len: 8,
+        });
+        log.push(Duration::ZERO, &words("AUTH hunter2"), addr(), Bytes::new());
+        let got = log.get(None);
+        let Frame::Array(entry) = &entries(&got)[0] else {
+            panic!("an entry is an array");
+        };
+        assert_eq!(
+            entry[3],
+            Frame::Array(vec![Frame::bulk("AUTH"), Frame::bulk("(redacted)")])
+        );
     }
 
     fn args(n: usize) -> Vec<Bytes> {

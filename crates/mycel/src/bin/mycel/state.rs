@@ -12,6 +12,7 @@ use bytes::Bytes;
 use mycel::Mycel;
 use tokio::sync::Notify;
 
+use crate::auth::Password;
 use crate::metrics::Metrics;
 use crate::resp::cmd::KillFilter;
 use crate::resp::parse::RequestLimits;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) limits: RequestLimits,
     /// The commands that took longest (`SLOWLOG`).
     pub(crate) slowlog: SlowLog,
+    /// The password clients must authenticate with (`--requirepass`); `None`: none.
+    pub(crate) requirepass: Option<Password>,
     /// When the server started.
     pub(crate) started: Instant,
     /// True once every listener is bound and the server accepts clients; false again
@@ -232,8 +235,10 @@ impl Shared {
         node: NodeInfo,
         limits: RequestLimits,
         slowlog: SlowLogConfig,
+        requirepass: Option<Password>,
     ) -> Self {
         Self {
+            requirepass,
             metrics: Metrics::new(),
             mycel,
             node,

@@ -13,8 +13,9 @@ use mycel::{
     SetOptions, Timestamp, Ttl,
 };
 
-use super::cmd::{self, BucketArg, ClientAttr, Command, GetExAction, SetCondition};
+use super::cmd::{self, BucketArg, ClientAttr, Command, Credentials, GetExAction, SetCondition};
 use super::frame::{Frame, Protocol};
+use crate::auth;
 use crate::slowlog;
 use crate::state::{Activity, Client, KillSwitch, Registration, Shared};
 
@@ -39,6 +40,9 @@ pub(crate) struct Session {
     last_cmd: &'static str,
     /// Pulled when another connection kills this one (`CLIENT KILL`).
     pub(crate) kill: Arc<KillSwitch>,
+    /// Whether it may run commands: from the start on a server without a password,
+    /// after `AUTH` (or `HELLO ... AUTH`) on one with (see [`crate::auth`]).
+    pub(crate) authenticated: bool,
 }
 
 impl Session {
@@ -56,6 +60,7 @@ impl Session {
             activity,
             last_cmd: "NULL",
             kill,
+            authenticated: shared.requirepass.is_none(),
         }
     }
 
@@ -357,7 +362,12 @@ pub(crate) async fn execute(
         Command::ConfigGet(patterns) => Ok(config_get(shared, &patterns)),
         Command::ConfigSet(pairs) => Ok(config_set(shared, &pairs)),
         Command::Bucket(arg) => bucket(shared, session, arg).await,
-        Command::Hello { proto, name } => Ok(hello(session, proto, name)),
+        Command::Hello { proto, name, auth } => {
+            Ok(hello(session, shared, proto, name, auth.as_ref()))
+        }
+        Command::Auth(credentials) => Ok(authenticate(session, shared, &credentials)
+            .err()
+            .unwrap_or(OK)),
     };
     let frame = reply.unwrap_or_else(|e| error_frame(&e));
     (frame, After::Continue)
@@ -745,7 +755,38 @@ async fn bucket(
     Ok(OK)
 }
 
-fn hello(session: &mut Session, proto: Option<i64>, name: Option<Bytes>) -> Frame {
+/// `AUTH`: authenticates the connection, or the error reply (which changes nothing).
+fn authenticate(
+    session: &mut Session,
+    shared: &Shared,
+    credentials: &Credentials,
+) -> Result<(), Frame> {
+    let checked = auth::check(shared.requirepass.as_ref(), credentials);
+    match &checked {
+        Ok(()) => session.authenticated = true,
+        Err(_) => tracing::debug!(client = session.id, "authentication failed"),
+    }
+    checked
+}
+
+fn hello(
+    session: &mut Session,
+    shared: &Shared,
+    proto: Option<i64>,
+    name: Option<Bytes>,
+    credentials: Option<&Credentials>,
+) -> Frame {
+    // As in Redis: the credentials first (a failure changes nothing), and a connection
+    // that has not authenticated must do it here.
+    match credentials {
+        Some(c) => {
+            if let Err(e) = authenticate(session, shared, c) {
+                return e;
+            }
+        }
+        None if !session.authenticated => return Frame::Error(auth::NOAUTH_HELLO.to_owned()),
+        None => {}
+    }
     match proto {
         None => {}
         Some(2) => session.proto = Protocol::Resp2,
@@ -844,7 +885,22 @@ const COMMANDS: &[CommandInfo] = &[
     ("client", -2, &["loading", "stale"], 0, 0, 0),
     ("command", -1, &["loading", "stale"], 0, 0, 0),
     ("config", -2, &["admin", "loading", "stale"], 0, 0, 0),
-    ("hello", -1, &["fast", "loading", "stale"], 0, 0, 0),
+    (
+        "hello",
+        -1,
+        &["fast", "loading", "stale", "no_auth"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "auth",
+        -2,
+        &["fast", "loading", "stale", "no_auth"],
+        0,
+        0,
+        0,
+    ),
     ("mycel.bucket", -1, &["fast"], 0, 0, 0),
 ];
 

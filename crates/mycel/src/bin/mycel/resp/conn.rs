@@ -19,6 +19,7 @@ use super::apply::{self, After, Session, Shape};
 use super::cmd::{self, Command};
 use super::frame::Frame;
 use super::parse::RequestParser;
+use crate::auth;
 use crate::metrics::{self, CommandLabel, ErrorLabel};
 use crate::state::{Client, Shared};
 
@@ -102,6 +103,22 @@ async fn run(
     let mut close = false;
     for (name, request, at) in requests.drain(..) {
         if close {
+            continue;
+        }
+        // Before it authenticates, a connection runs only AUTH, HELLO and QUIT. As in
+        // Redis, an unknown command or a wrong number of arguments is answered as such
+        // first, and a refusal counts as the command's rejected call.
+        if !session.authenticated
+            && let Some(known) = name.filter(|n| !auth::allowed_before_auth(n))
+            && !matches!(&request, Err((frame, _)) if cmd::is_arity_error(frame))
+        {
+            session.command(known);
+            let c = counters.get(shared, known);
+            c.rejected.inc();
+            c.errors.inc();
+            let reply = Frame::Error(auth::NOAUTH.to_owned());
+            count_error(shared, &reply);
+            reply.encode(session.proto, output);
             continue;
         }
         let cmd = match request {
