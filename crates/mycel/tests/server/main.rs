@@ -10,4 +10,5 @@ mod client;
 mod protocol;
 mod redis_cli;
 mod three_nodes;
+mod tls;
 mod util;

@@ -24,6 +24,8 @@ pub(crate) struct Server {
     /// The gossip address the node bound (what others use as `--seed`); `None` for a
     /// standalone node, which has none.
     pub(crate) gossip: Option<SocketAddr>,
+    /// The RESP-over-TLS address, when started with `--resp-tls`.
+    pub(crate) resp_tls: Option<SocketAddr>,
 }
 
 impl Server {
@@ -74,6 +76,10 @@ impl Server {
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("gossip="))
                 .map(|a| a.parse().expect("gossip address")),
+            resp_tls: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("resp_tls="))
+                .map(|a| a.parse().expect("resp_tls address")),
             child,
         }
     }

@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::auth::Password;
 use crate::slowlog::{self, SlowLogConfig};
+use crate::tls::{self, RespTls};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -89,6 +90,20 @@ pub(crate) struct Cli {
     /// RESP (Redis protocol) listen address [default port 6379; loopback with --dev].
     #[arg(long, value_name = "ADDR")]
     pub(crate) resp: Option<String>,
+    /// Also serve RESP over TLS on this address, as Redis's tls-port (`redis-cli --tls
+    /// --cacert ca.pem`); needs --resp-tls-cert and --resp-tls-key [default: none].
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) resp_tls: Option<String>,
+    /// The TLS listener's certificate chain (PEM, the server's certificate first).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) resp_tls_cert: Option<PathBuf>,
+    /// The TLS listener's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) resp_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose certificates TLS clients must present (`redis-cli --cert --key`)
+    /// [default: clients present none].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) resp_tls_client_ca: Option<PathBuf>,
     /// HTTP admin listen address [default port 9090; loopback with --dev].
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<String>,
@@ -183,6 +198,10 @@ struct FileConfig {
     quic: Option<String>,
     quic_congestion: Option<String>,
     resp: Option<String>,
+    resp_tls: Option<String>,
+    resp_tls_cert: Option<PathBuf>,
+    resp_tls_key: Option<PathBuf>,
+    resp_tls_client_ca: Option<PathBuf>,
     admin: Option<String>,
     #[serde(default)]
     seeds: Vec<String>,
@@ -281,6 +300,8 @@ pub(crate) struct Settings {
     pub(crate) standalone: bool,
     /// RESP listen address.
     pub(crate) resp: SocketAddr,
+    /// The RESP-over-TLS listener (`--resp-tls`), if any.
+    pub(crate) resp_tls: Option<RespTls>,
     /// Admin listen address.
     pub(crate) admin: SocketAddr,
     /// The nodosum node's configuration (validated, unless `--standalone`, which does not
@@ -490,6 +511,18 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             .map_err(|m| p.push("--advertise (advertise)", m))
             .ok()
     });
+
+    let tls_addr = cli
+        .resp_tls
+        .or(file.resp_tls)
+        .map(|v| parse_addr(&v, default_ip).map_err(|m| p.push("--resp-tls (resp_tls)", m)));
+    let tls_files = [
+        cli.resp_tls_cert.or(file.resp_tls_cert),
+        cli.resp_tls_key.or(file.resp_tls_key),
+        cli.resp_tls_client_ca.or(file.resp_tls_client_ca),
+    ];
+    let [cert, key, client_ca] = tls_files.each_ref().map(Option::as_deref);
+    let resp_tls = resp_tls(&mut p, tls_addr, cert, key, client_ca);
 
     let auto_node_id = dev && cli.node_id.is_none() && file.node_id.is_none();
     let node_id_text = cli
@@ -821,6 +854,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             dev,
             standalone,
             resp,
+            resp_tls,
             admin,
             nodosum,
             mycel: m,
@@ -835,6 +869,50 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             cluster_only,
         }),
         _ => Err(p.0),
+    }
+}
+
+/// The RESP-over-TLS listener from its address (`None`: not asked for; `Err`: a bad
+/// address, already reported) and files, or problems naming the flag at fault.
+fn resp_tls(
+    p: &mut Problems,
+    addr: Option<Result<SocketAddr, ()>>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+) -> Option<RespTls> {
+    let Some(addr) = addr else {
+        for (given, field) in [
+            (cert.is_some(), tls::CERT_FLAG),
+            (key.is_some(), tls::KEY_FLAG),
+            (client_ca.is_some(), tls::CLIENT_CA_FLAG),
+        ] {
+            if given {
+                p.push(field, "only used with --resp-tls");
+            }
+        }
+        return None;
+    };
+    let (Some(cert), Some(key)) = (cert, key) else {
+        for (missing, field) in [
+            (cert.is_none(), tls::CERT_FLAG),
+            (key.is_none(), tls::KEY_FLAG),
+        ] {
+            if missing {
+                p.push(field, "required with --resp-tls");
+            }
+        }
+        return None;
+    };
+    match tls::server_config(cert, key, client_ca) {
+        Ok(config) => Some(RespTls {
+            addr: addr.ok()?,
+            acceptor: config.into(),
+        }),
+        Err((field, message)) => {
+            p.push(field, message);
+            None
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! - RESP2/RESP3 on `--resp` (default port 6379): pipelining, inline commands, Redis's
 //!   error wording; `redis-cli`, `redis-benchmark` and client libraries work unchanged.
-//!   With `--requirepass` clients authenticate first, as with Redis's `requirepass`.
+//!   With `--requirepass` clients authenticate first, as with Redis's `requirepass`;
+//!   `--resp-tls` serves the same over TLS on a second port, as Redis's `tls-port`.
 //! - HTTP admin on `--admin` (default port 9090): `/health`, `/ready`, `/members`,
 //!   `/metrics`, `/partitions`, `POST /maintenance?freeze=true|false`.
 //!
@@ -31,6 +32,7 @@ mod metrics;
 mod resp;
 mod slowlog;
 mod state;
+mod tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -45,6 +47,7 @@ use mycel::{BucketOptions, ClusterConfig, Mycel};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, LogFormat, Settings};
@@ -158,8 +161,16 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot start {resp_threads} connection threads: {e}"))?;
 
     let resp_listener = bind("--resp", settings.resp).await?;
+    let tls_listener = match settings.resp_tls.take() {
+        Some(t) => Some((bind("--resp-tls", t.addr).await?, t.acceptor)),
+        None => None,
+    };
     let admin_listener = bind("--admin", settings.admin).await?;
     let resp_addr = resp_listener.local_addr().map_err(|e| e.to_string())?;
+    let resp_tls_addr = match &tls_listener {
+        Some((l, _)) => Some(l.local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
     if settings.auto_node_id && settings.resp.port() == 0 {
@@ -198,6 +209,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         gossip_addr,
         quic_addr,
         resp_addr,
+        resp_tls_addr,
         admin_addr,
         replicas: settings.mycel.replication_factor,
         partitions: u32::from(store.partitioning.count()),
@@ -214,6 +226,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
 
     let resp_task = tokio::spawn(accept_loop(
         resp_listener,
+        tls_listener,
         threads,
         shared.clone(),
         shutdown_rx.clone(),
@@ -309,8 +322,13 @@ fn announce(shared: &Shared, resp_addr: SocketAddr, admin_addr: SocketAddr) {
     } else {
         String::new()
     };
+    let tls_addr = shared
+        .node
+        .resp_tls_addr
+        .map(|a| format!(" resp_tls={a}"))
+        .unwrap_or_default();
     println!(
-        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={}{cluster_addrs}",
+        "mycel ready resp={resp_addr} admin={admin_addr} node_id={} mode={}{cluster_addrs}{tls_addr}",
         shared.node.id,
         shared.mycel.mode().as_str(),
     );
@@ -395,29 +413,44 @@ async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
 /// answer what they were executing.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
     mut threads: ConnThreads,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
     loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tracing::trace!(%peer, "client connected");
-                    hand_over(stream, &mut conns, &mut threads, &shared, &shutdown);
+        let (accepted, acceptor) = tokio::select! {
+            accepted = listener.accept() => (accepted, None),
+            accepted = async {
+                match &tls {
+                    Some((l, _)) => l.accept().await,
+                    None => std::future::pending().await,
                 }
-                Err(e) => {
-                    // Out of descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            } => (accepted, tls.as_ref().map(|(_, a)| a.clone())),
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tracing::trace!(%peer, tls = acceptor.is_some(), "client connected");
+                hand_over(
+                    stream,
+                    acceptor,
+                    &mut conns,
+                    &mut threads,
+                    &shared,
+                    &shutdown,
+                );
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
-    drop(listener);
+    drop((listener, tls));
     let open = conns.len();
     if open > 0 {
         tracing::info!(open, "waiting for connections to finish");
@@ -442,6 +475,7 @@ async fn accept_loop(
 /// accepted connection, not per request).
 fn hand_over(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     conns: &mut JoinSet<()>,
     threads: &mut ConnThreads,
     shared: &Arc<Shared>,
@@ -460,7 +494,7 @@ fn hand_over(
     let shutdown = shutdown.clone();
     let serve = async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => resp::conn::serve(stream, shared.clone(), shutdown).await,
+            Ok(stream) => serve(stream, tls, shared.clone(), shutdown).await,
             Err(e) => tracing::warn!(error = %e, "cannot register a connection on its thread"),
         }
         shared.metrics.connections.dec();
@@ -469,6 +503,39 @@ fn hand_over(
         Some(thread) => conns.spawn_on(serve, thread),
         None => conns.spawn(serve),
     };
+}
+
+/// Serves an accepted connection: at once, or (from the `--resp-tls` listener) once its
+/// TLS handshake completed within [`tls::HANDSHAKE_TIMEOUT`].
+async fn serve(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    // Replies are written once per batch; waiting for more would only add latency.
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let unknown = || SocketAddr::from(([0, 0, 0, 0], 0));
+    let addrs = (
+        stream.peer_addr().unwrap_or_else(|_| unknown()),
+        stream.local_addr().unwrap_or_else(|_| unknown()),
+    );
+    let Some(acceptor) = tls else {
+        return resp::conn::serve(stream, addrs, shared, shutdown).await;
+    };
+    match tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => resp::conn::serve(stream, addrs, shared, shutdown).await,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %addrs.0, error = %e, "TLS handshake failed");
+            shared.metrics.tls_handshake_failures.inc();
+        }
+        Err(_) => {
+            tracing::debug!(peer = %addrs.0, "TLS handshake timed out");
+            shared.metrics.tls_handshake_failures.inc();
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, listened to from before the server announces it is ready, so that

@@ -83,6 +83,8 @@ pub(crate) struct Metrics {
     pub(crate) protocol_errors: Counter,
     /// Connections accepted since start.
     pub(crate) connections_total: Counter,
+    /// TLS connections (`--resp-tls`) closed because their handshake failed or took too long.
+    pub(crate) tls_handshake_failures: Counter,
     /// Connections open now.
     pub(crate) connections: Gauge,
     keys: Gauge,
@@ -108,6 +110,7 @@ impl Metrics {
             error_replies: Family::default(),
             protocol_errors: Counter::default(),
             connections_total: Counter::default(),
+            tls_handshake_failures: Counter::default(),
             connections: Gauge::default(),
             keys: Gauge::default(),
             expires: Gauge::default(),
@@ -122,7 +125,7 @@ impl Metrics {
         registry.register("command_errors", "Error replies sent", m.errors.clone());
         registry.register(
             "command_rejections",
-            "Requests refused before they ran (wrong number of arguments)",
+            "Requests refused before they ran (wrong number of arguments, or not authenticated)",
             m.rejected.clone(),
         );
         registry.register(
@@ -144,6 +147,11 @@ impl Metrics {
             "connections_accepted",
             "Client connections accepted",
             m.connections_total.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS client connections closed for a failed or timed-out handshake",
+            m.tls_handshake_failures.clone(),
         );
         registry.register(
             "connections",

@@ -31,6 +31,8 @@ pub(crate) struct NodeInfo {
     pub(crate) quic_addr: SocketAddr,
     /// The bound RESP address.
     pub(crate) resp_addr: SocketAddr,
+    /// Its RESP-over-TLS address (`--resp-tls`), if it has one.
+    pub(crate) resp_tls_addr: Option<SocketAddr>,
     /// The bound admin address.
     pub(crate) admin_addr: SocketAddr,
     /// Configured replication factor.

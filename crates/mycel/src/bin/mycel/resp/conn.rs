@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
 use mycel::BatchOp;
@@ -236,23 +235,17 @@ fn count_error(shared: &Shared, frame: &Frame) {
     }
 }
 
-/// Serves `stream` until the client leaves, breaks the protocol, another connection
-/// kills it (`CLIENT KILL`), or `shutdown` turns true (then the batch being executed is
-/// answered first).
-pub(crate) async fn serve(
-    mut stream: TcpStream,
+/// Serves `stream`, a connection from `peer` to `local` (plain TCP, or TLS over it),
+/// until the client leaves, breaks the protocol, another connection kills it
+/// (`CLIENT KILL`), or `shutdown` turns true (then the batch being executed is answered
+/// first).
+pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    (peer, local): (SocketAddr, SocketAddr),
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // Replies are written once per batch; waiting for more would only add latency.
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-    let unknown = || SocketAddr::from(([0, 0, 0, 0], 0));
-    let client = Client::new(
-        stream.peer_addr().unwrap_or_else(|_| unknown()),
-        stream.local_addr().unwrap_or_else(|_| unknown()),
-    );
+    let client = Client::new(peer, local);
     let mut session = Session::new(&shared, client);
     let mut parser = RequestParser::new(shared.limits);
     let mut input = BytesMut::with_capacity(READ_CHUNK);
