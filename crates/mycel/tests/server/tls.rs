@@ -73,6 +73,18 @@ fn arg(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")
 }
 
+/// The flags of a TLS listener on an ephemeral loopback port with `cert` and `key`.
+fn listener<'a>(cert: &'a Path, key: &'a Path) -> [&'a str; 6] {
+    [
+        "--resp-tls",
+        "127.0.0.1:0",
+        "--resp-tls-cert",
+        arg(cert),
+        "--resp-tls-key",
+        arg(key),
+    ]
+}
+
 /// `redis-cli --tls` to the server's TLS port with `tls` options, then `args`.
 fn tls_cli(s: &Server, tls: &[&str], args: &[&str]) -> Output {
     let port = s
@@ -108,14 +120,7 @@ fn tls_failures(s: &Server) -> u64 {
 fn resp_over_tls_with_the_servers_ca() {
     let pki = Pki::new("server");
     let (cert, key) = pki.issue("server", "mycel", true);
-    let s = Server::start(&[
-        "--resp-tls",
-        "127.0.0.1:0",
-        "--resp-tls-cert",
-        arg(&cert),
-        "--resp-tls-key",
-        arg(&key),
-    ]);
+    let s = Server::start(&listener(&cert, &key));
     let ca = pki.path("ca.pem");
     let trusted = ["--cacert", arg(&ca)];
     let out = tls_cli(&s, &trusted, &["SET", "greeting", "over tls"]);
@@ -157,18 +162,14 @@ fn client_certificates_and_password() {
     let (client_cert, client_key) = clients.issue("client", "app-1", false);
     let rogue = Pki::new("rogue");
     let (rogue_cert, rogue_key) = rogue.issue("client", "intruder", false);
-    let s = Server::standalone(&[
-        "--resp-tls",
-        "127.0.0.1:0",
-        "--resp-tls-cert",
-        arg(&cert),
-        "--resp-tls-key",
-        arg(&key),
+    let client_ca = clients.path("ca.pem");
+    let more = [
         "--resp-tls-client-ca",
-        arg(&clients.path("ca.pem")),
+        arg(&client_ca),
         "--requirepass",
         "s3cret",
-    ]);
+    ];
+    let s = Server::standalone(&[&listener(&cert, &key)[..], &more].concat());
     let ca = servers.path("ca.pem");
     let with = |cert: &Path, key: &Path, args: &[&str]| {
         let tls = ["--cacert", arg(&ca), "--cert", arg(cert), "--key", arg(key)];
@@ -230,37 +231,16 @@ fn bad_tls_settings_name_their_flag() {
         "{err}"
     );
     let missing = pki.path("missing.pem");
-    let err = problems(&[
-        "--resp-tls",
-        "127.0.0.1:0",
-        "--resp-tls-cert",
-        arg(&missing),
-        "--resp-tls-key",
-        arg(&key),
-    ]);
+    let err = problems(&listener(&missing, &key));
     assert!(
         err.contains("--resp-tls-cert (resp_tls_cert): ") && err.contains("missing.pem"),
         "{err}"
     );
     // A key that is not the certificate's.
-    let err = problems(&[
-        "--resp-tls",
-        "127.0.0.1:0",
-        "--resp-tls-cert",
-        arg(&cert),
-        "--resp-tls-key",
-        arg(&other_key),
-    ]);
+    let err = problems(&listener(&cert, &other_key));
     assert!(err.contains("--resp-tls-key (resp_tls_key): "), "{err}");
     // A certificate file given as the key.
-    let err = problems(&[
-        "--resp-tls",
-        "127.0.0.1:0",
-        "--resp-tls-cert",
-        arg(&cert),
-        "--resp-tls-key",
-        arg(&cert),
-    ]);
+    let err = problems(&listener(&cert, &cert));
     assert!(
         err.contains("--resp-tls-key (resp_tls_key): ") && err.contains("no private key"),
         "{err}"
