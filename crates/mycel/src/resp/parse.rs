@@ -136,6 +136,12 @@ impl RequestParser {
         }
     }
 
+    /// Enforces `limits` from the next request on (a request under way keeps being read
+    /// as the old limits allowed: only looser limits should replace stricter ones).
+    pub fn set_limits(&mut self, limits: RequestLimits) {
+        self.limits = limits;
+    }
+
     /// Parses one request from the start of `buf` into `args` (cleared first).
     ///
     /// `Ok(true)` consumed the request; `args` may be empty (an empty line or `*0`), which

@@ -348,3 +348,58 @@ fn connections_on_several_threads_share_one_node() {
     eventually("closed connections leave the registry", || listed(&s) == 4);
     assert!(s.terminate().success(), "stops with connections open");
 }
+
+/// `*2 $3 SET`-style request bytes.
+fn request(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Before `AUTH`, requests are held to Redis's unauthenticated limits (10 arguments of
+/// 16 KiB); a pipeline sent in one write after its `AUTH` is read with the limits the
+/// `AUTH` lifted, because unauthenticated requests run one at a time.
+#[test]
+fn unauthenticated_requests_are_small_until_auth() {
+    let s = Server::standalone(&["--requirepass", "s3cret"]);
+    let big = vec![b'x'; 20_000];
+    // A large argument before AUTH: a protocol error, and the connection closes.
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        &request(&[b"SET", b"k", &big]),
+        b"-ERR Protocol error: invalid bulk length\r\n",
+    );
+    expect_closed(&mut c);
+    let mut c = s.connect();
+    let many: Vec<&[u8]> = std::iter::repeat_n(&b"k"[..], 11).collect();
+    roundtrip(
+        &mut c,
+        &request(&many),
+        b"-ERR Protocol error: invalid multibulk length\r\n",
+    );
+    expect_closed(&mut c);
+    // Small ones are answered NOAUTH, and the connection stays.
+    let mut c = s.connect();
+    roundtrip(
+        &mut c,
+        &request(&[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    // AUTH, a large SET and a GET in one write.
+    let mut pipeline = request(&[b"AUTH", b"s3cret"]);
+    pipeline.extend(request(&[b"SET", b"k", &big]));
+    pipeline.extend(request(&[b"GET", b"k"]));
+    let mut reply = b"+OK\r\n+OK\r\n$20000\r\n".to_vec();
+    reply.extend_from_slice(&big);
+    reply.extend_from_slice(b"\r\n");
+    roundtrip(&mut c, &pipeline, &reply);
+    // Authenticated, the full limits apply: 11 arguments are fine.
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    mset.extend(std::iter::repeat_n(&b"k"[..], 10));
+    roundtrip(&mut c, &request(&mset), b"+OK\r\n");
+}

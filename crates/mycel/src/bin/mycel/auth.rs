@@ -9,6 +9,7 @@ use ring::digest::{SHA256, digest};
 
 use crate::resp::cmd::Credentials;
 use crate::resp::frame::Frame;
+use crate::resp::parse::RequestLimits;
 
 /// The reply to a command refused before authentication.
 pub(crate) const NOAUTH: &str = "NOAUTH Authentication required.";
@@ -81,6 +82,20 @@ pub(crate) fn check(password: Option<&Password>, credentials: &Credentials) -> R
         None if user_ok => Ok(()),
         Some(p) if user_ok && p.matches(&credentials.password) => Ok(()),
         _ => Err(Frame::Error(WRONGPASS.to_owned())),
+    }
+}
+
+/// What a connection may send before it authenticates, as Redis limits it: requests of
+/// at most 10 arguments of at most 16 KiB each (inline lines too); anything larger is a
+/// protocol error that closes the connection. So a client without the password cannot
+/// make the server buffer more than that.
+pub(crate) fn unauthenticated_limits(limits: RequestLimits) -> RequestLimits {
+    const MAX_LEN: usize = 16 * 1024;
+    RequestLimits {
+        max_bulk_len: limits.max_bulk_len.min(MAX_LEN),
+        max_discard_len: limits.max_discard_len.min(MAX_LEN),
+        max_args: limits.max_args.min(10),
+        max_inline_len: limits.max_inline_len.min(MAX_LEN),
     }
 }
 

@@ -247,7 +247,14 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let client = Client::new(peer, local);
     let mut session = Session::new(&shared, client);
-    let mut parser = RequestParser::new(shared.limits);
+    // Until it authenticates, a connection sends small requests, parsed and run one at a
+    // time, so that those after an `AUTH` are read with the limits it lifts.
+    let mut parser = RequestParser::new(if session.authenticated {
+        shared.limits
+    } else {
+        auth::unauthenticated_limits(shared.limits)
+    });
+    let mut strict = !session.authenticated;
     let mut input = BytesMut::with_capacity(READ_CHUNK);
     let mut output = BytesMut::with_capacity(READ_CHUNK);
     let mut args = Vec::new();
@@ -262,24 +269,28 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let kill = Arc::clone(&session.kill);
     let killed = kill.wait();
     tokio::pin!(stop, killed);
+    // Requests left in `input` unparsed (one at a time, see `strict`): run before reading.
+    let mut unparsed = false;
     loop {
-        if input.capacity() - input.len() < READ_CHUNK / 4 {
-            input.reserve(READ_CHUNK);
-        }
-        let read = tokio::select! {
-            r = stream.read_buf(&mut input) => r,
-            _ = &mut stop => break,
-            () = &mut killed => break,
-        };
-        match read {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(client = session.id, error = %e, "read failed");
-                break;
+        if !std::mem::take(&mut unparsed) {
+            if input.capacity() - input.len() < READ_CHUNK / 4 {
+                input.reserve(READ_CHUNK);
             }
+            let read = tokio::select! {
+                r = stream.read_buf(&mut input) => r,
+                _ = &mut stop => break,
+                () = &mut killed => break,
+            };
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(client = session.id, error = %e, "read failed");
+                    break;
+                }
+            }
+            session.touch();
         }
-        session.touch();
         // Parse every complete request of this read, then run them in order: runs of
         // single-key commands go to the handle as one batch (one round trip per primary
         // in cluster mode), the others one by one.
@@ -295,6 +306,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     let start = read_args.len();
                     read_args.append(&mut args);
                     requests.push((name, request, start..read_args.len()));
+                    if strict {
+                        unparsed = true;
+                        break;
+                    }
                 }
                 // A request with a too large argument was dropped; it alone fails.
                 Err(e) if !e.is_fatal() => {
@@ -317,6 +332,10 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             &mut output,
         )
         .await;
+        if strict && session.authenticated {
+            parser.set_limits(shared.limits);
+            strict = false;
+        }
         if let (false, Some(e)) = (close, protocol_error) {
             tracing::debug!(client = session.id, error = %e, "protocol error; closing");
             shared.metrics.protocol_errors.inc();
