@@ -104,7 +104,9 @@ pub(crate) struct Cli {
     /// [default: clients present none].
     #[arg(long, value_name = "FILE")]
     pub(crate) resp_tls_client_ca: Option<PathBuf>,
-    /// HTTP admin listen address [default port 9090; loopback with --dev].
+    /// HTTP admin listen address; it asks for no password (--requirepass covers RESP
+    /// only), so bind it where only operators and the metrics scraper reach it [default
+    /// port 9090; loopback with --dev].
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<String>,
     /// Gossip address of a node to join through; repeat for several.
