@@ -938,7 +938,8 @@ fn requirepass(p: &mut Problems, text: Option<String>, path: Option<PathBuf>) ->
         (None, Some(path)) => {
             let read = std::fs::File::open(&path).and_then(|f| {
                 let mut bytes = Vec::new();
-                // One byte more than a password may have, to tell a long one.
+                // Up to two bytes more than a password may have: its line end, or the
+                // sign that the line is too long.
                 f.take(MAX_PASSWORD_LEN as u64 + 2)
                     .read_to_end(&mut bytes)?;
                 Ok(bytes)
