@@ -1185,3 +1185,35 @@ fn auth_without_a_password_is_redis_default_user() {
     );
     assert_eq!(s.cli(&["SET", "a", "1"]), "OK");
 }
+
+/// SIGHUP rereads `--requirepass-file`: new `AUTH`s need the new password, a connection
+/// that authenticated before stays so, and a file that does not load changes nothing.
+/// Without a file to reread, SIGHUP ends the server as it would any process.
+#[test]
+fn sighup_rereads_the_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("password");
+    std::fs::write(&file, "old\n").expect("write");
+    let s = Server::standalone(&["--requirepass-file", file.to_str().expect("utf-8")]);
+    let ping = |password: &str| s.cli(&["-a", password, "--no-auth-warning", "PING"]);
+    assert_eq!(ping("old"), "PONG");
+    let mut early = s.connect();
+    crate::util::roundtrip(&mut early, b"AUTH old\r\n", b"+OK\r\n");
+
+    std::fs::write(&file, "new\n").expect("write");
+    crate::util::signal(s.pid(), "HUP");
+    eventually("the new password taken", || ping("new") == "PONG");
+    assert_eq!(ping("old"), "(error) NOAUTH Authentication required.");
+    crate::util::roundtrip(&mut early, b"PING\r\n", b"+PONG\r\n");
+
+    std::fs::write(&file, "").expect("write");
+    crate::util::signal(s.pid(), "HUP");
+    eventually("the failed reload counted", || {
+        s.metric("mycel_reload_failures_total") == 1
+    });
+    assert_eq!(ping("new"), "PONG");
+
+    let plain = Server::standalone(&[]);
+    let status = plain.signal_and_wait("HUP");
+    assert!(!status.success(), "{status:?}");
+}

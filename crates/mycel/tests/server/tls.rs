@@ -105,12 +105,7 @@ fn stdout(out: &Output) -> String {
 }
 
 fn tls_failures(s: &Server) -> u64 {
-    let (status, body) = s.http("GET", "/metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix("mycel_tls_handshake_failures_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("mycel_tls_handshake_failures_total in {body}"))
+    s.metric("mycel_tls_handshake_failures_total")
 }
 
 /// A client that trusts the server's CA talks RESP over TLS, the plain port serves the
@@ -245,4 +240,36 @@ fn bad_tls_settings_name_their_flag() {
         err.contains("--resp-tls-key (resp_tls_key): ") && err.contains("no private key"),
         "{err}"
     );
+}
+
+/// SIGHUP rereads the TLS files: new connections get the new certificate, and files that
+/// do not load are reported and the old ones kept.
+#[test]
+fn sighup_reloads_the_certificate() {
+    let first = Pki::new("first");
+    let (cert, key) = first.issue("server", "mycel", true);
+    let s = Server::start(&listener(&cert, &key));
+    let ping = |ca: &Path| stdout(&tls_cli(&s, &["--cacert", arg(ca)], &["PING"]));
+    let (first_ca, second) = (first.path("ca.pem"), Pki::new("second"));
+    let second_ca = second.path("ca.pem");
+    assert_eq!(ping(&first_ca), "PONG");
+    assert_ne!(ping(&second_ca), "PONG");
+
+    // The files replaced in place (as a certificate renewal does), then SIGHUP.
+    let (new_cert, new_key) = second.issue("server", "mycel", true);
+    std::fs::copy(&new_cert, &cert).expect("copy cert");
+    std::fs::copy(&new_key, &key).expect("copy key");
+    crate::util::signal(s.pid(), "HUP");
+    crate::util::eventually("the new certificate served", || ping(&second_ca) == "PONG");
+    assert_ne!(ping(&first_ca), "PONG");
+    assert_eq!(s.metric("mycel_reloads_total"), 1);
+    assert_eq!(s.metric("mycel_reload_failures_total"), 0);
+
+    // A broken key: the reload fails, the server keeps its certificate (and runs).
+    std::fs::write(&key, "not a key").expect("write");
+    crate::util::signal(s.pid(), "HUP");
+    crate::util::eventually("the failed reload counted", || {
+        s.metric("mycel_reload_failures_total") == 1
+    });
+    assert_eq!(ping(&second_ca), "PONG");
 }

@@ -196,16 +196,34 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits for the exit, failing after [`GUARD`].
-    pub(crate) fn terminate(mut self) -> std::process::ExitStatus {
-        signal(self.pid(), "TERM");
+    pub(crate) fn terminate(self) -> std::process::ExitStatus {
+        self.signal_and_wait("TERM")
+    }
+
+    /// Sends signal `name` and waits for the exit, failing after [`GUARD`].
+    pub(crate) fn signal_and_wait(mut self, name: &str) -> std::process::ExitStatus {
+        signal(self.pid(), name);
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < GUARD, "mycel did not exit after SIGTERM");
+            assert!(
+                start.elapsed() < GUARD,
+                "mycel did not exit after SIG{name}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The value of an unlabelled series in the admin API's `/metrics`.
+    pub(crate) fn metric(&self, series: &str) -> u64 {
+        let (status, body) = self.http("GET", "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{series} in {body}"))
     }
 }
 

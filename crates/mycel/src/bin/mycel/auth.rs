@@ -5,6 +5,10 @@
 //! `NOAUTH` until it authenticates. Without one, every connection is authenticated from
 //! the start, and `AUTH` answers as Redis does for its passwordless default user.
 
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::{PoisonError, RwLock};
+
 use ring::digest::{SHA256, digest};
 
 use crate::resp::cmd::Credentials;
@@ -65,6 +69,70 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest(&SHA256, data).as_ref());
     out
+}
+
+/// The longest password accepted.
+pub(crate) const MAX_PASSWORD_LEN: usize = 4096;
+
+/// A password as given: refused if empty or longer than [`MAX_PASSWORD_LEN`].
+pub(crate) fn password(given: &[u8]) -> Result<Password, String> {
+    if given.is_empty() {
+        return Err("the password is empty".to_owned());
+    }
+    if given.len() > MAX_PASSWORD_LEN {
+        return Err(format!(
+            "the password is longer than {MAX_PASSWORD_LEN} bytes"
+        ));
+    }
+    Ok(Password::new(given))
+}
+
+/// The password in the first line of the file at `path` (without its line end).
+pub(crate) fn password_file(path: &Path) -> Result<Password, String> {
+    let mut bytes = Vec::new();
+    // Up to two bytes more than a password may have: its line end, or the sign that
+    // the line is too long.
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PASSWORD_LEN as u64 + 2).read_to_end(&mut bytes))
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    password(line.strip_suffix(b"\r").unwrap_or(line))
+}
+
+/// The server's password: none, or one that a reload (SIGHUP, with
+/// `--requirepass-file`) may replace while the server runs. Connections that
+/// authenticated with the old one stay authenticated, as in Redis.
+#[derive(Debug)]
+pub(crate) struct RequirePass(RwLock<Option<Password>>);
+
+impl RequirePass {
+    pub(crate) fn new(password: Option<Password>) -> Self {
+        Self(RwLock::new(password))
+    }
+
+    /// Whether connections must authenticate.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// [`check`] against the current password.
+    pub(crate) fn check(&self, credentials: &Credentials) -> Result<(), Frame> {
+        check(
+            self.0
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref(),
+            credentials,
+        )
+    }
+
+    /// Makes `password` the one new `AUTH`s must give.
+    pub(crate) fn replace(&self, password: Password) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(password);
+    }
 }
 
 /// Checks `credentials` against the server's password (`None`: no password set):

@@ -3,7 +3,6 @@
 //! every problem at once with the flag or field it concerns.
 
 use std::fmt;
-use std::io::Read as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,9 +12,9 @@ use mycel::BucketOptions;
 use nodosum_discovery::{ConsulConfig, DnsConfig, DnsMode, StaticConfig};
 use serde::Deserialize;
 
-use crate::auth::Password;
+use crate::auth::{self, Password};
 use crate::slowlog::{self, SlowLogConfig};
-use crate::tls::{self, RespTls};
+use crate::tls::{self, RespTls, TlsFiles};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -94,7 +93,8 @@ pub(crate) struct Cli {
     /// --cacert ca.pem`); needs --resp-tls-cert and --resp-tls-key [default: none].
     #[arg(long, value_name = "ADDR")]
     pub(crate) resp_tls: Option<String>,
-    /// The TLS listener's certificate chain (PEM, the server's certificate first).
+    /// The TLS listener's certificate chain (PEM, the server's certificate first); it,
+    /// the key and the client CA are reread on SIGHUP, for new connections.
     #[arg(long, value_name = "FILE")]
     pub(crate) resp_tls_cert: Option<PathBuf>,
     /// The TLS listener's private key (PEM).
@@ -145,7 +145,8 @@ pub(crate) struct Cli {
     /// --requirepass-file avoids [default: none, every client is served].
     #[arg(long, value_name = "PASSWORD")]
     pub(crate) requirepass: Option<String>,
-    /// File holding the client password (its first line), instead of --requirepass.
+    /// File holding the client password (its first line), instead of --requirepass;
+    /// reread on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub(crate) requirepass_file: Option<PathBuf>,
     /// CA certificate (PEM) that signs every node's certificate.
@@ -322,6 +323,8 @@ pub(crate) struct Settings {
     pub(crate) slowlog: SlowLogConfig,
     /// The client password (`--requirepass`, `--requirepass-file`).
     pub(crate) requirepass: Option<Password>,
+    /// `--requirepass-file`, read again on SIGHUP.
+    pub(crate) requirepass_file: Option<PathBuf>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -590,7 +593,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (cli.slowlog_max_len, file.slowlog_max_len),
     );
 
-    let requirepass = requirepass(
+    let (requirepass, requirepass_file) = requirepass(
         &mut p,
         cli.requirepass.or(file.requirepass),
         cli.requirepass_file.or(file.requirepass_file),
@@ -865,6 +868,7 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             resp_threads,
             slowlog,
             requirepass,
+            requirepass_file,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -906,10 +910,16 @@ fn resp_tls(
         }
         return None;
     };
-    match tls::server_config(cert, key, client_ca) {
-        Ok(config) => Some(RespTls {
+    let files = TlsFiles {
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        client_ca: client_ca.map(Path::to_path_buf),
+    };
+    match files.load() {
+        Ok(acceptor) => Some(RespTls {
             addr: addr.ok()?,
-            acceptor: config.into(),
+            files,
+            acceptor,
         }),
         Err((field, message)) => {
             p.push(field, message);
@@ -918,56 +928,34 @@ fn resp_tls(
     }
 }
 
-/// The longest client password accepted.
-const MAX_PASSWORD_LEN: usize = 4096;
-
-/// The client password from its flag or file (either, not both), or a problem.
-fn requirepass(p: &mut Problems, text: Option<String>, path: Option<PathBuf>) -> Option<Password> {
+/// The client password from its flag or file (either, not both), or a problem; and the
+/// file, which a reload (SIGHUP) reads again.
+fn requirepass(
+    p: &mut Problems,
+    text: Option<String>,
+    path: Option<PathBuf>,
+) -> (Option<Password>, Option<PathBuf>) {
     const FLAG: &str = "--requirepass (requirepass)";
     const FILE_FLAG: &str = "--requirepass-file (requirepass_file)";
-    let (field, password) = match (text, path) {
-        (None, None) => return None,
+    let (field, read) = match (text, &path) {
+        (None, None) => return (None, None),
         (Some(_), Some(_)) => {
             p.push(
                 FLAG,
                 "give either --requirepass or --requirepass-file, not both",
             );
-            return None;
+            return (None, None);
         }
-        (Some(text), None) => (FLAG, text.into_bytes()),
-        (None, Some(path)) => {
-            let read = std::fs::File::open(&path).and_then(|f| {
-                let mut bytes = Vec::new();
-                // Up to two bytes more than a password may have: its line end, or the
-                // sign that the line is too long.
-                f.take(MAX_PASSWORD_LEN as u64 + 2)
-                    .read_to_end(&mut bytes)?;
-                Ok(bytes)
-            });
-            match read {
-                Ok(bytes) => {
-                    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-                    (FILE_FLAG, line.strip_suffix(b"\r").unwrap_or(line).to_vec())
-                }
-                Err(e) => {
-                    p.push(FILE_FLAG, format!("cannot read {}: {e}", path.display()));
-                    return None;
-                }
-            }
-        }
+        (Some(text), None) => (FLAG, auth::password(text.as_bytes())),
+        (None, Some(path)) => (FILE_FLAG, auth::password_file(path)),
     };
-    if password.is_empty() {
-        p.push(field, "the password is empty");
-        return None;
+    match read {
+        Ok(password) => (Some(password), path),
+        Err(message) => {
+            p.push(field, message);
+            (None, None)
+        }
     }
-    if password.len() > MAX_PASSWORD_LEN {
-        p.push(
-            field,
-            format!("the password is longer than {MAX_PASSWORD_LEN} bytes"),
-        );
-        return None;
-    }
-    Some(Password::new(&password))
 }
 
 fn load_file(path: &Path) -> Result<FileConfig, String> {
@@ -1164,7 +1152,7 @@ mod tests {
                 user: None,
                 password: bytes::Bytes::from_static(password.as_bytes()),
             };
-            crate::auth::check(s.requirepass.as_ref(), &given).is_ok()
+            auth::check(s.requirepass.as_ref(), &given).is_ok()
         };
         let s = resolve(cli(&["--dev"])).expect("valid");
         assert!(s.requirepass.is_none(), "no password unless told");
@@ -1221,10 +1209,10 @@ mod tests {
                 "the password is empty"
             )
         );
-        std::fs::write(&secret, "x".repeat(MAX_PASSWORD_LEN + 1)).expect("write");
+        std::fs::write(&secret, "x".repeat(auth::MAX_PASSWORD_LEN + 1)).expect("write");
         let (_, m) = field(&["--dev", "--requirepass-file", secret_arg]);
         assert!(m.contains("longer than 4096 bytes"), "{m}");
-        std::fs::write(&secret, "x".repeat(MAX_PASSWORD_LEN) + "\n").expect("write");
+        std::fs::write(&secret, "x".repeat(auth::MAX_PASSWORD_LEN) + "\n").expect("write");
         assert!(resolve(cli(&["--dev", "--requirepass-file", secret_arg])).is_ok());
     }
 

@@ -4,6 +4,7 @@
 //!   error wording; `redis-cli`, `redis-benchmark` and client libraries work unchanged.
 //!   With `--requirepass` clients authenticate first, as with Redis's `requirepass`;
 //!   `--resp-tls` serves the same over TLS on a second port, as Redis's `tls-port`.
+//!   SIGHUP rereads the TLS files and `--requirepass-file`.
 //! - HTTP admin on `--admin` (default port 9090): `/health`, `/ready`, `/members`,
 //!   `/metrics`, `/partitions`, `POST /maintenance?freeze=true|false`.
 //!
@@ -38,8 +39,8 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::num::NonZero;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use clap::Parser;
@@ -54,6 +55,7 @@ use crate::cli::{Cli, LogFormat, Settings};
 use crate::resp::parse::RequestLimits;
 use crate::resp::threads::ConnThreads;
 use crate::state::{NodeInfo, Shared};
+use crate::tls::SharedAcceptor;
 
 /// mimalloc rather than glibc malloc: every request allocates and frees small buffers
 /// (values, replies, messages between nodes) from several threads, where glibc's arenas
@@ -161,9 +163,16 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot start {resp_threads} connection threads: {e}"))?;
 
     let resp_listener = bind("--resp", settings.resp).await?;
-    let tls_listener = match settings.resp_tls.take() {
-        Some(t) => Some((bind("--resp-tls", t.addr).await?, t.acceptor)),
-        None => None,
+    let (tls_listener, tls_files) = match settings.resp_tls.take() {
+        Some(t) => {
+            let acceptor: SharedAcceptor = Arc::new(RwLock::new(t.acceptor));
+            let listener = bind("--resp-tls", t.addr).await?;
+            (
+                Some((listener, acceptor.clone())),
+                Some((t.files, acceptor)),
+            )
+        }
+        None => (None, None),
     };
     let admin_listener = bind("--admin", settings.admin).await?;
     let resp_addr = resp_listener.local_addr().map_err(|e| e.to_string())?;
@@ -223,6 +232,18 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         settings.requirepass,
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Listened to from before the ready line, as the other signals are.
+    #[cfg(unix)]
+    if tls_files.is_some() || settings.requirepass_file.is_some() {
+        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+        tokio::spawn(reload_on_hangup(
+            hup,
+            shared.clone(),
+            tls_files,
+            settings.requirepass_file.clone(),
+        ));
+    }
 
     let resp_task = tokio::spawn(accept_loop(
         resp_listener,
@@ -413,7 +434,7 @@ async fn start_cluster(settings: &Settings) -> Result<Mycel, String> {
 /// answer what they were executing.
 async fn accept_loop(
     listener: TcpListener,
-    tls: Option<(TcpListener, TlsAcceptor)>,
+    tls: Option<(TcpListener, SharedAcceptor)>,
     mut threads: ConnThreads,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
@@ -427,7 +448,11 @@ async fn accept_loop(
                     Some((l, _)) => l.accept().await,
                     None => std::future::pending().await,
                 }
-            } => (accepted, tls.as_ref().map(|(_, a)| a.clone())),
+            } => (
+                accepted,
+                tls.as_ref()
+                    .map(|(_, a)| a.read().unwrap_or_else(PoisonError::into_inner).clone()),
+            ),
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
@@ -534,6 +559,52 @@ async fn serve(
         Err(_) => {
             tracing::debug!(peer = %addrs.0, "TLS handshake timed out");
             shared.metrics.tls_handshake_failures.inc();
+        }
+    }
+}
+
+/// Reads again, on each SIGHUP, the files a running server can take anew: the TLS
+/// listener's certificate, key and client CA (for new connections) and the password file
+/// (for new `AUTH`s). A file that does not load is reported and its setting kept.
+/// Installed only when there is such a file, so that otherwise SIGHUP keeps its default
+/// (ending the process, as when the terminal of `cargo xtask cluster` closes).
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    shared: Arc<Shared>,
+    tls: Option<(tls::TlsFiles, SharedAcceptor)>,
+    password_file: Option<std::path::PathBuf>,
+) {
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the TLS files and the password file");
+        let mut failed = false;
+        if let Some((files, acceptor)) = &tls {
+            match files.load() {
+                Ok(new) => {
+                    *acceptor.write().unwrap_or_else(PoisonError::into_inner) = new;
+                    tracing::info!(cert = %files.cert.display(), "TLS files reloaded");
+                }
+                Err((field, message)) => {
+                    failed = true;
+                    tracing::warn!(%field, %message, "TLS files not reloaded; keeping the old ones");
+                }
+            }
+        }
+        if let Some(path) = &password_file {
+            match auth::password_file(path) {
+                Ok(password) => {
+                    shared.requirepass.replace(password);
+                    tracing::info!(file = %path.display(), "password reloaded");
+                }
+                Err(message) => {
+                    failed = true;
+                    tracing::warn!(%message, "password not reloaded; keeping the old one");
+                }
+            }
+        }
+        shared.metrics.reloads.inc();
+        if failed {
+            shared.metrics.reload_failures.inc();
         }
     }
 }

@@ -85,6 +85,10 @@ pub(crate) struct Metrics {
     pub(crate) connections_total: Counter,
     /// TLS connections (`--resp-tls`) closed because their handshake failed or took too long.
     pub(crate) tls_handshake_failures: Counter,
+    /// Reloads (SIGHUP) of the files a running server rereads.
+    pub(crate) reloads: Counter,
+    /// Reloads of which a file did not load (its setting was kept).
+    pub(crate) reload_failures: Counter,
     /// Connections open now.
     pub(crate) connections: Gauge,
     keys: Gauge,
@@ -111,6 +115,8 @@ impl Metrics {
             protocol_errors: Counter::default(),
             connections_total: Counter::default(),
             tls_handshake_failures: Counter::default(),
+            reloads: Counter::default(),
+            reload_failures: Counter::default(),
             connections: Gauge::default(),
             keys: Gauge::default(),
             expires: Gauge::default(),
@@ -152,6 +158,16 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS client connections closed for a failed or timed-out handshake",
             m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "reloads",
+            "Reloads (SIGHUP) of the TLS files and the password file",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "reload_failures",
+            "Reloads of which a file did not load (its setting was kept)",
+            m.reload_failures.clone(),
         );
         registry.register(
             "connections",

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use mycel::Mycel;
 use tokio::sync::Notify;
 
-use crate::auth::Password;
+use crate::auth::{Password, RequirePass};
 use crate::metrics::Metrics;
 use crate::resp::cmd::KillFilter;
 use crate::resp::parse::RequestLimits;
@@ -56,8 +56,8 @@ pub(crate) struct Shared {
     pub(crate) limits: RequestLimits,
     /// The commands that took longest (`SLOWLOG`).
     pub(crate) slowlog: SlowLog,
-    /// The password clients must authenticate with (`--requirepass`); `None`: none.
-    pub(crate) requirepass: Option<Password>,
+    /// The password clients must authenticate with (`--requirepass`), if any.
+    pub(crate) requirepass: RequirePass,
     /// When the server started.
     pub(crate) started: Instant,
     /// True once every listener is bound and the server accepts clients; false again
@@ -240,7 +240,7 @@ impl Shared {
         requirepass: Option<Password>,
     ) -> Self {
         Self {
-            requirepass,
+            requirepass: RequirePass::new(requirepass),
             metrics: Metrics::new(),
             mycel,
             node,

@@ -4,8 +4,8 @@
 //! certificate that CA signed (`redis-cli --tls --cacert ca.pem --cert c.pem --key c.key`).
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::ServerConfig;
@@ -22,10 +22,34 @@ pub(crate) const CERT_FLAG: &str = "--resp-tls-cert (resp_tls_cert)";
 pub(crate) const KEY_FLAG: &str = "--resp-tls-key (resp_tls_key)";
 pub(crate) const CLIENT_CA_FLAG: &str = "--resp-tls-client-ca (resp_tls_client_ca)";
 
-/// The TLS listener's address and its handshake configuration.
+/// The TLS listener's files, read at start and again on SIGHUP.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsFiles {
+    /// `--resp-tls-cert`.
+    pub(crate) cert: PathBuf,
+    /// `--resp-tls-key`.
+    pub(crate) key: PathBuf,
+    /// `--resp-tls-client-ca`.
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The handshake configuration the files make (see [`server_config`]).
+    pub(crate) fn load(&self) -> Result<TlsAcceptor, (&'static str, String)> {
+        server_config(&self.cert, &self.key, self.client_ca.as_deref()).map(TlsAcceptor::from)
+    }
+}
+
+/// The handshake configuration of new TLS connections; a reload replaces it (open
+/// connections keep theirs).
+pub(crate) type SharedAcceptor = Arc<RwLock<TlsAcceptor>>;
+
+/// The TLS listener's address, files and handshake configuration.
 pub(crate) struct RespTls {
     /// Where to listen.
     pub(crate) addr: SocketAddr,
+    /// Where its configuration comes from.
+    pub(crate) files: TlsFiles,
     /// Accepts its connections' handshakes.
     pub(crate) acceptor: TlsAcceptor,
 }

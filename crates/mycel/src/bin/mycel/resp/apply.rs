@@ -60,7 +60,7 @@ impl Session {
             activity,
             last_cmd: "NULL",
             kill,
-            authenticated: shared.requirepass.is_none(),
+            authenticated: !shared.requirepass.is_set(),
         }
     }
 
@@ -761,7 +761,7 @@ fn authenticate(
     shared: &Shared,
     credentials: &Credentials,
 ) -> Result<(), Frame> {
-    let checked = auth::check(shared.requirepass.as_ref(), credentials);
+    let checked = shared.requirepass.check(credentials);
     match &checked {
         Ok(()) => session.authenticated = true,
         Err(_) => tracing::debug!(client = session.id, "authentication failed"),
