@@ -273,3 +273,64 @@ fn sighup_reloads_the_certificate() {
     });
     assert_eq!(ping(&second_ca), "PONG");
 }
+
+/// Replies larger than the socket takes at once arrive whole over TLS, also to a client
+/// that reads late: what the TLS layer still holds after the last write is flushed
+/// before the connection waits for the next request.
+#[test]
+fn large_replies_arrive_whole_over_tls() {
+    use std::io::{Read, Write};
+
+    use rustls::pki_types::pem::PemObject;
+
+    let pki = Pki::new("server");
+    let (cert, key) = pki.issue("server", "mycel", true);
+    let s = Server::start(&listener(&cert, &key));
+    let value = vec![b'v'; 8 * 1024 * 1024];
+    let mut c = s.connect();
+    let mut set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
+    set.extend_from_slice(&value);
+    set.extend_from_slice(b"\r\n");
+    crate::util::roundtrip(&mut c, &set, b"+OK\r\n");
+
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(pki.path("ca.pem")).expect("ca");
+    roots.add(ca).expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("client");
+    let sock = std::net::TcpStream::connect(s.resp_tls.expect("tls")).expect("connect");
+    sock.set_read_timeout(Some(crate::util::GUARD))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let mut expected = format!("${}\r\n", value.len()).into_bytes();
+    expected.extend_from_slice(&value);
+    expected.extend_from_slice(b"\r\n");
+    for _ in 0..2 {
+        tls.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+            .expect("send");
+        tls.flush().expect("flush");
+        // Read slowly, so that the server's socket is full until its last write.
+        let mut got = Vec::with_capacity(expected.len());
+        let mut chunk = vec![0; 64 * 1024];
+        while got.len() < expected.len() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let want = chunk.len().min(expected.len() - got.len());
+            let n = tls.read(&mut chunk[..want]).expect("the whole reply");
+            assert!(
+                n > 0,
+                "closed after {} of {} bytes",
+                got.len(),
+                expected.len()
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got == expected, "the reply is the value");
+    }
+}

@@ -593,11 +593,14 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (cli.slowlog_max_len, file.slowlog_max_len),
     );
 
-    let (requirepass, requirepass_file) = requirepass(
-        &mut p,
-        cli.requirepass.or(file.requirepass),
-        cli.requirepass_file.or(file.requirepass_file),
-    );
+    // Flags win over the file as a pair: `--requirepass-file` replaces a `requirepass`
+    // in the file, and the other way round.
+    let (text, path) = if cli.requirepass.is_some() || cli.requirepass_file.is_some() {
+        (cli.requirepass, cli.requirepass_file)
+    } else {
+        (file.requirepass, file.requirepass_file)
+    };
+    let (requirepass, requirepass_file) = requirepass(&mut p, text, path);
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -1171,6 +1174,15 @@ mod tests {
         let config_arg = config.to_str().expect("utf-8");
         let s = resolve(cli(&["--config", config_arg])).expect("valid");
         assert!(accepts(&s, "in config"));
+        // A flag wins over the file, whichever of the two each gives.
+        let s = resolve(cli(&[
+            "--config",
+            config_arg,
+            "--requirepass-file",
+            secret_arg,
+        ]))
+        .expect("valid");
+        assert!(accepts(&s, "from file") && !accepts(&s, "in config"));
 
         let field = |args: &[&str]| {
             let problems = resolve(cli(args)).expect_err("invalid");

@@ -578,8 +578,24 @@ async fn reload_on_hangup(
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the TLS files and the password file");
         let mut failed = false;
-        if let Some((files, acceptor)) = &tls {
-            match files.load() {
+        // Off the runtime's threads: reading a file can block (a slow or remote file
+        // system).
+        let (files, path) = (tls.as_ref().map(|(f, _)| f.clone()), password_file.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            (
+                files.map(|f| f.load()),
+                path.map(|p| auth::password_file(&p)),
+            )
+        })
+        .await;
+        let Ok((tls_loaded, password_loaded)) = loaded else {
+            tracing::warn!("reloading failed; keeping the old files");
+            shared.metrics.reloads.inc();
+            shared.metrics.reload_failures.inc();
+            continue;
+        };
+        if let (Some((files, acceptor)), Some(loaded)) = (&tls, tls_loaded) {
+            match loaded {
                 Ok(new) => {
                     *acceptor.write().unwrap_or_else(PoisonError::into_inner) = new;
                     tracing::info!(cert = %files.cert.display(), "TLS files reloaded");
@@ -590,8 +606,8 @@ async fn reload_on_hangup(
                 }
             }
         }
-        if let Some(path) = &password_file {
-            match auth::password_file(path) {
+        if let (Some(path), Some(loaded)) = (&password_file, password_loaded) {
+            match loaded {
                 Ok(password) => {
                     shared.requirepass.replace(password);
                     tracing::info!(file = %path.display(), "password reloaded");

@@ -25,6 +25,9 @@ use crate::state::{Client, Shared};
 /// Bytes kept free in the input buffer before each read, so reads are large.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// How long closing a connection may wait to send what its stream still holds.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// An output buffer grown past this by one large reply is replaced by a fresh one, so an
 /// idle connection does not keep a big value's worth of memory.
 const MAX_IDLE_OUTPUT: usize = 1024 * 1024;
@@ -365,8 +368,15 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             }
             // A client that stopped reading is what `CLIENT KILL` is for: the kill does
             // not wait for its replies to drain.
+            // Flushed too: a TLS stream may still hold the end of the replies once
+            // `write_all` took them (its socket was full), and sends it only when flushed,
+            // not while the loop waits for the next request. (A TCP stream's flush does
+            // nothing.)
             let written = tokio::select! {
-                r = stream.write_all(&output) => r,
+                r = async {
+                    stream.write_all(&output).await?;
+                    stream.flush().await
+                } => r,
                 () = &mut killed => break,
             };
             if let Err(e) = written {
@@ -382,7 +392,11 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    if let Err(e) = stream.shutdown().await {
-        tracing::trace!(client = session.id, error = %e, "shutdown after close");
+    // Bounded: a TLS stream's shutdown first sends what it holds, which a client that
+    // stopped reading (a killed one, say) never takes.
+    match tokio::time::timeout(SHUTDOWN_TIMEOUT, stream.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::trace!(client = session.id, error = %e, "shutdown after close"),
+        Err(_) => tracing::debug!(client = session.id, "shutdown after close timed out"),
     }
 }
