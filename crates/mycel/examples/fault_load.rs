@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use mycel::checker::{self, Op, OpKind, Outcome, Verdict, Violation};
+use mycel::resp::encode_request;
 use serde_json::json;
 
 /// Client load with a linearizability check, for `cargo xtask faults`.
@@ -342,7 +343,7 @@ fn call(
     let conn = slot.as_mut().expect("invariant: connected above");
     let result = conn
         .stream
-        .write_all(&encode(args))
+        .write_all(&encode_request(args))
         .map_err(|e| io_error(&e))
         .and_then(|()| read_reply(&mut conn.reader));
     if result.is_err() {
@@ -356,17 +357,6 @@ fn io_error(e: &io::Error) -> CallError {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => CallError::Timeout,
         _ => CallError::Io,
     }
-}
-
-/// A RESP array of bulk strings.
-fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
 }
 
 /// The largest bulk reply accepted (values here are a few bytes).
@@ -740,7 +730,6 @@ mod tests {
 
     #[test]
     fn replies_are_parsed() {
-        assert_eq!(encode(&[b"GET", b"k"]), b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
         assert_eq!(reply(b"+OK\r\n").unwrap(), Reply::Simple("OK".into()));
         assert_eq!(reply(b":7\r\n").unwrap(), Reply::Integer(7));
         assert_eq!(reply(b"$-1\r\n").unwrap(), Reply::Bulk(None));

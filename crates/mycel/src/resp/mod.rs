@@ -18,4 +18,4 @@ pub mod parse;
 
 pub use cmd::Command;
 pub use frame::{Frame, Protocol};
-pub use parse::{ProtocolError, RequestLimits, RequestParser, parse_request};
+pub use parse::{ProtocolError, RequestLimits, RequestParser, encode_request, parse_request};

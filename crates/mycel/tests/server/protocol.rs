@@ -3,6 +3,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use mycel::resp::encode_request;
+
 use crate::util::{Server, eventually, expect_bytes, expect_closed, roundtrip};
 
 #[test]
@@ -349,17 +351,6 @@ fn connections_on_several_threads_share_one_node() {
     assert!(s.terminate().success(), "stops with connections open");
 }
 
-/// `*2 $3 SET`-style request bytes.
-fn request(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        out.extend_from_slice(a);
-        out.extend_from_slice(b"\r\n");
-    }
-    out
-}
-
 /// Before `AUTH`, requests are held to Redis's unauthenticated limits (10 arguments of
 /// 16 KiB); a pipeline sent in one write after its `AUTH` is read with the limits the
 /// `AUTH` lifted, because unauthenticated requests run one at a time.
@@ -371,7 +362,7 @@ fn unauthenticated_requests_are_small_until_auth() {
     let mut c = s.connect();
     roundtrip(
         &mut c,
-        &request(&[b"SET", b"k", &big]),
+        &encode_request(&[b"SET", b"k", &big]),
         b"-ERR Protocol error: invalid bulk length\r\n",
     );
     expect_closed(&mut c);
@@ -379,7 +370,7 @@ fn unauthenticated_requests_are_small_until_auth() {
     let many: Vec<&[u8]> = std::iter::repeat_n(&b"k"[..], 11).collect();
     roundtrip(
         &mut c,
-        &request(&many),
+        &encode_request(&many),
         b"-ERR Protocol error: invalid multibulk length\r\n",
     );
     expect_closed(&mut c);
@@ -387,13 +378,13 @@ fn unauthenticated_requests_are_small_until_auth() {
     let mut c = s.connect();
     roundtrip(
         &mut c,
-        &request(&[b"GET", b"k"]),
+        &encode_request(&[b"GET", b"k"]),
         b"-NOAUTH Authentication required.\r\n",
     );
     // AUTH, a large SET and a GET in one write.
-    let mut pipeline = request(&[b"AUTH", b"s3cret"]);
-    pipeline.extend(request(&[b"SET", b"k", &big]));
-    pipeline.extend(request(&[b"GET", b"k"]));
+    let mut pipeline = encode_request(&[b"AUTH", b"s3cret"]);
+    pipeline.extend(encode_request(&[b"SET", b"k", &big]));
+    pipeline.extend(encode_request(&[b"GET", b"k"]));
     let mut reply = b"+OK\r\n+OK\r\n$20000\r\n".to_vec();
     reply.extend_from_slice(&big);
     reply.extend_from_slice(b"\r\n");
@@ -401,5 +392,5 @@ fn unauthenticated_requests_are_small_until_auth() {
     // Authenticated, the full limits apply: 11 arguments are fine.
     let mut mset: Vec<&[u8]> = vec![b"MSET"];
     mset.extend(std::iter::repeat_n(&b"k"[..], 10));
-    roundtrip(&mut c, &request(&mset), b"+OK\r\n");
+    roundtrip(&mut c, &encode_request(&mset), b"+OK\r\n");
 }

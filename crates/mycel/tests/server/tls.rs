@@ -10,6 +10,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
+use mycel::resp::encode_request;
+
 use crate::util::{Server, redis_cli};
 
 /// A CA and the PEM files it issued, in a temporary directory.
@@ -288,9 +290,7 @@ fn large_replies_arrive_whole_over_tls() {
     let s = Server::start(&listener(&cert, &key));
     let value = vec![b'v'; 8 * 1024 * 1024];
     let mut c = s.connect();
-    let mut set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${}\r\n", value.len()).into_bytes();
-    set.extend_from_slice(&value);
-    set.extend_from_slice(b"\r\n");
+    let set = encode_request(&[b"SET", b"big", &value]);
     crate::util::roundtrip(&mut c, &set, b"+OK\r\n");
 
     let mut roots = rustls::RootCertStore::empty();
@@ -313,7 +313,7 @@ fn large_replies_arrive_whole_over_tls() {
     expected.extend_from_slice(&value);
     expected.extend_from_slice(b"\r\n");
     for _ in 0..2 {
-        tls.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n")
+        tls.write_all(&encode_request(&[b"GET", b"big"]))
             .expect("send");
         tls.flush().expect("flush");
         // Read slowly, so that the server's socket is full until its last write.
