@@ -172,3 +172,49 @@ fn cluster_mode_exports_node_metrics_and_refuses_what_it_cannot_do() {
     );
     assert_eq!(s.cli(&["MYCEL.BUCKET", "default"]), "OK");
 }
+
+/// With `--admin-token-file`, every endpoint but the probes needs the token as a bearer
+/// token; SIGHUP rereads the file.
+#[test]
+fn the_admin_token_guards_all_but_the_probes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "t0ken\n").expect("write");
+    let s = Server::start(&["--admin-token-file", file.to_str().expect("utf-8")]);
+    let bearer = |token: &str| format!("Authorization: Bearer {token}\r\n");
+    for probe in ["/health", "/ready"] {
+        assert_eq!(s.http("GET", probe).0, 200, "{probe} stays open");
+    }
+    for (method, path) in [
+        ("GET", "/members"),
+        ("GET", "/metrics"),
+        ("GET", "/partitions"),
+        ("GET", "/maintenance"),
+        ("POST", "/maintenance?freeze=true"),
+    ] {
+        let (status, body) = s.http(method, path);
+        assert_eq!(status, 401, "{method} {path} without the token: {body}");
+        assert!(body.contains("admin token"), "{body}");
+        let (status, _) = s.http_with(method, path, &bearer("wrong"));
+        assert_eq!(status, 401, "{method} {path} with a wrong token");
+        let (status, _) = s.http_with(method, path, "Authorization: Basic dDBrZW4=\r\n");
+        assert_eq!(status, 401, "{method} {path} with another scheme");
+    }
+    // Nothing was frozen by the refused POSTs.
+    let (status, body) = s.http_with("GET", "/maintenance", &bearer("t0ken"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"maintenance\":false"), "{body}");
+    let (status, body) = s.http_with("GET", "/metrics", &bearer("t0ken"));
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("mycel_commands_total") || body.contains("mycel_keys"),
+        "{body}"
+    );
+
+    std::fs::write(&file, "n3w\n").expect("write");
+    crate::util::signal(s.pid(), "HUP");
+    crate::util::eventually("the new token taken", || {
+        s.http_with("GET", "/members", &bearer("n3w")).0 == 200
+    });
+    assert_eq!(s.http_with("GET", "/members", &bearer("t0ken")).0, 401);
+}

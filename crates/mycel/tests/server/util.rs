@@ -146,11 +146,16 @@ impl Server {
 
     /// An HTTP/1.1 request to the admin API: status and body.
     pub(crate) fn http(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_with(method, path, "")
+    }
+
+    /// [`http`](Self::http) with extra header lines (each ending in CRLF).
+    pub(crate) fn http_with(&self, method: &str, path: &str, headers: &str) -> (u16, String) {
         let mut s = TcpStream::connect(self.admin).expect("connect admin");
         s.set_read_timeout(Some(GUARD)).expect("timeout");
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .expect("send request");
         let mut text = String::new();

@@ -1,11 +1,15 @@
 //! The HTTP admin API: health, readiness, members, metrics, partitions, maintenance.
+//!
+//! With `--admin-token-file`, every endpoint but the probes (`/health`, `/ready`) needs
+//! `Authorization: Bearer <token>`; anything else gets 401.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -15,14 +19,42 @@ use crate::state::Shared;
 
 /// The admin routes over `shared`.
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    // Probes stay open: a load balancer or orchestrator asks them without credentials,
+    // and they tell no more than whether the node serves.
+    let probes = Router::new()
         .route("/health", get(health))
-        .route("/ready", get(ready))
+        .route("/ready", get(ready));
+    let guarded = Router::new()
         .route("/members", get(members))
         .route("/metrics", get(metrics))
         .route("/partitions", get(partitions))
         .route("/maintenance", post(maintenance).get(maintenance_state))
-        .with_state(shared)
+        .route_layer(middleware::from_fn_with_state(shared.clone(), bearer));
+    probes.merge(guarded).with_state(shared)
+}
+
+/// Lets a request through if the server has no admin token, or if the request carries
+/// it (`Authorization: Bearer <token>`); 401 otherwise.
+async fn bearer(State(s): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    if !s.admin_token.is_set() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    if given.is_some_and(|token| s.admin_token.matches(token)) {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        axum::Json(json!({
+            "error": "this endpoint needs the admin token (--admin-token-file): \
+                      Authorization: Bearer <token>"
+        })),
+    )
+        .into_response()
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response {

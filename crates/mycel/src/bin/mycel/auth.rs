@@ -99,18 +99,19 @@ pub(crate) fn password_file(path: &Path) -> Result<Password, String> {
     password(line.strip_suffix(b"\r").unwrap_or(line))
 }
 
-/// The server's password: none, or one that a reload (SIGHUP, with
-/// `--requirepass-file`) may replace while the server runs. Connections that
-/// authenticated with the old one stay authenticated, as in Redis.
+/// A secret the server checks (the client password of `--requirepass`, the admin API's
+/// token): none, or one that a reload (SIGHUP, when it came from a file) may replace
+/// while the server runs. Connections that authenticated with the old password stay
+/// authenticated, as in Redis.
 #[derive(Debug)]
-pub(crate) struct RequirePass(RwLock<Option<Password>>);
+pub(crate) struct Secret(RwLock<Option<Password>>);
 
-impl RequirePass {
-    pub(crate) fn new(password: Option<Password>) -> Self {
-        Self(RwLock::new(password))
+impl Secret {
+    pub(crate) fn new(secret: Option<Password>) -> Self {
+        Self(RwLock::new(secret))
     }
 
-    /// Whether connections must authenticate.
+    /// Whether there is one to check.
     pub(crate) fn is_set(&self) -> bool {
         self.0
             .read()
@@ -118,7 +119,7 @@ impl RequirePass {
             .is_some()
     }
 
-    /// [`check`] against the current password.
+    /// [`check`] against the current password (for `AUTH`).
     pub(crate) fn check(&self, credentials: &Credentials) -> Result<(), Frame> {
         check(
             self.0
@@ -129,9 +130,18 @@ impl RequirePass {
         )
     }
 
-    /// Makes `password` the one new `AUTH`s must give.
-    pub(crate) fn replace(&self, password: Password) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(password);
+    /// Whether `given` is the current secret (false when there is none).
+    pub(crate) fn matches(&self, given: &[u8]) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|s| s.matches(given))
+    }
+
+    /// Makes `secret` the one to give from now on.
+    pub(crate) fn replace(&self, secret: Password) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(secret);
     }
 }
 

@@ -104,11 +104,15 @@ pub(crate) struct Cli {
     /// [default: clients present none].
     #[arg(long, value_name = "FILE")]
     pub(crate) resp_tls_client_ca: Option<PathBuf>,
-    /// HTTP admin listen address; it asks for no password (--requirepass covers RESP
-    /// only), so bind it where only operators and the metrics scraper reach it [default
-    /// port 9090; loopback with --dev].
+    /// HTTP admin listen address [default port 9090; loopback with --dev]. Without
+    /// --admin-token-file it asks for nothing (--requirepass covers RESP only): bind it
+    /// where only operators and the metrics scraper reach it.
     #[arg(long, value_name = "ADDR")]
     pub(crate) admin: Option<String>,
+    /// File holding a token (its first line) that the admin API's endpoints other than
+    /// /health and /ready need (`Authorization: Bearer <token>`); reread on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// Gossip address of a node to join through; repeat for several.
     #[arg(long = "seed", value_name = "ADDR")]
     pub(crate) seeds: Vec<String>,
@@ -206,6 +210,7 @@ struct FileConfig {
     resp_tls_key: Option<PathBuf>,
     resp_tls_client_ca: Option<PathBuf>,
     admin: Option<String>,
+    admin_token_file: Option<PathBuf>,
     #[serde(default)]
     seeds: Vec<String>,
     replicas: Option<u64>,
@@ -325,6 +330,10 @@ pub(crate) struct Settings {
     pub(crate) requirepass: Option<Password>,
     /// `--requirepass-file`, read again on SIGHUP.
     pub(crate) requirepass_file: Option<PathBuf>,
+    /// The admin API's token (`--admin-token-file`).
+    pub(crate) admin_token: Option<Password>,
+    /// `--admin-token-file`, read again on SIGHUP.
+    pub(crate) admin_token_file: Option<PathBuf>,
     /// Log format.
     pub(crate) log_format: LogFormat,
     /// `-v` count.
@@ -601,6 +610,12 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
         (file.requirepass, file.requirepass_file)
     };
     let (requirepass, requirepass_file) = requirepass(&mut p, text, path);
+    let admin_token_file = cli.admin_token_file.or(file.admin_token_file);
+    let admin_token = admin_token_file.as_deref().and_then(|path| {
+        auth::password_file(path)
+            .map_err(|m| p.push("--admin-token-file (admin_token_file)", m))
+            .ok()
+    });
 
     let log_format = match cli.log_format.or(file.log_format).as_deref() {
         None | Some("text") => LogFormat::Text,
@@ -872,6 +887,8 @@ pub(crate) fn resolve(cli: Cli) -> Result<Settings, Vec<Problem>> {
             slowlog,
             requirepass,
             requirepass_file,
+            admin_token,
+            admin_token_file,
             log_format,
             verbosity: cli.verbose,
             auto_node_id,
@@ -1212,6 +1229,13 @@ mod tests {
         ]);
         assert_eq!(f, "--requirepass-file (requirepass_file)");
         assert!(m.contains("cannot read") && m.contains("missing"), "{m}");
+        // The admin token file follows the same rules under its own name.
+        let missing_arg = missing.to_str().expect("utf-8");
+        let (f, m) = field(&["--dev", "--admin-token-file", missing_arg]);
+        assert_eq!(f, "--admin-token-file (admin_token_file)");
+        assert!(m.contains("cannot read") && m.contains("missing"), "{m}");
+        let s = resolve(cli(&["--dev", "--admin-token-file", secret_arg])).expect("valid");
+        assert!(s.admin_token.is_some() && s.requirepass.is_none());
         std::fs::write(&secret, "\nsecond line\n").expect("write");
         let (f, m) = field(&["--dev", "--requirepass-file", secret_arg]);
         assert_eq!(

@@ -4,9 +4,10 @@
 //!   error wording; `redis-cli`, `redis-benchmark` and client libraries work unchanged.
 //!   With `--requirepass` clients authenticate first, as with Redis's `requirepass`;
 //!   `--resp-tls` serves the same over TLS on a second port, as Redis's `tls-port`.
-//!   SIGHUP rereads the TLS files and `--requirepass-file`.
+//!   SIGHUP rereads the TLS files, `--requirepass-file` and `--admin-token-file`.
 //! - HTTP admin on `--admin` (default port 9090): `/health`, `/ready`, `/members`,
-//!   `/metrics`, `/partitions`, `POST /maintenance?freeze=true|false`.
+//!   `/metrics`, `/partitions`, `POST /maintenance?freeze=true|false`; with
+//!   `--admin-token-file` all but the first two need `Authorization: Bearer <token>`.
 //!
 //! Buckets: plain Redis clients use the bucket `default`. `MYCEL.BUCKET name` switches the
 //! connection to bucket `name`, `MYCEL.BUCKET name CREATE [PX ms]` creates it first (with a
@@ -229,19 +230,25 @@ async fn run(mut settings: Settings) -> Result<(), String> {
         node,
         limits,
         settings.slowlog,
-        settings.requirepass,
+        (settings.requirepass.take(), settings.admin_token.take()),
     ));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Listened to from before the ready line, as the other signals are.
     #[cfg(unix)]
-    if tls_files.is_some() || settings.requirepass_file.is_some() {
+    if tls_files.is_some()
+        || settings.requirepass_file.is_some()
+        || settings.admin_token_file.is_some()
+    {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
         tokio::spawn(reload_on_hangup(
             hup,
             shared.clone(),
             tls_files,
-            settings.requirepass_file.clone(),
+            (
+                settings.requirepass_file.clone(),
+                settings.admin_token_file.clone(),
+            ),
         ));
     }
 
@@ -564,8 +571,9 @@ async fn serve(
 }
 
 /// Reads again, on each SIGHUP, the files a running server can take anew: the TLS
-/// listener's certificate, key and client CA (for new connections) and the password file
-/// (for new `AUTH`s). A file that does not load is reported and its setting kept.
+/// listener's certificate, key and client CA (for new connections), the password file
+/// (for new `AUTH`s) and the admin token file. A file that does not load is reported and
+/// its setting kept.
 /// Installed only when there is such a file, so that otherwise SIGHUP keeps its default
 /// (ending the process, as when the terminal of `cargo xtask cluster` closes).
 #[cfg(unix)]
@@ -573,22 +581,26 @@ async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     shared: Arc<Shared>,
     tls: Option<(tls::TlsFiles, SharedAcceptor)>,
-    password_file: Option<std::path::PathBuf>,
+    (password_file, token_file): (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
 ) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the TLS files and the password file");
         let mut failed = false;
         // Off the runtime's threads: reading a file can block (a slow or remote file
         // system).
-        let (files, path) = (tls.as_ref().map(|(f, _)| f.clone()), password_file.clone());
+        let (files, paths) = (
+            tls.as_ref().map(|(f, _)| f.clone()),
+            (password_file.clone(), token_file.clone()),
+        );
         let loaded = tokio::task::spawn_blocking(move || {
             (
                 files.map(|f| f.load()),
-                path.map(|p| auth::password_file(&p)),
+                paths.0.map(|p| auth::password_file(&p)),
+                paths.1.map(|p| auth::password_file(&p)),
             )
         })
         .await;
-        let Ok((tls_loaded, password_loaded)) = loaded else {
+        let Ok((tls_loaded, password_loaded, token_loaded)) = loaded else {
             tracing::warn!("reloading failed; keeping the old files");
             shared.metrics.reloads.inc();
             shared.metrics.reload_failures.inc();
@@ -615,6 +627,18 @@ async fn reload_on_hangup(
                 Err(message) => {
                     failed = true;
                     tracing::warn!(%message, "password not reloaded; keeping the old one");
+                }
+            }
+        }
+        if let (Some(path), Some(loaded)) = (&token_file, token_loaded) {
+            match loaded {
+                Ok(token) => {
+                    shared.admin_token.replace(token);
+                    tracing::info!(file = %path.display(), "admin token reloaded");
+                }
+                Err(message) => {
+                    failed = true;
+                    tracing::warn!(%message, "admin token not reloaded; keeping the old one");
                 }
             }
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use mycel::Mycel;
 use tokio::sync::Notify;
 
-use crate::auth::{Password, RequirePass};
+use crate::auth::{Password, Secret};
 use crate::metrics::Metrics;
 use crate::resp::cmd::KillFilter;
 use crate::resp::parse::RequestLimits;
@@ -57,7 +57,9 @@ pub(crate) struct Shared {
     /// The commands that took longest (`SLOWLOG`).
     pub(crate) slowlog: SlowLog,
     /// The password clients must authenticate with (`--requirepass`), if any.
-    pub(crate) requirepass: RequirePass,
+    pub(crate) requirepass: Secret,
+    /// The token the admin API's non-probe endpoints need (`--admin-token-file`), if any.
+    pub(crate) admin_token: Secret,
     /// When the server started.
     pub(crate) started: Instant,
     /// True once every listener is bound and the server accepts clients; false again
@@ -237,10 +239,11 @@ impl Shared {
         node: NodeInfo,
         limits: RequestLimits,
         slowlog: SlowLogConfig,
-        requirepass: Option<Password>,
+        (requirepass, admin_token): (Option<Password>, Option<Password>),
     ) -> Self {
         Self {
-            requirepass: RequirePass::new(requirepass),
+            requirepass: Secret::new(requirepass),
+            admin_token: Secret::new(admin_token),
             metrics: Metrics::new(),
             mycel,
             node,
