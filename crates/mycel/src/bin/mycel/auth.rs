@@ -74,15 +74,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// The longest password accepted.
 pub(crate) const MAX_PASSWORD_LEN: usize = 4096;
 
-/// A password as given: refused if empty or longer than [`MAX_PASSWORD_LEN`].
-pub(crate) fn password(given: &[u8]) -> Result<Password, String> {
+/// A password (or token) as given: refused, with what is wrong, if empty or longer than
+/// [`MAX_PASSWORD_LEN`].
+pub(crate) fn password(given: &[u8]) -> Result<Password, &'static str> {
     if given.is_empty() {
-        return Err("the password is empty".to_owned());
+        return Err("empty");
     }
     if given.len() > MAX_PASSWORD_LEN {
-        return Err(format!(
-            "the password is longer than {MAX_PASSWORD_LEN} bytes"
-        ));
+        return Err("longer than 4096 bytes");
     }
     Ok(Password::new(given))
 }
@@ -97,6 +96,7 @@ pub(crate) fn password_file(path: &Path) -> Result<Password, String> {
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
     password(line.strip_suffix(b"\r").unwrap_or(line))
+        .map_err(|m| format!("the first line of {} is {m}", path.display()))
 }
 
 /// A secret the server checks (the client password of `--requirepass`, the admin API's
