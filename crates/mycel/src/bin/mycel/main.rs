@@ -618,27 +618,31 @@ async fn reload_on_hangup(
                 }
             }
         }
-        if let (Some(path), Some(loaded)) = (&password_file, password_loaded) {
+        for (what, secret, path, loaded) in [
+            (
+                "password",
+                &shared.requirepass,
+                &password_file,
+                password_loaded,
+            ),
+            (
+                "admin token",
+                &shared.admin_token,
+                &token_file,
+                token_loaded,
+            ),
+        ] {
+            let (Some(path), Some(loaded)) = (path, loaded) else {
+                continue;
+            };
             match loaded {
-                Ok(password) => {
-                    shared.requirepass.replace(password);
-                    tracing::info!(file = %path.display(), "password reloaded");
+                Ok(new) => {
+                    secret.replace(new);
+                    tracing::info!(file = %path.display(), "{what} reloaded");
                 }
                 Err(message) => {
                     failed = true;
-                    tracing::warn!(%message, "password not reloaded; keeping the old one");
-                }
-            }
-        }
-        if let (Some(path), Some(loaded)) = (&token_file, token_loaded) {
-            match loaded {
-                Ok(token) => {
-                    shared.admin_token.replace(token);
-                    tracing::info!(file = %path.display(), "admin token reloaded");
-                }
-                Err(message) => {
-                    failed = true;
-                    tracing::warn!(%message, "admin token not reloaded; keeping the old one");
+                    tracing::warn!(%message, "{what} not reloaded; keeping the old one");
                 }
             }
         }
