@@ -250,8 +250,9 @@ pub(crate) async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let client = Client::new(peer, local);
     let mut session = Session::new(&shared, client);
-    // Until it authenticates, a connection sends small requests, parsed and run one at a
-    // time, so that those after an `AUTH` are read with the limits it lifts.
+    // Until it authenticates, a connection's requests must be small (see
+    // `auth::unauthenticated_limits`), and they are parsed and run one at a time, so that
+    // those after an `AUTH` are read with the limits it lifts.
     let mut parser = RequestParser::new(if session.authenticated {
         shared.limits
     } else {
