@@ -65,7 +65,7 @@ impl std::fmt::Debug for RespTls {
 /// The server side of client TLS from PEM files: the certificate chain (leaf first), its
 /// private key, and the CA that client certificates must chain to (`None`: clients
 /// present none). An error names the flag of the file at fault.
-pub(crate) fn server_config(
+fn server_config(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
