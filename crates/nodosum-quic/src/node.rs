@@ -25,7 +25,7 @@ use crate::gate::{Gate, Role};
 use crate::inbox::{AppReceiver, Inbox, hosted};
 use crate::metrics::{AppLabel, KindLabel, Metrics, PathCounts, ReasonLabel, Traffic};
 use crate::resolve::{self, Attach, StreamSide};
-use crate::tls::{TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
+use crate::tls::{HandshakeTracker, TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
 
 /// Application error codes used when closing connections and resetting or stopping streams.
 pub mod codes {
@@ -214,6 +214,14 @@ pub enum Error {
     /// The node was closed (or its last handle dropped).
     #[error("the node is closed")]
     Closed,
+    /// A new TLS identity names another node than the one this node is.
+    #[error("the new certificate is for node {found}, not for this node {current}")]
+    IdentityChanged {
+        /// This node's ID.
+        current: NodeId,
+        /// The node ID in the new certificate.
+        found: NodeId,
+    },
 }
 
 /// A message could not be queued or was not delivered.
@@ -412,8 +420,10 @@ struct Inner {
     local_id: NodeId,
     config: Config,
     endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
-    tls: TlsConfigs,
+    /// Replaced by [`QuicNode::set_identity`]; each dial clones the current one.
+    client_config: RwLock<quinn::ClientConfig>,
+    /// Tells full from resumed handshakes; kept across identity reloads.
+    tracker: Arc<HandshakeTracker>,
     metrics: Metrics,
     state: Mutex<State>,
     apps: RwLock<HashMap<AppId, AppEntry>>,
@@ -765,6 +775,32 @@ enum ReadEnd {
     Lost,
 }
 
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Written only by a whole-value replacement, so never seen half-updated.
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The endpoint's server and client configurations for `identity`.
+fn quinn_configs(
+    identity: &TlsIdentity,
+    config: &Config,
+    tracker: &Arc<HandshakeTracker>,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), Error> {
+    let tls = TlsConfigs::new(identity, &config.alpn, tracker)?;
+    let transport = config.transport();
+    let server_crypto = QuicServerConfig::try_from(tls.server).map_err(|e| {
+        TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+    })?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport.clone());
+    let client_crypto = QuicClientConfig::try_from(tls.client).map_err(|e| {
+        TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
+    })?;
+    let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client_config.transport_config(transport);
+    Ok((server_config, client_config))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the maps half-updated in a way that
     // matters more than stopping the node, so poisoning is ignored.
@@ -784,18 +820,8 @@ impl QuicNode {
     ) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let local_id = identity.node_id()?;
-        let tls = TlsConfigs::new(identity, &config.alpn)?;
-        let transport = config.transport();
-        let server_crypto = QuicServerConfig::try_from(tls.server.clone()).map_err(|e| {
-            TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
-        })?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport.clone());
-        let client_crypto = QuicClientConfig::try_from(tls.client.clone()).map_err(|e| {
-            TlsError::Rustls(rustls::Error::General(format!("no QUIC cipher suite: {e}")))
-        })?;
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport);
+        let tracker = Arc::new(HandshakeTracker::default());
+        let (server_config, client_config) = quinn_configs(identity, &config, &tracker)?;
 
         let runtime = quinn::default_runtime().ok_or(Error::NoRuntime)?;
         let socket = udp_socket(&config, config.bind_addr)?;
@@ -811,8 +837,8 @@ impl QuicNode {
             metrics: Metrics::new(registry),
             config,
             endpoint,
-            client_config,
-            tls,
+            client_config: RwLock::new(client_config),
+            tracker,
             state: Mutex::new(State::default()),
             apps: RwLock::new(HashMap::new()),
             policy: RwLock::new(Arc::new(|_: &NodeId| true)),
@@ -853,6 +879,34 @@ impl QuicNode {
             .policy
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
+    }
+
+    /// Replaces this node's TLS identity (CA roots, certificate chain, key), for certificate
+    /// renewal and CA rotation without a restart. Handshakes from now on, accepted and
+    /// dialled, use the new one; established connections keep the identities they were
+    /// authenticated with. Session tickets issued under the old identity are not resumed,
+    /// so the next connection to each peer is a full handshake.
+    ///
+    /// The new certificate must name this node: one for another node ID is refused with
+    /// [`Error::IdentityChanged`], as is an unusable identity ([`Error::Tls`]), and the
+    /// current identity stays.
+    pub fn set_identity(&self, identity: &TlsIdentity) -> Result<(), Error> {
+        let found = identity.node_id()?;
+        if found != self.inner.local_id {
+            return Err(Error::IdentityChanged {
+                current: self.inner.local_id.clone(),
+                found,
+            });
+        }
+        let (server, client) = quinn_configs(identity, &self.inner.config, &self.inner.tracker)?;
+        self.inner.endpoint.set_server_config(Some(server));
+        *self
+            .inner
+            .client_config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        info!(node = %self.inner.local_id, "tls identity replaced");
+        Ok(())
     }
 
     /// Subscribes to events. A subscriber that falls more than `event_capacity` events
@@ -1663,10 +1717,10 @@ impl Inner {
         node: &NodeId,
         addr: SocketAddr,
     ) -> Result<Dialled, RejectReason> {
-        self.tls.tracker.reset_client(node.as_str());
+        self.tracker.reset_client(node.as_str());
         let connecting = self
             .endpoint
-            .connect_with(self.client_config.clone(), addr, node.as_str())
+            .connect_with(read(&self.client_config).clone(), addr, node.as_str())
             .map_err(|e| RejectReason::Other(e.to_string()))?;
         let slot = self.slot();
         let handshake = match connecting.into_0rtt() {
@@ -1716,7 +1770,7 @@ impl Inner {
                 }
             }
         };
-        let full = self.tls.tracker.take_client(peer.as_str());
+        let full = self.tracker.take_client(peer.as_str());
         let kind = match (zero_rtt, full) {
             (true, _) => HandshakeKind::ZeroRtt,
             (false, true) => HandshakeKind::Full,
@@ -2018,7 +2072,7 @@ async fn handle_incoming(inner: Arc<Inner>, incoming: quinn::Incoming) {
         outcome.send_replace(Outcome::Failed);
         inner.early_decided(early, conn_id, true);
     }
-    let kind = if inner.tls.tracker.take_server(node.as_str()) {
+    let kind = if inner.tracker.take_server(node.as_str()) {
         HandshakeKind::Full
     } else {
         HandshakeKind::Resumed

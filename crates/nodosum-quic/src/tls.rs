@@ -179,7 +179,7 @@ impl TlsIdentity {
     /// Checks that a node could use this identity, as starting its endpoint would: the CA
     /// roots are trust anchors and the key belongs to the certificate.
     pub fn check(&self) -> Result<(), TlsError> {
-        TlsConfigs::new(self, DEFAULT_ALPN).map(drop)
+        TlsConfigs::new(self, DEFAULT_ALPN, &Arc::default()).map(drop)
     }
 
     /// The node ID in this identity's end-entity certificate.
@@ -369,13 +369,11 @@ impl DevCa {
     }
 }
 
-/// The rustls configurations of one node, plus the bookkeeping that tells full from
-/// resumed handshakes.
+/// The rustls configurations of one node.
 #[derive(Debug, Clone)]
 pub(crate) struct TlsConfigs {
     pub(crate) server: Arc<rustls::ServerConfig>,
     pub(crate) client: Arc<rustls::ClientConfig>,
-    pub(crate) tracker: Arc<HandshakeTracker>,
 }
 
 /// Counts certificate verifications per node ID. A handshake that verified a certificate
@@ -450,8 +448,13 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 impl TlsConfigs {
-    /// Builds the server and client configurations of a node.
-    pub(crate) fn new(identity: &TlsIdentity, alpn: &[u8]) -> Result<Self, TlsError> {
+    /// Builds the server and client configurations of a node. Verifications are recorded
+    /// in `tracker` (a node keeps one across identity reloads).
+    pub(crate) fn new(
+        identity: &TlsIdentity,
+        alpn: &[u8],
+        tracker: &Arc<HandshakeTracker>,
+    ) -> Result<Self, TlsError> {
         let provider = crypto_provider();
         let mut roots = RootCertStore::empty();
         for ca in &identity.ca_roots {
@@ -464,7 +467,6 @@ impl TlsConfigs {
         }
         let roots = Arc::new(roots);
         identity.node_id()?;
-        let tracker = Arc::new(HandshakeTracker::default());
 
         let inner =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
@@ -495,7 +497,6 @@ impl TlsConfigs {
         Ok(Self {
             server: Arc::new(server),
             client: Arc::new(client),
-            tracker,
         })
     }
 }
@@ -862,7 +863,7 @@ mod tests {
         std::fs::write(&key_path, key_pem).unwrap();
         let loaded = TlsIdentity::from_pem_files(&ca_path, &cert_path, &key_path).unwrap();
         assert_eq!(loaded.node_id().unwrap(), id("file-node"));
-        assert!(TlsConfigs::new(&loaded, DEFAULT_ALPN).is_ok());
+        assert!(TlsConfigs::new(&loaded, DEFAULT_ALPN, &Arc::default()).is_ok());
 
         let missing = dir.join("missing.pem");
         let err = TlsIdentity::from_pem_files(&missing, &cert_path, &key_path).unwrap_err();

@@ -7,6 +7,7 @@
 mod cleanup;
 mod early;
 mod handshake;
+mod identity;
 mod reconnect;
 mod simultaneous;
 mod streams;
