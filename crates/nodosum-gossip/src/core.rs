@@ -461,6 +461,11 @@ impl Core {
         self.keyring.remove(id)
     }
 
+    /// Replaces every installed key at once.
+    pub(crate) fn set_keyring(&mut self, keyring: Keyring) {
+        self.keyring = keyring;
+    }
+
     /// IDs of the installed keys and the primary.
     pub(crate) fn keys(&self) -> (Vec<KeyId>, KeyId) {
         (self.keyring.key_ids().collect(), self.keyring.primary())

@@ -161,6 +161,14 @@ impl Gossip {
         Ok(self.lock().remove_key(id)?)
     }
 
+    /// Replaces the installed keys at once: `keyring`'s primary seals from now on and only
+    /// its keys open. A rotation by whole keyrings takes the same three steps, each on
+    /// every node before the next: the old key primary with the new one installed; the new
+    /// one primary with the old one installed; the new one alone.
+    pub fn set_keyring(&self, keyring: Keyring) {
+        self.lock().set_keyring(keyring);
+    }
+
     /// The installed key IDs and the primary one.
     pub fn keys(&self) -> (Vec<KeyId>, KeyId) {
         self.lock().keys()

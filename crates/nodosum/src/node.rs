@@ -64,6 +64,8 @@ pub struct Node {
     quic_addr: SocketAddr,
     /// `limits.max_app_id_len`: the longest application name streams can carry.
     max_app_id_len: usize,
+    /// The configuration the node started with: where its credentials are read from.
+    config: Config,
 }
 
 /// What applications share with the node.
@@ -231,7 +233,52 @@ impl Node {
             gossip_addr,
             quic_addr: SocketAddr::new(gossip_addr.ip(), quic_port),
             max_app_id_len: config.limits.max_app_id_len,
+            config,
         })
+    }
+
+    /// Reads this node's credentials again from where its configuration names them and
+    /// puts them in use, for certificate renewal and key rotation without a restart:
+    /// - the TLS files (`tls.ca`, `tls.cert`, `tls.key`; with `tls.development`, the
+    ///   development CA), for every handshake from now on, accepted or dialled.
+    ///   Connections already open keep the identities they were authenticated with;
+    /// - the gossip keys (`gossip.keys`, then the lines of `gossip.key_file`): the first
+    ///   seals, all open, and a key no longer listed opens nothing. Rotating a cluster's
+    ///   key is three edits of the key file, each followed by a reload of every node
+    ///   before the next: add the new key after the old one; move it first; remove the
+    ///   old one.
+    ///
+    /// Everything is read and checked before anything changes: a file that does not load
+    /// or a certificate for another node is an error naming the setting at fault, and
+    /// the node keeps all its credentials as they were. It reads files, so async code
+    /// calls it through `spawn_blocking`.
+    pub fn reload_credentials(&self) -> Result<(), Error> {
+        self.config.validate()?;
+        let (identity, dev_key) = tls_identity(&self.config)?;
+        let keyring = keyring(&self.config, dev_key)?;
+        let gossip = self.gossip.as_ref().ok_or(Error::ShutDown)?;
+        // `validate` checked that the certificate names this node; the files may have
+        // changed since.
+        match self.shared.quic.set_identity(&identity) {
+            Ok(()) => {}
+            Err(nodosum_quic::Error::IdentityChanged { current, found }) => {
+                return Err(Error::IdentityMismatch {
+                    config: current,
+                    cert: found,
+                });
+            }
+            Err(nodosum_quic::Error::Tls(e)) => return Err(Error::Tls(e)),
+            Err(source) => {
+                return Err(Error::Quic {
+                    addr: self.config.quic.bind,
+                    source,
+                });
+            }
+        }
+        let keys = keyring.key_ids().count();
+        gossip.set_keyring(keyring);
+        tracing::info!(node = %self.shared.id, gossip_keys = keys, "credentials reloaded");
+        Ok(())
     }
 
     /// This node's ID.

@@ -5,5 +5,6 @@ mod cluster;
 mod load;
 mod messaging;
 mod requests;
+mod rotation;
 mod security;
 mod util;
