@@ -31,7 +31,9 @@
 //! nothing bound on error), binds QUIC then gossip, starts discovery and joins what it
 //! finds. Membership drives connections: an alive member is connected (one connection per
 //! pair; the QUIC certificate must name the member's node ID), a failed or departed one is
-//! disconnected and requests pending to it fail. [`Node::shutdown`] leaves gracefully.
+//! disconnected and requests pending to it fail. [`Node::reload_credentials`] rereads the
+//! certificate files and gossip keys for rotations without a restart. [`Node::shutdown`]
+//! leaves gracefully.
 //!
 //! What it is not: a consensus system. Membership is eventually consistent; messages are
 //! delivered in order per (sender, application) while a connection lasts, and messages in

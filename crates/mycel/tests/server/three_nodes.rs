@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::tls::Pki;
 use crate::util::{GUARD, Server, roundtrip};
 
 /// How long the survivors may take to detect a killed node, publish a new routing table
@@ -270,4 +271,154 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
         );
     }
     assert_eq!(last.cli(&["GET", "visits"]), "\"13\"");
+}
+
+/// A node's credential files, as an operator renews them in place.
+struct NodeFiles {
+    dir: tempfile::TempDir,
+}
+
+/// Gossip keys: 32 bytes of 1s and of 2s, in base64.
+const OLD_KEY: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+const NEW_KEY: &str = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+
+impl NodeFiles {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir
+            .path()
+            .join(file)
+            .to_str()
+            .expect("utf-8")
+            .to_owned()
+    }
+
+    fn trust(&self, cas: &[&Pki]) {
+        let pem: String = cas
+            .iter()
+            .map(|ca| std::fs::read_to_string(ca.path("ca.pem")).expect("ca"))
+            .collect();
+        std::fs::write(self.path("ca.pem"), pem).expect("write");
+    }
+
+    fn certificate(&self, ca: &Pki, id: &str) {
+        let (cert, key) = ca.node(id);
+        std::fs::copy(cert, self.path("cert.pem")).expect("copy");
+        std::fs::copy(key, self.path("key.pem")).expect("copy");
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        std::fs::write(self.path("gossip.keys"), keys.join("\n")).expect("write");
+    }
+
+    /// `--node-id ID` and these files as the node's TLS files and gossip key file.
+    fn start(&self, id: &str, extra: &[&str]) -> Server {
+        let (ca, cert, key, keys) = (
+            self.path("ca.pem"),
+            self.path("cert.pem"),
+            self.path("key.pem"),
+            self.path("gossip.keys"),
+        );
+        let flags = [
+            "--node-id",
+            id,
+            "--replicas",
+            "2",
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--gossip-key",
+            &keys,
+        ];
+        Server::start(&[&flags[..], extra].concat())
+    }
+}
+
+/// A CA and gossip key rotation on running nodes: the files edited in place and SIGHUP
+/// sent to every node at each step. A node that knows only the new CA and the new key
+/// then joins, so both old nodes present certificates of the new CA, trust it, and open
+/// the new key; the cluster never loses a member.
+#[test]
+fn sighup_rotates_the_node_certificates_and_gossip_keys() {
+    let (old_ca, new_ca) = (Pki::new("old"), Pki::new("new"));
+    let ids = ["node-a", "node-b"];
+    let files = [NodeFiles::new(), NodeFiles::new()];
+    for (f, id) in files.iter().zip(ids) {
+        f.trust(&[&old_ca]);
+        f.certificate(&old_ca, id);
+        f.keys(&[OLD_KEY]);
+    }
+    let first = files[0].start(ids[0], &[]);
+    let seed = first.gossip.expect("gossip address").to_string();
+    let nodes = [first, files[1].start(ids[1], &["--seed", &seed])];
+    for n in &nodes {
+        within(GUARD, "two alive members", || alive_members(n) == 2);
+    }
+    assert_eq!(nodes[0].cli(&["SET", "before", "rotation"]), "OK");
+
+    let reload = |step: u64| {
+        for n in &nodes {
+            crate::util::signal(n.pid(), "HUP");
+        }
+        for n in &nodes {
+            crate::util::eventually("the reload done", || {
+                n.metric("mycel_reloads_total") == step
+            });
+            assert_eq!(n.metric("mycel_reload_failures_total"), 0);
+        }
+    };
+    // 1. Trust both CAs; install the new key next to the old one.
+    for f in &files {
+        f.trust(&[&old_ca, &new_ca]);
+        f.keys(&[OLD_KEY, NEW_KEY]);
+    }
+    reload(1);
+    // 2. Certificates of the new CA; seal with the new key.
+    for (f, id) in files.iter().zip(ids) {
+        f.certificate(&new_ca, id);
+        f.keys(&[NEW_KEY, OLD_KEY]);
+    }
+    reload(2);
+    // 3. The new CA and the new key alone.
+    for f in &files {
+        f.trust(&[&new_ca]);
+        f.keys(&[NEW_KEY]);
+    }
+    reload(3);
+
+    let newcomer_files = NodeFiles::new();
+    newcomer_files.trust(&[&new_ca]);
+    newcomer_files.certificate(&new_ca, "node-c");
+    newcomer_files.keys(&[NEW_KEY]);
+    let newcomer = newcomer_files.start("node-c", &["--seed", &seed]);
+    for n in nodes.iter().chain([&newcomer]) {
+        within(SETTLE_GUARD, "three alive members, in sync", || {
+            alive_members(n) == 3 && settled(n, 3)
+        });
+    }
+    assert_eq!(newcomer.cli(&["GET", "before"]), "\"rotation\"");
+    for i in 0..20 {
+        let key = format!("after-{i}");
+        assert_eq!(newcomer.cli(&["SET", &key, "v"]), "OK");
+        assert_eq!(nodes[i % 2].cli(&["GET", &key]), "\"v\"");
+    }
+
+    // A key file that does not load: the reload fails, counted, and the node keeps its
+    // keys.
+    std::fs::write(files[0].path("gossip.keys"), "not a key").expect("write");
+    crate::util::signal(nodes[0].pid(), "HUP");
+    crate::util::eventually("the failed reload counted", || {
+        nodes[0].metric("mycel_reload_failures_total") == 1
+    });
+    assert_eq!(nodes[0].metric("mycel_reloads_total"), 4);
+    assert_eq!(nodes[0].cli(&["SET", "still", "here"]), "OK");
+    assert_eq!(alive_members(&nodes[0]), 3);
 }

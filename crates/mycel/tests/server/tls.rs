@@ -15,15 +15,15 @@ use mycel::resp::encode_request;
 use crate::util::{Server, redis_cli};
 
 /// A CA and the PEM files it issued, in a temporary directory.
-struct Pki {
+pub(crate) struct Pki {
     dir: tempfile::TempDir,
     params: CertificateParams,
     key: KeyPair,
 }
 
 impl Pki {
-    /// A new CA, written as `<name>-ca.pem`.
-    fn new(name: &str) -> Self {
+    /// A new CA, written as `ca.pem`.
+    pub(crate) fn new(name: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params
@@ -37,8 +37,20 @@ impl Pki {
         Self { dir, params, key }
     }
 
-    fn path(&self, file: &str) -> PathBuf {
+    pub(crate) fn path(&self, file: &str) -> PathBuf {
         self.dir.path().join(file)
+    }
+
+    /// Issues a node's certificate (its ID the SAN DNS name, for both ends of a QUIC
+    /// handshake), written as `<id>.pem` and `<id>-key.pem`.
+    pub(crate) fn node(&self, id: &str) -> (PathBuf, PathBuf) {
+        let mut params = CertificateParams::new(vec![id.to_owned()]).expect("params");
+        params.distinguished_name.push(DnType::CommonName, id);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.sign(id, params)
     }
 
     /// Issues a certificate for `name` (a server's for localhost and 127.0.0.1, or a
@@ -56,6 +68,11 @@ impl Pki {
         } else {
             ExtendedKeyUsagePurpose::ClientAuth
         }];
+        self.sign(file, params)
+    }
+
+    /// Signs `params` with this CA, as `<file>.pem` and `<file>-key.pem`.
+    fn sign(&self, file: &str, mut params: CertificateParams) -> (PathBuf, PathBuf) {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("key");
         let cert = params

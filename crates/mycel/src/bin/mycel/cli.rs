@@ -153,7 +153,8 @@ pub(crate) struct Cli {
     /// reread on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub(crate) requirepass_file: Option<PathBuf>,
-    /// CA certificate (PEM) that signs every node's certificate.
+    /// CA certificates (PEM) that sign the nodes' certificates (several during a CA
+    /// rotation). --ca, --cert and --key are reread on SIGHUP, for new connections.
     #[arg(long, value_name = "FILE")]
     pub(crate) ca: Option<PathBuf>,
     /// This node's certificate (PEM), its node ID in the subject.
@@ -163,7 +164,7 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "FILE")]
     pub(crate) key: Option<PathBuf>,
     /// Gossip encryption key: base64 of 32 bytes, or a file holding such keys (one per
-    /// line, the first seals).
+    /// line, the first seals, all open; reread on SIGHUP, for key rotation).
     #[arg(long, value_name = "KEY|FILE")]
     pub(crate) gossip_key: Option<String>,
     /// How to find seeds: static (the --seed list), dns, consul.

@@ -235,9 +235,14 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Listened to from before the ready line, as the other signals are.
     #[cfg(unix)]
+    // The node's own credentials are worth rereading when they come from files an
+    // operator renews: certificate files (not the development CA) or a gossip key file.
+    let node_credentials = mycel.cluster().is_some()
+        && (!settings.nodosum.tls.development || settings.nodosum.gossip.key_file.is_some());
     if tls_files.is_some()
         || settings.requirepass_file.is_some()
         || settings.admin_token_file.is_some()
+        || node_credentials
     {
         let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
@@ -249,6 +254,7 @@ async fn run(mut settings: Settings) -> Result<(), String> {
                 settings.requirepass_file.clone(),
                 settings.admin_token_file.clone(),
             ),
+            node_credentials,
         ));
     }
 
@@ -572,8 +578,10 @@ async fn serve(
 
 /// Reads again, on each SIGHUP, the files a running server can take anew: the TLS
 /// listener's certificate, key and client CA (for new connections), the password file
-/// (for new `AUTH`s) and the admin token file. A file that does not load is reported and
-/// its setting kept.
+/// (for new `AUTH`s), the admin token file, and with `node_credentials` the node's own
+/// certificate files and gossip keys (for new QUIC handshakes and gossip datagrams). A
+/// file that does not load is reported and its setting kept (the node's certificate
+/// files and gossip keys as a whole).
 /// Installed only when there is such a file, so that otherwise SIGHUP keeps its default
 /// (ending the process, as when the terminal of `cargo xtask cluster` closes).
 #[cfg(unix)]
@@ -582,9 +590,10 @@ async fn reload_on_hangup(
     shared: Arc<Shared>,
     tls: Option<(tls::TlsFiles, SharedAcceptor)>,
     (password_file, token_file): (Option<std::path::PathBuf>, Option<std::path::PathBuf>),
+    node_credentials: bool,
 ) {
     while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: reloading the TLS files and the password file");
+        tracing::info!("SIGHUP received: reloading files");
         let mut failed = false;
         // Off the runtime's threads: reading a file can block (a slow or remote file
         // system).
@@ -592,15 +601,20 @@ async fn reload_on_hangup(
             tls.as_ref().map(|(f, _)| f.clone()),
             (password_file.clone(), token_file.clone()),
         );
+        let mycel = shared.mycel.clone();
         let loaded = tokio::task::spawn_blocking(move || {
+            let node = node_credentials
+                .then(|| mycel.cluster().map(|c| c.node().reload_credentials()))
+                .flatten();
             (
                 files.map(|f| f.load()),
                 paths.0.map(|p| auth::password_file(&p)),
                 paths.1.map(|p| auth::password_file(&p)),
+                node,
             )
         })
         .await;
-        let Ok((tls_loaded, password_loaded, token_loaded)) = loaded else {
+        let Ok((tls_loaded, password_loaded, token_loaded, node_loaded)) = loaded else {
             tracing::warn!("reloading failed; keeping the old files");
             shared.metrics.reloads.inc();
             shared.metrics.reload_failures.inc();
@@ -617,6 +631,17 @@ async fn reload_on_hangup(
                     tracing::warn!(%field, %message, "TLS files not reloaded; keeping the old ones");
                 }
             }
+        }
+        match node_loaded {
+            Some(Ok(())) => tracing::info!("node certificate and gossip keys reloaded"),
+            Some(Err(e)) => {
+                failed = true;
+                tracing::warn!(
+                    error = %nodosum::error_chain(&e),
+                    "node certificate and gossip keys not reloaded; keeping the old ones"
+                );
+            }
+            None => {}
         }
         for (what, secret, path, loaded) in [
             (
