@@ -1051,13 +1051,16 @@ impl Mycel {
     }
 
     /// Removes every key of every bucket (Redis `FLUSHDB`); buckets stay. Cluster mode:
-    /// [`Error::Unsupported`] (the cluster layer has no cluster-wide flush).
+    /// every partition's primary deletes its keys, replicated as any delete (see
+    /// [`Cluster::flush`]: not atomic across partitions).
     pub async fn flush(&self) -> Result<(), Error> {
-        let mut store = self
-            .local()
-            .ok_or(Error::Unsupported { operation: "flush" })?;
-        store.clear();
-        Ok(())
+        match &self.inner.backend {
+            Backend::Local(l) => {
+                lock(&l.store).clear();
+                Ok(())
+            }
+            Backend::Cluster(c) => c.cluster.flush().await.map(drop).map_err(cluster_error),
+        }
     }
 
     /// Counters and gauges of the local store. Cluster mode: [`Error::Unsupported`] (this
@@ -1453,10 +1456,11 @@ mod tests {
             assert_eq!(m.get_del(b, "b".into()).await, Ok(Some("2".into())));
             assert_eq!(m.get_del(b, "b".into()).await, Ok(None));
             assert_eq!(m.delete(b, "k".into()).await, Ok(true));
-            assert_eq!(
-                m.flush().await,
-                Err(Error::Unsupported { operation: "flush" })
-            );
+            m.set(b, "f".into(), "1".into(), SetOptions::default())
+                .await
+                .expect("set");
+            assert_eq!(m.flush().await, Ok(()));
+            assert_eq!(m.len().await, Ok(0));
             assert!(matches!(m.stats().await, Err(Error::Unsupported { .. })));
             assert!(matches!(
                 m.create_bucket("sessions", BucketOptions::default()).await,

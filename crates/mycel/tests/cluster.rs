@@ -725,6 +725,60 @@ async fn keys_are_listed_once_through_every_node() {
     }
 }
 
+/// `flush` through any node deletes every key of every bucket at its primary and at its
+/// backups, in pages when a partition holds more than one: no node holds a live key
+/// afterwards, and the cluster takes writes as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_deletes_every_key_at_primaries_and_backups() {
+    let _serial = SERIAL.lock().await;
+    let ca = tempfile::tempdir().expect("tempdir");
+    let mut config = config();
+    config.page_bytes = 512;
+    config
+        .buckets
+        .push(("other".to_owned(), mycel::BucketOptions::default()));
+    let mut nodes = vec![start_with(&ca, "node-1", &[], config.clone()).await];
+    for name in ["node-2", "node-3"] {
+        let c = start_with(&ca, name, &[&nodes[0]], config.clone()).await;
+        nodes.push(c);
+    }
+    converged(&nodes.refs()).await;
+    write_keys(&nodes.refs(), 300, 0).await;
+    // One partition with far more than a page of keys.
+    for i in 0..200 {
+        let k = Bytes::from(format!("{{tag}}{i}"));
+        nodes[0]
+            .set(BUCKET, k, "v", SetOptions::default())
+            .await
+            .expect("set");
+    }
+    for i in 0..50 {
+        nodes[2]
+            .set("other", key(i), "v", SetOptions::default())
+            .await
+            .expect("set");
+    }
+    let held = |n: &Cluster| n.local_stats().keys;
+    // Two copies of each key (RF 2), spread over the three nodes.
+    assert_eq!(nodes.iter().map(held).sum::<usize>(), 2 * 550);
+
+    let deleted = settled("flush", || nodes[1].flush()).await;
+    assert_eq!(deleted, 550);
+    for node in &nodes {
+        assert_eq!(held(node), 0, "{} still holds keys", node.id());
+        assert_eq!(settled("len", || node.len()).await, 0);
+        assert_eq!(
+            settled("get", || node.get(BUCKET, key(7))).await,
+            None,
+            "through {}",
+            node.id()
+        );
+    }
+    assert_eq!(settled("flush", || nodes[2].flush()).await, 0);
+    let acked = write_keys(&nodes.refs(), 20, 1).await;
+    assert_readable(&nodes.refs(), &acked).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
     let _serial = SERIAL.lock().await;

@@ -345,6 +345,15 @@ pub enum ClusterError {
         /// Partitions still awaiting release.
         awaiting: usize,
     },
+    /// A member runs an older version that does not know the operation (a rolling
+    /// upgrade is under way). Nothing changed.
+    #[error("member {node} runs an older version without {operation}; upgrade it first")]
+    OlderMember {
+        /// The member.
+        node: NodeId,
+        /// The operation.
+        operation: &'static str,
+    },
 }
 
 /// What [`Cluster::set`] did.
@@ -694,9 +703,9 @@ struct Inner {
     frozen: AtomicBool,
     /// Whether another member was frozen at the last background step.
     others_frozen: AtomicBool,
-    /// Members that announced they serve [`Msg::Carry`], as of the last background step
-    /// (a node from before `Carry` would refuse it).
-    carriers: RwLock<HashSet<NodeId>>,
+    /// The [`wire::MemberMeta::features`] other members announced, as of the last
+    /// background step (a node from before a feature would refuse its messages).
+    features: RwLock<HashMap<NodeId, u32>>,
     table_changed: tokio::sync::Notify,
     refreshing: Mutex<HashSet<NodeId>>,
     /// When the transfer bandwidth is next free (see [`pace`]).
@@ -856,7 +865,7 @@ impl Cluster {
             successors: AtomicUsize::new(usize::MAX),
             frozen: AtomicBool::new(false),
             others_frozen: AtomicBool::new(false),
-            carriers: RwLock::new(HashSet::new()),
+            features: RwLock::new(HashMap::new()),
             table_changed: tokio::sync::Notify::new(),
             refreshing: Mutex::new(HashSet::new()),
             fetch_free_at: Mutex::new(Instant::now()),
@@ -1350,6 +1359,73 @@ impl Cluster {
         Ok((keys, None))
     }
 
+    /// Deletes every key of every bucket (Redis `FLUSHDB`); returns how many. Each
+    /// partition's primary deletes its keys a page at a time (about
+    /// [`ClusterConfig::page_bytes`] of keys per partition and message, the partitions of
+    /// one primary in one message), every delete replicated to the backups as any other
+    /// write, until every partition answers that it has none left.
+    ///
+    /// Not atomic: a write that runs concurrently may outlive it, and a reader may see
+    /// some partitions emptied before others, as with any run of deletes. Every member
+    /// must know the operation ([`ClusterError::OlderMember`] otherwise, with nothing
+    /// deleted).
+    pub async fn flush(&self) -> Result<u64, ClusterError> {
+        let others: Vec<NodeId> = {
+            let st = self.inner.lock();
+            st.alive
+                .iter()
+                .filter(|n| **n != self.inner.me)
+                .cloned()
+                .collect()
+        };
+        let older = lacking(
+            &self
+                .inner
+                .features
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+            &others,
+            wire::FEATURE_CLEAR,
+        );
+        if let Some(node) = older {
+            return Err(ClusterError::OlderMember {
+                node,
+                operation: "FLUSHDB",
+            });
+        }
+        let count = self.inner.config.mycel.store.partitioning.count();
+        let max_bytes = u32::try_from(self.inner.config.page_bytes).unwrap_or(u32::MAX);
+        let mut deleted = 0;
+        for (name, _) in &self.inner.config.buckets {
+            let bucket = WStr::from(name.as_str());
+            let mut pending: Vec<u16> = (0..count).collect();
+            while !pending.is_empty() {
+                let ops: Vec<Op> = pending
+                    .iter()
+                    .map(|&partition| Op::Clear {
+                        bucket: bucket.clone(),
+                        partition,
+                        max_bytes,
+                    })
+                    .collect();
+                let results = self.inner.route_batch(&ops).await;
+                let mut more = Vec::new();
+                for (&partition, result) in pending.iter().zip(results) {
+                    match result? {
+                        OpReply::Count(0) => {}
+                        OpReply::Count(n) => {
+                            deleted += n;
+                            more.push(partition);
+                        }
+                        _ => return Err(self.inner.protocol()),
+                    }
+                }
+                pending = more;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// Whether [`len`](Self::len) is 0.
     pub async fn is_empty(&self) -> Result<bool, ClusterError> {
         Ok(self.len().await? == 0)
@@ -1548,7 +1624,7 @@ impl Inner {
             replication_factor: self.config.mycel.replication_factor,
             leaving: self.leaving.load(Ordering::Acquire),
             frozen: self.frozen.load(Ordering::Acquire),
-            features: wire::FEATURE_CARRY,
+            features: wire::FEATURE_CARRY | wire::FEATURE_CLEAR,
         }
     }
 
@@ -1846,7 +1922,7 @@ impl Inner {
             .remove(&key)
             .unwrap_or_default();
         let (primary, epoch) = key;
-        let pages = pages_for(queued, self.serves_carry(&primary), self.config.page_bytes);
+        let pages = pages_for(queued, self.features_of(&primary), self.config.page_bytes);
         for page in pages {
             let total: usize = page.iter().map(|q| q.ops.len()).sum();
             let timeout = page
@@ -1879,7 +1955,7 @@ impl Inner {
                 // older version since its metadata was last read. It applied nothing of
                 // the message, so the operations go again, as a `Batch`.
                 tracing::info!(%primary, "primary refused Carry; sending a Batch instead");
-                self.carriers
+                self.features
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(&primary);
@@ -1903,12 +1979,19 @@ impl Inner {
         }
     }
 
-    /// Whether `node` announced that it serves [`Msg::Carry`].
-    fn serves_carry(&self, node: &NodeId) -> bool {
-        self.carriers
+    /// The features `node` announced (see [`wire::MemberMeta::features`]).
+    fn features_of(&self, node: &NodeId) -> u32 {
+        self.features
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(node)
+            .get(node)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether `node` announced that it serves [`Msg::Carry`].
+    fn serves_carry(&self, node: &NodeId) -> bool {
+        self.features_of(node) & wire::FEATURE_CARRY != 0
     }
 
     /// Whether one of `ops` is a write to a partition this node backs up in its table at
@@ -2943,7 +3026,7 @@ impl Inner {
         }
         let partitions = self.config.mycel.store.partitioning.count();
         let rf = self.config.mycel.replication_factor;
-        let mut carriers = HashSet::new();
+        let mut features = HashMap::new();
         for (m, s) in &members {
             if m.id == self.me || !s.is_active() {
                 continue;
@@ -2964,9 +3047,7 @@ impl Inner {
             }
             alive.insert(m.id.clone());
             others_frozen |= meta.frozen;
-            if meta.features & wire::FEATURE_CARRY != 0 {
-                carriers.insert(m.id.clone());
-            }
+            features.insert(m.id.clone(), meta.features);
             if !meta.leaving {
                 view.push(Member {
                     id: m.id.clone(),
@@ -2977,12 +3058,12 @@ impl Inner {
         }
         view.sort_by(|a, b| a.id.cmp(&b.id));
         self.others_frozen.store(others_frozen, Ordering::Release);
-        let changed = *self.carriers.read().unwrap_or_else(PoisonError::into_inner) != carriers;
+        let changed = *self.features.read().unwrap_or_else(PoisonError::into_inner) != features;
         if changed {
             *self
-                .carriers
+                .features
                 .write()
-                .unwrap_or_else(PoisonError::into_inner) = carriers;
+                .unwrap_or_else(PoisonError::into_inner) = features;
         }
         frozen |= others_frozen;
         // Members that could hold partitions (weight 0 never does).
@@ -3290,18 +3371,27 @@ fn plain_ops(epoch: u64, mut ops: Vec<Op>) -> Msg {
     }
 }
 
-/// The messages that carry `queued` (each caller's operations whole, in pages of about
-/// `page_bytes`) to a primary. Unless the primary is known to decode every operation
-/// (`knows_all`: it announced [`wire::FEATURE_CARRY`]), a caller with an operation from
-/// after `ExpireIf` gets a message of its own: a node from before then refuses the whole
-/// message (`BadRequest`), and that must not fail the other callers' operations.
-fn pages_for(queued: Vec<QueuedOps>, knows_all: bool, page_bytes: usize) -> Vec<Vec<QueuedOps>> {
-    if knows_all {
-        return chunk_by_size(queued, |q| q.size, page_bytes);
-    }
-    let (alone, shared): (Vec<_>, Vec<_>) = queued
+/// The first of `members` that did not announce `feature` in `features`.
+fn lacking<'a>(
+    features: &HashMap<NodeId, u32>,
+    members: impl IntoIterator<Item = &'a NodeId>,
+    feature: u32,
+) -> Option<NodeId> {
+    members
         .into_iter()
-        .partition(|q| q.ops.iter().any(Op::after_expire_if));
+        .find(|n| features.get(*n).copied().unwrap_or(0) & feature == 0)
+        .cloned()
+}
+
+/// The messages that carry `queued` (each caller's operations whole, in pages of about
+/// `page_bytes`) to a primary that announced `features`. A caller with an operation the
+/// primary is not known to decode ([`Op::needs`] a feature it did not announce) gets a
+/// message of its own: a node from before that operation refuses the whole message
+/// (`BadRequest`), and that must not fail the other callers' operations.
+fn pages_for(queued: Vec<QueuedOps>, features: u32, page_bytes: usize) -> Vec<Vec<QueuedOps>> {
+    let unknown = |op: &Op| op.needs() & !features != 0;
+    let (alone, shared): (Vec<_>, Vec<_>) =
+        queued.into_iter().partition(|q| q.ops.iter().any(unknown));
     let mut pages = chunk_by_size(shared, |q| q.size, page_bytes);
     pages.extend(alone.into_iter().map(|q| vec![q]));
     pages
@@ -3424,6 +3514,27 @@ mod tests {
     }
 
     #[test]
+    fn a_member_is_lacking_a_feature_it_did_not_announce() {
+        let id = |s: &str| NodeId::new(s).expect("id");
+        let features = HashMap::from([
+            (id("new"), wire::FEATURE_CARRY | wire::FEATURE_CLEAR),
+            (id("old"), wire::FEATURE_CARRY),
+        ]);
+        let both = [id("new"), id("old")];
+        assert_eq!(
+            lacking(&features, &both, wire::FEATURE_CLEAR),
+            Some(id("old"))
+        );
+        assert_eq!(lacking(&features, &both, wire::FEATURE_CARRY), None);
+        assert_eq!(lacking(&features, &both[..1], wire::FEATURE_CLEAR), None);
+        // A member whose metadata was never read announced nothing.
+        assert_eq!(
+            lacking(&features, &[id("unknown")], wire::FEATURE_CARRY),
+            Some(id("unknown"))
+        );
+    }
+
+    #[test]
     fn operations_an_older_primary_cannot_decode_travel_alone() {
         let bucket = WStr::from("b");
         let key = |k: &str| WBytes(Bytes::copy_from_slice(k.as_bytes()));
@@ -3460,17 +3571,35 @@ mod tests {
         };
         // A primary that announced it knows every operation: one message for all.
         assert_eq!(
-            shape(pages_for(queued(), true, 1 << 20)),
+            shape(pages_for(queued(), wire::FEATURE_CARRY, 1 << 20)),
             vec![vec![2, 2, 1, 1]]
         );
         // Any other: the callers with an `APPEND` each travel alone (a refusal of their
         // message fails their own operations only), the others together.
-        let pages = pages_for(queued(), false, 1 << 20);
+        let pages = pages_for(queued(), 0, 1 << 20);
         let alone: Vec<bool> = pages
             .iter()
-            .map(|p| p.iter().any(|q| q.ops.iter().any(Op::after_expire_if)))
+            .map(|p| p.iter().any(|q| q.ops.iter().any(|op| op.needs() != 0)))
             .collect();
         assert_eq!(shape(pages), vec![vec![2, 1], vec![2], vec![1]]);
         assert_eq!(alone, [false, true, true]);
+        // A primary that decodes `APPEND` but not `Clear` (`FLUSHDB`): a clear travels
+        // alone, the others together.
+        let clear = QueuedOps {
+            ops: vec![Op::Clear {
+                bucket: bucket.clone(),
+                partition: 0,
+                max_bytes: 1024,
+            }],
+            size: 64,
+            timeout: Duration::from_secs(1),
+            done: tokio::sync::oneshot::channel().0,
+        };
+        let mut with_clear = queued();
+        with_clear.insert(1, clear);
+        assert_eq!(
+            shape(pages_for(with_clear, wire::FEATURE_CARRY, 1 << 20)),
+            vec![vec![2, 2, 1, 1], vec![1]]
+        );
     }
 }

@@ -767,7 +767,7 @@ impl State {
             Op::MSet { entries, .. } | Op::MSetNx { entries, .. } => {
                 check_all(&mut entries.iter().map(|(k, _)| &k.0))
             }
-            Op::Scan { partition, .. } => {
+            Op::Scan { partition, .. } | Op::Clear { partition, .. } => {
                 let p = Partition::new(*partition);
                 if !partitioning.contains(p) {
                     return Err(Refusal::BadRequest);
@@ -1017,6 +1017,29 @@ impl State {
                     keys: keys.into_iter().map(WBytes).collect(),
                     next,
                 }
+            }
+            Op::Clear {
+                bucket,
+                partition,
+                max_bytes,
+            } => {
+                let b = bucket_of(store, bucket)?;
+                let (keys, _) = store.keys(
+                    b,
+                    Partition::new(*partition),
+                    None,
+                    0,
+                    usize::try_from(*max_bytes).unwrap_or(usize::MAX),
+                    now,
+                );
+                let mut deleted = 0;
+                for key in keys {
+                    if let Some(w) = store.delete(b, key, now, e).map_err(err)? {
+                        deleted += 1;
+                        writes.push(w);
+                    }
+                }
+                OpReply::Count(deleted)
             }
             Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
         };
@@ -1459,6 +1482,13 @@ mod tests {
                         partition,
                         pattern: None,
                         from,
+                        max_bytes,
+                    }
+                ),
+                (bucket(), any::<u16>(), any::<u32>()).prop_map(
+                    |(bucket, partition, max_bytes)| Op::Clear {
+                        bucket,
+                        partition,
                         max_bytes,
                     }
                 ),

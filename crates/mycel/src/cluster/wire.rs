@@ -349,6 +349,15 @@ pub(crate) enum Op {
         offset: u64,
         value: WBytes,
     },
+    /// `FLUSHDB` of one partition: deletes a page (about `max_bytes` of keys, as
+    /// `Scan`) of its live keys of `bucket`, each a replicated delete. Answered with
+    /// `OpReply::Count`, the keys deleted; the partition is empty once that is 0. Only to
+    /// nodes announcing [`FEATURE_CLEAR`].
+    Clear {
+        bucket: WStr,
+        partition: u16,
+        max_bytes: u32,
+    },
 }
 
 /// A response.
@@ -479,34 +488,50 @@ impl Op {
             Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
                 entries.first().map(|(k, _)| &k.0)
             }
-            Self::Count | Self::Scan { .. } => None,
+            Self::Count | Self::Scan { .. } | Self::Clear { .. } => None,
         }
     }
 
     /// The partition whose primary executes the operation: its (first) key's, a scan's
-    /// own, the empty key's for `Count`. A scan's partition may be out of range (it comes
-    /// from a peer); [`Partitioning::contains`] tells.
+    /// or clear's own, the empty key's for `Count`. A scan's or clear's partition may be
+    /// out of range (it comes from a peer); [`Partitioning::contains`] tells.
     pub(crate) fn partition(&self, partitioning: Partitioning) -> Partition {
         match self {
-            Self::Scan { partition, .. } => Partition::new(*partition),
+            Self::Scan { partition, .. } | Self::Clear { partition, .. } => {
+                Partition::new(*partition)
+            }
             op => partitioning.partition_of(op.key().map_or(&[][..], |k| &k[..])),
         }
     }
 
-    /// Whether the operation was appended after `ExpireIf`: a node from before then
-    /// cannot decode it, and refuses the whole message that carries it. Every node that
-    /// announces [`FEATURE_CARRY`] knows it (those operations came before `Carry`).
-    pub(crate) fn after_expire_if(&self) -> bool {
-        matches!(
-            self,
+    /// The [`MemberMeta::features`] a node announces when it decodes the operation: none
+    /// for the original ones. A node that does not decode an operation refuses the whole
+    /// message that carries it. The operations appended after `ExpireIf` came before
+    /// `Carry`, so [`FEATURE_CARRY`] tells for them.
+    pub(crate) fn needs(&self) -> u32 {
+        match self {
             Self::Scan { .. }
-                | Self::Append { .. }
-                | Self::Rename { .. }
-                | Self::MSetNx { .. }
-                | Self::Copy { .. }
-                | Self::IncrByFloat { .. }
-                | Self::SetRange { .. }
-        )
+            | Self::Append { .. }
+            | Self::Rename { .. }
+            | Self::MSetNx { .. }
+            | Self::Copy { .. }
+            | Self::IncrByFloat { .. }
+            | Self::SetRange { .. } => FEATURE_CARRY,
+            Self::Clear { .. } => FEATURE_CLEAR,
+            Self::Get { .. }
+            | Self::Exists { .. }
+            | Self::Ttl { .. }
+            | Self::Set { .. }
+            | Self::Delete { .. }
+            | Self::Expire { .. }
+            | Self::ExpireIf { .. }
+            | Self::Persist { .. }
+            | Self::IncrBy { .. }
+            | Self::MGet { .. }
+            | Self::MSet { .. }
+            | Self::Count
+            | Self::GetOrLoad { .. } => 0,
+        }
     }
 
     /// Whether the operation changes data.
@@ -526,12 +551,13 @@ impl Op {
                 | Self::Copy { .. }
                 | Self::IncrByFloat { .. }
                 | Self::SetRange { .. }
+                | Self::Clear { .. }
         )
     }
 
     /// Whether the operation may travel in a [`Msg::Batch`]: the single-key operations
-    /// and partition scans, which the primary executes at once (not `GetOrLoad`, `Count`,
-    /// `MGet`, `MSet`).
+    /// and partition scans and clears, which the primary executes at once (not
+    /// `GetOrLoad`, `Count`, `MGet`, `MSet`).
     pub(crate) fn batchable(&self) -> bool {
         matches!(
             self,
@@ -545,6 +571,7 @@ impl Op {
                 | Self::Persist { .. }
                 | Self::IncrBy { .. }
                 | Self::Scan { .. }
+                | Self::Clear { .. }
         )
     }
 
@@ -584,7 +611,8 @@ impl Op {
             | Self::MSetNx { bucket, .. }
             | Self::Copy { bucket, .. }
             | Self::IncrByFloat { bucket, .. }
-            | Self::SetRange { bucket, .. } => bucket.len(),
+            | Self::SetRange { bucket, .. }
+            | Self::Clear { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -918,6 +946,9 @@ impl From<WireTtl> for Ttl {
 /// operation up to [`Op::SetRange`], which came before it).
 pub(crate) const FEATURE_CARRY: u32 = 1;
 
+/// [`MemberMeta::features`]: the node decodes [`Op::Clear`] (`FLUSHDB` in a cluster).
+pub(crate) const FEATURE_CLEAR: u32 = 2;
+
 /// What a node announces about itself in its gossip metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberMeta {
@@ -1146,6 +1177,11 @@ mod tests {
                         pattern: None,
                         from: 0,
                         max_bytes: 0,
+                    },
+                    Op::Clear {
+                        bucket: "other".into(),
+                        partition: 255,
+                        max_bytes: 1 << 16,
                     },
                     Op::Append {
                         bucket: "default".into(),

@@ -153,12 +153,10 @@ fn del_exists_dbsize_flushdb() {
     assert_eq!(s.cli(&["DEL", "a", "b", "nope"]), "(integer) 2");
     assert_eq!(s.cli(&["EXISTS", "a"]), "(integer) 0");
     assert_eq!(s.cli(&["DBSIZE"]), "(integer) 1");
-    // A cluster has no cluster-wide flush: a clear error, and nothing deleted.
-    assert_eq!(
-        s.cli(&["FLUSHDB"]),
-        "(error) ERR FLUSHDB and FLUSHALL are not supported in cluster mode (delete keys one by one)"
-    );
-    assert_eq!(s.cli(&["DBSIZE"]), "(integer) 1");
+    assert_eq!(s.cli(&["FLUSHDB"]), "OK");
+    assert_eq!(s.cli(&["DBSIZE"]), "(integer) 0");
+    assert_eq!(s.cli(&["GET", "c"]), "(nil)");
+    assert_eq!(s.cli(&["FLUSHALL", "ASYNC"]), "OK");
     assert_eq!(s.cli(&["SELECT", "0"]), "OK");
     assert_eq!(
         s.cli(&["SELECT", "1"]),

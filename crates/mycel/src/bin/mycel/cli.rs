@@ -41,8 +41,8 @@ Examples:
 
 Any node serves any key: it forwards the command to the key's primary, which replicates
 writes to --replicas - 1 backups before answering. --standalone serves a single node
-without gossip or QUIC (and adds FLUSHDB and MYCEL.BUCKET ... CREATE, which a cluster
-does not offer). Strings only, and no transactions: MULTI/EXEC are refused (send the
+without gossip or QUIC (and adds MYCEL.BUCKET ... CREATE, which a cluster does not
+offer: its buckets are declared in the config file). Strings only, and no transactions: MULTI/EXEC are refused (send the
 commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)). COMMAND LIST
 names every command served. Settings are read at start; CONFIG SET changes only the
 slow log's two (slowlog-log-slower-than, slowlog-max-len).

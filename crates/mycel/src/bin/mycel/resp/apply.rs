@@ -302,12 +302,7 @@ pub(crate) async fn execute(
         Command::Keys(pattern) => keys(m, b, pattern.as_deref())
             .await
             .map(|keys| Frame::Array(keys.into_iter().map(Frame::Bulk).collect())),
-        Command::FlushDb => match m.flush().await {
-            Err(Error::Unsupported { .. }) => Ok(Frame::err(
-                "FLUSHDB and FLUSHALL are not supported in cluster mode (delete keys one by one)",
-            )),
-            r => r.map(|()| OK),
-        },
+        Command::FlushDb => m.flush().await.map(|()| OK),
         Command::Select(0) => Ok(OK),
         Command::Select(_) => Ok(Frame::err("DB index is out of range")),
         Command::Info(sections) => info(shared, &sections).await.map(Frame::Text),
