@@ -937,6 +937,33 @@ impl Mycel {
         }
     }
 
+    /// Runs `ops` on `bucket` as one transaction (Redis `MULTI` ... `EXEC`): in order, no
+    /// other operation between them, each then succeeding or failing on its own. In
+    /// cluster mode every key must be in one partition ([`Error::CrossSlot`] otherwise,
+    /// nothing run; see [`Cluster::transaction`]); standalone, any keys.
+    pub async fn transaction(
+        &self,
+        bucket: BucketId,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Result<BatchReply, Error>>, Error> {
+        match &self.inner.backend {
+            // The store's lock is held for the whole batch.
+            Backend::Local(_) => Ok(self.batch(bucket, ops).await),
+            Backend::Cluster(c) => {
+                let name = c.name(bucket)?;
+                let results = c
+                    .cluster
+                    .transaction(name, ops)
+                    .await
+                    .map_err(cluster_error)?;
+                Ok(results
+                    .into_iter()
+                    .map(|r| r.map_err(cluster_error))
+                    .collect())
+            }
+        }
+    }
+
     /// One step of a cursor scan over `bucket`'s keys, Redis `SCAN`-style: start with
     /// cursor 0 and pass each returned [`ScanPage::cursor`] to the next step, until it is
     /// 0 again.

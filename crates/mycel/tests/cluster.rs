@@ -779,6 +779,88 @@ async fn flush_deletes_every_key_at_primaries_and_backups() {
     assert_readable(&nodes.refs(), &acked).await;
 }
 
+/// A transaction's operations are applied by their partition's primary as one: no other
+/// caller's operation comes between them, however many there are (more than one hold
+/// of the lock takes in a batch) and whoever else forwards to that primary meanwhile.
+/// Callers on every node, the primary's included, each increment a counter 70 times and
+/// read it in one transaction: each sees 70 consecutive values and reads the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_is_applied_as_one() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, nodes) = cluster(3).await;
+    let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    let counter = Bytes::from_static(b"{atomic}counter");
+    let (callers, rounds, increments) = (6, 20, 70);
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let node = Arc::clone(&nodes[c % nodes.len()]);
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let mut ops: Vec<BatchOp> = (0..increments)
+                        .map(|_| BatchOp::IncrBy {
+                            key: counter.clone(),
+                            delta: 1,
+                        })
+                        .collect();
+                    ops.push(BatchOp::Get {
+                        key: counter.clone(),
+                    });
+                    let results = node
+                        .transaction(BUCKET, ops)
+                        .await
+                        .unwrap_or_else(|e| panic!("through {}: {e}", node.id()));
+                    let values: Vec<i64> = results[..increments]
+                        .iter()
+                        .map(|r| match r {
+                            Ok(BatchReply::Int(v)) => *v,
+                            other => panic!("through {}: {other:?}", node.id()),
+                        })
+                        .collect();
+                    let first = values[0];
+                    assert!(
+                        values.iter().zip(first..).all(|(v, want)| *v == want),
+                        "another increment came between, through {}: {values:?}",
+                        node.id()
+                    );
+                    let Ok(BatchReply::Value(Some(read))) = &results[increments] else {
+                        panic!("through {}: {:?}", node.id(), results[increments]);
+                    };
+                    assert_eq!(read, &Bytes::from(values[increments - 1].to_string()));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let total = settled("get", || nodes[0].get(BUCKET, counter.clone())).await;
+    let want = callers * rounds * increments;
+    assert_eq!(total, Some(Bytes::from(want.to_string())));
+    // Keys of two partitions: refused, nothing run.
+    let partitioning = config().mycel.store.partitioning;
+    let other = (0..)
+        .map(key)
+        .find(|k| partitioning.partition_of(k) != partitioning.partition_of(&counter))
+        .expect("a key of another partition");
+    let ops = vec![
+        BatchOp::IncrBy {
+            key: counter.clone(),
+            delta: 1,
+        },
+        BatchOp::IncrBy {
+            key: other,
+            delta: 1,
+        },
+    ];
+    assert!(matches!(
+        nodes[1].transaction(BUCKET, ops).await,
+        Err(ClusterError::Mycel(Error::CrossSlot))
+    ));
+    let total = settled("get", || nodes[0].get(BUCKET, counter.clone())).await;
+    assert_eq!(total, Some(Bytes::from(want.to_string())));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
     let _serial = SERIAL.lock().await;

@@ -764,6 +764,18 @@ impl Delivery {
 /// lets other tasks in between.
 const LOCK_RUN: usize = 64;
 
+/// How [`Inner::at_primary_batch`] executes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchMode {
+    /// In runs of [`LOCK_RUN`] operations, every one executed (this node's callers).
+    Runs,
+    /// In runs, and once the results exceed [`ClusterConfig::page_bytes`] the rest are
+    /// deferred (a peer's message, whose reply must fit in one).
+    Bounded,
+    /// All under one hold of the lock, none deferred (a transaction).
+    Atomic,
+}
+
 /// An operation of a batch waiting to be retried, and why (for the error if time runs
 /// out).
 #[derive(Debug, Clone)]
@@ -1304,6 +1316,38 @@ impl Cluster {
         out
     }
 
+    /// Runs `ops` on `bucket` as one transaction (Redis `MULTI` ... `EXEC`): their
+    /// partition's primary applies them in order under one hold of its state lock, so no
+    /// other operation comes between them, and replicates their writes before it
+    /// answers. Each operation then succeeds or fails on its own, as in
+    /// [`batch`](Self::batch).
+    ///
+    /// Every key must be in one partition ([`Error::CrossSlot`] otherwise, nothing run),
+    /// and the primary must know transactions ([`ClusterError::OlderMember`]). While the
+    /// partition moves the transaction is retried whole, within
+    /// [`ClusterConfig::op_timeout`].
+    pub async fn transaction(
+        &self,
+        bucket: &str,
+        ops: Vec<BatchOp>,
+    ) -> Result<Vec<Result<BatchReply, ClusterError>>, ClusterError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .one_partition(ops.iter().map(|op| op.key().as_ref()))?;
+        let name = WStr::from(bucket);
+        let ops: Vec<Op> = ops.into_iter().map(|o| o.into_op(name.clone())).collect();
+        let results = self.inner.route_atomic(&ops).await?;
+        Ok(ops
+            .iter()
+            .zip(results)
+            .map(|(op, r)| {
+                r.and_then(|reply| batch_reply(op, reply).ok_or_else(|| self.inner.protocol()))
+            })
+            .collect())
+    }
+
     /// Live keys in the cluster: the sum over members of the keys in the partitions each
     /// is primary of (a scan on every member; approximate while partitions move).
     pub async fn len(&self) -> Result<u64, ClusterError> {
@@ -1624,7 +1668,7 @@ impl Inner {
             replication_factor: self.config.mycel.replication_factor,
             leaving: self.leaving.load(Ordering::Acquire),
             frozen: self.frozen.load(Ordering::Acquire),
-            features: wire::FEATURE_CARRY | wire::FEATURE_CLEAR,
+            features: wire::FEATURE_CARRY | wire::FEATURE_CLEAR | wire::FEATURE_ATOMIC,
         }
     }
 
@@ -1774,6 +1818,32 @@ impl Inner {
         write: bool,
     ) -> Result<OpReply, ClusterError> {
         let partition = self.config.mycel.store.partitioning.partition_of(key);
+        let op = &op;
+        self.route_with(partition, write, |primary: NodeId, epoch: u64| async move {
+            if primary == self.me {
+                self.at_primary(op.clone(), None)
+                    .await
+                    .map_err(Attempt::Refused)
+            } else {
+                self.metrics.forwarded.inc();
+                self.forward(&primary, epoch, op.clone(), write).await
+            }
+        })
+        .await
+    }
+
+    /// Makes `attempt` at `partition`'s primary (given its ID and the table's epoch)
+    /// until it answers, within [`ClusterConfig::op_timeout`]: a not-owner answer
+    /// refreshes the table (at most [`ClusterConfig::max_not_owner_retries`] times), a
+    /// syncing partition or an unreachable primary is waited for, and an outcome that
+    /// cannot be known ([`Attempt::Indeterminate`]) is [`Error::Timeout`]. A `write`
+    /// is refused at once by a member outside a majority.
+    async fn route_with<T, A: Future<Output = Result<T, Attempt>>>(
+        self: &Arc<Self>,
+        partition: Partition,
+        write: bool,
+        mut attempt: impl FnMut(NodeId, u64) -> A,
+    ) -> Result<T, ClusterError> {
         let deadline = Instant::now() + self.config.op_timeout;
         let mut not_owner = 0u32;
         let mut last: ClusterError;
@@ -1795,16 +1865,7 @@ impl Inner {
                     .check_quorum()
                     .map_err(|r| self.refusal(r, &self.me))?;
             }
-            let attempt = if primary == self.me {
-                self.at_primary(op.clone(), None)
-                    .await
-                    .map_err(Attempt::Refused)
-            } else {
-                self.metrics.forwarded.inc();
-                self.forward(&primary, table.epoch(), op.clone(), write)
-                    .await
-            };
-            let backoff = match attempt {
+            let backoff = match attempt(primary.clone(), table.epoch()).await {
                 Ok(reply) => return Ok(reply),
                 Err(Attempt::Refused(Refusal::NotOwner { epoch })) => {
                     not_owner += 1;
@@ -1851,6 +1912,65 @@ impl Inner {
             }
         }
         Err(last)
+    }
+
+    /// Runs `ops` (at least one, all on one partition) at their primary as one
+    /// ([`BatchMode::Atomic`], [`Msg::Atomic`]), retried whole while the partition moves.
+    /// A refusal to retry is the whole transaction's: its operations run under one hold
+    /// of the primary's lock, where they share the partition's ownership and sync state.
+    async fn route_atomic(
+        self: &Arc<Self>,
+        ops: &[Op],
+    ) -> Result<Vec<Result<OpReply, ClusterError>>, ClusterError> {
+        let partition = self.partition(&ops[0]);
+        let write = ops.iter().any(Op::is_write);
+        let answered = self
+            .route_with(partition, write, |primary: NodeId, epoch: u64| async move {
+                let results = if primary == self.me {
+                    self.at_primary_batch(ops.iter(), None, BatchMode::Atomic, None)
+                        .await
+                        .0
+                } else {
+                    if self.features_of(&primary) & wire::FEATURE_ATOMIC == 0 {
+                        return Ok(Err(ClusterError::OlderMember {
+                            node: primary,
+                            operation: "MULTI/EXEC",
+                        }));
+                    }
+                    self.metrics
+                        .forwarded
+                        .inc_by(u64::try_from(ops.len()).unwrap_or(u64::MAX));
+                    let msg = Msg::Atomic {
+                        epoch,
+                        ops: ops.to_vec(),
+                    };
+                    match self
+                        .send_ops(&primary, &msg, ops.len(), self.config.request_timeout)
+                        .await
+                    {
+                        Delivery::Results(results) => results,
+                        other => {
+                            return Err(other
+                                .attempt(0, write)
+                                .err()
+                                .unwrap_or(Attempt::Refused(Refusal::BadRequest)));
+                        }
+                    }
+                };
+                match results.first() {
+                    Some(Err(
+                        r
+                        @ (Refusal::NotOwner { .. } | Refusal::Syncing { .. } | Refusal::Deferred),
+                    )) => Err(Attempt::Refused(r.clone())),
+                    _ => Ok(Ok((primary, results))),
+                }
+            })
+            .await?;
+        let (primary, results) = answered?;
+        Ok(results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.refusal(e, &primary)))
+            .collect())
     }
 
     async fn forward(
@@ -2125,10 +2245,11 @@ impl Inner {
     /// up are not sent to it but returned, grouped by epoch, for the reply; they count
     /// towards the reply's bound.
     ///
-    /// The state lock is taken once per [`LOCK_RUN`] operations. With `bound`, once the
-    /// results so far exceed [`ClusterConfig::page_bytes`] the rest are not executed but
-    /// answered [`Refusal::Deferred`] (so the reply fits in a message; the sender sends
-    /// them again, still in order). A write whose replication fails answers
+    /// The state lock is taken once per [`LOCK_RUN`] operations, or once for all with
+    /// [`BatchMode::Atomic`]. With [`BatchMode::Bounded`], once the results so far exceed
+    /// [`ClusterConfig::page_bytes`] the rest are not executed but answered
+    /// [`Refusal::Deferred`] (so the reply fits in a message; the sender sends them
+    /// again, still in order). A write whose replication fails answers
     /// [`Refusal::Timeout`]; the others are unaffected. Once an operation is refused as
     /// not-owner or syncing, every later operation on the same partition gets the same
     /// answer without being executed: ownership may change while the lock is released
@@ -2138,9 +2259,15 @@ impl Inner {
         self: &Arc<Self>,
         ops: impl ExactSizeIterator<Item = &'o Op>,
         epoch: Option<u64>,
-        bound: bool,
+        mode: BatchMode,
         carry: Option<&NodeId>,
     ) -> (Vec<Result<OpReply, Refusal>>, Vec<CarriedWrites>) {
+        let bound = mode == BatchMode::Bounded;
+        let lock_run = if mode == BatchMode::Atomic {
+            usize::MAX
+        } else {
+            LOCK_RUN
+        };
         let now = wall_clock();
         let refuse = self.config.mycel.refuse_minority_writes;
         let mut results: Vec<Result<OpReply, Refusal>> = Vec::with_capacity(ops.len());
@@ -2153,10 +2280,10 @@ impl Inner {
         while ops.len() > 0 {
             let mut st = self.lock();
             let mut section = Section::new(refuse);
-            let run = ops.len().min(LOCK_RUN);
+            let run = ops.len().min(lock_run);
             let mut writes = Vec::new();
             let mut wrote = Vec::new();
-            for op in ops.by_ref().take(LOCK_RUN) {
+            for op in ops.by_ref().take(lock_run) {
                 if bound && !results.is_empty() && reply_bytes > self.config.page_bytes {
                     results.push(Err(Refusal::Deferred));
                     continue;
@@ -2326,7 +2453,9 @@ impl Inner {
                     .all(|op| table.primary_index(self.partition(op)) == me)
         });
         if all_local {
-            let (results, _) = self.at_primary_batch(ops.iter(), None, false, None).await;
+            let (results, _) = self
+                .at_primary_batch(ops.iter(), None, BatchMode::Runs, None)
+                .await;
             if !results
                 .iter()
                 .any(|r| r.as_ref().is_err_and(Refusal::is_retryable))
@@ -2536,7 +2665,9 @@ impl Inner {
         let mut attempts: Vec<RoundAttempt> = Vec::with_capacity(pending.len());
         if !local.is_empty() {
             let batch = local.iter().map(|&i| &ops[i]);
-            let (results, _) = self.at_primary_batch(batch, None, false, None).await;
+            let (results, _) = self
+                .at_primary_batch(batch, None, BatchMode::Runs, None)
+                .await;
             for (&i, r) in local.iter().zip(results) {
                 attempts.push((i, None, r.map_err(Attempt::Refused)));
             }
@@ -2862,14 +2993,14 @@ impl Inner {
         from: &NodeId,
         epoch: u64,
         ops: &[Op],
-        carry: bool,
+        (carry, mode): (bool, BatchMode),
     ) -> (Vec<Result<OpReply, Refusal>>, Vec<CarriedWrites>) {
         if epoch > self.lock().epoch() {
             self.spawn_refresh(from.clone());
         }
         let carry = carry.then_some(from);
         let (results, writes) = self
-            .at_primary_batch(ops.iter(), Some(epoch), true, carry)
+            .at_primary_batch(ops.iter(), Some(epoch), mode, carry)
             .await;
         let refused = results
             .iter()
@@ -2902,12 +3033,22 @@ impl Inner {
                 }
             }
             Msg::Batch { epoch, ops } => {
-                let (results, _) = self.serve_batch(from, epoch, &ops, false).await;
+                let (results, _) = self
+                    .serve_batch(from, epoch, &ops, (false, BatchMode::Bounded))
+                    .await;
                 Reply::Batch(results)
             }
             Msg::Carry { epoch, ops } => {
-                let (results, writes) = self.serve_batch(from, epoch, &ops, true).await;
+                let (results, writes) = self
+                    .serve_batch(from, epoch, &ops, (true, BatchMode::Bounded))
+                    .await;
                 Reply::Carried { results, writes }
+            }
+            Msg::Atomic { epoch, ops } => {
+                let (results, _) = self
+                    .serve_batch(from, epoch, &ops, (false, BatchMode::Atomic))
+                    .await;
+                Reply::Batch(results)
             }
             Msg::Replicate { epoch, writes } => {
                 let result = self.lock().handle_replicate(epoch, writes, now);

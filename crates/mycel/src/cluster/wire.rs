@@ -239,6 +239,16 @@ pub(crate) enum Msg {
         /// The operations, in the order they are to be applied.
         ops: Vec<Op>,
     },
+    /// A transaction (`MULTI` ... `EXEC`): client operations on one partition, applied by
+    /// the receiver as its primary as one (under one hold of its state lock, none
+    /// deferred), answered by [`Reply::Batch`]. Only to nodes announcing
+    /// [`FEATURE_ATOMIC`]; appended, as `Batch`.
+    Atomic {
+        /// The sender's routing epoch, as in [`Msg::Op`].
+        epoch: u64,
+        /// The operations, in the order they are to be applied.
+        ops: Vec<Op>,
+    },
 }
 
 /// An operation executed at a partition's primary.
@@ -410,7 +420,9 @@ impl SizeHint for Msg {
         16 + match self {
             Self::Op { op, .. } => op.size(),
             Self::Replicate { writes, .. } => writes.iter().map(WireWrite::size).sum(),
-            Self::Batch { ops, .. } | Self::Carry { ops, .. } => ops.iter().map(Op::size).sum(),
+            Self::Batch { ops, .. } | Self::Carry { ops, .. } | Self::Atomic { ops, .. } => {
+                ops.iter().map(Op::size).sum()
+            }
             Self::TableReq
             | Self::TablePush { .. }
             | Self::FetchStart { .. }
@@ -949,6 +961,9 @@ pub(crate) const FEATURE_CARRY: u32 = 1;
 /// [`MemberMeta::features`]: the node decodes [`Op::Clear`] (`FLUSHDB` in a cluster).
 pub(crate) const FEATURE_CLEAR: u32 = 2;
 
+/// [`MemberMeta::features`]: the node serves [`Msg::Atomic`] (`MULTI`/`EXEC`).
+pub(crate) const FEATURE_ATOMIC: u32 = 4;
+
 /// What a node announces about itself in its gossip metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct MemberMeta {
@@ -1096,6 +1111,20 @@ mod tests {
                     bucket: "b".into(),
                     entries: vec![(b("x"), b("1")), (b("y"), b(""))],
                 },
+            },
+            Msg::Atomic {
+                epoch: 9,
+                ops: vec![
+                    Op::IncrBy {
+                        bucket: "default".into(),
+                        key: b("{t}n"),
+                        delta: 1,
+                    },
+                    Op::Get {
+                        bucket: "default".into(),
+                        key: b("{t}n"),
+                    },
+                ],
             },
             Msg::Carry {
                 epoch: 3,

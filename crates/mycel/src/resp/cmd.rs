@@ -329,6 +329,14 @@ pub enum Command {
     Echo(Bytes),
     /// `QUIT`: reply `+OK`, then close.
     Quit,
+    /// `MULTI`: queue the commands that follow until `EXEC` or `DISCARD`.
+    Multi,
+    /// `EXEC`: run the queued commands as one, answering an array of their replies.
+    Exec,
+    /// `DISCARD`: drop the queued commands.
+    Discard,
+    /// `UNWATCH`: nothing is ever watched, so only `+OK`.
+    Unwatch,
     /// `GET key`.
     Get(Bytes),
     /// `SET ...`, and `SETNX key value` as `SET key value NX` with an integer reply.
@@ -750,12 +758,31 @@ impl Command {
             "slowlog" => parse_slowlog(rest)?,
             "hello" => parse_hello(rest)?,
             "mycel.bucket" => parse_bucket(rest)?,
+            "multi" => {
+                arity(rest.is_empty())?;
+                Self::Multi
+            }
+            "exec" => {
+                arity(rest.is_empty())?;
+                Self::Exec
+            }
+            "discard" => {
+                arity(rest.is_empty())?;
+                Self::Discard
+            }
+            "unwatch" => {
+                arity(rest.is_empty())?;
+                Self::Unwatch
+            }
             // Known to clients, and refused with the reason rather than as unknown.
-            "multi" | "exec" | "discard" | "watch" | "unwatch" => {
-                return Err(Frame::err(format!(
-                    "'{name}' is not supported: Mycel has no transactions \
-                     (send the commands as a plain pipeline)"
-                )));
+            "watch" => {
+                if rest.is_empty() {
+                    return Err(wrong_arity(name));
+                }
+                return Err(Frame::err(
+                    "WATCH is not supported: Mycel has no optimistic locking \
+                     (MULTI/EXEC without WATCH is)",
+                ));
             }
             _ => return Err(unknown_command(args)),
         })
@@ -1640,16 +1667,23 @@ mod tests {
     }
 
     #[test]
-    fn transactions_are_refused_with_the_reason() {
-        for cmd in ["MULTI", "exec", "WATCH k"] {
-            let Err(Frame::Error(e)) = parse(cmd) else {
-                panic!("{cmd} is refused")
-            };
-            assert!(
-                e.contains("not supported") && e.contains("transactions"),
-                "{e}"
-            );
-        }
+    fn transaction_commands() {
+        assert_eq!(parse("MULTI"), Ok(Command::Multi));
+        assert_eq!(parse("exec"), Ok(Command::Exec));
+        assert_eq!(parse("Discard"), Ok(Command::Discard));
+        assert_eq!(parse("UNWATCH"), Ok(Command::Unwatch));
+        assert_eq!(
+            parse("MULTI x"),
+            err("ERR wrong number of arguments for 'multi' command")
+        );
+        assert_eq!(
+            parse("WATCH"),
+            err("ERR wrong number of arguments for 'watch' command")
+        );
+        let Err(Frame::Error(e)) = parse("WATCH k") else {
+            panic!("WATCH is refused")
+        };
+        assert!(e.contains("not supported"), "{e}");
     }
 
     #[test]

@@ -123,3 +123,52 @@ fn password_in_the_url() {
     let err = refused.expect_err("refused before AUTH");
     assert!(err.to_string().contains("Authentication required"), "{err}");
 }
+
+/// `redis::pipe().atomic()` wraps its commands in MULTI/EXEC. Each transaction is applied
+/// as one: eight connections each increment a counter and read it back in one
+/// transaction, and every read sees its own increment and none of another's. A
+/// transaction with keys in two partitions is refused whole (`CROSSSLOT`).
+#[test]
+fn atomic_pipelines_run_as_one_transaction() {
+    let s = Server::start(&[]);
+    let (threads, rounds) = (8, 100);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut con = connect(&s, "");
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    let (after, read): (i64, i64) = redis::pipe()
+                        .atomic()
+                        .incr("{counter}n", 1)
+                        .get("{counter}n")
+                        .query(&mut con)
+                        .expect("transaction");
+                    assert_eq!(after, read, "another increment came between");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let mut con = connect(&s, "");
+    let total: i64 = con.get("{counter}n").expect("get");
+    assert_eq!(total, threads * rounds);
+
+    // Two keys in different partitions.
+    let partitioning = mycel::Config::default().store.partitioning;
+    let other = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| partitioning.partition_of(k.as_bytes()) != partitioning.partition_of(b"key-a"))
+        .expect("a key of another partition");
+    let refused: RedisResult<(String, String)> = redis::pipe()
+        .atomic()
+        .set("key-a", "1")
+        .set(&other, "2")
+        .query(&mut con);
+    // The client reads the queued command's CROSSSLOT error, then EXEC's EXECABORT.
+    let err = refused.expect_err("refused");
+    assert!(err.to_string().contains("CrossSlot"), "{err}");
+    let exists: i64 = con.exists(&["key-a", other.as_str()]).expect("exists");
+    assert_eq!(exists, 0, "nothing of a refused transaction is applied");
+}

@@ -164,6 +164,66 @@ fn del_exists_dbsize_flushdb() {
     );
 }
 
+/// MULTI/EXEC as redis-cli sends them, with Redis's replies and errors: queued commands
+/// run at EXEC (an array of their replies), DISCARD drops them, a command that cannot be
+/// queued fails the transaction at EXEC (EXECABORT) and nothing of it runs.
+#[test]
+fn multi_exec_discard() {
+    let s = Server::start(&[]);
+    let session =
+        s.cli_session("MULTI\nSET {t}a 1\nINCR {t}a\nGET {t}a\nEXPIRE {t}a 100\nTTL {t}a\nEXEC\n");
+    assert_eq!(
+        session,
+        "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) \"2\"\n\
+         4) (integer) 1\n5) (integer) 100"
+    );
+    let session = s.cli_session(
+        "EXEC\nDISCARD\nMULTI\nMULTI\nSET {t}b 1\nDISCARD\nGET {t}b\nMULTI\nEXEC\nUNWATCH\n",
+    );
+    assert_eq!(
+        session,
+        "(error) ERR EXEC without MULTI\n(error) ERR DISCARD without MULTI\nOK\n\
+         (error) ERR MULTI calls can not be nested\nQUEUED\nOK\n(nil)\nOK\n(empty array)\nOK"
+    );
+    // Refused while queued, each makes EXEC refuse the whole transaction: a command that
+    // is not single-key, an unknown command, a wrong number of arguments.
+    for refused in ["MGET {t}c {t}d", "NOSUCH {t}c", "GET"] {
+        let session = s.cli_session(&format!(
+            "MULTI\nSET {{t}}c 1\n{refused}\nEXEC\nGET {{t}}c\n"
+        ));
+        let lines: Vec<&str> = session.lines().collect();
+        assert_eq!(lines.len(), 5, "{session}");
+        assert_eq!(lines[..2], ["OK", "QUEUED"], "{refused}: {session}");
+        assert!(lines[2].starts_with("(error) ERR"), "{refused}: {session}");
+        assert_eq!(
+            lines[3..],
+            [
+                "(error) EXECABORT Transaction discarded because of previous errors.",
+                "(nil)"
+            ],
+            "{refused}: {session}"
+        );
+    }
+    let stats = s.cli(&["INFO", "commandstats"]);
+    for command in ["multi", "exec", "incr"] {
+        assert!(
+            stats.contains(&format!("cmdstat_{command}:calls=")),
+            "{command} in {stats}"
+        );
+    }
+}
+
+/// Standalone, every key is in the one store: a transaction may span partitions.
+#[test]
+fn multi_exec_across_partitions_when_standalone() {
+    let s = Server::standalone(&[]);
+    let session = s.cli_session("MULTI\nSET a 1\nSET b 2\nSET c 3\nEXEC\nDBSIZE\n");
+    assert_eq!(
+        session,
+        "OK\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) OK\n3) OK\n(integer) 3"
+    );
+}
+
 #[test]
 fn flushdb_in_standalone_mode() {
     let s = Server::standalone(&[]);

@@ -42,8 +42,9 @@ Examples:
 Any node serves any key: it forwards the command to the key's primary, which replicates
 writes to --replicas - 1 backups before answering. --standalone serves a single node
 without gossip or QUIC (and adds MYCEL.BUCKET ... CREATE, which a cluster does not
-offer: its buckets are declared in the config file). Strings only, and no transactions: MULTI/EXEC are refused (send the
-commands as a plain pipeline, e.g. redis-py's pipeline(transaction=False)). COMMAND LIST
+offer: its buckets are declared in the config file). Strings only. MULTI/EXEC run
+single-key commands as one (in a cluster, all keys in one partition: use one hash tag,
+as {cart:7}:a and {cart:7}:b); WATCH is not supported. COMMAND LIST
 names every command served. Settings are read at start; CONFIG SET changes only the
 slow log's two (slowlog-log-slower-than, slowlog-max-len).
 

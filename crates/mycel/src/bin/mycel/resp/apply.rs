@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use mycel::store::entry_weight;
 use mycel::{
-    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel, Renamed,
-    SetOptions, Timestamp, Ttl,
+    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel,
+    Partition, Renamed, SetOptions, Timestamp, Ttl,
 };
 
 use super::cmd::{self, BucketArg, ClientAttr, Command, Credentials, GetExAction, SetCondition};
@@ -43,6 +43,24 @@ pub(crate) struct Session {
     /// Whether it may run commands: from the start on a server without a password,
     /// after `AUTH` (or `HELLO ... AUTH`) on one with (see [`crate::auth`]).
     pub(crate) authenticated: bool,
+    /// The commands queued since `MULTI`, until `EXEC` or `DISCARD`.
+    pub(crate) transaction: Option<Transaction>,
+}
+
+/// A transaction being queued (`MULTI` ... `EXEC`): the commands as batch operations,
+/// which `EXEC` runs with `Mycel::transaction`: in order, no other client's command
+/// between them. In a cluster every key must be in one partition (Redis Cluster's rule,
+/// with partitions for slots), whose primary applies them under one hold of its lock.
+#[derive(Debug, Default)]
+pub(crate) struct Transaction {
+    /// The operations, in order.
+    pub(crate) ops: Vec<BatchOp>,
+    /// Each one's reply shape and command name.
+    pub(crate) shapes: Vec<(Shape, &'static str)>,
+    /// The partition of the first key (in a cluster).
+    pub(crate) partition: Option<Partition>,
+    /// A command could not be queued: `EXEC` answers `EXECABORT`.
+    pub(crate) aborted: bool,
 }
 
 impl Session {
@@ -61,6 +79,7 @@ impl Session {
             last_cmd: "NULL",
             kill,
             authenticated: !shared.requirepass.is_set(),
+            transaction: None,
         }
     }
 
@@ -173,6 +192,9 @@ pub(crate) async fn execute(
         Command::Ping(None) => Ok(Frame::Simple("PONG")),
         Command::Ping(Some(msg)) | Command::Echo(msg) => Ok(Frame::Bulk(msg)),
         Command::Quit => return (OK, After::Close),
+        // The connection runs transactions (see `conn::transaction`); nothing is ever
+        // watched.
+        Command::Multi | Command::Exec | Command::Discard | Command::Unwatch => Ok(OK),
         // The single-key commands `batchable` takes: a connection runs them in batches,
         // and one that reaches here runs as a batch of one, so each has one
         // implementation.
@@ -866,6 +888,31 @@ const COMMANDS: &[CommandInfo] = &[
     ("keys", 2, &["readonly"], 0, 0, 0),
     ("flushdb", -1, &["write"], 0, 0, 0),
     ("flushall", -1, &["write"], 0, 0, 0),
+    (
+        "multi",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    ("exec", 1, &["noscript", "loading", "stale"], 0, 0, 0),
+    (
+        "discard",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
+    (
+        "unwatch",
+        1,
+        &["noscript", "loading", "stale", "fast"],
+        0,
+        0,
+        0,
+    ),
     ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
     ("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
     (
@@ -1291,11 +1338,11 @@ fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
 
-    /// `COMMAND` describes every command served (the transaction commands, refused with
-    /// their reason, are not served), and only those.
+    /// `COMMAND` describes every command served (`WATCH`, refused with its reason, is not
+    /// served), and only those.
     #[test]
     fn command_table_covers_the_parser() {
-        let refused = ["discard", "exec", "multi", "unwatch", "watch"];
+        let refused = ["watch"];
         for name in cmd::NAMES {
             let described = COMMANDS.iter().any(|c| c.0 == *name);
             assert_eq!(described, !refused.contains(name), "{name}");

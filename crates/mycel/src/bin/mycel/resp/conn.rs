@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use mycel::BatchOp;
 
-use super::apply::{self, After, Session, Shape};
+use super::apply::{self, After, Session, Shape, Transaction};
 use super::cmd::{self, Command};
 use super::frame::Frame;
 use super::parse::RequestParser;
@@ -148,11 +148,42 @@ async fn run(
                 c.errors.inc();
                 count_error(shared, &frame);
                 frame.encode(session.proto, output);
+                // As in Redis, a command refused while queued fails the transaction.
+                if let Some(tx) = &mut session.transaction {
+                    tx.aborted = true;
+                }
                 continue;
             }
         };
         let name = name.unwrap_or("unknown");
         session.command(apply::full_name(&cmd, name));
+        let cmd = match cmd {
+            Command::Multi | Command::Exec | Command::Discard => {
+                flush_run(batch, args, session, shared, counters, output).await;
+                let start = Instant::now();
+                let frame = transaction(cmd, session, shared, counters).await;
+                let took = start.elapsed();
+                if let Some((addr, client_name)) = session.slow_client(&shared.slowlog, took) {
+                    shared.slowlog.push(took, &args[at], addr, client_name);
+                }
+                count(counters, shared, name, &frame, took);
+                frame.encode(session.proto, output);
+                continue;
+            }
+            // Queued, not run (`QUIT` still closes at once, as in Redis).
+            cmd if session.transaction.is_some() && cmd != Command::Quit => {
+                let frame = queue(cmd, name, session, shared);
+                if matches!(frame, Frame::Error(_)) {
+                    let c = counters.get(shared, name);
+                    c.rejected.inc();
+                    c.errors.inc();
+                    count_error(shared, &frame);
+                }
+                frame.encode(session.proto, output);
+                continue;
+            }
+            cmd => cmd,
+        };
         let cmd = match apply::batchable(cmd) {
             Ok((op, shape)) => {
                 batch.ops.push(op);
@@ -174,6 +205,90 @@ async fn run(
     }
     flush_run(batch, args, session, shared, counters, output).await;
     close
+}
+
+/// `MULTI`, `EXEC` or `DISCARD`: starts, runs or drops the connection's transaction.
+/// `EXEC` runs the queued operations as one batch and counts each as its command's call.
+async fn transaction(
+    cmd: Command,
+    session: &mut Session,
+    shared: &Shared,
+    counters: &mut Counters,
+) -> Frame {
+    match (cmd, session.transaction.take()) {
+        (Command::Multi, None) => {
+            session.transaction = Some(Transaction::default());
+            Frame::Simple("OK")
+        }
+        (Command::Multi, tx @ Some(_)) => {
+            session.transaction = tx;
+            Frame::err("MULTI calls can not be nested")
+        }
+        (Command::Exec, None) => Frame::err("EXEC without MULTI"),
+        (Command::Discard, None) => Frame::err("DISCARD without MULTI"),
+        (Command::Exec, Some(tx)) if tx.aborted => {
+            Frame::Error("EXECABORT Transaction discarded because of previous errors.".to_owned())
+        }
+        (Command::Exec, Some(tx)) => {
+            if tx.ops.is_empty() {
+                return Frame::Array(Vec::new());
+            }
+            let start = Instant::now();
+            let results = match shared.mycel.transaction(session.bucket, tx.ops).await {
+                Ok(results) => results,
+                Err(e) => return apply::error_frame(&e),
+            };
+            let share = start.elapsed() / u32::try_from(tx.shapes.len()).unwrap_or(u32::MAX);
+            Frame::Array(
+                tx.shapes
+                    .into_iter()
+                    .zip(results)
+                    .map(|((shape, name), result)| {
+                        let frame = apply::batch_frame(shape, result);
+                        count(counters, shared, name, &frame, share);
+                        frame
+                    })
+                    .collect(),
+            )
+        }
+        (_, _) => Frame::Simple("OK"),
+    }
+}
+
+/// Queues `cmd` (named `name`) in the connection's transaction: `+QUEUED`, or an error
+/// that also makes `EXEC` refuse the transaction.
+fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Shared) -> Frame {
+    let Some(tx) = session.transaction.as_mut() else {
+        return Frame::err("not in a transaction");
+    };
+    match apply::batchable(cmd) {
+        Ok((op, shape)) => {
+            if shared.mycel.cluster().is_some() {
+                let partition = shared
+                    .mycel
+                    .config()
+                    .store
+                    .partitioning
+                    .partition_of(op.key());
+                if *tx.partition.get_or_insert(partition) != partition {
+                    tx.aborted = true;
+                    return Frame::Error(
+                        "CROSSSLOT Keys in request don't hash to the same slot".to_owned(),
+                    );
+                }
+            }
+            tx.ops.push(op);
+            tx.shapes.push((shape, name));
+            Frame::Simple("QUEUED")
+        }
+        Err(_) => {
+            tx.aborted = true;
+            Frame::err(format!(
+                "'{name}' cannot be queued: a transaction runs single-key commands \
+                 (GET, SET, SETNX, DEL key, EXISTS key, INCRBY, EXPIRE, TTL, PERSIST, ...)"
+            ))
+        }
+    }
 }
 
 /// Executes the collected run as one batch and encodes the replies in order.
