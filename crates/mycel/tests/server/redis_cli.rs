@@ -177,6 +177,13 @@ fn multi_exec_discard() {
         "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) \"2\"\n\
          4) (integer) 1\n5) (integer) 100"
     );
+    // DEL and EXISTS of several keys: their sums, as outside a transaction.
+    let session =
+        s.cli_session("MULTI\nSET {t}x 1\nEXISTS {t}x {t}y {t}x\nDEL {t}x {t}y {t}x\nEXEC\n");
+    assert_eq!(
+        session,
+        "OK\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) (integer) 1"
+    );
     let session = s.cli_session(
         "EXEC\nDISCARD\nMULTI\nMULTI\nSET {t}b 1\nDISCARD\nGET {t}b\nMULTI\nEXEC\nUNWATCH\n",
     );

@@ -55,8 +55,9 @@ pub(crate) struct Session {
 pub(crate) struct Transaction {
     /// The operations, in order.
     pub(crate) ops: Vec<BatchOp>,
-    /// Each one's reply shape and command name.
-    pub(crate) shapes: Vec<(Shape, &'static str)>,
+    /// Each command's reply shape, name, and how many of the operations it is (more than
+    /// one for a `DEL` or `EXISTS` of several keys, whose reply is their sum).
+    pub(crate) shapes: Vec<(Shape, &'static str, usize)>,
     /// The partition of the first key (in a cluster).
     pub(crate) partition: Option<Partition>,
     /// A command could not be queued: `EXEC` answers `EXECABORT`.

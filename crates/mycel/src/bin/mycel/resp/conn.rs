@@ -239,12 +239,26 @@ async fn transaction(
                 Err(e) => return apply::error_frame(&e),
             };
             let share = start.elapsed() / u32::try_from(tx.shapes.len()).unwrap_or(u32::MAX);
+            let mut results = results.into_iter();
             Frame::Array(
                 tx.shapes
                     .into_iter()
-                    .zip(results)
-                    .map(|((shape, name), result)| {
-                        let frame = apply::batch_frame(shape, result);
+                    .map(|(shape, name, n)| {
+                        let frame = if n == 1 {
+                            let result = results.next().unwrap_or_else(|| {
+                                Err(mycel::Error::Cluster {
+                                    reason: "no answer for the operation".to_owned(),
+                                })
+                            });
+                            apply::batch_frame(shape, result)
+                        } else {
+                            sum_frame(
+                                results
+                                    .by_ref()
+                                    .take(n)
+                                    .map(|r| apply::batch_frame(shape, r)),
+                            )
+                        };
                         count(counters, shared, name, &frame, share);
                         frame
                     })
@@ -261,34 +275,59 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
     let Some(tx) = session.transaction.as_mut() else {
         return Frame::err("not in a transaction");
     };
-    match apply::batchable(cmd) {
-        Ok((op, shape)) => {
-            if shared.mycel.cluster().is_some() {
-                let partition = shared
-                    .mycel
-                    .config()
-                    .store
-                    .partitioning
-                    .partition_of(op.key());
-                if *tx.partition.get_or_insert(partition) != partition {
-                    tx.aborted = true;
-                    return Frame::Error(
-                        "CROSSSLOT Keys in request don't hash to the same slot".to_owned(),
-                    );
-                }
+    // `DEL` and `EXISTS` of several keys: one operation per key, their replies summed.
+    let (ops, shape) = match cmd {
+        Command::Del(keys) if keys.len() > 1 => (
+            keys.into_iter()
+                .map(|key| BatchOp::Delete { key })
+                .collect(),
+            Shape::Flag,
+        ),
+        Command::Exists(keys) if keys.len() > 1 => (
+            keys.into_iter()
+                .map(|key| BatchOp::Exists { key })
+                .collect(),
+            Shape::Flag,
+        ),
+        cmd => match apply::batchable(cmd) {
+            Ok((op, shape)) => (vec![op], shape),
+            Err(_) => {
+                tx.aborted = true;
+                return Frame::err(format!(
+                    "'{name}' cannot be queued: a transaction runs single-key commands and \
+                     DEL and EXISTS (GET, SET, SETNX, INCRBY, EXPIRE, TTL, PERSIST, ...)"
+                ));
             }
-            tx.ops.push(op);
-            tx.shapes.push((shape, name));
-            Frame::Simple("QUEUED")
-        }
-        Err(_) => {
-            tx.aborted = true;
-            Frame::err(format!(
-                "'{name}' cannot be queued: a transaction runs single-key commands \
-                 (GET, SET, SETNX, DEL key, EXISTS key, INCRBY, EXPIRE, TTL, PERSIST, ...)"
-            ))
+        },
+    };
+    if shared.mycel.cluster().is_some() {
+        let partitioning = shared.mycel.config().store.partitioning;
+        for op in &ops {
+            let partition = partitioning.partition_of(op.key());
+            if *tx.partition.get_or_insert(partition) != partition {
+                tx.aborted = true;
+                return Frame::Error(
+                    "CROSSSLOT Keys in request don't hash to the same slot".to_owned(),
+                );
+            }
         }
     }
+    tx.shapes.push((shape, name, ops.len()));
+    tx.ops.extend(ops);
+    Frame::Simple("QUEUED")
+}
+
+/// The reply of a command made of several operations (`DEL`, `EXISTS`): the sum of
+/// their integer replies, or the first error.
+fn sum_frame(frames: impl Iterator<Item = Frame>) -> Frame {
+    let mut sum = 0;
+    for frame in frames {
+        match frame {
+            Frame::Integer(n) => sum += n,
+            error => return error,
+        }
+    }
+    Frame::Integer(sum)
 }
 
 /// Executes the collected run as one batch and encodes the replies in order.
