@@ -8,6 +8,16 @@ fn is_up(e: &Event) -> bool {
     matches!(e, Event::Up { .. })
 }
 
+fn is_unknown_ca(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::Rejected {
+            reason: RejectReason::UnknownCa,
+            ..
+        }
+    )
+}
+
 /// `name`'s certificate from `ca`, trusting `ca` and every root of `also`.
 fn identity(ca: &nodosum_quic::DevCa, name: &str, also: &[&nodosum_quic::DevCa]) -> TlsIdentity {
     let mut identity = ca.issue(&id(name)).unwrap();
@@ -46,16 +56,7 @@ async fn a_new_identity_serves_new_handshakes_and_spares_open_connections() {
     // beta does not trust alpha's certificate yet.
     let mut beta_events = beta.events();
     beta.connect(id("alpha"), alpha_addr);
-    event(&mut beta_events, "beta refuses the old CA", |e| {
-        matches!(
-            e,
-            Event::Rejected {
-                reason: RejectReason::UnknownCa,
-                ..
-            }
-        )
-    })
-    .await;
+    event(&mut beta_events, "beta refuses the old CA", is_unknown_ca).await;
     beta.disconnect(&id("alpha"));
 
     // Another node's certificate, or a key that is not the certificate's, is refused and
@@ -72,16 +73,7 @@ async fn a_new_identity_serves_new_handshakes_and_spares_open_connections() {
     let err = alpha.set_identity(&mismatched).unwrap_err();
     assert!(matches!(err, Error::Tls(TlsError::Rustls(_))), "{err:?}");
     beta.connect(id("alpha"), alpha_addr);
-    event(&mut beta_events, "still the old certificate", |e| {
-        matches!(
-            e,
-            Event::Rejected {
-                reason: RejectReason::UnknownCa,
-                ..
-            }
-        )
-    })
-    .await;
+    event(&mut beta_events, "still the old certificate", is_unknown_ca).await;
     beta.disconnect(&id("alpha"));
 
     // The renewed certificate comes from the new CA; alpha trusts both CAs meanwhile.
@@ -126,16 +118,7 @@ async fn a_new_identity_serves_new_handshakes_and_spares_open_connections() {
         matches!(e, Event::Down { .. })
     })
     .await;
-    event(&mut gamma_events, "gamma refuses the new CA", |e| {
-        matches!(
-            e,
-            Event::Rejected {
-                reason: RejectReason::UnknownCa,
-                ..
-            }
-        )
-    })
-    .await;
+    event(&mut gamma_events, "gamma refuses the new CA", is_unknown_ca).await;
     assert!(
         gamma.connection_info(&id("alpha")).is_none(),
         "gamma resumed a session of the old identity"

@@ -22,6 +22,15 @@ impl Files {
         Self { dir }
     }
 
+    /// `name`'s files: trusting `ca` alone, a certificate from it, and `key` alone.
+    fn issued(root: &Path, name: &str, ca: &DevCa, key: &Key) -> Self {
+        let files = Self::new(root, name);
+        files.trust(&[ca]);
+        files.certificate(ca, name);
+        files.keys(&[key]);
+        files
+    }
+
     fn path(&self, file: &str) -> PathBuf {
         self.dir.join(file)
     }
@@ -158,13 +167,10 @@ async fn certificates_and_gossip_keys_rotate_on_a_running_cluster() {
 
     // A node with only the new CA and the new key joins: the old nodes present
     // certificates of the new CA, trust it, and open the new key.
-    let newcomer_files = Files::new(root.path(), "node-3");
-    newcomer_files.trust(&[&new_ca]);
-    newcomer_files.certificate(&new_ca, "node-3");
-    newcomer_files.keys(&[&new_key]);
-    let newcomer = Node::start(newcomer_files.config("node-3"))
-        .await
-        .expect("start");
+    let newcomer =
+        Node::start(Files::issued(root.path(), "node-3", &new_ca, &new_key).config("node-3"))
+            .await
+            .expect("start");
     newcomer.join(vec![nodes[0].gossip_addr()]);
     nodes.push(newcomer);
     wait_formed(&nodes).await;
@@ -175,11 +181,7 @@ async fn certificates_and_gossip_keys_rotate_on_a_running_cluster() {
     }
 
     // A node holding only the old key is no longer heard.
-    let stale_files = Files::new(root.path(), "stale");
-    stale_files.trust(&[&new_ca]);
-    stale_files.certificate(&new_ca, "stale");
-    stale_files.keys(&[&old_key]);
-    let stale = Node::start(stale_files.config("stale"))
+    let stale = Node::start(Files::issued(root.path(), "stale", &new_ca, &old_key).config("stale"))
         .await
         .expect("start");
     stale.join(vec![nodes[0].gossip_addr()]);
