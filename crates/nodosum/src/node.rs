@@ -51,7 +51,6 @@ pub struct Health {
 ///
 /// Dropping it stops everything at once, without a graceful leave (peers detect it as
 /// failed); prefer [`Node::shutdown`].
-#[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
     gossip: Option<Arc<Gossip>>,
@@ -66,6 +65,17 @@ pub struct Node {
     max_app_id_len: usize,
     /// The configuration the node started with: where its credentials are read from.
     config: Config,
+}
+
+impl std::fmt::Debug for Node {
+    // Not the configuration: it may hold the gossip keys.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.shared.id)
+            .field("gossip_addr", &self.gossip_addr)
+            .field("quic_addr", &self.quic_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What applications share with the node.

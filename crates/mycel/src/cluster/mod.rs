@@ -764,6 +764,10 @@ impl Delivery {
 /// lets other tasks in between.
 const LOCK_RUN: usize = 64;
 
+/// Keys a `FLUSHDB` deletes per partition and message (their lengths plus 4 bytes each):
+/// small, as a primary holds its lock for up to [`LOCK_RUN`] such pages at a time.
+const FLUSH_PAGE_BYTES: usize = 16 * 1024;
+
 /// How [`Inner::at_primary_batch`] executes a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BatchMode {
@@ -1404,10 +1408,11 @@ impl Cluster {
     }
 
     /// Deletes every key of every bucket (Redis `FLUSHDB`); returns how many. Each
-    /// partition's primary deletes its keys a page at a time (about
-    /// [`ClusterConfig::page_bytes`] of keys per partition and message, the partitions of
-    /// one primary in one message), every delete replicated to the backups as any other
-    /// write, until every partition answers that it has none left.
+    /// partition's primary deletes its keys a page at a time ([`FLUSH_PAGE_BYTES`] of
+    /// keys per partition, the partitions of one primary in one message), every delete
+    /// replicated to the backups as any other write. Each partition is gone through once,
+    /// in its scan order (the same on every node), so a flush ends even while keys are
+    /// being written.
     ///
     /// Not atomic: a write that runs concurrently may outlive it, and a reader may see
     /// some partitions emptied before others, as with any run of deletes. Every member
@@ -1438,28 +1443,30 @@ impl Cluster {
             });
         }
         let count = self.inner.config.mycel.store.partitioning.count();
-        let max_bytes = u32::try_from(self.inner.config.page_bytes).unwrap_or(u32::MAX);
+        let max_bytes =
+            u32::try_from(self.inner.config.page_bytes.min(FLUSH_PAGE_BYTES)).unwrap_or(u32::MAX);
         let mut deleted = 0;
         for (name, _) in &self.inner.config.buckets {
             let bucket = WStr::from(name.as_str());
-            let mut pending: Vec<u16> = (0..count).collect();
+            // Each partition and the scan order to go on from.
+            let mut pending: Vec<(u16, u64)> = (0..count).map(|p| (p, 0)).collect();
             while !pending.is_empty() {
                 let ops: Vec<Op> = pending
                     .iter()
-                    .map(|&partition| Op::Clear {
+                    .map(|&(partition, from)| Op::Clear {
                         bucket: bucket.clone(),
                         partition,
+                        from,
                         max_bytes,
                     })
                     .collect();
                 let results = self.inner.route_batch(&ops).await;
                 let mut more = Vec::new();
-                for (&partition, result) in pending.iter().zip(results) {
+                for (&(partition, _), result) in pending.iter().zip(results) {
                     match result? {
-                        OpReply::Count(0) => {}
-                        OpReply::Count(n) => {
+                        OpReply::Cleared { deleted: n, next } => {
                             deleted += n;
-                            more.push(partition);
+                            more.extend(next.map(|from| (partition, from)));
                         }
                         _ => return Err(self.inner.protocol()),
                     }
@@ -1931,11 +1938,22 @@ impl Inner {
                         .await
                         .0
                 } else {
-                    if self.features_of(&primary) & wire::FEATURE_ATOMIC == 0 {
-                        return Ok(Err(ClusterError::OlderMember {
-                            node: primary,
-                            operation: "MULTI/EXEC",
-                        }));
+                    let features = self
+                        .features
+                        .read()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get(&primary)
+                        .copied();
+                    match features {
+                        // Its metadata not read yet (it just joined): wait for it.
+                        None => return Err(Attempt::Unreachable),
+                        Some(f) if f & wire::FEATURE_ATOMIC == 0 => {
+                            return Ok(Err(ClusterError::OlderMember {
+                                node: primary,
+                                operation: "MULTI/EXEC",
+                            }));
+                        }
+                        Some(_) => {}
                     }
                     self.metrics
                         .forwarded
@@ -2075,10 +2093,14 @@ impl Inner {
                 // older version since its metadata was last read. It applied nothing of
                 // the message, so the operations go again, as a `Batch`.
                 tracing::info!(%primary, "primary refused Carry; sending a Batch instead");
-                self.features
+                if let Some(features) = self
+                    .features
                     .write()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .remove(&primary);
+                    .get_mut(&primary)
+                {
+                    *features &= !wire::FEATURE_CARRY;
+                }
                 delivery = self
                     .send_ops(&primary, &plain_ops(epoch, ops), total, timeout)
                     .await;
@@ -2099,7 +2121,8 @@ impl Inner {
         }
     }
 
-    /// The features `node` announced (see [`wire::MemberMeta::features`]).
+    /// The features `node` announced (see [`wire::MemberMeta::features`]); none when its
+    /// metadata was not read.
     fn features_of(&self, node: &NodeId) -> u32 {
         self.features
             .read()
@@ -3045,9 +3068,10 @@ impl Inner {
                 Reply::Carried { results, writes }
             }
             Msg::Atomic { epoch, ops } => {
-                let (results, _) = self
+                let (mut results, _) = self
                     .serve_batch(from, epoch, &ops, (false, BatchMode::Atomic))
                     .await;
+                bound_reply(&ops, &mut results, self.config.max_message_size);
                 Reply::Batch(results)
             }
             Msg::Replicate { epoch, writes } => {
@@ -3512,6 +3536,32 @@ fn plain_ops(epoch: u64, mut ops: Vec<Op>) -> Msg {
     }
 }
 
+/// Room a reply keeps, below the message size limit, for everything but its values.
+const REPLY_OVERHEAD: usize = 4096;
+
+/// Makes a transaction's reply ([`Msg::Atomic`]: never deferred, whatever its size) fit
+/// in one message of `max_message_size` bytes: past that, its reads answer
+/// `ValueTooLarge` (the transaction's reply size) instead of their values. Its writes'
+/// results stay, as the writes were made.
+fn bound_reply(ops: &[Op], results: &mut [Result<OpReply, Refusal>], max_message_size: usize) {
+    let max = max_message_size.saturating_sub(REPLY_OVERHEAD);
+    let total: usize = results
+        .iter()
+        .map(|r| r.as_ref().map_or(64, OpReply::size))
+        .sum();
+    if total <= max {
+        return;
+    }
+    for (op, result) in ops.iter().zip(results.iter_mut()) {
+        if !op.is_write() && result.is_ok() {
+            *result = Err(Refusal::ValueTooLarge {
+                len: u64::try_from(total).unwrap_or(u64::MAX),
+                max: u64::try_from(max).unwrap_or(u64::MAX),
+            });
+        }
+    }
+}
+
 /// The first of `members` that did not announce `feature` in `features`.
 fn lacking<'a>(
     features: &HashMap<NodeId, u32>,
@@ -3655,6 +3705,39 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_reply_too_large_for_a_message_drops_its_reads_values() {
+        let bucket = WStr::from("b");
+        let key = WBytes(Bytes::from_static(b"k"));
+        let ops = [
+            Op::IncrBy {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                delta: 1,
+            },
+            Op::Get {
+                bucket: bucket.clone(),
+                key: key.clone(),
+            },
+            Op::Get { bucket, key },
+        ];
+        let value = |n: usize| Ok(OpReply::Value(Some(WBytes(Bytes::from(vec![b'v'; n])))));
+        let results = || vec![Ok(OpReply::Int(1)), value(3 << 20), value(3 << 20)];
+        let mut fits = results();
+        bound_reply(&ops, &mut fits, 8 << 20);
+        assert_eq!(fits, results());
+        let mut too_large = results();
+        bound_reply(&ops, &mut too_large, 4 << 20);
+        assert_eq!(
+            too_large[0],
+            Ok(OpReply::Int(1)),
+            "the write's result stays"
+        );
+        for r in &too_large[1..] {
+            assert!(matches!(r, Err(Refusal::ValueTooLarge { .. })), "{r:?}");
+        }
+    }
+
+    #[test]
     fn a_member_is_lacking_a_feature_it_did_not_announce() {
         let id = |s: &str| NodeId::new(s).expect("id");
         let features = HashMap::from([
@@ -3730,6 +3813,7 @@ mod tests {
             ops: vec![Op::Clear {
                 bucket: bucket.clone(),
                 partition: 0,
+                from: 0,
                 max_bytes: 1024,
             }],
             size: 64,

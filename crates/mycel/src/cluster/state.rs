@@ -1021,14 +1021,15 @@ impl State {
             Op::Clear {
                 bucket,
                 partition,
+                from,
                 max_bytes,
             } => {
                 let b = bucket_of(store, bucket)?;
-                let (keys, _) = store.keys(
+                let (keys, next) = store.keys(
                     b,
                     Partition::new(*partition),
                     None,
-                    0,
+                    *from,
                     usize::try_from(*max_bytes).unwrap_or(usize::MAX),
                     now,
                 );
@@ -1039,7 +1040,7 @@ impl State {
                         writes.push(w);
                     }
                 }
-                OpReply::Count(deleted)
+                OpReply::Cleared { deleted, next }
             }
             Op::Count | Op::GetOrLoad { .. } => return Err(Refusal::BadRequest),
         };
@@ -1485,10 +1486,11 @@ mod tests {
                         max_bytes,
                     }
                 ),
-                (bucket(), any::<u16>(), any::<u32>()).prop_map(
-                    |(bucket, partition, max_bytes)| Op::Clear {
+                (bucket(), any::<u16>(), any::<u64>(), any::<u32>()).prop_map(
+                    |(bucket, partition, from, max_bytes)| Op::Clear {
                         bucket,
                         partition,
+                        from,
                         max_bytes,
                     }
                 ),

@@ -359,13 +359,14 @@ pub(crate) enum Op {
         offset: u64,
         value: WBytes,
     },
-    /// `FLUSHDB` of one partition: deletes a page (about `max_bytes` of keys, as
-    /// `Scan`) of its live keys of `bucket`, each a replicated delete. Answered with
-    /// `OpReply::Count`, the keys deleted; the partition is empty once that is 0. Only to
-    /// nodes announcing [`FEATURE_CLEAR`].
+    /// `FLUSHDB` of one partition: deletes a page of its live keys of `bucket` (those of
+    /// `Scan`'s page from scan order `from`, about `max_bytes` of keys), each a replicated
+    /// delete. Answered with `OpReply::Cleared`. Only to nodes announcing
+    /// [`FEATURE_CLEAR`].
     Clear {
         bucket: WStr,
         partition: u16,
+        from: u64,
         max_bytes: u32,
     },
 }
@@ -674,6 +675,9 @@ pub(crate) enum OpReply {
         keys: Vec<WBytes>,
         next: Option<u64>,
     },
+    /// What an `Op::Clear` deleted, and the scan order to go on from if the partition has
+    /// more. Appended, as `Op::Clear`.
+    Cleared { deleted: u64, next: Option<u64> },
 }
 
 /// Why a node refused or failed a request.
@@ -1210,6 +1214,7 @@ mod tests {
                     Op::Clear {
                         bucket: "other".into(),
                         partition: 255,
+                        from: 1 << 40,
                         max_bytes: 1 << 16,
                     },
                     Op::Append {

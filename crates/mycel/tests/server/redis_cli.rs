@@ -177,6 +177,20 @@ fn multi_exec_discard() {
         "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) \"2\"\n\
          4) (integer) 1\n5) (integer) 100"
     );
+    // As in Redis: a bad argument is queued and answered at EXEC, the rest runs; PING,
+    // ECHO and UNWATCH are queued; WATCH is refused at once and fails nothing.
+    let session = s.cli_session(
+        "MULTI\nSET {t}a 1\nINCRBY {t}n notanumber\nSET {t}z 1 EX 0\nPING\nECHO hi\n\
+         UNWATCH\nWATCH x\nGET {t}a\nEXEC\nGET {t}z\n",
+    );
+    assert_eq!(
+        session,
+        "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n\
+         (error) ERR WATCH inside MULTI is not allowed\nQUEUED\n\
+         1) OK\n2) (error) ERR value is not an integer or out of range\n\
+         3) (error) ERR invalid expire time in 'set' command\n4) PONG\n5) \"hi\"\n6) OK\n\
+         7) \"1\"\n(nil)"
+    );
     // DEL and EXISTS of several keys: their sums, as outside a transaction.
     let session =
         s.cli_session("MULTI\nSET {t}x 1\nEXISTS {t}x {t}y {t}x\nDEL {t}x {t}y {t}x\nEXEC\n");
@@ -218,6 +232,8 @@ fn multi_exec_discard() {
             "{command} in {stats}"
         );
     }
+    let errors = s.cli(&["INFO", "errorstats"]);
+    assert!(errors.contains("errorstat_EXECABORT:count=3"), "{errors}");
 }
 
 /// Standalone, every key is in the one store: a transaction may span partitions.

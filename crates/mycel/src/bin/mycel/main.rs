@@ -235,27 +235,30 @@ async fn run(mut settings: Settings) -> Result<(), String> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Listened to from before the ready line, as the other signals are.
     #[cfg(unix)]
-    // The node's own credentials are worth rereading when they come from files an
-    // operator renews: certificate files (not the development CA) or a gossip key file.
-    let node_credentials = mycel.cluster().is_some()
-        && (!settings.nodosum.tls.development || settings.nodosum.gossip.key_file.is_some());
-    if tls_files.is_some()
-        || settings.requirepass_file.is_some()
-        || settings.admin_token_file.is_some()
-        || node_credentials
     {
-        let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
-        tokio::spawn(reload_on_hangup(
-            hup,
-            shared.clone(),
-            tls_files,
-            (
-                settings.requirepass_file.clone(),
-                settings.admin_token_file.clone(),
-            ),
-            node_credentials,
-        ));
+        // The node's own credentials are worth rereading when they come from files an
+        // operator renews: certificate files (not the development CA) or a gossip key
+        // file.
+        let node_credentials = mycel.cluster().is_some()
+            && (!settings.nodosum.tls.development || settings.nodosum.gossip.key_file.is_some());
+        if tls_files.is_some()
+            || settings.requirepass_file.is_some()
+            || settings.admin_token_file.is_some()
+            || node_credentials
+        {
+            let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+            tokio::spawn(reload_on_hangup(
+                hup,
+                shared.clone(),
+                tls_files,
+                (
+                    settings.requirepass_file.clone(),
+                    settings.admin_token_file.clone(),
+                ),
+                node_credentials,
+            ));
+        }
     }
 
     let resp_task = tokio::spawn(accept_loop(

@@ -30,6 +30,7 @@ pub(crate) const ERROR_CODES: &[&str] = &[
     "ERR",
     "CLUSTERDOWN",
     "CROSSSLOT",
+    "EXECABORT",
     "NOAUTH",
     "NOPROTO",
     "TIMEOUT",

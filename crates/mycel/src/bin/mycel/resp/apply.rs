@@ -55,13 +55,27 @@ pub(crate) struct Session {
 pub(crate) struct Transaction {
     /// The operations, in order.
     pub(crate) ops: Vec<BatchOp>,
-    /// Each command's reply shape, name, and how many of the operations it is (more than
-    /// one for a `DEL` or `EXISTS` of several keys, whose reply is their sum).
-    pub(crate) shapes: Vec<(Shape, &'static str, usize)>,
+    /// The commands, in order.
+    pub(crate) queued: Vec<Queued>,
     /// The partition of the first key (in a cluster).
     pub(crate) partition: Option<Partition>,
     /// A command could not be queued: `EXEC` answers `EXECABORT`.
     pub(crate) aborted: bool,
+}
+
+/// A command of a [`Transaction`].
+#[derive(Debug)]
+pub(crate) enum Queued {
+    /// The next `n` of the transaction's operations, answered as `shape` (summed when
+    /// more than one: a `DEL` or `EXISTS` of several keys).
+    Ops {
+        shape: Shape,
+        name: &'static str,
+        n: usize,
+    },
+    /// A reply known when queued: a bad argument's error (answered at `EXEC`, as Redis
+    /// does), or that of a command that reads no data (`PING`, `ECHO`, `UNWATCH`).
+    Reply { frame: Frame, name: &'static str },
 }
 
 impl Session {

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use mycel::BatchOp;
 
-use super::apply::{self, After, Session, Shape, Transaction};
+use super::apply::{self, After, Queued, Session, Shape, Transaction};
 use super::cmd::{self, Command};
 use super::frame::Frame;
 use super::parse::RequestParser;
@@ -133,9 +133,25 @@ async fn run(
                 // a call never made.
                 flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
+                // In a transaction, as in Redis: a known command with a bad argument is
+                // queued and answers its error at EXEC (WATCH answers at once); an
+                // unknown one or a wrong number of arguments fails the transaction.
+                if let (Some(tx), Some(known), Some(_)) = (&mut session.transaction, name, shown)
+                    && !cmd::is_arity_error(&frame)
+                    && known != "watch"
+                {
+                    tx.queued.push(Queued::Reply { frame, name: known });
+                    Frame::Simple("QUEUED").encode(session.proto, output);
+                    continue;
+                }
                 // An unknown subcommand is, like an unknown command, no command's: Redis
                 // neither runs nor rejects it (`INFO commandstats` leaves it out), but
                 // counts its error.
+                let frame = if session.transaction.is_some() && name == Some("watch") {
+                    Frame::err("WATCH inside MULTI is not allowed")
+                } else {
+                    frame
+                };
                 let known = name.filter(|_| shown.is_some());
                 let c = counters.get(shared, known.unwrap_or("unknown"));
                 if known.is_some() {
@@ -148,8 +164,9 @@ async fn run(
                 c.errors.inc();
                 count_error(shared, &frame);
                 frame.encode(session.proto, output);
-                // As in Redis, a command refused while queued fails the transaction.
-                if let Some(tx) = &mut session.transaction {
+                if let Some(tx) = &mut session.transaction
+                    && name != Some("watch")
+                {
                     tx.aborted = true;
                 }
                 continue;
@@ -230,34 +247,37 @@ async fn transaction(
             Frame::Error("EXECABORT Transaction discarded because of previous errors.".to_owned())
         }
         (Command::Exec, Some(tx)) => {
-            if tx.ops.is_empty() {
-                return Frame::Array(Vec::new());
-            }
             let start = Instant::now();
-            let results = match shared.mycel.transaction(session.bucket, tx.ops).await {
-                Ok(results) => results,
-                Err(e) => return apply::error_frame(&e),
+            let results = if tx.ops.is_empty() {
+                Vec::new()
+            } else {
+                match shared.mycel.transaction(session.bucket, tx.ops).await {
+                    Ok(results) => results,
+                    Err(e) => return apply::error_frame(&e),
+                }
             };
-            let share = start.elapsed() / u32::try_from(tx.shapes.len()).unwrap_or(u32::MAX);
+            let share = start.elapsed() / u32::try_from(tx.queued.len()).unwrap_or(u32::MAX).max(1);
             let mut results = results.into_iter();
             Frame::Array(
-                tx.shapes
+                tx.queued
                     .into_iter()
-                    .map(|(shape, name, n)| {
-                        let frame = if n == 1 {
-                            let result = results.next().unwrap_or_else(|| {
-                                Err(mycel::Error::Cluster {
-                                    reason: "no answer for the operation".to_owned(),
-                                })
-                            });
-                            apply::batch_frame(shape, result)
-                        } else {
-                            sum_frame(
-                                results
+                    .map(|queued| {
+                        let (frame, name) = match queued {
+                            Queued::Ops { shape, name, n } => {
+                                let mut frames = results
                                     .by_ref()
                                     .take(n)
-                                    .map(|r| apply::batch_frame(shape, r)),
-                            )
+                                    .map(|r| apply::batch_frame(shape, r));
+                                let frame = if n == 1 {
+                                    frames.next().unwrap_or_else(|| {
+                                        Frame::err("no answer for the operation")
+                                    })
+                                } else {
+                                    sum_frame(frames)
+                                };
+                                (frame, name)
+                            }
+                            Queued::Reply { frame, name } => (frame, name),
                         };
                         count(counters, shared, name, &frame, share);
                         frame
@@ -277,6 +297,11 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
     };
     // `DEL` and `EXISTS` of several keys: one operation per key, their replies summed.
     let (ops, shape) = match cmd {
+        Command::Ping(None) => return queue_reply(tx, Frame::Simple("PONG"), name),
+        Command::Ping(Some(message)) | Command::Echo(message) => {
+            return queue_reply(tx, Frame::Bulk(message), name);
+        }
+        Command::Unwatch => return queue_reply(tx, Frame::Simple("OK"), name),
         Command::Del(keys) if keys.len() > 1 => (
             keys.into_iter()
                 .map(|key| BatchOp::Delete { key })
@@ -294,8 +319,10 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
             Err(_) => {
                 tx.aborted = true;
                 return Frame::err(format!(
-                    "'{name}' cannot be queued: a transaction runs single-key commands and \
-                     DEL and EXISTS (GET, SET, SETNX, INCRBY, EXPIRE, TTL, PERSIST, ...)"
+                    "'{name}' cannot run in a transaction, which takes GET, SET, SETNX, \
+                     GETSET, SETEX, PSETEX, DEL, UNLINK, EXISTS, TOUCH, INCR, DECR, INCRBY, \
+                     DECRBY, EXPIRE, PEXPIRE, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME, \
+                     TYPE, STRLEN, GETRANGE, PING, ECHO and UNWATCH"
                 ));
             }
         },
@@ -312,8 +339,18 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
             }
         }
     }
-    tx.shapes.push((shape, name, ops.len()));
+    tx.queued.push(Queued::Ops {
+        shape,
+        name,
+        n: ops.len(),
+    });
     tx.ops.extend(ops);
+    Frame::Simple("QUEUED")
+}
+
+/// Queues a command whose reply is known now.
+fn queue_reply(tx: &mut Transaction, frame: Frame, name: &'static str) -> Frame {
+    tx.queued.push(Queued::Reply { frame, name });
     Frame::Simple("QUEUED")
 }
 
