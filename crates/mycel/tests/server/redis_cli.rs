@@ -198,6 +198,15 @@ fn multi_exec_discard() {
         session,
         "OK\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) (integer) 1"
     );
+    // Each command gets its own replies, however many operations the ones before it are.
+    let session = s.cli_session(
+        "MULTI\nSET {t}x 1\nDEL {t}x {t}y {t}z {t}x\nSET {t}x 2\nEXISTS {t}x {t}x\nGET {t}x\nEXEC\n",
+    );
+    assert_eq!(
+        session,
+        "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n\
+         1) OK\n2) (integer) 1\n3) OK\n4) (integer) 2\n5) \"2\""
+    );
     let session = s.cli_session(
         "EXEC\nDISCARD\nMULTI\nMULTI\nSET {t}b 1\nDISCARD\nGET {t}b\nMULTI\nEXEC\nUNWATCH\n",
     );

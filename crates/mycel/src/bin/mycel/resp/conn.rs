@@ -264,12 +264,15 @@ async fn transaction(
                     .map(|queued| {
                         let (frame, name) = match queued {
                             Queued::Ops { shape, name, n } => {
-                                let mut frames = results
+                                // All `n` taken, whatever they are, so that the next
+                                // command gets its own.
+                                let mut frames: Vec<Frame> = results
                                     .by_ref()
                                     .take(n)
-                                    .map(|r| apply::batch_frame(shape, r));
+                                    .map(|r| apply::batch_frame(shape, r))
+                                    .collect();
                                 let frame = if n == 1 {
-                                    frames.next().unwrap_or_else(|| {
+                                    frames.pop().unwrap_or_else(|| {
                                         Frame::err("no answer for the operation")
                                     })
                                 } else {
@@ -295,13 +298,13 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
     let Some(tx) = session.transaction.as_mut() else {
         return Frame::err("not in a transaction");
     };
-    // `DEL` and `EXISTS` of several keys: one operation per key, their replies summed.
     let (ops, shape) = match cmd {
         Command::Ping(None) => return queue_reply(tx, Frame::Simple("PONG"), name),
         Command::Ping(Some(message)) | Command::Echo(message) => {
             return queue_reply(tx, Frame::Bulk(message), name);
         }
         Command::Unwatch => return queue_reply(tx, Frame::Simple("OK"), name),
+        // `DEL` and `EXISTS` of several keys: one operation per key, their replies summed.
         Command::Del(keys) if keys.len() > 1 => (
             keys.into_iter()
                 .map(|key| BatchOp::Delete { key })
@@ -356,7 +359,7 @@ fn queue_reply(tx: &mut Transaction, frame: Frame, name: &'static str) -> Frame 
 
 /// The reply of a command made of several operations (`DEL`, `EXISTS`): the sum of
 /// their integer replies, or the first error.
-fn sum_frame(frames: impl Iterator<Item = Frame>) -> Frame {
+fn sum_frame(frames: Vec<Frame>) -> Frame {
     let mut sum = 0;
     for frame in frames {
         match frame {
