@@ -74,6 +74,16 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
     assert_eq!(nodes[0].cli(&["SET", "greeting", "hello"]), "OK");
     assert_eq!(nodes[1].cli(&["GET", "greeting"]), "\"hello\"");
     assert_eq!(nodes[2].cli(&["GET", "greeting"]), "\"hello\"");
+    // And any node runs a transaction, at the primary of its keys' partition.
+    for (i, n) in nodes.iter().enumerate() {
+        let session = n.cli_session("MULTI\nINCR {tx}n\nSET {tx}last v\nGET {tx}n\nEXEC\n");
+        let count = i + 1;
+        assert_eq!(
+            session,
+            format!("OK\nQUEUED\nQUEUED\nQUEUED\n1) (integer) {count}\n2) OK\n3) \"{count}\"")
+        );
+    }
+
     // A conditional EXPIRE is decided at the primary, whichever node it reaches: every
     // node answers the same for the same key.
     for (i, n) in nodes.iter().enumerate() {
@@ -186,7 +196,7 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
         let value = format!("value-{i}");
         assert_eq!(nodes[i % 3].cli(&["SET", k, &value]), "OK");
     }
-    assert_eq!(nodes[2].cli(&["DBSIZE"]), "(integer) 42");
+    assert_eq!(nodes[2].cli(&["DBSIZE"]), "(integer) 44");
     // Every node lists them all, each once: `KEYS` and a `SCAN` loop read every
     // partition at its primary.
     for n in &nodes {
@@ -421,4 +431,12 @@ fn sighup_rotates_the_node_certificates_and_gossip_keys() {
     assert_eq!(nodes[0].metric("mycel_reloads_total"), 4);
     assert_eq!(nodes[0].cli(&["SET", "still", "here"]), "OK");
     assert_eq!(alive_members(&nodes[0]), 3);
+
+    // FLUSHDB through one node empties every node's partitions.
+    assert_eq!(newcomer.cli(&["DBSIZE"]), "(integer) 22");
+    assert_eq!(nodes[1].cli(&["FLUSHDB"]), "OK");
+    for n in nodes.iter().chain([&newcomer]) {
+        assert_eq!(n.cli(&["DBSIZE"]), "(integer) 0");
+        assert_eq!(n.cli(&["GET", "before"]), "(nil)");
+    }
 }
