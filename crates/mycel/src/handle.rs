@@ -497,10 +497,8 @@ impl Mycel {
         }
     }
 
-    /// Deletes `key` and returns the value it had (Redis `GETDEL`).
-    ///
-    /// Standalone: atomic. Cluster: **not atomic**, a read then a delete at the primary;
-    /// a write that lands between the two is deleted without being returned.
+    /// Deletes `key` and returns the value it had (Redis `GETDEL`): atomic (in a cluster,
+    /// one transaction at the key's primary; see [`read_then`](Self::read_then)).
     pub async fn get_del(&self, bucket: BucketId, key: Bytes) -> Result<Option<Bytes>, Error> {
         if let Some(mut store) = self.local() {
             let now = now();
@@ -510,18 +508,53 @@ impl Mycel {
             }
             return Ok(value);
         }
-        let value = self.get(bucket, &key).await?;
-        if value.is_some() {
-            self.delete(bucket, key).await?;
-        }
-        Ok(value)
+        let delete = BatchOp::Delete { key: key.clone() };
+        self.read_then(bucket, key, delete).await
     }
 
-    /// Reads `key` and changes its expiry (Redis `GETEX`).
-    ///
-    /// Standalone: atomic. Cluster: **not atomic**, a read then an `expire`/`persist` at
-    /// the primary; a write that lands between the two gets the new expiry (and a key
-    /// deleted in between stays deleted).
+    /// Cluster mode: `key`'s value, read in one transaction with `change` (an operation
+    /// on the same key) made right after it, so that no write lands between the two.
+    /// While a member runs a version from before transactions: the read, then `change`
+    /// if the key was there (a write landing between them is then changed too).
+    async fn read_then(
+        &self,
+        bucket: BucketId,
+        key: Bytes,
+        change: BatchOp,
+    ) -> Result<Option<Bytes>, Error> {
+        let Backend::Cluster(c) = &self.inner.backend else {
+            return Err(Error::Unsupported {
+                operation: "read_then",
+            });
+        };
+        let name = c.name(bucket)?;
+        let read = BatchOp::Get { key: key.clone() };
+        match c
+            .cluster
+            .transaction(name, vec![read, change.clone()])
+            .await
+        {
+            Ok(results) => match <[_; 2]>::try_from(results) {
+                Ok([Ok(BatchReply::Value(value)), Ok(_)]) => Ok(value),
+                Ok([Err(e), _] | [_, Err(e)]) => Err(cluster_error(e)),
+                _ => Err(Error::Cluster {
+                    reason: "unexpected answer to a read and a change".to_owned(),
+                }),
+            },
+            Err(ClusterError::OlderMember { .. }) => {
+                let value = self.get(bucket, &key).await?;
+                if value.is_some() {
+                    let mut changed = c.cluster.batch(name, vec![change]).await;
+                    changed.pop().transpose().map_err(cluster_error)?;
+                }
+                Ok(value)
+            }
+            Err(e) => Err(cluster_error(e)),
+        }
+    }
+
+    /// Reads `key` and changes its expiry (Redis `GETEX`): atomic (in a cluster, one
+    /// transaction at the key's primary; see [`read_then`](Self::read_then)).
     pub async fn get_ex(
         &self,
         bucket: BucketId,
@@ -554,22 +587,18 @@ impl Mycel {
             }
             return Ok(value);
         }
-        let value = self.get(bucket, &key).await?;
-        if value.is_some() {
-            match action {
-                GetEx::Keep => {}
-                GetEx::After(d) => {
-                    self.expire(bucket, key, d).await?;
-                }
-                GetEx::At(at) => {
-                    self.expire_at(bucket, key, at).await?;
-                }
-                GetEx::Persist => {
-                    self.persist(bucket, key).await?;
-                }
-            }
-        }
-        Ok(value)
+        let expire = |after| BatchOp::Expire {
+            key: key.clone(),
+            after,
+            condition: ExpireCondition::Always,
+        };
+        let change = match action {
+            GetEx::Keep => return self.get(bucket, &key).await,
+            GetEx::After(d) => expire(d),
+            GetEx::At(at) => expire(until(at)),
+            GetEx::Persist => BatchOp::Persist { key: key.clone() },
+        };
+        self.read_then(bucket, key, change).await
     }
 
     /// Whether `key` exists.

@@ -861,6 +861,84 @@ async fn a_transaction_is_applied_as_one() {
     assert_eq!(total, Some(Bytes::from(want.to_string())));
 }
 
+/// `Mycel::get_del` reads and deletes as one, also through a node that is not the key's
+/// primary: increments made meanwhile through the other nodes are either in a value some
+/// `get_del` returns or still in the key. Every node takes the key with `get_del` over
+/// and over while every node increments it; what they took plus what is left is every
+/// increment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_del_loses_no_write_made_meanwhile() {
+    let _serial = SERIAL.lock().await;
+    let ca = tempfile::tempdir().expect("tempdir");
+    let mut handles: Vec<Mycel> = Vec::new();
+    for i in 1..=3 {
+        let mut c = nodosum::Config::development(id(&format!("node-{i}")));
+        c.tls.dev_ca_dir = Some(ca.path().join("dev-ca"));
+        let node = Node::start(c).await.expect("node starts");
+        if let Some(first) = handles.first() {
+            let seed = first.cluster().expect("cluster").node().gossip_addr();
+            node.join(vec![seed]);
+        }
+        handles.push(Mycel::start(node, config()).await.expect("mycel starts"));
+    }
+    converged(
+        &handles
+            .iter()
+            .map(|m| m.cluster().expect("cluster"))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let bucket = handles[0].default_bucket();
+    let key = Bytes::from_static(b"taken");
+    let increments = 100;
+    let done = Arc::new(AtomicBool::new(false));
+    let takers: Vec<_> = handles
+        .iter()
+        .map(|m| {
+            let (m, key, done) = (m.clone(), key.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut taken = 0;
+                while !done.load(Ordering::Acquire) {
+                    if let Some(v) = m.get_del(bucket, key.clone()).await.expect("get_del") {
+                        taken += parse(&v);
+                    }
+                    // At the primary, `get_del` completes without waiting for anything.
+                    tokio::task::yield_now().await;
+                }
+                taken
+            })
+        })
+        .collect();
+    let writers: Vec<_> = handles
+        .iter()
+        .map(|m| {
+            let (m, key) = (m.clone(), key.clone());
+            tokio::spawn(async move {
+                for _ in 0..increments {
+                    m.incr_by(bucket, key.clone(), 1).await.expect("incr");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.expect("writer");
+    }
+    done.store(true, Ordering::Release);
+    let mut taken = 0;
+    for t in takers {
+        taken += t.await.expect("taker");
+    }
+    let left = handles[0].get(bucket, &key).await.expect("get");
+    assert_eq!(taken + left.map_or(0, |v| parse(&v)), 3 * increments);
+}
+
+fn parse(v: &[u8]) -> i64 {
+    std::str::from_utf8(v)
+        .expect("utf-8")
+        .parse()
+        .expect("an integer")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_flight_loads_once_for_concurrent_misses_from_every_node() {
     let _serial = SERIAL.lock().await;
