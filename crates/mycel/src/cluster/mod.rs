@@ -3542,22 +3542,41 @@ const REPLY_OVERHEAD: usize = 4096;
 /// Makes a transaction's reply ([`Msg::Atomic`]: never deferred, whatever its size) fit
 /// in one message of `max_message_size` bytes: past that, its reads answer
 /// `ValueTooLarge` (the transaction's reply size) instead of their values. Its writes'
-/// results stay, as the writes were made.
+/// results stay, as the writes were made; if they still do not fit (a `SET ... GET`
+/// returns the value it replaced), those that return a value answer `Timeout`: made,
+/// but what they would return is not known to the caller.
 fn bound_reply(ops: &[Op], results: &mut [Result<OpReply, Refusal>], max_message_size: usize) {
     let max = max_message_size.saturating_sub(REPLY_OVERHEAD);
-    let total: usize = results
-        .iter()
-        .map(|r| r.as_ref().map_or(64, OpReply::size))
-        .sum();
-    if total <= max {
+    let total = |results: &[Result<OpReply, Refusal>]| -> usize {
+        results
+            .iter()
+            .map(|r| r.as_ref().map_or(64, OpReply::size))
+            .sum()
+    };
+    let before = total(results);
+    if before <= max {
         return;
     }
     for (op, result) in ops.iter().zip(results.iter_mut()) {
         if !op.is_write() && result.is_ok() {
             *result = Err(Refusal::ValueTooLarge {
-                len: u64::try_from(total).unwrap_or(u64::MAX),
+                len: u64::try_from(before).unwrap_or(u64::MAX),
                 max: u64::try_from(max).unwrap_or(u64::MAX),
             });
+        }
+    }
+    if total(results) <= max {
+        return;
+    }
+    for result in results.iter_mut() {
+        if matches!(
+            result,
+            Ok(OpReply::Set {
+                previous: Some(_),
+                ..
+            })
+        ) {
+            *result = Err(Refusal::Timeout);
         }
     }
 }
@@ -3735,6 +3754,25 @@ mod tests {
         for r in &too_large[1..] {
             assert!(matches!(r, Err(Refusal::ValueTooLarge { .. })), "{r:?}");
         }
+        // Writes returning the values they replaced, too large together: made, so not
+        // refused, but their values cannot be returned.
+        let set = |n: usize| {
+            Ok(OpReply::Set {
+                applied: true,
+                previous: Some(WBytes(Bytes::from(vec![b'v'; n]))),
+            })
+        };
+        let mut sets = vec![Ok(OpReply::Int(1)), set(3 << 20), set(3 << 20)];
+        let writes = [ops[0].clone(), ops[0].clone(), ops[0].clone()];
+        bound_reply(&writes, &mut sets, 4 << 20);
+        assert_eq!(
+            sets,
+            [
+                Ok(OpReply::Int(1)),
+                Err(Refusal::Timeout),
+                Err(Refusal::Timeout)
+            ]
+        );
     }
 
     #[test]

@@ -217,7 +217,7 @@ fn multi_exec_discard() {
     );
     // Refused while queued, each makes EXEC refuse the whole transaction: a command that
     // is not single-key, an unknown command, a wrong number of arguments.
-    for refused in ["MGET {t}c {t}d", "NOSUCH {t}c", "GET"] {
+    for refused in ["MGET {t}c {t}d", "NOSUCH {t}c", "GET", "WATCH"] {
         let session = s.cli_session(&format!(
             "MULTI\nSET {{t}}c 1\n{refused}\nEXEC\nGET {{t}}c\n"
         ));
@@ -242,7 +242,7 @@ fn multi_exec_discard() {
         );
     }
     let errors = s.cli(&["INFO", "errorstats"]);
-    assert!(errors.contains("errorstat_EXECABORT:count=3"), "{errors}");
+    assert!(errors.contains("errorstat_EXECABORT:count=4"), "{errors}");
 }
 
 /// Standalone, every key is in the one store: a transaction may span partitions.

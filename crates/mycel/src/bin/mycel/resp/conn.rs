@@ -147,7 +147,12 @@ async fn run(
                 // An unknown subcommand is, like an unknown command, no command's: Redis
                 // neither runs nor rejects it (`INFO commandstats` leaves it out), but
                 // counts its error.
-                let frame = if session.transaction.is_some() && name == Some("watch") {
+                // WATCH inside MULTI is refused at once and fails nothing, as in Redis
+                // (but a wrong number of arguments comes first).
+                let watch_in_multi = session.transaction.is_some()
+                    && name == Some("watch")
+                    && !cmd::is_arity_error(&frame);
+                let frame = if watch_in_multi {
                     Frame::err("WATCH inside MULTI is not allowed")
                 } else {
                     frame
@@ -165,7 +170,7 @@ async fn run(
                 count_error(shared, &frame);
                 frame.encode(session.proto, output);
                 if let Some(tx) = &mut session.transaction
-                    && name != Some("watch")
+                    && !watch_in_multi
                 {
                     tx.aborted = true;
                 }
