@@ -144,9 +144,6 @@ async fn run(
                     Frame::Simple("QUEUED").encode(session.proto, output);
                     continue;
                 }
-                // An unknown subcommand is, like an unknown command, no command's: Redis
-                // neither runs nor rejects it (`INFO commandstats` leaves it out), but
-                // counts its error.
                 // WATCH inside MULTI is refused at once and fails nothing, as in Redis
                 // (but a wrong number of arguments comes first).
                 let watch_in_multi = session.transaction.is_some()
@@ -157,6 +154,9 @@ async fn run(
                 } else {
                     frame
                 };
+                // An unknown subcommand is, like an unknown command, no command's: Redis
+                // neither runs nor rejects it (`INFO commandstats` leaves it out), but
+                // counts its error.
                 let known = name.filter(|_| shown.is_some());
                 let c = counters.get(shared, known.unwrap_or("unknown"));
                 if known.is_some() {
