@@ -1938,13 +1938,7 @@ impl Inner {
                         .await
                         .0
                 } else {
-                    let features = self
-                        .features
-                        .read()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .get(&primary)
-                        .copied();
-                    match features {
+                    match self.announced(&primary) {
                         // Its metadata not read yet (it just joined): wait for it.
                         None => return Err(Attempt::Unreachable),
                         Some(f) if f & wire::FEATURE_ATOMIC == 0 => {
@@ -2121,15 +2115,19 @@ impl Inner {
         }
     }
 
-    /// The features `node` announced (see [`wire::MemberMeta::features`]); none when its
-    /// metadata was not read.
-    fn features_of(&self, node: &NodeId) -> u32 {
+    /// The features `node` announced (see [`wire::MemberMeta::features`]), `None` while
+    /// its metadata was not read.
+    fn announced(&self, node: &NodeId) -> Option<u32> {
         self.features
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(node)
             .copied()
-            .unwrap_or(0)
+    }
+
+    /// The features `node` announced; none when its metadata was not read.
+    fn features_of(&self, node: &NodeId) -> u32 {
+        self.announced(node).unwrap_or(0)
     }
 
     /// Whether `node` announced that it serves [`Msg::Carry`].
