@@ -1,6 +1,8 @@
 //! A Rust Redis client library (the `redis` crate, synchronous API) against `mycel --dev`:
 //! its connection handshake, typed replies, pipelines and error mapping work unchanged.
 
+use std::time::Duration;
+
 use redis::{Commands, RedisResult};
 
 use crate::util::Server;
@@ -171,4 +173,44 @@ fn atomic_pipelines_run_as_one_transaction() {
     assert!(err.to_string().contains("CrossSlot"), "{err}");
     let exists: i64 = con.exists(&["key-a", other.as_str()]).expect("exists");
     assert_eq!(exists, 0, "nothing of a refused transaction is applied");
+}
+
+/// An absolute expiry time queued in a transaction (`GETEX ... PXAT`, `PEXPIREAT`) is the
+/// key's expiry time after `EXEC`, however long the transaction was queued: it is not
+/// turned into a duration when queued.
+#[test]
+fn queued_expiry_times_are_absolute() {
+    let s = Server::start(&[]);
+    let mut con = connect(&s, "");
+    let _: () = con.set("{x}a", "1").expect("set");
+    let _: () = con.set("{x}b", "1").expect("set");
+    let now_ms = u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis(),
+    )
+    .expect("time");
+    let at = now_ms + 60_000;
+    let queued: String = redis::cmd("MULTI").query(&mut con).expect("multi");
+    assert_eq!(queued, "OK");
+    for cmd in [
+        redis::cmd("GETEX").arg("{x}a").arg("PXAT").arg(at).clone(),
+        redis::cmd("PEXPIREAT").arg("{x}b").arg(at).clone(),
+    ] {
+        let queued: String = cmd.query(&mut con).expect("queued");
+        assert_eq!(queued, "QUEUED");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (value, set): (String, i64) = redis::cmd("EXEC").query(&mut con).expect("exec");
+    assert_eq!((value.as_str(), set), ("1", 1));
+    for key in ["{x}a", "{x}b"] {
+        let expires: u64 = redis::cmd("PEXPIRETIME")
+            .arg(key)
+            .query(&mut con)
+            .expect("pexpiretime");
+        // A few milliseconds of rounding; a time counted from queueing would be 1.5 s
+        // late.
+        assert!(expires.abs_diff(at) < 500, "{key}: {expires} for {at}");
+    }
 }

@@ -207,6 +207,23 @@ fn multi_exec_discard() {
         "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n\
          1) OK\n2) (integer) 1\n3) OK\n4) (integer) 2\n5) \"2\""
     );
+    // MGET, MSET, GETDEL, GETEX and EXPIREAT: each answers as outside a transaction (as
+    // Redis 7 does), whatever number of operations it is made of.
+    let session = s.cli_session(
+        "SET {t}a 1\nMULTI\nMSET {t}m 1 {t}n 2\nMGET {t}m {t}n {t}none\nGETDEL {t}m\n\
+         EXISTS {t}m\nGETEX {t}n EX 100\nTTL {t}n\nGETEX {t}n PERSIST\nTTL {t}n\n\
+         GETEX {t}n EX -1\nGETEX {t}none EX -1\nGETDEL {t}none\nGETEX {t}n EXAT 4102444800\n\
+         EXPIREAT {t}a 1\nEXISTS {t}a\nGETEX {t}n\nEXEC\nEXPIRETIME {t}n\n",
+    );
+    assert_eq!(
+        session,
+        "OK\nOK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n\
+         QUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n \
+         1) OK\n 2) 1) \"1\"\n    2) \"2\"\n    3) (nil)\n 3) \"1\"\n 4) (integer) 0\n \
+         5) \"2\"\n 6) (integer) 100\n 7) \"2\"\n 8) (integer) -1\n \
+         9) (error) ERR invalid expire time in 'getex' command\n10) (nil)\n11) (nil)\n\
+         12) \"2\"\n13) (integer) 1\n14) (integer) 0\n15) \"2\"\n(integer) 4102444800"
+    );
     let session = s.cli_session(
         "EXEC\nDISCARD\nMULTI\nMULTI\nSET {t}b 1\nDISCARD\nGET {t}b\nMULTI\nEXEC\nUNWATCH\n",
     );
@@ -215,9 +232,9 @@ fn multi_exec_discard() {
         "(error) ERR EXEC without MULTI\n(error) ERR DISCARD without MULTI\nOK\n\
          (error) ERR MULTI calls can not be nested\nQUEUED\nOK\n(nil)\nOK\n(empty array)\nOK"
     );
-    // Refused while queued, each makes EXEC refuse the whole transaction: a command that
-    // is not single-key, an unknown command, a wrong number of arguments.
-    for refused in ["MGET {t}c {t}d", "NOSUCH {t}c", "GET", "WATCH"] {
+    // Refused while queued, each makes EXEC refuse the whole transaction: a command a
+    // transaction does not take, an unknown command, a wrong number of arguments.
+    for refused in ["MSETNX {t}c 1 {t}d 2", "NOSUCH {t}c", "GET", "WATCH"] {
         let session = s.cli_session(&format!(
             "MULTI\nSET {{t}}c 1\n{refused}\nEXEC\nGET {{t}}c\n"
         ));

@@ -13,7 +13,9 @@ use mycel::{
     Partition, Renamed, SetOptions, Timestamp, Ttl,
 };
 
-use super::cmd::{self, BucketArg, ClientAttr, Command, Credentials, GetExAction, SetCondition};
+use super::cmd::{
+    self, BadTime, BucketArg, ClientAttr, Command, Credentials, GetExAction, SetCondition,
+};
 use super::frame::{Frame, Protocol};
 use crate::auth;
 use crate::slowlog;
@@ -61,21 +63,98 @@ pub(crate) struct Transaction {
     pub(crate) partition: Option<Partition>,
     /// A command could not be queued: `EXEC` answers `EXECABORT`.
     pub(crate) aborted: bool,
+    /// Operations given an absolute expiry time (`EXPIREAT`, `GETEX ... EXAT`): the
+    /// index of a [`BatchOp::Expire`] in `ops` and the time, turned into its `after`
+    /// when `EXEC` runs rather than when the command was queued.
+    pub(crate) deadlines: Vec<(usize, Timestamp)>,
+}
+
+impl Transaction {
+    /// The operations, the absolute expiry times turned into durations from now.
+    pub(crate) fn into_ops(self) -> (Vec<BatchOp>, Vec<Queued>) {
+        let Self {
+            mut ops,
+            queued,
+            deadlines,
+            ..
+        } = self;
+        let now = mycel::now().as_millis();
+        for (i, at) in deadlines {
+            if let Some(BatchOp::Expire { after, .. }) = ops.get_mut(i) {
+                *after = Duration::from_millis(at.as_millis().saturating_sub(now));
+            }
+        }
+        (ops, queued)
+    }
 }
 
 /// A command of a [`Transaction`].
 #[derive(Debug)]
 pub(crate) enum Queued {
-    /// The next `n` of the transaction's operations, answered as `shape` (summed when
-    /// more than one: a `DEL` or `EXISTS` of several keys).
+    /// The next `n` of the transaction's operations, each answered as `shape`, the
+    /// answers made one as `combine` says.
     Ops {
         shape: Shape,
+        combine: Combine,
         name: &'static str,
         n: usize,
     },
     /// A reply known when queued: a bad argument's error (answered at `EXEC`, as Redis
     /// does), or that of a command that reads no data (`PING`, `ECHO`, `UNWATCH`).
     Reply { frame: Frame, name: &'static str },
+}
+
+/// How the replies of a queued command's operations make its reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Combine {
+    /// One operation: its reply.
+    One,
+    /// Their integer replies summed (`DEL`, `EXISTS` of several keys), or the first
+    /// error.
+    Sum,
+    /// An array of their replies (`MGET`).
+    Array,
+    /// `OK`, or the first error (`MSET`).
+    Ok,
+    /// The first one's reply, or a later one's error (`GETDEL`, `GETEX`: a read, then a
+    /// change of the key read).
+    First,
+}
+
+impl Combine {
+    /// The reply of a command from the results of its operations, answered as `shape`.
+    pub(crate) fn reply(self, shape: Shape, results: Vec<Result<BatchReply, Error>>) -> Frame {
+        let first_error = |results: &[Result<BatchReply, Error>]| {
+            results
+                .iter()
+                .find_map(|r| r.as_ref().err().map(error_frame))
+        };
+        match self {
+            Self::One | Self::First => {
+                if let Some(e) = results.get(1..).and_then(first_error) {
+                    return e;
+                }
+                results.into_iter().next().map_or_else(
+                    || Frame::err("no answer for the operation"),
+                    |r| batch_frame(shape, r),
+                )
+            }
+            Self::Sum => {
+                let mut sum = 0;
+                for r in results {
+                    match batch_frame(shape, r) {
+                        Frame::Integer(n) => sum += n,
+                        error => return error,
+                    }
+                }
+                Frame::Integer(sum)
+            }
+            Self::Array => {
+                Frame::Array(results.into_iter().map(|r| batch_frame(shape, r)).collect())
+            }
+            Self::Ok => first_error(&results).unwrap_or(OK),
+        }
+    }
 }
 
 impl Session {
@@ -489,6 +568,9 @@ pub(crate) enum Shape {
     Weight { key_len: usize },
     /// An integer (`INCRBY` and friends).
     Integer,
+    /// `GETEX` with a refused expiry time: the time's error if the key exists, else a
+    /// null (Redis looks the key up first).
+    BadTime(BadTime),
 }
 
 /// `cmd` as one single-key operation that can run in a batch with its neighbours, or the
@@ -571,6 +653,13 @@ pub(crate) fn batch_frame(shape: Shape, result: Result<BatchReply, Error>) -> Fr
         }
         (Shape::Weight { key_len }, Ok(BatchReply::Value(v))) => weight_frame(key_len, v.as_ref()),
         (Shape::Integer, Ok(BatchReply::Int(v))) => Frame::Integer(v),
+        (Shape::BadTime(bad), Ok(BatchReply::Bool(exists))) => {
+            if exists {
+                bad.frame("getex")
+            } else {
+                Frame::Null
+            }
+        }
         (_, Ok(_)) => Frame::err("internal error: unexpected reply kind"),
     }
 }

@@ -12,10 +12,10 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
-use mycel::BatchOp;
+use mycel::{BatchOp, ExpireCondition, SetOptions, Timestamp};
 
-use super::apply::{self, After, Queued, Session, Shape, Transaction};
-use super::cmd::{self, Command};
+use super::apply::{self, After, Combine, Queued, Session, Shape, Transaction};
+use super::cmd::{self, Command, GetExAction};
 use super::frame::Frame;
 use super::parse::RequestParser;
 use crate::auth;
@@ -253,37 +253,32 @@ async fn transaction(
         }
         (Command::Exec, Some(tx)) => {
             let start = Instant::now();
-            let results = if tx.ops.is_empty() {
+            let (ops, queued) = tx.into_ops();
+            let results = if ops.is_empty() {
                 Vec::new()
             } else {
-                match shared.mycel.transaction(session.bucket, tx.ops).await {
+                match shared.mycel.transaction(session.bucket, ops).await {
                     Ok(results) => results,
                     Err(e) => return apply::error_frame(&e),
                 }
             };
-            let share = start.elapsed() / u32::try_from(tx.queued.len()).unwrap_or(u32::MAX).max(1);
+            let share = start.elapsed() / u32::try_from(queued.len()).unwrap_or(u32::MAX).max(1);
             let mut results = results.into_iter();
             Frame::Array(
-                tx.queued
+                queued
                     .into_iter()
                     .map(|queued| {
                         let (frame, name) = match queued {
-                            Queued::Ops { shape, name, n } => {
+                            Queued::Ops {
+                                shape,
+                                combine,
+                                name,
+                                n,
+                            } => {
                                 // All `n` taken, whatever they are, so that the next
                                 // command gets its own.
-                                let mut frames: Vec<Frame> = results
-                                    .by_ref()
-                                    .take(n)
-                                    .map(|r| apply::batch_frame(shape, r))
-                                    .collect();
-                                let frame = if n == 1 {
-                                    frames.pop().unwrap_or_else(|| {
-                                        Frame::err("no answer for the operation")
-                                    })
-                                } else {
-                                    sum_frame(frames)
-                                };
-                                (frame, name)
+                                let mine = results.by_ref().take(n).collect();
+                                (combine.reply(shape, mine), name)
                             }
                             Queued::Reply { frame, name } => (frame, name),
                         };
@@ -303,7 +298,16 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
     let Some(tx) = session.transaction.as_mut() else {
         return Frame::err("not in a transaction");
     };
-    let (ops, shape) = match cmd {
+    let at = |key: &Bytes, ms: u64, condition| {
+        let op = BatchOp::Expire {
+            key: key.clone(),
+            after: Duration::ZERO,
+            condition,
+        };
+        (op, Timestamp::from_millis(ms))
+    };
+    let mut deadline = None;
+    let (ops, shape, combine) = match cmd {
         Command::Ping(None) => return queue_reply(tx, Frame::Simple("PONG"), name),
         Command::Ping(Some(message)) | Command::Echo(message) => {
             return queue_reply(tx, Frame::Bulk(message), name);
@@ -315,22 +319,87 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
                 .map(|key| BatchOp::Delete { key })
                 .collect(),
             Shape::Flag,
+            Combine::Sum,
         ),
         Command::Exists(keys) if keys.len() > 1 => (
             keys.into_iter()
                 .map(|key| BatchOp::Exists { key })
                 .collect(),
             Shape::Flag,
+            Combine::Sum,
         ),
+        Command::MGet(keys) => (
+            keys.into_iter().map(|key| BatchOp::Get { key }).collect(),
+            Shape::Bulk,
+            Combine::Array,
+        ),
+        Command::MSet(pairs) => (
+            pairs
+                .into_iter()
+                .map(|(key, value)| BatchOp::Set {
+                    key,
+                    value,
+                    options: SetOptions::default(),
+                })
+                .collect(),
+            Shape::Set { get: false },
+            Combine::Ok,
+        ),
+        // A read, then the change, as in `Mycel::get_del` and `Mycel::get_ex`.
+        Command::GetDel(key) => (
+            vec![BatchOp::Get { key: key.clone() }, BatchOp::Delete { key }],
+            Shape::Bulk,
+            Combine::First,
+        ),
+        Command::GetEx(key, GetExAction::Keep) => {
+            (vec![BatchOp::Get { key }], Shape::Bulk, Combine::One)
+        }
+        Command::GetEx(key, GetExAction::BadTime(bad)) => (
+            vec![BatchOp::Exists { key }],
+            Shape::BadTime(bad),
+            Combine::One,
+        ),
+        Command::GetEx(key, GetExAction::Persist) => (
+            vec![BatchOp::Get { key: key.clone() }, BatchOp::Persist { key }],
+            Shape::Bulk,
+            Combine::First,
+        ),
+        Command::GetEx(key, GetExAction::Expire(cmd::Expiry::In(ms))) => (
+            vec![
+                BatchOp::Get { key: key.clone() },
+                BatchOp::Expire {
+                    key,
+                    after: Duration::from_millis(ms),
+                    condition: ExpireCondition::Always,
+                },
+            ],
+            Shape::Bulk,
+            Combine::First,
+        ),
+        Command::GetEx(key, GetExAction::Expire(cmd::Expiry::At(ms))) => {
+            let (change, time) = at(&key, ms, ExpireCondition::Always);
+            deadline = Some((1, time));
+            (
+                vec![BatchOp::Get { key }, change],
+                Shape::Bulk,
+                Combine::First,
+            )
+        }
+        Command::ExpireAt(key, ms, condition) => {
+            let (op, time) = at(&key, u64::try_from(ms).unwrap_or(0), condition);
+            deadline = Some((0, time));
+            (vec![op], Shape::Flag, Combine::One)
+        }
         cmd => match apply::batchable(cmd) {
-            Ok((op, shape)) => (vec![op], shape),
+            Ok((op, shape)) => (vec![op], shape, Combine::One),
             Err(_) => {
                 tx.aborted = true;
                 return Frame::err(format!(
-                    "'{name}' cannot run in a transaction, which takes GET, SET, SETNX, \
-                     GETSET, SETEX, PSETEX, DEL, UNLINK, EXISTS, TOUCH, INCR, DECR, INCRBY, \
-                     DECRBY, EXPIRE, PEXPIRE, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME, \
-                     TYPE, STRLEN, GETRANGE, PING, ECHO and UNWATCH"
+                    "'{name}' cannot run in a transaction, which takes GET, MGET, SET, \
+                     SETNX, GETSET, SETEX, PSETEX, MSET, GETDEL, GETEX, DEL, UNLINK, EXISTS, \
+                     TOUCH, INCR, DECR, INCRBY, DECRBY, EXPIRE, PEXPIRE, EXPIREAT, \
+                     PEXPIREAT, PERSIST, TTL, PTTL, EXPIRETIME, PEXPIRETIME, TYPE, STRLEN, \
+                     GETRANGE, PING, ECHO and UNWATCH"
                 ));
             }
         },
@@ -347,8 +416,12 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
             }
         }
     }
+    if let Some((i, time)) = deadline {
+        tx.deadlines.push((tx.ops.len() + i, time));
+    }
     tx.queued.push(Queued::Ops {
         shape,
+        combine,
         name,
         n: ops.len(),
     });
@@ -360,19 +433,6 @@ fn queue(cmd: Command, name: &'static str, session: &mut Session, shared: &Share
 fn queue_reply(tx: &mut Transaction, frame: Frame, name: &'static str) -> Frame {
     tx.queued.push(Queued::Reply { frame, name });
     Frame::Simple("QUEUED")
-}
-
-/// The reply of a command made of several operations (`DEL`, `EXISTS`): the sum of
-/// their integer replies, or the first error.
-fn sum_frame(frames: Vec<Frame>) -> Frame {
-    let mut sum = 0;
-    for frame in frames {
-        match frame {
-            Frame::Integer(n) => sum += n,
-            error => return error,
-        }
-    }
-    Frame::Integer(sum)
 }
 
 /// Executes the collected run as one batch and encodes the replies in order.
