@@ -104,6 +104,10 @@ pub enum Error {
     /// keys together.
     #[error("keys of different partitions in one operation")]
     CrossSlot,
+    /// Not run: a key the transaction watched (`BatchOp::Unchanged`, Redis `WATCH`)
+    /// changed since it was watched, so the transaction stopped before this operation.
+    #[error("a watched key changed; the transaction was not run")]
+    WatchedKeyChanged,
     /// The operation exists only in standalone mode (for example `flush`, creating a
     /// bucket at run time): the cluster layer has no honest equivalent. Nothing changed.
     #[error("{operation} is not supported in cluster mode")]

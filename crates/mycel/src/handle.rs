@@ -35,7 +35,8 @@ use crate::error::Error;
 use crate::ldouble::LongDouble;
 use crate::slot::Partition;
 use crate::store::{
-    BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, Renamed, SetOptions, Store, Ttl,
+    BucketId, BucketOptions, DEFAULT_REAP_SAMPLE, ExpireCondition, KeyStamp, Renamed, SetOptions,
+    Store, Ttl,
 };
 
 /// Name of the bucket created by every backend, used by clients that do not pick one.
@@ -970,14 +971,34 @@ impl Mycel {
     /// other operation between them, each then succeeding or failing on its own. In
     /// cluster mode every key must be in one partition ([`Error::CrossSlot`] otherwise,
     /// nothing run; see [`Cluster::transaction`]); standalone, any keys.
+    ///
+    /// A [`BatchOp::Unchanged`] that does not hold stops the transaction: the operations
+    /// after it answer [`Error::WatchedKeyChanged`] without running (see
+    /// [`transaction_if`](Self::transaction_if)).
     pub async fn transaction(
         &self,
         bucket: BucketId,
         ops: Vec<BatchOp>,
     ) -> Result<Vec<Result<BatchReply, Error>>, Error> {
         match &self.inner.backend {
-            // The store's lock is held for the whole batch.
-            Backend::Local(_) => Ok(self.batch(bucket, ops).await),
+            Backend::Local(l) => {
+                let now = now();
+                // Held for the whole transaction.
+                let mut store = lock(&l.store);
+                let mut held = true;
+                Ok(ops
+                    .into_iter()
+                    .map(|op| {
+                        if !held {
+                            return Err(Error::WatchedKeyChanged);
+                        }
+                        let check = matches!(op, BatchOp::Unchanged { .. });
+                        let result = op.apply(&mut store, bucket, now, STANDALONE_EPOCH);
+                        held = !check || matches!(result, Ok(BatchReply::Bool(true)));
+                        result
+                    })
+                    .collect())
+            }
             Backend::Cluster(c) => {
                 let name = c.name(bucket)?;
                 let results = c
@@ -991,6 +1012,59 @@ impl Mycel {
                     .collect())
             }
         }
+    }
+
+    /// The [`KeyStamp`] of each of `keys`, read together at their primary (Redis
+    /// `WATCH`): what [`transaction_if`](Self::transaction_if) compares. In cluster mode
+    /// the keys must be of one partition ([`Error::CrossSlot`]), and a primary from
+    /// before `WATCH` is refused ([`Error::Cluster`], naming it).
+    pub async fn stamps(&self, bucket: BucketId, keys: Vec<Bytes>) -> Result<Vec<KeyStamp>, Error> {
+        let ops = keys.into_iter().map(|key| BatchOp::Stamp { key }).collect();
+        self.transaction(bucket, ops)
+            .await?
+            .into_iter()
+            .map(|result| match result {
+                Ok(BatchReply::Stamp(stamp)) => Ok(stamp),
+                Err(e) => Err(e),
+                Ok(_) => Err(Error::Cluster {
+                    reason: "unexpected answer to a key stamp".to_owned(),
+                }),
+            })
+            .collect()
+    }
+
+    /// [`transaction`](Self::transaction) if every `watched` key still has its stamp
+    /// (from [`stamps`](Self::stamps)), checked in the transaction itself, so no write
+    /// can come between the check and the operations: Redis `WATCH` ... `EXEC`. `None`
+    /// when one changed; then nothing ran. In cluster mode the watched keys must be in
+    /// the operations' partition.
+    pub async fn transaction_if(
+        &self,
+        bucket: BucketId,
+        watched: Vec<(Bytes, KeyStamp)>,
+        ops: Vec<BatchOp>,
+    ) -> Result<Option<Vec<Result<BatchReply, Error>>>, Error> {
+        let checks = watched.len();
+        let all = watched
+            .into_iter()
+            .map(|(key, stamp)| BatchOp::Unchanged { key, stamp })
+            .chain(ops)
+            .collect();
+        let mut results = self.transaction(bucket, all).await?;
+        let ran = results.split_off(checks.min(results.len()));
+        for check in results {
+            match check {
+                Ok(BatchReply::Bool(true)) => {}
+                Ok(BatchReply::Bool(false)) => return Ok(None),
+                Err(e) => return Err(e),
+                Ok(_) => {
+                    return Err(Error::Cluster {
+                        reason: "unexpected answer to a watched key's check".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(Some(ran))
     }
 
     /// One step of a cursor scan over `bucket`'s keys, Redis `SCAN`-style: start with

@@ -75,6 +75,6 @@ pub use routing::{
 };
 pub use slot::{Partition, Partitioning, Slot};
 pub use store::{
-    Applied, BucketId, BucketOptions, Condition, ExpireCondition, Expiry, Renamed, SetOptions,
-    SetOutcome, Store, StoreConfig, Ttl, Version, Write, WriteOp,
+    Applied, BucketId, BucketOptions, Condition, ExpireCondition, Expiry, KeyStamp, Renamed,
+    SetOptions, SetOutcome, Store, StoreConfig, Ttl, Version, Write, WriteOp,
 };

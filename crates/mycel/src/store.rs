@@ -321,6 +321,17 @@ pub enum Applied {
     },
 }
 
+/// What Redis `WATCH` remembers of a key ([`Store::stamp`]): a later write, delete,
+/// expiry change, expiry or eviction of the key gives another stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyStamp {
+    /// The version of the key's live entry or tombstone; `None` when the store holds
+    /// neither (never written, evicted, expired).
+    pub version: Option<Version>,
+    /// Whether the key holds a value.
+    pub live: bool,
+}
+
 /// A key's time to live, as Redis `TTL`/`PTTL` report it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
@@ -794,6 +805,26 @@ impl Store {
                     at,
                     remaining: at.saturating_since(now),
                 },
+            },
+        }
+    }
+
+    /// `key`'s [`KeyStamp`] at `now`. An expired entry counts as absent, whether or not
+    /// it was removed yet, so that removing it changes nothing; a tombstone keeps its
+    /// version, so that a key written and deleted again does not look untouched.
+    pub fn stamp(&self, bucket: BucketId, key: &[u8], now: Timestamp) -> KeyStamp {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key,
+        };
+        match self.cache.peek(&k).filter(|e| !e.is_expired(now)) {
+            Some(e) => KeyStamp {
+                version: Some(e.version),
+                live: e.value.is_some(),
+            },
+            None => KeyStamp {
+                version: None,
+                live: false,
             },
         }
     }
@@ -1814,6 +1845,47 @@ mod tests {
             .create_bucket("main", BucketOptions::default())
             .expect("new bucket");
         (s, id)
+    }
+
+    /// A key's stamp changes with every write, delete, expiry change and expiry, and
+    /// only then: a read, or removing an entry that had already expired, leaves it.
+    #[test]
+    fn a_stamp_changes_with_every_change_of_the_key() {
+        let (mut s, id) = store();
+        let absent = s.stamp(id, b"k", T0);
+        assert_eq!(
+            absent,
+            KeyStamp {
+                version: None,
+                live: false
+            }
+        );
+        s.set(id, b("k"), b("1"), SetOptions::default(), T0, 1)
+            .expect("set");
+        let written = s.stamp(id, b"k", T0);
+        assert!(written.live && written.version.is_some());
+        assert_eq!(s.get(id, b"k", T0), Some(b("1")));
+        assert_eq!(s.stamp(id, b"k", T0), written, "a read changes nothing");
+        s.set(id, b("k"), b("1"), SetOptions::default(), T0, 1)
+            .expect("set");
+        let rewritten = s.stamp(id, b"k", T0);
+        assert_ne!(rewritten, written, "the same value written again");
+        s.expire(id, b("k"), at(100), ExpireCondition::Always, T0, 1)
+            .expect("expire");
+        let expiring = s.stamp(id, b"k", T0);
+        assert_ne!(expiring, rewritten);
+        // Expired: absent, whether or not the entry was removed yet.
+        let expired = s.stamp(id, b"k", at(100));
+        assert_eq!(expired, absent);
+        assert!(!s.exists(id, b"k", at(100)), "removes the entry");
+        assert_eq!(s.stamp(id, b"k", at(100)), expired);
+        // Written and deleted again: a tombstone, not the absent key it was.
+        s.set(id, b("k"), b("2"), SetOptions::default(), at(100), 1)
+            .expect("set");
+        s.delete(id, b("k"), at(100), 1).expect("delete");
+        let deleted = s.stamp(id, b"k", at(100));
+        assert!(!deleted.live && deleted.version.is_some());
+        assert_ne!(deleted, absent);
     }
 
     /// A plain `SET` with `EX`/`PX`: the value expires `ttl` after the write.

@@ -779,6 +779,169 @@ async fn flush_deletes_every_key_at_primaries_and_backups() {
     assert_readable(&nodes.refs(), &acked).await;
 }
 
+/// Optimistic read-modify-write through every node of three (Redis `WATCH`): each
+/// caller reads a counter with its stamp, then writes the value plus one in a
+/// transaction that first checks the stamp, again while the check fails. No increment
+/// is lost (the check catches every write in between), and none is applied twice (a
+/// failed check stops the transaction: the write after it does not run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_transaction_runs_only_if_the_key_is_unchanged() {
+    let _serial = SERIAL.lock().await;
+    let (_ca, nodes) = cluster(3).await;
+    let nodes: Vec<Arc<Cluster>> = nodes.into_iter().map(Arc::new).collect();
+    let counter = Bytes::from_static(b"{watch}counter");
+    let (callers, rounds) = (6, 25);
+    let tasks: Vec<_> = (0..callers)
+        .map(|c| {
+            let node = Arc::clone(&nodes[c % nodes.len()]);
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    loop {
+                        let read = vec![
+                            BatchOp::Stamp {
+                                key: counter.clone(),
+                            },
+                            BatchOp::Get {
+                                key: counter.clone(),
+                            },
+                        ];
+                        let results = node.transaction(BUCKET, read).await.expect("read");
+                        let (Ok(BatchReply::Stamp(stamp)), Ok(BatchReply::Value(value))) =
+                            (&results[0], &results[1])
+                        else {
+                            panic!("through {}: {results:?}", node.id());
+                        };
+                        let n: u64 = value.as_ref().map_or(0, |v| {
+                            std::str::from_utf8(v)
+                                .expect("utf-8")
+                                .parse()
+                                .expect("number")
+                        });
+                        let write = vec![
+                            BatchOp::Unchanged {
+                                key: counter.clone(),
+                                stamp: *stamp,
+                            },
+                            BatchOp::Set {
+                                key: counter.clone(),
+                                value: Bytes::from((n + 1).to_string()),
+                                options: SetOptions::default(),
+                            },
+                        ];
+                        let results = node.transaction(BUCKET, write).await.expect("write");
+                        match (&results[0], &results[1]) {
+                            (Ok(BatchReply::Bool(true)), Ok(BatchReply::Set(_))) => break,
+                            (
+                                Ok(BatchReply::Bool(false)),
+                                Err(ClusterError::Mycel(Error::WatchedKeyChanged)),
+                            ) => {}
+                            other => panic!("through {}: {other:?}", node.id()),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let total = settled("get", || nodes[0].get(BUCKET, counter.clone())).await;
+    assert_eq!(total, Some(Bytes::from((callers * rounds).to_string())));
+
+    // A write through another node between the stamp and the check: the check fails
+    // and nothing after it runs; a delete, and a write then a delete, change the stamp
+    // too.
+    let stamp_of = |node: Arc<Cluster>, key: Bytes| async move {
+        match node.transaction(BUCKET, vec![BatchOp::Stamp { key }]).await {
+            Ok(mut r) => match r.pop() {
+                Some(Ok(BatchReply::Stamp(s))) => s,
+                other => panic!("{other:?}"),
+            },
+            Err(e) => panic!("{e}"),
+        }
+    };
+    let check = |key: &Bytes, stamp| {
+        vec![
+            BatchOp::Unchanged {
+                key: key.clone(),
+                stamp,
+            },
+            BatchOp::IncrBy {
+                key: Bytes::from_static(b"{watch}side"),
+                delta: 1,
+            },
+        ]
+    };
+    let stamp = stamp_of(Arc::clone(&nodes[0]), counter.clone()).await;
+    nodes[1]
+        .set(
+            BUCKET,
+            counter.clone(),
+            Bytes::from_static(b"0"),
+            SetOptions::default(),
+        )
+        .await
+        .expect("set");
+    let results = nodes[2]
+        .transaction(BUCKET, check(&counter, stamp))
+        .await
+        .expect("check");
+    assert!(
+        matches!(
+            results[..],
+            [
+                Ok(BatchReply::Bool(false)),
+                Err(ClusterError::Mycel(Error::WatchedKeyChanged))
+            ]
+        ),
+        "{results:?}"
+    );
+    let fresh = Bytes::from_static(b"{watch}fresh");
+    let stamp = stamp_of(Arc::clone(&nodes[1]), fresh.clone()).await;
+    assert_eq!((stamp.version, stamp.live), (None, false));
+    nodes[0]
+        .set(
+            BUCKET,
+            fresh.clone(),
+            Bytes::from_static(b"1"),
+            SetOptions::default(),
+        )
+        .await
+        .expect("set");
+    nodes[0]
+        .delete(BUCKET, fresh.clone())
+        .await
+        .expect("delete");
+    let results = nodes[2]
+        .transaction(BUCKET, check(&fresh, stamp))
+        .await
+        .expect("check");
+    assert!(
+        matches!(
+            results[..],
+            [
+                Ok(BatchReply::Bool(false)),
+                Err(ClusterError::Mycel(Error::WatchedKeyChanged))
+            ]
+        ),
+        "{results:?}"
+    );
+    // Unchanged: the check holds and the rest runs.
+    let stamp = stamp_of(Arc::clone(&nodes[2]), counter.clone()).await;
+    let results = nodes[0]
+        .transaction(BUCKET, check(&counter, stamp))
+        .await
+        .expect("check");
+    assert!(
+        matches!(
+            results[..],
+            [Ok(BatchReply::Bool(true)), Ok(BatchReply::Int(1))]
+        ),
+        "{results:?}"
+    );
+}
+
 /// A transaction's operations are applied by their partition's primary as one: no other
 /// caller's operation comes between them, however many there are (more than one hold
 /// of the lock takes in a batch) and whoever else forwards to that primary meanwhile.

@@ -136,7 +136,7 @@ use crate::placement::{DEFAULT_WEIGHT, Member};
 use crate::routing::{Role, RoutingTable, ViewStabilizer, authority};
 use crate::slot::Partition;
 use crate::store::{
-    BucketId, BucketOptions, ExpireCondition, Renamed, SetOptions, Store, Ttl, Write,
+    BucketId, BucketOptions, ExpireCondition, KeyStamp, Renamed, SetOptions, Store, Ttl, Write,
 };
 
 /// The nodosum application name of the protocol.
@@ -419,6 +419,22 @@ pub enum BatchOp {
         /// The increment.
         delta: i64,
     },
+    /// `key`'s [`KeyStamp`] at its primary, what Redis `WATCH` remembers
+    /// ([`BatchReply::Stamp`]).
+    Stamp {
+        /// The key.
+        key: Bytes,
+    },
+    /// Whether `key`'s stamp is still `stamp` ([`BatchReply::Bool`]). In a transaction,
+    /// one that does not hold stops it: no operation after it runs (each answers
+    /// [`Error::WatchedKeyChanged`]), which is Redis `EXEC` after `WATCH` when the checks
+    /// come first.
+    Unchanged {
+        /// The key.
+        key: Bytes,
+        /// Its stamp when it was watched.
+        stamp: KeyStamp,
+    },
 }
 
 /// The result of one [`BatchOp`].
@@ -434,6 +450,8 @@ pub enum BatchReply {
     Set(SetResult),
     /// `IncrBy`.
     Int(i64),
+    /// `Stamp`.
+    Stamp(KeyStamp),
 }
 
 impl BatchOp {
@@ -447,7 +465,9 @@ impl BatchOp {
             | Self::Delete { key }
             | Self::Expire { key, .. }
             | Self::Persist { key }
-            | Self::IncrBy { key, .. } => key,
+            | Self::IncrBy { key, .. }
+            | Self::Stamp { key }
+            | Self::Unchanged { key, .. } => key,
         }
     }
 
@@ -455,7 +475,11 @@ impl BatchOp {
     fn is_write(&self) -> bool {
         !matches!(
             self,
-            Self::Get { .. } | Self::Exists { .. } | Self::Ttl { .. }
+            Self::Get { .. }
+                | Self::Exists { .. }
+                | Self::Ttl { .. }
+                | Self::Stamp { .. }
+                | Self::Unchanged { .. }
         )
     }
 
@@ -508,6 +532,10 @@ impl BatchOp {
             }
             Self::IncrBy { key, delta } => {
                 BatchReply::Int(store.incr_by(bucket, key, delta, now, epoch)?.0)
+            }
+            Self::Stamp { key } => BatchReply::Stamp(store.stamp(bucket, &key, now)),
+            Self::Unchanged { key, stamp } => {
+                BatchReply::Bool(store.stamp(bucket, &key, now) == stamp)
             }
         })
     }
@@ -571,6 +599,15 @@ impl BatchOp {
                 key: WBytes(key),
                 delta,
             },
+            Self::Stamp { key } => Op::Stamp {
+                bucket,
+                key: WBytes(key),
+            },
+            Self::Unchanged { key, stamp } => Op::Unchanged {
+                bucket,
+                key: WBytes(key),
+                stamp,
+            },
         }
     }
 }
@@ -585,9 +622,11 @@ fn batch_reply(op: &Op, reply: OpReply) -> Option<BatchReply> {
             | Op::Delete { .. }
             | Op::Expire { .. }
             | Op::ExpireIf { .. }
-            | Op::Persist { .. },
+            | Op::Persist { .. }
+            | Op::Unchanged { .. },
             OpReply::Bool(b),
         ) => BatchReply::Bool(b),
+        (Op::Stamp { .. }, OpReply::Stamp(s)) => BatchReply::Stamp(s),
         (Op::Ttl { .. }, OpReply::Ttl(t)) => BatchReply::Ttl(t.into()),
         (Op::Set { .. }, OpReply::Set { applied, previous }) => BatchReply::Set(SetResult {
             applied,
@@ -1675,7 +1714,10 @@ impl Inner {
             replication_factor: self.config.mycel.replication_factor,
             leaving: self.leaving.load(Ordering::Acquire),
             frozen: self.frozen.load(Ordering::Acquire),
-            features: wire::FEATURE_CARRY | wire::FEATURE_CLEAR | wire::FEATURE_ATOMIC,
+            features: wire::FEATURE_CARRY
+                | wire::FEATURE_CLEAR
+                | wire::FEATURE_ATOMIC
+                | wire::FEATURE_WATCH,
         }
     }
 
@@ -1931,6 +1973,9 @@ impl Inner {
     ) -> Result<Vec<Result<OpReply, ClusterError>>, ClusterError> {
         let partition = self.partition(&ops[0]);
         let write = ops.iter().any(Op::is_write);
+        let needs = ops
+            .iter()
+            .fold(wire::FEATURE_ATOMIC, |needs, op| needs | op.needs());
         let answered = self
             .route_with(partition, write, |primary: NodeId, epoch: u64| async move {
                 let results = if primary == self.me {
@@ -1941,10 +1986,15 @@ impl Inner {
                     match self.announced(&primary) {
                         // Its metadata not read yet (it just joined): wait for it.
                         None => return Err(Attempt::Unreachable),
-                        Some(f) if f & wire::FEATURE_ATOMIC == 0 => {
+                        Some(f) if f & needs != needs => {
+                            let operation = if f & wire::FEATURE_ATOMIC == 0 {
+                                "MULTI/EXEC"
+                            } else {
+                                "WATCH"
+                            };
                             return Ok(Err(ClusterError::OlderMember {
                                 node: primary,
-                                operation: "MULTI/EXEC",
+                                operation,
                             }));
                         }
                         Some(_) => {}
@@ -2227,6 +2277,7 @@ impl Inner {
             Refusal::Overflow => Error::Overflow.into(),
             Refusal::NotAFloat => Error::NotAFloat.into(),
             Refusal::NotFinite => Error::NotFinite.into(),
+            Refusal::WatchFailed => Error::WatchedKeyChanged.into(),
             Refusal::NoLoader { bucket } => ClusterError::NoLoader { bucket },
             Refusal::Deferred => ClusterError::Unreachable { node: node.clone() },
             Refusal::Behind { .. } | Refusal::UnknownSession | Refusal::BadRequest => {
@@ -2297,6 +2348,8 @@ impl Inner {
         // index of the operation that made it.
         let mut groups: Vec<(Arc<RoutingTable>, Vec<Write>, Vec<usize>)> = Vec::new();
         let mut held = Held::default();
+        // A transaction's `Unchanged` did not hold: nothing after it runs.
+        let mut watch_failed = false;
         let mut ops = ops;
         while ops.len() > 0 {
             let mut st = self.lock();
@@ -2307,6 +2360,10 @@ impl Inner {
             for op in ops.by_ref().take(lock_run) {
                 if bound && !results.is_empty() && reply_bytes > self.config.page_bytes {
                     results.push(Err(Refusal::Deferred));
+                    continue;
+                }
+                if watch_failed {
+                    results.push(Err(Refusal::WatchFailed));
                     continue;
                 }
                 if writes.capacity() == 0 && op.is_write() {
@@ -2323,6 +2380,11 @@ impl Inner {
                     reply_bytes += reply.size();
                     wrote.extend(std::iter::repeat_n(results.len(), writes.len() - before));
                 }
+                // Refused (moved, say) counts as not holding: the sender learns why
+                // from this answer, and retries the whole transaction if it may.
+                watch_failed = mode == BatchMode::Atomic
+                    && matches!(op, Op::Unchanged { .. })
+                    && !matches!(result, Ok(OpReply::Bool(true)));
                 results.push(result);
             }
             if writes.is_empty() {

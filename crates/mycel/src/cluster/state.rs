@@ -809,6 +809,14 @@ impl State {
                 let b = bucket_of(store, bucket)?;
                 OpReply::Ttl(store.ttl(b, &key.0, now).into())
             }
+            Op::Stamp { bucket, key } => {
+                let b = bucket_of(store, bucket)?;
+                OpReply::Stamp(store.stamp(b, &key.0, now))
+            }
+            Op::Unchanged { bucket, key, stamp } => {
+                let b = bucket_of(store, bucket)?;
+                OpReply::Bool(store.stamp(b, &key.0, now) == *stamp)
+            }
             Op::Set {
                 bucket,
                 key,
@@ -1430,6 +1438,22 @@ mod tests {
                     }
                 ),
                 (bucket(), key()).prop_map(|(bucket, key)| Op::Persist { bucket, key }),
+                (bucket(), key()).prop_map(|(bucket, key)| Op::Stamp { bucket, key }),
+                (
+                    bucket(),
+                    key(),
+                    proptest::option::of((any::<u64>(), any::<u64>())),
+                    any::<bool>()
+                )
+                    .prop_map(|(bucket, key, version, live)| Op::Unchanged {
+                        bucket,
+                        key,
+                        stamp: crate::store::KeyStamp {
+                            version: version
+                                .map(|(epoch, seq)| crate::store::Version { epoch, seq }),
+                            live,
+                        },
+                    }),
                 (bucket(), key(), any::<i64>()).prop_map(|(bucket, key, delta)| Op::IncrBy {
                     bucket,
                     key,

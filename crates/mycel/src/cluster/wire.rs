@@ -23,7 +23,9 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::routing::RoutingTable;
 use crate::slot::{Partition, Partitioning};
-use crate::store::{Condition, ExpireCondition, Expiry, SetOptions, Ttl, Version, Write, WriteOp};
+use crate::store::{
+    Condition, ExpireCondition, Expiry, KeyStamp, SetOptions, Ttl, Version, Write, WriteOp,
+};
 
 /// The protocol version byte in front of every body.
 pub(crate) const WIRE_VERSION: u8 = 1;
@@ -369,6 +371,17 @@ pub(crate) enum Op {
         from: u64,
         max_bytes: u32,
     },
+    /// The key's stamp (`WATCH`), answered with `OpReply::Stamp`. Only to nodes
+    /// announcing [`FEATURE_WATCH`].
+    Stamp { bucket: WStr, key: WBytes },
+    /// Whether the key's stamp is still `stamp` (`OpReply::Bool`); in a [`Msg::Atomic`],
+    /// one that does not hold stops the transaction (every later operation answers
+    /// [`Refusal::WatchFailed`]). Only to nodes announcing [`FEATURE_WATCH`].
+    Unchanged {
+        bucket: WStr,
+        key: WBytes,
+        stamp: KeyStamp,
+    },
 }
 
 /// A response.
@@ -496,7 +509,9 @@ impl Op {
             | Self::Copy { key, .. }
             | Self::IncrByFloat { key, .. }
             | Self::SetRange { key, .. }
-            | Self::GetOrLoad { key, .. } => Some(&key.0),
+            | Self::GetOrLoad { key, .. }
+            | Self::Stamp { key, .. }
+            | Self::Unchanged { key, .. } => Some(&key.0),
             Self::MGet { keys, .. } => keys.first().map(|k| &k.0),
             Self::MSet { entries, .. } | Self::MSetNx { entries, .. } => {
                 entries.first().map(|(k, _)| &k.0)
@@ -531,6 +546,7 @@ impl Op {
             | Self::IncrByFloat { .. }
             | Self::SetRange { .. } => FEATURE_CARRY,
             Self::Clear { .. } => FEATURE_CLEAR,
+            Self::Stamp { .. } | Self::Unchanged { .. } => FEATURE_WATCH,
             Self::Get { .. }
             | Self::Exists { .. }
             | Self::Ttl { .. }
@@ -585,6 +601,8 @@ impl Op {
                 | Self::IncrBy { .. }
                 | Self::Scan { .. }
                 | Self::Clear { .. }
+                | Self::Stamp { .. }
+                | Self::Unchanged { .. }
         )
     }
 
@@ -625,7 +643,9 @@ impl Op {
             | Self::Copy { bucket, .. }
             | Self::IncrByFloat { bucket, .. }
             | Self::SetRange { bucket, .. }
-            | Self::Clear { bucket, .. } => bucket.len(),
+            | Self::Clear { bucket, .. }
+            | Self::Stamp { bucket, .. }
+            | Self::Unchanged { bucket, .. } => bucket.len(),
             Self::Count => 0,
         };
         self.key().map_or(0, Bytes::len) + value + bucket + 48
@@ -678,6 +698,8 @@ pub(crate) enum OpReply {
     /// What an `Op::Clear` deleted, and the scan order to go on from if the partition has
     /// more. Appended, as `Op::Clear`.
     Cleared { deleted: u64, next: Option<u64> },
+    /// An `Op::Stamp`'s stamp. Appended, as `Op::Stamp`.
+    Stamp(KeyStamp),
 }
 
 /// Why a node refused or failed a request.
@@ -716,6 +738,9 @@ pub(crate) enum Refusal {
     NotAFloat,
     /// The sum is not finite (`INCRBYFLOAT`).
     NotFinite,
+    /// Not executed: an `Op::Unchanged` before it in the transaction did not hold.
+    /// Appended; only in answers to [`FEATURE_WATCH`] operations.
+    WatchFailed,
 }
 
 impl Refusal {
@@ -748,6 +773,7 @@ impl Refusal {
             Error::Overflow => Self::Overflow,
             Error::NotAFloat => Self::NotAFloat,
             Error::NotFinite => Self::NotFinite,
+            Error::WatchedKeyChanged => Self::WatchFailed,
             _ => Self::BadRequest,
         }
     }
@@ -967,6 +993,10 @@ pub(crate) const FEATURE_CLEAR: u32 = 2;
 
 /// [`MemberMeta::features`]: the node serves [`Msg::Atomic`] (`MULTI`/`EXEC`).
 pub(crate) const FEATURE_ATOMIC: u32 = 4;
+
+/// [`MemberMeta::features`]: the node decodes [`Op::Stamp`] and [`Op::Unchanged`]
+/// (`WATCH`).
+pub(crate) const FEATURE_WATCH: u32 = 8;
 
 /// What a node announces about itself in its gossip metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1256,6 +1286,31 @@ mod tests {
                     },
                 ],
             },
+            Msg::Atomic {
+                epoch: 5,
+                ops: vec![
+                    Op::Unchanged {
+                        bucket: "default".into(),
+                        key: b("{t}a"),
+                        stamp: KeyStamp {
+                            version: Some(Version { epoch: 5, seq: 9 }),
+                            live: true,
+                        },
+                    },
+                    Op::Unchanged {
+                        bucket: "default".into(),
+                        key: b("{t}b"),
+                        stamp: KeyStamp {
+                            version: None,
+                            live: false,
+                        },
+                    },
+                    Op::Stamp {
+                        bucket: "default".into(),
+                        key: b("{t}c"),
+                    },
+                ],
+            },
         ]
     }
 
@@ -1295,6 +1350,11 @@ mod tests {
                 }),
                 Err(Refusal::NotAnInteger),
                 Err(Refusal::Deferred),
+                Err(Refusal::WatchFailed),
+                Ok(OpReply::Stamp(KeyStamp {
+                    version: Some(Version { epoch: 1, seq: 2 }),
+                    live: false,
+                })),
                 Ok(OpReply::Value(Some(b("v")))),
                 Ok(OpReply::Keys {
                     keys: vec![b("a"), b("")],

@@ -335,7 +335,10 @@ pub enum Command {
     Exec,
     /// `DISCARD`: drop the queued commands.
     Discard,
-    /// `UNWATCH`: nothing is ever watched, so only `+OK`.
+    /// `WATCH key [key ...]`: `EXEC` runs the next transaction only if none of these
+    /// keys changed meanwhile.
+    Watch(Vec<Bytes>),
+    /// `UNWATCH`: forget the watched keys.
     Unwatch,
     /// `GET key`.
     Get(Bytes),
@@ -774,15 +777,9 @@ impl Command {
                 arity(rest.is_empty())?;
                 Self::Unwatch
             }
-            // Known to clients, and refused with the reason rather than as unknown.
             "watch" => {
-                if rest.is_empty() {
-                    return Err(wrong_arity(name));
-                }
-                return Err(Frame::err(
-                    "WATCH is not supported: Mycel has no optimistic locking \
-                     (MULTI/EXEC without WATCH is)",
-                ));
+                arity(!rest.is_empty())?;
+                Self::Watch(rest.to_vec())
             }
             _ => return Err(unknown_command(args)),
         })
@@ -1680,10 +1677,10 @@ mod tests {
             parse("WATCH"),
             err("ERR wrong number of arguments for 'watch' command")
         );
-        let Err(Frame::Error(e)) = parse("WATCH k") else {
-            panic!("WATCH is refused")
-        };
-        assert!(e.contains("not supported"), "{e}");
+        assert_eq!(
+            parse("WATCH k l"),
+            Ok(Command::Watch(vec!["k".into(), "l".into()]))
+        );
     }
 
     #[test]

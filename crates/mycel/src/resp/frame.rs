@@ -33,6 +33,9 @@ pub enum Frame {
     Null,
     /// `*N` followed by N frames.
     Array(Vec<Self>),
+    /// The null array: `*-1` in RESP2, `_` in RESP3 (`EXEC` of a transaction whose
+    /// watched key changed).
+    NullArray,
     /// A map: `%N` in RESP3, a flat array of 2N frames in RESP2.
     Map(Vec<(Self, Self)>),
 }
@@ -61,6 +64,10 @@ impl Frame {
             },
             Self::Null => match proto {
                 Protocol::Resp2 => dst.put_slice(b"$-1\r\n"),
+                Protocol::Resp3 => dst.put_slice(b"_\r\n"),
+            },
+            Self::NullArray => match proto {
+                Protocol::Resp2 => dst.put_slice(b"*-1\r\n"),
                 Protocol::Resp3 => dst.put_slice(b"_\r\n"),
             },
             Self::Array(items) => {

@@ -175,6 +175,65 @@ fn atomic_pipelines_run_as_one_transaction() {
     assert_eq!(exists, 0, "nothing of a refused transaction is applied");
 }
 
+/// The `redis` crate's optimistic transactions (`redis::transaction`: `WATCH`, read,
+/// `MULTI` ... `EXEC`, again while `EXEC` answers null): eight connections increment one
+/// counter by reading it and writing the value plus one, and no increment is lost, each
+/// lost race being retried. A write by another connection between `WATCH` and `EXEC`
+/// makes `EXEC` answer null and run nothing.
+#[test]
+fn watch_makes_read_modify_write_safe() {
+    let s = Server::start(&[]);
+    let (threads, rounds) = (8, 40);
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut con = connect(&s, "");
+            std::thread::spawn(move || {
+                for _ in 0..rounds {
+                    let () = redis::transaction(&mut con, &["{rmw}n"], |con, pipe| {
+                        let n: Option<i64> = con.get("{rmw}n")?;
+                        pipe.set("{rmw}n", n.unwrap_or(0) + 1).ignore().query(con)
+                    })
+                    .expect("transaction");
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let mut con = connect(&s, "");
+    let total: i64 = con.get("{rmw}n").expect("get");
+    assert_eq!(total, threads * rounds, "an increment was lost");
+
+    // A write by another connection between WATCH and EXEC: EXEC answers null and runs
+    // nothing; the next attempt, with nothing written meanwhile, runs.
+    let mut other = connect(&s, "");
+    let watched: String = redis::cmd("WATCH")
+        .arg("{rmw}n")
+        .query(&mut con)
+        .expect("watch");
+    assert_eq!(watched, "OK");
+    let () = other.set("{rmw}n", 0).expect("set");
+    let ran: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("{rmw}n", 10)
+        .query(&mut con)
+        .expect("exec");
+    assert_eq!(ran, None, "EXEC ran although the watched key changed");
+    let n: i64 = con.get("{rmw}n").expect("get");
+    assert_eq!(n, 0);
+    let _: () = redis::cmd("WATCH")
+        .arg("{rmw}n")
+        .query(&mut con)
+        .expect("watch");
+    let ran: Option<(i64,)> = redis::pipe()
+        .atomic()
+        .incr("{rmw}n", 10)
+        .query(&mut con)
+        .expect("exec");
+    assert_eq!(ran, Some((10,)));
+}
+
 /// An absolute expiry time queued in a transaction (`GETEX ... PXAT`, `PEXPIREAT`) is the
 /// key's expiry time after `EXEC`, however long the transaction was queued: it is not
 /// turned into a duration when queued.

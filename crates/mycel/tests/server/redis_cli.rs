@@ -262,6 +262,53 @@ fn multi_exec_discard() {
     assert!(errors.contains("errorstat_EXECABORT:count=4"), "{errors}");
 }
 
+/// `WATCH`, as Redis 7 answers it (standalone and on a cluster node): `EXEC` answers
+/// null and runs nothing once a watched key was written, deleted, or created and deleted
+/// again (by this connection here; by another in `client.rs`); `UNWATCH`, `EXEC` and
+/// `DISCARD` forget the keys.
+#[test]
+fn watch_runs_exec_only_if_unchanged() {
+    let script = "SET {w}a 1\nWATCH {w}a\nSET {w}a 2\nMULTI\nSET {w}a 3\nEXEC\nGET {w}a\n\
+         WATCH {w}a {w}b\nMULTI\nSET {w}a 4\nGET {w}b\nEXEC\n\
+         WATCH {w}a\nUNWATCH\nSET {w}a 5\nMULTI\nINCR {w}a\nEXEC\n\
+         WATCH {w}a\nDEL {w}a\nMULTI\nEXEC\n\
+         WATCH {w}new\nSET {w}new 1\nDEL {w}new\nMULTI\nEXEC\n\
+         WATCH {w}a\nSET {w}a 1\nMULTI\nDISCARD\nMULTI\nSET {w}a 9\nEXEC\n\
+         WATCH {w}a\nMYCEL.BUCKET default\nMULTI\nWATCH {w}a\nEXEC\nWATCH\n";
+    let want = "OK\nOK\nOK\nOK\nQUEUED\n(nil)\n\"2\"\n\
+         OK\nOK\nQUEUED\nQUEUED\n1) OK\n2) (nil)\n\
+         OK\nOK\nOK\nOK\nQUEUED\n1) (integer) 6\n\
+         OK\n(integer) 1\nOK\n(nil)\n\
+         OK\nOK\n(integer) 1\nOK\n(nil)\n\
+         OK\nOK\nOK\nOK\nOK\nQUEUED\n1) OK\n\
+         OK\n(error) ERR MYCEL.BUCKET while keys are watched: UNWATCH (or EXEC) first\nOK\n\
+         (error) ERR WATCH inside MULTI is not allowed\n(empty array)\n\
+         (error) ERR wrong number of arguments for 'watch' command";
+    for s in [Server::start(&[]), Server::standalone(&[])] {
+        assert_eq!(s.cli_session(script), want);
+    }
+    // In a cluster the watched keys are of one partition, with the transaction's.
+    let s = Server::start(&[]);
+    assert_eq!(
+        s.cli_session("WATCH a b c\nWATCH {w}a\nMULTI\nSET {w}b 1\nSET {z}b 1\nEXEC\n"),
+        "(error) CROSSSLOT Keys in request don't hash to the same slot\nOK\nOK\nQUEUED\n\
+         (error) CROSSSLOT Keys in request don't hash to the same slot\n\
+         (error) EXECABORT Transaction discarded because of previous errors."
+    );
+    // A refused WATCH left keys unwatched: the next EXEC runs nothing.
+    assert_eq!(
+        s.cli_session("WATCH a b c\nMULTI\nSET {w}b 2\nEXEC\nGET {w}b\n"),
+        "(error) CROSSSLOT Keys in request don't hash to the same slot\nOK\nQUEUED\n(nil)\n(nil)"
+    );
+    let mut args = vec!["WATCH".to_owned()];
+    args.extend((0..=4096).map(|i| format!("{{w}}{i}")));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(
+        s.cli(&args),
+        "(error) ERR WATCH of more than 4096 keys on one connection"
+    );
+}
+
 /// Standalone, every key is in the one store: a transaction may span partitions.
 #[test]
 fn multi_exec_across_partitions_when_standalone() {

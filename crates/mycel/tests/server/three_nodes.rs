@@ -83,6 +83,20 @@ fn three_nodes_serve_any_key_and_survive_a_kill() {
             format!("OK\nQUEUED\nQUEUED\nQUEUED\n1) (integer) {count}\n2) OK\n3) \"{count}\"")
         );
     }
+    // And WATCH, checked at the primary: a write after WATCH makes EXEC run nothing.
+    for (i, n) in nodes.iter().enumerate() {
+        let session = n.cli_session(
+            "WATCH {tx}n\nINCR {tx}n\nMULTI\nINCR {tx}n\nEXEC\n\
+             WATCH {tx}n\nMULTI\nINCR {tx}n\nEXEC\n",
+        );
+        let (written, ran) = (4 + 2 * i, 5 + 2 * i);
+        assert_eq!(
+            session,
+            format!(
+                "OK\n(integer) {written}\nOK\nQUEUED\n(nil)\nOK\nOK\nQUEUED\n1) (integer) {ran}"
+            )
+        );
+    }
 
     // A conditional EXPIRE is decided at the primary, whichever node it reaches: every
     // node answers the same for the same key.

@@ -43,8 +43,9 @@ Any node serves any key: it forwards the command to the key's primary, which rep
 writes to --replicas - 1 backups before answering. --standalone serves a single node
 without gossip or QUIC (and adds MYCEL.BUCKET ... CREATE, which a cluster does not
 offer: its buckets are declared in the config file). Strings only. MULTI/EXEC run
-single-key commands as one (in a cluster, all keys in one partition: use one hash tag,
-as {cart:7}:a and {cart:7}:b); WATCH is not supported. COMMAND LIST
+single-key commands as one, and WATCH makes EXEC run only if the watched keys did not
+change (in a cluster, all keys in one partition: use one hash tag, as {cart:7}:a and
+{cart:7}:b). COMMAND LIST
 names every command served. Settings are read at start; CONFIG SET changes only the
 slow log's two (slowlog-log-slower-than, slowlog-max-len).
 

@@ -1,6 +1,7 @@
 //! Executes parsed commands against the [`Mycel`](mycel::Mycel) handle and builds their
 //! replies, in Redis's formats and words.
 
+use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mycel::store::entry_weight;
 use mycel::{
-    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, Mycel,
+    BatchOp, BatchReply, BucketId, BucketOptions, Condition, Error, Expiry, GetEx, KeyStamp, Mycel,
     Partition, Renamed, SetOptions, Timestamp, Ttl,
 };
 
@@ -47,6 +48,27 @@ pub(crate) struct Session {
     pub(crate) authenticated: bool,
     /// The commands queued since `MULTI`, until `EXEC` or `DISCARD`.
     pub(crate) transaction: Option<Transaction>,
+    /// The keys watched since `WATCH`, until `EXEC`, `DISCARD` or `UNWATCH`.
+    pub(crate) watched: Watched,
+}
+
+/// Most keys one connection watches at a time: each is checked in the transaction's
+/// message to the primary, which a message's size bounds.
+pub(crate) const MAX_WATCHED_KEYS: usize = 4096;
+
+/// Keys watched (`WATCH`), of the session's bucket, each with the stamp it had: `EXEC`
+/// runs the transaction only if every one still has it (`Mycel::transaction_if`),
+/// and answers a null array otherwise, running nothing. While keys are watched the
+/// session keeps its bucket (`MYCEL.BUCKET` is refused), so the stamps are of the
+/// transaction's bucket.
+#[derive(Debug, Default)]
+pub(crate) struct Watched {
+    /// The keys and their stamps, each key once.
+    pub(crate) keys: Vec<(Bytes, KeyStamp)>,
+    /// Their partition (in a cluster, where a transaction's keys are of one).
+    pub(crate) partition: Option<Partition>,
+    /// A `WATCH` failed, so a key may be missing: the next `EXEC` runs nothing.
+    pub(crate) failed: bool,
 }
 
 /// A transaction being queued (`MULTI` ... `EXEC`): the commands as batch operations,
@@ -174,6 +196,7 @@ impl Session {
             kill,
             authenticated: !shared.requirepass.is_set(),
             transaction: None,
+            watched: Watched::default(),
         }
     }
 
@@ -286,9 +309,13 @@ pub(crate) async fn execute(
         Command::Ping(None) => Ok(Frame::Simple("PONG")),
         Command::Ping(Some(msg)) | Command::Echo(msg) => Ok(Frame::Bulk(msg)),
         Command::Quit => return (OK, After::Close),
-        // The connection runs transactions (see `conn::transaction`); nothing is ever
-        // watched.
-        Command::Multi | Command::Exec | Command::Discard | Command::Unwatch => Ok(OK),
+        // The connection runs transactions (see `conn::transaction`).
+        Command::Multi | Command::Exec | Command::Discard => Ok(OK),
+        Command::Unwatch => {
+            session.watched = Watched::default();
+            Ok(OK)
+        }
+        Command::Watch(keys) => watch(keys, session, shared).await,
         // The single-key commands `batchable` takes: a connection runs them in batches,
         // and one that reaches here runs as a batch of one, so each has one
         // implementation.
@@ -841,6 +868,54 @@ fn time_frame() -> Frame {
     ])
 }
 
+/// `WATCH`: remembers each key's stamp, the new keys' read together at their primary. In
+/// a cluster every watched key must be in one partition, as a transaction's (`CROSSSLOT`
+/// otherwise). A refused `WATCH` leaves keys unwatched, so it makes the next `EXEC` run
+/// nothing too (a client that went on regardless does not get an unguarded transaction).
+async fn watch(keys: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Result<Frame, Error> {
+    let watched = &mut session.watched;
+    if shared.mycel.cluster().is_some() {
+        let partitioning = shared.mycel.config().store.partitioning;
+        let mut partition = watched.partition;
+        for key in &keys {
+            let p = partitioning.partition_of(key);
+            if *partition.get_or_insert(p) != p {
+                watched.failed = true;
+                return Ok(Frame::Error(
+                    "CROSSSLOT Keys in request don't hash to the same slot".to_owned(),
+                ));
+            }
+        }
+        watched.partition = partition;
+    }
+    let mut seen: HashSet<&Bytes> = watched.keys.iter().map(|(k, _)| k).collect();
+    let mut new: Vec<Bytes> = Vec::new();
+    for key in &keys {
+        if seen.insert(key) {
+            new.push(key.clone());
+        }
+    }
+    if new.is_empty() {
+        return Ok(OK);
+    }
+    if watched.keys.len() + new.len() > MAX_WATCHED_KEYS {
+        watched.failed = true;
+        return Ok(Frame::err(format!(
+            "WATCH of more than {MAX_WATCHED_KEYS} keys on one connection"
+        )));
+    }
+    match shared.mycel.stamps(session.bucket, new.clone()).await {
+        Ok(stamps) => {
+            watched.keys.extend(new.into_iter().zip(stamps));
+            Ok(OK)
+        }
+        Err(e) => {
+            watched.failed = true;
+            Err(e)
+        }
+    }
+}
+
 async fn bucket(
     shared: &Shared,
     session: &mut Session,
@@ -851,6 +926,11 @@ async fn bucket(
             session.bucket_name.as_bytes(),
         )));
     };
+    if !session.watched.keys.is_empty() {
+        return Ok(Frame::err(
+            "MYCEL.BUCKET while keys are watched: UNWATCH (or EXEC) first",
+        ));
+    }
     let Ok(name) = std::str::from_utf8(&arg.name) else {
         return Ok(Frame::err("bucket names must be UTF-8"));
     };
@@ -1016,6 +1096,14 @@ const COMMANDS: &[CommandInfo] = &[
         0,
         0,
         0,
+    ),
+    (
+        "watch",
+        -2,
+        &["noscript", "loading", "stale", "fast"],
+        1,
+        -1,
+        1,
     ),
     ("select", 2, &["loading", "stale", "fast"], 0, 0, 0),
     ("time", 1, &["loading", "stale", "fast"], 0, 0, 0),
@@ -1442,14 +1530,11 @@ fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
 
-    /// `COMMAND` describes every command served (`WATCH`, refused with its reason, is not
-    /// served), and only those.
+    /// `COMMAND` describes every command served, and only those.
     #[test]
     fn command_table_covers_the_parser() {
-        let refused = ["watch"];
         for name in cmd::NAMES {
-            let described = COMMANDS.iter().any(|c| c.0 == *name);
-            assert_eq!(described, !refused.contains(name), "{name}");
+            assert!(COMMANDS.iter().any(|c| c.0 == *name), "{name}");
         }
         for (i, c) in COMMANDS.iter().enumerate() {
             assert!(cmd::NAMES.contains(&c.0), "{} is not parsed", c.0);

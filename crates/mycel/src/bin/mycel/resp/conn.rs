@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use mycel::{BatchOp, ExpireCondition, SetOptions, Timestamp};
 
-use super::apply::{self, After, Combine, Queued, Session, Shape, Transaction};
+use super::apply::{self, After, Combine, Queued, Session, Shape, Transaction, Watched};
 use super::cmd::{self, Command, GetExAction};
 use super::frame::Frame;
 use super::parse::RequestParser;
@@ -134,26 +134,15 @@ async fn run(
                 flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
                 // In a transaction, as in Redis: a known command with a bad argument is
-                // queued and answers its error at EXEC (WATCH answers at once); an
-                // unknown one or a wrong number of arguments fails the transaction.
+                // queued and answers its error at EXEC; an unknown one or a wrong number
+                // of arguments fails the transaction.
                 if let (Some(tx), Some(known), Some(_)) = (&mut session.transaction, name, shown)
                     && !cmd::is_arity_error(&frame)
-                    && known != "watch"
                 {
                     tx.queued.push(Queued::Reply { frame, name: known });
                     Frame::Simple("QUEUED").encode(session.proto, output);
                     continue;
                 }
-                // WATCH inside MULTI is refused at once and fails nothing, as in Redis
-                // (but a wrong number of arguments comes first).
-                let watch_in_multi = session.transaction.is_some()
-                    && name == Some("watch")
-                    && !cmd::is_arity_error(&frame);
-                let frame = if watch_in_multi {
-                    Frame::err("WATCH inside MULTI is not allowed")
-                } else {
-                    frame
-                };
                 // An unknown subcommand is, like an unknown command, no command's: Redis
                 // neither runs nor rejects it (`INFO commandstats` leaves it out), but
                 // counts its error.
@@ -169,9 +158,7 @@ async fn run(
                 c.errors.inc();
                 count_error(shared, &frame);
                 frame.encode(session.proto, output);
-                if let Some(tx) = &mut session.transaction
-                    && !watch_in_multi
-                {
+                if let Some(tx) = &mut session.transaction {
                     tx.aborted = true;
                 }
                 continue;
@@ -189,6 +176,14 @@ async fn run(
                     shared.slowlog.push(took, &args[at], addr, client_name);
                 }
                 count(counters, shared, name, &frame, took);
+                frame.encode(session.proto, output);
+                continue;
+            }
+            // Refused at once, failing nothing, as in Redis: the keys would be watched
+            // only after the transaction's commands were queued.
+            Command::Watch(_) if session.transaction.is_some() => {
+                let frame = Frame::err("WATCH inside MULTI is not allowed");
+                count(counters, shared, name, &frame, Duration::ZERO);
                 frame.encode(session.proto, output);
                 continue;
             }
@@ -239,7 +234,10 @@ async fn transaction(
 ) -> Frame {
     match (cmd, session.transaction.take()) {
         (Command::Multi, None) => {
-            session.transaction = Some(Transaction::default());
+            session.transaction = Some(Transaction {
+                partition: session.watched.partition,
+                ..Transaction::default()
+            });
             Frame::Simple("OK")
         }
         (Command::Multi, tx @ Some(_)) => {
@@ -248,19 +246,39 @@ async fn transaction(
         }
         (Command::Exec, None) => Frame::err("EXEC without MULTI"),
         (Command::Discard, None) => Frame::err("DISCARD without MULTI"),
+        // `EXEC` and `DISCARD` forget the watched keys, whatever happens.
         (Command::Exec, Some(tx)) if tx.aborted => {
+            session.watched = Watched::default();
             Frame::Error("EXECABORT Transaction discarded because of previous errors.".to_owned())
         }
         (Command::Exec, Some(tx)) => {
             let start = Instant::now();
             let (ops, queued) = tx.into_ops();
-            let results = if ops.is_empty() {
-                Vec::new()
-            } else {
-                match shared.mycel.transaction(session.bucket, ops).await {
-                    Ok(results) => results,
-                    Err(e) => return apply::error_frame(&e),
+            let watched = std::mem::take(&mut session.watched);
+            if watched.failed {
+                return Frame::NullArray;
+            }
+            let results = if watched.keys.is_empty() {
+                if ops.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    shared.mycel.transaction(session.bucket, ops).await
                 }
+            } else {
+                match shared
+                    .mycel
+                    .transaction_if(session.bucket, watched.keys, ops)
+                    .await
+                {
+                    Ok(Some(results)) => Ok(results),
+                    // A watched key changed: nothing ran.
+                    Ok(None) => return Frame::NullArray,
+                    Err(e) => Err(e),
+                }
+            };
+            let results = match results {
+                Ok(results) => results,
+                Err(e) => return apply::error_frame(&e),
             };
             let share = start.elapsed() / u32::try_from(queued.len()).unwrap_or(u32::MAX).max(1);
             let mut results = results.into_iter();
@@ -288,7 +306,10 @@ async fn transaction(
                     .collect(),
             )
         }
-        (_, _) => Frame::Simple("OK"),
+        (_, _) => {
+            session.watched = Watched::default();
+            Frame::Simple("OK")
+        }
     }
 }
 
