@@ -873,6 +873,16 @@ async fn a_watched_transaction_runs_only_if_the_key_is_unchanged() {
             },
         ]
     };
+    // The check failed, and the operation after it did not run.
+    let stopped = |results: &[Result<BatchReply, ClusterError>]| {
+        matches!(
+            results,
+            [
+                Ok(BatchReply::Bool(false)),
+                Err(ClusterError::Mycel(Error::WatchedKeyChanged))
+            ]
+        )
+    };
     let stamp = stamp_of(Arc::clone(&nodes[0]), counter.clone()).await;
     nodes[1]
         .set(
@@ -887,16 +897,7 @@ async fn a_watched_transaction_runs_only_if_the_key_is_unchanged() {
         .transaction(BUCKET, check(&counter, stamp))
         .await
         .expect("check");
-    assert!(
-        matches!(
-            results[..],
-            [
-                Ok(BatchReply::Bool(false)),
-                Err(ClusterError::Mycel(Error::WatchedKeyChanged))
-            ]
-        ),
-        "{results:?}"
-    );
+    assert!(stopped(&results), "{results:?}");
     let fresh = Bytes::from_static(b"{watch}fresh");
     let stamp = stamp_of(Arc::clone(&nodes[1]), fresh.clone()).await;
     assert_eq!((stamp.version, stamp.live), (None, false));
@@ -917,16 +918,7 @@ async fn a_watched_transaction_runs_only_if_the_key_is_unchanged() {
         .transaction(BUCKET, check(&fresh, stamp))
         .await
         .expect("check");
-    assert!(
-        matches!(
-            results[..],
-            [
-                Ok(BatchReply::Bool(false)),
-                Err(ClusterError::Mycel(Error::WatchedKeyChanged))
-            ]
-        ),
-        "{results:?}"
-    );
+    assert!(stopped(&results), "{results:?}");
     // Unchanged: the check holds and the rest runs.
     let stamp = stamp_of(Arc::clone(&nodes[2]), counter.clone()).await;
     let results = nodes[0]
