@@ -499,7 +499,7 @@ impl Mycel {
     }
 
     /// Deletes `key` and returns the value it had (Redis `GETDEL`): atomic (in a cluster,
-    /// one transaction at the key's primary; see [`read_then`](Self::read_then)).
+    /// one transaction at the key's primary).
     pub async fn get_del(&self, bucket: BucketId, key: Bytes) -> Result<Option<Bytes>, Error> {
         if let Some(mut store) = self.local() {
             let now = now();
@@ -555,7 +555,7 @@ impl Mycel {
     }
 
     /// Reads `key` and changes its expiry (Redis `GETEX`): atomic (in a cluster, one
-    /// transaction at the key's primary; see [`read_then`](Self::read_then)).
+    /// transaction at the key's primary).
     pub async fn get_ex(
         &self,
         bucket: BucketId,
@@ -1033,11 +1033,12 @@ impl Mycel {
             .collect()
     }
 
-    /// [`transaction`](Self::transaction) if every `watched` key still has its stamp
-    /// (from [`stamps`](Self::stamps)), checked in the transaction itself, so no write
-    /// can come between the check and the operations: Redis `WATCH` ... `EXEC`. `None`
-    /// when one changed; then nothing ran. In cluster mode the watched keys must be in
-    /// the operations' partition.
+    /// [`transaction`](Self::transaction) if no `watched` key changed since its stamp
+    /// (from [`stamps`](Self::stamps); see [`Store::unchanged`]), checked in the
+    /// transaction itself, so no write can come between the check and the operations:
+    /// Redis `WATCH` ... `EXEC`. `None` when one changed; then nothing ran. An error of a
+    /// check is the whole transaction's, and then nothing ran either. In cluster mode the
+    /// watched keys must be in the operations' partition.
     pub async fn transaction_if(
         &self,
         bucket: BucketId,

@@ -321,15 +321,17 @@ pub enum Applied {
     },
 }
 
-/// What Redis `WATCH` remembers of a key ([`Store::stamp`]): a later write, delete,
-/// expiry change, expiry or eviction of the key gives another stamp.
+/// What Redis `WATCH` remembers of a key ([`Store::stamp`]), for
+/// [`Store::unchanged`] to tell whether the key was written, deleted, expired or evicted
+/// since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyStamp {
-    /// The version of the key's live entry or tombstone; `None` when the store holds
-    /// neither (never written, evicted, expired).
+    /// The version of the key's value; `None` if it had none (never written, deleted,
+    /// expired, evicted).
     pub version: Option<Version>,
-    /// Whether the key holds a value.
-    pub live: bool,
+    /// The highest version of the key's partition: a key without a value then was
+    /// written since if it holds, or was removed at, a newer version.
+    pub high: Version,
 }
 
 /// A key's time to live, as Redis `TTL`/`PTTL` report it.
@@ -809,23 +811,58 @@ impl Store {
         }
     }
 
-    /// `key`'s [`KeyStamp`] at `now`. An expired entry counts as absent, whether or not
-    /// it was removed yet, so that removing it changes nothing; a tombstone keeps its
-    /// version, so that a key written and deleted again does not look untouched.
+    /// `key`'s [`KeyStamp`] at `now` (an expired value counts as none).
     pub fn stamp(&self, bucket: BucketId, key: &[u8], now: Timestamp) -> KeyStamp {
         let k = KeyRef {
             bucket: bucket.0,
             key,
         };
-        match self.cache.peek(&k).filter(|e| !e.is_expired(now)) {
-            Some(e) => KeyStamp {
-                version: Some(e.version),
-                live: e.value.is_some(),
-            },
-            None => KeyStamp {
-                version: None,
-                live: false,
-            },
+        let part = &self.parts[self.config.partitioning.partition_of(key).index()];
+        KeyStamp {
+            version: self
+                .cache
+                .peek(&k)
+                .filter(|e| e.value.is_some() && !e.is_expired(now))
+                .map(|e| e.version),
+            high: part.high,
+        }
+    }
+
+    /// Whether `key` is as it was when `stamp` was taken: the same value (the same
+    /// version, not expired), or still none, with nothing written to it since.
+    ///
+    /// For a key that had no value, "nothing written since" is read from what the store
+    /// holds (a tombstone or expired entry at most as new as the stamp's partition
+    /// version) or, once the entry is gone, from the versions of recent removals. When
+    /// those forgot the key (a bounded table), any write to its partition since counts
+    /// as a change: a spurious "changed" rather than a missed one. So do a tombstone
+    /// that expired, and a partition that moved to another node and back.
+    pub fn unchanged(
+        &self,
+        bucket: BucketId,
+        key: &[u8],
+        stamp: &KeyStamp,
+        now: Timestamp,
+    ) -> bool {
+        let k = KeyRef {
+            bucket: bucket.0,
+            key,
+        };
+        let entry = self.cache.peek(&k);
+        let live = |e: &Entry| e.value.is_some() && !e.is_expired(now);
+        if let Some(version) = stamp.version {
+            return entry.is_some_and(|e| e.version == version && live(e));
+        }
+        let part = &self.parts[self.config.partitioning.partition_of(key).index()];
+        match entry {
+            Some(e) => !live(e) && e.version <= stamp.high,
+            None => {
+                let hash = self.evicted_versions.hash(bucket.0, key);
+                match self.evicted_versions.get(hash, part.generation) {
+                    Some(removed) => removed <= stamp.high,
+                    None => part.high <= stamp.high,
+                }
+            }
         }
     }
 
@@ -1441,12 +1478,17 @@ impl Store {
         n
     }
 
-    /// Removes every entry (Redis `FLUSHDB` on this node); buckets stay.
+    /// Removes every entry (Redis `FLUSHDB` on this node); buckets stay. Versions go on
+    /// from where they were, so a key written again never gets a version it had before
+    /// (which a [`KeyStamp`] would take for the old value).
     pub fn clear(&mut self) {
         self.cache.clear();
         self.evicted_versions.clear();
         for p in &mut self.parts {
-            *p = PartIndex::default();
+            *p = PartIndex {
+                high: p.high,
+                ..PartIndex::default()
+            };
         }
         self.ttl_keys.clear();
         self.tombstones = 0;
@@ -1847,45 +1889,94 @@ mod tests {
         (s, id)
     }
 
-    /// A key's stamp changes with every write, delete, expiry change and expiry, and
-    /// only then: a read, or removing an entry that had already expired, leaves it.
+    /// [`Store::unchanged`] tells every write, delete, expiry change, expiry and flush of a
+    /// watched key since its stamp, and takes a read, or a write to another partition, for
+    /// none.
     #[test]
-    fn a_stamp_changes_with_every_change_of_the_key() {
+    fn a_stamp_tells_every_change_of_the_key() {
         let (mut s, id) = store();
-        let absent = s.stamp(id, b"k", T0);
-        assert_eq!(
-            absent,
-            KeyStamp {
-                version: None,
-                live: false
-            }
+        let set = |s: &mut Store, key: &str, options, now| {
+            s.set(id, b(key), b("v"), options, now, 1).expect("set");
+        };
+        let px = |ms| SetOptions {
+            expiry: Expiry::After(Duration::from_millis(ms)),
+            ..SetOptions::default()
+        };
+        let partitioning = s.config().partitioning;
+        let elsewhere = (0..)
+            .map(|i| format!("other{i}"))
+            .find(|k| partitioning.partition_of(k.as_bytes()) != partitioning.partition_of(b"{k}"))
+            .expect("a key of another partition");
+
+        // A value: the same version, not expired.
+        set(&mut s, "{k}a", SetOptions::default(), T0);
+        let stamp = s.stamp(id, b"{k}a", T0);
+        assert!(stamp.version.is_some());
+        assert_eq!(s.get(id, b"{k}a", T0), Some(b("v")));
+        set(&mut s, &elsewhere, SetOptions::default(), T0);
+        assert!(
+            s.unchanged(id, b"{k}a", &stamp, T0),
+            "a read, another partition"
         );
-        s.set(id, b("k"), b("1"), SetOptions::default(), T0, 1)
-            .expect("set");
-        let written = s.stamp(id, b"k", T0);
-        assert!(written.live && written.version.is_some());
-        assert_eq!(s.get(id, b"k", T0), Some(b("1")));
-        assert_eq!(s.stamp(id, b"k", T0), written, "a read changes nothing");
-        s.set(id, b("k"), b("1"), SetOptions::default(), T0, 1)
-            .expect("set");
-        let rewritten = s.stamp(id, b"k", T0);
-        assert_ne!(rewritten, written, "the same value written again");
-        s.expire(id, b("k"), at(100), ExpireCondition::Always, T0, 1)
+        set(&mut s, "{k}a", SetOptions::default(), T0);
+        assert!(
+            !s.unchanged(id, b"{k}a", &stamp, T0),
+            "the same value again"
+        );
+        let stamp = s.stamp(id, b"{k}a", T0);
+        s.expire(id, b("{k}a"), at(100), ExpireCondition::Always, T0, 1)
             .expect("expire");
-        let expiring = s.stamp(id, b"k", T0);
-        assert_ne!(expiring, rewritten);
-        // Expired: absent, whether or not the entry was removed yet.
-        let expired = s.stamp(id, b"k", at(100));
-        assert_eq!(expired, absent);
-        assert!(!s.exists(id, b"k", at(100)), "removes the entry");
-        assert_eq!(s.stamp(id, b"k", at(100)), expired);
-        // Written and deleted again: a tombstone, not the absent key it was.
-        s.set(id, b("k"), b("2"), SetOptions::default(), at(100), 1)
-            .expect("set");
-        s.delete(id, b("k"), at(100), 1).expect("delete");
-        let deleted = s.stamp(id, b"k", at(100));
-        assert!(!deleted.live && deleted.version.is_some());
-        assert_ne!(deleted, absent);
+        assert!(!s.unchanged(id, b"{k}a", &stamp, T0), "an expiry set");
+        let stamp = s.stamp(id, b"{k}a", T0);
+        assert!(!s.unchanged(id, b"{k}a", &stamp, at(100)), "expired");
+
+        // No value: nothing written since, whatever became of the entry.
+        let none = s.stamp(id, b"{k}b", T0);
+        assert_eq!(none.version, None);
+        assert!(s.unchanged(id, b"{k}b", &none, T0));
+        set(&mut s, "{k}b", px(50), T0);
+        assert!(!s.unchanged(id, b"{k}b", &none, T0), "written");
+        assert!(!s.unchanged(id, b"{k}b", &none, at(60)), "written, expired");
+        assert!(!s.exists(id, b"{k}b", at(60)), "removes the expired entry");
+        assert!(
+            !s.unchanged(id, b"{k}b", &none, at(60)),
+            "written, expired, removed"
+        );
+        let none = s.stamp(id, b"{k}c", at(60));
+        set(&mut s, "{k}c", SetOptions::default(), at(60));
+        s.delete(id, b("{k}c"), at(60), 1).expect("delete");
+        assert!(!s.unchanged(id, b"{k}c", &none, at(60)), "written, deleted");
+        // Deleted before: its tombstone, and once that is gone, the removal's version.
+        let deleted = s.stamp(id, b"{k}c", at(60));
+        assert!(s.unchanged(id, b"{k}c", &deleted, at(60)));
+        let later = at(60).saturating_add(s.config.tombstone_ttl);
+        assert!(!s.exists(id, b"{k}c", later));
+        assert!(
+            s.unchanged(id, b"{k}c", &deleted, later),
+            "the tombstone expired"
+        );
+
+        // A flush: the value is gone, and one written again is not the old one.
+        let stamp = s.stamp(id, b"{k}a", T0);
+        let none = s.stamp(id, b"{k}z", T0);
+        s.clear();
+        assert!(!s.unchanged(id, b"{k}a", &stamp, T0));
+        assert!(s.unchanged(id, b"{k}z", &none, T0));
+        set(&mut s, "{k}a", SetOptions::default(), T0);
+        assert!(
+            !s.unchanged(id, b"{k}a", &stamp, T0),
+            "written again after a flush"
+        );
+        // Even when it was the first write of its partition.
+        let (mut s, id) = store();
+        set(&mut s, "{f}a", SetOptions::default(), T0);
+        let stamp = s.stamp(id, b"{f}a", T0);
+        s.clear();
+        set(&mut s, "{f}a", SetOptions::default(), T0);
+        assert!(
+            !s.unchanged(id, b"{f}a", &stamp, T0),
+            "the first write again"
+        );
     }
 
     /// A plain `SET` with `EX`/`PX`: the value expires `ttl` after the write.

@@ -535,7 +535,7 @@ impl BatchOp {
             }
             Self::Stamp { key } => BatchReply::Stamp(store.stamp(bucket, &key, now)),
             Self::Unchanged { key, stamp } => {
-                BatchReply::Bool(store.stamp(bucket, &key, now) == stamp)
+                BatchReply::Bool(store.unchanged(bucket, &key, &stamp, now))
             }
         })
     }
@@ -1447,7 +1447,7 @@ impl Cluster {
     }
 
     /// Deletes every key of every bucket (Redis `FLUSHDB`); returns how many. Each
-    /// partition's primary deletes its keys a page at a time ([`FLUSH_PAGE_BYTES`] of
+    /// partition's primary deletes its keys a page at a time (`FLUSH_PAGE_BYTES`, 16 KiB, of
     /// keys per partition, the partitions of one primary in one message), every delete
     /// replicated to the backups as any other write. Each partition is gone through once,
     /// in its scan order (the same on every node), so a flush ends even while keys are
@@ -3618,7 +3618,9 @@ fn bound_reply(ops: &[Op], results: &mut [Result<OpReply, Refusal>], max_message
         return;
     }
     for (op, result) in ops.iter().zip(results.iter_mut()) {
-        if !op.is_write() && result.is_ok() {
+        // A watch check's answer stays: it tells whether the rest ran.
+        let check = matches!(op, Op::Unchanged { .. } | Op::Stamp { .. });
+        if !op.is_write() && !check && result.is_ok() {
             *result = Err(Refusal::ValueTooLarge {
                 len: u64::try_from(before).unwrap_or(u64::MAX),
                 max: u64::try_from(max).unwrap_or(u64::MAX),
@@ -3788,6 +3790,14 @@ mod tests {
         let bucket = WStr::from("b");
         let key = WBytes(Bytes::from_static(b"k"));
         let ops = [
+            Op::Unchanged {
+                bucket: bucket.clone(),
+                key: key.clone(),
+                stamp: KeyStamp {
+                    version: None,
+                    high: crate::store::Version::default(),
+                },
+            },
             Op::IncrBy {
                 bucket: bucket.clone(),
                 key: key.clone(),
@@ -3800,18 +3810,25 @@ mod tests {
             Op::Get { bucket, key },
         ];
         let value = |n: usize| Ok(OpReply::Value(Some(WBytes(Bytes::from(vec![b'v'; n])))));
-        let results = || vec![Ok(OpReply::Int(1)), value(3 << 20), value(3 << 20)];
+        let results = || {
+            vec![
+                Ok(OpReply::Bool(true)),
+                Ok(OpReply::Int(1)),
+                value(3 << 20),
+                value(3 << 20),
+            ]
+        };
         let mut fits = results();
         bound_reply(&ops, &mut fits, 8 << 20);
         assert_eq!(fits, results());
         let mut too_large = results();
         bound_reply(&ops, &mut too_large, 4 << 20);
         assert_eq!(
-            too_large[0],
-            Ok(OpReply::Int(1)),
-            "the write's result stays"
+            too_large[..2],
+            [Ok(OpReply::Bool(true)), Ok(OpReply::Int(1))],
+            "the watch check's and the write's results stay"
         );
-        for r in &too_large[1..] {
+        for r in &too_large[2..] {
             assert!(matches!(r, Err(Refusal::ValueTooLarge { .. })), "{r:?}");
         }
         // Writes returning the values they replaced, too large together: made, so not
@@ -3823,7 +3840,7 @@ mod tests {
             })
         };
         let mut sets = vec![Ok(OpReply::Int(1)), set(3 << 20), set(3 << 20)];
-        let writes = [ops[0].clone(), ops[0].clone(), ops[0].clone()];
+        let writes = [ops[1].clone(), ops[1].clone(), ops[1].clone()];
         bound_reply(&writes, &mut sets, 4 << 20);
         assert_eq!(
             sets,

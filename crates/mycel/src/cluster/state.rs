@@ -815,7 +815,7 @@ impl State {
             }
             Op::Unchanged { bucket, key, stamp } => {
                 let b = bucket_of(store, bucket)?;
-                OpReply::Bool(store.stamp(b, &key.0, now) == *stamp)
+                OpReply::Bool(store.unchanged(b, &key.0, stamp, now))
             }
             Op::Set {
                 bucket,
@@ -1442,17 +1442,19 @@ mod tests {
                 (
                     bucket(),
                     key(),
-                    proptest::option::of((any::<u64>(), any::<u64>())),
-                    any::<bool>()
+                    proptest::option::of(any::<(u64, u64)>()),
+                    any::<(u64, u64)>()
                 )
-                    .prop_map(|(bucket, key, version, live)| Op::Unchanged {
-                        bucket,
-                        key,
-                        stamp: crate::store::KeyStamp {
-                            version: version
-                                .map(|(epoch, seq)| crate::store::Version { epoch, seq }),
-                            live,
-                        },
+                    .prop_map(|(bucket, key, version, high)| {
+                        let version_of = |(epoch, seq)| crate::store::Version { epoch, seq };
+                        Op::Unchanged {
+                            bucket,
+                            key,
+                            stamp: crate::store::KeyStamp {
+                                version: version.map(version_of),
+                                high: version_of(high),
+                            },
+                        }
                     }),
                 (bucket(), key(), any::<i64>()).prop_map(|(bucket, key, delta)| Op::IncrBy {
                     bucket,

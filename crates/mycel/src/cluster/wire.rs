@@ -1294,7 +1294,7 @@ mod tests {
                         key: b("{t}a"),
                         stamp: KeyStamp {
                             version: Some(Version { epoch: 5, seq: 9 }),
-                            live: true,
+                            high: Version { epoch: 5, seq: 12 },
                         },
                     },
                     Op::Unchanged {
@@ -1302,7 +1302,7 @@ mod tests {
                         key: b("{t}b"),
                         stamp: KeyStamp {
                             version: None,
-                            live: false,
+                            high: Version::default(),
                         },
                     },
                     Op::Stamp {
@@ -1353,7 +1353,7 @@ mod tests {
                 Err(Refusal::WatchFailed),
                 Ok(OpReply::Stamp(KeyStamp {
                     version: Some(Version { epoch: 1, seq: 2 }),
-                    live: false,
+                    high: Version { epoch: 1, seq: 3 },
                 })),
                 Ok(OpReply::Value(Some(b("v")))),
                 Ok(OpReply::Keys {

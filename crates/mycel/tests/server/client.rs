@@ -205,33 +205,53 @@ fn watch_makes_read_modify_write_safe() {
     let total: i64 = con.get("{rmw}n").expect("get");
     assert_eq!(total, threads * rounds, "an increment was lost");
 
-    // A write by another connection between WATCH and EXEC: EXEC answers null and runs
-    // nothing; the next attempt, with nothing written meanwhile, runs.
-    let mut other = connect(&s, "");
-    let watched: String = redis::cmd("WATCH")
-        .arg("{rmw}n")
-        .query(&mut con)
-        .expect("watch");
-    assert_eq!(watched, "OK");
+    watched_changes(&s);
+    watched_changes(&Server::standalone(&[]));
+}
+
+/// Changes by another connection between `WATCH` and `EXEC`, each making `EXEC` answer
+/// null and run nothing: a write; a write with a TTL to a key that was absent, expired
+/// by `EXEC`; `FLUSHALL`, then the key written again. With nothing written, `EXEC` runs.
+fn watched_changes(s: &Server) {
+    let mut con = connect(s, "");
+    let mut other = connect(s, "");
+    let incr = |con: &mut redis::Connection| -> Option<(i64,)> {
+        redis::pipe()
+            .atomic()
+            .incr("{rmw}side", 1)
+            .query(con)
+            .expect("exec")
+    };
+    let watch = |con: &mut redis::Connection, key: &str| {
+        let ok: String = redis::cmd("WATCH").arg(key).query(con).expect("watch");
+        assert_eq!(ok, "OK");
+    };
+    watch(&mut con, "{rmw}n");
     let () = other.set("{rmw}n", 0).expect("set");
-    let ran: Option<(i64,)> = redis::pipe()
-        .atomic()
-        .incr("{rmw}n", 10)
-        .query(&mut con)
-        .expect("exec");
-    assert_eq!(ran, None, "EXEC ran although the watched key changed");
-    let n: i64 = con.get("{rmw}n").expect("get");
-    assert_eq!(n, 0);
-    let _: () = redis::cmd("WATCH")
-        .arg("{rmw}n")
-        .query(&mut con)
-        .expect("watch");
-    let ran: Option<(i64,)> = redis::pipe()
-        .atomic()
-        .incr("{rmw}n", 10)
-        .query(&mut con)
-        .expect("exec");
-    assert_eq!(ran, Some((10,)));
+    assert_eq!(
+        incr(&mut con),
+        None,
+        "EXEC ran although the key was written"
+    );
+    watch(&mut con, "{rmw}absent");
+    let () = other.pset_ex("{rmw}absent", 1, 20).expect("psetex");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        incr(&mut con),
+        None,
+        "EXEC ran although the key was written (expired since)"
+    );
+    let () = con.set("{rmw}f", "a").expect("set");
+    watch(&mut con, "{rmw}f");
+    let () = redis::cmd("FLUSHALL").query(&mut other).expect("flushall");
+    let () = other.set("{rmw}f", "a").expect("set");
+    assert_eq!(
+        incr(&mut con),
+        None,
+        "EXEC ran although the key was flushed and written"
+    );
+    watch(&mut con, "{rmw}f");
+    assert_eq!(incr(&mut con), Some((1,)));
 }
 
 /// An absolute expiry time queued in a transaction (`GETEX ... PXAT`, `PEXPIREAT`) is the

@@ -177,19 +177,20 @@ fn multi_exec_discard() {
         "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n1) OK\n2) (integer) 2\n3) \"2\"\n\
          4) (integer) 1\n5) (integer) 100"
     );
-    // As in Redis: a bad argument is queued and answered at EXEC, the rest runs; PING,
-    // ECHO and UNWATCH are queued; WATCH is refused at once and fails nothing.
+    // As in Redis: a bad argument (and a number of arguments that passes the command's
+    // arity, as an odd MSET's) is queued and answered at EXEC, the rest runs; PING, ECHO
+    // and UNWATCH are queued; WATCH is refused at once and fails nothing.
     let session = s.cli_session(
         "MULTI\nSET {t}a 1\nINCRBY {t}n notanumber\nSET {t}z 1 EX 0\nPING\nECHO hi\n\
-         UNWATCH\nWATCH x\nGET {t}a\nEXEC\nGET {t}z\n",
+         UNWATCH\nWATCH x\nMSET {t}a 2 {t}b\nGET {t}a\nEXEC\nGET {t}z\n",
     );
     assert_eq!(
         session,
         "OK\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\nQUEUED\n\
-         (error) ERR WATCH inside MULTI is not allowed\nQUEUED\n\
+         (error) ERR WATCH inside MULTI is not allowed\nQUEUED\nQUEUED\n\
          1) OK\n2) (error) ERR value is not an integer or out of range\n\
          3) (error) ERR invalid expire time in 'set' command\n4) PONG\n5) \"hi\"\n6) OK\n\
-         7) \"1\"\n(nil)"
+         7) (error) ERR wrong number of arguments for 'mset' command\n8) \"1\"\n(nil)"
     );
     // DEL and EXISTS of several keys: their sums, as outside a transaction.
     let session =
@@ -305,7 +306,7 @@ fn watch_runs_exec_only_if_unchanged() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(
         s.cli(&args),
-        "(error) ERR WATCH of more than 4096 keys on one connection"
+        "(error) ERR WATCH of more than 4096 keys or 1024 KiB of keys on one connection"
     );
 }
 

@@ -1,7 +1,7 @@
 //! Executes parsed commands against the [`Mycel`](mycel::Mycel) handle and builds their
 //! replies, in Redis's formats and words.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,9 +52,11 @@ pub(crate) struct Session {
     pub(crate) watched: Watched,
 }
 
-/// Most keys one connection watches at a time: each is checked in the transaction's
-/// message to the primary, which a message's size bounds.
+/// Most keys one connection watches at a time, and most bytes of them: each is checked
+/// in the transaction's message to the primary, which a message's size bounds, and they
+/// are held for as long as the client likes.
 pub(crate) const MAX_WATCHED_KEYS: usize = 4096;
+pub(crate) const MAX_WATCHED_BYTES: usize = 1024 * 1024;
 
 /// Keys watched (`WATCH`), of the session's bucket, each with the stamp it had: `EXEC`
 /// runs the transaction only if every one still has it (`Mycel::transaction_if`),
@@ -63,8 +65,10 @@ pub(crate) const MAX_WATCHED_KEYS: usize = 4096;
 /// transaction's bucket.
 #[derive(Debug, Default)]
 pub(crate) struct Watched {
-    /// The keys and their stamps, each key once.
-    pub(crate) keys: Vec<(Bytes, KeyStamp)>,
+    /// The keys and their stamps.
+    pub(crate) keys: HashMap<Bytes, KeyStamp>,
+    /// The keys' bytes.
+    pub(crate) bytes: usize,
     /// Their partition (in a cluster, where a transaction's keys are of one).
     pub(crate) partition: Option<Partition>,
     /// A `WATCH` failed, so a key may be missing: the next `EXEC` runs nothing.
@@ -888,25 +892,41 @@ async fn watch(keys: Vec<Bytes>, session: &mut Session, shared: &Shared) -> Resu
         }
         watched.partition = partition;
     }
-    let mut seen: HashSet<&Bytes> = watched.keys.iter().map(|(k, _)| k).collect();
-    let mut new: Vec<Bytes> = Vec::new();
-    for key in &keys {
-        if seen.insert(key) {
-            new.push(key.clone());
+    let mut new: HashSet<Bytes> = HashSet::new();
+    let mut bytes = watched.bytes;
+    let max_key_len = shared.mycel.config().store.max_key_len;
+    for key in keys {
+        if key.len() > max_key_len {
+            watched.failed = true;
+            return Err(Error::KeyTooLarge {
+                len: key.len(),
+                max: max_key_len,
+            });
+        }
+        if watched.keys.contains_key(&key) {
+            continue;
+        }
+        let len = key.len();
+        if new.insert(key) {
+            bytes += len;
+        }
+        if watched.keys.len() + new.len() > MAX_WATCHED_KEYS || bytes > MAX_WATCHED_BYTES {
+            watched.failed = true;
+            return Ok(Frame::err(format!(
+                "WATCH of more than {MAX_WATCHED_KEYS} keys or {} KiB of keys on one \
+                 connection",
+                MAX_WATCHED_BYTES / 1024
+            )));
         }
     }
     if new.is_empty() {
         return Ok(OK);
     }
-    if watched.keys.len() + new.len() > MAX_WATCHED_KEYS {
-        watched.failed = true;
-        return Ok(Frame::err(format!(
-            "WATCH of more than {MAX_WATCHED_KEYS} keys on one connection"
-        )));
-    }
+    let new: Vec<Bytes> = new.into_iter().collect();
     match shared.mycel.stamps(session.bucket, new.clone()).await {
         Ok(stamps) => {
             watched.keys.extend(new.into_iter().zip(stamps));
+            watched.bytes = bytes;
             Ok(OK)
         }
         Err(e) => {
@@ -1022,6 +1042,20 @@ fn hello(
 /// Commands `COMMAND` describes: name, arity (negative: at least), flags, first key, last
 /// key, key step, as Redis's command table.
 type CommandInfo = (&'static str, i64, &'static [&'static str], i64, i64, i64);
+
+/// Whether `argc` arguments (the command's name included) pass Redis's arity check of
+/// command `name` (the arity `COMMAND` reports: exactly that many, or at least as many
+/// when negative). A subcommand (`client|setname`) is not in the table: no.
+pub(crate) fn arity_passes(name: &str, argc: usize) -> bool {
+    COMMANDS.iter().find(|c| c.0 == name).is_some_and(|c| {
+        let arity = usize::try_from(c.1.unsigned_abs()).unwrap_or(usize::MAX);
+        if c.1 < 0 {
+            argc >= arity
+        } else {
+            argc == arity
+        }
+    })
+}
 
 const COMMANDS: &[CommandInfo] = &[
     ("ping", -1, &["fast"], 0, 0, 0),

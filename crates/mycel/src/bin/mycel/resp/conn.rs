@@ -133,11 +133,15 @@ async fn run(
                 // a call never made.
                 flush_run(batch, args, session, shared, counters, output).await;
                 session.command(shown.unwrap_or("NULL"));
+                // A wrong number of arguments that passes Redis's arity check (`MSET a b
+                // c`) is, as in Redis, an error of the call, not a call refused.
+                let refused = cmd::is_arity_error(&frame)
+                    && !shown.is_some_and(|shown| apply::arity_passes(shown, at.len()));
                 // In a transaction, as in Redis: a known command with a bad argument is
                 // queued and answers its error at EXEC; an unknown one or a wrong number
                 // of arguments fails the transaction.
                 if let (Some(tx), Some(known), Some(_)) = (&mut session.transaction, name, shown)
-                    && !cmd::is_arity_error(&frame)
+                    && !refused
                 {
                     tx.queued.push(Queued::Reply { frame, name: known });
                     Frame::Simple("QUEUED").encode(session.proto, output);
@@ -149,7 +153,7 @@ async fn run(
                 let known = name.filter(|_| shown.is_some());
                 let c = counters.get(shared, known.unwrap_or("unknown"));
                 if known.is_some() {
-                    if cmd::is_arity_error(&frame) {
+                    if refused {
                         c.rejected.inc();
                     } else {
                         c.calls.inc();
@@ -267,7 +271,7 @@ async fn transaction(
             } else {
                 match shared
                     .mycel
-                    .transaction_if(session.bucket, watched.keys, ops)
+                    .transaction_if(session.bucket, watched.keys.into_iter().collect(), ops)
                     .await
                 {
                     Ok(Some(results)) => Ok(results),
