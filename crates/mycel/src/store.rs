@@ -332,6 +332,11 @@ pub struct KeyStamp {
     /// The highest version of the key's partition: a key without a value then was
     /// written since if it holds, or was removed at, a newer version.
     pub high: Version,
+    /// The routing epoch it was taken at: a key without a value is only followed on the
+    /// node that stamped it, while its partition stays there.
+    pub epoch: u64,
+    /// The store's count of recorded removals (see `EvictedVersions`).
+    pub removals: u64,
 }
 
 /// A key's time to live, as Redis `TTL`/`PTTL` report it.
@@ -432,6 +437,21 @@ struct PartIndex {
 struct EvictedVersions {
     slots: Vec<EvictedSlot>,
     hasher: SlotHasher,
+    /// Removals recorded so far (and clears): a slot's `at` is this count when it was
+    /// recorded, so a [`KeyStamp`] tells whether its key's slot changed since.
+    count: u64,
+    /// `count` at the last [`clear`](Self::clear), which forgets every slot.
+    cleared: u64,
+}
+
+/// What [`EvictedVersions::since`] knows of a key's removals after a point.
+enum Removals {
+    /// The key's slot holds its last removal, at this version.
+    At(Version),
+    /// Its slot was not taken since: no removal of the key since.
+    None,
+    /// Its slot was taken by another key since (or the table cleared): unknown.
+    Forgotten,
 }
 
 /// Random keys, so that nobody can aim keys at one slot; in tests FNV-1a, fully specified,
@@ -471,6 +491,8 @@ struct EvictedSlot {
     version: Version,
     /// The generation of the key's partition when it was evicted.
     generation: u32,
+    /// The table's `count` when it was recorded.
+    at: u64,
 }
 
 impl EvictedVersions {
@@ -487,6 +509,8 @@ impl EvictedVersions {
         Self {
             slots: vec![EvictedSlot::default(); slots],
             hasher: SlotHasher::default(),
+            count: 0,
+            cleared: 0,
         }
     }
 
@@ -503,11 +527,26 @@ impl EvictedVersions {
 
     fn record(&mut self, hash: u64, version: Version, generation: u32) {
         let i = self.index(hash);
+        self.count += 1;
         self.slots[i] = EvictedSlot {
             hash,
             version,
             generation,
+            at: self.count,
         };
+    }
+
+    /// What the table knows of the removals of the key with `hash` (in a partition of
+    /// `generation`) since its `count` was `since`.
+    fn since(&self, hash: u64, generation: u32, since: u64) -> Removals {
+        if since < self.cleared {
+            return Removals::Forgotten;
+        }
+        match self.get(hash, generation) {
+            Some(version) => Removals::At(version),
+            None if self.slots[self.index(hash)].at > since => Removals::Forgotten,
+            None => Removals::None,
+        }
     }
 
     /// The version the key with `hash` was evicted at, if remembered for `generation`.
@@ -519,6 +558,8 @@ impl EvictedVersions {
 
     fn clear(&mut self) {
         self.slots.fill(EvictedSlot::default());
+        self.count += 1;
+        self.cleared = self.count;
     }
 }
 
@@ -811,8 +852,9 @@ impl Store {
         }
     }
 
-    /// `key`'s [`KeyStamp`] at `now` (an expired value counts as none).
-    pub fn stamp(&self, bucket: BucketId, key: &[u8], now: Timestamp) -> KeyStamp {
+    /// `key`'s [`KeyStamp`] at `now` (an expired value counts as none), on a node at
+    /// routing epoch `epoch`.
+    pub fn stamp(&self, bucket: BucketId, key: &[u8], now: Timestamp, epoch: u64) -> KeyStamp {
         let k = KeyRef {
             bucket: bucket.0,
             key,
@@ -825,24 +867,31 @@ impl Store {
                 .filter(|e| e.value.is_some() && !e.is_expired(now))
                 .map(|e| e.version),
             high: part.high,
+            epoch,
+            removals: self.evicted_versions.count,
         }
     }
 
-    /// Whether `key` is as it was when `stamp` was taken: the same value (the same
-    /// version, not expired), or still none, with nothing written to it since.
+    /// Whether `key` is as it was when `stamp` was taken, on a node at routing epoch
+    /// `epoch`: the same value (the same version, not expired), or still none, with
+    /// nothing written to it since.
     ///
     /// For a key that had no value, "nothing written since" is read from what the store
     /// holds (a tombstone or expired entry at most as new as the stamp's partition
-    /// version) or, once the entry is gone, from the versions of recent removals. When
-    /// those forgot the key (a bounded table), any write to its partition since counts
-    /// as a change: a spurious "changed" rather than a missed one. So do a tombstone
-    /// that expired, and a partition that moved to another node and back.
+    /// version) or, once the entry is gone, from the table of recent removals (a removal
+    /// at most as new). When that table's slot for the key was taken by another key
+    /// since (a bounded table: rare), or the store was cleared, any write to the
+    /// partition since counts as a change. After a change of routing epoch (the
+    /// partition may have moved: a new owner knows nothing of the removals here) a key
+    /// that had no value counts as changed. Those are spurious changes, never missed
+    /// ones.
     pub fn unchanged(
         &self,
         bucket: BucketId,
         key: &[u8],
         stamp: &KeyStamp,
         now: Timestamp,
+        epoch: u64,
     ) -> bool {
         let k = KeyRef {
             bucket: bucket.0,
@@ -853,14 +902,21 @@ impl Store {
         if let Some(version) = stamp.version {
             return entry.is_some_and(|e| e.version == version && live(e));
         }
+        if epoch != stamp.epoch {
+            return false;
+        }
         let part = &self.parts[self.config.partitioning.partition_of(key).index()];
         match entry {
             Some(e) => !live(e) && e.version <= stamp.high,
             None => {
                 let hash = self.evicted_versions.hash(bucket.0, key);
-                match self.evicted_versions.get(hash, part.generation) {
-                    Some(removed) => removed <= stamp.high,
-                    None => part.high <= stamp.high,
+                match self
+                    .evicted_versions
+                    .since(hash, part.generation, stamp.removals)
+                {
+                    Removals::At(removed) => removed <= stamp.high,
+                    Removals::None => true,
+                    Removals::Forgotten => part.high <= stamp.high,
                 }
             }
         }
@@ -1895,6 +1951,9 @@ mod tests {
     #[test]
     fn a_stamp_tells_every_change_of_the_key() {
         let (mut s, id) = store();
+        let stamp_of = |s: &Store, key: &[u8], now| s.stamp(id, key, now, 1);
+        let same =
+            |s: &Store, key: &[u8], stamp: &KeyStamp, now| s.unchanged(id, key, stamp, now, 1);
         let set = |s: &mut Store, key: &str, options, now| {
             s.set(id, b(key), b("v"), options, now, 1).expect("set");
         };
@@ -1910,73 +1969,73 @@ mod tests {
 
         // A value: the same version, not expired.
         set(&mut s, "{k}a", SetOptions::default(), T0);
-        let stamp = s.stamp(id, b"{k}a", T0);
+        let stamp = stamp_of(&s, b"{k}a", T0);
         assert!(stamp.version.is_some());
         assert_eq!(s.get(id, b"{k}a", T0), Some(b("v")));
         set(&mut s, &elsewhere, SetOptions::default(), T0);
-        assert!(
-            s.unchanged(id, b"{k}a", &stamp, T0),
-            "a read, another partition"
-        );
+        assert!(same(&s, b"{k}a", &stamp, T0), "a read, another partition");
         set(&mut s, "{k}a", SetOptions::default(), T0);
-        assert!(
-            !s.unchanged(id, b"{k}a", &stamp, T0),
-            "the same value again"
-        );
-        let stamp = s.stamp(id, b"{k}a", T0);
+        assert!(!same(&s, b"{k}a", &stamp, T0), "the same value again");
+        let stamp = stamp_of(&s, b"{k}a", T0);
         s.expire(id, b("{k}a"), at(100), ExpireCondition::Always, T0, 1)
             .expect("expire");
-        assert!(!s.unchanged(id, b"{k}a", &stamp, T0), "an expiry set");
-        let stamp = s.stamp(id, b"{k}a", T0);
-        assert!(!s.unchanged(id, b"{k}a", &stamp, at(100)), "expired");
+        assert!(!same(&s, b"{k}a", &stamp, T0), "an expiry set");
+        let stamp = stamp_of(&s, b"{k}a", T0);
+        assert!(!same(&s, b"{k}a", &stamp, at(100)), "expired");
 
         // No value: nothing written since, whatever became of the entry.
-        let none = s.stamp(id, b"{k}b", T0);
+        let none = stamp_of(&s, b"{k}b", T0);
         assert_eq!(none.version, None);
-        assert!(s.unchanged(id, b"{k}b", &none, T0));
+        assert!(same(&s, b"{k}b", &none, T0));
         set(&mut s, "{k}b", px(50), T0);
-        assert!(!s.unchanged(id, b"{k}b", &none, T0), "written");
-        assert!(!s.unchanged(id, b"{k}b", &none, at(60)), "written, expired");
+        assert!(!same(&s, b"{k}b", &none, T0), "written");
+        assert!(!same(&s, b"{k}b", &none, at(60)), "written, expired");
         assert!(!s.exists(id, b"{k}b", at(60)), "removes the expired entry");
         assert!(
-            !s.unchanged(id, b"{k}b", &none, at(60)),
+            !same(&s, b"{k}b", &none, at(60)),
             "written, expired, removed"
         );
-        let none = s.stamp(id, b"{k}c", at(60));
+        let none = stamp_of(&s, b"{k}c", at(60));
         set(&mut s, "{k}c", SetOptions::default(), at(60));
         s.delete(id, b("{k}c"), at(60), 1).expect("delete");
-        assert!(!s.unchanged(id, b"{k}c", &none, at(60)), "written, deleted");
+        assert!(!same(&s, b"{k}c", &none, at(60)), "written, deleted");
         // Deleted before: its tombstone, and once that is gone, the removal's version.
-        let deleted = s.stamp(id, b"{k}c", at(60));
-        assert!(s.unchanged(id, b"{k}c", &deleted, at(60)));
+        let deleted = stamp_of(&s, b"{k}c", at(60));
+        assert!(same(&s, b"{k}c", &deleted, at(60)));
         let later = at(60).saturating_add(s.config.tombstone_ttl);
         assert!(!s.exists(id, b"{k}c", later));
+        assert!(same(&s, b"{k}c", &deleted, later), "the tombstone expired");
+
+        // No value, and other keys of the partition written: unchanged. At another
+        // routing epoch (the partition may have moved here): changed.
+        let none = stamp_of(&s, b"{k}y", at(60));
+        set(&mut s, "{k}other", SetOptions::default(), at(60));
+        s.delete(id, b("{k}other"), at(60), 1).expect("delete");
         assert!(
-            s.unchanged(id, b"{k}c", &deleted, later),
-            "the tombstone expired"
+            same(&s, b"{k}y", &none, later),
+            "other keys of the partition"
         );
+        assert!(!s.unchanged(id, b"{k}y", &none, later, 2), "another epoch");
 
         // A flush: the value is gone, and one written again is not the old one.
-        let stamp = s.stamp(id, b"{k}a", T0);
-        let none = s.stamp(id, b"{k}z", T0);
+        let stamp = stamp_of(&s, b"{k}a", T0);
+        let none = stamp_of(&s, b"{k}z", T0);
         s.clear();
-        assert!(!s.unchanged(id, b"{k}a", &stamp, T0));
-        assert!(s.unchanged(id, b"{k}z", &none, T0));
+        assert!(!same(&s, b"{k}a", &stamp, T0));
+        assert!(same(&s, b"{k}z", &none, T0));
         set(&mut s, "{k}a", SetOptions::default(), T0);
         assert!(
-            !s.unchanged(id, b"{k}a", &stamp, T0),
+            !same(&s, b"{k}a", &stamp, T0),
             "written again after a flush"
         );
         // Even when it was the first write of its partition.
-        let (mut s, id) = store();
+        let (mut s, again) = store();
+        assert_eq!(again, id);
         set(&mut s, "{f}a", SetOptions::default(), T0);
-        let stamp = s.stamp(id, b"{f}a", T0);
+        let stamp = stamp_of(&s, b"{f}a", T0);
         s.clear();
         set(&mut s, "{f}a", SetOptions::default(), T0);
-        assert!(
-            !s.unchanged(id, b"{f}a", &stamp, T0),
-            "the first write again"
-        );
+        assert!(!same(&s, b"{f}a", &stamp, T0), "the first write again");
     }
 
     /// A plain `SET` with `EX`/`PX`: the value expires `ttl` after the write.

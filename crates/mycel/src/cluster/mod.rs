@@ -533,9 +533,9 @@ impl BatchOp {
             Self::IncrBy { key, delta } => {
                 BatchReply::Int(store.incr_by(bucket, key, delta, now, epoch)?.0)
             }
-            Self::Stamp { key } => BatchReply::Stamp(store.stamp(bucket, &key, now)),
+            Self::Stamp { key } => BatchReply::Stamp(store.stamp(bucket, &key, now, epoch)),
             Self::Unchanged { key, stamp } => {
-                BatchReply::Bool(store.unchanged(bucket, &key, &stamp, now))
+                BatchReply::Bool(store.unchanged(bucket, &key, &stamp, now, epoch))
             }
         })
     }
@@ -3796,6 +3796,8 @@ mod tests {
                 stamp: KeyStamp {
                     version: None,
                     high: crate::store::Version::default(),
+                    epoch: 1,
+                    removals: 0,
                 },
             },
             Op::IncrBy {

@@ -811,11 +811,11 @@ impl State {
             }
             Op::Stamp { bucket, key } => {
                 let b = bucket_of(store, bucket)?;
-                OpReply::Stamp(store.stamp(b, &key.0, now))
+                OpReply::Stamp(store.stamp(b, &key.0, now, e))
             }
             Op::Unchanged { bucket, key, stamp } => {
                 let b = bucket_of(store, bucket)?;
-                OpReply::Bool(store.unchanged(b, &key.0, stamp, now))
+                OpReply::Bool(store.unchanged(b, &key.0, stamp, now, e))
             }
             Op::Set {
                 bucket,
@@ -1443,19 +1443,23 @@ mod tests {
                     bucket(),
                     key(),
                     proptest::option::of(any::<(u64, u64)>()),
-                    any::<(u64, u64)>()
+                    any::<(u64, u64, u64, u64)>()
                 )
-                    .prop_map(|(bucket, key, version, high)| {
-                        let version_of = |(epoch, seq)| crate::store::Version { epoch, seq };
-                        Op::Unchanged {
-                            bucket,
-                            key,
-                            stamp: crate::store::KeyStamp {
-                                version: version.map(version_of),
-                                high: version_of(high),
-                            },
+                    .prop_map(
+                        |(bucket, key, version, (high, seq, epoch, removals))| {
+                            let version_of = |(epoch, seq)| crate::store::Version { epoch, seq };
+                            Op::Unchanged {
+                                bucket,
+                                key,
+                                stamp: crate::store::KeyStamp {
+                                    version: version.map(version_of),
+                                    high: version_of((high, seq)),
+                                    epoch,
+                                    removals,
+                                },
+                            }
                         }
-                    }),
+                    ),
                 (bucket(), key(), any::<i64>()).prop_map(|(bucket, key, delta)| Op::IncrBy {
                     bucket,
                     key,

@@ -1295,6 +1295,8 @@ mod tests {
                         stamp: KeyStamp {
                             version: Some(Version { epoch: 5, seq: 9 }),
                             high: Version { epoch: 5, seq: 12 },
+                            epoch: 5,
+                            removals: 77,
                         },
                     },
                     Op::Unchanged {
@@ -1303,6 +1305,8 @@ mod tests {
                         stamp: KeyStamp {
                             version: None,
                             high: Version::default(),
+                            epoch: 0,
+                            removals: u64::MAX,
                         },
                     },
                     Op::Stamp {
@@ -1354,6 +1358,8 @@ mod tests {
                 Ok(OpReply::Stamp(KeyStamp {
                     version: Some(Version { epoch: 1, seq: 2 }),
                     high: Version { epoch: 1, seq: 3 },
+                    epoch: 1,
+                    removals: 0,
                 })),
                 Ok(OpReply::Value(Some(b("v")))),
                 Ok(OpReply::Keys {

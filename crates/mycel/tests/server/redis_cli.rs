@@ -1237,6 +1237,9 @@ fn requirepass_gates_every_command_until_auth() {
     assert_eq!(s.cli(&["PING"]), noauth);
     assert_eq!(s.cli(&["CLIENT", "ID"]), noauth);
     assert_eq!(s.cli(&["MULTI"]), noauth);
+    // A number of arguments that passes the command's arity is the call's error, after
+    // authentication.
+    assert_eq!(s.cli(&["MSET", "a", "1", "b"]), noauth);
     // As in Redis, an unknown command and a wrong number of arguments come first.
     assert_eq!(
         s.cli(&["GET"]),

@@ -112,7 +112,7 @@ async fn run(
         // first, and a refusal counts as the command's rejected call.
         if !session.authenticated
             && let Some(known) = name.filter(|n| !auth::allowed_before_auth(n))
-            && !matches!(&request, Err((frame, _)) if cmd::is_arity_error(frame))
+            && !matches!(&request, Err((frame, shown)) if refused_for_arity(frame, *shown, at.len()))
         {
             session.command(known);
             let c = counters.get(shared, known);
@@ -135,8 +135,7 @@ async fn run(
                 session.command(shown.unwrap_or("NULL"));
                 // A wrong number of arguments that passes Redis's arity check (`MSET a b
                 // c`) is, as in Redis, an error of the call, not a call refused.
-                let refused = cmd::is_arity_error(&frame)
-                    && !shown.is_some_and(|shown| apply::arity_passes(shown, at.len()));
+                let refused = refused_for_arity(&frame, shown, at.len());
                 // In a transaction, as in Redis: a known command with a bad argument is
                 // queued and answers its error at EXEC; an unknown one or a wrong number
                 // of arguments fails the transaction.
@@ -315,6 +314,14 @@ async fn transaction(
             Frame::Simple("OK")
         }
     }
+}
+
+/// Whether `frame`, a request's error, refuses it for its number of arguments (`argc`,
+/// its name included) as Redis's arity check would: a number that passes that check
+/// (`MSET a b c`) is, as in Redis, an error of the call instead. `shown` is the command's
+/// full name (`client|setname` for a subcommand).
+fn refused_for_arity(frame: &Frame, shown: Option<&str>, argc: usize) -> bool {
+    cmd::is_arity_error(frame) && !shown.is_some_and(|shown| apply::arity_passes(shown, argc))
 }
 
 /// Queues `cmd` (named `name`) in the connection's transaction: `+QUEUED`, or an error
