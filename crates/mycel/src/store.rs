@@ -335,7 +335,9 @@ pub struct KeyStamp {
     /// The routing epoch it was taken at: a key without a value is only followed on the
     /// node that stamped it, while its partition stays there.
     pub epoch: u64,
-    /// The store's count of recorded removals (see `EvictedVersions`).
+    /// The store's count of recorded removals and clears (see `EvictedVersions`). Like
+    /// `high`, it means something only to the store that took the stamp, which the
+    /// routing epoch tells: a partition changes owner only with a new epoch.
     pub removals: u64,
 }
 
@@ -880,7 +882,8 @@ impl Store {
     /// holds (a tombstone or expired entry at most as new as the stamp's partition
     /// version) or, once the entry is gone, from the table of recent removals (a removal
     /// at most as new). When that table's slot for the key was taken by another key
-    /// since (a bounded table: rare), or the store was cleared, any write to the
+    /// since (a bounded table: likelier the more keys are evicted, expired or reaped as
+    /// tombstones meanwhile, per slot), or the store was cleared, any write to the
     /// partition since counts as a change. After a change of routing epoch (the
     /// partition may have moved: a new owner knows nothing of the removals here) a key
     /// that had no value counts as changed. Those are spurious changes, never missed
