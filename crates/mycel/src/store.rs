@@ -336,9 +336,10 @@ pub struct KeyStamp {
     /// node that stamped it, while its partition stays there.
     pub epoch: u64,
     /// The store's count of recorded removals and clears (see `EvictedVersions`). Like
-    /// `high`, it means something only to the store that took the stamp, which the
-    /// routing epoch tells: a partition changes owner only with a new epoch.
+    /// `high`, it means something only to the store that took the stamp.
     pub removals: u64,
+    /// That store: a node restarted at the same routing epoch has another.
+    pub store: u64,
 }
 
 /// A key's time to live, as Redis `TTL`/`PTTL` report it.
@@ -403,6 +404,8 @@ pub struct Store {
     /// Versions of recently evicted or expired keys (see [`Applied::Evicted`]).
     evicted_versions: EvictedVersions,
     expired: u64,
+    /// Tells this store's [`KeyStamp`]s from another's.
+    id: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -767,6 +770,9 @@ impl Store {
             .map(|_| PartIndex::default())
             .collect();
         Self {
+            // Another for each store, of this process or another (std seeds each
+            // `RandomState` afresh).
+            id: RandomState::new().hash_one(0u8),
             evicted_versions: EvictedVersions::new(config.max_bytes),
             config,
             buckets: Vec::new(),
@@ -871,6 +877,7 @@ impl Store {
             high: part.high,
             epoch,
             removals: self.evicted_versions.count,
+            store: self.id,
         }
     }
 
@@ -885,8 +892,8 @@ impl Store {
     /// since (a bounded table: likelier the more keys are evicted, expired or reaped as
     /// tombstones meanwhile, per slot), or the store was cleared, any write to the
     /// partition since counts as a change. After a change of routing epoch (the
-    /// partition may have moved: a new owner knows nothing of the removals here) a key
-    /// that had no value counts as changed. Those are spurious changes, never missed
+    /// partition may have moved: a new owner knows nothing of the removals here), or on
+    /// another store (the node restarted), a key that had no value counts as changed. Those are spurious changes, never missed
     /// ones.
     pub fn unchanged(
         &self,
@@ -905,7 +912,7 @@ impl Store {
         if let Some(version) = stamp.version {
             return entry.is_some_and(|e| e.version == version && live(e));
         }
-        if epoch != stamp.epoch {
+        if epoch != stamp.epoch || stamp.store != self.id {
             return false;
         }
         let part = &self.parts[self.config.partitioning.partition_of(key).index()];
@@ -2019,6 +2026,10 @@ mod tests {
             "other keys of the partition"
         );
         assert!(!s.unchanged(id, b"{k}y", &none, later, 2), "another epoch");
+        let (mut restarted, again) = store();
+        assert_eq!(again, id);
+        set(&mut restarted, "{k}x", SetOptions::default(), later);
+        assert!(!same(&restarted, b"{k}y", &none, later), "another store");
 
         // A flush: the value is gone, and one written again is not the old one.
         let stamp = stamp_of(&s, b"{k}a", T0);

@@ -3798,6 +3798,7 @@ mod tests {
                     high: crate::store::Version::default(),
                     epoch: 1,
                     removals: 0,
+                    store: 0,
                 },
             },
             Op::IncrBy {

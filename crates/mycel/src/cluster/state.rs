@@ -1443,10 +1443,10 @@ mod tests {
                     bucket(),
                     key(),
                     proptest::option::of(any::<(u64, u64)>()),
-                    any::<(u64, u64, u64, u64)>()
+                    any::<(u64, u64, u64, u64, u64)>()
                 )
                     .prop_map(
-                        |(bucket, key, version, (high, seq, epoch, removals))| {
+                        |(bucket, key, version, (high, seq, epoch, removals, store))| {
                             let version_of = |(epoch, seq)| crate::store::Version { epoch, seq };
                             Op::Unchanged {
                                 bucket,
@@ -1456,6 +1456,7 @@ mod tests {
                                     high: version_of((high, seq)),
                                     epoch,
                                     removals,
+                                    store,
                                 },
                             }
                         }

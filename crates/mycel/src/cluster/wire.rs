@@ -1297,6 +1297,7 @@ mod tests {
                             high: Version { epoch: 5, seq: 12 },
                             epoch: 5,
                             removals: 77,
+                            store: 3,
                         },
                     },
                     Op::Unchanged {
@@ -1307,6 +1308,7 @@ mod tests {
                             high: Version::default(),
                             epoch: 0,
                             removals: u64::MAX,
+                            store: u64::MAX,
                         },
                     },
                     Op::Stamp {
@@ -1360,6 +1362,7 @@ mod tests {
                     high: Version { epoch: 1, seq: 3 },
                     epoch: 1,
                     removals: 0,
+                    store: 0,
                 })),
                 Ok(OpReply::Value(Some(b("v")))),
                 Ok(OpReply::Keys {
