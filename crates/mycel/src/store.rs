@@ -893,8 +893,8 @@ impl Store {
     /// tombstones meanwhile, per slot), or the store was cleared, any write to the
     /// partition since counts as a change. After a change of routing epoch (the
     /// partition may have moved: a new owner knows nothing of the removals here), or on
-    /// another store (the node restarted), a key that had no value counts as changed. Those are spurious changes, never missed
-    /// ones.
+    /// another store (the node restarted), a key that had no value counts as changed.
+    /// Those are spurious changes, never missed ones.
     pub fn unchanged(
         &self,
         bucket: BucketId,

@@ -1447,8 +1447,8 @@ impl Cluster {
     }
 
     /// Deletes every key of every bucket (Redis `FLUSHDB`); returns how many. Each
-    /// partition's primary deletes its keys a page at a time (`FLUSH_PAGE_BYTES`, 16 KiB, of
-    /// keys per partition, the partitions of one primary in one message), every delete
+    /// partition's primary deletes its keys a page at a time (16 KiB of keys per
+    /// partition, the partitions of one primary in one message), every delete
     /// replicated to the backups as any other write. Each partition is gone through once,
     /// in its scan order (the same on every node), so a flush ends even while keys are
     /// being written.
