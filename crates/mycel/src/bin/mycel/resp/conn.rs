@@ -261,26 +261,16 @@ async fn transaction(
             if watched.failed {
                 return Frame::NullArray;
             }
-            let results = if watched.keys.is_empty() {
-                if ops.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    shared.mycel.transaction(session.bucket, ops).await
-                }
-            } else {
-                match shared
-                    .mycel
-                    .transaction_if(session.bucket, watched.keys.into_iter().collect(), ops)
-                    .await
-                {
-                    Ok(Some(results)) => Ok(results),
-                    // A watched key changed: nothing ran.
-                    Ok(None) => return Frame::NullArray,
-                    Err(e) => Err(e),
-                }
-            };
-            let results = match results {
-                Ok(results) => results,
+            // With nothing watched, a plain transaction.
+            let watched = watched.keys.into_iter().collect();
+            let results = match shared
+                .mycel
+                .transaction_if(session.bucket, watched, ops)
+                .await
+            {
+                Ok(Some(results)) => results,
+                // A watched key changed: nothing ran.
+                Ok(None) => return Frame::NullArray,
                 Err(e) => return apply::error_frame(&e),
             };
             let share = start.elapsed() / u32::try_from(queued.len()).unwrap_or(u32::MAX).max(1);
