@@ -668,17 +668,26 @@ fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
     let n = ctx.samples(300);
     let mut out = Map::new();
     println!("\nconnection set-up to first echoed 64 B message ({n} samples each)");
-    for kind in SetupKind::ALL {
-        let rig = rig.clone();
-        let (mut samples, misses) = ctx.run(async move {
-            let misses = Misses::default();
-            let mut samples = Vec::with_capacity(n);
-            for _ in 0..n {
-                samples.push(rig.once(kind, &misses).await.expect("set-up"));
+    // One sample of each kind in turn, so that every kind sees the same machine: the
+    // ratios between kinds (0-RTT / full) do not drift with what else the machine did
+    // while one kind was measured. Each round starts one kind later, so that no kind
+    // always follows the same other kind (a closing connection's last packets).
+    let (mut samples, misses) = ctx.run(async move {
+        let misses: Vec<Misses> = SetupKind::ALL.iter().map(|_| Misses::default()).collect();
+        let mut samples = vec![Vec::with_capacity(n); SetupKind::ALL.len()];
+        let kinds = SetupKind::ALL.len();
+        for round in 0..n {
+            for k in 0..kinds {
+                let i = (round + k) % kinds;
+                let kind = SetupKind::ALL[i];
+                samples[i].push(rig.once(kind, &misses[i]).await.expect("set-up"));
             }
-            (samples, misses.0.into_inner())
-        });
-        let s = Summary::of(&mut samples).expect("samples");
+        }
+        (samples, misses)
+    });
+    for (i, kind) in SetupKind::ALL.into_iter().enumerate() {
+        let s = Summary::of(&mut samples[i]).expect("samples");
+        let misses = misses[i].0.load(std::sync::atomic::Ordering::Relaxed);
         println!(
             "  {:<18} p50 {:>8.1} µs  p99 {:>8.1} µs  mean {:>8.1} µs  (not as intended: {misses})",
             kind.name(),

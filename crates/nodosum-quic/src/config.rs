@@ -80,7 +80,8 @@ pub struct Config {
     /// (the writer never waits to fill a batch).
     pub write_batch_bytes: usize,
     /// Messages buffered per application between the streams and the application's
-    /// receiver. When full, the streams of that application stop reading and QUIC flow
+    /// receiver (which takes up to 64 of them at a time out of the queue, room for as many
+    /// new ones). When full, the streams of that application stop reading and QUIC flow
     /// control pushes back on the senders of that application only. Default 1024.
     pub app_receiver_capacity: usize,
     /// First delay before redialling a peer that should be connected. Default 100 ms,

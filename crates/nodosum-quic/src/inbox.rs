@@ -32,7 +32,8 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use nodosum_proto::NodeId;
-use tokio::sync::mpsc;
+
+use crate::queue::{self, TryRecvError};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here is left half-updated by a panic that matters more than the panic.
@@ -44,7 +45,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Returned by [`QuicNode::register_app`](crate::QuicNode::register_app). Dropping it
 /// closes the application (see there).
 pub struct AppReceiver {
-    rx: mpsc::Receiver<(NodeId, Bytes)>,
+    rx: queue::Receiver<(NodeId, Bytes)>,
     inbox: Arc<Inbox>,
 }
 
@@ -57,7 +58,7 @@ impl fmt::Debug for AppReceiver {
 }
 
 impl AppReceiver {
-    pub(crate) fn new(rx: mpsc::Receiver<(NodeId, Bytes)>, inbox: Arc<Inbox>) -> Self {
+    pub(crate) fn new(rx: queue::Receiver<(NodeId, Bytes)>, inbox: Arc<Inbox>) -> Self {
         Self { rx, inbox }
     }
 
@@ -74,7 +75,7 @@ impl AppReceiver {
     }
 
     /// The next message if one is queued now, without waiting.
-    pub fn try_recv(&mut self) -> Result<(NodeId, Bytes), mpsc::error::TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<(NodeId, Bytes), TryRecvError> {
         self.rx.try_recv()
     }
 }
@@ -87,7 +88,7 @@ impl Drop for AppReceiver {
 
 /// Takes the messages of the readers woken for a parked receiver, else parks it.
 fn poll_recv(
-    rx: &mut mpsc::Receiver<(NodeId, Bytes)>,
+    rx: &mut queue::Receiver<(NodeId, Bytes)>,
     inbox: &Inbox,
     cx: &mut Context<'_>,
 ) -> Poll<Option<(NodeId, Bytes)>> {
@@ -113,6 +114,7 @@ fn poll_recv(
         let mut st = lock(&inbox.state);
         if st.ready.is_empty() {
             st.parked = true;
+            inbox.parked.store(true, Ordering::Relaxed);
             if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 st.waker = Some(cx.waker().clone());
             }
@@ -134,6 +136,10 @@ impl Drop for Unpark<'_> {
 #[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<InboxState>,
+    /// `state.parked`, readable without the lock. Only the receiver changes it (under the
+    /// lock), and readers add to `ready` only while it is set: a receiver that reads it
+    /// unset knows, without the lock, that it has nothing to take or give back.
+    parked: AtomicBool,
 }
 
 #[derive(Default)]
@@ -147,8 +153,12 @@ struct InboxState {
 impl Inbox {
     /// Leaves the parked state; returns the readers woken for the receiver since.
     fn take_ready(&self) -> Vec<Arc<Cell>> {
+        if !self.parked.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
         let mut st = lock(&self.state);
         st.parked = false;
+        self.parked.store(false, Ordering::Relaxed);
         let ready = std::mem::take(&mut st.ready);
         drop(st);
         for cell in &ready {
@@ -159,13 +169,14 @@ impl Inbox {
 
     /// The receiver stops waiting: readers woken for it go to their shells.
     fn unpark(&self) {
+        if !self.parked.load(Ordering::Relaxed) {
+            return;
+        }
         let ready = {
             let mut st = lock(&self.state);
-            if !st.parked && st.ready.is_empty() {
-                return;
-            }
             st.waker = None;
             st.parked = false;
+            self.parked.store(false, Ordering::Relaxed);
             std::mem::take(&mut st.ready)
         };
         for cell in ready {
@@ -350,7 +361,7 @@ mod tests {
 
     use super::*;
 
-    type Tx = mpsc::Sender<(NodeId, Bytes)>;
+    type Tx = queue::Sender<(NodeId, Bytes)>;
 
     /// Waits until `cond` holds; panics after 30 s.
     async fn until(cond: impl Fn() -> bool) {
@@ -364,7 +375,7 @@ mod tests {
     }
 
     fn pair() -> (Tx, AppReceiver, Arc<Inbox>) {
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = queue::channel(4, queue::TAKE);
         let inbox = Arc::new(Inbox::default());
         (tx, AppReceiver::new(rx, inbox.clone()), inbox)
     }

@@ -124,7 +124,8 @@
 //! stream).
 //!
 //! Each stream's reader runs in its own task and delivers into the application's bounded
-//! channel, in order. While the application waits in [`AppReceiver::recv`] with nothing
+//! queue ([`Config::app_receiver_capacity`] messages, plus up to 64 the receiver has taken
+//! and not returned yet), in order. While the application waits in [`AppReceiver::recv`] with nothing
 //! queued, a reader that quinn wakes is polled by the application's task itself, so a
 //! message costs one task wake-up on the receiving side, as on a raw quinn stream; a busy,
 //! stalled or dropped receiver leaves its readers to their own tasks.
@@ -149,6 +150,7 @@ mod gate;
 mod inbox;
 mod metrics;
 mod node;
+mod queue;
 mod resolve;
 mod tls;
 
@@ -158,6 +160,7 @@ pub use node::{
     AcceptPolicy, AppOptions, ConnectionInfo, Counts, DownReason, EarlyData, Error, Event,
     HandshakeKind, LaneSender, QuicNode, RejectReason, SendError, codes,
 };
+pub use queue::TryRecvError;
 pub use tls::{
     DEFAULT_ALPN, DevCa, DevValidity, IdentityError, PemFile, TlsError, TlsIdentity,
     crypto_provider, node_id_from_cert,

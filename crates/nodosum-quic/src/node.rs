@@ -24,6 +24,7 @@ use crate::config::{Config, Congestion};
 use crate::gate::{Gate, Role};
 use crate::inbox::{AppReceiver, Inbox, hosted};
 use crate::metrics::{AppLabel, KindLabel, Metrics, PathCounts, ReasonLabel, Traffic};
+use crate::queue;
 use crate::resolve::{self, Attach, StreamSide};
 use crate::tls::{HandshakeTracker, TlsConfigs, TlsError, TlsIdentity, node_id_from_cert};
 
@@ -324,7 +325,7 @@ fn congestion_of(conn: &quinn::Connection) -> Congestion {
 /// The acceptance policy: may this (CA-verified) node ID connect?
 pub type AcceptPolicy = Arc<dyn Fn(&NodeId) -> bool + Send + Sync>;
 
-type AppTx = mpsc::Sender<(NodeId, Bytes)>;
+type AppTx = queue::Sender<(NodeId, Bytes)>;
 
 /// How an application's messages may travel, given to
 /// [`QuicNode::register_app_with`]. The default is the safe choice for any application.
@@ -582,7 +583,7 @@ impl Drop for Unrouted {
 }
 
 struct Lane {
-    tx: mpsc::Sender<Bytes>,
+    tx: queue::Sender<Bytes>,
     ctl: mpsc::UnboundedSender<LaneCtl>,
     shared: Arc<LaneShared>,
     task: JoinHandle<()>,
@@ -655,8 +656,8 @@ impl LaneShared {
     /// holding messages it took and has not written yet does not park, so order is
     /// kept). Never waits: a stream without room (flow control) or busy leaves the
     /// message to the queue; a write that fit only in part hands its rest to the writer.
-    fn try_direct(&self, tx: &mpsc::Sender<Bytes>, msg: Bytes) -> DirectWrite {
-        let queue_empty = || tx.capacity() == tx.max_capacity();
+    fn try_direct(&self, tx: &queue::Sender<Bytes>, msg: Bytes) -> DirectWrite {
+        let queue_empty = || tx.is_empty();
         if !queue_empty() || self.closed.is_closed() || self.detached.load(Ordering::Acquire) {
             return DirectWrite::Queue(msg);
         }
@@ -931,7 +932,7 @@ impl QuicNode {
     /// Like [`register_app`](Self::register_app), with options: a replay-safe
     /// application's messages travel as 0-RTT data on reconnects (see [`AppOptions`]).
     pub fn register_app_with(&self, app: AppId, options: AppOptions) -> Result<AppReceiver, Error> {
-        let (tx, rx) = mpsc::channel(self.inner.config.app_receiver_capacity);
+        let (tx, rx) = queue::channel(self.inner.config.app_receiver_capacity, queue::TAKE);
         let inbox = Arc::new(Inbox::default());
         let (unregistered_tx, unregistered) = oneshot::channel();
         let stale = {
@@ -1081,16 +1082,14 @@ impl QuicNode {
                 shared.work.notify_one();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::TrySendError::Full(_)) => {
                 self.inner.metrics.send_error(app.as_str(), "queue_full", 1);
                 Err(SendError::QueueFull {
                     node: node.clone(),
                     app: app.clone(),
                 })
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Err(self.inner.lane_failed(node, app, &shared))
-            }
+            Err(queue::TrySendError::Closed(_)) => Err(self.inner.lane_failed(node, app, &shared)),
         }
     }
 
@@ -1212,7 +1211,7 @@ impl QuicNode {
 }
 
 /// A lane's queue and shared state, as a [`LaneSender`] caches them.
-type LaneRef = (mpsc::Sender<Bytes>, Arc<LaneShared>);
+type LaneRef = (queue::Sender<Bytes>, Arc<LaneShared>);
 
 /// A cached sender for one (peer, application), from [`QuicNode::sender`]. Cloning it
 /// is cheap; each clone caches the lane on its own.
@@ -1322,7 +1321,7 @@ impl LaneSender {
                 shared.work.notify_one();
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(queue::TrySendError::Full(_)) => {
                 self.inner
                     .metrics
                     .send_error(self.app.as_str(), "queue_full", 1);
@@ -1331,7 +1330,7 @@ impl LaneSender {
                     app: self.app.clone(),
                 })
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.failed()),
+            Err(queue::TrySendError::Closed(_)) => Err(self.failed()),
         }
     }
 }
@@ -1488,7 +1487,7 @@ impl Inner {
         node: &NodeId,
         app: &AppId,
         msg: &Bytes,
-    ) -> Result<(mpsc::Sender<Bytes>, Arc<LaneShared>, bool), SendError> {
+    ) -> Result<(queue::Sender<Bytes>, Arc<LaneShared>, bool), SendError> {
         let max = self.config.limits.max_message_size;
         let len = msg.len();
         if message_header(len, &self.config.limits).is_err() {
@@ -1524,7 +1523,7 @@ impl Inner {
                 .expect("invariant: the lane was just found under the same lock");
             return (lane, false);
         }
-        let (tx, rx) = mpsc::channel(self.config.send_queue_len);
+        let (tx, rx) = queue::channel(self.config.send_queue_len, queue::TAKE);
         let (ctl, ctl_rx) = mpsc::unbounded_channel();
         let traffic = self.metrics.traffic(app.as_str(), "out");
         let shared = Arc::new(LaneShared::new(self.config.limits, traffic.clone()));
@@ -1575,7 +1574,7 @@ impl Inner {
         failure.unwrap_or(SendError::PeerGone { node: node.clone() })
     }
 
-    fn app_sender(&self, app: &AppId) -> Option<mpsc::Sender<(NodeId, Bytes)>> {
+    fn app_sender(&self, app: &AppId) -> Option<AppTx> {
         self.apps
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -2753,7 +2752,7 @@ async fn read_stream(
 ) {
     let decoder = MessageDecoder::new(&inner.config.limits);
     let traffic = inner.metrics.traffic(app.as_str(), "in");
-    let mut app_tx: Option<mpsc::Sender<(NodeId, Bytes)>> = None;
+    let mut app_tx: Option<AppTx> = None;
     // Messages and bytes delivered since the counters were last updated (once per read).
     let (mut msgs, mut bytes) = (0u64, 0u64);
     // Size of the next read: grows while reads fill it, so a busy stream reads (and
@@ -2795,10 +2794,10 @@ async fn read_stream(
                 }
                 match tx.try_send((node.clone(), msg)) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => break app_closed(&mut recv),
+                    Err(queue::TrySendError::Closed(_)) => break app_closed(&mut recv),
                     // A stalled application must not pin a stream of a connection that is
                     // gone or of an application that was closed.
-                    Err(mpsc::error::TrySendError::Full(item)) => tokio::select! {
+                    Err(queue::TrySendError::Full(item)) => tokio::select! {
                         sent = tx.send(item) => if sent.is_err() {
                             break app_closed(&mut recv);
                         },
@@ -3023,56 +3022,33 @@ struct Writer {
     scratch: BytesMut,
 }
 
-/// A lane's send queue as its writer reads it: messages are taken from the channel up to
-/// [`LANE_TAKE`] at a time (their room in the channel is released with one update of its
-/// semaphore instead of one per message) and kept here, in order, until written. The
-/// writer lends its stream to direct writes only while this is empty (see
-/// `Writer::park`), so a direct write never overtakes a message taken here.
+/// A lane's send queue as its writer reads it: messages are taken out of the queue up
+/// to [`queue::TAKE`] at a time, and their room is given back when all of them were
+/// handed out and the writer looks again. The writer lends its stream to direct writes
+/// only while the queue is empty with nothing taken (see `Writer::park`), so a direct
+/// write never overtakes a message the writer holds.
 struct LaneQueue {
-    rx: mpsc::Receiver<Bytes>,
-    /// Taken and not written yet, the next one last.
-    taken: Vec<Bytes>,
+    rx: queue::Receiver<Bytes>,
 }
 
-/// Most messages a writer takes from its lane's channel at once.
-const LANE_TAKE: usize = 64;
-
 impl LaneQueue {
-    fn new(rx: mpsc::Receiver<Bytes>) -> Self {
-        Self {
-            rx,
-            taken: Vec::new(),
-        }
+    fn new(rx: queue::Receiver<Bytes>) -> Self {
+        Self { rx }
     }
 
-    /// The next message if one is queued now, without waiting. The channel's waker is
-    /// left a no-op one: the writer waits on the queue only through [`LaneQueue::recv`],
-    /// which registers its own, and a running writer needs no wake-up per message.
+    /// The next message if one is queued now, without waiting.
     fn try_recv(&mut self) -> Option<Bytes> {
-        if self.taken.is_empty() {
-            let _ = self.take(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-        }
-        self.taken.pop()
+        self.rx.try_recv().ok()
     }
 
-    /// The next message; `None` once the channel is closed and everything was taken.
+    /// The next message; `None` once the queue is closed and everything was taken.
     async fn recv(&mut self) -> Option<Bytes> {
-        if self.taken.is_empty() {
-            std::future::poll_fn(|cx| self.take(cx)).await;
-        }
-        self.taken.pop()
+        self.rx.recv().await
     }
 
-    /// Takes what the channel holds, up to [`LANE_TAKE`] messages (`taken` is empty).
-    fn take(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        self.rx
-            .poll_recv_many(cx, &mut self.taken, LANE_TAKE)
-            .map(|_| self.taken.reverse())
-    }
-
-    /// Nothing to write: nothing taken and nothing in the channel.
-    fn is_empty(&self) -> bool {
-        self.taken.is_empty() && self.rx.is_empty()
+    /// Nothing to write: nothing taken and nothing queued.
+    fn is_empty(&mut self) -> bool {
+        self.rx.is_empty()
     }
 
     /// Refuses further messages (queued ones can still be taken).
@@ -3082,13 +3058,7 @@ impl LaneQueue {
 
     /// Closes the queue and drops everything in it; how many messages that was.
     fn close_and_clear(&mut self) -> u64 {
-        self.rx.close();
-        let mut dropped = self.taken.len() as u64;
-        self.taken.clear();
-        while self.rx.try_recv().is_ok() {
-            dropped += 1;
-        }
-        dropped
+        self.rx.close_and_clear() as u64
     }
 }
 
@@ -3961,25 +3931,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_lane_queue_hands_out_in_order_and_is_empty_only_with_nothing_taken() {
-        let (tx, rx) = mpsc::channel(200);
+        let (tx, rx) = queue::channel(200, queue::TAKE);
         let mut queue = LaneQueue::new(rx);
         assert!(queue.is_empty());
         for i in 0..150 {
             tx.try_send(numbered(i)).unwrap();
         }
-        // The first message takes a batch: the room of all of it is free at once.
         assert_eq!(queue.try_recv(), Some(numbered(0)));
-        assert_eq!(tx.capacity(), 200 - 150 + LANE_TAKE);
         for i in 1..140 {
             assert_eq!(queue.try_recv(), Some(numbered(i)), "message {i}");
         }
-        // The channel is empty, but taken messages are not written yet: a writer that
+        // Nothing is queued, but taken messages are not written yet: a writer that
         // parked now would let direct writes overtake them.
-        assert_eq!(tx.capacity(), tx.max_capacity());
+        assert!(!tx.is_empty());
         assert!(!queue.is_empty());
         assert_eq!(queue.recv().await, Some(numbered(140)));
         tx.try_send(numbered(150)).unwrap();
-        // Nine taken and one in the channel are dropped (and counted) on close.
+        // Nine taken and one queued are dropped (and counted) on close.
         assert_eq!(queue.close_and_clear(), 10);
         assert!(queue.is_empty());
         assert_eq!(queue.try_recv(), None);
