@@ -619,6 +619,18 @@ impl SetupRig {
     }
 }
 
+/// Shuffles `order` in place (Fisher-Yates with xorshift64 from `seed`: the same orders
+/// every run).
+fn shuffle(order: &mut [usize], seed: &mut u64) {
+    for i in (1..order.len()).rev() {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let j = usize::try_from(*seed % (i as u64 + 1)).unwrap_or(0);
+        order.swap(i, j);
+    }
+}
+
 fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
     let pki = ctx.pki.clone();
     let rig = ctx
@@ -670,15 +682,19 @@ fn setup(c: &mut Criterion, ctx: &Ctx) -> Value {
     println!("\nconnection set-up to first echoed 64 B message ({n} samples each)");
     // One sample of each kind in turn, so that every kind sees the same machine: the
     // ratios between kinds (0-RTT / full) do not drift with what else the machine did
-    // while one kind was measured. Each round starts one kind later, so that no kind
-    // always follows the same other kind (a closing connection's last packets).
+    // while one kind was measured. Each round in another order, so that every kind
+    // follows every other about as often: a sample that follows one which ends with
+    // a wait (a Nodosum server noticing the client left) starts with the runtime's
+    // workers parked and pays for waking them, about 0.3 ms here; one that follows a
+    // raw QUIC close finds them running.
     let (mut samples, misses) = ctx.run(async move {
         let misses: Vec<Misses> = SetupKind::ALL.iter().map(|_| Misses::default()).collect();
         let mut samples = vec![Vec::with_capacity(n); SetupKind::ALL.len()];
-        let kinds = SetupKind::ALL.len();
-        for round in 0..n {
-            for k in 0..kinds {
-                let i = (round + k) % kinds;
+        let mut order: Vec<usize> = (0..SetupKind::ALL.len()).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..n {
+            shuffle(&mut order, &mut seed);
+            for &i in &order {
                 let kind = SetupKind::ALL[i];
                 samples[i].push(rig.once(kind, &misses[i]).await.expect("set-up"));
             }

@@ -1059,8 +1059,10 @@ impl QuicNode {
             DirectWrite::Queue(msg) => msg,
         };
         match tx.send(msg).await {
-            Ok(()) => {
-                shared.work.notify_one();
+            Ok(first) => {
+                if first {
+                    shared.work.notify_one();
+                }
                 Ok(())
             }
             Err(_) => Err(self.inner.lane_failed(node, app, &shared)),
@@ -1078,8 +1080,10 @@ impl QuicNode {
             DirectWrite::Queue(msg) => msg,
         };
         match tx.try_send(msg) {
-            Ok(()) => {
-                shared.work.notify_one();
+            Ok(first) => {
+                if first {
+                    shared.work.notify_one();
+                }
                 Ok(())
             }
             Err(queue::TrySendError::Full(_)) => {
@@ -1299,8 +1303,10 @@ impl LaneSender {
             DirectWrite::Queue(msg) => msg,
         };
         match tx.send(msg).await {
-            Ok(()) => {
-                shared.work.notify_one();
+            Ok(first) => {
+                if first {
+                    shared.work.notify_one();
+                }
                 Ok(())
             }
             Err(_) => Err(self.failed()),
@@ -1317,8 +1323,10 @@ impl LaneSender {
             DirectWrite::Queue(msg) => msg,
         };
         match tx.try_send(msg) {
-            Ok(()) => {
-                shared.work.notify_one();
+            Ok(first) => {
+                if first {
+                    shared.work.notify_one();
+                }
                 Ok(())
             }
             Err(queue::TrySendError::Full(_)) => {
@@ -2793,7 +2801,7 @@ async fn read_stream(
                     }
                 }
                 match tx.try_send((node.clone(), msg)) {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     Err(queue::TrySendError::Closed(_)) => break app_closed(&mut recv),
                     // A stalled application must not pin a stream of a connection that is
                     // gone or of an application that was closed.
@@ -3046,9 +3054,16 @@ impl LaneQueue {
         self.rx.recv().await
     }
 
-    /// Nothing to write: nothing taken and nothing queued.
-    fn is_empty(&mut self) -> bool {
+    /// Nothing queued and nothing taken but not handed out yet.
+    fn is_empty(&self) -> bool {
         self.rx.is_empty()
+    }
+
+    /// As [`is_empty`](Self::is_empty), and the writer holds no message either (it wrote
+    /// every one it was handed): senders may now write directly (see
+    /// [`LaneShared::try_direct`]), and the next one queued wakes the writer.
+    fn idle(&mut self) -> bool {
+        self.rx.idle()
     }
 
     /// Refuses further messages (queued ones can still be taken).
@@ -3297,16 +3312,18 @@ impl Writer {
     /// stream being given up, an empty queue, an open application and a lane still in
     /// its map and not draining (so the end of the queue is noticed through `rx`).
     fn park(&mut self) -> bool {
+        // `idle` last: it tells the senders the writer holds nothing, which only the
+        // writer parking with everything written may say.
         let parkable = self.ctl_open
             && !self.draining
             && self.retiring.is_empty()
             && self.resend.is_empty()
-            && self.rx.is_empty()
             && !self.shared.closed.is_closed()
             && self
                 .cur
                 .as_ref()
-                .is_some_and(|c| !c.needs_init && !c.early && c.send.is_some());
+                .is_some_and(|c| !c.needs_init && !c.early && c.send.is_some())
+            && self.rx.idle();
         if !parkable {
             return false;
         }
@@ -3945,14 +3962,27 @@ mod tests {
         // parked now would let direct writes overtake them.
         assert!(!tx.is_empty());
         assert!(!queue.is_empty());
-        assert_eq!(queue.recv().await, Some(numbered(140)));
-        tx.try_send(numbered(150)).unwrap();
-        // Nine taken and one queued are dropped (and counted) on close.
-        assert_eq!(queue.close_and_clear(), 10);
+        assert!(!queue.idle());
+        for i in 140..150 {
+            assert_eq!(queue.recv().await, Some(numbered(i)));
+        }
+        // All handed out, the last one perhaps not written yet: only the writer, once it
+        // has written it, says it holds nothing.
+        assert_eq!(queue.try_recv(), None);
+        assert!(queue.is_empty());
+        assert!(!tx.is_empty());
+        assert!(queue.idle());
+        assert!(tx.is_empty());
+        assert_eq!(tx.try_send(numbered(150)), Ok(true));
+        assert_eq!(tx.try_send(numbered(151)), Ok(false));
+        assert_eq!(queue.recv().await, Some(numbered(150)));
+        tx.try_send(numbered(152)).unwrap();
+        // One taken and one queued are dropped (and counted) on close.
+        assert_eq!(queue.close_and_clear(), 2);
         assert!(queue.is_empty());
         assert_eq!(queue.try_recv(), None);
         assert_eq!(queue.recv().await, None);
-        assert!(tx.try_send(numbered(151)).is_err());
+        assert!(tx.try_send(numbered(153)).is_err());
     }
 
     fn alert(n: u8, reason: &str) -> ConnectionError {

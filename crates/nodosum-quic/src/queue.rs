@@ -11,10 +11,14 @@
 //! receiver's buffer (their room is given back when they are taken, so that senders can
 //! fill the queue while the receiver works through its batch). Memory stays bounded by
 //! what the queue was built with, whatever the two sides do.
+//!
+//! Fairness: senders that had to wait for room go before senders that did not (a new
+//! `try_send` finds the queue full while any sender waits), so a sender that waits is not
+//! overtaken forever by others that keep finding room first.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -26,10 +30,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// How many items the node's queues hand their receivers at a time: a batch's room is
+/// given back at once, and a sender never waits for a receiver that holds a whole
+/// queue's worth.
+pub(crate) const TAKE: usize = 64;
+
 /// Why [`Sender::try_send`] did not queue an item (returned with it).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TrySendError<T> {
-    /// The queue holds `capacity` items.
+    /// The queue holds `capacity` items, or senders wait for room.
     Full(T),
     /// The receiver is gone.
     Closed(T),
@@ -48,13 +57,19 @@ pub enum TryRecvError {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    /// Senders waiting for room (see [`Sender::send`]), and for the receiver's end.
+    /// Senders waiting for room (see [`Sender::send`]).
     room: Notify,
+    /// Tasks waiting for the receiver's end (see [`Sender::closed`]).
+    end: Notify,
     capacity: usize,
     /// Most items the receiver takes into its buffer at once.
     take: usize,
-    /// Nothing queued and nothing taken (see [`Sender::is_empty`]): written under the
-    /// lock whenever either changes, read without it.
+    /// Live senders. Counted outside the lock (a lane's sender is cloned per send); the
+    /// last one's drop takes the lock to wake the receiver.
+    senders: AtomicUsize,
+    /// Nothing queued, and the receiver said it holds nothing (see
+    /// [`Sender::is_empty`]): written under the lock whenever either changes, read
+    /// without it.
     empty: AtomicBool,
     /// `receiver_gone`, readable without the lock.
     gone: AtomicBool,
@@ -64,33 +79,34 @@ impl<T> Shared<T> {
     /// Publishes whether `st` is empty (called with `st` locked, after a change).
     fn publish(&self, st: &State<T>) {
         self.empty
-            .store(st.items.is_empty() && st.taken == 0, Ordering::Release);
+            .store(st.items.is_empty() && !st.holding, Ordering::Release);
+    }
+
+    /// The receiver is gone (dropped, or closed): no more items are queued, and every
+    /// waiting sender and [`Sender::closed`] hears of it.
+    fn end(&self, st: &mut State<T>) {
+        st.receiver_gone = true;
+        self.gone.store(true, Ordering::Release);
+    }
+
+    fn wake_all(&self) {
+        self.room.notify_waiters();
+        self.end.notify_waiters();
     }
 }
 
 struct State<T> {
     items: VecDeque<T>,
-    /// Items the receiver took into its buffer at its last look (nonzero: it may still
-    /// hold some).
-    taken: usize,
+    /// The receiver took items since it last said it holds none (see
+    /// [`Receiver::idle`]): it may still be working on one.
+    holding: bool,
     /// The receiver's waker while it waits for an item.
     waker: Option<Waker>,
-    /// A sender found the queue full since room was last given back.
-    room_wanted: bool,
-    senders: usize,
+    /// Senders inside [`Sender::send`] waiting for room: while there are any, only they
+    /// may queue.
+    waiting: usize,
     /// The receiver was dropped or closed: nothing more is queued.
     receiver_gone: bool,
-}
-
-/// How many items the node's queues hand their receivers at a time: a batch's room is
-/// given back at once, and a sender never waits for a receiver that holds a whole
-/// queue's worth.
-pub(crate) const TAKE: usize = take_env();
-const fn take_env() -> usize {
-    match option_env!("TAKE") {
-        Some(_) => 16,
-        None => 64,
-    }
 }
 
 /// A queue of at most `capacity` items (at least 1), whose receiver takes up to `take`
@@ -100,15 +116,16 @@ pub(crate) fn channel<T>(capacity: usize, take: usize) -> (Sender<T>, Receiver<T
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
-            taken: 0,
+            holding: false,
             waker: None,
-            room_wanted: false,
-            senders: 1,
+            waiting: 0,
             receiver_gone: false,
         }),
         room: Notify::new(),
+        end: Notify::new(),
         capacity: capacity.max(1),
         take: take.max(1),
+        senders: AtomicUsize::new(1),
         empty: AtomicBool::new(true),
         gone: AtomicBool::new(false),
     });
@@ -132,7 +149,8 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
-        lock(&self.shared.state).senders += 1;
+        // A new sender comes from a live one: the count cannot be reaching zero now.
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: self.shared.clone(),
         }
@@ -141,54 +159,87 @@ impl<T> Clone for Sender<T> {
 
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
-        let mut st = lock(&self.shared.state);
-        st.senders -= 1;
-        let waker = if st.senders == 0 {
-            st.waker.take()
-        } else {
-            None
-        };
-        drop(st);
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last one. The receiver looks at the count under the lock before it
+        // registers its waker, so taken after the count fell, the lock finds either no
+        // waker (the receiver will see the count) or the one to wake.
+        let waker = lock(&self.shared.state).waker.take();
         if let Some(waker) = waker {
             waker.wake();
         }
     }
 }
 
+/// Counts a sender among the waiting ones while it lives.
+struct Waiting<'a, T>(&'a Shared<T>);
+
+impl<'a, T> Waiting<'a, T> {
+    fn new(shared: &'a Shared<T>) -> Self {
+        lock(&shared.state).waiting += 1;
+        Self(shared)
+    }
+}
+
+impl<T> Drop for Waiting<'_, T> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.0.state);
+        st.waiting -= 1;
+        let room = st.items.len() < self.0.capacity && st.waiting > 0;
+        drop(st);
+        if room {
+            // Gone without using room it may have been woken for: the others look.
+            self.0.room.notify_waiters();
+        }
+    }
+}
+
 impl<T> Sender<T> {
-    /// Queues `item` if there is room and the receiver is there.
-    pub(crate) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+    /// Queues `item` if there is room, no other sender waits for it, and the receiver is
+    /// there. `Ok(true)`: the queue was empty and the receiver holds nothing, so a
+    /// receiver that waits elsewhere than in `recv` (a parked lane writer) needs telling;
+    /// otherwise whoever queued the first item did that.
+    pub(crate) fn try_send(&self, item: T) -> Result<bool, TrySendError<T>> {
+        self.push(item, false)
+    }
+
+    fn push(&self, item: T, waiter: bool) -> Result<bool, TrySendError<T>> {
         let mut st = lock(&self.shared.state);
         if st.receiver_gone {
             return Err(TrySendError::Closed(item));
         }
-        if st.items.len() >= self.shared.capacity {
-            st.room_wanted = true;
+        if st.items.len() >= self.shared.capacity || (!waiter && st.waiting > 0) {
             return Err(TrySendError::Full(item));
         }
+        let first = st.items.is_empty() && !st.holding;
         st.items.push_back(item);
-        self.shared.empty.store(false, Ordering::Release);
+        if first {
+            self.shared.empty.store(false, Ordering::Release);
+        }
         let waker = st.waker.take();
         drop(st);
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(first)
     }
 
-    /// Queues `item`, waiting for room. `Err(item)`: the receiver is gone. Dropping the
-    /// future drops the item unless it was queued.
-    pub(crate) async fn send(&self, item: T) -> Result<(), T> {
+    /// Queues `item`, waiting for room (`Ok` as for [`try_send`](Self::try_send)).
+    /// `Err(item)`: the receiver is gone. Dropping the future drops the item unless it
+    /// was queued.
+    pub(crate) async fn send(&self, item: T) -> Result<bool, T> {
         // As tokio's own channels: a sender that always finds room still yields to the
         // runtime once its task's budget is spent. Otherwise it keeps its worker until
         // the queue is full, and the receiver it wakes waits in that worker's LIFO slot
         // (which no other worker steals from) instead of running beside it.
         tokio::task::consume_budget().await;
         let mut item = match self.try_send(item) {
-            Ok(()) => return Ok(()),
+            Ok(first) => return Ok(first),
             Err(TrySendError::Closed(item)) => return Err(item),
             Err(TrySendError::Full(item)) => item,
         };
+        let _waiting = Waiting::new(&self.shared);
         loop {
             // Registered before looking again, so that room given back after this look
             // wakes it (the first look, above, registers nothing: a send that finds room
@@ -196,8 +247,8 @@ impl<T> Sender<T> {
             let room = self.shared.room.notified();
             let mut room = std::pin::pin!(room);
             room.as_mut().enable();
-            match self.try_send(item) {
-                Ok(()) => return Ok(()),
+            match self.push(item, true) {
+                Ok(first) => return Ok(first),
                 Err(TrySendError::Closed(back)) => return Err(back),
                 Err(TrySendError::Full(back)) => item = back,
             }
@@ -207,16 +258,13 @@ impl<T> Sender<T> {
 
     /// Waits until the receiver is gone.
     pub(crate) async fn closed(&self) {
-        loop {
-            // The receiver's drop wakes every sender waiting for room.
-            let gone = self.shared.room.notified();
-            let mut gone = std::pin::pin!(gone);
-            gone.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            gone.await;
+        let end = self.shared.end.notified();
+        let mut end = std::pin::pin!(end);
+        end.as_mut().enable();
+        if self.is_closed() {
+            return;
         }
+        end.await;
     }
 
     /// Whether the receiver is gone.
@@ -224,8 +272,8 @@ impl<T> Sender<T> {
         self.shared.gone.load(Ordering::Acquire)
     }
 
-    /// Whether nothing is queued, and the receiver found its buffer empty when it last
-    /// looked (so it holds nothing it has not returned yet).
+    /// Whether nothing is queued and the receiver said it holds nothing (see
+    /// [`Receiver::idle`]); from then on the next item queued is the first one.
     pub(crate) fn is_empty(&self) -> bool {
         self.shared.empty.load(Ordering::Acquire)
     }
@@ -238,7 +286,7 @@ impl<T> Sender<T> {
 /// The receiving end. Dropping it closes the queue and drops what it holds.
 pub(crate) struct Receiver<T> {
     shared: Arc<Shared<T>>,
-    /// Items taken out of the queue and not returned yet, in order.
+    /// Items taken out of the queue and not handed out yet, in order.
     buf: VecDeque<T>,
 }
 
@@ -246,17 +294,13 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let items = {
             let mut st = lock(&self.shared.state);
-            st.receiver_gone = true;
-            self.shared.gone.store(true, Ordering::Release);
+            self.shared.end(&mut st);
             st.waker = None;
-            st.taken = 0;
-            let items = std::mem::take(&mut st.items);
-            self.shared.publish(&st);
-            items
+            std::mem::take(&mut st.items)
         };
         // Dropped outside the lock: an item's drop may do anything.
         drop(items);
-        self.shared.room.notify_waiters();
+        self.shared.wake_all();
     }
 }
 
@@ -306,16 +350,25 @@ impl<T> Receiver<T> {
         self.buf.len() + lock(&self.shared.state).items.len()
     }
 
-    /// Whether nothing is queued or in the buffer (then [`Sender::is_empty`] says so
-    /// too).
-    pub(crate) fn is_empty(&mut self) -> bool {
+    /// Whether nothing is queued or in the buffer.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty() && lock(&self.shared.state).items.is_empty()
+    }
+
+    /// If nothing is queued or in the buffer: says the receiver holds no item either
+    /// (it finished with every one it was handed), so that [`Sender::is_empty`] holds
+    /// and the next `try_send` reports the first item. Whether that was so.
+    pub(crate) fn idle(&mut self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
         let mut st = lock(&self.shared.state);
-        st.taken = 0;
+        if !st.items.is_empty() {
+            return false;
+        }
+        st.holding = false;
         self.shared.publish(&st);
-        st.items.is_empty()
+        true
     }
 
     /// With the buffer empty: takes up to `take` queued items into it, and wakes the
@@ -332,17 +385,19 @@ impl<T> Receiver<T> {
             } else {
                 self.buf.extend(st.items.drain(..shared.take));
             }
-            st.taken = self.buf.len();
-            shared.publish(&st);
-            let ended = st.senders == 0 || st.receiver_gone;
+            let took = !self.buf.is_empty();
+            if took {
+                st.holding = true;
+            }
+            let ended = st.receiver_gone || shared.senders.load(Ordering::Acquire) == 0;
             if let Some(waker) = waker
-                && self.buf.is_empty()
+                && !took
                 && !ended
                 && !st.waker.as_ref().is_some_and(|w| w.will_wake(waker))
             {
                 st.waker = Some(waker.clone());
             }
-            (ended, st.taken > 0 && std::mem::take(&mut st.room_wanted))
+            (ended, took && st.waiting > 0)
         };
         if wake {
             shared.room.notify_waiters();
@@ -352,23 +407,18 @@ impl<T> Receiver<T> {
 
     /// Refuses further items; what is queued can still be taken.
     pub(crate) fn close(&mut self) {
-        lock(&self.shared.state).receiver_gone = true;
-        self.shared.gone.store(true, Ordering::Release);
-        self.shared.room.notify_waiters();
+        self.shared.end(&mut lock(&self.shared.state));
+        self.shared.wake_all();
     }
 
     /// Closes the queue and drops everything in it; how many items that was.
     pub(crate) fn close_and_clear(&mut self) -> usize {
         let items = {
             let mut st = lock(&self.shared.state);
-            st.receiver_gone = true;
-            self.shared.gone.store(true, Ordering::Release);
-            st.taken = 0;
-            let items = std::mem::take(&mut st.items);
-            self.shared.publish(&st);
-            items
+            self.shared.end(&mut st);
+            std::mem::take(&mut st.items)
         };
-        self.shared.room.notify_waiters();
+        self.shared.wake_all();
         let dropped = items.len() + self.buf.len();
         self.buf.clear();
         dropped
@@ -406,9 +456,10 @@ mod tests {
         for i in 1..5 {
             assert_eq!(rx.try_recv(), Ok(i));
         }
-        // Handed out, but the receiver has not looked since: it may still hold some.
-        assert!(!tx.is_empty());
+        // Handed out, but only the receiver knows whether it finished with them.
         assert!(rx.is_empty());
+        assert!(!tx.is_empty());
+        assert!(rx.idle());
         assert!(tx.is_empty());
         assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
         tx.try_send(5).unwrap();
@@ -507,6 +558,27 @@ mod tests {
         assert_eq!(blocked.await.unwrap(), Err(5));
         assert!(tx.is_closed());
         assert_eq!(tx.try_send(6), Err(TrySendError::Closed(6)));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_sender_goes_before_senders_that_did_not_wait() {
+        let (tx, mut rx) = channel::<u32>(2, 2);
+        tx.try_send(0).unwrap();
+        tx.try_send(0).unwrap();
+        let waiter = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(1).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        // Room is given back; another sender tries before the waiter runs again.
+        assert_eq!(rx.recv().await, Some(0));
+        assert_eq!(tx.try_send(2), Err(TrySendError::Full(2)));
+        waiter.await.unwrap().unwrap();
+        tx.try_send(2).unwrap();
+        assert_eq!(rx.recv().await, Some(0));
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
