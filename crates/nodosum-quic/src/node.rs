@@ -3031,10 +3031,10 @@ struct Writer {
 }
 
 /// A lane's send queue as its writer reads it: messages are taken out of the queue up
-/// to [`queue::TAKE`] at a time, and their room is given back when all of them were
-/// handed out and the writer looks again. The writer lends its stream to direct writes
-/// only while the queue is empty with nothing taken (see `Writer::park`), so a direct
-/// write never overtakes a message the writer holds.
+/// to [`queue::TAKE`] at a time (their room is free at once). The writer lends its
+/// stream to direct writes only once it has written every message it took and nothing
+/// is queued (see `Writer::park` and [`LaneQueue::idle`]), so a direct write never
+/// overtakes a message the writer holds.
 struct LaneQueue {
     rx: queue::Receiver<Bytes>,
 }
