@@ -113,7 +113,6 @@ fn poll_recv(
         }
         let mut st = lock(&inbox.state);
         if st.ready.is_empty() {
-            st.parked = true;
             inbox.parked.store(true, Ordering::Relaxed);
             if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                 st.waker = Some(cx.waker().clone());
@@ -136,16 +135,15 @@ impl Drop for Unpark<'_> {
 #[derive(Default)]
 pub(crate) struct Inbox {
     state: Mutex<InboxState>,
-    /// `state.parked`, readable without the lock. Only the receiver changes it (under the
-    /// lock), and readers add to `ready` only while it is set: a receiver that reads it
+    /// The receiver waits in `recv` and polls the readers in `ready` before it returns.
+    /// Only the receiver changes it, under `state`'s lock, and readers look at it under
+    /// that lock; they add to `ready` only while it is set, so a receiver that reads it
     /// unset knows, without the lock, that it has nothing to take or give back.
     parked: AtomicBool,
 }
 
 #[derive(Default)]
 struct InboxState {
-    /// The receiver waits in `recv` and polls the readers in `ready` before it returns.
-    parked: bool,
     waker: Option<Waker>,
     ready: Vec<Arc<Cell>>,
 }
@@ -157,7 +155,6 @@ impl Inbox {
             return Vec::new();
         }
         let mut st = lock(&self.state);
-        st.parked = false;
         self.parked.store(false, Ordering::Relaxed);
         let ready = std::mem::take(&mut st.ready);
         drop(st);
@@ -175,7 +172,6 @@ impl Inbox {
         let ready = {
             let mut st = lock(&self.state);
             st.waker = None;
-            st.parked = false;
             self.parked.store(false, Ordering::Relaxed);
             std::mem::take(&mut st.ready)
         };
@@ -240,7 +236,7 @@ impl Cell {
     fn wake(self: &Arc<Self>) {
         if let Some(inbox) = &self.inbox {
             let mut st = lock(&inbox.state);
-            if st.parked {
+            if inbox.parked.load(Ordering::Relaxed) {
                 if !self.queued.swap(true, Ordering::AcqRel) {
                     st.ready.push(self.clone());
                 }
@@ -439,7 +435,7 @@ mod tests {
             (msg, tokio::task::id())
         });
         // Parked once the receiving task waits in `recv`.
-        until(|| lock(&inbox.state).parked).await;
+        until(|| inbox.parked.load(Ordering::Relaxed)).await;
         go.send(()).unwrap();
         let (msg, receiver) = receiving.await.unwrap();
         assert_eq!(msg.unwrap().1, Bytes::from_static(b"m"));
@@ -466,11 +462,11 @@ mod tests {
             let mut recv = std::pin::pin!(rx.recv());
             let mut cx = Context::from_waker(Waker::noop());
             assert!(recv.as_mut().poll(&mut cx).is_pending());
-            assert!(lock(&inbox.state).parked);
+            assert!(inbox.parked.load(Ordering::Relaxed));
             go.send(()).unwrap();
             until(|| !lock(&inbox.state).ready.is_empty()).await;
         }
-        assert!(!lock(&inbox.state).parked);
+        assert!(!inbox.parked.load(Ordering::Relaxed));
         let msg = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .unwrap();

@@ -76,14 +76,8 @@ struct Shared<T> {
 }
 
 impl<T> Shared<T> {
-    /// Publishes whether `st` is empty (called with `st` locked, after a change).
-    fn publish(&self, st: &State<T>) {
-        self.empty
-            .store(st.items.is_empty() && !st.holding, Ordering::Release);
-    }
-
-    /// The receiver is gone (dropped, or closed): no more items are queued, and every
-    /// waiting sender and [`Sender::closed`] hears of it.
+    /// The receiver is gone (dropped, or closed): no more items are queued. Called with
+    /// `st` locked; the caller then wakes everyone with [`wake_all`](Self::wake_all).
     fn end(&self, st: &mut State<T>) {
         st.receiver_gone = true;
         self.gone.store(true, Ordering::Release);
@@ -367,7 +361,7 @@ impl<T> Receiver<T> {
             return false;
         }
         st.holding = false;
-        self.shared.publish(&st);
+        self.shared.empty.store(true, Ordering::Release);
         true
     }
 
